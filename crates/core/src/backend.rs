@@ -1,0 +1,159 @@
+//! The instance backend: how runtime instances are created, specialized and deleted.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::id::FunctionId;
+
+/// Resource limits for one instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub memory_bytes: Option<u64>,
+    pub cpu_millis: Option<u64>,
+    pub pids: Option<u64>,
+}
+
+/// What to start: a generic instance of an environment's runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceSpec {
+    /// Unique instance id chosen by the pool manager.
+    pub id: String,
+    /// The environment (namespace, name) the instance belongs to.
+    pub environment: FunctionId,
+    /// The environment's generation, so instances of an old environment spec can be rolled.
+    pub env_generation: i64,
+    /// Runtime image, or locally a built-in runtime name such as `python`.
+    pub image: String,
+    /// Locally: an explicit command that starts a runtime server on `$PORT`.
+    pub command: Option<String>,
+    pub limits: Limits,
+    /// Time an instance is given to stop before it is killed.
+    pub grace: Duration,
+    /// Requests the runtime should be ready to serve at once.
+    pub concurrency: u32,
+    /// Environment variables set at start.
+    pub env: BTreeMap<String, String>,
+    /// Labels recorded with the instance (for adoption after a restart).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A running instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: String,
+    /// Where its runtime server listens.
+    pub addr: SocketAddr,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Load a function's code into a generic instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecializeRequest {
+    pub function: FunctionId,
+    pub generation: i64,
+    /// The deployment archive (zip or single file) in the platform's archive store.
+    pub archive_sha256: String,
+    /// For a single-file archive, the file name to place it under.
+    pub filename: Option<String>,
+    /// The entrypoint, interpreted by the runtime.
+    pub entrypoint: String,
+    /// Environment variables applied before the code is loaded.
+    pub env: BTreeMap<String, String>,
+    pub timeout: Duration,
+}
+
+/// Why an instance process ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitReason {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    /// The kernel's OOM killer ended it (its cgroup's memory limit was exceeded).
+    pub oom_killed: bool,
+}
+
+impl fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.signal, self.code) {
+            (Some(sig), _) if self.oom_killed => write!(f, "exited with signal {sig} (out of memory)"),
+            (Some(sig), _) => write!(f, "exited with signal {sig}"),
+            (None, Some(code)) if self.oom_killed => write!(f, "exited with code {code} (out of memory)"),
+            (None, Some(code)) => write!(f, "exited with code {code}"),
+            (None, None) => f.write_str("exited"),
+        }
+    }
+}
+
+/// Something that happened to an instance outside the pool manager's control.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstanceEvent {
+    /// The instance's process ended.
+    Exited { id: String, reason: ExitReason },
+}
+
+/// Why a backend operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// The instance could not be started or never became healthy.
+    #[error("instance failed to start: {0}")]
+    Start(String),
+    /// The runtime refused or failed the specialization.
+    #[error("{message}")]
+    Specialize {
+        status: Option<u16>,
+        message: String,
+        detail: Option<String>,
+    },
+    /// The code could not be placed (archive missing, corrupt or unsafe).
+    #[error("code could not be placed: {0}")]
+    Code(String),
+    #[error("instance {0} not found")]
+    NotFound(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("backend io: {0}")]
+    Io(String),
+}
+
+/// Creates, specializes and deletes runtime instances: local processes or Kubernetes pods.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// A short name for logs (`local`, `kubernetes`).
+    fn name(&self) -> &'static str;
+
+    /// Starts a generic instance and returns once its runtime answers `/healthz`.
+    async fn create(&self, spec: InstanceSpec) -> Result<Instance, BackendError>;
+
+    /// Places the code and calls the runtime's `POST /v2/specialize`.
+    async fn specialize(&self, instance: &Instance, request: &SpecializeRequest) -> Result<(), BackendError>;
+
+    /// Stops an instance: terminate, wait up to `grace`, then kill; frees its resources.
+    async fn delete(&self, id: &str, grace: Duration) -> Result<(), BackendError>;
+
+    /// Instances this backend knows of (including ones found after a restart).
+    async fn list(&self) -> Result<Vec<Instance>, BackendError>;
+
+    /// Exit events of instances.
+    fn subscribe(&self) -> broadcast::Receiver<InstanceEvent>;
+
+    /// Deletes every instance and releases backend resources (called on platform shutdown).
+    async fn shutdown(&self, grace: Duration);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_reasons_read_well() {
+        let oom = ExitReason { code: None, signal: Some(9), oom_killed: true };
+        assert_eq!(oom.to_string(), "exited with signal 9 (out of memory)");
+        let code = ExitReason { code: Some(3), signal: None, oom_killed: false };
+        assert_eq!(code.to_string(), "exited with code 3");
+    }
+}

@@ -1,0 +1,23 @@
+//! The seams between Kappa's data-plane components, with no IO of their own:
+//!
+//! - [`EndpointIndex`]: the per-function list of specialized instances with their in-flight
+//!   counters. The router owns admission on it (a warm request takes a [`Permit`] without asking
+//!   anyone); the pool manager inserts, drains and removes endpoints.
+//! - [`Provisioner`]: what the router calls on a miss (no free slot) to get capacity.
+//! - [`Backend`]: how the pool manager creates, specializes and deletes instances (local
+//!   processes, Kubernetes pods).
+//!
+//! This crate deliberately holds no policy: scaling decisions live in the executor, HTTP in the
+//! router.
+
+mod backend;
+mod endpoints;
+mod id;
+mod provision;
+
+pub use backend::{
+    Backend, BackendError, ExitReason, Instance, InstanceEvent, InstanceSpec, Limits, SpecializeRequest,
+};
+pub use endpoints::{Endpoint, EndpointIndex, FunctionEndpoints, Permit};
+pub use id::FunctionId;
+pub use provision::{Provision, ProvisionError, Provisioner};

@@ -1,0 +1,134 @@
+//! The store: where desired state lives. One trait, [`Store`], with get/list/put/delete and a
+//! watch stream ordered by a global, monotonic resource version (like etcd's revision), so the
+//! router and pool manager react to changes without polling.
+//!
+//! Implementations:
+//! - [`RedbStore`]: the embedded default, one transactional file in the data directory
+//!   (survives `kill -9`; every write is durable before it is acknowledged).
+//! - [`MemoryStore`]: the same semantics in memory, for tests.
+//! The Kubernetes CRD store lives with the Kubernetes code, not here.
+//!
+//! The store stamps metadata: `uid` and `creationTimestamp` on create, `resourceVersion` on
+//! every write, `generation` (1 on create, +1 whenever `spec` changes). It does not validate
+//! specs: the API server does that before writing.
+
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use futures::Stream;
+use kappa_types::Kind;
+use serde::{Deserialize, Serialize};
+
+/// One stored resource: its key, resource version and full JSON (`apiVersion`, `kind`,
+/// `metadata`, `spec`, `status`), whose `metadata.resourceVersion` equals `resource_version`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredObject {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+    pub resource_version: u64,
+    pub value: serde_json::Value,
+}
+
+/// A list result and the store's resource version at the time of the read; watch from it to see
+/// every later change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct List {
+    pub items: Vec<StoredObject>,
+    pub resource_version: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+/// A change. For `Deleted`, `object` is the last state with `resource_version` set to the
+/// deletion's version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchEvent {
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    pub object: StoredObject,
+}
+
+/// A condition a write must meet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Precondition {
+    /// Write whatever is there (create or replace).
+    #[default]
+    None,
+    /// Create only: fail with `AlreadyExists` when present.
+    MustNotExist,
+    /// Update only, and only if the stored resource version is this one (`Conflict` otherwise;
+    /// `NotFound` when absent).
+    ResourceVersion(u64),
+    /// Update only: fail with `NotFound` when absent.
+    MustExist,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("{kind} {namespace}/{name} not found")]
+    NotFound { kind: Kind, namespace: String, name: String },
+    #[error("{kind} {namespace}/{name} already exists")]
+    AlreadyExists { kind: Kind, namespace: String, name: String },
+    #[error("{kind} {namespace}/{name} was modified: expected resource version {expected}, found {actual}")]
+    Conflict {
+        kind: Kind,
+        namespace: String,
+        name: String,
+        expected: u64,
+        actual: u64,
+    },
+    /// The watch asked for history older than the store keeps: list again and watch from there.
+    #[error("resource version {requested} is too old (oldest kept is {oldest}): list again")]
+    Gone { requested: u64, oldest: u64 },
+    /// The object is not a resource the store can key (missing kind or metadata.name...).
+    #[error("invalid object: {0}")]
+    Invalid(String),
+    #[error("store backend: {0}")]
+    Backend(String),
+}
+
+/// A stream of changes, in resource-version order.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, StoreError>> + Send>>;
+
+/// The store of desired state.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Option<StoredObject>, StoreError>;
+
+    /// Every object of `kind`, in one namespace or all, ordered by namespace then name.
+    async fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<List, StoreError>;
+
+    /// Creates or replaces the object `value` (its `kind`, `metadata.namespace` and
+    /// `metadata.name` are the key) under `precondition`. `status` in `value` is ignored when
+    /// the object exists (status is written with [`Store::put_status`]); on create it is kept.
+    async fn put(&self, value: serde_json::Value, precondition: Precondition) -> Result<StoredObject, StoreError>;
+
+    /// Replaces only `status` of an existing object; `generation` does not change.
+    async fn put_status(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        status: serde_json::Value,
+        precondition: Precondition,
+    ) -> Result<StoredObject, StoreError>;
+
+    /// Deletes an object, returning its last state (`NotFound` when absent).
+    async fn delete(&self, kind: Kind, namespace: &str, name: &str, precondition: Precondition) -> Result<StoredObject, StoreError>;
+
+    /// Changes of the given kinds (all kinds when empty) with a resource version greater than
+    /// `since`, in order: first those already recorded, then live ones. `since: None` means
+    /// only changes after the call. Yields `Err(Gone)` once and ends if `since` is older than the
+    /// retained history.
+    fn watch(&self, kinds: &[Kind], since: Option<u64>) -> WatchStream;
+
+    /// The current (latest) resource version.
+    async fn current_version(&self) -> Result<u64, StoreError>;
+}

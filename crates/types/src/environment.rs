@@ -1,0 +1,248 @@
+//! Environment: the runtime functions run in, and its warm pool.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::kind::Kind;
+use crate::meta::Spec;
+use crate::quantity::{parse_cpu_millis, parse_memory_bytes};
+use crate::validate::{self, ValidationError};
+
+/// Desired state of an Environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvironmentSpec {
+    /// Runtime protocol version; Kappa speaks v2 (`/v2/specialize`) for 2 and 3.
+    #[serde(default = "default_version")]
+    pub version: u32,
+    pub runtime: Runtime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builder: Option<Builder>,
+    /// Number of warm generic instances kept ready.
+    #[serde(default = "default_poolsize")]
+    pub poolsize: u32,
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
+    /// Seconds an instance is given to finish in-flight work before it is killed.
+    #[serde(default = "default_grace")]
+    pub termination_grace_period: u64,
+    /// Keep the deployment archive as a file instead of extracting it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keeparchive: bool,
+}
+
+fn default_version() -> u32 {
+    3
+}
+fn default_poolsize() -> u32 {
+    3
+}
+fn default_grace() -> u64 {
+    30
+}
+
+impl Default for EnvironmentSpec {
+    fn default() -> Self {
+        Self {
+            version: default_version(),
+            runtime: Runtime::default(),
+            builder: None,
+            poolsize: default_poolsize(),
+            resources: Resources::default(),
+            termination_grace_period: default_grace(),
+            keeparchive: false,
+        }
+    }
+}
+
+/// The runtime server of an environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Runtime {
+    /// Container image; locally a built-in runtime name (`python`, ...) or a Fission image name.
+    #[serde(default)]
+    pub image: String,
+    /// Locally: an explicit command line that starts a runtime-protocol server on `$PORT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+}
+
+/// The builder of an environment (source packages).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Builder {
+    #[serde(default)]
+    pub image: String,
+    #[serde(default)]
+    pub command: String,
+}
+
+/// CPU and memory requests and limits, as Kubernetes quantities.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Resources {
+    #[serde(default, skip_serializing_if = "ResourceList::is_empty")]
+    pub requests: ResourceList,
+    #[serde(default, skip_serializing_if = "ResourceList::is_empty")]
+    pub limits: ResourceList,
+}
+
+/// `cpu` (`500m`, `1`) and `memory` (`128Mi`), plus `pids` (a count, a Kappa extension).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceList {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+}
+
+impl ResourceList {
+    pub fn is_empty(&self) -> bool {
+        self.cpu.is_none() && self.memory.is_none() && self.pids.is_none()
+    }
+
+    fn validate(&self, path: &str) -> Result<(), ValidationError> {
+        if let Some(cpu) = &self.cpu {
+            if parse_cpu_millis(cpu).is_none() {
+                return Err(ValidationError::new(
+                    format!("{path}.cpu"),
+                    format!("{cpu:?} is not a CPU quantity: expected e.g. \"500m\" or \"1\""),
+                ));
+            }
+        }
+        if let Some(memory) = &self.memory {
+            match parse_memory_bytes(memory) {
+                Some(b) if b >= 4 << 20 => {}
+                Some(_) => {
+                    return Err(ValidationError::new(
+                        format!("{path}.memory"),
+                        format!("{memory:?} is too small: expected at least 4Mi"),
+                    ));
+                }
+                None => {
+                    return Err(ValidationError::new(
+                        format!("{path}.memory"),
+                        format!("{memory:?} is not a memory quantity: expected e.g. \"128Mi\" or \"1Gi\""),
+                    ));
+                }
+            }
+        }
+        if let Some(pids) = self.pids {
+            validate::in_range(&format!("{path}.pids"), pids, 8, 1_000_000)?;
+        }
+        Ok(())
+    }
+}
+
+impl Resources {
+    pub fn is_empty(&self) -> bool {
+        self.requests.is_empty() && self.limits.is_empty()
+    }
+
+    pub fn validate(&self, path: &str) -> Result<(), ValidationError> {
+        self.requests.validate(&format!("{path}.requests"))?;
+        self.limits.validate(&format!("{path}.limits"))
+    }
+
+    /// Memory limit in bytes, if set.
+    pub fn memory_limit_bytes(&self) -> Option<u64> {
+        self.limits.memory.as_deref().and_then(parse_memory_bytes)
+    }
+
+    /// CPU limit in millicores, if set.
+    pub fn cpu_limit_millis(&self) -> Option<u64> {
+        self.limits.cpu.as_deref().and_then(parse_cpu_millis)
+    }
+
+    /// Limits of `self` where set, else those of `fallback`.
+    pub fn or(&self, fallback: &Resources) -> Resources {
+        let pick = |a: &ResourceList, b: &ResourceList| ResourceList {
+            cpu: a.cpu.clone().or_else(|| b.cpu.clone()),
+            memory: a.memory.clone().or_else(|| b.memory.clone()),
+            pids: a.pids.or(b.pids),
+        };
+        Resources {
+            requests: pick(&self.requests, &fallback.requests),
+            limits: pick(&self.limits, &fallback.limits),
+        }
+    }
+}
+
+/// Labels are free-form, but keys must be non-empty and short.
+pub(crate) fn validate_string_map(path: &str, map: &BTreeMap<String, String>) -> Result<(), ValidationError> {
+    for key in map.keys() {
+        if key.is_empty() || key.len() > 253 {
+            return Err(ValidationError::new(
+                format!("{path}.{key}"),
+                "keys must be 1 to 253 characters",
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Spec for EnvironmentSpec {
+    const KIND: Kind = Kind::Environment;
+    type Status = serde_json::Value;
+
+    fn validate(&self) -> Result<(), ValidationError> {
+        validate::in_range("spec.version", self.version, 1, 3)?;
+        if self.runtime.image.trim().is_empty()
+            && self.runtime.command.as_deref().is_none_or(|c| c.trim().is_empty())
+        {
+            return Err(ValidationError::new(
+                "spec.runtime.image",
+                "must not be empty: expected a runtime name (python, nodejs, binary), an image, or spec.runtime.command",
+            ));
+        }
+        if let Some(builder) = &self.builder {
+            if builder.image.trim().is_empty() && builder.command.trim().is_empty() {
+                return Err(ValidationError::new(
+                    "spec.builder",
+                    "expected an image or a command when a builder is given",
+                ));
+            }
+        }
+        validate::in_range("spec.poolsize", self.poolsize, 0, 100)?;
+        self.resources.validate("spec.resources")?;
+        validate::in_range("spec.terminationGracePeriod", self.termination_grace_period, 0, 3600)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> EnvironmentSpec {
+        EnvironmentSpec {
+            runtime: Runtime {
+                image: "python".into(),
+                command: None,
+            },
+            ..EnvironmentSpec::default()
+        }
+    }
+
+    #[test]
+    fn defaults_validate() {
+        env().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let mut e = env();
+        e.poolsize = 1000;
+        assert_eq!(e.validate().unwrap_err().field, "spec.poolsize");
+        let mut e = env();
+        e.runtime.image = String::new();
+        assert_eq!(e.validate().unwrap_err().field, "spec.runtime.image");
+        let mut e = env();
+        e.resources.limits.memory = Some("lots".into());
+        assert_eq!(e.validate().unwrap_err().field, "spec.resources.limits.memory");
+    }
+}

@@ -1,0 +1,62 @@
+//! The kinds of resource, with their plural (URL) names.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A kind of resource the platform stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Kind {
+    Environment,
+    Package,
+    Function,
+    HttpTrigger,
+}
+
+impl Kind {
+    /// Every kind, in the order the CLI lists them.
+    pub const ALL: [Kind; 4] = [Kind::Environment, Kind::Package, Kind::Function, Kind::HttpTrigger];
+
+    /// The `kind` field value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Environment => "Environment",
+            Kind::Package => "Package",
+            Kind::Function => "Function",
+            Kind::HttpTrigger => "HttpTrigger",
+        }
+    }
+
+    /// The plural, lower-case name used in API paths (`/v1/functions`).
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Environment => "environments",
+            Kind::Package => "packages",
+            Kind::Function => "functions",
+            Kind::HttpTrigger => "httptriggers",
+        }
+    }
+
+    /// Finds a kind by its plural name.
+    pub fn from_plural(plural: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.plural() == plural)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Kind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s || k.plural() == s)
+            .ok_or_else(|| format!("unknown kind {s:?}"))
+    }
+}

@@ -1,0 +1,39 @@
+//! Kappa's resource model: Environment, Package, Function and HttpTrigger, in the shape the
+//! Kubernetes CRDs have (`apiVersion: kappa.dev/v1`, `kind`, `metadata`, `spec`, `status`),
+//! with defaults and validation that names the offending field.
+//!
+//! This crate owns the *meaning* of a resource. It deliberately does no IO and knows nothing of
+//! HTTP servers, tokio, storage or Kubernetes: the store, the API server and the CRD wrappers
+//! convert to and from these types at their edges.
+
+mod environment;
+mod error;
+mod function;
+mod kind;
+mod meta;
+mod package;
+mod quantity;
+mod trigger;
+pub mod validate;
+
+pub use environment::{Builder, EnvironmentSpec, Resources, ResourceList, Runtime};
+pub use error::{ErrorBody, ErrorDetail};
+pub use function::{ExecutorType, FunctionPackageRef, FunctionSpec, FunctionStatus, NamedRef, PackageRef};
+pub use kind::Kind;
+pub use meta::{ObjectMeta, Resource, Spec, API_VERSION, DEFAULT_NAMESPACE};
+pub use package::{
+    is_sha256_hex, Archive, ArchiveType, BuildStatus, Checksum, PackageSpec, PackageStatus, ARCHIVE_STORE_PREFIX,
+    LITERAL_SIZE_LIMIT,
+};
+pub use quantity::{parse_cpu_millis, parse_memory_bytes};
+pub use trigger::{FunctionReference, FunctionReferenceType, HttpTriggerSpec};
+pub use validate::ValidationError;
+
+/// An Environment: a runtime (and optionally a builder) functions run in.
+pub type Environment = Resource<EnvironmentSpec>;
+/// A Package: the code of one or more functions, as source and/or deployment archives.
+pub type Package = Resource<PackageSpec>;
+/// A Function: an entrypoint in a package, run in an environment, with its scaling settings.
+pub type Function = Resource<FunctionSpec>;
+/// An HttpTrigger: a route on the public router that invokes a function.
+pub type HttpTrigger = Resource<HttpTriggerSpec>;
