@@ -1,0 +1,143 @@
+//! A watch-fed copy of the Environments and Functions the pool manager reconciles.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kappa_core::FunctionId;
+use kappa_store::{EventType, Store, StoreError};
+use kappa_types::{Environment, Function, Kind};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Environments and functions by (namespace, name), as last seen in the store.
+#[derive(Debug, Default)]
+pub(crate) struct Cache {
+    inner: Mutex<Snapshot>,
+    /// Woken after every applied change, so the reconcile loop reacts at once.
+    pub(crate) changed: Notify,
+}
+
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Snapshot {
+    pub(crate) environments: HashMap<FunctionId, Arc<Environment>>,
+    pub(crate) functions: HashMap<FunctionId, Arc<Function>>,
+    pub(crate) loaded: bool,
+}
+
+impl Cache {
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub(crate) fn function(&self, id: &FunctionId) -> Option<Arc<Function>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .functions
+            .get(id)
+            .cloned()
+    }
+
+    pub(crate) fn environment(&self, id: &FunctionId) -> Option<Arc<Environment>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .environments
+            .get(id)
+            .cloned()
+    }
+
+    /// Lists then watches the store until cancelled, relisting when the watch falls behind.
+    pub(crate) async fn run(&self, store: Arc<dyn Store>, shutdown: CancellationToken) {
+        let kinds = [Kind::Environment, Kind::Function];
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            match self.relist(store.as_ref()).await {
+                Ok(version) => {
+                    backoff = Duration::from_millis(100);
+                    let mut events = store.watch(&kinds, Some(version));
+                    loop {
+                        let next = tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            next = events.next() => next,
+                        };
+                        match next {
+                            Some(Ok(event)) => {
+                                self.apply(event.event_type, event.object.kind, &event.object.namespace, &event.object.name, event.object.value);
+                                self.changed.notify_waiters();
+                            }
+                            Some(Err(StoreError::Gone { .. })) | None => break,
+                            Some(Err(e)) => {
+                                tracing::warn!(error = %e, "store watch failed; relisting");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing environments and functions failed; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn relist(&self, store: &dyn Store) -> Result<u64, StoreError> {
+        let envs = store.list(Kind::Environment, None).await?;
+        let fns = store.list(Kind::Function, None).await?;
+        let mut snapshot = Snapshot {
+            loaded: true,
+            ..Snapshot::default()
+        };
+        for obj in envs.items {
+            if let Ok(env) = Environment::from_json(obj.value) {
+                snapshot
+                    .environments
+                    .insert(FunctionId::new(obj.namespace, obj.name), Arc::new(env));
+            }
+        }
+        for obj in fns.items {
+            if let Ok(f) = Function::from_json(obj.value) {
+                snapshot.functions.insert(FunctionId::new(obj.namespace, obj.name), Arc::new(f));
+            }
+        }
+        *self.inner.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;
+        self.changed.notify_waiters();
+        Ok(envs.resource_version.min(fns.resource_version))
+    }
+
+    fn apply(&self, event: EventType, kind: Kind, namespace: &str, name: &str, value: serde_json::Value) {
+        let id = FunctionId::new(namespace, name);
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        match (kind, event) {
+            (Kind::Environment, EventType::Deleted) => {
+                inner.environments.remove(&id);
+            }
+            (Kind::Environment, _) => match Environment::from_json(value) {
+                Ok(env) => {
+                    inner.environments.insert(id, Arc::new(env));
+                }
+                Err(e) => tracing::warn!(environment = %id, error = %e, "ignoring unreadable environment"),
+            },
+            (Kind::Function, EventType::Deleted) => {
+                inner.functions.remove(&id);
+            }
+            (Kind::Function, _) => match Function::from_json(value) {
+                Ok(f) => {
+                    inner.functions.insert(id, Arc::new(f));
+                }
+                Err(e) => tracing::warn!(function = %id, error = %e, "ignoring unreadable function"),
+            },
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! The pool manager (executor): turns "a request for function F found no free slot" into a
+//! specialized instance in the router's endpoint index.
+//!
+//! It owns, per Environment, a pool of `poolsize` warm generic instances, and per Function the
+//! specialized instances it made. On a miss ([`kappa_core::Provisioner::provision`]) it takes a
+//! warm instance (or starts one when the pool is empty), places the code and calls the
+//! runtime's specialize endpoint through the [`kappa_core::Backend`], then inserts the endpoint
+//! into the index; the pool is replenished in the background. A reconcile loop keeps pools at
+//! size, rolls instances of changed environments and functions (draining first), reaps idle
+//! instances after `idletimeout` down to `minScale`, and keeps `minScale` instances ready.
+//!
+//! Invariants:
+//! - The executor is never on the warm path: it is called only on a miss.
+//! - Instances of a function (ready plus being specialized) never exceed its `concurrency`
+//!   (`maxScale` for `newdeploy`); concurrent misses share an in-progress specialization's
+//!   `requestsPerPod` slots instead of each starting one (no instance storms).
+//! - An instance is deleted only after it was marked draining and its in-flight count reached
+//!   zero (or its drain deadline passed).
+//! - State is in memory; locally, instances do not survive a platform restart (the local backend
+//!   kills orphans of a previous run on start) and pools are rebuilt from the store.
+//!
+//! It deliberately knows nothing of HTTP routing or of how instances run.
+
+mod cache;
+mod manager;
+mod metrics;
+
+pub use manager::{ExecutorConfig, PoolManager};

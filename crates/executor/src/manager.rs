@@ -1,0 +1,949 @@
+//! The pool manager proper: pools, specialization, reconcile loop.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use kappa_archive::ArchiveStore;
+use kappa_core::{
+    Backend, BackendError, Endpoint, EndpointIndex, ExitReason, FunctionId, Instance, InstanceEvent,
+    InstanceSpec, Limits, Provision, ProvisionError, Provisioner, SpecializeRequest,
+};
+use kappa_store::{Precondition, Store};
+use kappa_types::{
+    ArchiveType, BuildStatus, Environment, ExecutorType, Function, Kind, Package, Resources,
+};
+use prometheus_client::registry::Registry;
+use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::Cache;
+use crate::metrics::{Metrics, ResultLabels};
+
+/// Tunables of the pool manager.
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// How often the reconcile loop runs when nothing wakes it.
+    pub reconcile_interval: Duration,
+    /// Most instances (warm and specialized) at once, across all environments.
+    pub max_instances: usize,
+    /// Requests a runtime process is started ready to serve at once (its thread pool bound);
+    /// admission per instance is `requestsPerPod`, enforced by the router.
+    pub runtime_concurrency: u32,
+    /// pids limit applied when neither the function nor the environment sets one.
+    pub default_pids_limit: Option<u64>,
+    /// First delay after a failed warm-instance start; doubles up to `max_start_backoff`.
+    pub start_backoff: Duration,
+    pub max_start_backoff: Duration,
+    /// Extra time a draining instance gets beyond its function timeout before it is killed.
+    pub drain_slack: Duration,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        Self {
+            reconcile_interval: Duration::from_secs(1),
+            max_instances: 256,
+            runtime_concurrency: 64,
+            default_pids_limit: Some(1024),
+            start_backoff: Duration::from_millis(500),
+            max_start_backoff: Duration::from_secs(30),
+            drain_slack: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The pool manager. Cheap to clone.
+#[derive(Clone)]
+pub struct PoolManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ExecutorConfig,
+    store: Arc<dyn Store>,
+    backend: Arc<dyn Backend>,
+    index: Arc<EndpointIndex>,
+    archives: Arc<ArchiveStore>,
+    cache: Cache,
+    /// All mutable bookkeeping. A std mutex: it is only held for short, synchronous sections,
+    /// never across an `.await`.
+    state: Mutex<State>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+}
+
+#[derive(Default)]
+struct State {
+    pools: HashMap<FunctionId, Pool>,
+    functions: HashMap<FunctionId, FnState>,
+    /// Who each live instance belongs to.
+    owners: HashMap<String, Owner>,
+    /// Exit reasons of instances that ended while being specialized.
+    exits: HashMap<String, ExitReason>,
+    /// Instances counted against `max_instances` (including ones starting).
+    total: usize,
+    next_inflight: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Owner {
+    Pool(FunctionId),
+    Specializing(FunctionId),
+    Function(FunctionId),
+}
+
+struct Pool {
+    generation: i64,
+    warm: VecDeque<Instance>,
+    starting: usize,
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: Option<String>,
+}
+
+#[derive(Default)]
+struct FnState {
+    instances: HashMap<String, FnInstance>,
+    inflight: Vec<Inflight>,
+}
+
+struct FnInstance {
+    endpoint: Arc<Endpoint>,
+    env_generation: i64,
+    drain_deadline: Option<Instant>,
+}
+
+/// A specialization in progress, whose `requestsPerPod` slots waiting requests may claim.
+struct Inflight {
+    id: u64,
+    generation: i64,
+    unclaimed: u32,
+    done: watch::Receiver<Option<Result<(), ProvisionError>>>,
+}
+
+fn generation_of(meta: &kappa_types::ObjectMeta) -> i64 {
+    meta.generation.unwrap_or(1)
+}
+
+fn limits_of(resources: &Resources, default_pids: Option<u64>) -> Limits {
+    Limits {
+        memory_bytes: resources.memory_limit_bytes(),
+        cpu_millis: resources.cpu_limit_millis(),
+        pids: resources.limits.pids.or(default_pids),
+    }
+}
+
+fn new_instance_id(env: &FunctionId) -> String {
+    let mut short = uuid::Uuid::new_v4().simple().to_string();
+    short.truncate(10);
+    let mut prefix = env.name.clone();
+    prefix.truncate(40);
+    format!("{prefix}-{short}")
+}
+
+impl PoolManager {
+    pub fn new(
+        config: ExecutorConfig,
+        store: Arc<dyn Store>,
+        backend: Arc<dyn Backend>,
+        index: Arc<EndpointIndex>,
+        archives: Arc<ArchiveStore>,
+        registry: &mut Registry,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                backend,
+                index,
+                archives,
+                cache: Cache::default(),
+                state: Mutex::new(State::default()),
+                metrics: Metrics::new(registry),
+                shutdown: CancellationToken::new(),
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs the store watch, the backend event handler and the reconcile loop until `shutdown`,
+    /// then deletes every instance within `grace`.
+    pub async fn run(&self, shutdown: CancellationToken, grace: Duration) {
+        let cache_task = {
+            let this = self.clone();
+            let token = shutdown.child_token();
+            tokio::spawn(async move { this.inner.cache.run(Arc::clone(&this.inner.store), token).await })
+        };
+        let events_task = {
+            let this = self.clone();
+            let token = shutdown.child_token();
+            let events = self.inner.backend.subscribe();
+            tokio::spawn(async move { this.handle_events(events, token).await })
+        };
+        loop {
+            let changed = self.inner.cache.changed.notified();
+            self.reconcile().await;
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = changed => {}
+                () = tokio::time::sleep(self.inner.config.reconcile_interval) => {}
+            }
+        }
+        self.inner.shutdown.cancel();
+        cache_task.abort();
+        events_task.abort();
+        for (_, endpoints) in self.inner.index.snapshot() {
+            for e in endpoints {
+                e.mark_draining();
+            }
+        }
+        self.inner.backend.shutdown(grace).await;
+        let mut st = self.state();
+        st.pools.clear();
+        st.functions.clear();
+        st.owners.clear();
+        st.total = 0;
+    }
+
+    /// A JSON view of pools and instances, for debugging endpoints.
+    pub fn snapshot(&self) -> serde_json::Value {
+        let st = self.state();
+        let pools: BTreeMap<String, serde_json::Value> = st
+            .pools
+            .iter()
+            .map(|(id, p)| {
+                (
+                    id.to_string(),
+                    serde_json::json!({
+                        "generation": p.generation,
+                        "warm": p.warm.iter().map(|i| i.id.clone()).collect::<Vec<_>>(),
+                        "starting": p.starting,
+                        "lastError": p.last_error,
+                    }),
+                )
+            })
+            .collect();
+        let functions: BTreeMap<String, serde_json::Value> = st
+            .functions
+            .iter()
+            .map(|(id, f)| {
+                let instances: Vec<_> = f
+                    .instances
+                    .iter()
+                    .map(|(iid, i)| {
+                        serde_json::json!({
+                            "id": iid,
+                            "addr": i.endpoint.addr.to_string(),
+                            "generation": i.endpoint.generation,
+                            "inFlight": i.endpoint.in_flight(),
+                            "draining": i.endpoint.is_draining(),
+                            "served": i.endpoint.served(),
+                        })
+                    })
+                    .collect();
+                (
+                    id.to_string(),
+                    serde_json::json!({ "instances": instances, "specializing": f.inflight.len() }),
+                )
+            })
+            .collect();
+        serde_json::json!({ "pools": pools, "functions": functions, "instances": st.total })
+    }
+
+    async fn handle_events(&self, mut events: broadcast::Receiver<InstanceEvent>, shutdown: CancellationToken) {
+        loop {
+            let event = tokio::select! {
+                () = shutdown.cancelled() => return,
+                e = events.recv() => e,
+            };
+            match event {
+                Ok(InstanceEvent::Exited { id, reason }) => self.on_exit(&id, reason),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "missed instance events; checking instances");
+                    self.resync_with_backend().await;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// After missed events: forget instances the backend no longer has.
+    async fn resync_with_backend(&self) {
+        let Ok(live) = self.inner.backend.list().await else {
+            return;
+        };
+        let live: std::collections::HashSet<String> = live.into_iter().map(|i| i.id).collect();
+        let gone: Vec<String> = self
+            .state()
+            .owners
+            .keys()
+            .filter(|id| !live.contains(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.on_exit(&id, ExitReason::default());
+        }
+    }
+
+    fn on_exit(&self, id: &str, reason: ExitReason) {
+        let mut st = self.state();
+        let Some(owner) = st.owners.remove(id) else {
+            return; // deleted by us, or never ours
+        };
+        self.inner.metrics.unexpected_exits.inc();
+        match owner {
+            Owner::Pool(env) => {
+                if let Some(pool) = st.pools.get_mut(&env) {
+                    pool.warm.retain(|i| i.id != id);
+                }
+                st.total = st.total.saturating_sub(1);
+                tracing::warn!(environment = %env, instance = id, %reason, "warm instance ended");
+            }
+            Owner::Specializing(function) => {
+                // The specialization task still owns the instance's accounting; it reports this.
+                st.owners.insert(id.to_string(), Owner::Specializing(function));
+                st.exits.insert(id.to_string(), reason);
+            }
+            Owner::Function(function) => {
+                if let Some(fs) = st.functions.get_mut(&function) {
+                    if let Some(instance) = fs.instances.remove(id) {
+                        instance.endpoint.set_exit(format!("instance {id} of function {function} {reason}"));
+                    }
+                }
+                st.total = st.total.saturating_sub(1);
+                drop(st);
+                self.inner.index.remove(&function, id);
+                tracing::warn!(function = %function, instance = id, %reason, "function instance ended");
+            }
+        }
+        self.update_gauges();
+    }
+
+    fn update_gauges(&self) {
+        let st = self.state();
+        let warm: usize = st.pools.values().map(|p| p.warm.len()).sum();
+        let specialized: usize = st.functions.values().map(|f| f.instances.len()).sum();
+        self.inner.metrics.warm_instances.set(warm as i64);
+        self.inner.metrics.specialized_instances.set(specialized as i64);
+    }
+
+    // ---- reconcile -------------------------------------------------------------------------
+
+    async fn reconcile(&self) {
+        let snapshot = self.inner.cache.snapshot();
+        if !snapshot.loaded || self.inner.shutdown.is_cancelled() {
+            return;
+        }
+        let mut to_delete: Vec<(String, Duration)> = Vec::new();
+        let mut to_start: Vec<(FunctionId, Arc<Environment>)> = Vec::new();
+        let mut to_specialize: Vec<(FunctionId, Arc<Function>)> = Vec::new();
+        let mut to_unindex: Vec<(FunctionId, String)> = Vec::new();
+        let now = Instant::now();
+        {
+            let mut guard = self.state();
+            let st = &mut *guard;
+            // Pools: one per environment, at its generation and size.
+            st.pools.retain(|id, pool| {
+                if snapshot.environments.contains_key(id) {
+                    return true;
+                }
+                for i in pool.warm.drain(..) {
+                    to_delete.push((i.id, Duration::ZERO));
+                }
+                false
+            });
+            for (id, env) in &snapshot.environments {
+                let generation = generation_of(&env.metadata);
+                let pool = st.pools.entry(id.clone()).or_insert_with(|| Pool {
+                    generation,
+                    warm: VecDeque::new(),
+                    starting: 0,
+                    failures: 0,
+                    retry_at: None,
+                    last_error: None,
+                });
+                if pool.generation != generation {
+                    // Roll: warm instances of the old spec go; specialized ones drain below.
+                    for i in pool.warm.drain(..) {
+                        to_delete.push((i.id, Duration::ZERO));
+                    }
+                    pool.generation = generation;
+                    pool.failures = 0;
+                    pool.retry_at = None;
+                }
+                while pool.warm.len() > env.spec.poolsize as usize {
+                    if let Some(i) = pool.warm.pop_back() {
+                        to_delete.push((i.id, Duration::ZERO));
+                    }
+                }
+                if pool.retry_at.is_some_and(|t| t > now) {
+                    continue;
+                }
+                let have = pool.warm.len() + pool.starting;
+                let want = env.spec.poolsize as usize;
+                for _ in have..want {
+                    if st.total >= self.inner.config.max_instances {
+                        break;
+                    }
+                    pool.starting += 1;
+                    st.total += 1;
+                    to_start.push((id.clone(), Arc::clone(env)));
+                }
+            }
+            for (id, _) in &to_delete {
+                if st.owners.remove(id).is_some() {
+                    st.total = st.total.saturating_sub(1);
+                }
+            }
+
+            // Functions: roll, reap, drain, keep minScale.
+            let function_ids: Vec<FunctionId> = st
+                .functions
+                .keys()
+                .cloned()
+                .chain(snapshot.functions.keys().cloned())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            for fid in function_ids {
+                let function = snapshot.functions.get(&fid);
+                let fs = st.functions.entry(fid.clone()).or_default();
+                let current_gen = function.map(|f| generation_of(&f.metadata));
+                let env_gen = function.and_then(|f| {
+                    let env_id = FunctionId::new(&f.spec.environment.namespace, &f.spec.environment.name);
+                    snapshot.environments.get(&env_id).map(|e| generation_of(&e.metadata))
+                });
+                let min_scale = function.map_or(0, |f| f.spec.min_scale as usize);
+                let idle = function.map_or(Duration::ZERO, |f| Duration::from_secs(f.spec.idletimeout));
+                let drain_for = function.map_or(Duration::from_secs(60), |f| Duration::from_secs(f.spec.function_timeout))
+                    + self.inner.config.drain_slack;
+                let grace = Duration::from_secs(5);
+
+                // Mark stale instances draining.
+                let mut active: Vec<(&String, &mut FnInstance)> = Vec::new();
+                for (iid, inst) in fs.instances.iter_mut() {
+                    let stale = current_gen != Some(inst.endpoint.generation)
+                        || env_gen.is_some_and(|g| g != inst.env_generation);
+                    if stale && inst.drain_deadline.is_none() {
+                        inst.endpoint.mark_draining();
+                        inst.drain_deadline = Some(now + drain_for);
+                        tracing::info!(function = %fid, instance = %iid, "draining instance of an old generation");
+                    }
+                    if inst.drain_deadline.is_none() {
+                        active.push((iid, inst));
+                    }
+                }
+                // Reap idle instances beyond minScale, the longest idle first.
+                active.sort_by_key(|(_, i)| std::cmp::Reverse(i.endpoint.idle_for()));
+                let mut keep = active.len();
+                for (iid, inst) in active {
+                    if keep <= min_scale {
+                        break;
+                    }
+                    if inst.endpoint.in_flight() == 0 && inst.endpoint.idle_for() >= idle {
+                        inst.endpoint.mark_draining();
+                        inst.drain_deadline = Some(now + drain_for);
+                        keep -= 1;
+                        tracing::info!(function = %fid, instance = %iid, idle_s = idle.as_secs(), "reaping idle instance");
+                    }
+                }
+                // Delete drained instances.
+                let done: Vec<String> = fs
+                    .instances
+                    .iter()
+                    .filter(|(_, i)| {
+                        i.drain_deadline
+                            .is_some_and(|deadline| i.endpoint.in_flight() == 0 || deadline <= now)
+                    })
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for iid in done {
+                    fs.instances.remove(&iid);
+                    to_unindex.push((fid.clone(), iid.clone()));
+                    to_delete.push((iid, grace));
+                }
+                // Keep minScale ready.
+                if let (Some(f), Some(generation)) = (function, current_gen) {
+                    let ready = fs
+                        .instances
+                        .values()
+                        .filter(|i| i.drain_deadline.is_none() && i.endpoint.generation == generation)
+                        .count();
+                    let starting = fs.inflight.iter().filter(|i| i.generation == generation).count();
+                    for _ in (ready + starting)..min_scale {
+                        to_specialize.push((fid.clone(), Arc::clone(f)));
+                    }
+                }
+                if function.is_none() && fs.instances.is_empty() && fs.inflight.is_empty() {
+                    st.functions.remove(&fid);
+                }
+            }
+            for (_, iid) in &to_unindex {
+                if st.owners.remove(iid).is_some() {
+                    st.total = st.total.saturating_sub(1);
+                }
+            }
+        }
+        for (fid, iid) in to_unindex {
+            self.inner.index.remove(&fid, &iid);
+        }
+        for (id, grace) in to_delete {
+            let backend = Arc::clone(&self.inner.backend);
+            tokio::spawn(async move {
+                if let Err(e) = backend.delete(&id, grace).await {
+                    tracing::debug!(instance = %id, error = %e, "delete failed");
+                }
+            });
+        }
+        for (env_id, env) in to_start {
+            let this = self.clone();
+            tokio::spawn(async move { this.start_warm(env_id, env).await });
+        }
+        for (fid, function) in to_specialize {
+            let generation = generation_of(&function.metadata);
+            if let Some(done) = self.begin_specialization(&fid, function, generation, false) {
+                drop(done);
+            }
+        }
+        self.update_gauges();
+    }
+
+    fn instance_spec(&self, env_id: &FunctionId, env: &Environment, resources: &Resources) -> InstanceSpec {
+        let mut labels = BTreeMap::new();
+        labels.insert("environmentName".to_string(), env_id.name.clone());
+        labels.insert("environmentNamespace".to_string(), env_id.namespace.clone());
+        InstanceSpec {
+            id: new_instance_id(env_id),
+            environment: env_id.clone(),
+            env_generation: generation_of(&env.metadata),
+            image: env.spec.runtime.image.clone(),
+            command: env.spec.runtime.command.clone(),
+            limits: limits_of(resources, self.inner.config.default_pids_limit),
+            grace: Duration::from_secs(env.spec.termination_grace_period),
+            concurrency: self.inner.config.runtime_concurrency,
+            env: BTreeMap::new(),
+            labels,
+        }
+    }
+
+    async fn start_warm(&self, env_id: FunctionId, env: Arc<Environment>) {
+        let spec = self.instance_spec(&env_id, &env, &env.spec.resources);
+        let generation = spec.env_generation;
+        let result = self.inner.backend.create(spec).await;
+        let shutting_down = self.inner.shutdown.is_cancelled();
+        let discard = {
+            let mut guard = self.state();
+            let State { pools, owners, total, .. } = &mut *guard;
+            let pool = pools.get_mut(&env_id);
+            match result {
+                Ok(instance) => {
+                    let id = instance.id.clone();
+                    let keep = !shutting_down && pool.as_ref().is_some_and(|p| p.generation == generation);
+                    if let Some(pool) = pool {
+                        pool.starting = pool.starting.saturating_sub(1);
+                        pool.failures = 0;
+                        pool.last_error = None;
+                        if keep {
+                            owners.insert(instance.id.clone(), Owner::Pool(env_id.clone()));
+                            tracing::debug!(environment = %env_id, instance = %instance.id, "warm instance ready");
+                            pool.warm.push_back(instance);
+                        }
+                    }
+                    if keep {
+                        None
+                    } else {
+                        *total = total.saturating_sub(1);
+                        Some(id)
+                    }
+                }
+                Err(e) => {
+                    *total = total.saturating_sub(1);
+                    if let Some(pool) = pool {
+                        pool.starting = pool.starting.saturating_sub(1);
+                        pool.failures += 1;
+                        let backoff = self
+                            .inner
+                            .config
+                            .start_backoff
+                            .saturating_mul(1 << pool.failures.min(10))
+                            .min(self.inner.config.max_start_backoff);
+                        pool.retry_at = Some(Instant::now() + backoff);
+                        pool.last_error = Some(e.to_string());
+                        tracing::warn!(environment = %env_id, error = %e, retry_in_ms = backoff.as_millis() as u64, "warm instance failed to start");
+                    }
+                    None
+                }
+            }
+        };
+        self.update_gauges();
+        if let Some(id) = discard {
+            let _ = self.inner.backend.delete(&id, Duration::ZERO).await;
+        }
+    }
+
+    // ---- provisioning ----------------------------------------------------------------------
+
+    async fn load_function(&self, fid: &FunctionId) -> Result<Arc<Function>, ProvisionError> {
+        if let Some(f) = self.inner.cache.function(fid) {
+            return Ok(f);
+        }
+        // Just created and not yet seen by the watch: read it.
+        let obj = self
+            .inner
+            .store
+            .get(Kind::Function, &fid.namespace, &fid.name)
+            .await
+            .map_err(|e| ProvisionError::Unavailable(e.to_string()))?
+            .ok_or_else(|| ProvisionError::FunctionNotFound(fid.clone()))?;
+        Function::from_json(obj.value)
+            .map(Arc::new)
+            .map_err(|e| ProvisionError::Unavailable(format!("function {fid} is unreadable: {e}")))
+    }
+
+    async fn load_environment(&self, function: &Function) -> Result<(FunctionId, Arc<Environment>), ProvisionError> {
+        let env_id = FunctionId::new(&function.spec.environment.namespace, &function.spec.environment.name);
+        if let Some(env) = self.inner.cache.environment(&env_id) {
+            return Ok((env_id, env));
+        }
+        let obj = self
+            .inner
+            .store
+            .get(Kind::Environment, &env_id.namespace, &env_id.name)
+            .await
+            .map_err(|e| ProvisionError::Unavailable(e.to_string()))?
+            .ok_or_else(|| ProvisionError::EnvironmentNotFound(env_id.to_string()))?;
+        let env = Environment::from_json(obj.value)
+            .map_err(|e| ProvisionError::Unavailable(format!("environment {env_id} is unreadable: {e}")))?;
+        Ok((env_id, Arc::new(env)))
+    }
+
+    /// The package's deployment archive in the archive store: (sha256, single-file name).
+    async fn resolve_archive(&self, function: &Function) -> Result<(String, Option<String>), ProvisionError> {
+        let pref = &function.spec.package.packageref;
+        let package_error = |reason: String| ProvisionError::Package {
+            name: format!("{}/{}", pref.namespace, pref.name),
+            reason,
+        };
+        let obj = self
+            .inner
+            .store
+            .get(Kind::Package, &pref.namespace, &pref.name)
+            .await
+            .map_err(|e| ProvisionError::Unavailable(e.to_string()))?
+            .ok_or_else(|| package_error("it does not exist".into()))?;
+        let package = Package::from_json(obj.value).map_err(|e| package_error(format!("unreadable: {e}")))?;
+        match package.status.buildstatus {
+            BuildStatus::Failed => {
+                let log = package.status.buildlog.trim();
+                return Err(package_error(format!("its build failed:\n{log}")));
+            }
+            BuildStatus::Pending | BuildStatus::Running if package.spec.deployment.is_none() => {
+                return Err(package_error("it has not been built yet".into()));
+            }
+            _ => {}
+        }
+        let archive = package
+            .spec
+            .deployment
+            .as_ref()
+            .ok_or_else(|| package_error("it has no deployment archive".into()))?;
+        let sha = match archive.kind {
+            ArchiveType::Url => archive
+                .stored_sha256()
+                .map(str::to_string)
+                .ok_or_else(|| package_error("only archive://sha256/ URLs are fetched locally".into()))?,
+            ArchiveType::Literal => {
+                let literal = archive.literal.as_deref().unwrap_or_default();
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(literal)
+                    .map_err(|e| package_error(format!("its literal archive is not base64: {e}")))?;
+                self.inner
+                    .archives
+                    .put_bytes(&bytes)
+                    .await
+                    .map_err(|e| package_error(format!("storing its literal archive failed: {e}")))?
+                    .sha256
+            }
+        };
+        if let Some(checksum) = &archive.checksum {
+            if checksum.sum != sha {
+                return Err(package_error(format!(
+                    "checksum mismatch: archive is sha256 {sha}, spec says {}",
+                    checksum.sum
+                )));
+            }
+        }
+        Ok((sha, archive.filename.clone()))
+    }
+
+    /// Starts a specialization for `fid` unless one with free slots exists or the function is
+    /// at its cap. Returns the receiver of its outcome, or `None` when at capacity.
+    fn begin_specialization(
+        &self,
+        fid: &FunctionId,
+        function: Arc<Function>,
+        generation: i64,
+        claim: bool,
+    ) -> Option<watch::Receiver<Option<Result<(), ProvisionError>>>> {
+        let rpp = function.spec.requests_per_pod.max(1);
+        let cap = match function.spec.executor_type {
+            ExecutorType::Poolmgr => function.spec.concurrency,
+            ExecutorType::Newdeploy => function.spec.max_scale,
+        } as usize;
+        let mut st = self.state();
+        let id = st.next_inflight;
+        st.next_inflight += 1;
+        let fs = st.functions.entry(fid.clone()).or_default();
+        if claim {
+            if let Some(inflight) = fs
+                .inflight
+                .iter_mut()
+                .find(|i| i.generation == generation && i.unclaimed > 0)
+            {
+                inflight.unclaimed -= 1;
+                return Some(inflight.done.clone());
+            }
+        }
+        let ready = fs
+            .instances
+            .values()
+            .filter(|i| i.drain_deadline.is_none() && i.endpoint.generation == generation)
+            .count();
+        let specializing = fs.inflight.iter().filter(|i| i.generation == generation).count();
+        if ready + specializing >= cap {
+            return None;
+        }
+        let (tx, rx) = watch::channel(None);
+        fs.inflight.push(Inflight {
+            id,
+            generation,
+            unclaimed: if claim { rpp - 1 } else { rpp },
+            done: rx.clone(),
+        });
+        drop(st);
+        let this = self.clone();
+        let fid = fid.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let result = this.specialize_new(&fid, &function, generation).await;
+            let label = match &result {
+                Ok(()) => "ok",
+                Err(ProvisionError::Timeout(_)) => "timeout",
+                Err(_) => "failed",
+            };
+            this.inner
+                .metrics
+                .specializations
+                .get_or_create(&ResultLabels { result: label })
+                .inc();
+            this.inner
+                .metrics
+                .specialize_seconds
+                .observe(started.elapsed().as_secs_f64());
+            {
+                let mut st = this.state();
+                if let Some(fs) = st.functions.get_mut(&fid) {
+                    fs.inflight.retain(|i| i.id != id);
+                }
+            }
+            if let Err(e) = &result {
+                tracing::warn!(function = %fid, error = %e, "specialization failed");
+                this.record_error(&fid, Some(e.to_string())).await;
+            }
+            let _ = tx.send(Some(result));
+            this.update_gauges();
+        });
+        Some(rx)
+    }
+
+    /// Takes a warm instance of the environment's pool if one is ready.
+    fn take_warm(&self, env_id: &FunctionId, env_generation: i64, fid: &FunctionId) -> Option<Instance> {
+        let mut st = self.state();
+        let pool = st.pools.get_mut(env_id)?;
+        if pool.generation != env_generation {
+            return None;
+        }
+        let instance = pool.warm.pop_front()?;
+        st.owners
+            .insert(instance.id.clone(), Owner::Specializing(fid.clone()));
+        Some(instance)
+    }
+
+    async fn specialize_new(&self, fid: &FunctionId, function: &Function, generation: i64) -> Result<(), ProvisionError> {
+        let (env_id, env) = self.load_environment(function).await?;
+        let (sha, filename) = self.resolve_archive(function).await?;
+        let env_generation = generation_of(&env.metadata);
+        let dedicated = function.spec.executor_type == ExecutorType::Newdeploy || !function.spec.resources.is_empty();
+        let warm = if dedicated {
+            None
+        } else {
+            self.take_warm(&env_id, env_generation, fid)
+        };
+        let instance = match warm {
+            Some(instance) => {
+                // Refill the pool in the background.
+                self.inner.cache.changed.notify_waiters();
+                instance
+            }
+            None => {
+                {
+                    let mut st = self.state();
+                    if st.total >= self.inner.config.max_instances {
+                        return Err(ProvisionError::Unavailable(format!(
+                            "the platform's instance limit ({}) is reached",
+                            self.inner.config.max_instances
+                        )));
+                    }
+                    st.total += 1;
+                }
+                let resources = function.spec.resources.or(&env.spec.resources);
+                let spec = self.instance_spec(&env_id, &env, &resources);
+                match self.inner.backend.create(spec).await {
+                    Ok(instance) => {
+                        self.state()
+                            .owners
+                            .insert(instance.id.clone(), Owner::Specializing(fid.clone()));
+                        instance
+                    }
+                    Err(e) => {
+                        let mut st = self.state();
+                        st.total = st.total.saturating_sub(1);
+                        return Err(ProvisionError::Start(e.to_string()));
+                    }
+                }
+            }
+        };
+        let timeout = Duration::from_secs(function.spec.specialization_timeout);
+        let request = SpecializeRequest {
+            function: fid.clone(),
+            generation,
+            archive_sha256: sha,
+            filename,
+            entrypoint: function.spec.package.function_name.clone(),
+            env: function.spec.env.clone(),
+            timeout,
+        };
+        let outcome = tokio::time::timeout(timeout, self.inner.backend.specialize(&instance, &request)).await;
+        let error = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some(BackendError::Timeout(format!("no answer within {} s", timeout.as_secs()))),
+        };
+        if let Some(error) = error {
+            let exit = {
+                let mut st = self.state();
+                if st.owners.remove(&instance.id).is_some() {
+                    st.total = st.total.saturating_sub(1);
+                }
+                st.exits.remove(&instance.id)
+            };
+            let _ = self.inner.backend.delete(&instance.id, Duration::ZERO).await;
+            return Err(match (error, exit) {
+                (BackendError::Timeout(_), _) => ProvisionError::Timeout(timeout),
+                (BackendError::Specialize { message, detail, .. }, None) => {
+                    ProvisionError::Specialize { message, detail }
+                }
+                (other, Some(reason)) => ProvisionError::Specialize {
+                    message: format!("instance {} {reason} during specialization", instance.id),
+                    detail: Some(other.to_string()),
+                },
+                (other, None) => ProvisionError::Specialize {
+                    message: other.to_string(),
+                    detail: None,
+                },
+            });
+        }
+        let endpoint = Arc::new(Endpoint::new(
+            instance.id.clone(),
+            instance.addr,
+            generation,
+            function.spec.requests_per_pod,
+        ));
+        {
+            let mut st = self.state();
+            if st.owners.get(&instance.id) != Some(&Owner::Specializing(fid.clone())) {
+                // It ended while we were specializing it.
+                let reason = st.exits.remove(&instance.id).unwrap_or_default();
+                if st.owners.remove(&instance.id).is_some() {
+                    st.total = st.total.saturating_sub(1);
+                }
+                return Err(ProvisionError::Specialize {
+                    message: format!("instance {} {reason} right after specialization", instance.id),
+                    detail: None,
+                });
+            }
+            st.owners.insert(instance.id.clone(), Owner::Function(fid.clone()));
+            st.functions.entry(fid.clone()).or_default().instances.insert(
+                instance.id.clone(),
+                FnInstance {
+                    endpoint: Arc::clone(&endpoint),
+                    env_generation,
+                    drain_deadline: None,
+                },
+            );
+        }
+        self.inner.index.insert(fid, endpoint);
+        tracing::info!(function = %fid, instance = %instance.id, generation, "instance specialized");
+        if function.status.last_error.is_some() {
+            self.record_error(fid, None).await;
+        }
+        Ok(())
+    }
+
+    /// Writes (or clears) the function's `status.lastError` so `kappa fn get` shows it.
+    async fn record_error(&self, fid: &FunctionId, error: Option<String>) {
+        let status = serde_json::json!({ "lastError": error });
+        if let Err(e) = self
+            .inner
+            .store
+            .put_status(Kind::Function, &fid.namespace, &fid.name, status, Precondition::MustExist)
+            .await
+        {
+            tracing::debug!(function = %fid, error = %e, "could not record the function's status");
+        }
+    }
+}
+
+#[async_trait]
+impl Provisioner for PoolManager {
+    async fn provision(&self, function: &FunctionId, generation: i64) -> Result<Provision, ProvisionError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(ProvisionError::Unavailable("the platform is shutting down".into()));
+        }
+        let f = self.load_function(function).await?;
+        let current = generation_of(&f.metadata);
+        if current != generation {
+            // The caller's route table is behind (or ahead of) the store by a moment: let it
+            // catch up rather than specialize code it would not use.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            return Ok(Provision::Added);
+        }
+        let timeout = Duration::from_secs(f.spec.specialization_timeout);
+        let Some(mut done) = self.begin_specialization(function, f, generation, true) else {
+            return Ok(Provision::AtCapacity);
+        };
+        let waited = tokio::time::timeout(timeout, async {
+            loop {
+                if let Some(result) = done.borrow_and_update().clone() {
+                    return result;
+                }
+                if done.changed().await.is_err() {
+                    return Err(ProvisionError::Unavailable("specialization was abandoned".into()));
+                }
+            }
+        })
+        .await;
+        match waited {
+            Ok(Ok(())) => Ok(Provision::Added),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ProvisionError::Timeout(timeout)),
+        }
+    }
+}
