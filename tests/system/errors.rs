@@ -3,13 +3,16 @@
 use std::io::Write as _;
 use std::time::Duration;
 
-use crate::harness::{eventually, function_path, Platform};
+use crate::harness::{Platform, eventually, function_path};
 
 #[test]
 fn bad_specs_name_the_field_and_change_nothing() {
     let p = Platform::start();
     let err = p.fails(&["env", "create", "--name", "Bad_Name", "--image", "python"]);
-    assert!(err.contains("metadata.name") || err.contains("name"), "{err}");
+    assert!(
+        err.contains("metadata.name") || err.contains("name"),
+        "{err}"
+    );
     let r = p.api(
         "POST",
         "/v1/environments",
@@ -17,32 +20,84 @@ fn bad_specs_name_the_field_and_change_nothing() {
     );
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.json()["error"]["field"], "spec.poolsize");
-    let r = p.api("POST", "/v1/environments", br#"{"metadata":{"name":"py"},"spec":{"runtime":{"image":"python"},"poolsiz":1}}"#);
+    let r = p.api(
+        "POST",
+        "/v1/environments",
+        br#"{"metadata":{"name":"py"},"spec":{"runtime":{"image":"python"},"poolsiz":1}}"#,
+    );
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("poolsiz"), "{}", r.text());
     let list = p.api("GET", "/v1/environments", b"");
-    assert_eq!(list.json()["items"].as_array().map(Vec::len), Some(0), "nothing was created");
+    assert_eq!(
+        list.json()["items"].as_array().map(Vec::len),
+        Some(0),
+        "nothing was created"
+    );
 
     p.python_env(&[]);
     let hello = function_path("examples/hello/hello.py");
-    let err = p.fails(&["fn", "create", "--name", "f", "--env", "nosuchenv", "--code", &hello]);
-    assert!(err.contains("spec.environment.name") || err.contains("nosuchenv"), "{err}");
-    let err = p.fails(&["fn", "create", "--name", "f", "--env", "python", "--code", &hello, "--fntimeout", "0"]);
+    let err = p.fails(&[
+        "fn",
+        "create",
+        "--name",
+        "f",
+        "--env",
+        "nosuchenv",
+        "--code",
+        &hello,
+    ]);
+    assert!(
+        err.contains("spec.environment.name") || err.contains("nosuchenv"),
+        "{err}"
+    );
+    let err = p.fails(&[
+        "fn",
+        "create",
+        "--name",
+        "f",
+        "--env",
+        "python",
+        "--code",
+        &hello,
+        "--fntimeout",
+        "0",
+    ]);
     assert!(err.contains("functionTimeout"), "{err}");
     let err = p.fails(&["route", "create", "--url", "/x", "--function", "nosuchfn"]);
-    assert!(err.contains("nosuchfn") || err.contains("functionref"), "{err}");
+    assert!(
+        err.contains("nosuchfn") || err.contains("functionref"),
+        "{err}"
+    );
     let fns = p.api("GET", "/v1/functions", b"");
-    assert_eq!(fns.json()["items"].as_array().map(Vec::len), Some(0), "rejected requests created nothing");
+    assert_eq!(
+        fns.json()["items"].as_array().map(Vec::len),
+        Some(0),
+        "rejected requests created nothing"
+    );
 }
 
 #[test]
 fn path_traversal_in_names_is_refused() {
     let p = Platform::start();
     p.python_env(&[]);
-    let err = p.fails(&["fn", "create", "--name", "../etc", "--env", "python", "--code", &function_path("examples/hello/hello.py")]);
+    let err = p.fails(&[
+        "fn",
+        "create",
+        "--name",
+        "../etc",
+        "--env",
+        "python",
+        "--code",
+        &function_path("examples/hello/hello.py"),
+    ]);
     assert!(err.contains("name"), "{err}");
     let r = p.api("GET", "/v1/functions/..%2F..%2Fetc%2Fpasswd", b"");
-    assert!(r.status == 400 || r.status == 404, "{} {}", r.status, r.text());
+    assert!(
+        r.status == 400 || r.status == 404,
+        "{} {}",
+        r.status,
+        r.text()
+    );
     assert!(!r.text().contains("root:"), "{}", r.text());
 }
 
@@ -58,17 +113,36 @@ fn archive_entries_escaping_the_code_dir_are_refused() {
         let opts = zip::write::SimpleFileOptions::default();
         zip.start_file("main.py", opts).unwrap();
         zip.write_all(b"def main():\n    return 'hi'\n").unwrap();
-        zip.start_file("../../../../../../tmp/kappa-evil-escape.py", opts).unwrap();
+        zip.start_file("../../../../../../tmp/kappa-evil-escape.py", opts)
+            .unwrap();
         zip.write_all(b"pwned").unwrap();
         zip.finish().unwrap();
     }
     let _ = std::fs::remove_file("/tmp/kappa-evil-escape.py");
-    p.ok(&["fn", "create", "--name", "evil", "--env", "python", "--src", zip_path.to_str().unwrap(), "--entrypoint", "main.main"]);
+    p.ok(&[
+        "fn",
+        "create",
+        "--name",
+        "evil",
+        "--env",
+        "python",
+        "--src",
+        zip_path.to_str().unwrap(),
+        "--entrypoint",
+        "main.main",
+    ]);
     p.ok(&["route", "create", "--url", "/evil", "--function", "evil"]);
     let r = p.get("/evil");
     assert_eq!(r.status, 500, "{}", r.text());
-    assert!(r.text().contains(".."), "the error names the unsafe entry: {}", r.text());
-    assert!(!std::path::Path::new("/tmp/kappa-evil-escape.py").exists(), "nothing was written outside");
+    assert!(
+        r.text().contains(".."),
+        "the error names the unsafe entry: {}",
+        r.text()
+    );
+    assert!(
+        !std::path::Path::new("/tmp/kappa-evil-escape.py").exists(),
+        "nothing was written outside"
+    );
 }
 
 #[test]
@@ -82,7 +156,10 @@ fn import_error_exception_and_timeout_state_their_cause() {
     assert_eq!(body["error"]["code"], "specialize_failed", "{body}");
     let msg = body["error"]["message"].as_str().unwrap_or_default();
     assert!(msg.contains("ModuleNotFoundError"), "{msg}");
-    assert!(msg.contains("import_error.py"), "the traceback names the user's file: {msg}");
+    assert!(
+        msg.contains("import_error.py"),
+        "the traceback names the user's file: {msg}"
+    );
     assert!(body["error"]["invocationId"].is_string(), "{body}");
 
     p.deploy("exc", "testdata/python/exception.py", "/exc", &[]);
@@ -91,7 +168,12 @@ fn import_error_exception_and_timeout_state_their_cause() {
     assert!(r.text().contains("ValueError"), "{}", r.text());
     assert!(r.text().contains("boom"), "{}", r.text());
 
-    p.deploy("slow", "testdata/python/slow.py", "/slow", &["--fntimeout", "1"]);
+    p.deploy(
+        "slow",
+        "testdata/python/slow.py",
+        "/slow",
+        &["--fntimeout", "1"],
+    );
     let r = p.get("/slow?s=10");
     assert_eq!(r.status, 504, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "timeout");
@@ -129,7 +211,12 @@ fn oversized_body_is_refused_before_the_function() {
     p.python_env(&[]);
     p.deploy("echo", "examples/echo/echo.py", "/echo", &[]);
     let big = vec![b'x'; 2 << 20];
-    let r = p.request("POST", "/echo", &[("Content-Type", "application/octet-stream")], &big);
+    let r = p.request(
+        "POST",
+        "/echo",
+        &[("Content-Type", "application/octet-stream")],
+        &big,
+    );
     assert_eq!(r.status, 413, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "body_too_large");
 }
@@ -138,17 +225,33 @@ fn oversized_body_is_refused_before_the_function() {
 fn exhausted_capacity_gives_429_with_retry_after() {
     let p = Platform::start_with(&["--no-example", "--queue-limit", "1"]);
     p.python_env(&[]);
-    p.deploy("slow", "testdata/python/slow.py", "/slow", &["--concurrency", "1", "--rpp", "1", "--fntimeout", "30"]);
+    p.deploy(
+        "slow",
+        "testdata/python/slow.py",
+        "/slow",
+        &["--concurrency", "1", "--rpp", "1", "--fntimeout", "30"],
+    );
     // Warm it up so the first slow request is admitted at once.
     assert_eq!(p.get("/slow?s=0").status, 200);
     let router = p.router;
-    let slow = |s: &'static str| std::thread::spawn(move || crate::harness::http(router, "GET", &format!("/slow?s={s}"), &[], b"").unwrap());
+    let slow = |s: &'static str| {
+        std::thread::spawn(move || {
+            crate::harness::http(router, "GET", &format!("/slow?s={s}"), &[], b"").unwrap()
+        })
+    };
     let busy = slow("3");
     // The in-flight request holds the only slot; wait until it is admitted.
-    eventually(Duration::from_secs(10), "the slow request to be in flight", || {
-        let m = crate::harness::http(p.admin, "GET", "/debug/endpoints", &[], b"").ok()?;
-        m.text().contains("\"inFlight\":1").then_some(()).or_else(|| m.text().contains("\"in_flight\":1").then_some(()))
-    });
+    eventually(
+        Duration::from_secs(10),
+        "the slow request to be in flight",
+        || {
+            let m = crate::harness::http(p.admin, "GET", "/debug/endpoints", &[], b"").ok()?;
+            m.text()
+                .contains("\"inFlight\":1")
+                .then_some(())
+                .or_else(|| m.text().contains("\"in_flight\":1").then_some(()))
+        },
+    );
     let queued = slow("0");
     std::thread::sleep(Duration::from_millis(300));
     let rejected = p.get("/slow?s=0");
@@ -156,5 +259,9 @@ fn exhausted_capacity_gives_429_with_retry_after() {
     assert!(rejected.header("retry-after").is_some());
     assert_eq!(rejected.json()["error"]["code"], "no_capacity");
     assert_eq!(busy.join().unwrap().status, 200);
-    assert_eq!(queued.join().unwrap().status, 200, "the queued request is served once the slot frees");
+    assert_eq!(
+        queued.join().unwrap().status,
+        200,
+        "the queued request is served once the slot frees"
+    );
 }

@@ -2,18 +2,30 @@
 
 use std::time::Duration;
 
-use crate::harness::{eventually, function_path, Platform};
+use crate::harness::{Platform, eventually, function_path};
 
 #[test]
 fn readme_quick_start() {
     let p = Platform::start();
     p.ok(&["env", "create", "--name", "python", "--image", "python"]);
-    p.ok(&["fn", "create", "--name", "hello", "--env", "python", "--code", &function_path("examples/hello/hello.py")]);
+    p.ok(&[
+        "fn",
+        "create",
+        "--name",
+        "hello",
+        "--env",
+        "python",
+        "--code",
+        &function_path("examples/hello/hello.py"),
+    ]);
     p.ok(&["route", "create", "--url", "/hello", "--function", "hello"]);
     let r = p.get("/hello");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text(), "Hello, world!\n");
-    assert!(r.header("x-kappa-invocation-id").is_some_and(|v| !v.is_empty()));
+    assert!(
+        r.header("x-kappa-invocation-id")
+            .is_some_and(|v| !v.is_empty())
+    );
     // Warm path answers the same.
     assert_eq!(p.get("/hello").text(), "Hello, world!\n");
     let list = p.ok(&["fn", "list"]);
@@ -21,7 +33,10 @@ fn readme_quick_start() {
     let tested = p.ok(&["fn", "test", "--name", "hello"]);
     assert_eq!(tested, "Hello, world!\n");
     let logs = p.ok(&["fn", "logs", "hello"]);
-    assert!(logs.contains("specialized"), "platform lines in the function's log: {logs}");
+    assert!(
+        logs.contains("specialized"),
+        "platform lines in the function's log: {logs}"
+    );
 }
 
 #[test]
@@ -31,24 +46,61 @@ fn up_deploys_the_bundled_example_and_prints_the_curl() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text(), "Hello, world!\n");
     let log = p.log();
-    assert!(log.contains(&format!("curl http://{}/hello", p.router)), "{log}");
+    assert!(
+        log.contains(&format!("curl http://{}/hello", p.router)),
+        "{log}"
+    );
 }
 
 #[test]
 fn echo_gets_params_headers_query_and_body() {
     let p = Platform::start();
     p.python_env(&[]);
-    p.ok(&["fn", "create", "--name", "echo", "--env", "python", "--code", &function_path("examples/echo/echo.py")]);
-    p.ok(&["route", "create", "--name", "echo", "--url", "/echo/{id}", "--function", "echo", "--method", "POST"]);
-    let r = p.request("POST", "/echo/42?x=1", &[("X-Custom", "yes"), ("Content-Type", "text/plain")], b"payload");
+    p.ok(&[
+        "fn",
+        "create",
+        "--name",
+        "echo",
+        "--env",
+        "python",
+        "--code",
+        &function_path("examples/echo/echo.py"),
+    ]);
+    p.ok(&[
+        "route",
+        "create",
+        "--name",
+        "echo",
+        "--url",
+        "/echo/{id}",
+        "--function",
+        "echo",
+        "--method",
+        "POST",
+    ]);
+    let r = p.request(
+        "POST",
+        "/echo/42?x=1",
+        &[("X-Custom", "yes"), ("Content-Type", "text/plain")],
+        b"payload",
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     let text = v.to_string();
     assert_eq!(v["method"], "POST", "{text}");
-    assert!(text.contains("42"), "path param reaches the function: {text}");
-    assert!(text.contains("payload"), "body reaches the function: {text}");
+    assert!(
+        text.contains("42"),
+        "path param reaches the function: {text}"
+    );
+    assert!(
+        text.contains("payload"),
+        "body reaches the function: {text}"
+    );
     assert!(text.contains("yes"), "headers reach the function: {text}");
-    assert!(text.to_ascii_lowercase().contains("x-kappa-function-name"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("x-kappa-function-name"),
+        "{text}"
+    );
     // Wrong method on a matched path.
     let r = p.request("DELETE", "/echo/42", &[], b"");
     assert_eq!(r.status, 405, "{}", r.text());
@@ -62,15 +114,57 @@ fn echo_gets_params_headers_query_and_body() {
 fn json_api_example() {
     let p = Platform::start();
     p.python_env(&[]);
-    p.ok(&["fn", "create", "--name", "items", "--env", "python", "--code", &function_path("examples/jsonapi/jsonapi.py")]);
-    p.ok(&["route", "create", "--name", "items", "--prefix", "/items", "--function", "items", "--method", "GET", "--method", "POST"]);
-    let r = p.request("POST", "/items", &[("Content-Type", "application/json")], br#"{"name": "apple"}"#);
-    assert!(r.status == 200 || r.status == 201, "{} {}", r.status, r.text());
+    p.ok(&[
+        "fn",
+        "create",
+        "--name",
+        "items",
+        "--env",
+        "python",
+        "--code",
+        &function_path("examples/jsonapi/jsonapi.py"),
+    ]);
+    p.ok(&[
+        "route",
+        "create",
+        "--name",
+        "items",
+        "--prefix",
+        "/items",
+        "--function",
+        "items",
+        "--method",
+        "GET",
+        "--method",
+        "POST",
+    ]);
+    let r = p.request(
+        "POST",
+        "/items",
+        &[("Content-Type", "application/json")],
+        br#"{"name": "apple"}"#,
+    );
+    assert!(
+        r.status == 200 || r.status == 201,
+        "{} {}",
+        r.status,
+        r.text()
+    );
     let r = p.get("/items");
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.text().contains("apple"), "{}", r.text());
-    let r = p.request("POST", "/items", &[("Content-Type", "application/json")], b"[1,2]");
-    assert_eq!(r.status, 400, "invalid item is the function's 400: {}", r.text());
+    let r = p.request(
+        "POST",
+        "/items",
+        &[("Content-Type", "application/json")],
+        b"[1,2]",
+    );
+    assert_eq!(
+        r.status,
+        400,
+        "invalid item is the function's 400: {}",
+        r.text()
+    );
 }
 
 #[test]
@@ -80,11 +174,27 @@ fn update_sends_new_requests_to_new_code() {
     let dir = tempfile::tempdir().unwrap();
     let v1 = dir.path().join("greet.py");
     std::fs::write(&v1, "def main():\n    return 'v1'\n").unwrap();
-    p.ok(&["fn", "create", "--name", "greet", "--env", "python", "--code", v1.to_str().unwrap()]);
+    p.ok(&[
+        "fn",
+        "create",
+        "--name",
+        "greet",
+        "--env",
+        "python",
+        "--code",
+        v1.to_str().unwrap(),
+    ]);
     p.ok(&["route", "create", "--url", "/greet", "--function", "greet"]);
     assert_eq!(p.get("/greet").text(), "v1");
     std::fs::write(&v1, "def main():\n    return 'v2'\n").unwrap();
-    p.ok(&["fn", "update", "--name", "greet", "--code", v1.to_str().unwrap()]);
+    p.ok(&[
+        "fn",
+        "update",
+        "--name",
+        "greet",
+        "--code",
+        v1.to_str().unwrap(),
+    ]);
     eventually(Duration::from_secs(30), "the new code to answer", || {
         (p.get("/greet").text() == "v2").then_some(())
     });

@@ -17,7 +17,11 @@ pub fn repo_root() -> PathBuf {
 
 /// A path under `functions/`.
 pub fn function_path(rel: &str) -> String {
-    repo_root().join("functions").join(rel).display().to_string()
+    repo_root()
+        .join("functions")
+        .join(rel)
+        .display()
+        .to_string()
 }
 
 fn free_port() -> SocketAddr {
@@ -55,7 +59,10 @@ impl Platform {
     }
 
     pub fn start_with(extra: &[&str]) -> Self {
-        let data_dir = tempfile::Builder::new().prefix("kappa-it-").tempdir().expect("temp dir");
+        let data_dir = tempfile::Builder::new()
+            .prefix("kappa-it-")
+            .tempdir()
+            .expect("temp dir");
         let log_path = data_dir.path().join("kappa-up.log");
         let mut p = Platform {
             router: free_port(),
@@ -99,10 +106,16 @@ impl Platform {
         self.child = Some(child);
         let admin = self.admin;
         eventually(Duration::from_secs(60), "kappa up to be ready", || {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("kappa up exited with {status}:\n{}", self.log());
             }
-            let ready = http(admin, "GET", "/readyz", &[], b"").map(|r| r.status == 200).unwrap_or(false);
+            let ready = http(admin, "GET", "/readyz", &[], b"")
+                .map(|r| r.status == 200)
+                .unwrap_or(false);
             let configured = self.data_dir.path().join("client.json").exists();
             (ready && configured).then_some(())
         });
@@ -134,7 +147,10 @@ impl Platform {
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("running");
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(s) = c.try_wait().expect("wait") {
@@ -187,7 +203,10 @@ impl Platform {
 
     /// The API token.
     pub fn token(&self) -> String {
-        std::fs::read_to_string(self.data_dir.path().join("token")).expect("token").trim().to_string()
+        std::fs::read_to_string(self.data_dir.path().join("token"))
+            .expect("token")
+            .trim()
+            .to_string()
     }
 
     /// A request to the public router.
@@ -195,15 +214,31 @@ impl Platform {
         self.request("GET", path, &[], b"")
     }
 
-    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-        http(self.router, method, path, headers, body).unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", tail(&self.log(), 40)))
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        http(self.router, method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", tail(&self.log(), 40)))
     }
 
     /// A request to the API server with the token.
     pub fn api(&self, method: &str, path: &str, body: &[u8]) -> Response {
         let auth = format!("Bearer {}", self.token());
-        http(self.api, method, path, &[("Authorization", &auth), ("Content-Type", "application/json")], body)
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+        http(
+            self.api,
+            method,
+            path,
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            body,
+        )
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
     /// Creates the `python` environment with the given extra flags.
@@ -216,10 +251,25 @@ impl Platform {
     /// Deploys `functions/<file>` as function `name` with a GET route at `url`.
     pub fn deploy(&self, name: &str, file: &str, url: &str, extra: &[&str]) {
         let code = function_path(file);
-        let mut args = vec!["fn", "create", "--name", name, "--env", "python", "--code", &code];
+        let mut args = vec![
+            "fn", "create", "--name", name, "--env", "python", "--code", &code,
+        ];
         args.extend_from_slice(extra);
         self.ok(&args);
-        self.ok(&["route", "create", "--name", name, "--url", url, "--function", name, "--method", "GET", "--method", "POST"]);
+        self.ok(&[
+            "route",
+            "create",
+            "--name",
+            name,
+            "--url",
+            url,
+            "--function",
+            name,
+            "--method",
+            "GET",
+            "--method",
+            "POST",
+        ]);
     }
 
     /// Instance processes started by this platform (found by their instance id in the environment).
@@ -231,7 +281,10 @@ impl Platform {
 impl Drop for Platform {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
@@ -254,7 +307,11 @@ pub fn instance_pids_under(dir: &Path) -> Vec<u32> {
         return pids;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         if pid == me {
@@ -289,7 +346,8 @@ impl Response {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -302,11 +360,20 @@ impl Response {
 
 /// A minimal blocking HTTP/1.1 client (one request per connection), so the tests see exactly
 /// what the platform sends.
-pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -320,7 +387,10 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]
 
 fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
-    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no header end"))?;
+    let head_end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no header end"))?;
     let head = String::from_utf8_lossy(&raw[..head_end]);
     let mut lines = head.split("\r\n");
     let status_line = lines.next().ok_or_else(|| bad("no status line"))?;
@@ -334,13 +404,17 @@ fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
     let mut body = raw[head_end + 4..].to_vec();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked"));
+    let chunked = headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    });
     if chunked {
         body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
     }
-    Ok(Response { status, headers, body })
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {

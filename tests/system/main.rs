@@ -1,6 +1,8 @@
 //! System tests: start the real `kappa up` on free loopback ports, deploy through the real CLI,
 //! invoke over HTTP, as a user would.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod errors;
 mod examples;
 mod harness;

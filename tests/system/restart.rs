@@ -2,13 +2,17 @@
 
 use std::time::Duration;
 
-use crate::harness::{eventually, function_path, Platform};
+use crate::harness::{Platform, eventually, function_path};
 
 /// Every process below `pid` (children, grandchildren...).
 fn descendants(pid: u32) -> Vec<u32> {
     let mut parents = std::collections::HashMap::<u32, Vec<u32>>::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(child) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
@@ -18,7 +22,11 @@ fn descendants(pid: u32) -> Vec<u32> {
         let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
             continue;
         };
-        if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|s| s.parse::<u32>().ok()) {
+        if let Some(ppid) = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse::<u32>().ok())
+        {
             parents.entry(ppid).or_default().push(child);
         }
     }
@@ -35,7 +43,9 @@ fn descendants(pid: u32) -> Vec<u32> {
 
 fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')),
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -44,22 +54,52 @@ fn alive(pid: u32) -> bool {
 fn kill_9_and_restart_keeps_resources_and_leaves_no_orphans() {
     let mut p = Platform::start();
     p.python_env(&[]);
-    p.ok(&["fn", "create", "--name", "hello", "--env", "python", "--code", &function_path("examples/hello/hello.py")]);
-    p.ok(&["route", "create", "--name", "hello", "--url", "/hello", "--function", "hello"]);
+    p.ok(&[
+        "fn",
+        "create",
+        "--name",
+        "hello",
+        "--env",
+        "python",
+        "--code",
+        &function_path("examples/hello/hello.py"),
+    ]);
+    p.ok(&[
+        "route",
+        "create",
+        "--name",
+        "hello",
+        "--url",
+        "/hello",
+        "--function",
+        "hello",
+    ]);
     assert_eq!(p.get("/hello").status, 200);
     let before = p.ok(&["fn", "get", "hello", "-o", "json"]);
 
     let instances = descendants(p.pid());
-    assert!(!instances.is_empty(), "warm and specialized instances are running");
+    assert!(
+        !instances.is_empty(),
+        "warm and specialized instances are running"
+    );
     p.kill9();
-    eventually(Duration::from_secs(15), "every instance process to end with the platform", || {
-        let left: Vec<u32> = instances.iter().copied().filter(|pid| alive(*pid)).collect();
-        left.is_empty().then_some(())
-    });
+    eventually(
+        Duration::from_secs(15),
+        "every instance process to end with the platform",
+        || {
+            let left: Vec<u32> = instances
+                .iter()
+                .copied()
+                .filter(|pid| alive(*pid))
+                .collect();
+            left.is_empty().then_some(())
+        },
+    );
 
     p.restart();
     let after = p.ok(&["fn", "get", "hello", "-o", "json"]);
-    let uid = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap()["metadata"]["uid"].clone();
+    let uid =
+        |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap()["metadata"]["uid"].clone();
     assert_eq!(uid(&before), uid(&after), "the same function survived");
     assert!(p.ok(&["env", "list"]).contains("python"));
     assert!(p.ok(&["route", "list"]).contains("/hello"));

@@ -80,9 +80,13 @@ pub struct ExitReason {
 impl fmt::Display for ExitReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.signal, self.code) {
-            (Some(sig), _) if self.oom_killed => write!(f, "exited with signal {sig} (out of memory)"),
+            (Some(sig), _) if self.oom_killed => {
+                write!(f, "exited with signal {sig} (out of memory)")
+            }
             (Some(sig), _) => write!(f, "exited with signal {sig}"),
-            (None, Some(code)) if self.oom_killed => write!(f, "exited with code {code} (out of memory)"),
+            (None, Some(code)) if self.oom_killed => {
+                write!(f, "exited with code {code} (out of memory)")
+            }
             (None, Some(code)) => write!(f, "exited with code {code}"),
             (None, None) => f.write_str("exited"),
         }
@@ -130,7 +134,11 @@ pub trait Backend: Send + Sync + 'static {
     async fn create(&self, spec: InstanceSpec) -> Result<Instance, BackendError>;
 
     /// Places the code and calls the runtime's `POST /v2/specialize`.
-    async fn specialize(&self, instance: &Instance, request: &SpecializeRequest) -> Result<(), BackendError>;
+    async fn specialize(
+        &self,
+        instance: &Instance,
+        request: &SpecializeRequest,
+    ) -> Result<(), BackendError>;
 
     /// Stops an instance: terminate, wait up to `grace`, then kill; frees its resources.
     async fn delete(&self, id: &str, grace: Duration) -> Result<(), BackendError>;
@@ -151,9 +159,17 @@ mod tests {
 
     #[test]
     fn exit_reasons_read_well() {
-        let oom = ExitReason { code: None, signal: Some(9), oom_killed: true };
+        let oom = ExitReason {
+            code: None,
+            signal: Some(9),
+            oom_killed: true,
+        };
         assert_eq!(oom.to_string(), "exited with signal 9 (out of memory)");
-        let code = ExitReason { code: Some(3), signal: None, oom_killed: false };
+        let code = ExitReason {
+            code: Some(3),
+            signal: None,
+            oom_killed: false,
+        };
         assert_eq!(code.to_string(), "exited with code 3");
     }
 }

@@ -27,7 +27,9 @@ fn epoch() -> Instant {
 }
 
 fn now_ms() -> u64 {
-    Instant::now().saturating_duration_since(epoch()).as_millis() as u64
+    Instant::now()
+        .saturating_duration_since(epoch())
+        .as_millis() as u64
 }
 
 /// One specialized instance as the router sees it.
@@ -52,7 +54,12 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn new(instance_id: impl Into<String>, addr: SocketAddr, generation: i64, capacity: u32) -> Self {
+    pub fn new(
+        instance_id: impl Into<String>,
+        addr: SocketAddr,
+        generation: i64,
+        capacity: u32,
+    ) -> Self {
         Self {
             instance_id: instance_id.into(),
             addr,
@@ -189,7 +196,12 @@ impl FunctionEndpoints {
             if current >= limit {
                 return None;
             }
-            match self.waiting.compare_exchange_weak(current, current + 1, Ordering::AcqRel, Ordering::Relaxed) {
+            match self.waiting.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => {
                     return Some(QueueTicket {
                         function: Arc::clone(self),
@@ -283,7 +295,11 @@ impl EndpointIndex {
     pub fn insert(&self, id: &FunctionId, endpoint: Arc<Endpoint>) {
         let function = self.entry(id);
         function.endpoints.rcu(|list| {
-            let mut next: Vec<Arc<Endpoint>> = list.iter().filter(|e| e.instance_id != endpoint.instance_id).cloned().collect();
+            let mut next: Vec<Arc<Endpoint>> = list
+                .iter()
+                .filter(|e| e.instance_id != endpoint.instance_id)
+                .cloned()
+                .collect();
             next.push(Arc::clone(&endpoint));
             next
         });
@@ -296,7 +312,10 @@ impl EndpointIndex {
         let mut removed = None;
         function.endpoints.rcu(|list| {
             removed = list.iter().find(|e| e.instance_id == instance_id).cloned();
-            list.iter().filter(|e| e.instance_id != instance_id).cloned().collect::<Vec<_>>()
+            list.iter()
+                .filter(|e| e.instance_id != instance_id)
+                .cloned()
+                .collect::<Vec<_>>()
         });
         function.wake_all();
         removed
@@ -304,7 +323,9 @@ impl EndpointIndex {
 
     /// The function's endpoints (empty when none).
     pub fn endpoints(&self, id: &FunctionId) -> Vec<Arc<Endpoint>> {
-        self.get(id).map(|f| f.endpoints().as_ref().clone()).unwrap_or_default()
+        self.get(id)
+            .map(|f| f.endpoints().as_ref().clone())
+            .unwrap_or_default()
     }
 
     /// Finds an endpoint by instance id across all functions.
@@ -411,7 +432,10 @@ mod tests {
         let h = tokio::spawn(async move { e2.wait_exit(Duration::from_secs(5)).await });
         tokio::task::yield_now().await;
         e.set_exit("exited with signal 9 (out of memory)");
-        assert_eq!(h.await.unwrap().as_deref(), Some("exited with signal 9 (out of memory)"));
+        assert_eq!(
+            h.await.unwrap().as_deref(),
+            Some("exited with signal 9 (out of memory)")
+        );
         assert!(e.is_draining());
     }
 }

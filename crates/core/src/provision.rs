@@ -52,5 +52,9 @@ pub trait Provisioner: Send + Sync + 'static {
     /// Called when a request for `function` (at `generation`) found no free slot. Returns
     /// once new capacity is in the index, or at once with [`Provision::AtCapacity`] when the
     /// function may not grow; never blocks for longer than the function's specialization timeout.
-    async fn provision(&self, function: &FunctionId, generation: i64) -> Result<Provision, ProvisionError>;
+    async fn provision(
+        &self,
+        function: &FunctionId,
+        generation: i64,
+    ) -> Result<Provision, ProvisionError>;
 }

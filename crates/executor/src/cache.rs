@@ -28,7 +28,10 @@ pub(crate) struct Snapshot {
 
 impl Cache {
     pub(crate) fn snapshot(&self) -> Snapshot {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub(crate) fn function(&self, id: &FunctionId) -> Option<Arc<Function>> {
@@ -68,7 +71,13 @@ impl Cache {
                         };
                         match next {
                             Some(Ok(event)) => {
-                                self.apply(event.event_type, event.object.kind, &event.object.namespace, &event.object.name, event.object.value);
+                                self.apply(
+                                    event.event_type,
+                                    event.object.kind,
+                                    &event.object.namespace,
+                                    &event.object.name,
+                                    event.object.value,
+                                );
                                 self.changed.notify_waiters();
                             }
                             Some(Err(StoreError::Gone { .. })) | None => break,
@@ -107,7 +116,9 @@ impl Cache {
         }
         for obj in fns.items {
             if let Ok(f) = Function::from_json(obj.value) {
-                snapshot.functions.insert(FunctionId::new(obj.namespace, obj.name), Arc::new(f));
+                snapshot
+                    .functions
+                    .insert(FunctionId::new(obj.namespace, obj.name), Arc::new(f));
             }
         }
         *self.inner.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;
@@ -115,7 +126,14 @@ impl Cache {
         Ok(envs.resource_version.min(fns.resource_version))
     }
 
-    fn apply(&self, event: EventType, kind: Kind, namespace: &str, name: &str, value: serde_json::Value) {
+    fn apply(
+        &self,
+        event: EventType,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        value: serde_json::Value,
+    ) {
         let id = FunctionId::new(namespace, name);
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         match (kind, event) {
@@ -126,7 +144,9 @@ impl Cache {
                 Ok(env) => {
                     inner.environments.insert(id, Arc::new(env));
                 }
-                Err(e) => tracing::warn!(environment = %id, error = %e, "ignoring unreadable environment"),
+                Err(e) => {
+                    tracing::warn!(environment = %id, error = %e, "ignoring unreadable environment")
+                }
             },
             (Kind::Function, EventType::Deleted) => {
                 inner.functions.remove(&id);
@@ -135,7 +155,9 @@ impl Cache {
                 Ok(f) => {
                     inner.functions.insert(id, Arc::new(f));
                 }
-                Err(e) => tracing::warn!(function = %id, error = %e, "ignoring unreadable function"),
+                Err(e) => {
+                    tracing::warn!(function = %id, error = %e, "ignoring unreadable function")
+                }
             },
             _ => {}
         }

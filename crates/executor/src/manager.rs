@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use kappa_archive::ArchiveStore;
 use kappa_core::{
-    Backend, BackendError, Endpoint, EndpointIndex, ExitReason, FunctionId, Instance, InstanceEvent,
-    InstanceSpec, Limits, Provision, ProvisionError, Provisioner, SpecializeRequest,
+    Backend, BackendError, Endpoint, EndpointIndex, ExitReason, FunctionId, Instance,
+    InstanceEvent, InstanceSpec, Limits, Provision, ProvisionError, Provisioner, SpecializeRequest,
 };
 use kappa_store::{Precondition, Store};
 use kappa_types::{
@@ -170,7 +170,10 @@ impl PoolManager {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.inner.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Runs the store watch, the backend event handler and the reconcile loop until `shutdown`,
@@ -179,7 +182,12 @@ impl PoolManager {
         let cache_task = {
             let this = self.clone();
             let token = shutdown.child_token();
-            tokio::spawn(async move { this.inner.cache.run(Arc::clone(&this.inner.store), token).await })
+            tokio::spawn(async move {
+                this.inner
+                    .cache
+                    .run(Arc::clone(&this.inner.store), token)
+                    .await
+            })
         };
         let events_task = {
             let this = self.clone();
@@ -257,7 +265,11 @@ impl PoolManager {
         serde_json::json!({ "pools": pools, "functions": functions, "instances": st.total })
     }
 
-    async fn handle_events(&self, mut events: broadcast::Receiver<InstanceEvent>, shutdown: CancellationToken) {
+    async fn handle_events(
+        &self,
+        mut events: broadcast::Receiver<InstanceEvent>,
+        shutdown: CancellationToken,
+    ) {
         loop {
             let event = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -308,14 +320,17 @@ impl PoolManager {
             }
             Owner::Specializing(function) => {
                 // The specialization task still owns the instance's accounting; it reports this.
-                st.owners.insert(id.to_string(), Owner::Specializing(function));
+                st.owners
+                    .insert(id.to_string(), Owner::Specializing(function));
                 st.exits.insert(id.to_string(), reason);
             }
             Owner::Function(function) => {
-                if let Some(fs) = st.functions.get_mut(&function) {
-                    if let Some(instance) = fs.instances.remove(id) {
-                        instance.endpoint.set_exit(format!("instance {id} of function {function} {reason}"));
-                    }
+                if let Some(fs) = st.functions.get_mut(&function)
+                    && let Some(instance) = fs.instances.remove(id)
+                {
+                    instance
+                        .endpoint
+                        .set_exit(format!("instance {id} of function {function} {reason}"));
                 }
                 st.total = st.total.saturating_sub(1);
                 drop(st);
@@ -331,7 +346,10 @@ impl PoolManager {
         let warm: usize = st.pools.values().map(|p| p.warm.len()).sum();
         let specialized: usize = st.functions.values().map(|f| f.instances.len()).sum();
         self.inner.metrics.warm_instances.set(warm as i64);
-        self.inner.metrics.specialized_instances.set(specialized as i64);
+        self.inner
+            .metrics
+            .specialized_instances
+            .set(specialized as i64);
     }
 
     // ---- reconcile -------------------------------------------------------------------------
@@ -417,13 +435,19 @@ impl PoolManager {
                 let fs = st.functions.entry(fid.clone()).or_default();
                 let current_gen = function.map(|f| generation_of(&f.metadata));
                 let env_gen = function.and_then(|f| {
-                    let env_id = FunctionId::new(&f.spec.environment.namespace, &f.spec.environment.name);
-                    snapshot.environments.get(&env_id).map(|e| generation_of(&e.metadata))
+                    let env_id =
+                        FunctionId::new(&f.spec.environment.namespace, &f.spec.environment.name);
+                    snapshot
+                        .environments
+                        .get(&env_id)
+                        .map(|e| generation_of(&e.metadata))
                 });
                 let min_scale = function.map_or(0, |f| f.spec.min_scale as usize);
-                let idle = function.map_or(Duration::ZERO, |f| Duration::from_secs(f.spec.idletimeout));
-                let drain_for = function.map_or(Duration::from_secs(60), |f| Duration::from_secs(f.spec.function_timeout))
-                    + self.inner.config.drain_slack;
+                let idle =
+                    function.map_or(Duration::ZERO, |f| Duration::from_secs(f.spec.idletimeout));
+                let drain_for = function.map_or(Duration::from_secs(60), |f| {
+                    Duration::from_secs(f.spec.function_timeout)
+                }) + self.inner.config.drain_slack;
                 let grace = Duration::from_secs(5);
 
                 // Mark stale instances draining.
@@ -474,9 +498,15 @@ impl PoolManager {
                     let ready = fs
                         .instances
                         .values()
-                        .filter(|i| i.drain_deadline.is_none() && i.endpoint.generation == generation)
+                        .filter(|i| {
+                            i.drain_deadline.is_none() && i.endpoint.generation == generation
+                        })
                         .count();
-                    let starting = fs.inflight.iter().filter(|i| i.generation == generation).count();
+                    let starting = fs
+                        .inflight
+                        .iter()
+                        .filter(|i| i.generation == generation)
+                        .count();
                     for _ in (ready + starting)..min_scale {
                         to_specialize.push((fid.clone(), Arc::clone(f)));
                     }
@@ -515,7 +545,12 @@ impl PoolManager {
         self.update_gauges();
     }
 
-    fn instance_spec(&self, env_id: &FunctionId, env: &Environment, resources: &Resources) -> InstanceSpec {
+    fn instance_spec(
+        &self,
+        env_id: &FunctionId,
+        env: &Environment,
+        resources: &Resources,
+    ) -> InstanceSpec {
         let mut labels = BTreeMap::new();
         labels.insert("environmentName".to_string(), env_id.name.clone());
         labels.insert("environmentNamespace".to_string(), env_id.namespace.clone());
@@ -540,12 +575,18 @@ impl PoolManager {
         let shutting_down = self.inner.shutdown.is_cancelled();
         let discard = {
             let mut guard = self.state();
-            let State { pools, owners, total, .. } = &mut *guard;
+            let State {
+                pools,
+                owners,
+                total,
+                ..
+            } = &mut *guard;
             let pool = pools.get_mut(&env_id);
             match result {
                 Ok(instance) => {
                     let id = instance.id.clone();
-                    let keep = !shutting_down && pool.as_ref().is_some_and(|p| p.generation == generation);
+                    let keep =
+                        !shutting_down && pool.as_ref().is_some_and(|p| p.generation == generation);
                     if let Some(pool) = pool {
                         pool.starting = pool.starting.saturating_sub(1);
                         pool.failures = 0;
@@ -607,8 +648,14 @@ impl PoolManager {
             .map_err(|e| ProvisionError::Unavailable(format!("function {fid} is unreadable: {e}")))
     }
 
-    async fn load_environment(&self, function: &Function) -> Result<(FunctionId, Arc<Environment>), ProvisionError> {
-        let env_id = FunctionId::new(&function.spec.environment.namespace, &function.spec.environment.name);
+    async fn load_environment(
+        &self,
+        function: &Function,
+    ) -> Result<(FunctionId, Arc<Environment>), ProvisionError> {
+        let env_id = FunctionId::new(
+            &function.spec.environment.namespace,
+            &function.spec.environment.name,
+        );
         if let Some(env) = self.inner.cache.environment(&env_id) {
             return Ok((env_id, env));
         }
@@ -619,13 +666,17 @@ impl PoolManager {
             .await
             .map_err(|e| ProvisionError::Unavailable(e.to_string()))?
             .ok_or_else(|| ProvisionError::EnvironmentNotFound(env_id.to_string()))?;
-        let env = Environment::from_json(obj.value)
-            .map_err(|e| ProvisionError::Unavailable(format!("environment {env_id} is unreadable: {e}")))?;
+        let env = Environment::from_json(obj.value).map_err(|e| {
+            ProvisionError::Unavailable(format!("environment {env_id} is unreadable: {e}"))
+        })?;
         Ok((env_id, Arc::new(env)))
     }
 
     /// The package's deployment archive in the archive store: (sha256, single-file name).
-    async fn resolve_archive(&self, function: &Function) -> Result<(String, Option<String>), ProvisionError> {
+    async fn resolve_archive(
+        &self,
+        function: &Function,
+    ) -> Result<(String, Option<String>), ProvisionError> {
         let pref = &function.spec.package.packageref;
         let package_error = |reason: String| ProvisionError::Package {
             name: format!("{}/{}", pref.namespace, pref.name),
@@ -638,7 +689,8 @@ impl PoolManager {
             .await
             .map_err(|e| ProvisionError::Unavailable(e.to_string()))?
             .ok_or_else(|| package_error("it does not exist".into()))?;
-        let package = Package::from_json(obj.value).map_err(|e| package_error(format!("unreadable: {e}")))?;
+        let package =
+            Package::from_json(obj.value).map_err(|e| package_error(format!("unreadable: {e}")))?;
         match package.status.buildstatus {
             BuildStatus::Failed => {
                 let log = package.status.buildlog.trim();
@@ -655,15 +707,16 @@ impl PoolManager {
             .as_ref()
             .ok_or_else(|| package_error("it has no deployment archive".into()))?;
         let sha = match archive.kind {
-            ArchiveType::Url => archive
-                .stored_sha256()
-                .map(str::to_string)
-                .ok_or_else(|| package_error("only archive://sha256/ URLs are fetched locally".into()))?,
+            ArchiveType::Url => archive.stored_sha256().map(str::to_string).ok_or_else(|| {
+                package_error("only archive://sha256/ URLs are fetched locally".into())
+            })?,
             ArchiveType::Literal => {
                 let literal = archive.literal.as_deref().unwrap_or_default();
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(literal)
-                    .map_err(|e| package_error(format!("its literal archive is not base64: {e}")))?;
+                    .map_err(|e| {
+                        package_error(format!("its literal archive is not base64: {e}"))
+                    })?;
                 self.inner
                     .archives
                     .put_bytes(&bytes)
@@ -672,13 +725,13 @@ impl PoolManager {
                     .sha256
             }
         };
-        if let Some(checksum) = &archive.checksum {
-            if checksum.sum != sha {
-                return Err(package_error(format!(
-                    "checksum mismatch: archive is sha256 {sha}, spec says {}",
-                    checksum.sum
-                )));
-            }
+        if let Some(checksum) = &archive.checksum
+            && checksum.sum != sha
+        {
+            return Err(package_error(format!(
+                "checksum mismatch: archive is sha256 {sha}, spec says {}",
+                checksum.sum
+            )));
         }
         Ok((sha, archive.filename.clone()))
     }
@@ -701,22 +754,25 @@ impl PoolManager {
         let id = st.next_inflight;
         st.next_inflight += 1;
         let fs = st.functions.entry(fid.clone()).or_default();
-        if claim {
-            if let Some(inflight) = fs
+        if claim
+            && let Some(inflight) = fs
                 .inflight
                 .iter_mut()
                 .find(|i| i.generation == generation && i.unclaimed > 0)
-            {
-                inflight.unclaimed -= 1;
-                return Some(inflight.done.clone());
-            }
+        {
+            inflight.unclaimed -= 1;
+            return Some(inflight.done.clone());
         }
         let ready = fs
             .instances
             .values()
             .filter(|i| i.drain_deadline.is_none() && i.endpoint.generation == generation)
             .count();
-        let specializing = fs.inflight.iter().filter(|i| i.generation == generation).count();
+        let specializing = fs
+            .inflight
+            .iter()
+            .filter(|i| i.generation == generation)
+            .count();
         if ready + specializing >= cap {
             return None;
         }
@@ -764,7 +820,12 @@ impl PoolManager {
     }
 
     /// Takes a warm instance of the environment's pool if one is ready.
-    fn take_warm(&self, env_id: &FunctionId, env_generation: i64, fid: &FunctionId) -> Option<Instance> {
+    fn take_warm(
+        &self,
+        env_id: &FunctionId,
+        env_generation: i64,
+        fid: &FunctionId,
+    ) -> Option<Instance> {
         let mut st = self.state();
         let pool = st.pools.get_mut(env_id)?;
         if pool.generation != env_generation {
@@ -776,11 +837,17 @@ impl PoolManager {
         Some(instance)
     }
 
-    async fn specialize_new(&self, fid: &FunctionId, function: &Function, generation: i64) -> Result<(), ProvisionError> {
+    async fn specialize_new(
+        &self,
+        fid: &FunctionId,
+        function: &Function,
+        generation: i64,
+    ) -> Result<(), ProvisionError> {
         let (env_id, env) = self.load_environment(function).await?;
         let (sha, filename) = self.resolve_archive(function).await?;
         let env_generation = generation_of(&env.metadata);
-        let dedicated = function.spec.executor_type == ExecutorType::Newdeploy || !function.spec.resources.is_empty();
+        let dedicated = function.spec.executor_type == ExecutorType::Newdeploy
+            || !function.spec.resources.is_empty();
         let warm = if dedicated {
             None
         } else {
@@ -830,11 +897,15 @@ impl PoolManager {
             env: function.spec.env.clone(),
             timeout,
         };
-        let outcome = tokio::time::timeout(timeout, self.inner.backend.specialize(&instance, &request)).await;
+        let outcome =
+            tokio::time::timeout(timeout, self.inner.backend.specialize(&instance, &request)).await;
         let error = match outcome {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e),
-            Err(_) => Some(BackendError::Timeout(format!("no answer within {} s", timeout.as_secs()))),
+            Err(_) => Some(BackendError::Timeout(format!(
+                "no answer within {} s",
+                timeout.as_secs()
+            ))),
         };
         if let Some(error) = error {
             let exit = {
@@ -844,12 +915,19 @@ impl PoolManager {
                 }
                 st.exits.remove(&instance.id)
             };
-            let _ = self.inner.backend.delete(&instance.id, Duration::ZERO).await;
+            let _ = self
+                .inner
+                .backend
+                .delete(&instance.id, Duration::ZERO)
+                .await;
             return Err(match (error, exit) {
                 (BackendError::Timeout(_), _) => ProvisionError::Timeout(timeout),
-                (BackendError::Specialize { message, detail, .. }, None) => {
-                    ProvisionError::Specialize { message, detail }
-                }
+                (
+                    BackendError::Specialize {
+                        message, detail, ..
+                    },
+                    None,
+                ) => ProvisionError::Specialize { message, detail },
                 (other, Some(reason)) => ProvisionError::Specialize {
                     message: format!("instance {} {reason} during specialization", instance.id),
                     detail: Some(other.to_string()),
@@ -875,19 +953,27 @@ impl PoolManager {
                     st.total = st.total.saturating_sub(1);
                 }
                 return Err(ProvisionError::Specialize {
-                    message: format!("instance {} {reason} right after specialization", instance.id),
+                    message: format!(
+                        "instance {} {reason} right after specialization",
+                        instance.id
+                    ),
                     detail: None,
                 });
             }
-            st.owners.insert(instance.id.clone(), Owner::Function(fid.clone()));
-            st.functions.entry(fid.clone()).or_default().instances.insert(
-                instance.id.clone(),
-                FnInstance {
-                    endpoint: Arc::clone(&endpoint),
-                    env_generation,
-                    drain_deadline: None,
-                },
-            );
+            st.owners
+                .insert(instance.id.clone(), Owner::Function(fid.clone()));
+            st.functions
+                .entry(fid.clone())
+                .or_default()
+                .instances
+                .insert(
+                    instance.id.clone(),
+                    FnInstance {
+                        endpoint: Arc::clone(&endpoint),
+                        env_generation,
+                        drain_deadline: None,
+                    },
+                );
         }
         self.inner.index.insert(fid, endpoint);
         tracing::info!(function = %fid, instance = %instance.id, generation, "instance specialized");
@@ -903,7 +989,13 @@ impl PoolManager {
         if let Err(e) = self
             .inner
             .store
-            .put_status(Kind::Function, &fid.namespace, &fid.name, status, Precondition::MustExist)
+            .put_status(
+                Kind::Function,
+                &fid.namespace,
+                &fid.name,
+                status,
+                Precondition::MustExist,
+            )
             .await
         {
             tracing::debug!(function = %fid, error = %e, "could not record the function's status");
@@ -913,9 +1005,15 @@ impl PoolManager {
 
 #[async_trait]
 impl Provisioner for PoolManager {
-    async fn provision(&self, function: &FunctionId, generation: i64) -> Result<Provision, ProvisionError> {
+    async fn provision(
+        &self,
+        function: &FunctionId,
+        generation: i64,
+    ) -> Result<Provision, ProvisionError> {
         if self.inner.shutdown.is_cancelled() {
-            return Err(ProvisionError::Unavailable("the platform is shutting down".into()));
+            return Err(ProvisionError::Unavailable(
+                "the platform is shutting down".into(),
+            ));
         }
         let f = self.load_function(function).await?;
         let current = generation_of(&f.metadata);
@@ -935,7 +1033,9 @@ impl Provisioner for PoolManager {
                     return result;
                 }
                 if done.changed().await.is_err() {
-                    return Err(ProvisionError::Unavailable("specialization was abandoned".into()));
+                    return Err(ProvisionError::Unavailable(
+                        "specialization was abandoned".into(),
+                    ));
                 }
             }
         })

@@ -4,7 +4,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,13 +36,21 @@ impl Metrics {
             unexpected_exits: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("kappa_executor");
-        r.register("specializations", "Specializations by outcome", m.specializations.clone());
+        r.register(
+            "specializations",
+            "Specializations by outcome",
+            m.specializations.clone(),
+        );
         r.register(
             "specialize_seconds",
             "Time to specialize an instance",
             m.specialize_seconds.clone(),
         );
-        r.register("warm_instances", "Warm generic instances ready", m.warm_instances.clone());
+        r.register(
+            "warm_instances",
+            "Warm generic instances ready",
+            m.warm_instances.clone(),
+        );
         r.register(
             "specialized_instances",
             "Specialized instances",

@@ -6,11 +6,18 @@
 //! - [`RedbStore`]: the embedded default, one transactional file in the data directory
 //!   (survives `kill -9`; every write is durable before it is acknowledged).
 //! - [`MemoryStore`]: the same semantics in memory, for tests.
+//!
 //! The Kubernetes CRD store lives with the Kubernetes code, not here.
 //!
 //! The store stamps metadata: `uid` and `creationTimestamp` on create, `resourceVersion` on
 //! every write, `generation` (1 on create, +1 whenever `spec` changes). It does not validate
 //! specs: the API server does that before writing.
+//!
+//! The write rules (keying, preconditions, stamping) live in one place, `object.rs`, and the
+//! watch machinery (event log replay, then live events, with no gap and no duplicate) in
+//! `watch.rs`; both stores use them, so they behave identically. Every write is atomic: a write
+//! that fails (precondition, invalid object, backend error) changes nothing, bumps no version and
+//! emits no event.
 
 use std::pin::Pin;
 
@@ -19,14 +26,63 @@ use futures::Stream;
 use kappa_types::Kind;
 use serde::{Deserialize, Serialize};
 
+mod memory;
+mod object;
+mod redb_store;
+mod watch;
+
+pub use memory::MemoryStore;
+pub use redb_store::RedbStore;
+
+/// How many watch events a store keeps by default (see [`StoreOptions::event_history`]).
+pub const DEFAULT_EVENT_HISTORY: u64 = 10_000;
+/// Default capacity of the live watch channel (see [`StoreOptions::watch_buffer`]).
+pub const DEFAULT_WATCH_BUFFER: usize = 1024;
+
+/// Tuning shared by both stores. The defaults suit production; tests shrink them to reach the
+/// edges (history pruned, a watcher lagging) quickly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// How many of the most recent events the log keeps (at least 1). A watch from an older
+    /// version gets [`StoreError::Gone`].
+    pub event_history: u64,
+    /// How many live events a watcher may fall behind (at least 1) before it has to catch up
+    /// from the log instead; writers never wait for watchers.
+    pub watch_buffer: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            event_history: DEFAULT_EVENT_HISTORY,
+            watch_buffer: DEFAULT_WATCH_BUFFER,
+        }
+    }
+}
+
+impl StoreOptions {
+    /// The options with zero values raised to 1.
+    fn normalised(self) -> Self {
+        Self {
+            event_history: self.event_history.max(1),
+            watch_buffer: self.watch_buffer.max(1),
+        }
+    }
+}
+
 /// One stored resource: its key, resource version and full JSON (`apiVersion`, `kind`,
 /// `metadata`, `spec`, `status`), whose `metadata.resourceVersion` equals `resource_version`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredObject {
+    /// The object's kind.
     pub kind: Kind,
+    /// `metadata.namespace` (`default` when the object had none).
     pub namespace: String,
+    /// `metadata.name`.
     pub name: String,
+    /// The version of the write that produced this state.
     pub resource_version: u64,
+    /// The whole object as JSON.
     pub value: serde_json::Value,
 }
 
@@ -34,14 +90,20 @@ pub struct StoredObject {
 /// every later change.
 #[derive(Debug, Clone, PartialEq)]
 pub struct List {
+    /// The objects, ordered by namespace then name.
     pub items: Vec<StoredObject>,
+    /// The store's version when the list was read.
     pub resource_version: u64,
 }
 
+/// What a write did to an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventType {
+    /// The object was created.
     Added,
+    /// The object (or its status) was replaced.
     Modified,
+    /// The object was deleted.
     Deleted,
 }
 
@@ -49,8 +111,10 @@ pub enum EventType {
 /// deletion's version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WatchEvent {
+    /// What happened.
     #[serde(rename = "type")]
     pub event_type: EventType,
+    /// The object after the change (before it, for `Deleted`).
     pub object: StoredObject,
 }
 
@@ -72,11 +136,24 @@ pub enum Precondition {
 /// Why a store operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
+    /// The object does not exist (or a precondition needed it to).
     #[error("{kind} {namespace}/{name} not found")]
-    NotFound { kind: Kind, namespace: String, name: String },
+    NotFound {
+        kind: Kind,
+        namespace: String,
+        name: String,
+    },
+    /// `MustNotExist` and the object exists.
     #[error("{kind} {namespace}/{name} already exists")]
-    AlreadyExists { kind: Kind, namespace: String, name: String },
-    #[error("{kind} {namespace}/{name} was modified: expected resource version {expected}, found {actual}")]
+    AlreadyExists {
+        kind: Kind,
+        namespace: String,
+        name: String,
+    },
+    /// `ResourceVersion(expected)` and the stored object is at another version.
+    #[error(
+        "{kind} {namespace}/{name} was modified: expected resource version {expected}, found {actual}"
+    )]
     Conflict {
         kind: Kind,
         namespace: String,
@@ -90,6 +167,7 @@ pub enum StoreError {
     /// The object is not a resource the store can key (missing kind or metadata.name...).
     #[error("invalid object: {0}")]
     Invalid(String),
+    /// The storage itself failed (IO, a corrupt or locked file); the message names the step.
     #[error("store backend: {0}")]
     Backend(String),
 }
@@ -100,7 +178,13 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, StoreError>>
 /// The store of desired state.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    async fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Option<StoredObject>, StoreError>;
+    /// The object with this key, if any.
+    async fn get(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<StoredObject>, StoreError>;
 
     /// Every object of `kind`, in one namespace or all, ordered by namespace then name.
     async fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<List, StoreError>;
@@ -108,7 +192,11 @@ pub trait Store: Send + Sync + 'static {
     /// Creates or replaces the object `value` (its `kind`, `metadata.namespace` and
     /// `metadata.name` are the key) under `precondition`. `status` in `value` is ignored when
     /// the object exists (status is written with [`Store::put_status`]); on create it is kept.
-    async fn put(&self, value: serde_json::Value, precondition: Precondition) -> Result<StoredObject, StoreError>;
+    async fn put(
+        &self,
+        value: serde_json::Value,
+        precondition: Precondition,
+    ) -> Result<StoredObject, StoreError>;
 
     /// Replaces only `status` of an existing object; `generation` does not change.
     async fn put_status(
@@ -121,7 +209,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<StoredObject, StoreError>;
 
     /// Deletes an object, returning its last state (`NotFound` when absent).
-    async fn delete(&self, kind: Kind, namespace: &str, name: &str, precondition: Precondition) -> Result<StoredObject, StoreError>;
+    async fn delete(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        precondition: Precondition,
+    ) -> Result<StoredObject, StoreError>;
 
     /// Changes of the given kinds (all kinds when empty) with a resource version greater than
     /// `since`, in order: first those already recorded, then live ones. `since: None` means

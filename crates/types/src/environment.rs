@@ -106,13 +106,13 @@ impl ResourceList {
     }
 
     fn validate(&self, path: &str) -> Result<(), ValidationError> {
-        if let Some(cpu) = &self.cpu {
-            if parse_cpu_millis(cpu).is_none() {
-                return Err(ValidationError::new(
-                    format!("{path}.cpu"),
-                    format!("{cpu:?} is not a CPU quantity: expected e.g. \"500m\" or \"1\""),
-                ));
-            }
+        if let Some(cpu) = &self.cpu
+            && parse_cpu_millis(cpu).is_none()
+        {
+            return Err(ValidationError::new(
+                format!("{path}.cpu"),
+                format!("{cpu:?} is not a CPU quantity: expected e.g. \"500m\" or \"1\""),
+            ));
         }
         if let Some(memory) = &self.memory {
             match parse_memory_bytes(memory) {
@@ -126,7 +126,9 @@ impl ResourceList {
                 None => {
                     return Err(ValidationError::new(
                         format!("{path}.memory"),
-                        format!("{memory:?} is not a memory quantity: expected e.g. \"128Mi\" or \"1Gi\""),
+                        format!(
+                            "{memory:?} is not a memory quantity: expected e.g. \"128Mi\" or \"1Gi\""
+                        ),
                     ));
                 }
             }
@@ -173,7 +175,10 @@ impl Resources {
 }
 
 /// Labels are free-form, but keys must be non-empty and short.
-pub(crate) fn validate_string_map(path: &str, map: &BTreeMap<String, String>) -> Result<(), ValidationError> {
+pub(crate) fn validate_string_map(
+    path: &str,
+    map: &BTreeMap<String, String>,
+) -> Result<(), ValidationError> {
     for key in map.keys() {
         if key.is_empty() || key.len() > 253 {
             return Err(ValidationError::new(
@@ -192,24 +197,34 @@ impl Spec for EnvironmentSpec {
     fn validate(&self) -> Result<(), ValidationError> {
         validate::in_range("spec.version", self.version, 1, 3)?;
         if self.runtime.image.trim().is_empty()
-            && self.runtime.command.as_deref().is_none_or(|c| c.trim().is_empty())
+            && self
+                .runtime
+                .command
+                .as_deref()
+                .is_none_or(|c| c.trim().is_empty())
         {
             return Err(ValidationError::new(
                 "spec.runtime.image",
                 "must not be empty: expected a runtime name (python, nodejs, binary), an image, or spec.runtime.command",
             ));
         }
-        if let Some(builder) = &self.builder {
-            if builder.image.trim().is_empty() && builder.command.trim().is_empty() {
-                return Err(ValidationError::new(
-                    "spec.builder",
-                    "expected an image or a command when a builder is given",
-                ));
-            }
+        if let Some(builder) = &self.builder
+            && builder.image.trim().is_empty()
+            && builder.command.trim().is_empty()
+        {
+            return Err(ValidationError::new(
+                "spec.builder",
+                "expected an image or a command when a builder is given",
+            ));
         }
         validate::in_range("spec.poolsize", self.poolsize, 0, 100)?;
         self.resources.validate("spec.resources")?;
-        validate::in_range("spec.terminationGracePeriod", self.termination_grace_period, 0, 3600)?;
+        validate::in_range(
+            "spec.terminationGracePeriod",
+            self.termination_grace_period,
+            0,
+            3600,
+        )?;
         Ok(())
     }
 }
@@ -243,6 +258,9 @@ mod tests {
         assert_eq!(e.validate().unwrap_err().field, "spec.runtime.image");
         let mut e = env();
         e.resources.limits.memory = Some("lots".into());
-        assert_eq!(e.validate().unwrap_err().field, "spec.resources.limits.memory");
+        assert_eq!(
+            e.validate().unwrap_err().field,
+            "spec.resources.limits.memory"
+        );
     }
 }

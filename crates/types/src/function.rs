@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::environment::{validate_string_map, Resources};
+use crate::environment::{Resources, validate_string_map};
 use crate::kind::Kind;
-use crate::meta::{Spec, DEFAULT_NAMESPACE};
+use crate::meta::{DEFAULT_NAMESPACE, Spec};
 use crate::validate::{self, ValidationError};
 
 /// A reference to another resource by name (and namespace, defaulting to the referrer's).
@@ -172,7 +172,10 @@ impl Spec for FunctionSpec {
 
     fn validate(&self) -> Result<(), ValidationError> {
         self.environment.validate("spec.environment")?;
-        validate::dns1123_label("spec.package.packageref.name", &self.package.packageref.name)?;
+        validate::dns1123_label(
+            "spec.package.packageref.name",
+            &self.package.packageref.name,
+        )?;
         validate::dns1123_label(
             "spec.package.packageref.namespace",
             &self.package.packageref.namespace,
@@ -181,10 +184,20 @@ impl Spec for FunctionSpec {
         validate::in_range("spec.concurrency", self.concurrency, 1, 10_000)?;
         validate::in_range("spec.requestsPerPod", self.requests_per_pod, 1, 10_000)?;
         validate::in_range("spec.maxScale", self.max_scale, 1, 10_000)?;
-        validate::in_range("spec.minScale", self.min_scale, 0, self.max_scale.max(self.concurrency))?;
+        validate::in_range(
+            "spec.minScale",
+            self.min_scale,
+            0,
+            self.max_scale.max(self.concurrency),
+        )?;
         validate::in_range("spec.functionTimeout", self.function_timeout, 1, 86_400)?;
         validate::in_range("spec.idletimeout", self.idletimeout, 1, 86_400)?;
-        validate::in_range("spec.specializationTimeout", self.specialization_timeout, 1, 3_600)?;
+        validate::in_range(
+            "spec.specializationTimeout",
+            self.specialization_timeout,
+            1,
+            3_600,
+        )?;
         for key in self.env.keys() {
             let ok = !key.is_empty()
                 && !key.as_bytes()[0].is_ascii_digit()
@@ -213,7 +226,9 @@ mod tests {
 
     #[test]
     fn defaults_validate() {
-        FunctionSpec::new("python", "hello", "hello.main").validate().unwrap();
+        FunctionSpec::new("python", "hello", "hello.main")
+            .validate()
+            .unwrap();
     }
 
     #[test]

@@ -16,7 +16,12 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in the order the CLI lists them.
-    pub const ALL: [Kind; 4] = [Kind::Environment, Kind::Package, Kind::Function, Kind::HttpTrigger];
+    pub const ALL: [Kind; 4] = [
+        Kind::Environment,
+        Kind::Package,
+        Kind::Function,
+        Kind::HttpTrigger,
+    ];
 
     /// The `kind` field value.
     pub fn as_str(self) -> &'static str {

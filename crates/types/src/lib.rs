@@ -16,14 +16,16 @@ mod quantity;
 mod trigger;
 pub mod validate;
 
-pub use environment::{Builder, EnvironmentSpec, Resources, ResourceList, Runtime};
+pub use environment::{Builder, EnvironmentSpec, ResourceList, Resources, Runtime};
 pub use error::{ErrorBody, ErrorDetail};
-pub use function::{ExecutorType, FunctionPackageRef, FunctionSpec, FunctionStatus, NamedRef, PackageRef};
+pub use function::{
+    ExecutorType, FunctionPackageRef, FunctionSpec, FunctionStatus, NamedRef, PackageRef,
+};
 pub use kind::Kind;
-pub use meta::{ObjectMeta, Resource, Spec, API_VERSION, DEFAULT_NAMESPACE};
+pub use meta::{API_VERSION, DEFAULT_NAMESPACE, ObjectMeta, Resource, Spec};
 pub use package::{
-    is_sha256_hex, Archive, ArchiveType, BuildStatus, Checksum, PackageSpec, PackageStatus, ARCHIVE_STORE_PREFIX,
-    LITERAL_SIZE_LIMIT,
+    ARCHIVE_STORE_PREFIX, Archive, ArchiveType, BuildStatus, Checksum, LITERAL_SIZE_LIMIT,
+    PackageSpec, PackageStatus, is_sha256_hex,
 };
 pub use quantity::{parse_cpu_millis, parse_memory_bytes};
 pub use trigger::{FunctionReference, FunctionReferenceType, HttpTriggerSpec};

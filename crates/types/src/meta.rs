@@ -61,11 +61,20 @@ impl ObjectMeta {
 }
 
 /// The spec of one kind of resource: its kind, status type, defaults and validation.
-pub trait Spec: Serialize + DeserializeOwned + Clone + std::fmt::Debug + Send + Sync + 'static {
+pub trait Spec:
+    Serialize + DeserializeOwned + Clone + std::fmt::Debug + Send + Sync + 'static
+{
     /// The kind this spec belongs to.
     const KIND: Kind;
     /// The status type the platform writes for this kind.
-    type Status: Serialize + DeserializeOwned + Clone + Default + std::fmt::Debug + PartialEq + Send + Sync;
+    type Status: Serialize
+        + DeserializeOwned
+        + Clone
+        + Default
+        + std::fmt::Debug
+        + PartialEq
+        + Send
+        + Sync;
 
     /// Checks every field, naming the first that is wrong (paths start at `spec.`).
     fn validate(&self) -> Result<(), ValidationError>;
@@ -157,8 +166,10 @@ mod tests {
 
     #[test]
     fn envelope_defaults_and_round_trip() {
-        let env: Environment =
-            Resource::from_yaml("metadata:\n  name: python\nspec:\n  runtime:\n    image: python\n").unwrap();
+        let env: Environment = Resource::from_yaml(
+            "metadata:\n  name: python\nspec:\n  runtime:\n    image: python\n",
+        )
+        .unwrap();
         assert_eq!(env.api_version, API_VERSION);
         assert_eq!(env.kind, "Environment");
         assert_eq!(env.metadata.namespace, "default");

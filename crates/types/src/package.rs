@@ -113,7 +113,9 @@ impl Archive {
                 } else if !(url.starts_with("http://") || url.starts_with("https://")) {
                     return Err(ValidationError::new(
                         format!("{path}.url"),
-                        format!("{url:?} is not supported: expected archive://sha256/<hex> or an http(s) URL"),
+                        format!(
+                            "{url:?} is not supported: expected archive://sha256/<hex> or an http(s) URL"
+                        ),
                     ));
                 }
             }
@@ -143,7 +145,9 @@ impl Archive {
             if !ok {
                 return Err(ValidationError::new(
                     format!("{path}.filename"),
-                    format!("{name:?} is not a plain file name: expected no path separators and not \"..\""),
+                    format!(
+                        "{name:?} is not a plain file name: expected no path separators and not \"..\""
+                    ),
                 ));
             }
         }
@@ -153,7 +157,9 @@ impl Archive {
 
 /// 64 lowercase hex digits.
 pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Where a package's build stands.
@@ -225,11 +231,17 @@ mod tests {
             url: Some("file:///etc/passwd".into()),
             ..Archive::default()
         };
-        assert_eq!(a.validate("spec.deployment").unwrap_err().field, "spec.deployment.url");
+        assert_eq!(
+            a.validate("spec.deployment").unwrap_err().field,
+            "spec.deployment.url"
+        );
         let a = Archive {
             filename: Some("../x".into()),
             ..Archive::stored(&"b".repeat(64), None)
         };
-        assert_eq!(a.validate("spec.deployment").unwrap_err().field, "spec.deployment.filename");
+        assert_eq!(
+            a.validate("spec.deployment").unwrap_err().field,
+            "spec.deployment.filename"
+        );
     }
 }

@@ -28,7 +28,11 @@ pub fn parse_memory_bytes(value: &str) -> Option<u64> {
     ];
     for (suffix, factor) in SUFFIXES {
         if let Some(n) = value.strip_suffix(suffix) {
-            return n.parse::<u64>().ok().and_then(|n| n.checked_mul(factor)).filter(|v| *v > 0);
+            return n
+                .parse::<u64>()
+                .ok()
+                .and_then(|n| n.checked_mul(factor))
+                .filter(|v| *v > 0);
         }
     }
     value.parse::<u64>().ok().filter(|v| *v > 0)

@@ -52,7 +52,9 @@ impl FunctionReference {
 
     pub fn validate(&self, path: &str) -> Result<(), ValidationError> {
         match self.kind {
-            FunctionReferenceType::Name => validate::dns1123_label(&format!("{path}.name"), &self.name),
+            FunctionReferenceType::Name => {
+                validate::dns1123_label(&format!("{path}.name"), &self.name)
+            }
             FunctionReferenceType::FunctionWeights => {
                 if self.functionweights.is_empty() {
                     return Err(ValidationError::new(
@@ -112,16 +114,28 @@ impl HttpTriggerSpec {
 
 fn validate_path(field: &str, path: &str, allow_params: bool) -> Result<(), ValidationError> {
     if !path.starts_with('/') {
-        return Err(ValidationError::new(field, format!("{path:?} must start with '/'")));
-    }
-    if path.len() > 1024 || path.chars().any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#') {
         return Err(ValidationError::new(
             field,
-            format!("{path:?} is not a URL path: expected no whitespace, '?' or '#', at most 1024 characters"),
+            format!("{path:?} must start with '/'"),
+        ));
+    }
+    if path.len() > 1024
+        || path
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#')
+    {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "{path:?} is not a URL path: expected no whitespace, '?' or '#', at most 1024 characters"
+            ),
         ));
     }
     if path.split('/').any(|seg| seg == ".." || seg == ".") {
-        return Err(ValidationError::new(field, format!("{path:?} must not contain '.' or '..' segments")));
+        return Err(ValidationError::new(
+            field,
+            format!("{path:?} must not contain '.' or '..' segments"),
+        ));
     }
     let mut depth = 0i32;
     for c in path.chars() {
@@ -131,20 +145,33 @@ fn validate_path(field: &str, path: &str, allow_params: bool) -> Result<(), Vali
             _ => {}
         }
         if !(0..=1).contains(&depth) {
-            return Err(ValidationError::new(field, format!("{path:?} has unbalanced braces")));
+            return Err(ValidationError::new(
+                field,
+                format!("{path:?} has unbalanced braces"),
+            ));
         }
     }
     if depth != 0 {
-        return Err(ValidationError::new(field, format!("{path:?} has unbalanced braces")));
+        return Err(ValidationError::new(
+            field,
+            format!("{path:?} has unbalanced braces"),
+        ));
     }
     if !allow_params && path.contains('{') {
-        return Err(ValidationError::new(field, "a prefix cannot have {parameters}"));
+        return Err(ValidationError::new(
+            field,
+            "a prefix cannot have {parameters}",
+        ));
     }
     if allow_params {
         for seg in path.split('/') {
             if let Some(inner) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
                 let name = inner.strip_prefix('*').unwrap_or(inner);
-                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                if name.is_empty()
+                    || !name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                {
                     return Err(ValidationError::new(
                         field,
                         format!("parameter {seg:?} must be a name of letters, digits, '_' or '-'"),
@@ -153,7 +180,9 @@ fn validate_path(field: &str, path: &str, allow_params: bool) -> Result<(), Vali
             } else if seg.contains('{') || seg.contains('}') {
                 return Err(ValidationError::new(
                     field,
-                    format!("segment {seg:?}: a parameter must be a whole path segment, like /users/{{id}}"),
+                    format!(
+                        "segment {seg:?}: a parameter must be a whole path segment, like /users/{{id}}"
+                    ),
                 ));
             }
         }
@@ -182,9 +211,14 @@ impl Spec for HttpTriggerSpec {
         if let Some(host) = &self.host {
             let ok = !host.is_empty()
                 && host.len() <= 253
-                && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == ':');
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == ':');
             if !ok {
-                return Err(ValidationError::new("spec.host", format!("{host:?} is not a host name")));
+                return Err(ValidationError::new(
+                    "spec.host",
+                    format!("{host:?} is not a host name"),
+                ));
             }
         }
         self.functionref.validate("spec.functionref")
@@ -207,8 +241,19 @@ mod tests {
     fn paths() {
         trigger("/hello").validate().unwrap();
         trigger("/users/{id}/orders/{order}").validate().unwrap();
-        for bad in ["hello", "/a/../b", "/a b", "/users/{id", "/users/x{id}", "/a?b"] {
-            assert_eq!(trigger(bad).validate().unwrap_err().field, "spec.relativeurl", "{bad}");
+        for bad in [
+            "hello",
+            "/a/../b",
+            "/a b",
+            "/users/{id",
+            "/users/x{id}",
+            "/a?b",
+        ] {
+            assert_eq!(
+                trigger(bad).validate().unwrap_err().field,
+                "spec.relativeurl",
+                "{bad}"
+            );
         }
     }
 

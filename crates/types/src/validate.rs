@@ -30,7 +30,13 @@ impl ValidationError {
     /// `spec`" / "spec.poolsize: invalid type ...") into a field error.
     pub fn from_serde(message: &str) -> Self {
         let field = extract_backticked(message)
-            .or_else(|| message.split(':').next().filter(|p| p.contains('.')).map(str::to_string))
+            .or_else(|| {
+                message
+                    .split(':')
+                    .next()
+                    .filter(|p| p.contains('.'))
+                    .map(str::to_string)
+            })
             .unwrap_or_default();
         Self::new(field, message.to_string())
     }
@@ -50,15 +56,27 @@ pub const MAX_NAME_LEN: usize = 63;
 pub fn dns1123_label(field: &str, value: &str) -> Result<(), ValidationError> {
     let expected = "expected a DNS-1123 label (lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters)";
     if value.is_empty() {
-        return Err(ValidationError::new(field, format!("must not be empty; {expected}")));
+        return Err(ValidationError::new(
+            field,
+            format!("must not be empty; {expected}"),
+        ));
     }
     let ok_chars = value
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    let ok_ends = value.as_bytes().first().is_some_and(u8::is_ascii_alphanumeric)
-        && value.as_bytes().last().is_some_and(u8::is_ascii_alphanumeric);
+    let ok_ends = value
+        .as_bytes()
+        .first()
+        .is_some_and(u8::is_ascii_alphanumeric)
+        && value
+            .as_bytes()
+            .last()
+            .is_some_and(u8::is_ascii_alphanumeric);
     if value.len() > MAX_NAME_LEN || !ok_chars || !ok_ends {
-        return Err(ValidationError::new(field, format!("{value:?} is not valid: {expected}")));
+        return Err(ValidationError::new(
+            field,
+            format!("{value:?} is not valid: {expected}"),
+        ));
     }
     Ok(())
 }
@@ -119,7 +137,10 @@ pub fn http_method(field: &str, value: &str) -> Result<(), ValidationError> {
     if !METHODS.contains(&value) {
         return Err(ValidationError::new(
             field,
-            format!("{value:?} is not an HTTP method: expected one of {}", METHODS.join(", ")),
+            format!(
+                "{value:?} is not an HTTP method: expected one of {}",
+                METHODS.join(", ")
+            ),
         ));
     }
     Ok(())
@@ -134,7 +155,16 @@ mod tests {
         for ok in ["a", "hello", "hello-world", "a1", &"a".repeat(63)] {
             dns1123_label("metadata.name", ok).unwrap();
         }
-        for bad in ["", "Hello", "-a", "a-", "a_b", "a.b", "../etc", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "Hello",
+            "-a",
+            "a-",
+            "a_b",
+            "a.b",
+            "../etc",
+            &"a".repeat(64),
+        ] {
             let e = dns1123_label("metadata.name", bad).unwrap_err();
             assert_eq!(e.field, "metadata.name");
         }
@@ -142,7 +172,14 @@ mod tests {
 
     #[test]
     fn entrypoints() {
-        for ok in ["", "main", "hello.main", "pkg.mod.handler", "index.hello", "handler.sh"] {
+        for ok in [
+            "",
+            "main",
+            "hello.main",
+            "pkg.mod.handler",
+            "index.hello",
+            "handler.sh",
+        ] {
             entrypoint("spec.package.functionName", ok).unwrap();
         }
         for bad in ["../x", "a/b", ".a", "a.", "a b", "a..b"] {

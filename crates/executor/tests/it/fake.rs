@@ -9,13 +9,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use kappa_archive::ArchiveStore;
 use kappa_core::{
-    Backend, BackendError, EndpointIndex, ExitReason, FunctionId, Instance, InstanceEvent, InstanceSpec,
-    SpecializeRequest,
+    Backend, BackendError, EndpointIndex, ExitReason, FunctionId, Instance, InstanceEvent,
+    InstanceSpec, SpecializeRequest,
 };
 use kappa_executor::{ExecutorConfig, PoolManager};
 use kappa_store::{MemoryStore, Precondition, Store};
 use kappa_types::{
-    Archive, Environment, EnvironmentSpec, Function, FunctionSpec, NamedRef, Package, PackageSpec, Runtime,
+    Archive, Environment, EnvironmentSpec, Function, FunctionSpec, NamedRef, Package, PackageSpec,
+    Runtime,
 };
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -57,7 +58,10 @@ impl FakeBackend {
     /// Simulates an instance dying on its own.
     pub fn kill(&self, id: &str, reason: ExitReason) {
         self.live.lock().unwrap().remove(id);
-        let _ = self.events.send(InstanceEvent::Exited { id: id.to_string(), reason });
+        let _ = self.events.send(InstanceEvent::Exited {
+            id: id.to_string(),
+            reason,
+        });
     }
 }
 
@@ -71,16 +75,31 @@ impl Backend for FakeBackend {
         tokio::time::sleep(Duration::from_millis(5)).await;
         let port = self.port.fetch_add(1, Ordering::Relaxed);
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let instance = Instance { id: spec.id.clone(), addr, labels: spec.labels.clone() };
+        let instance = Instance {
+            id: spec.id.clone(),
+            addr,
+            labels: spec.labels.clone(),
+        };
         self.calls.lock().unwrap().created.push(spec);
-        self.live.lock().unwrap().insert(instance.id.clone(), instance.clone());
+        self.live
+            .lock()
+            .unwrap()
+            .insert(instance.id.clone(), instance.clone());
         Ok(instance)
     }
 
-    async fn specialize(&self, instance: &Instance, request: &SpecializeRequest) -> Result<(), BackendError> {
+    async fn specialize(
+        &self,
+        instance: &Instance,
+        request: &SpecializeRequest,
+    ) -> Result<(), BackendError> {
         let delay = *self.delay.lock().unwrap();
         tokio::time::sleep(delay).await;
-        self.calls.lock().unwrap().specialized.push((instance.id.clone(), request.clone()));
+        self.calls
+            .lock()
+            .unwrap()
+            .specialized
+            .push((instance.id.clone(), request.clone()));
         if let Some(message) = self.failing.lock().unwrap().get(&request.entrypoint) {
             return Err(BackendError::Specialize {
                 status: Some(500),
@@ -96,7 +115,10 @@ impl Backend for FakeBackend {
         if self.live.lock().unwrap().remove(id).is_none() {
             return Err(BackendError::NotFound(id.to_string()));
         }
-        let _ = self.events.send(InstanceEvent::Exited { id: id.to_string(), reason: ExitReason::default() });
+        let _ = self.events.send(InstanceEvent::Exited {
+            id: id.to_string(),
+            reason: ExitReason::default(),
+        });
         Ok(())
     }
 
@@ -136,7 +158,10 @@ impl Harness {
         let archives = Arc::new(ArchiveStore::open(dir.path().join("archives"), 1 << 20).unwrap());
         let mut registry = prometheus_client::registry::Registry::default();
         let manager = PoolManager::new(
-            ExecutorConfig { reconcile_interval: Duration::from_millis(100), ..ExecutorConfig::default() },
+            ExecutorConfig {
+                reconcile_interval: Duration::from_millis(100),
+                ..ExecutorConfig::default()
+            },
             Arc::clone(&store),
             backend.clone(),
             Arc::clone(&index),
@@ -149,23 +174,42 @@ impl Harness {
             let token = shutdown.clone();
             tokio::spawn(async move { manager.run(token, Duration::ZERO).await })
         };
-        Self { store, backend, index, manager, shutdown, task, _dir: dir }
+        Self {
+            store,
+            backend,
+            index,
+            manager,
+            shutdown,
+            task,
+            _dir: dir,
+        }
     }
 
     pub async fn env(&self, name: &str, poolsize: u32) {
         let env = Environment::new(
             name,
             EnvironmentSpec {
-                runtime: Runtime { image: "python".into(), command: None },
+                runtime: Runtime {
+                    image: "python".into(),
+                    command: None,
+                },
                 poolsize,
                 ..EnvironmentSpec::default()
             },
         );
-        self.store.put(env.to_json(), Precondition::None).await.unwrap();
+        self.store
+            .put(env.to_json(), Precondition::None)
+            .await
+            .unwrap();
     }
 
     /// A function with a literal single-file package; `tweak` adjusts the spec.
-    pub async fn function(&self, name: &str, env: &str, tweak: impl FnOnce(&mut FunctionSpec)) -> FunctionId {
+    pub async fn function(
+        &self,
+        name: &str,
+        env: &str,
+        tweak: impl FnOnce(&mut FunctionSpec),
+    ) -> FunctionId {
         let package = Package::new(
             name,
             PackageSpec {
@@ -185,12 +229,20 @@ impl Harness {
         let mut spec = FunctionSpec::new(env, name, &format!("{name}.main"));
         tweak(&mut spec);
         let f = Function::new(name, spec);
-        self.store.put(f.to_json(), Precondition::None).await.unwrap();
+        self.store
+            .put(f.to_json(), Precondition::None)
+            .await
+            .unwrap();
         FunctionId::new("default", name)
     }
 
     pub async fn generation(&self, id: &FunctionId) -> i64 {
-        let obj = self.store.get(kappa_types::Kind::Function, &id.namespace, &id.name).await.unwrap().unwrap();
+        let obj = self
+            .store
+            .get(kappa_types::Kind::Function, &id.namespace, &id.name)
+            .await
+            .unwrap()
+            .unwrap();
         obj.value["metadata"]["generation"].as_i64().unwrap_or(1)
     }
 }
@@ -205,7 +257,10 @@ impl Drop for Harness {
 pub async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + limit;
     while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -1,5 +1,7 @@
 //! Pool manager component tests: a real `MemoryStore`, a fake backend that records calls, and
 //! paused time for reaping.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod fake;
 mod pool;
