@@ -195,7 +195,15 @@ impl Spec for EnvironmentSpec {
     type Status = serde_json::Value;
 
     fn validate(&self) -> Result<(), ValidationError> {
-        validate::in_range("spec.version", self.version, 1, 3)?;
+        if !(2..=3).contains(&self.version) {
+            return Err(ValidationError::new(
+                "spec.version",
+                format!(
+                    "{} is not supported: Kappa speaks runtime protocol v2, expected 2 or 3",
+                    self.version
+                ),
+            ));
+        }
         if self.runtime.image.trim().is_empty()
             && self
                 .runtime

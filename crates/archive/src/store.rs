@@ -1,0 +1,547 @@
+//! The content-addressed blob store and its extraction cache.
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use futures::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use uuid::Uuid;
+
+use crate::error::{ArchiveError, at};
+use crate::extract::{ExtractLimits, extract_zip};
+use crate::{hex, is_valid_digest};
+
+/// The file name a non-zip archive gets when extracted without an explicit name (Fission's).
+pub const DEFAULT_FILENAME: &str = "deployarchive";
+
+/// What the store knows about one archive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveInfo {
+    /// Lower-case hexadecimal sha256 of the archive's bytes; also its name in the store.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Where an archive's code is ready to run, as a host path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Extracted {
+    /// A zip, extracted into this directory (`<root>/extracted/<sha256>/`).
+    Dir(PathBuf),
+    /// A non-zip archive, placed as this single file (`<root>/extracted/<sha256>/<filename>`).
+    File(PathBuf),
+}
+
+impl Extracted {
+    /// The path, whichever kind it is.
+    pub fn path(&self) -> &Path {
+        match self {
+            Extracted::Dir(p) | Extracted::File(p) => p,
+        }
+    }
+}
+
+/// The archive store: blobs under `<root>/blobs/<sha256>`, extractions under
+/// `<root>/extracted/<sha256>/`, temporary files under `<root>/tmp/` (cleared on open, so a
+/// crash leaves nothing behind that a later run could mistake for finished work).
+///
+/// Cheap to clone; clones share the same directory and per-archive locks.
+#[derive(Clone)]
+pub struct ArchiveStore {
+    inner: Arc<Inner>,
+    limits: ExtractLimits,
+}
+
+struct Inner {
+    blobs: PathBuf,
+    extracted: PathBuf,
+    tmp: PathBuf,
+    max_archive_bytes: u64,
+    /// One async mutex per digest with an operation in progress: `extracted` and `delete` for
+    /// the same archive run one at a time (so an archive is extracted once however many callers
+    /// ask at once), while different archives proceed in parallel. It is a tokio mutex because
+    /// its guard is held while the blocking extraction runs on another thread; entries are
+    /// removed when no operation holds them, so the map stays as small as the work in flight.
+    locks: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Extractions performed since open (zips unpacked or single files placed), for metrics.
+    extractions: AtomicU64,
+}
+
+impl std::fmt::Debug for ArchiveStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArchiveStore")
+            .field("blobs", &self.inner.blobs)
+            .field("max_archive_bytes", &self.inner.max_archive_bytes)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Removes a temporary file or directory when dropped, unless disarmed: covers errors and a
+/// cancelled upload future alike.
+struct TempGuard {
+    path: Option<PathBuf>,
+}
+
+impl TempGuard {
+    fn new(path: PathBuf) -> Self {
+        TempGuard { path: Some(path) }
+    }
+
+    fn disarm(&mut self) {
+        self.path = None;
+    }
+}
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take() {
+            let result = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            if let Err(e) = result
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove a temporary file");
+            }
+        }
+    }
+}
+
+impl ArchiveStore {
+    /// Opens (creating if needed) a store rooted at `root`, accepting archives of at most
+    /// `max_archive_bytes`. Creates `root/{blobs,extracted,tmp}` and empties `root/tmp`. The
+    /// root is made absolute, so the paths [`ArchiveStore::extracted`] returns can be handed to
+    /// processes with another working directory.
+    pub fn open(root: impl Into<PathBuf>, max_archive_bytes: u64) -> Result<Self, ArchiveError> {
+        let root = root.into();
+        std::fs::create_dir_all(&root).map_err(at(&root))?;
+        let root = std::fs::canonicalize(&root).map_err(at(&root))?;
+        let blobs = root.join("blobs");
+        let extracted = root.join("extracted");
+        let tmp = root.join("tmp");
+        for dir in [&blobs, &extracted] {
+            std::fs::create_dir_all(dir).map_err(at(dir))?;
+        }
+        match std::fs::remove_dir_all(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(ArchiveError::File {
+                    path: tmp,
+                    source: e,
+                });
+            }
+        }
+        std::fs::create_dir_all(&tmp).map_err(at(&tmp))?;
+        Ok(ArchiveStore {
+            inner: Arc::new(Inner {
+                blobs,
+                extracted,
+                tmp,
+                max_archive_bytes,
+                locks: DashMap::new(),
+                extractions: AtomicU64::new(0),
+            }),
+            limits: ExtractLimits::default(),
+        })
+    }
+
+    /// Replaces the limits [`ArchiveStore::extracted`] applies to zips (default:
+    /// [`ExtractLimits::default`]).
+    pub fn with_extract_limits(mut self, limits: ExtractLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The largest archive [`ArchiveStore::put_stream`] accepts, in bytes.
+    pub fn max_archive_bytes(&self) -> u64 {
+        self.inner.max_archive_bytes
+    }
+
+    /// The number of extractions performed since the store was opened (a metric; cached
+    /// results do not count).
+    pub fn extractions_performed(&self) -> u64 {
+        self.inner.extractions.load(Ordering::Relaxed)
+    }
+
+    /// Stores an archive from a stream of chunks, hashing it as it is written to a temporary
+    /// file (the whole body is never held in memory). Over the size limit it fails with
+    /// [`ArchiveError::TooLarge`] and leaves nothing behind; a failing stream gives
+    /// [`ArchiveError::Body`]. On success the file is renamed to `blobs/<sha256>`; if that
+    /// archive is already stored the new copy is dropped.
+    pub async fn put_stream<S, E>(&self, body: S) -> Result<ArchiveInfo, ArchiveError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let mut body = std::pin::pin!(body);
+        let limit = self.inner.max_archive_bytes;
+        let tmp_path = self.inner.tmp.join(format!("upload-{}", Uuid::new_v4()));
+        let mut guard = TempGuard::new(tmp_path.clone());
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp_path)
+            .await
+            .map_err(at(&tmp_path))?;
+        let mut hasher = Sha256::new();
+        let mut size: u64 = 0;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| ArchiveError::Body(Box::new(e)))?;
+            size = size.saturating_add(chunk.len() as u64);
+            if size > limit {
+                tracing::debug!(limit, "archive upload over the size limit");
+                return Err(ArchiveError::TooLarge { limit });
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.map_err(at(&tmp_path))?;
+        }
+        file.flush().await.map_err(at(&tmp_path))?;
+        file.sync_all().await.map_err(at(&tmp_path))?;
+        drop(file);
+
+        let sha256 = hex(&hasher.finalize());
+        let dest = self.inner.blobs.join(&sha256);
+        let exists = tokio::fs::try_exists(&dest).await.map_err(at(&dest))?;
+        if exists {
+            tracing::debug!(sha256 = %sha256, size, "archive already stored");
+            // The guard removes the duplicate temporary file.
+        } else {
+            tokio::fs::rename(&tmp_path, &dest)
+                .await
+                .map_err(at(&dest))?;
+            guard.disarm();
+            tracing::info!(sha256 = %sha256, size, "archive stored");
+        }
+        Ok(ArchiveInfo { sha256, size })
+    }
+
+    /// Stores an archive held in memory (see [`ArchiveStore::put_stream`]).
+    pub async fn put_bytes(&self, bytes: &[u8]) -> Result<ArchiveInfo, ArchiveError> {
+        let chunk = Bytes::copy_from_slice(bytes);
+        self.put_stream(futures::stream::iter([Ok::<_, std::io::Error>(chunk)]))
+            .await
+    }
+
+    /// The stored archive with this digest, if any.
+    pub async fn info(&self, sha256: &str) -> Result<Option<ArchiveInfo>, ArchiveError> {
+        check_digest(sha256)?;
+        let path = self.inner.blobs.join(sha256);
+        match tokio::fs::metadata(&path).await {
+            Ok(meta) if meta.is_file() => Ok(Some(ArchiveInfo {
+                sha256: sha256.to_owned(),
+                size: meta.len(),
+            })),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ArchiveError::File { path, source: e }),
+        }
+    }
+
+    /// Opens the stored archive for reading ([`ArchiveError::NotFound`] if it is not stored).
+    pub async fn open_blob(&self, sha256: &str) -> Result<tokio::fs::File, ArchiveError> {
+        check_digest(sha256)?;
+        let path = self.inner.blobs.join(sha256);
+        match tokio::fs::File::open(&path).await {
+            Ok(file) => Ok(file),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(ArchiveError::NotFound(sha256.to_owned()))
+            }
+            Err(e) => Err(ArchiveError::File { path, source: e }),
+        }
+    }
+
+    /// Every stored archive, ordered by digest.
+    pub async fn list(&self) -> Result<Vec<ArchiveInfo>, ArchiveError> {
+        let blobs = &self.inner.blobs;
+        let mut dir = tokio::fs::read_dir(blobs).await.map_err(at(blobs))?;
+        let mut out = Vec::new();
+        while let Some(entry) = dir.next_entry().await.map_err(at(blobs))? {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if !is_valid_digest(&name) {
+                continue;
+            }
+            match entry.metadata().await {
+                Ok(meta) if meta.is_file() => out.push(ArchiveInfo {
+                    sha256: name,
+                    size: meta.len(),
+                }),
+                Ok(_) => {}
+                // Deleted between the listing and the stat.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(ArchiveError::File {
+                        path: entry.path(),
+                        source: e,
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.sha256.cmp(&b.sha256));
+        Ok(out)
+    }
+
+    /// Deletes the archive and its extraction. Returns whether the archive was stored.
+    pub async fn delete(&self, sha256: &str) -> Result<bool, ArchiveError> {
+        check_digest(sha256)?;
+        let lock = self.lock_for(sha256);
+        let guard = lock.clone().lock_owned().await;
+        let inner = self.inner.clone();
+        let sha = sha256.to_owned();
+        let result = tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            inner.delete_blocking(&sha)
+        })
+        .await;
+        self.release(sha256, lock);
+        result.map_err(|e| ArchiveError::Task(e.to_string()))?
+    }
+
+    /// Where the archive's code is ready to run, extracting it on first use.
+    ///
+    /// A zip (recognised by its `PK\x03\x04` magic) is extracted safely with the store's
+    /// [`ExtractLimits`] into `<root>/extracted/<sha256>/` and gives [`Extracted::Dir`]. Any
+    /// other archive is copied (mode 0755, so a binary can be run) to
+    /// `<root>/extracted/<sha256>/<filename>` (default [`DEFAULT_FILENAME`]) and gives
+    /// [`Extracted::File`]. Extraction goes through a temporary directory renamed into place,
+    /// so a crash never leaves a half-extracted directory; concurrent callers for the same
+    /// archive wait for one extraction.
+    pub async fn extracted(
+        &self,
+        sha256: &str,
+        filename: Option<&str>,
+    ) -> Result<Extracted, ArchiveError> {
+        check_digest(sha256)?;
+        let filename = match filename {
+            Some(name) => {
+                check_filename(name)?;
+                name.to_owned()
+            }
+            None => DEFAULT_FILENAME.to_owned(),
+        };
+        let lock = self.lock_for(sha256);
+        let guard = lock.clone().lock_owned().await;
+        let inner = self.inner.clone();
+        let limits = self.limits;
+        let sha = sha256.to_owned();
+        // The guard moves into the blocking task, so the lock is held until the work is done
+        // even if this future is dropped.
+        let result = tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            inner.extract_blocking(&sha, &filename, &limits)
+        })
+        .await;
+        self.release(sha256, lock);
+        result.map_err(|e| ArchiveError::Task(e.to_string()))?
+    }
+
+    fn lock_for(&self, sha256: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.inner
+            .locks
+            .entry(sha256.to_owned())
+            .or_default()
+            .value()
+            .clone()
+    }
+
+    /// Drops the caller's handle on a per-archive lock and forgets the lock once nobody else
+    /// holds or waits for it.
+    fn release(&self, sha256: &str, lock: Arc<tokio::sync::Mutex<()>>) {
+        drop(lock);
+        self.inner
+            .locks
+            .remove_if(sha256, |_, l| Arc::strong_count(l) == 1);
+    }
+}
+
+impl Inner {
+    fn delete_blocking(&self, sha256: &str) -> Result<bool, ArchiveError> {
+        let blob = self.blobs.join(sha256);
+        let existed = match std::fs::remove_file(&blob) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => {
+                return Err(ArchiveError::File {
+                    path: blob,
+                    source: e,
+                });
+            }
+        };
+        // Move the extraction out of the way atomically first, so a reader never sees a
+        // half-deleted directory under its final name.
+        let extracted = self.extracted.join(sha256);
+        let doomed = self.tmp.join(format!("delete-{}", Uuid::new_v4()));
+        match std::fs::rename(&extracted, &doomed) {
+            Ok(()) => {
+                std::fs::remove_dir_all(&doomed).map_err(at(&doomed))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(ArchiveError::File {
+                    path: extracted,
+                    source: e,
+                });
+            }
+        }
+        if existed {
+            tracing::info!(sha256 = %sha256, "archive deleted");
+        }
+        Ok(existed)
+    }
+
+    fn extract_blocking(
+        &self,
+        sha256: &str,
+        filename: &str,
+        limits: &ExtractLimits,
+    ) -> Result<Extracted, ArchiveError> {
+        let blob = self.blobs.join(sha256);
+        let is_zip = match sniff_zip(&blob) {
+            Ok(is_zip) => is_zip,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ArchiveError::NotFound(sha256.to_owned()));
+            }
+            Err(e) => {
+                return Err(ArchiveError::File {
+                    path: blob,
+                    source: e,
+                });
+            }
+        };
+        let final_dir = self.extracted.join(sha256);
+
+        if is_zip {
+            if final_dir.is_dir() {
+                return Ok(Extracted::Dir(final_dir));
+            }
+            let tmp = self.tmp.join(format!("extract-{}", Uuid::new_v4()));
+            let mut guard = TempGuard::new(tmp.clone());
+            extract_zip(&blob, &tmp, limits)?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+                .map_err(at(&tmp))?;
+            std::fs::rename(&tmp, &final_dir).map_err(at(&final_dir))?;
+            guard.disarm();
+            self.extractions.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(sha256 = %sha256, dir = %final_dir.display(), "archive extracted");
+            return Ok(Extracted::Dir(final_dir));
+        }
+
+        let target = final_dir.join(filename);
+        if target.is_file() {
+            return Ok(Extracted::File(target));
+        }
+        if final_dir.is_dir() {
+            // Already placed under another name: add this one with an atomic file rename.
+            let tmp = final_dir.join(format!(".tmp-{}", Uuid::new_v4()));
+            let mut guard = TempGuard::new(tmp.clone());
+            place_file(&blob, &tmp)?;
+            std::fs::rename(&tmp, &target).map_err(at(&target))?;
+            guard.disarm();
+        } else {
+            let tmp = self.tmp.join(format!("extract-{}", Uuid::new_v4()));
+            let mut guard = TempGuard::new(tmp.clone());
+            std::fs::create_dir(&tmp).map_err(at(&tmp))?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+                .map_err(at(&tmp))?;
+            place_file(&blob, &tmp.join(filename))?;
+            std::fs::rename(&tmp, &final_dir).map_err(at(&final_dir))?;
+            guard.disarm();
+        }
+        self.extractions.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(sha256 = %sha256, file = %target.display(), "archive placed as a single file");
+        Ok(Extracted::File(target))
+    }
+}
+
+/// Copies a blob to `dest` with mode 0755.
+fn place_file(blob: &Path, dest: &Path) -> Result<(), ArchiveError> {
+    std::fs::copy(blob, dest).map_err(at(dest))?;
+    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o755)).map_err(at(dest))
+}
+
+/// Whether the file starts with the zip local-file-header magic `PK\x03\x04`.
+fn sniff_zip(path: &Path) -> std::io::Result<bool> {
+    let mut magic = [0u8; 4];
+    let mut file = std::fs::File::open(path)?;
+    let mut read = 0;
+    while read < magic.len() {
+        let n = file.read(&mut magic[read..])?;
+        if n == 0 {
+            return Ok(false);
+        }
+        read += n;
+    }
+    Ok(&magic == b"PK\x03\x04")
+}
+
+fn check_digest(sha256: &str) -> Result<(), ArchiveError> {
+    if is_valid_digest(sha256) {
+        Ok(())
+    } else {
+        Err(ArchiveError::InvalidDigest(sha256.to_owned()))
+    }
+}
+
+fn check_filename(name: &str) -> Result<(), ArchiveError> {
+    let reason = if name.is_empty() {
+        Some("the name is empty")
+    } else if name == "." || name == ".." {
+        Some("the name must be a plain file name")
+    } else if name.contains('/') || name.contains('\\') {
+        Some("the name must not contain a path separator")
+    } else if name.contains('\0') {
+        Some("the name contains a NUL byte")
+    } else if name.starts_with(".tmp-") {
+        Some("the name is reserved")
+    } else if name.len() > 255 {
+        Some("the name is longer than 255 bytes")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(ArchiveError::InvalidFilename {
+            name: name.to_owned(),
+            reason: reason.to_owned(),
+        }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filenames() {
+        for ok in ["main.py", "hello", "a.b.c", "deployarchive"] {
+            assert!(check_filename(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".", "..", "a/b", "..\\x", "/etc", "a\0b", ".tmp-x"] {
+            assert!(check_filename(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn zip_magic() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"PK\x03\x04rest").unwrap();
+        assert!(sniff_zip(&p).unwrap());
+        std::fs::write(&p, b"PK").unwrap();
+        assert!(!sniff_zip(&p).unwrap());
+        std::fs::write(&p, b"#!/bin/sh\n").unwrap();
+        assert!(!sniff_zip(&p).unwrap());
+    }
+}

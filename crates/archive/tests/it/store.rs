@@ -1,0 +1,286 @@
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use bytes::Bytes;
+use kappa_archive::{ArchiveError, ArchiveStore, Extracted, sha256_hex};
+use tokio::io::AsyncReadExt;
+
+use crate::support::{Entry, tree, zip_of};
+
+fn open(root: &Path, max: u64) -> ArchiveStore {
+    ArchiveStore::open(root, max).unwrap()
+}
+
+fn chunks(
+    parts: &[&'static [u8]],
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    futures::stream::iter(
+        parts
+            .iter()
+            .map(|p| Ok(Bytes::from_static(p)))
+            .collect::<Vec<_>>(),
+    )
+}
+
+#[tokio::test]
+async fn round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 1 << 20);
+    assert_eq!(store.max_archive_bytes(), 1 << 20);
+    assert!(tmp.path().join("blobs").is_dir());
+    assert!(tmp.path().join("extracted").is_dir());
+    assert!(tmp.path().join("tmp").is_dir());
+
+    let info = store
+        .put_stream(chunks(&[b"hello ", b"", b"world"]))
+        .await
+        .unwrap();
+    assert_eq!(info.sha256, sha256_hex(b"hello world"));
+    assert_eq!(info.size, 11);
+    assert_eq!(store.info(&info.sha256).await.unwrap(), Some(info.clone()));
+
+    let mut content = Vec::new();
+    store
+        .open_blob(&info.sha256)
+        .await
+        .unwrap()
+        .read_to_end(&mut content)
+        .await
+        .unwrap();
+    assert_eq!(content, b"hello world");
+
+    let other = store.put_bytes(b"another").await.unwrap();
+    let mut expected = vec![info.clone(), other.clone()];
+    expected.sort_by(|a, b| a.sha256.cmp(&b.sha256));
+    assert_eq!(store.list().await.unwrap(), expected);
+
+    let json = serde_json::to_value(&info).unwrap();
+    assert_eq!(json["sha256"], info.sha256.as_str());
+    assert_eq!(json["size"], 11);
+
+    assert!(store.delete(&info.sha256).await.unwrap());
+    assert!(!store.delete(&info.sha256).await.unwrap());
+    assert_eq!(store.info(&info.sha256).await.unwrap(), None);
+    assert!(matches!(
+        store.open_blob(&info.sha256).await,
+        Err(ArchiveError::NotFound(s)) if s == info.sha256
+    ));
+    assert_eq!(store.list().await.unwrap(), vec![other]);
+    assert!(tree(&tmp.path().join("tmp")).is_empty());
+}
+
+#[tokio::test]
+async fn identical_uploads_are_stored_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 1 << 20);
+    let a = store.put_bytes(b"same bytes").await.unwrap();
+    let b = store
+        .put_stream(chunks(&[b"same", b" ", b"bytes"]))
+        .await
+        .unwrap();
+    assert_eq!(a, b);
+    assert_eq!(tree(&tmp.path().join("blobs")), [a.sha256.as_str()]);
+    assert!(tree(&tmp.path().join("tmp")).is_empty());
+}
+
+#[tokio::test]
+async fn over_the_limit_nothing_is_left_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 10);
+    let exact = store.put_bytes(b"0123456789").await.unwrap();
+    assert_eq!(exact.size, 10);
+
+    let err = store
+        .put_stream(chunks(&[b"01234", b"56789", b"x"]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ArchiveError::TooLarge { limit: 10 }),
+        "{err:?}"
+    );
+    assert_eq!(err.to_string(), "archive exceeds the limit of 10 bytes");
+    assert!(matches!(
+        store.put_bytes(&[0u8; 11]).await,
+        Err(ArchiveError::TooLarge { limit: 10 })
+    ));
+    assert_eq!(tree(&tmp.path().join("blobs")), [exact.sha256]);
+    assert!(tree(&tmp.path().join("tmp")).is_empty());
+}
+
+#[tokio::test]
+async fn a_failing_body_leaves_nothing_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 1 << 20);
+    let body = futures::stream::iter(vec![
+        Ok(Bytes::from_static(b"partial")),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "client went away",
+        )),
+    ]);
+    let err = store.put_stream(body).await.unwrap_err();
+    assert!(matches!(err, ArchiveError::Body(_)), "{err:?}");
+    assert!(err.to_string().contains("client went away"), "{err}");
+    assert!(tree(&tmp.path().join("blobs")).is_empty());
+    assert!(tree(&tmp.path().join("tmp")).is_empty());
+}
+
+#[tokio::test]
+async fn invalid_digests_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 1 << 20);
+    let good = sha256_hex(b"x");
+    for bad in [
+        String::new(),
+        "abc".to_owned(),
+        good.to_uppercase(),
+        format!("../{}", &good[3..]),
+        format!("{good}0"),
+    ] {
+        assert!(matches!(store.info(&bad).await, Err(ArchiveError::InvalidDigest(d)) if d == bad));
+        assert!(matches!(
+            store.open_blob(&bad).await,
+            Err(ArchiveError::InvalidDigest(_))
+        ));
+        assert!(matches!(
+            store.delete(&bad).await,
+            Err(ArchiveError::InvalidDigest(_))
+        ));
+        assert!(matches!(
+            store.extracted(&bad, None).await,
+            Err(ArchiveError::InvalidDigest(_))
+        ));
+    }
+    assert!(matches!(
+        store.extracted(&good, None).await,
+        Err(ArchiveError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn open_clears_leftover_temporary_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let info = {
+        let store = open(tmp.path(), 1 << 20);
+        store.put_bytes(b"kept").await.unwrap()
+    };
+    std::fs::write(tmp.path().join("tmp/upload-crashed"), b"half").unwrap();
+    std::fs::create_dir(tmp.path().join("tmp/extract-crashed")).unwrap();
+    let store = open(tmp.path(), 1 << 20);
+    assert!(tree(&tmp.path().join("tmp")).is_empty());
+    assert_eq!(store.info(&info.sha256).await.unwrap(), Some(info));
+}
+
+#[tokio::test]
+async fn zip_is_extracted_once_for_concurrent_callers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 1 << 20);
+    let zip = zip_of(&[
+        Entry::File("main.py", b"def main():\n    return 'hi'\n", 0o644),
+        Entry::File("bin/tool", b"#!/bin/sh\n", 0o755),
+    ]);
+    let info = store.put_bytes(&zip).await.unwrap();
+
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        let sha = info.sha256.clone();
+        tasks.push(tokio::spawn(
+            async move { store.extracted(&sha, None).await },
+        ));
+    }
+    let expected = Extracted::Dir(tmp.path().join("extracted").join(&info.sha256));
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap(), expected);
+    }
+    assert_eq!(store.extractions_performed(), 1);
+    // Cached from now on.
+    assert_eq!(store.extracted(&info.sha256, None).await.unwrap(), expected);
+    assert_eq!(store.extractions_performed(), 1);
+
+    let dir = expected.path();
+    assert_eq!(tree(dir), ["bin", "bin/tool", "main.py"]);
+    let mode = std::fs::metadata(dir.join("bin/tool"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_ne!(mode & 0o111, 0, "exec bit kept");
+    assert!(tree(&tmp.path().join("tmp")).is_empty());
+
+    // Deleting the archive deletes its extraction.
+    assert!(store.delete(&info.sha256).await.unwrap());
+    assert!(!dir.exists());
+    assert!(tree(&tmp.path().join("extracted")).is_empty());
+}
+
+#[tokio::test]
+async fn non_zip_becomes_a_single_executable_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 1 << 20);
+    let script = b"#!/bin/sh\necho hello\n";
+    let info = store.put_bytes(script).await.unwrap();
+    let base = tmp.path().join("extracted").join(&info.sha256);
+
+    let named = store
+        .extracted(&info.sha256, Some("hello.sh"))
+        .await
+        .unwrap();
+    assert_eq!(named, Extracted::File(base.join("hello.sh")));
+    assert_eq!(std::fs::read(named.path()).unwrap(), script);
+    let mode = std::fs::metadata(named.path())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o755);
+
+    let default = store.extracted(&info.sha256, None).await.unwrap();
+    assert_eq!(default, Extracted::File(base.join("deployarchive")));
+    assert_eq!(std::fs::read(default.path()).unwrap(), script);
+    // Both names stay valid.
+    assert!(base.join("hello.sh").is_file());
+
+    for bad in ["", "..", "a/b", "../../etc/passwd"] {
+        assert!(
+            matches!(
+                store.extracted(&info.sha256, Some(bad)).await,
+                Err(ArchiveError::InvalidFilename { .. })
+            ),
+            "{bad:?}"
+        );
+    }
+    assert!(tree(&tmp.path().join("tmp")).is_empty());
+}
+
+#[tokio::test]
+async fn an_unsafe_zip_leaves_no_extraction_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 1 << 20);
+    let zip = zip_of(&[
+        Entry::File("ok.py", b"", 0o644),
+        Entry::Symlink("escape", "../../../../etc"),
+    ]);
+    let info = store.put_bytes(&zip).await.unwrap();
+    let err = store.extracted(&info.sha256, None).await.unwrap_err();
+    assert!(
+        matches!(&err, ArchiveError::Unsafe { entry, .. } if entry == "escape"),
+        "{err:?}"
+    );
+    assert!(tree(&tmp.path().join("extracted")).is_empty());
+    assert!(tree(&tmp.path().join("tmp")).is_empty());
+    assert_eq!(store.extractions_performed(), 0);
+}
+
+#[tokio::test]
+async fn extraction_limits_are_configurable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 1 << 20).with_extract_limits(kappa_archive::ExtractLimits {
+        max_files: 1,
+        ..Default::default()
+    });
+    let zip = zip_of(&[Entry::File("a", b"", 0o644), Entry::File("b", b"", 0o644)]);
+    let info = store.put_bytes(&zip).await.unwrap();
+    assert!(matches!(
+        store.extracted(&info.sha256, None).await,
+        Err(ArchiveError::Unsafe { .. })
+    ));
+}
