@@ -1,0 +1,543 @@
+//! Admission: what each kind checks and rewrites before it is written (references to other
+//! resources, archives, routes), and what must not be deleted while in use.
+//!
+//! Every function here runs with the API's write lock held, so its checks stay true until the
+//! write that follows them.
+
+use async_trait::async_trait;
+use base64::Engine;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use kappa_types::{
+    Archive, ArchiveType, BuildStatus, EnvironmentSpec, FunctionReferenceType, FunctionSpec,
+    HttpTriggerSpec, Kind, LITERAL_SIZE_LIMIT, PackageSpec, PackageStatus, Resource, Spec,
+};
+
+use crate::error::ApiError;
+use crate::resources::decode_stored;
+use crate::state::ApiState;
+
+/// Base64 as users write it: standard alphabet, padding optional.
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// What an admission did that must be undone if the store write then fails.
+#[derive(Debug, Default)]
+pub(crate) struct Admitted {
+    /// Archives this admission added to the archive store (literals moved there).
+    new_blobs: Vec<String>,
+}
+
+impl Admitted {
+    /// Removes what the admission added. Best effort: a failure leaves an unreferenced blob.
+    pub(crate) async fn roll_back(self, state: &ApiState) {
+        for sha in self.new_blobs {
+            if let Err(e) = state.archives.delete(&sha).await {
+                tracing::warn!(sha256 = %sha, error = %e, "removing an archive after a failed write");
+            }
+        }
+    }
+}
+
+/// The per-kind admission rules.
+#[async_trait]
+pub(crate) trait Admit: Spec {
+    /// JSON pointers to this kind's namespaced references (`/*` = every array element), which
+    /// default to the referrer's namespace.
+    const REFERENCES: &'static [&'static str] = &[];
+
+    /// Checks references and rewrites the resource before it is written; `old` is the stored
+    /// resource on replace. Writes nothing to the store.
+    async fn admit(
+        _state: &ApiState,
+        _object: &mut Resource<Self>,
+        _old: Option<&Resource<Self>>,
+    ) -> Result<Admitted, ApiError> {
+        Ok(Admitted::default())
+    }
+
+    /// What uses the resource `namespace/name` and so blocks its deletion, as
+    /// `"function default/hello"` strings.
+    async fn dependents(
+        _state: &ApiState,
+        _namespace: &str,
+        _name: &str,
+    ) -> Result<Vec<String>, ApiError> {
+        Ok(Vec::new())
+    }
+
+    /// The status a new resource is stored with (clients do not write status on create).
+    fn initial_status(_object: &Resource<Self>) -> Self::Status {
+        Self::Status::default()
+    }
+
+    /// A status to write after a replace, when the new spec changes it.
+    fn status_after_update(_old: &Resource<Self>, _new: &Resource<Self>) -> Option<Self::Status> {
+        None
+    }
+}
+
+/// Every readable resource of a kind, in one namespace or all. Unreadable ones are skipped
+/// with a warning: they cannot reference anything anyone could rely on.
+async fn list_typed<S: Spec>(
+    state: &ApiState,
+    namespace: Option<&str>,
+) -> Result<Vec<Resource<S>>, ApiError> {
+    let list = state.store.list(S::KIND, namespace).await?;
+    Ok(list
+        .items
+        .iter()
+        .filter_map(|o| match decode_stored::<S>(o) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(error = %e, "skipping an unreadable stored resource");
+                None
+            }
+        })
+        .collect())
+}
+
+/// Fails with `invalid` naming `field` unless `kind` `namespace/name` exists.
+async fn require(
+    state: &ApiState,
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+    field: &str,
+) -> Result<(), ApiError> {
+    if state.store.get(kind, namespace, name).await?.is_some() {
+        return Ok(());
+    }
+    Err(ApiError::invalid(
+        field,
+        format!(
+            "{} {name:?} does not exist in namespace {namespace:?}: create it first",
+            kind.as_str().to_lowercase()
+        ),
+    ))
+}
+
+#[async_trait]
+impl Admit for EnvironmentSpec {
+    async fn dependents(
+        state: &ApiState,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<String>, ApiError> {
+        Ok(list_typed::<FunctionSpec>(state, None)
+            .await?
+            .into_iter()
+            .filter(|f| {
+                f.spec.environment.namespace == namespace && f.spec.environment.name == name
+            })
+            .map(|f| format!("function {}/{}", f.metadata.namespace, f.metadata.name))
+            .collect())
+    }
+}
+
+/// A package archive checked and ready to be stored.
+enum Prepared {
+    /// Decoded literal bytes, to be moved to the archive store.
+    Literal { bytes: Vec<u8>, sha256: String },
+    /// Nothing to move (already in the archive store, or an external URL).
+    Keep,
+}
+
+/// Checks one archive of a package (`path` is `spec.source` or `spec.deployment`) without
+/// writing anything: a literal must be base64 within the size limit and match its checksum; an
+/// `archive://sha256/<hex>` must be in the archive store and match its checksum.
+async fn prepare_archive(
+    state: &ApiState,
+    archive: &Archive,
+    path: &str,
+) -> Result<Prepared, ApiError> {
+    match archive.kind {
+        ArchiveType::Literal => {
+            let text: String = archive
+                .literal
+                .as_deref()
+                .unwrap_or_default()
+                .chars()
+                .filter(|c| !c.is_ascii_whitespace())
+                .collect();
+            let bytes = BASE64.decode(text.as_bytes()).map_err(|e| {
+                ApiError::invalid(
+                    format!("{path}.literal"),
+                    format!("is not valid base64: {e}"),
+                )
+            })?;
+            if bytes.len() > LITERAL_SIZE_LIMIT {
+                return Err(ApiError::invalid(
+                    format!("{path}.literal"),
+                    format!(
+                        "is {} bytes, larger than the {LITERAL_SIZE_LIMIT} bytes a literal may hold: upload it to /v1/archives and use its url",
+                        bytes.len()
+                    ),
+                ));
+            }
+            let sha256 = kappa_archive::sha256_hex(&bytes);
+            if let Some(checksum) = &archive.checksum
+                && checksum.sum != sha256
+            {
+                return Err(ApiError::invalid(
+                    format!("{path}.checksum.sum"),
+                    format!("does not match the literal, whose sha256 is {sha256}"),
+                ));
+            }
+            Ok(Prepared::Literal { bytes, sha256 })
+        }
+        ArchiveType::Url => {
+            let Some(sha256) = archive.stored_sha256() else {
+                return Ok(Prepared::Keep);
+            };
+            if let Some(checksum) = &archive.checksum
+                && checksum.sum != sha256
+            {
+                return Err(ApiError::invalid(
+                    format!("{path}.checksum.sum"),
+                    format!("does not match the url's sha256 {sha256}"),
+                ));
+            }
+            if state.archives.info(sha256).await?.is_none() {
+                return Err(ApiError::invalid(
+                    format!("{path}.url"),
+                    format!(
+                        "archive {sha256} is not in the archive store: upload it first (POST /v1/archives)"
+                    ),
+                ));
+            }
+            Ok(Prepared::Keep)
+        }
+    }
+}
+
+/// Moves a prepared literal into the archive store and points `archive` at it.
+async fn store_archive(
+    state: &ApiState,
+    archive: &mut Option<Archive>,
+    prepared: Prepared,
+    admitted: &mut Admitted,
+) -> Result<(), ApiError> {
+    let (Prepared::Literal { bytes, sha256 }, Some(current)) = (prepared, archive.as_ref()) else {
+        return Ok(());
+    };
+    let existed = state.archives.info(&sha256).await?.is_some();
+    let info = state.archives.put_bytes(&bytes).await?;
+    if !existed {
+        admitted.new_blobs.push(info.sha256.clone());
+    }
+    tracing::debug!(sha256 = %info.sha256, size = info.size, "moved a literal archive to the archive store");
+    *archive = Some(Archive::stored(&info.sha256, current.filename.clone()));
+    Ok(())
+}
+
+fn desired_build_status(spec: &PackageSpec) -> BuildStatus {
+    if spec.source.is_some() {
+        BuildStatus::Pending
+    } else {
+        BuildStatus::None
+    }
+}
+
+#[async_trait]
+impl Admit for PackageSpec {
+    const REFERENCES: &'static [&'static str] = &["/spec/environment"];
+
+    async fn admit(
+        state: &ApiState,
+        object: &mut Resource<Self>,
+        _old: Option<&Resource<Self>>,
+    ) -> Result<Admitted, ApiError> {
+        let env = &object.spec.environment;
+        require(
+            state,
+            Kind::Environment,
+            &env.namespace,
+            &env.name,
+            "spec.environment.name",
+        )
+        .await?;
+        // Check both archives before moving either, so a bad one leaves nothing behind.
+        let source = match &object.spec.source {
+            Some(a) => prepare_archive(state, a, "spec.source").await?,
+            None => Prepared::Keep,
+        };
+        let deployment = match &object.spec.deployment {
+            Some(a) => prepare_archive(state, a, "spec.deployment").await?,
+            None => Prepared::Keep,
+        };
+        let mut admitted = Admitted::default();
+        let moved = async {
+            store_archive(state, &mut object.spec.source, source, &mut admitted).await?;
+            store_archive(
+                state,
+                &mut object.spec.deployment,
+                deployment,
+                &mut admitted,
+            )
+            .await
+        }
+        .await;
+        match moved {
+            Ok(()) => Ok(admitted),
+            Err(e) => {
+                admitted.roll_back(state).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn dependents(
+        state: &ApiState,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<String>, ApiError> {
+        Ok(list_typed::<FunctionSpec>(state, None)
+            .await?
+            .into_iter()
+            .filter(|f| {
+                let p = &f.spec.package.packageref;
+                p.namespace == namespace && p.name == name
+            })
+            .map(|f| format!("function {}/{}", f.metadata.namespace, f.metadata.name))
+            .collect())
+    }
+
+    fn initial_status(object: &Resource<Self>) -> PackageStatus {
+        PackageStatus {
+            buildstatus: desired_build_status(&object.spec),
+            ..PackageStatus::default()
+        }
+    }
+
+    fn status_after_update(old: &Resource<Self>, new: &Resource<Self>) -> Option<PackageStatus> {
+        let desired = desired_build_status(&new.spec);
+        let rebuild = desired == BuildStatus::Pending && old.spec.source != new.spec.source;
+        if old.status.buildstatus == desired && !rebuild {
+            return None;
+        }
+        Some(PackageStatus {
+            buildstatus: desired,
+            buildlog: if rebuild {
+                String::new()
+            } else {
+                old.status.buildlog.clone()
+            },
+            last_update_timestamp: old.status.last_update_timestamp.clone(),
+        })
+    }
+}
+
+#[async_trait]
+impl Admit for FunctionSpec {
+    const REFERENCES: &'static [&'static str] = &[
+        "/spec/environment",
+        "/spec/package/packageref",
+        "/spec/secrets/*",
+        "/spec/configmaps/*",
+    ];
+
+    async fn admit(
+        state: &ApiState,
+        object: &mut Resource<Self>,
+        _old: Option<&Resource<Self>>,
+    ) -> Result<Admitted, ApiError> {
+        let env = &object.spec.environment;
+        require(
+            state,
+            Kind::Environment,
+            &env.namespace,
+            &env.name,
+            "spec.environment.name",
+        )
+        .await?;
+        let pkg = &object.spec.package.packageref;
+        require(
+            state,
+            Kind::Package,
+            &pkg.namespace,
+            &pkg.name,
+            "spec.package.packageref.name",
+        )
+        .await?;
+        Ok(Admitted::default())
+    }
+}
+
+/// What a trigger's route is matched on: host (lower case, port ignored; `*` for any), path
+/// (parameter names ignored: `/users/{id}` and `/users/{uid}` are the same route) and methods.
+#[derive(Debug, PartialEq, Eq)]
+struct RouteKey {
+    host: String,
+    path: String,
+    methods: Vec<String>,
+}
+
+impl RouteKey {
+    fn of(spec: &HttpTriggerSpec) -> Self {
+        let host = match &spec.host {
+            None => "*".to_string(),
+            Some(h) => {
+                let h = h.to_ascii_lowercase();
+                match h.rsplit_once(':') {
+                    Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => {
+                        name.to_string()
+                    }
+                    _ => h,
+                }
+            }
+        };
+        let raw = spec
+            .prefix
+            .as_deref()
+            .or(spec.relativeurl.as_deref())
+            .unwrap_or("/");
+        let path = raw
+            .split('/')
+            .map(
+                |seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                    Some(inner) if inner.starts_with('*') => "{*}",
+                    Some(_) => "{}",
+                    None => seg,
+                },
+            )
+            .collect::<Vec<_>>()
+            .join("/");
+        let methods = spec
+            .effective_methods()
+            .into_iter()
+            .map(|m| m.to_ascii_uppercase())
+            .collect();
+        Self {
+            host,
+            path,
+            methods,
+        }
+    }
+
+    /// The first method both keys serve on the same host and path.
+    fn overlap(&self, other: &RouteKey) -> Option<&str> {
+        if self.host != other.host || self.path != other.path {
+            return None;
+        }
+        self.methods
+            .iter()
+            .find(|m| other.methods.contains(m))
+            .map(String::as_str)
+    }
+}
+
+#[async_trait]
+impl Admit for HttpTriggerSpec {
+    async fn admit(
+        state: &ApiState,
+        object: &mut Resource<Self>,
+        _old: Option<&Resource<Self>>,
+    ) -> Result<Admitted, ApiError> {
+        let namespace = object.metadata.namespace.clone();
+        let field = match object.spec.functionref.kind {
+            FunctionReferenceType::Name => "spec.functionref.name",
+            FunctionReferenceType::FunctionWeights => "spec.functionref.functionweights",
+        };
+        for function in object.spec.functionref.function_names() {
+            require(state, Kind::Function, &namespace, function, field).await?;
+        }
+        let key = RouteKey::of(&object.spec);
+        for other in list_typed::<HttpTriggerSpec>(state, None).await? {
+            if other.metadata.namespace == namespace && other.metadata.name == object.metadata.name
+            {
+                continue;
+            }
+            if let Some(method) = key.overlap(&RouteKey::of(&other.spec)) {
+                let field = if object.spec.prefix.is_some() {
+                    "spec.prefix"
+                } else {
+                    "spec.relativeurl"
+                };
+                let host = object.spec.host.as_deref().unwrap_or("any host");
+                return Err(ApiError::conflict(
+                    Some(field),
+                    format!(
+                        "route {method} {} on {host} is already served by httptrigger {}/{}",
+                        object
+                            .spec
+                            .prefix
+                            .as_deref()
+                            .or(object.spec.relativeurl.as_deref())
+                            .unwrap_or("/"),
+                        other.metadata.namespace,
+                        other.metadata.name
+                    ),
+                ));
+            }
+        }
+        Ok(Admitted::default())
+    }
+}
+
+/// The packages (`"package default/hello"`) that reference archive `sha256`.
+pub(crate) async fn archive_users(state: &ApiState, sha256: &str) -> Result<Vec<String>, ApiError> {
+    Ok(list_typed::<PackageSpec>(state, None)
+        .await?
+        .into_iter()
+        .filter(|p| {
+            [&p.spec.source, &p.spec.deployment]
+                .into_iter()
+                .flatten()
+                .any(|a| a.stored_sha256() == Some(sha256))
+        })
+        .map(|p| format!("package {}/{}", p.metadata.namespace, p.metadata.name))
+        .collect())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use kappa_types::FunctionReference;
+
+    use super::*;
+
+    fn trigger(host: Option<&str>, url: &str, methods: &[&str]) -> HttpTriggerSpec {
+        HttpTriggerSpec {
+            host: host.map(str::to_string),
+            relativeurl: Some(url.into()),
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            functionref: FunctionReference::name("f"),
+            ..HttpTriggerSpec::default()
+        }
+    }
+
+    #[test]
+    fn route_keys_overlap() {
+        let a = RouteKey::of(&trigger(None, "/users/{id}", &[]));
+        let b = RouteKey::of(&trigger(None, "/users/{uid}", &["GET", "POST"]));
+        assert_eq!(a.overlap(&b), Some("GET"));
+        let c = RouteKey::of(&trigger(None, "/users/{id}", &["POST"]));
+        assert_eq!(a.overlap(&c), None);
+        let d = RouteKey::of(&trigger(Some("Example.com:8080"), "/users/{id}", &[]));
+        let e = RouteKey::of(&trigger(Some("example.com"), "/users/{x}", &[]));
+        assert_eq!(d.overlap(&e), Some("GET"));
+        assert_eq!(a.overlap(&d), None);
+    }
+
+    #[test]
+    fn package_build_status() {
+        let mut p = Resource::new("p", PackageSpec::default());
+        p.spec.deployment = Some(Archive::stored(&"a".repeat(64), None));
+        assert_eq!(
+            PackageSpec::initial_status(&p).buildstatus,
+            BuildStatus::None
+        );
+        let mut q = p.clone();
+        q.spec.source = Some(Archive::stored(&"b".repeat(64), None));
+        assert_eq!(
+            PackageSpec::initial_status(&q).buildstatus,
+            BuildStatus::Pending
+        );
+        p.status.buildstatus = BuildStatus::None;
+        assert_eq!(PackageSpec::status_after_update(&p, &p), None);
+        let s = PackageSpec::status_after_update(&p, &q).unwrap();
+        assert_eq!(s.buildstatus, BuildStatus::Pending);
+    }
+}

@@ -1,0 +1,139 @@
+//! `ANY /v1/functions/{name}/invoke[/{*path}]`: a test invocation through the [`crate::Invoker`].
+
+use axum::extract::{Request, State};
+use axum::response::Response;
+use http::header;
+use http::uri::PathAndQuery;
+use kappa_core::FunctionId;
+use kappa_types::{DEFAULT_NAMESPACE, Kind, validate};
+
+use crate::error::ApiError;
+use crate::extract::path_name;
+use crate::state::ApiState;
+
+/// Marks a response that must reach the client as it is (a function's own 404 stays the
+/// function's, not an API error body).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Passthrough;
+
+/// Splits `/v1/functions/<name>/invoke<rest>` (still percent-encoded) into the name segment
+/// and the function's path (`/` when there is no rest).
+fn split_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/v1/functions/")?;
+    let (name, rest) = rest.split_once('/')?;
+    let rest = rest.strip_prefix("invoke")?;
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return None;
+    }
+    Some((name, if rest.is_empty() { "/" } else { rest }))
+}
+
+/// The query without the API's own `namespace` parameter, other pairs kept byte for byte.
+fn function_query(query: Option<&str>) -> String {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| {
+            let key = pair.split('=').next().unwrap_or("");
+            key != "namespace"
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+pub(crate) async fn invoke(
+    State(state): State<ApiState>,
+    mut request: Request,
+) -> Result<Response, ApiError> {
+    let uri = request.uri().clone();
+    let Some((raw_name, function_path)) = split_path(uri.path()) else {
+        return Err(ApiError::NotFound(format!("no route for {}", uri.path())));
+    };
+    // Names are DNS-1123 labels, so a valid one needs no percent-decoding.
+    path_name(raw_name)?;
+    let name = raw_name.to_string();
+    // Only `namespace` is the API's; every other parameter is the function's.
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(uri.query().unwrap_or(""))
+        .map_err(|e| ApiError::malformed(format!("malformed query string: {e}")))?;
+    let mut namespaces = pairs
+        .iter()
+        .filter(|(k, _)| k == "namespace")
+        .map(|(_, v)| v);
+    let namespace = match (namespaces.next(), namespaces.next()) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "namespace",
+                "query parameter \"namespace\" is repeated",
+            ));
+        }
+        (Some(ns), None) => {
+            validate::dns1123_label("namespace", ns)?;
+            ns.clone()
+        }
+        (None, _) => DEFAULT_NAMESPACE.to_string(),
+    };
+    let Some(invoker) = state.invoker.clone() else {
+        return Err(ApiError::Unavailable(
+            "test invocation is not available: this API server has no invoker (router) configured"
+                .into(),
+        ));
+    };
+    if state
+        .store
+        .get(Kind::Function, &namespace, &name)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::NotFound(format!(
+            "Function {namespace}/{name} not found"
+        )));
+    }
+    let query = function_query(uri.query());
+    let target = if query.is_empty() {
+        function_path.to_string()
+    } else {
+        format!("{function_path}?{query}")
+    };
+    let path_and_query: PathAndQuery = target
+        .parse()
+        .map_err(|e| ApiError::malformed(format!("invalid function path {target:?}: {e}")))?;
+    *request.uri_mut() = http::Uri::from(path_and_query);
+    // The API's token is for the API, never for the function.
+    request.headers_mut().remove(header::AUTHORIZATION);
+    let function = FunctionId::new(namespace, name);
+    tracing::debug!(function = %function, path = %target, "test invocation");
+    let mut response = invoker.invoke(function, request).await;
+    response.extensions_mut().insert(Passthrough);
+    Ok(response)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_split() {
+        assert_eq!(
+            split_path("/v1/functions/hello/invoke"),
+            Some(("hello", "/"))
+        );
+        assert_eq!(
+            split_path("/v1/functions/hello/invoke/"),
+            Some(("hello", "/"))
+        );
+        assert_eq!(
+            split_path("/v1/functions/hello/invoke/a/b%20c"),
+            Some(("hello", "/a/b%20c"))
+        );
+        assert_eq!(split_path("/v1/functions/hello/invoker"), None);
+    }
+
+    #[test]
+    fn namespace_is_removed_from_the_query() {
+        assert_eq!(function_query(Some("namespace=x&a=1&b=%20")), "a=1&b=%20");
+        assert_eq!(function_query(Some("namespace=x")), "");
+        assert_eq!(function_query(None), "");
+    }
+}

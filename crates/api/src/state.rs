@@ -1,0 +1,117 @@
+//! [`ApiState`]: what every handler shares, and the [`Invoker`] seam to the data plane.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::body::Body;
+use kappa_archive::ArchiveStore;
+use kappa_core::FunctionId;
+use kappa_logs::LogStore;
+use kappa_store::Store;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::ApiMetrics;
+
+/// How often a watch stream sends a `Bookmark` line when nothing else happens.
+pub const DEFAULT_BOOKMARK_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Sends a test invocation (`/v1/functions/{name}/invoke`) to a function, normally through the
+/// router. The API server does not know how functions run; whoever assembles the platform
+/// (`kappa up`) plugs the router in here.
+#[async_trait]
+pub trait Invoker: Send + Sync + 'static {
+    /// Invokes `function` with `request`, whose URI is already rewritten to the function's own
+    /// `/<path>?<query>`. The response is streamed back to the client unchanged.
+    async fn invoke(
+        &self,
+        function: FunctionId,
+        request: http::Request<Body>,
+    ) -> http::Response<Body>;
+}
+
+/// The shared state of the API server. Cheap to clone: every field is a handle.
+#[derive(Clone)]
+pub struct ApiState {
+    /// Desired state; the API server is its only writer.
+    pub store: Arc<dyn Store>,
+    /// Content-addressed archives (package code).
+    pub archives: Arc<ArchiveStore>,
+    /// Function instance logs.
+    pub logs: Arc<LogStore>,
+    /// Sends test invocations; `None` answers `503 unavailable`.
+    pub invoker: Option<Arc<dyn Invoker>>,
+    /// The bearer token every route but `/healthz`, `/readyz` and `/metrics` requires; `None`
+    /// disables authentication.
+    pub token: Option<String>,
+    /// The public router's URL, reported by `GET /v1/info`.
+    pub router_url: Option<String>,
+    /// The server's Prometheus metrics.
+    pub metrics: Arc<ApiMetrics>,
+    /// How often an idle watch stream sends a bookmark.
+    pub bookmark_interval: Duration,
+    /// Serialises the API's check-then-write sequences (referential checks, then the store
+    /// write), so two concurrent requests cannot both pass a check that only one of them may
+    /// pass (two triggers on one route, a function created while its package is deleted).
+    /// An async mutex because the critical section awaits the store; only writes take it and
+    /// desired-state writes are rare, so the serialisation costs nothing that matters.
+    pub(crate) write_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Cancelled when the server shuts down: ends the long-lived streams (watch, log follow)
+    /// so a graceful shutdown does not wait on them forever.
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl ApiState {
+    /// State with no token, no invoker and no router URL.
+    pub fn new(store: Arc<dyn Store>, archives: Arc<ArchiveStore>, logs: Arc<LogStore>) -> Self {
+        Self {
+            store,
+            archives,
+            logs,
+            invoker: None,
+            token: None,
+            router_url: None,
+            metrics: Arc::new(ApiMetrics::new()),
+            bookmark_interval: DEFAULT_BOOKMARK_INTERVAL,
+            write_lock: Arc::new(tokio::sync::Mutex::new(())),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// Requires `Authorization: Bearer <token>` on every route but health and metrics.
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Sends test invocations through `invoker`.
+    pub fn with_invoker(mut self, invoker: Arc<dyn Invoker>) -> Self {
+        self.invoker = Some(invoker);
+        self
+    }
+
+    /// Reports `url` as the public router's URL in `GET /v1/info`.
+    pub fn with_router_url(mut self, url: impl Into<String>) -> Self {
+        self.router_url = Some(url.into());
+        self
+    }
+
+    /// Uses `metrics` (e.g. one whose registry holds more metrics) instead of a fresh set.
+    pub fn with_metrics(mut self, metrics: Arc<ApiMetrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Changes how often an idle watch stream sends a bookmark (15 s by default).
+    pub fn with_bookmark_interval(mut self, interval: Duration) -> Self {
+        self.bookmark_interval = interval;
+        self
+    }
+
+    /// Ends long-lived streams (watch, log follow) when `shutdown` is cancelled. [`crate::serve`]
+    /// does this itself; call it when serving [`crate::app`] some other way.
+    pub fn with_shutdown(mut self, shutdown: CancellationToken) -> Self {
+        self.shutdown = shutdown;
+        self
+    }
+}

@@ -1,0 +1,161 @@
+//! `/v1/archives`: upload, download, limits, digests.
+
+use axum::body::Body;
+use http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::json;
+
+use crate::support::*;
+
+fn upload(bytes: Vec<u8>) -> Request<Body> {
+    Request::post("/v1/archives")
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(Body::from(bytes))
+        .unwrap()
+}
+
+/// Files under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn upload_download_and_delete() {
+    let api = Api::new();
+    // Larger than axum's default 2 MB body limit, which must not apply here.
+    let bytes: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let sha = kappa_archive::sha256_hex(&bytes);
+    let (status, created) = json_of(api.send(upload(bytes.clone())).await).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["sha256"], sha);
+    assert_eq!(created["size"], bytes.len() as u64);
+    assert_eq!(created["url"], format!("archive://sha256/{sha}"));
+
+    let response = api
+        .send(
+            Request::get(format!("/v1/archives/{sha}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[header::CONTENT_LENGTH],
+        bytes.len().to_string()
+    );
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "application/octet-stream"
+    );
+    let got = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(kappa_archive::sha256_hex(&got), sha);
+
+    let response = api
+        .send(
+            Request::head(format!("/v1/archives/{sha}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[header::CONTENT_LENGTH],
+        bytes.len().to_string()
+    );
+
+    let (status, list) = api.get("/v1/archives").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["items"][0]["sha256"], sha);
+
+    // A package may reference it once uploaded.
+    api.create("environments", env("python")).await;
+    let mut pkg = package("big", "python", b"");
+    pkg["spec"]["deployment"] = json!({"type": "url", "url": format!("archive://sha256/{sha}")});
+    api.create("packages", pkg).await;
+    let (status, err) = api.delete(&format!("/v1/archives/{sha}")).await;
+    assert_error(status, &err, StatusCode::CONFLICT, "conflict", None);
+    api.delete("/v1/packages/big").await;
+    let (status, deleted) = api.delete(&format!("/v1/archives/{sha}")).await;
+    assert_eq!(status, StatusCode::OK, "{deleted}");
+    let (status, err) = api.get(&format!("/v1/archives/{sha}")).await;
+    assert_error(status, &err, StatusCode::NOT_FOUND, "not_found", None);
+    let (status, err) = api.delete(&format!("/v1/archives/{sha}")).await;
+    assert_error(status, &err, StatusCode::NOT_FOUND, "not_found", None);
+}
+
+#[tokio::test]
+async fn over_the_limit_is_413_and_leaves_nothing() {
+    let api = Api::with(Options {
+        max_archive_bytes: 1024,
+        ..Options::default()
+    });
+    // Streamed without a Content-Length: the store cuts it.
+    let (status, err) = json_of(api.send(upload(vec![7u8; 4096])).await).await;
+    assert_error(
+        status,
+        &err,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        None,
+    );
+    // With a Content-Length: refused before reading.
+    let request = Request::post("/v1/archives")
+        .header(header::CONTENT_LENGTH, "4096")
+        .body(Body::from(vec![7u8; 4096]))
+        .unwrap();
+    let (status, err) = json_of(api.send(request).await).await;
+    assert_error(
+        status,
+        &err,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        None,
+    );
+    assert!(api.archives.list().await.unwrap().is_empty());
+    let left = files_under(&api.dir.path().join("archives"));
+    assert!(left.is_empty(), "files left behind: {left:?}");
+    // At the limit it fits.
+    let (status, _) = json_of(api.send(upload(vec![7u8; 1024])).await).await;
+    assert_eq!(status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn malformed_digests_are_invalid() {
+    let api = Api::new();
+    for bad in [
+        "abc",
+        "..%2F..%2Fetc%2Fpasswd",
+        &"A".repeat(64),
+        &"g".repeat(64),
+        &"a".repeat(65),
+    ] {
+        let (status, err) = api.get(&format!("/v1/archives/{bad}")).await;
+        assert_error(
+            status,
+            &err,
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            Some("sha256"),
+        );
+        let (status, err) = api.delete(&format!("/v1/archives/{bad}")).await;
+        assert_error(
+            status,
+            &err,
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            Some("sha256"),
+        );
+    }
+}

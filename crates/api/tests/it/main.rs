@@ -1,0 +1,11 @@
+//! The API server's integration tests: one binary, one module per area.
+
+// Tests may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+mod archives;
+mod invoke;
+mod protocol;
+mod resources;
+mod streams;
+mod support;

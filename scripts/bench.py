@@ -1,0 +1,297 @@
+#!/usr/bin/env python3
+"""Kappa's benchmark: prints Kappa's figures side by side with baselines measured in the same run.
+
+  (a) proxy throughput and latency: wrk through the Kappa router, through nginx `proxy_pass`, and
+      directly to the same upstream (an nginx instance run *as a Kappa function*, fast enough that
+      the proxy is the bottleneck);
+  (b) first-request latency of never-invoked Python functions with a warm pool and with
+      `poolsize 0`, next to a bare `python3 -c pass` start;
+  (c) warm request latency of a Python function through the router and directly.
+
+Usage: scripts/bench.sh [--quick]   (builds the release binary, then runs this script)
+Needs: nginx, wrk (scripts/install-deps.sh installs them). Uses free loopback ports only.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KAPPA = os.path.join(ROOT, "target", "release", "kappa")
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+WRK = shutil.which("wrk") or "/usr/bin/wrk"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what, check, limit=60.0):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except OSError:
+            pass
+        time.sleep(0.05)
+    sys.exit(f"timed out waiting for {what}")
+
+
+def http_get(port, path, headers=None, timeout=30):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+class Kappa:
+    def __init__(self, workdir):
+        self.data = os.path.join(workdir, "kappa-data")
+        self.router, self.api, self.admin = free_port(), free_port(), free_port()
+        self.log = open(os.path.join(workdir, "kappa-up.log"), "w")
+        env = dict(os.environ, RUST_LOG="warn")
+        self.proc = subprocess.Popen(
+            [KAPPA, "up", "--no-example", "--data-dir", self.data,
+             "--router-addr", f"127.0.0.1:{self.router}", "--api-addr", f"127.0.0.1:{self.api}",
+             "--admin-addr", f"127.0.0.1:{self.admin}"],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        wait_for("kappa up", lambda: http_get(self.admin, "/readyz")[0] == 200
+                 and os.path.exists(os.path.join(self.data, "client.json")))
+
+    def cli(self, *args):
+        env = dict(os.environ, KAPPA_DATA_DIR=self.data)
+        out = subprocess.run([KAPPA, *args], env=env, capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"kappa {' '.join(args)} failed: {out.stderr}")
+        return out.stdout
+
+    def endpoints(self):
+        status, body = http_get(self.admin, "/debug/endpoints")
+        return json.loads(body) if status == 200 else {}
+
+    def instance_port(self, function):
+        """The port of the first specialized instance of `function` (from /debug/endpoints)."""
+        text = json.dumps(self.endpoints())
+        match = re.search(r'"default/%s".*?127\.0\.0\.1:(\d+)' % re.escape(function), text, re.S)
+        return int(match.group(1)) if match else None
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def wrk(url, connections, seconds, threads=2):
+    out = subprocess.run(
+        [WRK, f"-t{min(threads, connections)}", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def pct(p):
+        m = re.search(r"^\s+%s%%\s+([\d.]+)(us|ms|s)\s*$" % p, out, re.M)
+        value, unit = float(m.group(1)), m.group(2)
+        return value * {"us": 1, "ms": 1000, "s": 1_000_000}[unit]
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        sys.exit(f"wrk saw {errors.group(1)} error responses from {url}:\n{out}")
+    return {"rps": rps, "p50_us": pct(50), "p99_us": pct(99)}
+
+
+NGINX_UPSTREAM = """worker_processes 2;
+pid /tmp/kappa-bench-up-$PORT.pid;
+error_log /dev/stderr warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path /tmp; proxy_temp_path /tmp; fastcgi_temp_path /tmp; uwsgi_temp_path /tmp; scgi_temp_path /tmp;
+  server {
+    listen 127.0.0.1:$PORT;
+    location = /healthz { return 200 "ok"; }
+    location = /v2/specialize { return 200 "{}"; }
+    location / { default_type text/plain; return 200 "hello\\n"; }
+  }
+}
+"""
+
+
+def nginx_proxy_conf(listen, upstream_port, workdir):
+    return f"""worker_processes 2;
+pid {workdir}/nginx-proxy.pid;
+error_log {workdir}/nginx-proxy.err warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {workdir}; proxy_temp_path {workdir}; fastcgi_temp_path {workdir}; uwsgi_temp_path {workdir}; scgi_temp_path {workdir};
+  upstream fn {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{listen};
+    location / {{
+      proxy_pass http://fn;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
+
+
+def median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def p90(xs):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(0.9 * (len(xs) - 1))))] if xs else float("nan")
+
+
+def first_request_ms(port, path):
+    t0 = time.perf_counter()
+    status, body = http_get(port, path, timeout=60)
+    elapsed = (time.perf_counter() - t0) * 1000
+    if status != 200:
+        sys.exit(f"GET {path} answered {status}: {body[:500]!r}")
+    return elapsed
+
+
+def bare_python_ms(runs):
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run(["python3", "-c", "pass"], check=True)
+        times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="shorter runs (for a smoke check)")
+    args = ap.parse_args()
+    seconds = 3 if args.quick else 10
+    cold_n = 5 if args.quick else 20
+
+    for tool in (KAPPA, NGINX, WRK):
+        if not os.path.exists(tool):
+            sys.exit(f"missing {tool}: run scripts/bench.sh (it builds kappa and installs nginx and wrk)")
+
+    workdir = tempfile.mkdtemp(prefix="kappa-bench-")
+    kappa = Kappa(workdir)
+    proxy = None
+    try:
+        # ---- (a) proxy throughput: an nginx upstream run as a Kappa function ----------------
+        conf = os.path.join(workdir, "upstream.conf.tmpl")
+        with open(conf, "w") as f:
+            f.write(NGINX_UPSTREAM)
+        command = (f"sed \"s/\\$PORT/$PORT/g\" {conf} > /tmp/up-$PORT.conf && "
+                   f"exec {NGINX} -c /tmp/up-$PORT.conf -p /tmp -g 'daemon off;'")
+        kappa.cli("env", "create", "--name", "static", "--image", "static", "--command", command, "--poolsize", "1")
+        kappa.cli("fn", "create", "--name", "upstream", "--env", "static", "--code", conf,
+                  "--concurrency", "1", "--rpp", "10000")
+        kappa.cli("route", "create", "--url", "/up", "--function", "upstream")
+        wait_for("the upstream function", lambda: http_get(kappa.router, "/up")[0] == 200)
+        up_port = wait_for("the upstream instance address", lambda: kappa.instance_port("upstream"))
+
+        proxy_port = free_port()
+        proxy_conf = os.path.join(workdir, "nginx-proxy.conf")
+        with open(proxy_conf, "w") as f:
+            f.write(nginx_proxy_conf(proxy_port, up_port, workdir))
+        proxy = subprocess.Popen([NGINX, "-c", proxy_conf, "-p", workdir, "-g", "daemon off;"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for("nginx proxy", lambda: http_get(proxy_port, "/up")[0] == 200)
+
+        targets = {
+            "direct to upstream": f"http://127.0.0.1:{up_port}/up",
+            "nginx proxy_pass": f"http://127.0.0.1:{proxy_port}/up",
+            "kappa router": f"http://127.0.0.1:{kappa.router}/up",
+        }
+        a32, a1 = {}, {}
+        for name, url in targets.items():
+            wrk(url, 32, 1)  # warm up connections
+            a32[name] = wrk(url, 32, seconds)
+            a1[name] = wrk(url, 1, seconds, threads=1)
+
+        # ---- (b) cold starts -------------------------------------------------------------
+        hello = os.path.join(ROOT, "functions", "examples", "hello", "hello.py")
+        kappa.cli("env", "create", "--name", "python", "--image", "python", "--poolsize", "3")
+        kappa.cli("env", "create", "--name", "python0", "--image", "python", "--poolsize", "0")
+        for i in range(cold_n):
+            for env in ("python", "python0"):
+                name = f"c{env[-1] if env.endswith('0') else 'w'}{i}"
+                kappa.cli("fn", "create", "--name", name, "--env", env, "--code", hello)
+                kappa.cli("route", "create", "--url", f"/{name}", "--function", name)
+        time.sleep(2)  # let the warm pool fill
+        warm_pool, no_pool = [], []
+        for i in range(cold_n):
+            warm_pool.append(first_request_ms(kappa.router, f"/cw{i}"))
+            time.sleep(0.5)  # let the pool refill
+            no_pool.append(first_request_ms(kappa.router, f"/c0{i}"))
+        bare = bare_python_ms(cold_n)
+
+        # ---- (c) warm requests -----------------------------------------------------------
+        warm_router = wrk(f"http://127.0.0.1:{kappa.router}/cw0", 1, seconds, threads=1)
+        py_port = kappa.instance_port("cw0")
+        warm_direct = wrk(f"http://127.0.0.1:{py_port}/", 1, seconds, threads=1) if py_port else None
+    finally:
+        if proxy:
+            proxy.terminate()
+            proxy.wait()
+        kappa.stop()
+
+    # ---- report ------------------------------------------------------------------------
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+    except OSError:
+        pass
+    print(f"Kappa benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores ({cpu}), wrk {seconds}s runs")
+    print()
+    print("(a) proxy: hello from an nginx upstream (run as a Kappa function), keep-alive")
+    print(f"{'path':<22}{'32 conns req/s':>16}{'p50':>10}{'p99':>10}{'1 conn p50':>13}{'p99':>10}{'added p50':>12}{'added p99':>12}")
+    direct1 = a1["direct to upstream"]
+    for name in targets:
+        r32, r1 = a32[name], a1[name]
+        added50 = "" if name.startswith("direct") else f"{r1['p50_us'] - direct1['p50_us']:.0f} us"
+        added99 = "" if name.startswith("direct") else f"{r1['p99_us'] - direct1['p99_us']:.0f} us"
+        print(f"{name:<22}{r32['rps']:>16,.0f}{r32['p50_us']:>8.0f}us{r32['p99_us']:>8.0f}us"
+              f"{r1['p50_us']:>11.0f}us{r1['p99_us']:>8.0f}us{added50:>12}{added99:>12}")
+    ratio = a32["kappa router"]["rps"] / a32["nginx proxy_pass"]["rps"]
+    print(f"router throughput / nginx throughput at 32 connections: {ratio:.2f}x (aim: >= 1.2x)")
+    print()
+    print(f"(b) first request of a never-invoked Python function (n={cold_n}, client-measured, ms)")
+    print(f"{'case':<44}{'median':>10}{'p90':>10}")
+    print(f"{'warm pool (poolsize 3): specialize + request':<44}{median(warm_pool):>10.2f}{p90(warm_pool):>10.2f}")
+    print(f"{'no pool (poolsize 0): start + specialize':<44}{median(no_pool):>10.2f}{p90(no_pool):>10.2f}")
+    print(f"{'bare python3 -c pass (baseline)':<44}{median(bare):>10.2f}{p90(bare):>10.2f}")
+    print()
+    print("(c) warm request to the Python hello function, 1 connection (us)")
+    print(f"{'path':<22}{'req/s':>10}{'p50':>10}{'p99':>10}")
+    print(f"{'kappa router':<22}{warm_router['rps']:>10,.0f}{warm_router['p50_us']:>10.0f}{warm_router['p99_us']:>10.0f}")
+    if warm_direct:
+        print(f"{'direct to instance':<22}{warm_direct['rps']:>10,.0f}{warm_direct['p50_us']:>10.0f}{warm_direct['p99_us']:>10.0f}")
+    cold_over_warm = median(warm_pool) * 1000 / warm_router["p50_us"]
+    print(f"warm-pool first request / warm request (p50): {cold_over_warm:.1f}x (aim: <= 5x)")
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
