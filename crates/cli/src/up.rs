@@ -2,12 +2,35 @@
 //! the local backend, router), with the bundled example deployed.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use kappa_api::{ApiState, Invoker};
+use kappa_archive::ArchiveStore;
+use kappa_core::{EndpointIndex, FunctionId};
+use kappa_executor::{ExecutorConfig, PoolManager};
+use kappa_local::{CgroupMode, LocalBackend, LocalConfig, RuntimeRegistry, SandboxMode};
+use kappa_logs::{LogConfig, LogStore};
+use kappa_router::{Router, RouterConfig};
+use kappa_store::{Precondition, RedbStore, Store, StoreError};
+use kappa_types::{
+    Archive, Environment, EnvironmentSpec, Function, FunctionReference, FunctionSpec, HttpTrigger,
+    HttpTriggerSpec, Package, PackageSpec, Resource, Runtime, Spec,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The Python runtime server, shipped inside the binary so `kappa up` needs nothing else.
+const PYTHON_RUNTIME: &str = include_str!("../../../functions/runtimes/python/server.py");
+/// The example deployed by `kappa up`.
+const HELLO_PY: &str = include_str!("../../../functions/examples/hello/hello.py");
 
 /// Flags of `kappa up`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct UpArgs {
-    /// Where the store, archives, logs and instances live.
+    /// Where the store, archives, logs and instances live [default: $HOME/.kappa].
     #[arg(long, env = "KAPPA_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// The public router's listen address.
@@ -19,9 +42,360 @@ pub struct UpArgs {
     /// The router's admin listener (health, metrics, internal invoke).
     #[arg(long, env = "KAPPA_ADMIN_ADDR", default_value = "127.0.0.1:8889")]
     pub admin_addr: SocketAddr,
+    /// Do not deploy the bundled hello example.
+    #[arg(long)]
+    pub no_example: bool,
+    /// Sandbox instances with bubblewrap: auto (when installed), bwrap (required) or none.
+    #[arg(long, env = "KAPPA_SANDBOX", default_value = "auto", value_parser = ["auto", "bwrap", "none"])]
+    pub sandbox: String,
+    /// Resource limits through cgroups: auto, v2, v1 or none.
+    #[arg(long, env = "KAPPA_CGROUPS", default_value = "auto", value_parser = ["auto", "v2", "v1", "none"])]
+    pub cgroups: String,
+    /// Requests that may wait per function when it is at capacity (then 429).
+    #[arg(long, env = "KAPPA_QUEUE_LIMIT", default_value_t = 100)]
+    pub queue_limit: usize,
+    /// Largest request body the router forwards, in MiB.
+    #[arg(long, env = "KAPPA_MAX_BODY_MB", default_value_t = 64)]
+    pub max_body_mb: u64,
+    /// Largest archive the API accepts, in MiB.
+    #[arg(long, env = "KAPPA_MAX_ARCHIVE_MB", default_value_t = 256)]
+    pub max_archive_mb: u64,
+    /// Most instances (warm and specialized) at once.
+    #[arg(long, env = "KAPPA_MAX_INSTANCES", default_value_t = 256)]
+    pub max_instances: usize,
+    /// Seconds to drain in-flight requests and stop instances on shutdown.
+    #[arg(long, default_value_t = 10)]
+    pub shutdown_grace: u64,
+}
+
+/// The default data directory: `$HOME/.kappa`.
+pub fn default_data_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".kappa")
 }
 
 /// Runs the platform until SIGINT/SIGTERM.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
-    anyhow::bail!("kappa up is being wired: {args:?}")
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    let data_dir = data_dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", data_dir.display()))?;
+    let token = load_or_create_token(&data_dir)?;
+
+    let store: Arc<dyn Store> = Arc::new(
+        RedbStore::open(data_dir.join("kappa.redb"))
+            .with_context(|| format!("opening the store in {}", data_dir.display()))?,
+    );
+    let archives = Arc::new(
+        ArchiveStore::open(data_dir.join("archives"), args.max_archive_mb << 20)
+            .context("opening the archive store")?,
+    );
+    let logs = Arc::new(
+        LogStore::open(data_dir.join("logs"), LogConfig::default())
+            .context("opening the log store")?,
+    );
+    let runtimes_dir = install_runtimes(&data_dir)?;
+
+    let backend = LocalBackend::new(
+        LocalConfig {
+            data_dir: data_dir.join("local"),
+            runtimes: RuntimeRegistry::new(runtimes_dir),
+            sandbox: match args.sandbox.as_str() {
+                "bwrap" => SandboxMode::Bwrap,
+                "none" => SandboxMode::None,
+                _ => SandboxMode::Auto,
+            },
+            cgroups: match args.cgroups.as_str() {
+                "v2" => CgroupMode::V2,
+                "v1" => CgroupMode::V1,
+                "none" => CgroupMode::None,
+                _ => CgroupMode::Auto,
+            },
+            start_timeout: Duration::from_secs(10),
+        },
+        Arc::clone(&archives),
+        Arc::clone(&logs),
+    )
+    .await
+    .context("starting the local instance backend")?;
+
+    let index = Arc::new(EndpointIndex::new());
+    let mut registry = prometheus_client::registry::Registry::default();
+    let manager = PoolManager::new(
+        ExecutorConfig {
+            max_instances: args.max_instances,
+            ..ExecutorConfig::default()
+        },
+        Arc::clone(&store),
+        Arc::new(backend),
+        Arc::clone(&index),
+        Arc::clone(&archives),
+        &mut registry,
+    );
+    let router = Router::new(
+        RouterConfig {
+            queue_limit: args.queue_limit,
+            max_body_bytes: args.max_body_mb << 20,
+            internal_token: Some(token.clone()),
+            ..RouterConfig::default()
+        },
+        Arc::clone(&store),
+        Arc::clone(&index),
+        Arc::new(manager.clone()),
+    );
+
+    let public = bind(args.router_addr, "router").await?;
+    let admin = bind(args.admin_addr, "router admin").await?;
+    let api = bind(args.api_addr, "API").await?;
+    let router_url = format!("http://{}", public.local_addr()?);
+    let api_url = format!("http://{}", api.local_addr()?);
+    let admin_url = format!("http://{}", admin.local_addr()?);
+
+    let state = ApiState::new(Arc::clone(&store), Arc::clone(&archives), Arc::clone(&logs))
+        .with_token(token.clone())
+        .with_invoker(Arc::new(RouterInvoker(router.clone())))
+        .with_router_url(router_url.clone());
+
+    let shutdown = CancellationToken::new();
+    let grace = Duration::from_secs(args.shutdown_grace);
+    let manager_task = {
+        let manager = manager.clone();
+        let token = shutdown.clone();
+        tokio::spawn(async move { manager.run(token, grace).await })
+    };
+    let router_task = {
+        let router = router.clone();
+        let token = shutdown.clone();
+        tokio::spawn(async move { router.serve(public, admin, token).await })
+    };
+    let api_task = {
+        let token = shutdown.clone();
+        tokio::spawn(async move { kappa_api::serve(api, state, token).await })
+    };
+
+    write_client_config(&data_dir, &api_url, &token, &router_url)?;
+    router.wait_ready().await;
+    if !args.no_example {
+        deploy_example(store.as_ref(), &archives)
+            .await
+            .context("deploying the bundled hello example")?;
+    }
+
+    println!("Kappa is up.");
+    println!("  router  {router_url}");
+    println!(
+        "  api     {api_url}   (token and URL in {})",
+        data_dir.join("client.json").display()
+    );
+    println!("  admin   {admin_url}   (/healthz, /readyz, /metrics)");
+    println!("  data    {}", data_dir.display());
+    if !args.no_example {
+        println!();
+        println!("Try it:");
+        println!("  curl {router_url}/hello");
+    }
+    println!();
+    println!("Press Ctrl-C to stop.");
+    tracing::info!(router = %router_url, api = %api_url, admin = %admin_url, data_dir = %data_dir.display(), "kappa is up");
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    let stop = async {
+        let _ = router_task.await;
+        let _ = api_task.await;
+        let _ = manager_task.await;
+    };
+    if tokio::time::timeout(grace + Duration::from_secs(5), stop)
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown took longer than the grace period");
+    }
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} listener to {addr} (is another kappa running? choose another address with the flag)"))
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+/// The API token: read from `<data-dir>/token`, created (mode 0600) on first start.
+fn load_or_create_token(data_dir: &Path) -> anyhow::Result<String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = data_dir.join("token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let token = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(token.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(token)
+}
+
+/// `<data-dir>/client.json`, which the CLI reads to find the API (mode 0600: it holds the token).
+fn write_client_config(
+    data_dir: &Path,
+    api_url: &str,
+    token: &str,
+    router_url: &str,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let body = serde_json::json!({ "apiUrl": api_url, "token": token, "routerUrl": router_url });
+    let tmp = data_dir.join("client.json.tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(serde_json::to_string_pretty(&body)?.as_bytes())?;
+    std::fs::rename(&tmp, data_dir.join("client.json")).context("writing client.json")?;
+    Ok(())
+}
+
+/// Writes the built-in runtimes into `<data-dir>/runtimes/` (refreshed on every start, so an
+/// upgraded binary brings its runtime along).
+fn install_runtimes(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let dir = data_dir.join("runtimes");
+    let python = dir.join("python");
+    std::fs::create_dir_all(&python).with_context(|| format!("creating {}", python.display()))?;
+    let target = python.join("server.py");
+    let tmp = python.join("server.py.tmp");
+    std::fs::write(&tmp, PYTHON_RUNTIME).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &target).with_context(|| format!("writing {}", target.display()))?;
+    precompile_python_runtime(&target);
+    Ok(dir)
+}
+
+/// Compiles the Python runtime's code cache on the host: sandboxed instances see the runtime
+/// directory read-only and could not write it, and without it every instance start pays the
+/// compilation again. Uses the interpreter the local backend prefers.
+fn precompile_python_runtime(server: &Path) {
+    let python = if Path::new("/usr/bin/python3").exists() {
+        PathBuf::from("/usr/bin/python3")
+    } else {
+        PathBuf::from("python3")
+    };
+    match std::process::Command::new(&python)
+        .arg(server)
+        .arg("--precompile")
+        .stdin(std::process::Stdio::null())
+        .output()
+    {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => tracing::warn!(
+            stderr = %String::from_utf8_lossy(&out.stderr).trim(),
+            "precompiling the python runtime failed; instances will start more slowly"
+        ),
+        Err(e) => {
+            tracing::warn!(python = %python.display(), error = %e, "python3 not found; the python runtime cannot start")
+        }
+    }
+}
+
+/// Creates the `python` environment, the `hello` function and the `/hello` route unless they
+/// exist (a restart keeps what the user changed).
+async fn deploy_example(store: &dyn Store, archives: &ArchiveStore) -> anyhow::Result<()> {
+    let env = Environment::new(
+        "python",
+        EnvironmentSpec {
+            runtime: Runtime {
+                image: "python".into(),
+                command: None,
+            },
+            ..EnvironmentSpec::default()
+        },
+    );
+    create_if_missing(store, &env).await?;
+    let info = archives.put_bytes(HELLO_PY.as_bytes()).await?;
+    let package = Package::new(
+        "hello",
+        PackageSpec {
+            environment: kappa_types::NamedRef::new("python"),
+            source: None,
+            deployment: Some(Archive::stored(&info.sha256, Some("hello.py".into()))),
+            buildcmd: None,
+        },
+    );
+    let mut package_value = package.to_json();
+    package_value["status"] = serde_json::json!({ "buildstatus": "none" });
+    package.validate()?;
+    match store.put(package_value, Precondition::MustNotExist).await {
+        Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let function = Function::new("hello", FunctionSpec::new("python", "hello", "hello.main"));
+    create_if_missing(store, &function).await?;
+    let trigger = HttpTrigger::new(
+        "hello",
+        HttpTriggerSpec {
+            relativeurl: Some("/hello".into()),
+            methods: vec!["GET".into()],
+            functionref: FunctionReference::name("hello"),
+            ..HttpTriggerSpec::default()
+        },
+    );
+    create_if_missing(store, &trigger).await?;
+    Ok(())
+}
+
+async fn create_if_missing<S: Spec>(
+    store: &dyn Store,
+    resource: &Resource<S>,
+) -> anyhow::Result<()> {
+    resource.validate()?;
+    match store
+        .put(resource.to_json(), Precondition::MustNotExist)
+        .await
+    {
+        Ok(_) | Err(StoreError::AlreadyExists { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Lets the API server's `fn test` reach functions through the router.
+struct RouterInvoker(Router);
+
+#[async_trait::async_trait]
+impl Invoker for RouterInvoker {
+    async fn invoke(
+        &self,
+        function: FunctionId,
+        request: http::Request<axum::body::Body>,
+    ) -> http::Response<axum::body::Body> {
+        self.0.invoke(function, request).await
+    }
 }

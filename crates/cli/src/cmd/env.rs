@@ -1,0 +1,183 @@
+//! `kappa env create|get|list|update|delete`.
+
+use kappa_types::{Builder, Environment, EnvironmentSpec, Kind, Runtime};
+
+use super::{Ctx, DeleteArgs, NameArg, ResourceFlags};
+use crate::output::{Table, age, or_dash};
+
+/// `kappa env ...`
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum EnvCommand {
+    /// Create an environment (a runtime and its warm pool).
+    Create(EnvCreate),
+    /// Print an environment (YAML by default).
+    Get(NameArg),
+    /// List environments.
+    #[command(alias = "ls")]
+    List,
+    /// Change the flags given; the rest stays as it is.
+    Update(EnvUpdate),
+    /// Delete an environment (refused while functions use it, unless --force).
+    #[command(alias = "rm")]
+    Delete(DeleteArgs),
+}
+
+/// `env create`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EnvCreate {
+    /// The environment's name.
+    #[arg(long)]
+    pub name: String,
+    #[command(flatten)]
+    pub flags: EnvFlags,
+}
+
+/// `env update`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EnvUpdate {
+    /// The environment to change.
+    #[arg(long)]
+    pub name: String,
+    #[command(flatten)]
+    pub flags: EnvFlags,
+}
+
+/// The settings of an environment; on update only those given change.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct EnvFlags {
+    /// The runtime: a built-in name (python, nodejs, binary) or a Fission environment image.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// An explicit command that starts a runtime-protocol server on $PORT (instead of --image).
+    #[arg(long)]
+    pub command: Option<String>,
+    /// Warm generic instances kept ready [default: 3].
+    #[arg(long)]
+    pub poolsize: Option<u32>,
+    #[command(flatten)]
+    pub resources: ResourceFlags,
+    /// Most processes an instance may run.
+    #[arg(long)]
+    pub maxpids: Option<u64>,
+    /// Seconds an instance gets to finish in-flight work before it is killed [default: 30].
+    #[arg(long, alias = "period")]
+    pub graceperiod: Option<u64>,
+    /// The builder image or command that builds source packages.
+    #[arg(long)]
+    pub builder: Option<String>,
+    /// The builder's default build command (e.g. "pip install -r requirements.txt").
+    #[arg(long)]
+    pub buildcmd: Option<String>,
+    /// Keep deployment archives as files instead of extracting them (e.g. JVM jars).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub keeparchive: Option<bool>,
+}
+
+impl EnvFlags {
+    fn apply(&self, spec: &mut EnvironmentSpec) {
+        if let Some(image) = &self.image {
+            spec.runtime.image = image.clone();
+        }
+        if let Some(command) = &self.command {
+            spec.runtime.command = Some(command.clone()).filter(|c| !c.trim().is_empty());
+        }
+        if let Some(poolsize) = self.poolsize {
+            spec.poolsize = poolsize;
+        }
+        self.resources.apply(&mut spec.resources);
+        match self.maxpids {
+            Some(0) => spec.resources.limits.pids = None,
+            Some(n) => spec.resources.limits.pids = Some(n),
+            None => {}
+        }
+        if let Some(grace) = self.graceperiod {
+            spec.termination_grace_period = grace;
+        }
+        if self.builder.is_some() || self.buildcmd.is_some() {
+            let builder = spec.builder.get_or_insert_with(Builder::default);
+            if let Some(image) = &self.builder {
+                builder.image = image.clone();
+            }
+            if let Some(cmd) = &self.buildcmd {
+                builder.command = cmd.clone();
+            }
+            if builder.image.trim().is_empty() && builder.command.trim().is_empty() {
+                spec.builder = None;
+            }
+        }
+        if let Some(keep) = self.keeparchive {
+            spec.keeparchive = keep;
+        }
+    }
+}
+
+/// Runs an `env` subcommand.
+pub async fn run(ctx: &Ctx, command: EnvCommand) -> anyhow::Result<()> {
+    match command {
+        EnvCommand::Create(args) => {
+            super::check_name(&args.name)?;
+            let mut spec = EnvironmentSpec {
+                runtime: Runtime::default(),
+                ..EnvironmentSpec::default()
+            };
+            args.flags.apply(&mut spec);
+            let env: Environment = ctx.resource(&args.name, spec);
+            let created = super::create(ctx, &env).await?;
+            super::report(ctx, Kind::Environment, &args.name, "created", &created)
+        }
+        EnvCommand::Get(name) => super::get(ctx, &name, table).await,
+        EnvCommand::List => super::list(ctx, table).await,
+        EnvCommand::Update(args) => {
+            super::check_name(&args.name)?;
+            let updated = super::update::<EnvironmentSpec, _>(ctx, &args.name, |env| {
+                args.flags.apply(&mut env.spec);
+                Ok(())
+            })
+            .await?;
+            super::report(ctx, Kind::Environment, &args.name, "updated", &updated)
+        }
+        EnvCommand::Delete(args) => super::delete(ctx, Kind::Environment, &args).await,
+    }
+}
+
+/// NAME, IMAGE, BUILDER, POOLSIZE, MINCPU, MAXCPU, MINMEMORY, MAXMEMORY, AGE.
+pub fn table(items: &[Environment]) -> Table {
+    let mut t = Table::new(&[
+        "NAME",
+        "IMAGE",
+        "BUILDER",
+        "POOLSIZE",
+        "MINCPU",
+        "MAXCPU",
+        "MINMEMORY",
+        "MAXMEMORY",
+        "AGE",
+    ]);
+    for env in items {
+        let s = &env.spec;
+        let image = if s.runtime.image.is_empty() {
+            s.runtime.command.clone().unwrap_or_default()
+        } else {
+            s.runtime.image.clone()
+        };
+        let builder = s.builder.as_ref().map(|b| {
+            if b.image.is_empty() {
+                b.command.clone()
+            } else {
+                b.image.clone()
+            }
+        });
+        t.row(vec![
+            env.metadata.name.clone(),
+            or_dash(Some(image)),
+            or_dash(builder),
+            s.poolsize.to_string(),
+            or_dash(s.resources.requests.cpu.as_ref()),
+            or_dash(s.resources.limits.cpu.as_ref()),
+            or_dash(s.resources.requests.memory.as_ref()),
+            or_dash(s.resources.limits.memory.as_ref()),
+            age(env.metadata.creation_timestamp.as_deref()),
+        ]);
+    }
+    t
+}

@@ -1,0 +1,292 @@
+//! `kappa`: the command-line tool of the Kappa serverless platform.
+//!
+//! Owns the Fission-like verbs over the API server's HTTP/JSON API (`env`, `fn`, `route`, `pkg`,
+//! `version`), where to find the platform (`--api-url`/`KAPPA_API_URL`, else
+//! `<data-dir>/client.json` written by `kappa up`), output formats and exit codes
+//! (0 ok, 1 refused or failed, 2 usage, 3 platform unreachable). `kappa up` (the whole platform
+//! in one process) lives in [`up`]. The CLI deliberately holds no state of its own and never
+//! talks to the store, the router or the pool manager directly: everything goes through the API.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod client;
+mod cmd;
+mod code;
+mod output;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::client::{Client, ClientError, ConnectOptions};
+use crate::cmd::{Ctx, UsageError};
+use crate::output::OutputFormat;
+
+/// Kappa: serverless functions, Fission style.
+#[derive(Debug, Parser)]
+#[command(name = "kappa", version, about, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags every command accepts.
+#[derive(Debug, Clone, clap::Args)]
+struct GlobalArgs {
+    /// The namespace of the resources.
+    #[arg(short = 'n', long, global = true, help_heading = "Global options", default_value = kappa_types::DEFAULT_NAMESPACE)]
+    namespace: String,
+    /// Output format [default: table for lists, yaml for get].
+    #[arg(
+        short = 'o',
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_enum
+    )]
+    output: Option<OutputFormat>,
+    /// More logging on stderr (-v info, -vv debug, -vvv trace).
+    #[arg(short = 'v', long = "verbose", global = true, help_heading = "Global options", action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// The API server's URL, e.g. http://127.0.0.1:8890 [default: from <data-dir>/client.json].
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "KAPPA_API_URL"
+    )]
+    api_url: Option<String>,
+    /// The API's bearer token [default: from <data-dir>/client.json].
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "KAPPA_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// Where `kappa up` keeps its data and client.json [default: $HOME/.kappa].
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "KAPPA_DATA_DIR"
+    )]
+    data_dir: Option<PathBuf>,
+}
+
+// Parsed once per process: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole platform on this machine (API, store, pool manager, router).
+    Up(up::UpArgs),
+    /// Environments: runtimes and their warm pools.
+    #[command(subcommand, alias = "environment")]
+    Env(cmd::env::EnvCommand),
+    /// Functions: code in an environment, with scaling settings.
+    #[command(subcommand, name = "fn", alias = "function")]
+    Fn(cmd::function::FnCommand),
+    /// Routes (HTTP triggers): paths on the public router that invoke functions.
+    #[command(subcommand, alias = "httptrigger", alias = "ht")]
+    Route(cmd::route::RouteCommand),
+    /// Packages: the code of functions, as archives.
+    #[command(subcommand, alias = "package")]
+    Pkg(cmd::package::PkgCommand),
+    /// Print the client's and the server's versions.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report_error(&e),
+    }
+}
+
+fn init_tracing(cli: &Cli) {
+    // `kappa up` is a server: it logs at info by default. Commands are quiet unless -v.
+    let base = match (&cli.command, cli.global.verbose) {
+        (Command::Up(_), 0) => "info",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        (_, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(base));
+    // A second initialisation (e.g. by `up`) is harmless: the first one wins.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let g = cli.global;
+    let connect = ConnectOptions {
+        api_url: g.api_url.clone(),
+        token: g.token.clone(),
+        data_dir: g.data_dir.clone(),
+    };
+    let ctx = || -> anyhow::Result<Ctx> {
+        cmd::check_name(&g.namespace).map_err(|_| {
+            cmd::usage(format!(
+                "--namespace {:?} is not a valid namespace: expected a DNS-1123 label",
+                g.namespace
+            ))
+        })?;
+        let endpoint = client::resolve(&connect)?;
+        Ok(Ctx {
+            client: Client::new(endpoint, &g.namespace)?,
+            output: g.output,
+        })
+    };
+    match cli.command {
+        Command::Up(args) => up::run(args).await,
+        Command::Env(c) => cmd::env::run(&ctx()?, c).await,
+        Command::Fn(c) => cmd::function::run(&ctx()?, c).await,
+        Command::Route(c) => cmd::route::run(&ctx()?, c).await,
+        Command::Pkg(c) => cmd::package::run(&ctx()?, c).await,
+        Command::Version => version(&connect, &g.namespace, g.output).await,
+    }
+}
+
+/// `kappa version`: the client's version always; the server's when it answers.
+async fn version(
+    connect: &ConnectOptions,
+    namespace: &str,
+    format: Option<OutputFormat>,
+) -> anyhow::Result<()> {
+    let client_version = env!("CARGO_PKG_VERSION");
+    let server = match client::resolve(connect).and_then(|ep| Client::new(ep, namespace)) {
+        Ok(client) => Some((client.endpoint().api_url.clone(), client.info().await)),
+        Err(_) => None,
+    };
+    match format {
+        Some(f @ (OutputFormat::Json | OutputFormat::Yaml)) => {
+            let server = match &server {
+                Some((url, Ok(info))) => serde_json::json!({
+                    "apiUrl": url, "version": info.version, "routerUrl": info.router_url,
+                }),
+                Some((url, Err(e))) => serde_json::json!({"apiUrl": url, "error": e.to_string()}),
+                None => serde_json::Value::Null,
+            };
+            output::print_value(
+                f,
+                &serde_json::json!({"client": {"version": client_version}, "server": server}),
+            )
+        }
+        _ => {
+            let mut text = format!("client: {client_version}\n");
+            match server {
+                Some((url, Ok(info))) => text.push_str(&format!("server: {} ({url})\n", info.version)),
+                Some((url, Err(e))) => text.push_str(&format!("server: unknown ({url}: {e})\n")),
+                None => text.push_str("server: unknown (no platform configured: run `kappa up` or set KAPPA_API_URL)\n"),
+            }
+            output::print_stdout(&text)
+        }
+    }
+}
+
+/// Prints `error: <chain>` (and `  field: <path>` when one is named) and picks the exit code.
+fn report_error(err: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {err:#}");
+    let mut code = 1;
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<ClientError>() {
+            if let Some(field) = e.field() {
+                eprintln!("  field: {field}");
+            }
+            if let ClientError::Api {
+                invocation_id: Some(id),
+                ..
+            } = e
+            {
+                eprintln!("  invocation: {id}");
+            }
+            code = e.exit_code();
+            break;
+        }
+        if cause.downcast_ref::<UsageError>().is_some() {
+            code = 2;
+            break;
+        }
+    }
+    ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn aliases_and_globals_parse() {
+        let cli =
+            Cli::try_parse_from(["kappa", "function", "list", "-n", "dev", "-o", "json"]).unwrap();
+        assert_eq!(cli.global.namespace, "dev");
+        assert_eq!(cli.global.output, Some(OutputFormat::Json));
+        let cli = Cli::try_parse_from(["kappa", "ht", "create", "--function", "f", "--url", "/x"])
+            .unwrap();
+        assert!(matches!(cli.command, Command::Route(_)));
+        // Both the positional and the flag form of a name.
+        Cli::try_parse_from(["kappa", "fn", "get", "hello"]).unwrap();
+        Cli::try_parse_from(["kappa", "fn", "get", "--name", "hello"]).unwrap();
+        assert!(Cli::try_parse_from(["kappa", "fn", "get"]).is_err());
+        // --url and --prefix exclude each other.
+        assert!(
+            Cli::try_parse_from([
+                "kappa",
+                "route",
+                "create",
+                "--function",
+                "f",
+                "--url",
+                "/a",
+                "--prefix",
+                "/b"
+            ])
+            .is_err()
+        );
+        // --code and --src exclude each other.
+        assert!(
+            Cli::try_parse_from([
+                "kappa", "fn", "create", "--name", "f", "--env", "e", "--code", "a", "--src", "b"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn data_dir_is_shared_with_up() {
+        let cli = Cli::try_parse_from(["kappa", "--data-dir", "/tmp/x", "version"]).unwrap();
+        assert_eq!(cli.global.data_dir, Some(PathBuf::from("/tmp/x")));
+        let cli = Cli::try_parse_from(["kappa", "up", "--data-dir", "/tmp/y"]).unwrap();
+        match cli.command {
+            Command::Up(args) => assert_eq!(args.data_dir, Some(PathBuf::from("/tmp/y"))),
+            other => panic!("{other:?}"),
+        }
+    }
+}

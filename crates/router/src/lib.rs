@@ -1,0 +1,181 @@
+//! The Kappa router: the platform's public HTTP front door.
+//!
+//! It owns:
+//! - the **route table** (`table`): HttpTriggers and Functions from the store, rebuilt off the
+//!   request path into an immutable value swapped atomically (`arc-swap`), one radix tree per
+//!   host so lookup cost does not grow with the number of routes;
+//! - **warm admission**: a request takes a [`kappa_core::Permit`] from the
+//!   [`kappa_core::EndpointIndex`] and goes straight to the instance; only a miss calls
+//!   [`kappa_core::Provisioner::provision`], and a function at capacity gets a bounded wait queue
+//!   (429/503 with `Retry-After` when it overflows or times out);
+//! - the **proxy**: a lean hyper 1 server on the public listener, its own per-endpoint keep-alive
+//!   upstream connection pool, streaming bodies both ways, the function timeout, the one safe
+//!   retry (connection refused before any byte was sent) and structured JSON errors that carry
+//!   the invocation id and the real cause;
+//! - the **admin listener** (`admin`): health, readiness, metrics, debug views and the
+//!   authenticated internal invoke path used by `kappa fn test`.
+//!
+//! It deliberately does not start, specialize or scale instances (the pool manager does, behind
+//! `Provisioner`), does not write to the store, and never exposes functions on the public
+//! listener except through their triggers.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod admin;
+mod body;
+mod error;
+mod metrics;
+mod proxy;
+mod server;
+mod table;
+mod upstream;
+mod watcher;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use kappa_core::{EndpointIndex, FunctionId, Provisioner};
+use kappa_store::Store;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use error::RouterError;
+
+use crate::metrics::Metrics;
+use crate::table::RouteTable;
+use crate::upstream::Upstreams;
+
+/// The router's settings.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// Per-function wait queue length when every instance is busy and the function may not grow.
+    pub queue_limit: usize,
+    /// Request body limit in bytes, enforced from `Content-Length` and while streaming.
+    pub max_body_bytes: u64,
+    /// `Retry-After` (seconds) on 429 and 503 answers.
+    pub retry_after_secs: u32,
+    /// Bearer token required on `/internal/*` of the admin listener; open when `None`.
+    pub internal_token: Option<String>,
+}
+
+/// How long in-flight requests may take to finish once shutdown was requested.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Idle keep-alive connections the router keeps per instance.
+pub const MAX_IDLE_PER_ENDPOINT: usize = 64;
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            queue_limit: 100,
+            max_body_bytes: 64 * 1024 * 1024,
+            retry_after_secs: 1,
+            internal_token: None,
+        }
+    }
+}
+
+/// The HTTP router. Cheap to clone: every clone shares one state.
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The router's shared state.
+pub(crate) struct Inner {
+    pub(crate) config: RouterConfig,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) index: Arc<EndpointIndex>,
+    pub(crate) provisioner: Arc<dyn Provisioner>,
+    /// The current route table. `ArcSwap`: requests load it without locking, the watcher
+    /// replaces it whole after a rebuild.
+    pub(crate) table: ArcSwap<RouteTable>,
+    /// `true` once the first route table was built from the store. A `watch` channel so
+    /// `wait_ready` can await the transition without polling.
+    pub(crate) ready: watch::Sender<bool>,
+    pub(crate) upstreams: Upstreams,
+    pub(crate) metrics: Metrics,
+    /// Precomputed `Retry-After` value.
+    pub(crate) retry_after: http::HeaderValue,
+}
+
+impl Router {
+    /// A router over `store`'s triggers and functions, admitting on `index` and asking
+    /// `provisioner` for capacity on a miss. Nothing runs until [`Router::serve`].
+    pub fn new(
+        config: RouterConfig,
+        store: Arc<dyn Store>,
+        index: Arc<EndpointIndex>,
+        provisioner: Arc<dyn Provisioner>,
+    ) -> Self {
+        let metrics = Metrics::new();
+        let retry_after = http::HeaderValue::from(config.retry_after_secs);
+        let upstreams = Upstreams::new(MAX_IDLE_PER_ENDPOINT);
+        let (ready, _) = watch::channel(false);
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                index,
+                provisioner,
+                table: ArcSwap::from_pointee(RouteTable::empty()),
+                ready,
+                upstreams,
+                metrics,
+                retry_after,
+            }),
+        }
+    }
+
+    /// Runs the route-table watcher, the public listener and the admin listener until
+    /// `shutdown` is cancelled; then stops accepting, lets in-flight requests finish within
+    /// [`SHUTDOWN_GRACE`] and returns.
+    pub async fn serve(
+        &self,
+        public: tokio::net::TcpListener,
+        admin: tokio::net::TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), RouterError> {
+        server::serve(Arc::clone(&self.inner), public, admin, shutdown).await
+    }
+
+    /// Completes once the route table has been loaded from the store at least once.
+    pub async fn wait_ready(&self) {
+        let mut rx = self.inner.ready.subscribe();
+        // `wait_for` only fails when the sender is dropped, which cannot happen while `self`
+        // holds it.
+        let _ = rx.wait_for(|ready| *ready).await;
+    }
+
+    /// Invokes `function` directly, without a trigger (`kappa fn test`, trigger workers): the
+    /// same admission, headers and errors as a routed request. The request URI's path and query
+    /// are what the function receives.
+    pub async fn invoke(
+        &self,
+        function: FunctionId,
+        request: http::Request<axum::body::Body>,
+    ) -> http::Response<axum::body::Body> {
+        proxy::invoke(&self.inner, function, request)
+            .await
+            .map(axum::body::Body::new)
+    }
+
+    /// The router's metrics in the Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        self.inner.metrics.encode()
+    }
+
+    /// The admin listener's application (health, readiness, metrics, debug, internal invoke),
+    /// for callers that serve it themselves or test it with `oneshot`.
+    pub fn admin_app(&self) -> axum::Router {
+        admin::app(self.clone())
+    }
+}

@@ -1,0 +1,791 @@
+//! The request path: route, admit, forward, answer.
+//!
+//! A warm request costs one route-table load, one radix-tree lookup and one compare-and-swap on
+//! an endpoint's in-flight counter; it makes no call to the pool manager. Only a miss takes the
+//! slow path ([`admit_slow`]): provision, then the function's bounded wait queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST};
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+};
+use hyper::body::Incoming;
+use kappa_core::{FunctionId, Permit, Provision, ProvisionError};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::Inner;
+use crate::body::{Lease, RequestBody, RequestBodyError, ResponseBody};
+use crate::error::Failure;
+use crate::metrics::InflightGuard;
+use crate::table::{FunctionEntry, Lookup, PathMode};
+
+pub(crate) static INVOCATION_ID: HeaderName = HeaderName::from_static("x-kappa-invocation-id");
+static FUNCTION_NAME: HeaderName = HeaderName::from_static("x-kappa-function-name");
+static FUNCTION_NAMESPACE: HeaderName = HeaderName::from_static("x-kappa-function-namespace");
+static FULL_URL: HeaderName = HeaderName::from_static("x-kappa-full-url");
+static FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// How often a queued request asks the provisioner again (capacity may have been freed in a way
+/// that does not wake the queue, e.g. the function's cap was raised), plus up to
+/// [`REASK_JITTER_MS`] so a full queue does not ask in lockstep.
+const REASK_INTERVAL: Duration = Duration::from_millis(400);
+const REASK_JITTER_MS: u64 = 200;
+/// How long a failed request waits for the backend's report of why its instance ended.
+const EXIT_REPORT_WAIT: Duration = Duration::from_millis(500);
+
+/// 128 random bits in hex.
+fn new_invocation_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let n: u128 = rand::random();
+    let mut buf = [0u8; 32];
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    // Hex digits are always a valid header value.
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade"
+    ) || name.starts_with("proxy-")
+}
+
+/// Removes hop-by-hop headers (and those `Connection` names); on the public path also any
+/// `X-Kappa-*` header a client sent, so functions can trust the ones the router sets.
+fn strip_headers(headers: &mut HeaderMap, strip_kappa: bool) {
+    let unwanted =
+        |name: &str| is_hop_by_hop(name) || (strip_kappa && name.starts_with("x-kappa-"));
+    // One pass to find out whether there is anything to do: usually there is not.
+    if !headers.keys().any(|n| unwanted(n.as_str())) {
+        return;
+    }
+    let listed: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| unwanted(n.as_str()))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+/// Sets the headers every invocation carries.
+fn set_invocation_headers(
+    headers: &mut HeaderMap,
+    entry: &FunctionEntry,
+    invocation_id: &HeaderValue,
+    full_url: HeaderValue,
+    peer: Option<&HeaderValue>,
+) {
+    headers.insert(FUNCTION_NAME.clone(), entry.name_header.clone());
+    headers.insert(FUNCTION_NAMESPACE.clone(), entry.namespace_header.clone());
+    headers.insert(INVOCATION_ID.clone(), invocation_id.clone());
+    headers.insert(FULL_URL.clone(), full_url);
+    if let Some(peer) = peer {
+        let value = match headers.get(&FORWARDED_FOR) {
+            Some(previous) => {
+                let mut joined = Vec::with_capacity(previous.len() + 2 + peer.len());
+                joined.extend_from_slice(previous.as_bytes());
+                joined.extend_from_slice(b", ");
+                joined.extend_from_slice(peer.as_bytes());
+                HeaderValue::from_bytes(&joined).unwrap_or_else(|_| peer.clone())
+            }
+            None => peer.clone(),
+        };
+        headers.insert(FORWARDED_FOR.clone(), value);
+    }
+    if let Some(host) = headers.get(HOST).cloned() {
+        headers.insert(FORWARDED_HOST.clone(), host);
+    }
+    headers.insert(FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+}
+
+fn hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// A path parameter as a header value: percent-decoded (as Fission's router gives it), or raw
+/// when the decoded bytes cannot be a header value (control characters).
+fn param_value(raw: &str) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    if !raw.contains('%') {
+        return HeaderValue::from_str(raw);
+    }
+    let bytes = raw.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).copied().and_then(hex_digit),
+                bytes.get(i + 2).copied().and_then(hex_digit),
+            )
+        {
+            decoded.push(hi << 4 | lo);
+            i += 3;
+        } else {
+            decoded.push(bytes[i]);
+            i += 1;
+        }
+    }
+    HeaderValue::from_bytes(&decoded).or_else(|_| HeaderValue::from_str(raw))
+}
+
+fn full_url(uri: &Uri) -> HeaderValue {
+    let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    HeaderValue::from_str(pq).unwrap_or_else(|_| HeaderValue::from_static("/"))
+}
+
+/// `path` plus the request's query, as an origin-form URI.
+fn with_query(path: &str, uri: &Uri) -> Result<Uri, Failure> {
+    let text = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None if path == "/" => return Ok(Uri::from_static("/")),
+        None => path.to_string(),
+    };
+    Uri::try_from(text).map_err(|e| {
+        Failure::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("request path: {e}"),
+        )
+    })
+}
+
+fn origin_form(uri: &Uri) -> Uri {
+    match uri.path_and_query() {
+        Some(pq) if uri.scheme().is_some() || uri.authority().is_some() => Uri::from(pq.clone()),
+        Some(_) => uri.clone(),
+        None => Uri::from_static("/"),
+    }
+}
+
+/// Matches a public request to a function and rewrites it for the function (URI, parameter
+/// headers); returns the function and the original path and query for `X-Kappa-Full-Url`.
+fn route(inner: &Inner, parts: &mut Parts) -> Result<(Arc<FunctionEntry>, HeaderValue), Failure> {
+    let table = inner.table.load();
+    let host = match parts.headers.get(HOST) {
+        Some(h) => h.to_str().ok(),
+        None => parts.uri.host(),
+    };
+    let path = parts.uri.path();
+    match table.lookup(host, &parts.method, path) {
+        Lookup::NotFound if !*inner.ready.borrow() => Err(Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the router is still loading its routes",
+        )
+        .retry_after()),
+        Lookup::NotFound => Err(Failure::new(
+            StatusCode::NOT_FOUND,
+            "route_not_found",
+            format!("no route for {} {path}", parts.method),
+        )),
+        Lookup::MethodNotAllowed(allowed) => {
+            let list = allowed
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut failure = Failure::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{} is not allowed on {path}; allowed: {list}", parts.method),
+            );
+            failure.allow = HeaderValue::from_str(&list).ok();
+            Err(failure)
+        }
+        Lookup::Found { target, params } => {
+            let entry = Arc::clone(target.choice.pick());
+            let uri = match &target.mode {
+                PathMode::Template { params: names } => {
+                    for (key, value) in params.iter() {
+                        if let Some((_, header)) = names.iter().find(|(n, _)| **n == *key)
+                            && let Ok(value) = param_value(value)
+                        {
+                            parts.headers.insert(header.clone(), value);
+                        }
+                    }
+                    with_query("/", &parts.uri)?
+                }
+                PathMode::Prefix { strip: None } => origin_form(&parts.uri),
+                PathMode::Prefix {
+                    strip: Some(prefix),
+                } => {
+                    let rest = path.strip_prefix(&**prefix).unwrap_or(path);
+                    with_query(if rest.is_empty() { "/" } else { rest }, &parts.uri)?
+                }
+            };
+            let full = full_url(&parts.uri);
+            parts.uri = uri;
+            Ok((entry, full))
+        }
+    }
+}
+
+fn content_length_over(headers: &HeaderMap, limit: u64) -> Option<u64> {
+    let len: u64 = headers
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (len > limit).then_some(len)
+}
+
+fn too_large(limit: u64) -> Failure {
+    Failure::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("request body exceeds the limit of {limit} bytes"),
+    )
+    .close()
+}
+
+/// Serves one request of the public listener.
+pub(crate) async fn handle(
+    inner: Arc<Inner>,
+    peer: HeaderValue,
+    request: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let start = Instant::now();
+    let inflight = InflightGuard::new(&inner.metrics);
+    let invocation_id = new_invocation_id();
+    let span = tracing::debug_span!(
+        "request",
+        invocation_id = ?invocation_id,
+        method = %request.method(),
+        path = %request.uri().path(),
+    );
+    async move {
+        let (mut parts, body) = request.into_parts();
+        strip_headers(&mut parts.headers, true);
+        let response = match route(&inner, &mut parts) {
+            Err(failure) => {
+                inner.metrics.count_unrouted(failure.status.as_u16());
+                failure.into_response(&invocation_id, &inner.retry_after)
+            }
+            Ok((entry, full)) => {
+                set_invocation_headers(
+                    &mut parts.headers,
+                    &entry,
+                    &invocation_id,
+                    full,
+                    Some(&peer),
+                );
+                let body = RequestBody::incoming(body, inner.config.max_body_bytes);
+                let response =
+                    match forward(&inner, &entry, parts, body, &invocation_id, inflight).await {
+                        Ok(response) => response,
+                        Err(failure) => failure.into_response(&invocation_id, &inner.retry_after),
+                    };
+                entry
+                    .metrics
+                    .count(&inner.metrics, response.status().as_u16());
+                response
+            }
+        };
+        inner
+            .metrics
+            .duration
+            .observe(start.elapsed().as_secs_f64());
+        tracing::debug!(status = response.status().as_u16(), "answered");
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+/// Invokes a function directly (no trigger): see [`crate::Router::invoke`].
+pub(crate) async fn invoke(
+    inner: &Arc<Inner>,
+    function: FunctionId,
+    request: Request<axum::body::Body>,
+) -> Response<ResponseBody> {
+    let start = Instant::now();
+    let inflight = InflightGuard::new(&inner.metrics);
+    let invocation_id = new_invocation_id();
+    let span = tracing::debug_span!("invoke", invocation_id = ?invocation_id, function = %function);
+    async move {
+        let entry = match inner.table.load().function(&function) {
+            Some(entry) => Some(Arc::clone(entry)),
+            None => None,
+        };
+        let entry = match entry {
+            Some(entry) => Ok(entry),
+            None => entry_from_store(inner, &function).await,
+        };
+        let response = match entry {
+            Err(failure) => {
+                inner.metrics.count_unrouted(failure.status.as_u16());
+                failure.into_response(&invocation_id, &inner.retry_after)
+            }
+            Ok(entry) => {
+                let (mut parts, body) = request.into_parts();
+                strip_headers(&mut parts.headers, false);
+                let full = full_url(&parts.uri);
+                parts.uri = origin_form(&parts.uri);
+                set_invocation_headers(&mut parts.headers, &entry, &invocation_id, full, None);
+                let body = RequestBody::axum(body, inner.config.max_body_bytes);
+                let response =
+                    match forward(inner, &entry, parts, body, &invocation_id, inflight).await {
+                        Ok(response) => response,
+                        Err(failure) => failure.into_response(&invocation_id, &inner.retry_after),
+                    };
+                entry
+                    .metrics
+                    .count(&inner.metrics, response.status().as_u16());
+                response
+            }
+        };
+        inner
+            .metrics
+            .duration
+            .observe(start.elapsed().as_secs_f64());
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+/// A function the route table does not have yet (created a moment ago): read it from the store.
+async fn entry_from_store(
+    inner: &Inner,
+    function: &FunctionId,
+) -> Result<Arc<FunctionEntry>, Failure> {
+    let not_found = || {
+        Failure::new(
+            StatusCode::NOT_FOUND,
+            "function_not_found",
+            format!("function {function} not found"),
+        )
+    };
+    match inner
+        .store
+        .get(
+            kappa_types::Kind::Function,
+            &function.namespace,
+            &function.name,
+        )
+        .await
+    {
+        Ok(Some(obj)) => {
+            let record = crate::watcher::parse_function(&obj);
+            Ok(Arc::new(FunctionEntry::new(
+                record.id,
+                true,
+                record.generation,
+                record.timeout_s,
+                record.spec_timeout_s,
+                &inner.index,
+            )))
+        }
+        Ok(None) => Err(not_found()),
+        Err(error) => Err(Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("reading function {function} from the store failed: {error}"),
+        )
+        .retry_after()),
+    }
+}
+
+/// How one attempt on one endpoint ended.
+enum Attempt {
+    Response(
+        Response<Incoming>,
+        hyper::client::conn::http1::SendRequest<RequestBody>,
+    ),
+    /// Nothing was sent: the request can go to another endpoint.
+    NotSent(String),
+    Timeout,
+    Failed(hyper::Error),
+}
+
+/// Admits the request and sends it to an instance; returns the instance's response head with a
+/// streaming body, or the failure to answer with.
+async fn forward(
+    inner: &Inner,
+    entry: &Arc<FunctionEntry>,
+    parts: Parts,
+    body: RequestBody,
+    invocation_id: &HeaderValue,
+    inflight: InflightGuard,
+) -> Result<Response<ResponseBody>, Failure> {
+    if !entry.exists {
+        return Err(Failure::new(
+            StatusCode::NOT_FOUND,
+            "function_not_found",
+            format!("function {} not found", entry.id),
+        ));
+    }
+    let limit = inner.config.max_body_bytes;
+    if content_length_over(&parts.headers, limit).is_some() {
+        return Err(too_large(limit));
+    }
+    let mut parts = parts;
+    parts.version = Version::HTTP_11;
+    let mut request = Some(Request::from_parts(parts, body));
+
+    let mut permit = admit(inner, entry).await?;
+    // The function timeout runs from admission to the response head.
+    let mut deadline = Instant::now() + entry.timeout;
+    let mut may_retry = true;
+    loop {
+        let endpoint = Arc::clone(permit.endpoint());
+        let pool = inner.upstreams.pool(endpoint.addr);
+        let mut fresh_only = false;
+        let attempt = loop {
+            let Some(mut req) = request.take() else {
+                // `request` is put back before every `continue`; this cannot happen.
+                return Err(Failure::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "request lost",
+                ));
+            };
+            let idle = if fresh_only {
+                None
+            } else {
+                pool.checkout().await
+            };
+            let (mut conn, reused) = match idle {
+                Some(conn) => (conn, true),
+                None => match tokio::time::timeout_at(deadline, pool.connect()).await {
+                    Ok(Ok(conn)) => (conn, false),
+                    Ok(Err(error)) => {
+                        request = Some(req);
+                        break Attempt::NotSent(error.to_string());
+                    }
+                    Err(_) => break Attempt::Timeout,
+                },
+            };
+            if !req.headers().contains_key(HOST)
+                && let Ok(host) = HeaderValue::from_str(&endpoint.addr.to_string())
+            {
+                req.headers_mut().insert(HOST, host);
+            }
+            match tokio::time::timeout_at(deadline, conn.try_send_request(req)).await {
+                Ok(Ok(response)) => break Attempt::Response(response, conn),
+                Ok(Err(mut error)) => match error.take_message() {
+                    Some(req) => {
+                        request = Some(req);
+                        if reused {
+                            // An idle connection that turned out closed: try a fresh one.
+                            fresh_only = true;
+                            continue;
+                        }
+                        break Attempt::NotSent(error.into_error().to_string());
+                    }
+                    None => break Attempt::Failed(error.into_error()),
+                },
+                // Dropping the exchange closes the connection; it is not reused.
+                Err(_) => break Attempt::Timeout,
+            }
+        };
+        match attempt {
+            Attempt::Response(response, conn) => {
+                let (mut head, body) = response.into_parts();
+                strip_headers(&mut head.headers, false);
+                head.headers
+                    .insert(INVOCATION_ID.clone(), invocation_id.clone());
+                head.version = Version::HTTP_11;
+                let lease = Lease {
+                    permit,
+                    conn,
+                    pool,
+                    inflight,
+                };
+                return Ok(Response::from_parts(
+                    head,
+                    ResponseBody::upstream(body, lease),
+                ));
+            }
+            Attempt::NotSent(reason) => {
+                endpoint.mark_draining();
+                tracing::warn!(
+                    function = %entry.id,
+                    instance = %endpoint.instance_id,
+                    addr = %endpoint.addr,
+                    %reason,
+                    "instance unreachable; marked draining"
+                );
+                if may_retry {
+                    may_retry = false;
+                    drop(permit);
+                    permit = admit(inner, entry).await?;
+                    deadline = Instant::now() + entry.timeout;
+                    continue;
+                }
+                let mut message = format!(
+                    "could not connect to instance {} of function {}: {reason}",
+                    endpoint.instance_id, entry.id
+                );
+                if let Some(exit) = endpoint.exit_reason() {
+                    message = format!(
+                        "instance {} of function {} {exit}",
+                        endpoint.instance_id, entry.id
+                    );
+                }
+                return Err(Failure::new(
+                    StatusCode::BAD_GATEWAY,
+                    "instance_failed",
+                    message,
+                ));
+            }
+            Attempt::Timeout => {
+                return Err(Failure::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout",
+                    format!(
+                        "function {} did not respond within {} s",
+                        entry.id,
+                        entry.timeout.as_secs()
+                    ),
+                ));
+            }
+            Attempt::Failed(error) => {
+                return Err(failed_exchange(error, &permit, entry, limit).await);
+            }
+        }
+    }
+}
+
+/// The answer for an exchange that failed after the request started going out.
+async fn failed_exchange(
+    error: hyper::Error,
+    permit: &Permit,
+    entry: &FunctionEntry,
+    limit: u64,
+) -> Failure {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(e) = source {
+        if let Some(body_error) = e.downcast_ref::<RequestBodyError>() {
+            return match body_error {
+                RequestBodyError::TooLarge { .. } => too_large(limit),
+                RequestBodyError::Client(_) => Failure::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    body_error.to_string(),
+                )
+                .close(),
+            };
+        }
+        source = e.source();
+    }
+    let endpoint = permit.endpoint();
+    if error.is_parse() || error.is_parse_status() {
+        return Failure::new(
+            StatusCode::BAD_GATEWAY,
+            "instance_failed",
+            format!(
+                "instance {} of function {} sent an invalid response: {error}",
+                endpoint.instance_id, entry.id
+            ),
+        );
+    }
+    tracing::debug!(function = %entry.id, instance = %endpoint.instance_id, %error, "exchange with instance failed");
+    let message = match endpoint.wait_exit(EXIT_REPORT_WAIT).await {
+        Some(exit) => format!(
+            "instance {} of function {} {exit}",
+            endpoint.instance_id, entry.id
+        ),
+        None => format!(
+            "connection to instance {} closed before a response",
+            endpoint.instance_id
+        ),
+    };
+    Failure::new(StatusCode::BAD_GATEWAY, "instance_failed", message)
+}
+
+/// Takes a slot on one of the function's instances: at once when one is free (no call to
+/// anyone), otherwise through [`admit_slow`].
+async fn admit(inner: &Inner, entry: &Arc<FunctionEntry>) -> Result<Permit, Failure> {
+    if let Some(permit) = entry.endpoints.try_admit(entry.generation) {
+        return Ok(permit);
+    }
+    // Boxed so the rarely used slow path does not grow every request's future.
+    Box::pin(admit_slow(inner, entry)).await
+}
+
+/// Asks the provisioner in a task of its own, so a client that gives up (dropping its request)
+/// never cancels a cold start half-way; later requests benefit from it.
+async fn provision(
+    inner: &Inner,
+    id: &FunctionId,
+    generation: i64,
+) -> Result<Provision, ProvisionError> {
+    let provisioner = Arc::clone(&inner.provisioner);
+    let function = id.clone();
+    tokio::spawn(async move { provisioner.provision(&function, generation).await })
+        .await
+        .unwrap_or_else(|join| {
+            Err(ProvisionError::Unavailable(format!(
+                "the provisioner failed: {join}"
+            )))
+        })
+}
+
+/// A miss: ask the provisioner, then wait in the function's bounded queue.
+async fn admit_slow(inner: &Inner, entry: &Arc<FunctionEntry>) -> Result<Permit, Failure> {
+    let id = &entry.id;
+    // The cached entry is the index's live one (entries are never removed), but a miss is the
+    // moment to make sure.
+    let endpoints = {
+        let live = inner.index.entry(id);
+        if Arc::ptr_eq(&live, &entry.endpoints) {
+            Arc::clone(&entry.endpoints)
+        } else {
+            live
+        }
+    };
+    let mut generation = entry.generation;
+    if let Some(permit) = endpoints.try_admit(generation) {
+        return Ok(permit);
+    }
+    entry.metrics.count_cold_start(&inner.metrics);
+    let bound = entry.specialization_timeout + entry.timeout;
+    match tokio::time::timeout(bound, provision(inner, id, generation)).await {
+        Err(_) => {
+            return Err(Failure::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "specialize_timeout",
+                format!(
+                    "function {id}: no instance became ready within {} s",
+                    bound.as_secs()
+                ),
+            ));
+        }
+        Ok(Err(error)) => return Err(Failure::from_provision(id, error)),
+        Ok(Ok(Provision::Added | Provision::AtCapacity)) => {}
+    }
+
+    let limit = inner.config.queue_limit;
+    let Some(_ticket) = endpoints.enter_queue(limit) else {
+        // Capacity may have appeared while the queue was full.
+        if let Some(permit) = endpoints.try_admit(generation) {
+            return Ok(permit);
+        }
+        inner.metrics.queue_rejections.inc();
+        return Err(Failure::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "no_capacity",
+            format!("function {id} is at capacity and its wait queue is full ({limit} requests)"),
+        )
+        .retry_after());
+    };
+    let deadline = Instant::now() + entry.timeout;
+    let no_capacity = || {
+        Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_capacity",
+            format!(
+                "function {id} had no free instance within {} s",
+                entry.timeout.as_secs()
+            ),
+        )
+        .retry_after()
+    };
+    let next_reask = || {
+        Instant::now()
+            + REASK_INTERVAL
+            + Duration::from_millis(rand::random_range(0..REASK_JITTER_MS))
+    };
+    let mut reask = next_reask();
+    loop {
+        // Registered before the attempt, so a slot freed in between still wakes us.
+        let changed = endpoints.changed();
+        if let Some(permit) = endpoints.try_admit(generation) {
+            return Ok(permit);
+        }
+        tokio::select! {
+            _ = changed => {}
+            _ = tokio::time::sleep_until(deadline) => return Err(no_capacity()),
+            _ = tokio::time::sleep_until(reask) => {
+                reask = next_reask();
+                // Follow an update of the function made while waiting.
+                if let Some(latest) = inner.table.load().function(id) {
+                    generation = latest.generation;
+                }
+                match tokio::time::timeout_at(deadline, provision(inner, id, generation)).await {
+                    Err(_) => return Err(no_capacity()),
+                    Ok(Err(error)) => return Err(Failure::from_provision(id, error)),
+                    Ok(Ok(_)) => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invocation_ids_are_128_bit_hex() {
+        let a = new_invocation_id();
+        let b = new_invocation_id();
+        assert_eq!(a.len(), 32);
+        assert!(a.to_str().unwrap().bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn params_are_percent_decoded() {
+        assert_eq!(param_value("plain").unwrap(), "plain");
+        assert_eq!(param_value("a%20b%2Fc").unwrap(), "a b/c");
+        assert_eq!(param_value("bad%zz%").unwrap(), "bad%zz%");
+        assert_eq!(
+            param_value("x%0D%0Ay").unwrap(),
+            "x%0D%0Ay",
+            "no header injection"
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("proxy-authorization", HeaderValue::from_static("x"));
+        h.insert("x-kappa-params-id", HeaderValue::from_static("spoofed"));
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        let mut public = h.clone();
+        strip_headers(&mut public, true);
+        assert_eq!(
+            public.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["content-type"]
+        );
+        strip_headers(&mut h, false);
+        assert!(h.contains_key("x-kappa-params-id"));
+        assert!(!h.contains_key("x-secret"));
+    }
+}

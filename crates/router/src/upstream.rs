@@ -1,0 +1,178 @@
+//! Keep-alive HTTP/1.1 connections to instances, pooled per instance address.
+//!
+//! The router uses hyper's connection-level client directly (not a pooled client) so it knows
+//! whether a failure happened *before* any byte of the request was sent: connecting is a separate
+//! step, and `try_send_request` hands the request back when it was not written. That is what
+//! makes the one retry safe.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::body::RequestBody;
+
+/// How long an idle connection is kept before the sweeper closes it.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Upper bound on establishing a connection to an instance.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a pooled connection may take to become ready for its next request.
+const READY_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Every instance's pool. A `DashMap` keyed by address: looked up once per request (a sharded
+/// read lock), written when an instance is first used or swept.
+pub(crate) struct Upstreams {
+    pools: DashMap<SocketAddr, Arc<EndpointPool>>,
+    max_idle: usize,
+}
+
+impl Upstreams {
+    pub fn new(max_idle: usize) -> Self {
+        Self {
+            pools: DashMap::new(),
+            max_idle,
+        }
+    }
+
+    /// The pool of the instance at `addr`.
+    pub fn pool(&self, addr: SocketAddr) -> Arc<EndpointPool> {
+        if let Some(pool) = self.pools.get(&addr) {
+            return Arc::clone(pool.value());
+        }
+        Arc::clone(
+            self.pools
+                .entry(addr)
+                .or_insert_with(|| Arc::new(EndpointPool::new(addr, self.max_idle)))
+                .value(),
+        )
+    }
+
+    /// Closes connections idle for longer than [`IDLE_TIMEOUT`] and forgets pools with no idle
+    /// connection and no exchange in progress (an in-flight response holds its pool).
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        self.pools.retain(|_, pool| {
+            pool.expire(now);
+            !pool.is_empty() || Arc::strong_count(pool) > 1
+        });
+    }
+
+    /// Idle connections per instance address (for `/debug/endpoints`).
+    pub fn idle_counts(&self) -> Vec<(SocketAddr, usize)> {
+        self.pools
+            .iter()
+            .map(|p| (*p.key(), p.value().len()))
+            .collect()
+    }
+}
+
+struct Idle {
+    conn: SendRequest<RequestBody>,
+    since: Instant,
+}
+
+/// Idle connections to one instance.
+pub(crate) struct EndpointPool {
+    pub addr: SocketAddr,
+    /// A plain mutex: held only to push or pop, never across an `.await`.
+    idle: Mutex<Vec<Idle>>,
+    max_idle: usize,
+}
+
+/// Why a connection to an instance could not be made (nothing was sent).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("connecting timed out after {} s", CONNECT_TIMEOUT.as_secs())]
+    Timeout,
+    #[error("http handshake failed: {0}")]
+    Handshake(#[source] hyper::Error),
+}
+
+impl EndpointPool {
+    fn new(addr: SocketAddr, max_idle: usize) -> Self {
+        Self {
+            addr,
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        // A panic while holding this lock leaves a plain Vec in a valid state.
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    fn expire(&self, now: Instant) {
+        self.lock().retain(|idle| {
+            !idle.conn.is_closed() && now.saturating_duration_since(idle.since) < IDLE_TIMEOUT
+        });
+    }
+
+    /// Returns a connection after a complete exchange; dropped when closed or the pool is full.
+    pub fn put(&self, conn: SendRequest<RequestBody>) {
+        if conn.is_closed() {
+            return;
+        }
+        let mut idle = self.lock();
+        if idle.len() < self.max_idle {
+            idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// The most recently used idle connection that is ready for a request, if any.
+    pub async fn checkout(&self) -> Option<SendRequest<RequestBody>> {
+        loop {
+            let mut conn = self.lock().pop()?.conn;
+            if conn.is_closed() {
+                continue;
+            }
+            if conn.is_ready() {
+                return Some(conn);
+            }
+            // The previous exchange just ended and the connection task has not yet asked for the
+            // next request; that takes one scheduling round, not network time.
+            if let Ok(Ok(())) = tokio::time::timeout(READY_TIMEOUT, conn.ready()).await {
+                return Some(conn);
+            }
+        }
+    }
+
+    /// Opens a new connection (TCP_NODELAY) and spawns its connection task.
+    pub async fn connect(&self) -> Result<SendRequest<RequestBody>, ConnectError> {
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
+            .await
+            .map_err(|_| ConnectError::Timeout)??;
+        stream.set_nodelay(true)?;
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(ConnectError::Handshake)?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%addr, %error, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}

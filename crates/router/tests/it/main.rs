@@ -1,0 +1,11 @@
+//! The router's component tests: one binary, real loopback sockets, an in-memory store and a
+//! provisioner that starts real tiny HTTP upstreams.
+
+#![allow(clippy::unwrap_used)]
+
+mod admin;
+mod admission;
+mod failures;
+mod routing;
+mod streaming;
+mod support;
