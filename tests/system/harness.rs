@@ -271,11 +271,6 @@ impl Platform {
             "POST",
         ]);
     }
-
-    /// Instance processes started by this platform (found by their instance id in the environment).
-    pub fn instance_pids(&self) -> Vec<u32> {
-        instance_pids_under(self.data_dir.path())
-    }
 }
 
 impl Drop for Platform {
@@ -296,34 +291,6 @@ impl Drop for Platform {
             let _ = c.wait();
         }
     }
-}
-
-/// Processes whose command line or environment mentions `dir` (instances of a platform).
-pub fn instance_pids_under(dir: &Path) -> Vec<u32> {
-    let needle = dir.display().to_string();
-    let me = std::process::id();
-    let mut pids = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return pids;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(&needle) && !cmdline.contains(" up ") && !cmdline.contains("kappa up") {
-            pids.push(pid);
-        }
-    }
-    pids
 }
 
 /// The last `n` lines of `text`.
@@ -379,9 +346,14 @@ pub fn http(
     }
     req.push_str("\r\n");
     stream.write_all(req.as_bytes())?;
-    stream.write_all(body)?;
+    // A server may answer (413) and close before the whole body is sent: read what it said.
+    let sent = stream.write_all(body);
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
+    let read = stream.read_to_end(&mut raw);
+    if raw.is_empty() {
+        sent?;
+        read?;
+    }
     parse_response(&raw)
 }
 

@@ -38,7 +38,7 @@ use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
 pub use metrics::ApiMetrics;
-pub use state::{ApiState, DEFAULT_BOOKMARK_INTERVAL, Invoker};
+pub use state::{ApiState, DEFAULT_BOOKMARK_INTERVAL, Invoker, RouteSync};
 
 /// Largest resource body (JSON or YAML) the API reads: 4 MiB. Archives have their own limit,
 /// the archive store's.

@@ -152,6 +152,7 @@ async fn create(
         }
     };
     tracing::info!(kind = %kind, namespace = %stored.namespace, name = %stored.name, resource_version = stored.resource_version, "created");
+    state.settle(kind, stored.resource_version).await;
     Ok((StatusCode::CREATED, Json(stored.value)).into_response())
 }
 
@@ -255,6 +256,7 @@ async fn replace(
         Kind::HttpTrigger => replace_typed::<HttpTriggerSpec>(&state, &name, value, q).await?,
     };
     tracing::info!(kind = %kind, namespace = %stored.namespace, name = %stored.name, resource_version = stored.resource_version, "replaced");
+    state.settle(kind, stored.resource_version).await;
     Ok(Json(stored.value).into_response())
 }
 
@@ -363,6 +365,7 @@ async fn delete(
         .delete(kind, &namespace, &name, precondition)
         .await?;
     tracing::info!(kind = %kind, namespace = %namespace, name = %name, resource_version = deleted.resource_version, force, "deleted");
+    state.settle(kind, deleted.resource_version).await;
     Ok(Json(deleted.value).into_response())
 }
 

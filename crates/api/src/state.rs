@@ -19,6 +19,15 @@ pub const DEFAULT_BOOKMARK_INTERVAL: Duration = Duration::from_secs(15);
 /// Sends a test invocation (`/v1/functions/{name}/invoke`) to a function, normally through the
 /// router. The API server does not know how functions run; whoever assembles the platform
 /// (`kappa up`) plugs the router in here.
+/// Waits until the data plane serves what a write changed: `kappa up` plugs the router in,
+/// so a route answers as soon as the request that created it returns (read-your-writes).
+#[async_trait]
+pub trait RouteSync: Send + Sync + 'static {
+    /// Waits, bounded, until every trigger and function write up to store resource version
+    /// `version` is reflected in the routes.
+    async fn wait_applied(&self, version: u64);
+}
+
 #[async_trait]
 pub trait Invoker: Send + Sync + 'static {
     /// Invokes `function` with `request`, whose URI is already rewritten to the function's own
@@ -41,6 +50,8 @@ pub struct ApiState {
     pub logs: Arc<LogStore>,
     /// Sends test invocations; `None` answers `503 unavailable`.
     pub invoker: Option<Arc<dyn Invoker>>,
+    /// Awaited after trigger and function writes; `None` returns at once.
+    pub route_sync: Option<Arc<dyn RouteSync>>,
     /// The bearer token every route but `/healthz`, `/readyz` and `/metrics` requires; `None`
     /// disables authentication.
     pub token: Option<String>,
@@ -69,6 +80,7 @@ impl ApiState {
             archives,
             logs,
             invoker: None,
+            route_sync: None,
             token: None,
             router_url: None,
             metrics: Arc::new(ApiMetrics::new()),
@@ -88,6 +100,24 @@ impl ApiState {
     pub fn with_invoker(mut self, invoker: Arc<dyn Invoker>) -> Self {
         self.invoker = Some(invoker);
         self
+    }
+
+    /// Waits for `sync` after trigger and function writes before answering.
+    pub fn with_route_sync(mut self, sync: Arc<dyn RouteSync>) -> Self {
+        self.route_sync = Some(sync);
+        self
+    }
+
+    /// Waits until the routes reflect a write of `kind` at `version`, when that kind is routed.
+    pub(crate) async fn settle(&self, kind: kappa_types::Kind, version: u64) {
+        if matches!(
+            kind,
+            kappa_types::Kind::Function | kappa_types::Kind::HttpTrigger
+        ) {
+            if let Some(sync) = &self.route_sync {
+                sync.wait_applied(version).await;
+            }
+        }
     }
 
     /// Reports `url` as the public router's URL in `GET /v1/info`.

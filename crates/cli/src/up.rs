@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use kappa_api::{ApiState, Invoker};
+use kappa_api::{ApiState, Invoker, RouteSync};
 use kappa_archive::ArchiveStore;
 use kappa_core::{EndpointIndex, FunctionId};
 use kappa_executor::{ExecutorConfig, PoolManager};
@@ -158,6 +158,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let state = ApiState::new(Arc::clone(&store), Arc::clone(&archives), Arc::clone(&logs))
         .with_token(token.clone())
         .with_invoker(Arc::new(RouterInvoker(router.clone())))
+        .with_route_sync(Arc::new(RouterInvoker(router.clone())))
         .with_router_url(router_url.clone());
 
     let shutdown = CancellationToken::new();
@@ -386,8 +387,18 @@ async fn create_if_missing<S: Spec>(
     }
 }
 
-/// Lets the API server's `fn test` reach functions through the router.
+/// Lets the API server's `fn test` reach functions through the router, and its writes wait
+/// until the router serves them.
 struct RouterInvoker(Router);
+
+#[async_trait::async_trait]
+impl RouteSync for RouterInvoker {
+    async fn wait_applied(&self, version: u64) {
+        if !self.0.wait_applied(version, Duration::from_secs(2)).await {
+            tracing::warn!(version, "the router took more than 2 s to apply a write");
+        }
+    }
+}
 
 #[async_trait::async_trait]
 impl Invoker for RouterInvoker {

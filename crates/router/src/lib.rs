@@ -101,6 +101,9 @@ pub(crate) struct Inner {
     /// `true` once the first route table was built from the store. A `watch` channel so
     /// `wait_ready` can await the transition without polling.
     pub(crate) ready: watch::Sender<bool>,
+    /// The highest store resource version the current route table reflects (every trigger and
+    /// function write at or below it is routed). A `watch` channel so writers can await it.
+    pub(crate) applied: watch::Sender<u64>,
     pub(crate) upstreams: Upstreams,
     pub(crate) metrics: Metrics,
     /// Precomputed `Retry-After` value.
@@ -120,6 +123,7 @@ impl Router {
         let retry_after = http::HeaderValue::from(config.retry_after_secs);
         let upstreams = Upstreams::new(MAX_IDLE_PER_ENDPOINT);
         let (ready, _) = watch::channel(false);
+        let (applied, _) = watch::channel(0);
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -128,6 +132,7 @@ impl Router {
                 provisioner,
                 table: ArcSwap::from_pointee(RouteTable::empty()),
                 ready,
+                applied,
                 upstreams,
                 metrics,
                 retry_after,
@@ -153,6 +158,17 @@ impl Router {
         // `wait_for` only fails when the sender is dropped, which cannot happen while `self`
         // holds it.
         let _ = rx.wait_for(|ready| *ready).await;
+    }
+
+    /// Waits (at most `timeout`) until the route table reflects every trigger and function
+    /// write up to store resource version `version`; returns whether it does. The API server
+    /// calls it after such writes so that a route is served as soon as its creation returns.
+    pub async fn wait_applied(&self, version: u64, timeout: std::time::Duration) -> bool {
+        let mut rx = self.inner.applied.subscribe();
+        matches!(
+            tokio::time::timeout(timeout, rx.wait_for(|applied| *applied >= version)).await,
+            Ok(Ok(_))
+        )
     }
 
     /// Invokes `function` directly, without a trigger (`kappa fn test`, trigger workers): the

@@ -29,6 +29,9 @@ pub(crate) struct Cache {
     /// `None` marks a trigger that could not be parsed (kept for its resource version).
     triggers: HashMap<Key, (u64, Option<TriggerRecord>)>,
     functions: HashMap<Key, (u64, FunctionRecord)>,
+    /// The highest store version listed or received: the table built from this cache reflects
+    /// every trigger and function write up to it.
+    seen: u64,
 }
 
 fn parse_trigger(obj: StoredObject) -> Option<TriggerRecord> {
@@ -85,13 +88,16 @@ impl Cache {
         }
         // Watching from the older of the two versions replays a few changes already seen;
         // `apply` ignores anything not newer than what it holds.
-        Ok(triggers.resource_version.min(functions.resource_version))
+        let since = triggers.resource_version.min(functions.resource_version);
+        self.seen = since;
+        Ok(since)
     }
 
     /// Applies one change; returns whether anything changed.
     fn apply(&mut self, event: WatchEvent) -> bool {
         let obj = event.object;
         let rv = obj.resource_version;
+        self.seen = self.seen.max(rv);
         let key = (obj.namespace.clone(), obj.name.clone());
         match obj.kind {
             Kind::HttpTrigger => {
@@ -218,6 +224,7 @@ pub(crate) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
             continue;
         };
         cache = rebuilt;
+        inner.applied.send_replace(cache.seen);
         inner.ready.send_replace(true);
 
         let mut stream = inner
@@ -258,6 +265,7 @@ pub(crate) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
                     None => break 'watch,
                 }
             }
+            inner.applied.send_replace(cache.seen);
         }
         // A watch that failed soon after it started backs off before listing again.
         if watch_started.elapsed() < BACKOFF_MAX {
