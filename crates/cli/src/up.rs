@@ -155,7 +155,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let api_url = format!("http://{}", api.local_addr()?);
     let admin_url = format!("http://{}", admin.local_addr()?);
 
+    // The API server's /metrics serves the pool manager's metrics along with its own.
     let state = ApiState::new(Arc::clone(&store), Arc::clone(&archives), Arc::clone(&logs))
+        .with_metrics(Arc::new(kappa_api::ApiMetrics::with_registry(registry)))
         .with_token(token.clone())
         .with_invoker(Arc::new(RouterInvoker(router.clone())))
         .with_route_sync(Arc::new(RouterInvoker(router.clone())))

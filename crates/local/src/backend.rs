@@ -1,0 +1,1189 @@
+//! [`LocalBackend`]: runtime instances as child processes.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use kappa_archive::{ArchiveStore, Extracted};
+use kappa_core::{
+    Backend, BackendError, ExitReason, Instance, InstanceEvent, InstanceSpec, SpecializeRequest,
+};
+use kappa_logs::{InstanceLog, LogStore, LogStream};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStderr};
+use tokio::sync::{broadcast, oneshot, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::cgroup::{CgroupVersion, Cgroups, InstanceCgroup};
+use crate::config::{LocalConfig, SandboxMode};
+use crate::http;
+use crate::place;
+use crate::procs::{self, INSTANCE_ID_VAR};
+use crate::runtime::{ResolvedRuntime, RuntimeRegistry};
+use crate::sandbox::{self, Bwrap, SANDBOX_USERFUNC};
+use crate::state::{self, InstanceRecord};
+
+/// Capacity of the exit event channel; a subscriber that lags further loses the oldest events
+/// (and is told so by `broadcast`).
+const EVENT_CAPACITY: usize = 1024;
+/// Attempts at starting an instance when its port turned out to be taken.
+const PORT_ATTEMPTS: u32 = 4;
+/// Pause between two `/healthz` polls.
+const HEALTH_POLL: Duration = Duration::from_millis(2);
+/// Bound on one `/healthz` call while starting.
+const HEALTH_CALL_TIMEOUT: Duration = Duration::from_millis(250);
+/// How long `delete` waits for an instance after SIGKILL.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+/// How long an early exit waits for the rest of the instance's stderr.
+const STDERR_DRAIN: Duration = Duration::from_secs(1);
+/// Bytes of an instance's stderr kept to explain an early exit.
+const STDERR_TAIL_BYTES: usize = 4096;
+/// Lines of stderr quoted in a start error.
+const STDERR_TAIL_LINES: usize = 20;
+/// Buffer between the stderr tee and the log pump.
+const LOG_PIPE_BYTES: usize = 64 * 1024;
+/// Concurrent process starts queued for the spawner thread.
+const SPAWN_QUEUE: usize = 256;
+/// The longest instance id (it names directories and cgroups).
+const MAX_ID_LEN: usize = 128;
+
+/// The local backend: each instance is a child process running an environment's runtime
+/// server on a free loopback port, sandboxed with bubblewrap when available, limited through
+/// cgroups when available. Cheap to clone.
+///
+/// Instances are started from one dedicated thread and carry a parent-death signal
+/// (bubblewrap's `--die-with-parent`, or `setpriv --pdeathsig KILL`): they die when the platform
+/// process dies, however it dies, and also when the last handle to the backend is dropped
+/// without [`Backend::shutdown`]. Call `shutdown` for a graceful stop.
+#[derive(Clone)]
+pub struct LocalBackend {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for LocalBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalBackend")
+            .field("data_dir", &self.inner.data_dir)
+            .field("sandboxed", &self.inner.bwrap.is_some())
+            .field("cgroups", &self.inner.cgroups.version())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the backend knows about one live instance, for diagnostics and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceInfo {
+    /// The instance id.
+    pub id: String,
+    /// Where its runtime server listens.
+    pub addr: SocketAddr,
+    /// The first process of the instance (bubblewrap when sandboxed), leader of its own
+    /// process group.
+    pub pid: u32,
+    /// `data_dir/instances/<id>`, holding `userfunc/` and `work/`.
+    pub dir: PathBuf,
+    /// The instance's cgroup directories (empty without cgroups).
+    pub cgroups: Vec<PathBuf>,
+    /// Whether it runs inside bubblewrap (its code is then at `/userfunc` inside).
+    pub sandboxed: bool,
+}
+
+struct Inner {
+    data_dir: PathBuf,
+    instances_dir: PathBuf,
+    runtimes: RuntimeRegistry,
+    start_timeout: Duration,
+    archives: Arc<ArchiveStore>,
+    logs: Arc<LogStore>,
+    bwrap: Option<Bwrap>,
+    /// `setpriv`, which gives unsandboxed instances their parent-death signal.
+    setpriv: Option<PathBuf>,
+    cgroups: Cgroups,
+    /// Live instances. A std mutex: every critical section is a map operation, never across an
+    /// `.await`; the exit tasks, `delete` and `list` all touch it.
+    live: Mutex<HashMap<String, Arc<Live>>>,
+    /// Ids being started, so two creates of one id cannot race.
+    starting: Mutex<HashSet<String>>,
+    /// Serialises state file writes so an older snapshot never replaces a newer one.
+    state_lock: Mutex<()>,
+    /// Exit events; a broadcast channel because the pool manager and diagnostics may each
+    /// subscribe, and a slow subscriber must not block instance cleanup.
+    events: broadcast::Sender<InstanceEvent>,
+    spawner: Spawner,
+    closed: AtomicBool,
+}
+
+struct Live {
+    instance: Instance,
+    pid: i32,
+    dir: PathBuf,
+    cgroup: InstanceCgroup,
+    log: InstanceLog,
+    sandboxed: bool,
+    record: InstanceRecord,
+    /// Set by `delete`, so the exit line says the stop was deliberate.
+    deleting: AtomicBool,
+    /// Becomes `true` once the exit task finished cleaning up.
+    done: watch::Receiver<bool>,
+}
+
+impl LocalBackend {
+    /// Starts the backend: detects the sandbox and cgroups, ends whatever an earlier run left in
+    /// `data_dir` (processes from its state file, their directories and cgroups, stale
+    /// `kappa-*` cgroups of dead platform processes), and starts with no instances.
+    pub async fn new(
+        config: LocalConfig,
+        archives: Arc<ArchiveStore>,
+        logs: Arc<LogStore>,
+    ) -> Result<Self, BackendError> {
+        let LocalConfig {
+            data_dir,
+            runtimes,
+            sandbox: sandbox_mode,
+            cgroups: cgroup_mode,
+            start_timeout,
+        } = config;
+        let instances_dir = data_dir.join("instances");
+        std::fs::create_dir_all(&instances_dir).map_err(|e| {
+            BackendError::Io(format!("cannot create {}: {e}", instances_dir.display()))
+        })?;
+
+        let bwrap = match sandbox::detect(sandbox_mode).await {
+            Ok(bwrap) => Some(bwrap),
+            Err(why) if sandbox_mode == SandboxMode::Bwrap => {
+                return Err(BackendError::Start(format!(
+                    "sandbox mode bwrap was requested but bubblewrap is unusable: {why}"
+                )));
+            }
+            Err(why) => {
+                tracing::warn!(reason = %why, "instances are not sandboxed");
+                None
+            }
+        };
+        // Bubblewrap's `--die-with-parent` already ties a sandbox to the platform; setpriv
+        // (one more exec per start) is only needed without it.
+        let setpriv = match bwrap {
+            Some(_) => None,
+            None => {
+                let setpriv = sandbox::detect_setpriv().await;
+                if setpriv.is_none() {
+                    tracing::warn!(
+                        "setpriv --pdeathsig is unavailable: instances may outlive a killed platform until its next start"
+                    );
+                }
+                setpriv
+            }
+        };
+        let cgroups = Cgroups::detect(cgroup_mode)?;
+        cgroups.clean_stale().await;
+        recover(&data_dir, &instances_dir).await?;
+
+        let spawner = Spawner::new(tokio::runtime::Handle::current())
+            .map_err(|e| BackendError::Io(format!("cannot start the spawner thread: {e}")))?;
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        tracing::info!(
+            data_dir = %data_dir.display(),
+            sandbox = if bwrap.is_some() { "bwrap" } else { "none" },
+            cgroups = cgroups.version().map_or("none".to_owned(), |v| v.to_string()),
+            runtimes = ?runtimes.names(),
+            "local backend started"
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                data_dir,
+                instances_dir,
+                runtimes,
+                start_timeout,
+                archives,
+                logs,
+                bwrap,
+                setpriv,
+                cgroups,
+                live: Mutex::new(HashMap::new()),
+                starting: Mutex::new(HashSet::new()),
+                state_lock: Mutex::new(()),
+                events,
+                spawner,
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Whether instances run inside bubblewrap.
+    pub fn sandboxed(&self) -> bool {
+        self.inner.bwrap.is_some()
+    }
+
+    /// The cgroup hierarchy enforcing limits, if any.
+    pub fn cgroup_version(&self) -> Option<CgroupVersion> {
+        self.inner.cgroups.version()
+    }
+
+    /// Details of a live instance.
+    pub fn info(&self, id: &str) -> Option<InstanceInfo> {
+        let live = self.inner.live().get(id).cloned()?;
+        Some(InstanceInfo {
+            id: live.instance.id.clone(),
+            addr: live.instance.addr,
+            pid: u32::try_from(live.pid).unwrap_or_default(),
+            dir: live.dir.clone(),
+            cgroups: live.cgroup.dirs.clone(),
+            sandboxed: live.sandboxed,
+        })
+    }
+}
+
+#[async_trait]
+impl Backend for LocalBackend {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn create(&self, spec: InstanceSpec) -> Result<Instance, BackendError> {
+        self.inner.create(spec).await
+    }
+
+    async fn specialize(
+        &self,
+        instance: &Instance,
+        request: &SpecializeRequest,
+    ) -> Result<(), BackendError> {
+        self.inner.specialize(instance, request).await
+    }
+
+    async fn delete(&self, id: &str, grace: Duration) -> Result<(), BackendError> {
+        self.inner.delete(id, grace).await
+    }
+
+    async fn list(&self) -> Result<Vec<Instance>, BackendError> {
+        let mut instances: Vec<Instance> = self
+            .inner
+            .live()
+            .values()
+            .map(|l| l.instance.clone())
+            .collect();
+        instances.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(instances)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<InstanceEvent> {
+        self.inner.events.subscribe()
+    }
+
+    async fn shutdown(&self, grace: Duration) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        let ids: Vec<String> = self.inner.live().keys().cloned().collect();
+        let mut deletes = JoinSet::new();
+        for id in ids {
+            let inner = self.inner.clone();
+            deletes.spawn(async move {
+                if let Err(e) = inner.delete(&id, grace).await {
+                    tracing::warn!(instance = %id, error = %e, "instance did not stop cleanly at shutdown");
+                }
+            });
+        }
+        while deletes.join_next().await.is_some() {}
+        self.inner.cgroups.remove_bases();
+        self.inner.save_state();
+        tracing::info!("local backend shut down");
+    }
+}
+
+/// Why one start attempt failed, and whether another port may help.
+struct StartFailure {
+    error: BackendError,
+    port_taken: bool,
+}
+
+impl Inner {
+    fn live(&self) -> MutexGuard<'_, HashMap<String, Arc<Live>>> {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Ends the reservation of an id taken by `create`.
+    fn release(&self, id: &str) {
+        self.starting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
+    }
+
+    fn save_state(&self) {
+        let _guard = self
+            .state_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let records: Vec<InstanceRecord> = self.live().values().map(|l| l.record.clone()).collect();
+        if let Err(e) = state::write(&self.data_dir, records) {
+            tracing::warn!(dir = %self.data_dir.display(), error = %e, "could not write the instance state file");
+        }
+    }
+
+    async fn create(self: &Arc<Self>, spec: InstanceSpec) -> Result<Instance, BackendError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(BackendError::Start(
+                "the local backend is shutting down".into(),
+            ));
+        }
+        check_id(&spec.id)?;
+        if self.live().contains_key(&spec.id)
+            || !self
+                .starting
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(spec.id.clone())
+        {
+            return Err(BackendError::Start(format!(
+                "instance id {:?} is already in use",
+                spec.id
+            )));
+        }
+        // Releases the id however `create` ends; if its future is dropped half-way, only after
+        // cleaning up what the abandoned start left.
+        let mut guard = StartGuard {
+            inner: self.clone(),
+            id: spec.id.clone(),
+            pid: None,
+            cgroup: None,
+            dir: None,
+        };
+        self.create_reserved(&spec, &mut guard).await
+    }
+
+    async fn create_reserved(
+        self: &Arc<Self>,
+        spec: &InstanceSpec,
+        guard: &mut StartGuard,
+    ) -> Result<Instance, BackendError> {
+        let runtime = self
+            .runtimes
+            .resolve(&spec.image, spec.command.as_deref())?;
+        let dir = self.instances_dir.join(&spec.id);
+        make_instance_dir(&dir)
+            .map_err(|e| BackendError::Io(format!("cannot prepare {}: {e}", dir.display())))?;
+        guard.dir = Some(dir.clone());
+        let log = self.logs.instance(&spec.environment.name, &spec.id);
+        let mut attempt = 1;
+        loop {
+            let port =
+                free_port().map_err(|e| BackendError::Io(format!("no free loopback port: {e}")))?;
+            match self
+                .start_once(spec, &runtime, port, &dir, &log, guard)
+                .await
+            {
+                Ok(instance) => {
+                    guard.dir = None;
+                    return Ok(instance);
+                }
+                Err(failure) if failure.port_taken && attempt < PORT_ATTEMPTS => {
+                    tracing::info!(instance = %spec.id, port, attempt, "port was taken, retrying with another");
+                    log.write(
+                        LogStream::Platform,
+                        &format!("port {port} was taken; retrying with another port"),
+                    );
+                    attempt += 1;
+                }
+                Err(failure) => {
+                    guard.dir = None;
+                    log.write(LogStream::Platform, &failure.error.to_string());
+                    remove_dir_logged(&dir).await;
+                    return Err(failure.error);
+                }
+            }
+        }
+    }
+
+    async fn start_once(
+        self: &Arc<Self>,
+        spec: &InstanceSpec,
+        runtime: &ResolvedRuntime,
+        port: u16,
+        dir: &Path,
+        log: &InstanceLog,
+        guard: &mut StartGuard,
+    ) -> Result<Instance, StartFailure> {
+        let fail = |error: BackendError| StartFailure {
+            error,
+            port_taken: false,
+        };
+        let userfunc = dir.join("userfunc");
+        let work = dir.join("work");
+        let cgroup = self.cgroups.create(&spec.id, &spec.limits);
+        guard.cgroup = Some(cgroup.clone());
+        let argv = match &self.bwrap {
+            Some(bwrap) => bwrap.command(runtime, port, &userfunc, &work),
+            None => runtime.argv(port, false),
+        };
+        let chain = sandbox::launcher(self.setpriv.as_deref(), &cgroup.procs_files(), argv);
+        let Some((program, args)) = chain.split_first() else {
+            // The chain always holds the runtime's argv, which is never empty.
+            guard.clear_attempt();
+            cgroup.remove().await;
+            return Err(fail(BackendError::Start("empty command line".into())));
+        };
+        let mut command = std::process::Command::new(program);
+        command
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("LANG", "C.UTF-8")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("PYTHONUNBUFFERED", "1")
+            .envs(&spec.env)
+            // Set last: the platform relies on these.
+            .env("PORT", port.to_string())
+            .env("RUNTIME_PORT", port.to_string())
+            .env("HOST", "127.0.0.1")
+            .env("KAPPA_CONCURRENCY", spec.concurrency.to_string())
+            .env(INSTANCE_ID_VAR, &spec.id)
+            .current_dir(&work)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = match self.spawner.spawn(command).await {
+            Ok(child) => child,
+            Err(e) => {
+                guard.clear_attempt();
+                cgroup.remove().await;
+                return Err(fail(BackendError::Start(format!(
+                    "cannot run {}: {e}",
+                    Path::new(program).display()
+                ))));
+            }
+        };
+        let pid = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .unwrap_or_default();
+        guard.pid = Some(pid);
+        if let Some(stdout) = child.stdout.take() {
+            log.spawn_pump(stdout, LogStream::Stdout);
+        }
+        let tail = Arc::new(Tail::default());
+        let tee = child.stderr.take().map(|stderr| {
+            let (to_log, from_tee) = tokio::io::duplex(LOG_PIPE_BYTES);
+            log.spawn_pump(from_tee, LogStream::Stderr);
+            tokio::spawn(tee_stderr(stderr, to_log, tail.clone()))
+        });
+        let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
+        let sandboxed = self.bwrap.is_some();
+        let signals_via_launcher = sandboxed || runtime.via_shell();
+
+        let deadline = Instant::now() + self.start_timeout;
+        let outcome = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Err(Some(status)),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(instance = %spec.id, error = %e, "cannot poll the instance process");
+                }
+            }
+            if http::healthy(addr, HEALTH_CALL_TIMEOUT).await {
+                break Ok(());
+            }
+            if Instant::now() >= deadline {
+                break Err(None);
+            }
+            tokio::time::sleep(HEALTH_POLL).await;
+        };
+        let closed = self.closed.load(Ordering::SeqCst);
+        if outcome.is_err() || closed {
+            let status = match outcome {
+                Err(Some(status)) => Some(status),
+                _ => {
+                    procs::signal_tree(pid, Signal::SIGKILL, false);
+                    let _ = child.wait().await;
+                    None
+                }
+            };
+            // Reaped: its pid may be reused from now on, so it must never be signalled again.
+            guard.pid = None;
+            if let Some(tee) = tee {
+                let _ = tokio::time::timeout(STDERR_DRAIN, tee).await;
+            }
+            let oom = cgroup.oom_kills() > 0;
+            guard.clear_attempt();
+            cgroup.remove().await;
+            let stderr = tail.last_lines(STDERR_TAIL_LINES);
+            let port_taken = mentions_addr_in_use(&stderr) || !port_is_free(port);
+            let stderr_note = if stderr.is_empty() {
+                "it wrote nothing to stderr".to_owned()
+            } else {
+                format!("last lines of its stderr:\n{stderr}")
+            };
+            let error = match (status, closed) {
+                (_, true) => BackendError::Start("the local backend is shutting down".into()),
+                (Some(status), _) => BackendError::Start(format!(
+                    "runtime {} of instance {} {} before it became healthy; {stderr_note}",
+                    runtime.name(),
+                    spec.id,
+                    exit_reason(status, signals_via_launcher, oom)
+                )),
+                (None, _) => BackendError::Start(format!(
+                    "runtime {} of instance {} did not answer GET /healthz on {addr} within {:?}; {stderr_note}",
+                    runtime.name(),
+                    spec.id,
+                    self.start_timeout
+                )),
+            };
+            return Err(StartFailure { error, port_taken });
+        }
+
+        // The exit task owns the instance from here on.
+        guard.clear_attempt();
+        let instance = Instance {
+            id: spec.id.clone(),
+            addr,
+            labels: spec.labels.clone(),
+        };
+        let started_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let record = InstanceRecord {
+            id: spec.id.clone(),
+            pid,
+            pgid: pid,
+            port,
+            cgroup: cgroup.clone(),
+            started_at,
+            labels: spec.labels.clone(),
+        };
+        let (done_tx, done) = watch::channel(false);
+        let live = Arc::new(Live {
+            instance: instance.clone(),
+            pid,
+            dir: dir.to_path_buf(),
+            cgroup,
+            log: log.clone(),
+            sandboxed,
+            record,
+            deleting: AtomicBool::new(false),
+            done,
+        });
+        self.live().insert(spec.id.clone(), live.clone());
+        self.save_state();
+        log.write(
+            LogStream::Platform,
+            &format!(
+                "instance {} started: runtime {} on {addr} (pid {pid}, sandbox {}, cgroups {})",
+                spec.id,
+                runtime.name(),
+                if sandboxed { "bwrap" } else { "none" },
+                self.cgroups
+                    .version()
+                    .map_or("none".to_owned(), |v| v.to_string()),
+            ),
+        );
+        tracing::info!(instance = %spec.id, environment = %spec.environment, %addr, pid, "instance started");
+        tokio::spawn(watch_exit(
+            Arc::downgrade(self),
+            live,
+            child,
+            done_tx,
+            signals_via_launcher,
+        ));
+        Ok(instance)
+    }
+
+    async fn specialize(
+        &self,
+        instance: &Instance,
+        request: &SpecializeRequest,
+    ) -> Result<(), BackendError> {
+        let live = self
+            .live()
+            .get(&instance.id)
+            .cloned()
+            .ok_or_else(|| BackendError::NotFound(instance.id.clone()))?;
+        let extracted = self
+            .archives
+            .extracted(&request.archive_sha256, request.filename.as_deref())
+            .await
+            .map_err(|e| BackendError::Code(format!("archive {}: {e}", request.archive_sha256)))?;
+        let userfunc = live.dir.join("userfunc");
+        let placed = {
+            let target = userfunc.clone();
+            tokio::task::spawn_blocking(move || match &extracted {
+                Extracted::Dir(source) => place::place_dir(source, &target),
+                Extracted::File(source) => {
+                    let name = source
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or_default();
+                    place::place_file(source, name, &target)
+                }
+            })
+            .await
+            .map_err(|e| BackendError::Code(format!("placing the code failed: {e}")))?
+            .map_err(|e| {
+                BackendError::Code(format!("placing the code into {}: {e}", userfunc.display()))
+            })?
+        };
+        let filepath = if live.sandboxed {
+            Path::new(SANDBOX_USERFUNC).join(&placed)
+        } else {
+            userfunc.join(&placed)
+        };
+        let body = serde_json::json!({
+            "filepath": filepath.to_string_lossy(),
+            "functionName": request.entrypoint,
+            "env": request.env,
+        });
+        let body = serde_json::to_vec(&body).map_err(|e| BackendError::Io(e.to_string()))?;
+        // From now on the instance's lines (and the runtime's own report of a failure) belong
+        // to the function, so `kappa fn logs` shows why a specialization failed.
+        live.log
+            .assign(&request.function.namespace, &request.function.name);
+        let call = http::call(
+            instance.addr,
+            ::http::Method::POST,
+            "/v2/specialize",
+            Some(("application/json", body)),
+        );
+        let response = match tokio::time::timeout(request.timeout, call).await {
+            Err(_) => {
+                let message = format!(
+                    "specializing instance {} for function {} did not finish within {:?}",
+                    instance.id, request.function, request.timeout
+                );
+                live.log.write(LogStream::Platform, &message);
+                return Err(BackendError::Timeout(message));
+            }
+            Ok(Err(e)) => {
+                let message = format!(
+                    "could not reach the runtime of instance {}: {e}",
+                    instance.id
+                );
+                live.log.write(LogStream::Platform, &message);
+                return Err(BackendError::Specialize {
+                    status: None,
+                    message,
+                    detail: None,
+                });
+            }
+            Ok(Ok(response)) => response,
+        };
+        if response.status.is_success() {
+            live.log.write(
+                LogStream::Platform,
+                &format!(
+                    "specialized for function {} (generation {})",
+                    request.function, request.generation
+                ),
+            );
+            tracing::info!(instance = %instance.id, function = %request.function, "instance specialized");
+            return Ok(());
+        }
+        let (message, detail) = specialize_error(response.status.as_u16(), &response.body);
+        let mut line = format!(
+            "specialization for function {} failed ({}): {message}",
+            request.function, response.status
+        );
+        if let Some(detail) = &detail {
+            line.push('\n');
+            line.push_str(detail);
+        }
+        live.log.write(LogStream::Platform, &line);
+        Err(BackendError::Specialize {
+            status: Some(response.status.as_u16()),
+            message,
+            detail,
+        })
+    }
+
+    async fn delete(&self, id: &str, grace: Duration) -> Result<(), BackendError> {
+        let live = self
+            .live()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| BackendError::NotFound(id.to_owned()))?;
+        live.deleting.store(true, Ordering::SeqCst);
+        let mut done = live.done.clone();
+        if !grace.is_zero() {
+            live.log.write(
+                LogStream::Platform,
+                &format!("stopping instance (grace {grace:?})"),
+            );
+            procs::signal_tree(live.pid, Signal::SIGTERM, live.sandboxed);
+            if tokio::time::timeout(grace, done.wait_for(|d| *d))
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+        }
+        live.log.write(LogStream::Platform, "killing instance");
+        procs::signal_tree(live.pid, Signal::SIGKILL, false);
+        for dir in &live.cgroup.dirs {
+            for pid in crate::cgroup::tasks(dir) {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        match tokio::time::timeout(KILL_WAIT, done.wait_for(|d| *d)).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(BackendError::Timeout(format!(
+                "instance {id} did not exit within {KILL_WAIT:?} of SIGKILL"
+            ))),
+        }
+    }
+}
+
+/// Waits for an instance's process, then records why it ended, cleans up and tells subscribers.
+async fn watch_exit(
+    inner: Weak<Inner>,
+    live: Arc<Live>,
+    mut child: Child,
+    done: watch::Sender<bool>,
+    signals_via_launcher: bool,
+) {
+    let id = live.instance.id.clone();
+    let reason = match child.wait().await {
+        Ok(status) => exit_reason(status, signals_via_launcher, live.cgroup.oom_kills() > 0),
+        Err(e) => {
+            tracing::warn!(instance = %id, error = %e, "cannot wait for the instance process");
+            ExitReason {
+                oom_killed: live.cgroup.oom_kills() > 0,
+                ..ExitReason::default()
+            }
+        }
+    };
+    // Whatever is left of the instance's process group (the group id cannot be reused while
+    // any member lives).
+    let _ = killpg(Pid::from_raw(live.pid), Signal::SIGKILL);
+    if let Some(inner) = inner.upgrade() {
+        inner.live().remove(&id);
+        inner.save_state();
+    }
+    let deliberate = live.deleting.load(Ordering::SeqCst);
+    let line = if deliberate {
+        format!("instance stopped: {reason}")
+    } else {
+        format!("instance {reason}")
+    };
+    live.log.write(LogStream::Platform, &line);
+    if deliberate {
+        tracing::info!(instance = %id, %reason, "instance stopped");
+    } else {
+        tracing::warn!(instance = %id, %reason, "instance exited");
+    }
+    live.cgroup.remove().await;
+    remove_dir_logged(&live.dir).await;
+    if let Some(inner) = inner.upgrade() {
+        // No subscriber is fine.
+        let _ = inner.events.send(InstanceEvent::Exited { id, reason });
+    }
+    let _ = done.send(true);
+}
+
+/// Why a process ended. A launcher (bubblewrap, a shell) reports a child killed by signal N as
+/// exit code 128+N; a direct child shows the signal itself.
+fn exit_reason(status: ExitStatus, signals_via_launcher: bool, oom_killed: bool) -> ExitReason {
+    if let Some(signal) = status.signal() {
+        return ExitReason {
+            code: None,
+            signal: Some(signal),
+            oom_killed,
+        };
+    }
+    match status.code() {
+        Some(code) if signals_via_launcher && (129..=128 + 64).contains(&code) => ExitReason {
+            code: None,
+            signal: Some(code - 128),
+            oom_killed,
+        },
+        code => ExitReason {
+            code,
+            signal: None,
+            oom_killed,
+        },
+    }
+}
+
+/// The message and detail of a failed specialization: `error.message` / `error.traceback` of a
+/// JSON body (also `message` / `traceback` at the top level), else the raw body.
+fn specialize_error(status: u16, body: &[u8]) -> (String, Option<String>) {
+    const MAX_RAW: usize = 4096;
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) {
+        let error = value
+            .get("error")
+            .filter(|e| e.is_object())
+            .unwrap_or(&value);
+        let text = |key: &str| error.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+        if let Some(message) = text("message").or_else(|| {
+            value
+                .get("error")
+                .and_then(|e| e.as_str())
+                .map(str::to_owned)
+        }) {
+            return (message, text("traceback").or_else(|| text("detail")));
+        }
+    }
+    let raw = String::from_utf8_lossy(body);
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return (
+            format!("the runtime refused the specialization with status {status}"),
+            None,
+        );
+    }
+    let mut end = raw.len().min(MAX_RAW);
+    while !raw.is_char_boundary(end) {
+        end -= 1;
+    }
+    (raw[..end].to_owned(), None)
+}
+
+/// Copies an instance's stderr to its log while keeping the last bytes to explain an early
+/// exit.
+async fn tee_stderr(mut stderr: ChildStderr, mut to_log: tokio::io::DuplexStream, tail: Arc<Tail>) {
+    let mut buf = vec![0u8; 8192];
+    let mut log_open = true;
+    loop {
+        let n = match stderr.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = buf.get(..n).unwrap_or_default();
+        tail.push(chunk);
+        if log_open && to_log.write_all(chunk).await.is_err() {
+            // The pump is gone; keep draining so the instance never blocks on stderr.
+            log_open = false;
+        }
+    }
+    let _ = to_log.shutdown().await;
+}
+
+/// The last bytes an instance wrote to stderr.
+#[derive(Default)]
+struct Tail {
+    /// A std mutex: held for a copy of at most a few KiB.
+    bytes: Mutex<VecDeque<u8>>,
+}
+
+impl Tail {
+    fn push(&self, chunk: &[u8]) {
+        let mut bytes = self.bytes.lock().unwrap_or_else(PoisonError::into_inner);
+        bytes.extend(chunk);
+        let excess = bytes.len().saturating_sub(STDERR_TAIL_BYTES);
+        bytes.drain(..excess);
+    }
+
+    fn last_lines(&self, n: usize) -> String {
+        let bytes: Vec<u8> = self
+            .bytes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect();
+        let text = String::from_utf8_lossy(&bytes);
+        let lines: Vec<&str> = text.trim_end().lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+/// The cleanup of one `create`: releases the id's reservation when dropped. If the `create`
+/// future was dropped half-way (a caller's timeout, say), it first kills the process tree and
+/// removes the cgroups and directory of the abandoned start, and releases the id only then, so
+/// a new instance of the same id never races that cleanup. Every path that cleans up itself
+/// clears the fields first.
+struct StartGuard {
+    inner: Arc<Inner>,
+    id: String,
+    pid: Option<i32>,
+    cgroup: Option<InstanceCgroup>,
+    dir: Option<PathBuf>,
+}
+
+impl StartGuard {
+    /// The current attempt's process and cgroups are taken care of.
+    fn clear_attempt(&mut self) {
+        self.pid = None;
+        self.cgroup = None;
+    }
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            procs::signal_tree(pid, Signal::SIGKILL, false);
+        }
+        let (cgroup, dir) = (self.cgroup.take(), self.dir.take());
+        let (inner, id) = (self.inner.clone(), std::mem::take(&mut self.id));
+        if cgroup.is_none() && dir.is_none() {
+            inner.release(&id);
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    if let Some(cgroup) = cgroup {
+                        cgroup.remove().await;
+                    }
+                    if let Some(dir) = dir {
+                        remove_dir_logged(&dir).await;
+                    }
+                    inner.release(&id);
+                });
+            }
+            Err(_) => {
+                // The next backend start on this data directory cleans up instead.
+                tracing::warn!(instance = %id, "an abandoned instance start could not be cleaned up");
+                inner.release(&id);
+            }
+        }
+    }
+}
+
+fn mentions_addr_in_use(stderr: &str) -> bool {
+    let lower = stderr.to_ascii_lowercase();
+    lower.contains("address already in use")
+        || lower.contains("eaddrinuse")
+        || lower.contains("errno 98")
+}
+
+/// A port that was free a moment ago (bind `127.0.0.1:0`, read the port, close).
+fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+fn port_is_free(port: u16) -> bool {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
+}
+
+/// Instance ids name directories and cgroups: one safe path component.
+fn check_id(id: &str) -> Result<(), BackendError> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(BackendError::Start(format!(
+            "invalid instance id {id:?}: use 1 to {MAX_ID_LEN} ASCII letters, digits, '-', '_' or '.', not starting with '.'"
+        )))
+    }
+}
+
+/// Creates `dir/{userfunc,work}` (mode 0755), replacing leftovers of the same id.
+fn make_instance_dir(dir: &Path) -> io::Result<()> {
+    place::remove_tree(dir)?;
+    for sub in ["userfunc", "work"] {
+        let path = dir.join(sub);
+        std::fs::create_dir_all(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(())
+}
+
+async fn remove_dir_logged(dir: &Path) {
+    let path = dir.to_path_buf();
+    let result = tokio::task::spawn_blocking(move || place::remove_tree(&path)).await;
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove the instance directory")
+        }
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "instance directory removal task failed")
+        }
+    }
+}
+
+/// Ends whatever an earlier run left in `data_dir`: processes of the instances in its state
+/// file or with a directory under `instances/` (only processes carrying their instance id, so a
+/// recycled pid is never hit), their cgroups and directories. Leaves an empty state file.
+async fn recover(data_dir: &Path, instances_dir: &Path) -> Result<(), BackendError> {
+    let records = state::read(data_dir).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "ignoring an unreadable instance state file");
+        Vec::new()
+    });
+    let mut ids: HashSet<String> = records.iter().map(|r| r.id.clone()).collect();
+    let mut dirs = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(instances_dir) {
+        for entry in entries.flatten() {
+            if let Some(name) = entry.file_name().to_str() {
+                ids.insert(name.to_owned());
+            }
+            dirs.push(entry.path());
+        }
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    for record in &records {
+        if procs::is_instance_process(record.pgid, &record.id) {
+            let _ = killpg(Pid::from_raw(record.pgid), Signal::SIGKILL);
+        }
+    }
+    let killed = procs::kill_marked(&ids);
+    for record in &records {
+        record.cgroup.remove().await;
+    }
+    for dir in &dirs {
+        remove_dir_logged(dir).await;
+    }
+    state::write(data_dir, Vec::new()).map_err(|e| {
+        BackendError::Io(format!(
+            "cannot reset the instance state file in {}: {e}",
+            data_dir.display()
+        ))
+    })?;
+    tracing::info!(
+        instances = ids.len(),
+        processes_killed = killed,
+        "cleaned up the instances of an earlier run"
+    );
+    Ok(())
+}
+
+type SpawnJob = Box<dyn FnOnce() + Send>;
+
+/// Starts instance processes from one long-lived thread.
+///
+/// `PR_SET_PDEATHSIG` (setpriv, bubblewrap's `--die-with-parent`) fires when the *thread* that
+/// forked the child exits, not the process. Spawning from whichever runtime thread happens to
+/// run `create` would kill an instance when, say, a blocking-pool thread retires. This thread
+/// lives exactly as long as the backend: dropping the backend ends it, which ends its instances.
+struct Spawner {
+    jobs: std::sync::mpsc::SyncSender<SpawnJob>,
+}
+
+impl Spawner {
+    fn new(handle: tokio::runtime::Handle) -> io::Result<Self> {
+        let (jobs, rx) = std::sync::mpsc::sync_channel::<SpawnJob>(SPAWN_QUEUE);
+        std::thread::Builder::new()
+            .name("kappa-local-spawner".into())
+            .spawn(move || {
+                // tokio's child handling (SIGCHLD) registers with the runtime's drivers.
+                let _guard = handle.enter();
+                while let Ok(job) = rx.recv() {
+                    job();
+                }
+            })?;
+        Ok(Self { jobs })
+    }
+
+    async fn spawn(&self, command: std::process::Command) -> io::Result<Child> {
+        let (tx, rx) = oneshot::channel();
+        let job: SpawnJob = Box::new(move || {
+            let _ = tx.send(tokio::process::Command::from(command).spawn());
+        });
+        self.jobs.try_send(job).map_err(|e| match e {
+            std::sync::mpsc::TrySendError::Full(_) => {
+                io::Error::other("too many instance starts at once")
+            }
+            std::sync::mpsc::TrySendError::Disconnected(_) => {
+                io::Error::other("the spawner thread is gone")
+            }
+        })?;
+        rx.await
+            .map_err(|_| io::Error::other("the spawner thread is gone"))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_reasons_from_launchers_and_direct_children() {
+        let code = |c: i32| ExitStatus::from_raw(c << 8);
+        let signal = |s: i32| ExitStatus::from_raw(s);
+        assert_eq!(
+            exit_reason(code(3), true, false),
+            ExitReason {
+                code: Some(3),
+                signal: None,
+                oom_killed: false
+            }
+        );
+        assert_eq!(
+            exit_reason(code(137), true, true),
+            ExitReason {
+                code: None,
+                signal: Some(9),
+                oom_killed: true
+            }
+        );
+        assert_eq!(exit_reason(code(137), false, false).code, Some(137));
+        assert_eq!(exit_reason(signal(15), false, false).signal, Some(15));
+    }
+
+    #[test]
+    fn specialize_errors_use_message_and_traceback() {
+        let body = br#"{"error":{"code":"import_error","message":"No module named 'x'","traceback":"Traceback ..."}}"#;
+        assert_eq!(
+            specialize_error(500, body),
+            (
+                "No module named 'x'".to_owned(),
+                Some("Traceback ...".to_owned())
+            )
+        );
+        assert_eq!(
+            specialize_error(400, b"{\"message\":\"bad\"}"),
+            ("bad".to_owned(), None)
+        );
+        assert_eq!(
+            specialize_error(400, b"{\"error\":\"plain\"}"),
+            ("plain".to_owned(), None)
+        );
+        assert_eq!(
+            specialize_error(502, b"  oops \n"),
+            ("oops".to_owned(), None)
+        );
+        assert!(specialize_error(500, b"").0.contains("500"));
+    }
+
+    #[test]
+    fn ids_are_safe_path_components() {
+        assert!(check_id("pool-python-1a2b").is_ok());
+        assert!(check_id("a.b_c").is_ok());
+        for bad in [
+            "",
+            ".hidden",
+            "a/b",
+            "..",
+            "a b",
+            &"x".repeat(MAX_ID_LEN + 1),
+        ] {
+            assert!(check_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        let tail = Tail::default();
+        for i in 0..1000 {
+            tail.push(format!("line {i}\n").as_bytes());
+        }
+        let last = tail.last_lines(2);
+        assert_eq!(last, "line 998\nline 999");
+    }
+
+    #[test]
+    fn addr_in_use_is_recognised() {
+        assert!(mentions_addr_in_use(
+            "OSError: [Errno 98] Address already in use"
+        ));
+        assert!(!mentions_addr_in_use("ImportError"));
+    }
+}

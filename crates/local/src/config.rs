@@ -1,0 +1,156 @@
+//! The local backend's configuration.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::runtime::RuntimeRegistry;
+
+/// Default time an instance is given to answer `/healthz` after it was started.
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the local backend configures itself.
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    /// Instances live under `data_dir/instances/<id>/`; the state file is `data_dir/instances.json`.
+    pub data_dir: PathBuf,
+    /// Maps an environment's image or command to a command line.
+    pub runtimes: RuntimeRegistry,
+    /// Whether instances run inside bubblewrap.
+    pub sandbox: SandboxMode,
+    /// Which cgroup hierarchy enforces the instances' limits.
+    pub cgroups: CgroupMode,
+    /// How long an instance may take to answer `/healthz` after it was started.
+    pub start_timeout: Duration,
+}
+
+impl LocalConfig {
+    /// A configuration with automatic sandbox and cgroup detection and the default start timeout.
+    pub fn new(data_dir: impl Into<PathBuf>, runtimes: RuntimeRegistry) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            runtimes,
+            sandbox: SandboxMode::Auto,
+            cgroups: CgroupMode::Auto,
+            start_timeout: DEFAULT_START_TIMEOUT,
+        }
+    }
+}
+
+/// Whether instances are sandboxed with bubblewrap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SandboxMode {
+    /// Use bubblewrap if it is found on `PATH` and a smoke test passes; otherwise run
+    /// unsandboxed (with one warning).
+    #[default]
+    Auto,
+    /// Bubblewrap is required: starting the backend fails if it is unusable.
+    Bwrap,
+    /// Plain child processes.
+    None,
+}
+
+/// Which cgroup hierarchy enforces memory, CPU and pids limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CgroupMode {
+    /// cgroups v2 if usable, else v1, else none (with one warning saying why).
+    #[default]
+    Auto,
+    /// cgroups v2 is required.
+    V2,
+    /// cgroups v1 is required.
+    V1,
+    /// No limits are enforced.
+    None,
+}
+
+/// A mode name that is not one of the accepted values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} mode {value:?} (expected one of: {expected})")]
+pub struct ParseModeError {
+    what: &'static str,
+    value: String,
+    expected: &'static str,
+}
+
+impl FromStr for SandboxMode {
+    type Err = ParseModeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "bwrap" | "bubblewrap" => Ok(Self::Bwrap),
+            "none" | "off" => Ok(Self::None),
+            _ => Err(ParseModeError {
+                what: "sandbox",
+                value: s.to_owned(),
+                expected: "auto, bwrap, none",
+            }),
+        }
+    }
+}
+
+impl FromStr for CgroupMode {
+    type Err = ParseModeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "v2" | "2" => Ok(Self::V2),
+            "v1" | "1" => Ok(Self::V1),
+            "none" | "off" => Ok(Self::None),
+            _ => Err(ParseModeError {
+                what: "cgroup",
+                value: s.to_owned(),
+                expected: "auto, v2, v1, none",
+            }),
+        }
+    }
+}
+
+impl fmt::Display for SandboxMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Bwrap => "bwrap",
+            Self::None => "none",
+        })
+    }
+}
+
+impl fmt::Display for CgroupMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::V2 => "v2",
+            Self::V1 => "v1",
+            Self::None => "none",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse_and_print() {
+        for mode in [SandboxMode::Auto, SandboxMode::Bwrap, SandboxMode::None] {
+            assert_eq!(mode.to_string().parse::<SandboxMode>(), Ok(mode));
+        }
+        for mode in [
+            CgroupMode::Auto,
+            CgroupMode::V2,
+            CgroupMode::V1,
+            CgroupMode::None,
+        ] {
+            assert_eq!(mode.to_string().parse::<CgroupMode>(), Ok(mode));
+        }
+        let err = "docker".parse::<SandboxMode>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown sandbox mode \"docker\" (expected one of: auto, bwrap, none)"
+        );
+    }
+}

@@ -1,0 +1,107 @@
+//! A minimal HTTP/1.1 client for the runtime's control endpoints (`/healthz`,
+//! `/v2/specialize`): one connection per call, bounded response bodies.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// The largest response body read from a runtime's control endpoint.
+const MAX_BODY: usize = 1024 * 1024;
+
+/// Why a control call failed before a complete response arrived.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CallError {
+    /// The TCP connection could not be made.
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP exchange failed (the server closed the connection, sent garbage, ...).
+    #[error("http exchange with {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    /// The response body was larger than the bound or could not be read.
+    #[error("reading the response body from {addr}: {message}")]
+    Body { addr: SocketAddr, message: String },
+    /// The request could not be built (an invalid path).
+    #[error("building the request: {0}")]
+    Request(#[from] http::Error),
+}
+
+/// A complete response.
+#[derive(Debug)]
+pub(crate) struct Response {
+    pub status: StatusCode,
+    pub body: Bytes,
+}
+
+/// Sends one request and reads the whole (bounded) response. The caller applies any timeout.
+pub(crate) async fn call(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: Option<(&'static str, Vec<u8>)>,
+) -> Result<Response, CallError> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|source| CallError::Connect { addr, source })?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| CallError::Http { addr, source })?;
+    let driver = tokio::spawn(async move {
+        // The connection ends with the exchange; its error, if any, surfaces through the
+        // request future below.
+        let _ = conn.await;
+    });
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, addr.to_string())
+        .header(header::CONNECTION, "close");
+    let payload = match body {
+        Some((content_type, bytes)) => {
+            builder = builder.header(header::CONTENT_TYPE, content_type);
+            Bytes::from(bytes)
+        }
+        None => Bytes::new(),
+    };
+    let request = builder.body(Full::new(payload))?;
+    let result = async {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|source| CallError::Http { addr, source })?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| CallError::Body {
+                addr,
+                message: e.to_string(),
+            })?
+            .to_bytes();
+        Ok(Response { status, body })
+    }
+    .await;
+    driver.abort();
+    result
+}
+
+/// Whether the runtime at `addr` answers `GET /healthz` with a 2xx within `timeout`.
+pub(crate) async fn healthy(addr: SocketAddr, timeout: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(timeout, call(addr, Method::GET, "/healthz", None)).await,
+        Ok(Ok(response)) if response.status.is_success()
+    )
+}

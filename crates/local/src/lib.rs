@@ -1,0 +1,30 @@
+//! Kappa's local instance backend: [`LocalBackend`] implements [`kappa_core::Backend`] with one
+//! child process per runtime instance — an environment's runtime server on a free loopback
+//! port, sandboxed with bubblewrap when it is usable (private pid/ipc/uts namespaces, a read-only
+//! system, the code at `/userfunc` read-only, a writable `/work`), with memory, CPU and pids
+//! limits through cgroups v2 or v1 when the host allows it, and output captured into the
+//! instance's log.
+//!
+//! It owns the instances' processes, directories (`data_dir/instances/<id>/`), cgroups and
+//! state file (`data_dir/instances.json`), and guarantees that none of them outlive the
+//! platform: instances die with it (even on `kill -9`), and a new backend on the same data
+//! directory ends whatever a crashed run left behind.
+//!
+//! It deliberately knows nothing about pools, scaling, functions or routing (the executor
+//! decides when instances are created, specialized and deleted), and it does not fetch or
+//! extract archives (the archive store hands it extracted code).
+
+mod backend;
+mod cgroup;
+mod config;
+mod http;
+mod place;
+mod procs;
+mod runtime;
+mod sandbox;
+mod state;
+
+pub use backend::{InstanceInfo, LocalBackend};
+pub use cgroup::CgroupVersion;
+pub use config::{CgroupMode, DEFAULT_START_TIMEOUT, LocalConfig, ParseModeError, SandboxMode};
+pub use runtime::{BuiltInRuntime, ResolvedRuntime, RuntimeRegistry};

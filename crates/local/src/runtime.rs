@@ -1,0 +1,399 @@
+//! Which command line starts an environment's runtime server.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use kappa_core::BackendError;
+
+/// Where the runtime's own directory appears inside the sandbox.
+pub(crate) const SANDBOX_RUNTIME_DIR: &str = "/runtime";
+
+/// The interpreter a built-in runtime's server runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Interpreter {
+    Python,
+    Node,
+}
+
+impl Interpreter {
+    fn program(self) -> &'static str {
+        match self {
+            Self::Python => "python3",
+            Self::Node => "node",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct BuiltIn {
+    name: &'static str,
+    interpreter: Interpreter,
+    /// The server file, relative to the runtime's directory.
+    script: &'static str,
+}
+
+/// Maps an environment's image (a built-in runtime name, an alias or a Fission image name) or
+/// explicit command to the command line that starts its runtime server.
+#[derive(Debug, Clone)]
+pub struct RuntimeRegistry {
+    runtimes_dir: PathBuf,
+    builtins: Vec<BuiltIn>,
+}
+
+/// A located interpreter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Located {
+    path: PathBuf,
+    /// The installation prefix to bind into the sandbox when it lies outside `/usr`.
+    prefix: Option<PathBuf>,
+}
+
+/// A runtime resolved to what must be started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResolvedRuntime {
+    /// A built-in runtime: an interpreter running a server file from the runtimes directory.
+    BuiltIn(BuiltInRuntime),
+    /// An explicit command, run with `/bin/sh -c`; it must listen on `$PORT`.
+    Command(String),
+}
+
+/// A built-in runtime ready to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltInRuntime {
+    /// The built-in name (`python`, `nodejs`, `binary`).
+    pub name: &'static str,
+    /// The interpreter on the host.
+    pub interpreter: PathBuf,
+    /// The interpreter's installation prefix when it lies outside `/usr` (bound read-only into
+    /// the sandbox at the same path).
+    pub interpreter_prefix: Option<PathBuf>,
+    /// The runtime's directory on the host (bound read-only at `/runtime` in the sandbox).
+    pub dir: PathBuf,
+    /// The server file's name inside `dir`.
+    pub script: String,
+}
+
+impl RuntimeRegistry {
+    /// A registry of the built-in runtimes under `runtimes_dir`: `python` always
+    /// (`python/server.py`), `nodejs` (`nodejs/server.js`) and `binary` (`binary/server.py`) only
+    /// when their server file exists.
+    pub fn new(runtimes_dir: PathBuf) -> Self {
+        let mut builtins = vec![BuiltIn {
+            name: "python",
+            interpreter: Interpreter::Python,
+            script: "server.py",
+        }];
+        let optional = [
+            BuiltIn {
+                name: "nodejs",
+                interpreter: Interpreter::Node,
+                script: "server.js",
+            },
+            BuiltIn {
+                name: "binary",
+                interpreter: Interpreter::Python,
+                script: "server.py",
+            },
+        ];
+        for builtin in optional {
+            if runtimes_dir
+                .join(builtin.name)
+                .join(builtin.script)
+                .is_file()
+            {
+                builtins.push(builtin);
+            }
+        }
+        Self {
+            runtimes_dir,
+            builtins,
+        }
+    }
+
+    /// The directory the built-in runtimes are read from.
+    pub fn runtimes_dir(&self) -> &Path {
+        &self.runtimes_dir
+    }
+
+    /// The registered built-in names.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.builtins.iter().map(|b| b.name).collect()
+    }
+
+    /// Resolves an environment's runtime. An explicit, non-empty `command` wins; otherwise
+    /// `image` must name a built-in runtime, an alias (`python3`, `python-env`, `node`, ...) or
+    /// a Fission image whose last path component starts with the runtime's name
+    /// (`ghcr.io/fission/python-env-3.11`).
+    pub fn resolve(
+        &self,
+        image: &str,
+        command: Option<&str>,
+    ) -> Result<ResolvedRuntime, BackendError> {
+        if let Some(command) = command.map(str::trim).filter(|c| !c.is_empty()) {
+            return Ok(ResolvedRuntime::Command(command.to_owned()));
+        }
+        let key = image_key(image);
+        let builtin = self
+            .builtins
+            .iter()
+            .find(|b| matches_builtin(b.name, &key))
+            .ok_or_else(|| {
+                BackendError::Start(format!(
+                    "unknown runtime image {image:?}: locally an environment's image must be one of the \
+                     built-in runtimes ({}) or the environment must give a command",
+                    self.names().join(", ")
+                ))
+            })?;
+        let dir = self.runtimes_dir.join(builtin.name);
+        if !dir.join(builtin.script).is_file() {
+            return Err(BackendError::Start(format!(
+                "runtime {}: server file {} not found",
+                builtin.name,
+                dir.join(builtin.script).display()
+            )));
+        }
+        let located = locate(builtin.interpreter).ok_or_else(|| {
+            BackendError::Start(format!(
+                "runtime {}: interpreter {} not found in /usr/bin or on PATH",
+                builtin.name,
+                builtin.interpreter.program()
+            ))
+        })?;
+        Ok(ResolvedRuntime::BuiltIn(BuiltInRuntime {
+            name: builtin.name,
+            interpreter: located.path,
+            interpreter_prefix: located.prefix,
+            dir,
+            script: builtin.script.to_owned(),
+        }))
+    }
+}
+
+impl ResolvedRuntime {
+    /// The built-in name, or `command`.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::BuiltIn(b) => b.name,
+            Self::Command(_) => "command",
+        }
+    }
+
+    /// The command line that starts the server on `port`; `sandboxed` selects the paths as seen
+    /// inside the sandbox.
+    pub(crate) fn argv(&self, port: u16, sandboxed: bool) -> Vec<OsString> {
+        match self {
+            Self::BuiltIn(b) => {
+                let script = if sandboxed {
+                    Path::new(SANDBOX_RUNTIME_DIR).join(&b.script)
+                } else {
+                    b.dir.join(&b.script)
+                };
+                vec![
+                    b.interpreter.clone().into_os_string(),
+                    script.into_os_string(),
+                    "--host".into(),
+                    "127.0.0.1".into(),
+                    "--port".into(),
+                    port.to_string().into(),
+                ]
+            }
+            // The port reaches a command only through `$PORT`, which the shell expands.
+            Self::Command(command) => vec!["/bin/sh".into(), "-c".into(), command.into()],
+        }
+    }
+
+    /// Whether the exit status comes through a launcher (bubblewrap or a shell) that reports a
+    /// child killed by signal N as exit code 128+N.
+    pub(crate) fn via_shell(&self) -> bool {
+        matches!(self, Self::Command(_))
+    }
+}
+
+/// The part of an image reference that names the runtime: the last path component without tag
+/// or digest, lower-cased.
+fn image_key(image: &str) -> String {
+    let last = image.trim().rsplit('/').next().unwrap_or_default();
+    let last = last.split('@').next().unwrap_or_default();
+    let last = last.split(':').next().unwrap_or_default();
+    last.to_ascii_lowercase()
+}
+
+fn matches_builtin(name: &str, key: &str) -> bool {
+    match name {
+        // `python`, `python3`, `python-env`, `python-env-3.11`, ...
+        "python" => key.starts_with("python"),
+        // `nodejs`, `node`, `node-env`, `nodejs-env-20`, ...
+        "nodejs" => key.starts_with("node"),
+        // `binary`, `binary-env`
+        "binary" => key.starts_with("binary"),
+        other => key == other,
+    }
+}
+
+/// Finds an interpreter: `/usr/bin/<name>` (inside the sandbox's `/usr` bind) when it exists,
+/// else `<name>` on the platform's `PATH`, resolved to its real path.
+fn locate(interpreter: Interpreter) -> Option<Located> {
+    let program = interpreter.program();
+    let usr = Path::new("/usr/bin").join(program);
+    if usr.is_file() {
+        return Some(Located {
+            path: usr,
+            prefix: None,
+        });
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+        .and_then(|candidate| candidate.canonicalize().ok())
+        .map(|real| {
+            let prefix = install_prefix(&real);
+            Located { path: real, prefix }
+        })
+}
+
+/// The installation prefix of an interpreter at `real` (`/opt/py/bin/python3` → `/opt/py`), or
+/// `None` when it lies under `/usr`, which the sandbox binds anyway.
+fn install_prefix(real: &Path) -> Option<PathBuf> {
+    if real.starts_with("/usr") {
+        return None;
+    }
+    let bin = real.parent()?;
+    let prefix = if bin.file_name().is_some_and(|n| n == "bin") {
+        bin.parent()?
+    } else {
+        bin
+    };
+    (prefix != Path::new("/")).then(|| prefix.to_path_buf())
+}
+
+/// Absolute paths named in an explicit command that exist on the host outside the directories
+/// the sandbox binds anyway; the sandbox binds them read-only at the same path so that a runtime
+/// server given by path (a Fission server checked out somewhere) is visible. Exactly the named
+/// paths are bound: a server that needs the files beside it should name its directory
+/// (`cd /opt/runtime && exec python3 server.py`).
+pub(crate) fn command_paths(command: &str) -> Vec<PathBuf> {
+    const ALWAYS_THERE: [&str; 7] = ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/proc", "/dev"];
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for token in command.split_whitespace() {
+        let token =
+            token.trim_matches(|c| c == '"' || c == '\'' || c == ';' || c == '&' || c == '|');
+        if !token.starts_with('/') || token == "/" || token.contains('$') {
+            continue;
+        }
+        let path = PathBuf::from(token);
+        if ALWAYS_THERE.iter().any(|p| path.starts_with(p)) || !path.exists() {
+            continue;
+        }
+        if !paths.contains(&path) {
+            paths.push(path);
+        }
+    }
+    paths
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry_with_python() -> (tempfile::TempDir, RuntimeRegistry) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("python")).unwrap();
+        std::fs::write(dir.path().join("python/server.py"), "").unwrap();
+        let registry = RuntimeRegistry::new(dir.path().to_path_buf());
+        (dir, registry)
+    }
+
+    #[test]
+    fn python_aliases_and_fission_images_resolve() {
+        let (_dir, registry) = registry_with_python();
+        for image in [
+            "python",
+            "python3",
+            "python-env",
+            "ghcr.io/fission/python-env",
+            "fission/python-env:latest",
+            "ghcr.io/fission/python-env-3.11",
+            "registry:5000/x/python-env@sha256:abc",
+        ] {
+            let resolved = registry.resolve(image, None).unwrap();
+            assert_eq!(resolved.name(), "python", "{image}");
+        }
+    }
+
+    #[test]
+    fn explicit_command_wins() {
+        let (_dir, registry) = registry_with_python();
+        let resolved = registry.resolve("python", Some("exec my-server")).unwrap();
+        assert_eq!(resolved, ResolvedRuntime::Command("exec my-server".into()));
+        assert_eq!(
+            resolved.argv(1234, true),
+            vec!["/bin/sh", "-c", "exec my-server"]
+        );
+        // An empty command does not count.
+        assert_eq!(
+            registry.resolve("python", Some("  ")).unwrap().name(),
+            "python"
+        );
+    }
+
+    #[test]
+    fn unknown_image_names_it_and_the_builtins() {
+        let (_dir, registry) = registry_with_python();
+        let err = registry.resolve("ruby-env", None).unwrap_err();
+        let BackendError::Start(message) = err else {
+            panic!("expected a start error, got {err:?}");
+        };
+        assert!(message.contains("\"ruby-env\""), "{message}");
+        assert!(message.contains("python"), "{message}");
+        // nodejs is not registered: its server file does not exist.
+        assert!(registry.resolve("nodejs", None).is_err());
+    }
+
+    #[test]
+    fn optional_runtimes_register_when_their_server_exists() {
+        let (dir, _) = registry_with_python();
+        std::fs::create_dir_all(dir.path().join("nodejs")).unwrap();
+        std::fs::write(dir.path().join("nodejs/server.js"), "").unwrap();
+        let registry = RuntimeRegistry::new(dir.path().to_path_buf());
+        assert_eq!(registry.names(), vec!["python", "nodejs"]);
+    }
+
+    #[test]
+    fn builtin_argv_uses_sandbox_paths_when_sandboxed() {
+        let (dir, registry) = registry_with_python();
+        let resolved = registry.resolve("python", None).unwrap();
+        let argv = resolved.argv(8080, true);
+        assert_eq!(argv[1], "/runtime/server.py");
+        assert_eq!(&argv[2..], ["--host", "127.0.0.1", "--port", "8080"]);
+        let argv = resolved.argv(8080, false);
+        assert_eq!(PathBuf::from(&argv[1]), dir.path().join("python/server.py"));
+    }
+
+    #[test]
+    fn image_keys() {
+        assert_eq!(image_key("ghcr.io/fission/Python-Env:3.11"), "python-env");
+        assert_eq!(image_key("node"), "node");
+    }
+
+    #[test]
+    fn install_prefixes() {
+        assert_eq!(install_prefix(Path::new("/usr/bin/python3")), None);
+        assert_eq!(
+            install_prefix(Path::new("/opt/py/bin/python3.11")),
+            Some(PathBuf::from("/opt/py"))
+        );
+    }
+
+    #[test]
+    fn command_paths_keep_existing_absolute_paths_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = dir.path().join("server.py");
+        std::fs::write(&server, "").unwrap();
+        let command = format!(
+            "/usr/bin/python3 '{}' --port $PORT /does/not/exist",
+            server.display()
+        );
+        assert_eq!(command_paths(&command), vec![server]);
+    }
+}

@@ -1,0 +1,115 @@
+//! What a sandboxed instance can and cannot see or change.
+
+use std::time::Duration;
+
+use kappa_core::{Backend, Limits};
+use kappa_local::{CgroupMode, SandboxMode};
+
+use crate::support::{Harness, get, is_root, probe_fixtures, skip};
+
+#[tokio::test]
+async fn sandboxed_function_cannot_write_its_code_or_see_the_host() {
+    const TEST: &str = "sandboxed_function_cannot_write_its_code_or_see_the_host";
+    if !is_root() {
+        return skip(
+            TEST,
+            "bubblewrap sandboxes need root here (not running as root)",
+        );
+    }
+    let h = Harness::with(TEST, SandboxMode::Auto, CgroupMode::None).await;
+    if !h.backend.sandboxed() {
+        return skip(
+            TEST,
+            "bubblewrap is not usable on this host (see the warning above)",
+        );
+    }
+    let instance = h.create("probe", Limits::default()).await;
+    h.specialize_dir(&instance, &probe_fixtures(), "probe.main")
+        .await;
+    let (status, body) = get(instance.addr, "/").await.expect("probe answers");
+    assert_eq!(status, 200, "{body}");
+    eprintln!("probe: {body}");
+    let probe: serde_json::Value = serde_json::from_str(&body).expect("probe JSON");
+
+    assert_eq!(probe["code_dir"], "/userfunc/deployarchive");
+    let denied = |key: &str| {
+        probe[key]
+            .as_str()
+            .is_some_and(|v| v.starts_with("denied: Read-only file system"))
+    };
+    assert!(denied("write_userfunc"), "{}", probe["write_userfunc"]);
+    assert!(denied("write_code_dir"), "{}", probe["write_code_dir"]);
+    assert_eq!(probe["write_work"], "written");
+    assert_eq!(probe["cwd"], "/work");
+    // The host's /root is not there, and /work is the instance's own empty work directory.
+    assert_eq!(probe["list_root"], "error: No such file or directory");
+    assert_eq!(probe["list_work"], serde_json::json!(["scratch.txt"]));
+    assert_eq!(probe["hostname"], "kappa");
+    assert!(
+        probe["pid"].as_u64().is_some_and(|p| p < 10),
+        "own pid namespace: {}",
+        probe["pid"]
+    );
+    assert_eq!(probe["env_instance"], instance.id.as_str());
+    assert!(probe["env_home"].is_null());
+
+    // The host side is unchanged: nothing was written into the code.
+    let info = h.backend.info(&instance.id).expect("info");
+    assert!(!info.dir.join("userfunc/probe.txt").exists());
+    assert!(!info.dir.join("userfunc/deployarchive/probe.txt").exists());
+    assert!(info.dir.join("work/scratch.txt").exists());
+    h.backend.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn required_sandbox_mode_either_works_or_fails_to_start() {
+    const TEST: &str = "required_sandbox_mode_either_works_or_fails_to_start";
+    let dir = tempfile::tempdir().unwrap();
+    let archives = std::sync::Arc::new(
+        kappa_archive::ArchiveStore::open(dir.path().join("a"), 1 << 20).unwrap(),
+    );
+    let logs = std::sync::Arc::new(
+        kappa_logs::LogStore::open(dir.path().join("l"), Default::default()).unwrap(),
+    );
+    let mut config = kappa_local::LocalConfig::new(
+        dir.path().join("local"),
+        kappa_local::RuntimeRegistry::new(crate::support::runtimes_dir()),
+    );
+    config.sandbox = SandboxMode::Bwrap;
+    config.cgroups = CgroupMode::None;
+    match kappa_local::LocalBackend::new(config, archives, logs).await {
+        Ok(backend) => assert!(backend.sandboxed()),
+        Err(e) => {
+            assert!(e.to_string().contains("bubblewrap"), "{e}");
+            skip(TEST, &format!("bubblewrap unusable: {e}"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn unsandboxed_instances_run_in_their_work_directory() {
+    let h = Harness::with(
+        "unsandboxed_instances_run_in_their_work_directory",
+        SandboxMode::None,
+        CgroupMode::None,
+    )
+    .await;
+    assert!(!h.backend.sandboxed());
+    let instance = h.create("plain", Limits::default()).await;
+    h.specialize_dir(&instance, &probe_fixtures(), "probe.main")
+        .await;
+    let (status, body) = get(instance.addr, "/").await.expect("probe answers");
+    assert_eq!(status, 200, "{body}");
+    let probe: serde_json::Value = serde_json::from_str(&body).expect("probe JSON");
+    let info = h.backend.info(&instance.id).expect("info");
+    // Host paths: the code where the backend placed it, the cwd its work directory.
+    assert_eq!(
+        probe["code_dir"].as_str().map(std::path::PathBuf::from),
+        Some(info.dir.join("userfunc/deployarchive"))
+    );
+    assert_eq!(
+        probe["cwd"].as_str().map(std::path::PathBuf::from),
+        Some(info.dir.join("work"))
+    );
+    h.backend.shutdown(Duration::from_secs(1)).await;
+}
