@@ -8,8 +8,9 @@ use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use kappa_types::{
-    Archive, ArchiveType, BuildStatus, EnvironmentSpec, FunctionReferenceType, FunctionSpec,
-    HttpTriggerSpec, Kind, LITERAL_SIZE_LIMIT, PackageSpec, PackageStatus, Resource, Spec,
+    Archive, ArchiveType, BuildStatus, ConfigMapSpec, EnvironmentSpec, FunctionReferenceType,
+    FunctionSpec, HttpTriggerSpec, Kind, LITERAL_SIZE_LIMIT, MessageQueueTriggerSpec, PackageSpec,
+    PackageStatus, Resource, SecretSpec, Spec, TimeTriggerSpec,
 };
 
 use crate::error::ApiError;
@@ -475,6 +476,55 @@ impl Admit for HttpTriggerSpec {
         Ok(Admitted::default())
     }
 }
+
+#[async_trait]
+impl Admit for MessageQueueTriggerSpec {
+    async fn admit(
+        state: &ApiState,
+        object: &mut Resource<Self>,
+        _old: Option<&Resource<Self>>,
+    ) -> Result<Admitted, ApiError> {
+        let namespace = object.metadata.namespace.clone();
+        require(
+            state,
+            Kind::Function,
+            &namespace,
+            &object.spec.functionref.name,
+            "spec.functionref.name",
+        )
+        .await?;
+        if let Some(secret) = &object.spec.secret {
+            require(state, Kind::Secret, &namespace, secret, "spec.secret").await?;
+        }
+        Ok(Admitted::default())
+    }
+}
+
+#[async_trait]
+impl Admit for TimeTriggerSpec {
+    async fn admit(
+        state: &ApiState,
+        object: &mut Resource<Self>,
+        _old: Option<&Resource<Self>>,
+    ) -> Result<Admitted, ApiError> {
+        let namespace = object.metadata.namespace.clone();
+        require(
+            state,
+            Kind::Function,
+            &namespace,
+            &object.spec.functionref.name,
+            "spec.functionref.name",
+        )
+        .await?;
+        Ok(Admitted::default())
+    }
+}
+
+#[async_trait]
+impl Admit for SecretSpec {}
+
+#[async_trait]
+impl Admit for ConfigMapSpec {}
 
 /// The packages (`"package default/hello"`) that reference archive `sha256`.
 pub(crate) async fn archive_users(state: &ApiState, sha256: &str) -> Result<Vec<String>, ApiError> {

@@ -15,7 +15,8 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode, Uri};
 use kappa_store::{Precondition, StoreError, StoredObject};
 use kappa_types::{
-    API_VERSION, EnvironmentSpec, FunctionSpec, HttpTriggerSpec, Kind, PackageSpec, Resource, Spec,
+    API_VERSION, ConfigMapSpec, EnvironmentSpec, FunctionSpec, HttpTriggerSpec, Kind,
+    MessageQueueTriggerSpec, PackageSpec, Resource, SecretSpec, Spec, TimeTriggerSpec,
 };
 use serde_json::{Value, json};
 
@@ -150,6 +151,16 @@ async fn create(
         Kind::HttpTrigger => {
             create_typed::<HttpTriggerSpec>(&state, value, query_ns.as_deref()).await?
         }
+        Kind::MessageQueueTrigger => {
+            create_typed::<MessageQueueTriggerSpec>(&state, value, query_ns.as_deref()).await?
+        }
+        Kind::TimeTrigger => {
+            create_typed::<TimeTriggerSpec>(&state, value, query_ns.as_deref()).await?
+        }
+        Kind::Secret => create_typed::<SecretSpec>(&state, value, query_ns.as_deref()).await?,
+        Kind::ConfigMap => {
+            create_typed::<ConfigMapSpec>(&state, value, query_ns.as_deref()).await?
+        }
     };
     tracing::info!(kind = %kind, namespace = %stored.namespace, name = %stored.name, resource_version = stored.resource_version, "created");
     state.settle(kind, stored.resource_version).await;
@@ -254,6 +265,12 @@ async fn replace(
         Kind::Package => replace_typed::<PackageSpec>(&state, &name, value, q).await?,
         Kind::Function => replace_typed::<FunctionSpec>(&state, &name, value, q).await?,
         Kind::HttpTrigger => replace_typed::<HttpTriggerSpec>(&state, &name, value, q).await?,
+        Kind::MessageQueueTrigger => {
+            replace_typed::<MessageQueueTriggerSpec>(&state, &name, value, q).await?
+        }
+        Kind::TimeTrigger => replace_typed::<TimeTriggerSpec>(&state, &name, value, q).await?,
+        Kind::Secret => replace_typed::<SecretSpec>(&state, &name, value, q).await?,
+        Kind::ConfigMap => replace_typed::<ConfigMapSpec>(&state, &name, value, q).await?,
     };
     tracing::info!(kind = %kind, namespace = %stored.namespace, name = %stored.name, resource_version = stored.resource_version, "replaced");
     state.settle(kind, stored.resource_version).await;
@@ -349,6 +366,12 @@ async fn delete(
             Kind::Package => PackageSpec::dependents(&state, &namespace, &name).await?,
             Kind::Function => FunctionSpec::dependents(&state, &namespace, &name).await?,
             Kind::HttpTrigger => HttpTriggerSpec::dependents(&state, &namespace, &name).await?,
+            Kind::MessageQueueTrigger => {
+                MessageQueueTriggerSpec::dependents(&state, &namespace, &name).await?
+            }
+            Kind::TimeTrigger => TimeTriggerSpec::dependents(&state, &namespace, &name).await?,
+            Kind::Secret => SecretSpec::dependents(&state, &namespace, &name).await?,
+            Kind::ConfigMap => ConfigMapSpec::dependents(&state, &namespace, &name).await?,
         };
         if !users.is_empty() {
             return Err(ApiError::conflict(
@@ -421,6 +444,10 @@ async fn put_status(
         Kind::Package => normalise_status::<PackageSpec>(status)?,
         Kind::Function => normalise_status::<FunctionSpec>(status)?,
         Kind::HttpTrigger => normalise_status::<HttpTriggerSpec>(status)?,
+        Kind::MessageQueueTrigger => normalise_status::<MessageQueueTriggerSpec>(status)?,
+        Kind::TimeTrigger => normalise_status::<TimeTriggerSpec>(status)?,
+        Kind::Secret => normalise_status::<SecretSpec>(status)?,
+        Kind::ConfigMap => normalise_status::<ConfigMapSpec>(status)?,
     };
     let stored = state
         .store

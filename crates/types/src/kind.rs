@@ -12,6 +12,10 @@ pub enum Kind {
     Package,
     Function,
     HttpTrigger,
+    MessageQueueTrigger,
+    TimeTrigger,
+    Secret,
+    ConfigMap,
 }
 
 impl Kind {
@@ -30,6 +34,10 @@ impl Kind {
             Kind::Package => "Package",
             Kind::Function => "Function",
             Kind::HttpTrigger => "HttpTrigger",
+            Kind::MessageQueueTrigger => "MessageQueueTrigger",
+            Kind::TimeTrigger => "TimeTrigger",
+            Kind::Secret => "Secret",
+            Kind::ConfigMap => "ConfigMap",
         }
     }
 
@@ -40,6 +48,10 @@ impl Kind {
             Kind::Package => "packages",
             Kind::Function => "functions",
             Kind::HttpTrigger => "httptriggers",
+            Kind::MessageQueueTrigger => "messagequeuetriggers",
+            Kind::TimeTrigger => "timetriggers",
+            Kind::Secret => "secrets",
+            Kind::ConfigMap => "configmaps",
         }
     }
 

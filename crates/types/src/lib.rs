@@ -6,8 +6,10 @@
 //! HTTP servers, tokio, storage or Kubernetes: the store, the API server and the CRD wrappers
 //! convert to and from these types at their edges.
 
+mod config;
 mod environment;
 mod error;
+mod events;
 mod function;
 mod kind;
 mod meta;
@@ -16,8 +18,13 @@ mod quantity;
 mod trigger;
 pub mod validate;
 
+pub use config::{CONFIG_DATA_LIMIT, ConfigMapSpec, SecretSpec, validate_config_key};
 pub use environment::{Builder, EnvironmentSpec, ResourceList, Resources, Runtime};
 pub use error::{ErrorBody, ErrorDetail};
+pub use events::{
+    MESSAGE_QUEUE_TYPES, MessageQueueTriggerSpec, TimeTriggerSpec, TriggerStatus,
+    validate_cron_shape,
+};
 pub use function::{
     ExecutorType, FunctionPackageRef, FunctionSpec, FunctionStatus, NamedRef, PackageRef,
 };
@@ -39,3 +46,11 @@ pub type Package = Resource<PackageSpec>;
 pub type Function = Resource<FunctionSpec>;
 /// An HttpTrigger: a route on the public router that invokes a function.
 pub type HttpTrigger = Resource<HttpTriggerSpec>;
+/// A MessageQueueTrigger: a broker topic whose messages invoke a function.
+pub type MessageQueueTrigger = Resource<MessageQueueTriggerSpec>;
+/// A TimeTrigger: a cron schedule that invokes a function.
+pub type TimeTrigger = Resource<TimeTriggerSpec>;
+/// A Secret: key/values placed for the instances of functions that reference it.
+pub type Secret = Resource<SecretSpec>;
+/// A ConfigMap: key/values placed for the instances of functions that reference it.
+pub type ConfigMap = Resource<ConfigMapSpec>;

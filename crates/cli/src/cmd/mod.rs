@@ -117,6 +117,10 @@ pub fn noun(kind: Kind) -> &'static str {
         Kind::Package => "package",
         Kind::Function => "function",
         Kind::HttpTrigger => "route",
+        Kind::MessageQueueTrigger => "message queue trigger",
+        Kind::TimeTrigger => "time trigger",
+        Kind::Secret => "secret",
+        Kind::ConfigMap => "config map",
     }
 }
 
