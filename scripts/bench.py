@@ -88,9 +88,12 @@ class Kappa:
 
     def instance_port(self, function):
         """The port of the first specialized instance of `function` (from /debug/endpoints)."""
-        text = json.dumps(self.endpoints())
-        match = re.search(r'"default/%s".*?127\.0\.0\.1:(\d+)' % re.escape(function), text, re.S)
-        return int(match.group(1)) if match else None
+        data = self.endpoints()
+        entries = data.get("functions", []) if isinstance(data, dict) else data
+        for entry in entries:
+            if entry.get("function") == f"default/{function}" and entry.get("endpoints"):
+                return int(entry["endpoints"][0]["addr"].rsplit(":", 1)[1])
+        return None
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -118,12 +121,12 @@ def wrk(url, connections, seconds, threads=2):
 
 
 NGINX_UPSTREAM = """worker_processes 2;
-pid /tmp/kappa-bench-up-$PORT.pid;
+pid up-$PORT.pid;
 error_log /dev/stderr warn;
 events { worker_connections 1024; }
 http {
   access_log off;
-  client_body_temp_path /tmp; proxy_temp_path /tmp; fastcgi_temp_path /tmp; uwsgi_temp_path /tmp; scgi_temp_path /tmp;
+  client_body_temp_path .; proxy_temp_path .; fastcgi_temp_path .; uwsgi_temp_path .; scgi_temp_path .;
   server {
     listen 127.0.0.1:$PORT;
     location = /healthz { return 200 "ok"; }
@@ -201,8 +204,9 @@ def main():
         conf = os.path.join(workdir, "upstream.conf.tmpl")
         with open(conf, "w") as f:
             f.write(NGINX_UPSTREAM)
-        command = (f"sed \"s/\\$PORT/$PORT/g\" {conf} > /tmp/up-$PORT.conf && "
-                   f"exec {NGINX} -c /tmp/up-$PORT.conf -p /tmp -g 'daemon off;'")
+        # The instance's working directory is its own writable scratch space.
+        command = (f"sed \"s/\\$PORT/$PORT/g\" {conf} > up.conf && "
+                   f"exec {NGINX} -c \"$PWD/up.conf\" -p \"$PWD\" -g 'daemon off;'")
         kappa.cli("env", "create", "--name", "static", "--image", "static", "--command", command, "--poolsize", "1")
         kappa.cli("fn", "create", "--name", "upstream", "--env", "static", "--code", conf,
                   "--concurrency", "1", "--rpp", "10000")
