@@ -1,0 +1,227 @@
+//! The Node.js and binary runtimes, Fission environment image names and explicit runtime
+//! commands, deployed and invoked through the real `kappa up`, CLI and router.
+
+use crate::harness::{Platform, function_path, repo_root};
+
+fn route(p: &Platform, name: &str, url: &str) {
+    p.ok(&[
+        "route",
+        "create",
+        "--name",
+        name,
+        "--url",
+        url,
+        "--function",
+        name,
+        "--method",
+        "GET",
+        "--method",
+        "POST",
+    ]);
+}
+
+#[test]
+fn nodejs_hello_package_errors_and_fission_image() {
+    let p = Platform::start();
+    p.ok(&["env", "create", "--name", "nodejs", "--image", "nodejs"]);
+    p.ok(&[
+        "fn",
+        "create",
+        "--name",
+        "hello-node",
+        "--env",
+        "nodejs",
+        "--code",
+        &function_path("examples/nodejs/hello.js"),
+    ]);
+    route(&p, "hello-node", "/hello-node");
+    let r = p.get("/hello-node");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "Hello from Node.js!\n");
+    // Warm.
+    assert_eq!(p.get("/hello-node").text(), "Hello from Node.js!\n");
+
+    // A directory package with package.json, a named export and relative requires.
+    p.ok(&[
+        "fn",
+        "create",
+        "--name",
+        "echo-node",
+        "--env",
+        "nodejs",
+        "--src",
+        &function_path("examples/nodejs/echo"),
+        "--entrypoint",
+        "index.echo",
+    ]);
+    p.ok(&[
+        "route",
+        "create",
+        "--name",
+        "echo-node",
+        "--url",
+        "/echo-node/{id}",
+        "--function",
+        "echo-node",
+        "--method",
+        "POST",
+    ]);
+    let r = p.request(
+        "POST",
+        "/echo-node/42?x=1&x=2",
+        &[("Content-Type", "application/json"), ("X-Custom", "yes")],
+        br#"{"name":"kappa"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-echo"), Some("yes"));
+    let v = r.json();
+    assert_eq!(v["method"], "POST", "{v}");
+    assert_eq!(v["params"]["id"], "42", "{v}");
+    assert_eq!(v["query"]["x"], serde_json::json!(["1", "2"]), "{v}");
+    assert_eq!(v["json"]["name"], "kappa", "{v}");
+    assert_eq!(v["headers"]["x-custom"], "yes", "{v}");
+    assert_eq!(v["function"], "echo-node", "{v}");
+
+    // A syntax error fails the specialization with a 500 that names the file and line.
+    p.ok(&[
+        "fn",
+        "create",
+        "--name",
+        "bad-node",
+        "--env",
+        "nodejs",
+        "--code",
+        &function_path("testdata/nodejs/syntax_error.js"),
+    ]);
+    route(&p, "bad-node", "/bad-node");
+    let r = p.get("/bad-node");
+    assert_eq!(r.status, 500, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["error"]["code"], "specialize_failed", "{body}");
+    let text = body.to_string();
+    assert!(text.contains("SyntaxError"), "{text}");
+    assert!(text.contains("syntax_error.js:3"), "{text}");
+
+    // An exception at invocation comes back with its stack.
+    p.ok(&[
+        "fn",
+        "create",
+        "--name",
+        "throws-node",
+        "--env",
+        "nodejs",
+        "--code",
+        &function_path("testdata/nodejs/throws.js"),
+    ]);
+    route(&p, "throws-node", "/throws-node");
+    let r = p.get("/throws-node");
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(r.text().contains("boom from node"), "{}", r.text());
+    assert!(r.text().contains("throws.js:4"), "{}", r.text());
+
+    // A Fission image name selects the built-in Node.js runtime.
+    p.ok(&[
+        "env",
+        "create",
+        "--name",
+        "fission-node",
+        "--image",
+        "ghcr.io/fission/node-env",
+    ]);
+    p.ok(&[
+        "fn",
+        "create",
+        "--name",
+        "hello-fission-node",
+        "--env",
+        "fission-node",
+        "--code",
+        &function_path("examples/nodejs/hello.js"),
+    ]);
+    route(&p, "hello-fission-node", "/hello-fission-node");
+    let r = p.get("/hello-fission-node");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "Hello from Node.js!\n");
+}
+
+#[test]
+fn binary_hello_failure_and_fission_image() {
+    let p = Platform::start();
+    p.ok(&[
+        "env",
+        "create",
+        "--name",
+        "binary",
+        "--image",
+        "fission/binary-env",
+    ]);
+    p.ok(&[
+        "fn",
+        "create",
+        "--name",
+        "hello-sh",
+        "--env",
+        "binary",
+        "--code",
+        &function_path("examples/binary/hello.sh"),
+    ]);
+    route(&p, "hello-sh", "/hello-sh");
+    let r = p.request("POST", "/hello-sh?lang=sh", &[], b"stdin works");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-request-method"), Some("POST"));
+    assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+    let text = r.text();
+    assert!(text.contains("You sent a POST request to /"), "{text}");
+    assert!(text.contains("Query: lang=sh"), "{text}");
+    assert!(text.contains("Body (11 bytes): stdin works"), "{text}");
+
+    // A non-zero exit is a 500 whose body carries the exit code and the end of stderr.
+    p.ok(&[
+        "fn",
+        "create",
+        "--name",
+        "fail-sh",
+        "--env",
+        "binary",
+        "--code",
+        &function_path("testdata/binary/fail.sh"),
+    ]);
+    route(&p, "fail-sh", "/fail-sh");
+    let r = p.get("/fail-sh");
+    assert_eq!(r.status, 500, "{}", r.text());
+    let body = r.json();
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("exited with code 3"), "{body}");
+    assert!(message.contains("the widget is broken"), "{body}");
+    assert!(!r.text().contains("partial output"), "{body}");
+    let logs = p.ok(&["fn", "logs", "fail-sh"]);
+    assert!(logs.contains("the widget is broken"), "{logs}");
+}
+
+#[test]
+fn explicit_command_environment_runs_a_third_party_server() {
+    let p = Platform::start();
+    // Any server speaking the runtime protocol on $PORT: here the Python runtime, by path.
+    let server = repo_root().join("functions/runtimes/python/server.py");
+    let server = server.canonicalize().expect("the python runtime exists");
+    let command = format!("exec python3 {}", server.display());
+    p.ok(&["env", "create", "--name", "custom", "--command", &command]);
+    p.ok(&[
+        "fn",
+        "create",
+        "--name",
+        "hello-custom",
+        "--env",
+        "custom",
+        "--code",
+        &function_path("examples/hello/hello.py"),
+        "--entrypoint",
+        "hello.main",
+    ]);
+    route(&p, "hello-custom", "/hello-custom");
+    let r = p.get("/hello-custom");
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), p.log());
+    assert_eq!(r.text(), "Hello, world!\n");
+    let env = p.ok(&["env", "get", "--name", "custom"]);
+    assert!(env.contains(&command), "{env}");
+}
