@@ -7,9 +7,12 @@
   (b) first-request latency of never-invoked Python functions with a warm pool and with
       `poolsize 0`, next to a bare `python3 -c pass` start;
   (c) warm request latency of a Python function through the router and directly.
+  (d) message queue: messages per second through a trivial Python function via NATS JetStream
+      (a message-queue trigger with a response topic) at maxConcurrency 1 and 64.
 
 Usage: scripts/bench.sh [--quick]   (builds the release binary, then runs this script)
-Needs: nginx, wrk (scripts/install-deps.sh installs them). Uses free loopback ports only.
+Needs: nginx, wrk, nats-server (scripts/install-deps.sh installs them). Uses free loopback ports
+only. `--mq-only` runs only (d).
 """
 
 import argparse
@@ -27,7 +30,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KAPPA = os.path.join(ROOT, "target", "release", "kappa")
+KAPPA = os.environ.get("KAPPA_BIN") or os.path.join(ROOT, "target", "release", "kappa")
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 
@@ -62,7 +65,7 @@ def http_get(port, path, headers=None, timeout=30):
 
 
 class Kappa:
-    def __init__(self, workdir):
+    def __init__(self, workdir, extra=()):
         self.data = os.path.join(workdir, "kappa-data")
         self.router, self.api, self.admin = free_port(), free_port(), free_port()
         self.log = open(os.path.join(workdir, "kappa-up.log"), "w")
@@ -70,7 +73,7 @@ class Kappa:
         self.proc = subprocess.Popen(
             [KAPPA, "up", "--no-example", "--data-dir", self.data,
              "--router-addr", f"127.0.0.1:{self.router}", "--api-addr", f"127.0.0.1:{self.api}",
-             "--admin-addr", f"127.0.0.1:{self.admin}"],
+             "--admin-addr", f"127.0.0.1:{self.admin}", *extra],
             stdout=self.log, stderr=subprocess.STDOUT, env=env)
         wait_for("kappa up", lambda: http_get(self.admin, "/readyz")[0] == 200
                  and os.path.exists(os.path.join(self.data, "client.json")))
@@ -185,10 +188,120 @@ def bare_python_ms(runs):
     return times
 
 
+NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
+
+
+class RawNats:
+    """A minimal NATS protocol client (publish, and count messages on one subject) so the
+    benchmark needs no Python NATS library."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+        self._line()  # INFO
+        self.sock.sendall(b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\nPING\r\n')
+        while self._line() != b"PONG":
+            pass
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise OSError("NATS connection closed")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def publish_many(self, subject, payloads):
+        out = bytearray()
+        for p in payloads:
+            out += b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(p), p)
+        out += b"PING\r\n"
+        self.sock.sendall(bytes(out))
+
+    def subscribe(self, subject):
+        self.sock.sendall(b"SUB %s 1\r\nPING\r\n" % subject.encode())
+        while self._line() != b"PONG":
+            pass
+
+    def count(self, n, limit=300.0):
+        """The monotonic arrival times of the next `n` messages of the subscription."""
+        times = []
+        deadline = time.monotonic() + limit
+        self.sock.settimeout(limit)
+        while len(times) < n and time.monotonic() < deadline:
+            line = self._line()
+            if line.startswith(b"MSG ") or line.startswith(b"HMSG "):
+                size = int(line.split()[-1])
+                while len(self.buf) < size + 2:
+                    self.buf += self.sock.recv(65536)
+                self.buf = self.buf[size + 2:]
+                times.append(time.monotonic())
+            elif line == b"PING":
+                self.sock.sendall(b"PONG\r\n")
+        return times
+
+
+def bench_mq(quick):
+    """(d): messages per second through a trivial function at maxConcurrency 1 and 64."""
+    if not os.path.exists(NATS_SERVER):
+        sys.exit("missing nats-server: run scripts/install-deps.sh")
+    workdir = tempfile.mkdtemp(prefix="kappa-bench-mq-")
+    nats_port = free_port()
+    nats = subprocess.Popen([NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(nats_port),
+                             "-sd", os.path.join(workdir, "js")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = {}
+    kappa = None
+    try:
+        wait_for("nats-server", lambda: socket.create_connection(("127.0.0.1", nats_port)).close() or True)
+        kappa = Kappa(workdir, ["--nats-url", f"nats://127.0.0.1:{nats_port}"])
+        code = os.path.join(ROOT, "functions", "testdata", "python", "mq.py")
+        kappa.cli("env", "create", "--name", "python", "--image", "python", "--poolsize", "3")
+        kappa.cli("fn", "create", "--name", "echo", "--env", "python", "--code", code,
+                  "--entrypoint", "mq.echo", "--rpp", "16", "--concurrency", "4")
+        n = 1000 if quick else 5000
+        for conc in (1, 64):
+            name = f"bench{conc}"
+            kappa.cli("mqt", "create", "--name", name, "--function", "echo", "--topic", f"{name}-in",
+                      "--resptopic", f"{name}-out", "--maxconcurrency", str(conc))
+            wait_for(f"trigger {name}", lambda: json.loads(kappa.cli("mqt", "get", name, "-o", "json"))
+                     ["status"].get("state") == "ready")
+            sub, pub = RawNats(nats_port), RawNats(nats_port)
+            sub.subscribe(f"{name}-out")
+            warm = 200
+            pub.publish_many(f"{name}-in", [b'{"warm":%d}' % i for i in range(warm)])
+            if len(sub.count(warm)) < warm:
+                sys.exit(f"warm-up of {name} did not complete")
+            t0 = time.monotonic()
+            pub.publish_many(f"{name}-in", [b'{"id":%d}' % i for i in range(n)])
+            times = sub.count(n)
+            if len(times) < n:
+                sys.exit(f"{name}: only {len(times)} of {n} replies")
+            results[conc] = n / (times[-1] - t0)
+    finally:
+        if kappa:
+            kappa.stop()
+        nats.terminate()
+        nats.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"(d) message queue: a trivial Python function via NATS JetStream, {n} messages, "
+          "request and reply (respTopic), at least once")
+    print(f"{'maxConcurrency':<22}{'messages/s':>12}")
+    for conc, rate in results.items():
+        print(f"{conc:<22}{rate:>12,.0f}")
+    print("(aim: >= 5,000 messages/s)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="shorter runs (for a smoke check)")
+    ap.add_argument("--mq-only", action="store_true", help="only the message queue section (d)")
     args = ap.parse_args()
+    if args.mq_only:
+        bench_mq(args.quick)
+        return
     seconds = 3 if args.quick else 10
     cold_n = 5 if args.quick else 20
 
@@ -295,6 +408,8 @@ def main():
     cold_over_warm = median(warm_pool) * 1000 / warm_router["p50_us"]
     print(f"warm-pool first request / warm request (p50): {cold_over_warm:.1f}x (aim: <= 5x)")
     shutil.rmtree(workdir, ignore_errors=True)
+    print()
+    bench_mq(args.quick)
 
 
 if __name__ == "__main__":

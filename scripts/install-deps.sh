@@ -3,11 +3,14 @@
 # Idempotent; needs root (or sudo) only when something is missing.
 set -euo pipefail
 
-packages=(bubblewrap python3 nginx-light wrk hyperfine)
+packages=(bubblewrap python3 python3-pip nodejs nginx-light wrk hyperfine python3-venv unzip nats-server redis-server)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# npm (the Node.js default build): Debian packages it apart from nodejs, NodeSource's nodejs
+# bundles it (and conflicts with the npm package), so only the missing command asks for it.
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing: ${missing[*]}"
   sudo_cmd=()

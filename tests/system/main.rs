@@ -3,7 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod builds;
+mod config;
 mod errors;
 mod examples;
 mod harness;
 mod restart;
+mod roles;
+mod runtimes;
+mod triggers;

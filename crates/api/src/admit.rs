@@ -8,17 +8,19 @@ use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use kappa_types::{
-    Archive, ArchiveType, BuildStatus, ConfigMapSpec, EnvironmentSpec, FunctionReferenceType,
-    FunctionSpec, HttpTriggerSpec, Kind, LITERAL_SIZE_LIMIT, MessageQueueTriggerSpec, PackageSpec,
-    PackageStatus, Resource, SecretSpec, Spec, TimeTriggerSpec,
+    Archive, ArchiveType, BuildStatus, CONFIG_DATA_LIMIT, ConfigMapSpec, EnvironmentSpec,
+    FunctionReferenceType, FunctionSpec, HttpTriggerSpec, Kind, LITERAL_SIZE_LIMIT,
+    MessageQueueTriggerSpec, PackageSpec, PackageStatus, Resource, SecretSpec, Spec,
+    TimeTriggerSpec,
 };
 
 use crate::error::ApiError;
+use crate::redact::REDACTED;
 use crate::resources::decode_stored;
 use crate::state::ApiState;
 
 /// Base64 as users write it: standard alphabet, padding optional.
-const BASE64: GeneralPurpose = GeneralPurpose::new(
+pub(crate) const BASE64: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::STANDARD,
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
@@ -362,8 +364,66 @@ impl Admit for FunctionSpec {
             "spec.package.packageref.name",
         )
         .await?;
+        for (i, secret) in object.spec.secrets.iter().enumerate() {
+            require(
+                state,
+                Kind::Secret,
+                &secret.namespace,
+                &secret.name,
+                &format!("spec.secrets[{i}].name"),
+            )
+            .await?;
+        }
+        for (i, config) in object.spec.configmaps.iter().enumerate() {
+            require(
+                state,
+                Kind::ConfigMap,
+                &config.namespace,
+                &config.name,
+                &format!("spec.configmaps[{i}].name"),
+            )
+            .await?;
+        }
         Ok(Admitted::default())
     }
+}
+
+/// The functions (`"function default/hello"`) whose `refs` name `namespace/name`, plus, for
+/// secrets, the message queue triggers whose connection secret it is.
+async fn config_users(
+    state: &ApiState,
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+) -> Result<Vec<String>, ApiError> {
+    let mut users: Vec<String> = list_typed::<FunctionSpec>(state, None)
+        .await?
+        .into_iter()
+        .filter(|f| {
+            let refs = match kind {
+                Kind::Secret => &f.spec.secrets,
+                _ => &f.spec.configmaps,
+            };
+            refs.iter()
+                .any(|r| r.namespace == namespace && r.name == name)
+        })
+        .map(|f| format!("function {}/{}", f.metadata.namespace, f.metadata.name))
+        .collect();
+    if kind == Kind::Secret {
+        users.extend(
+            list_typed::<MessageQueueTriggerSpec>(state, Some(namespace))
+                .await?
+                .into_iter()
+                .filter(|t| t.spec.secret.as_deref() == Some(name))
+                .map(|t| {
+                    format!(
+                        "message queue trigger {}/{}",
+                        t.metadata.namespace, t.metadata.name
+                    )
+                }),
+        );
+    }
+    Ok(users)
 }
 
 /// What a trigger's route is matched on: host (lower case, port ignored; `*` for any), path
@@ -507,6 +567,9 @@ impl Admit for TimeTriggerSpec {
         object: &mut Resource<Self>,
         _old: Option<&Resource<Self>>,
     ) -> Result<Admitted, ApiError> {
+        // The full parse the scheduler does (the spec's validation only checks the shape).
+        kappa_triggers::Schedule::parse(&object.spec.cron)
+            .map_err(|e| ApiError::invalid("spec.cron", e.to_string()))?;
         let namespace = object.metadata.namespace.clone();
         require(
             state,
@@ -520,11 +583,93 @@ impl Admit for TimeTriggerSpec {
     }
 }
 
-#[async_trait]
-impl Admit for SecretSpec {}
+/// Folds a Secret's `stringData` into `data` (base64) and checks every `data` value is base64.
+/// On replace, a value still [`REDACTED`] (sent back as read) keeps the stored value. No error
+/// quotes a value or the decoder's detail (which names the offending byte).
+fn admit_secret(spec: &mut SecretSpec, old: Option<&SecretSpec>) -> Result<(), ApiError> {
+    for (key, value) in spec.data.iter_mut() {
+        let field = format!("spec.data.{key}");
+        if value == REDACTED {
+            match old.and_then(|o| o.data.get(key)) {
+                Some(stored) => *value = stored.clone(),
+                None => {
+                    return Err(ApiError::invalid(
+                        field,
+                        format!(
+                            "is {REDACTED:?}, which keeps a stored value, but the secret has no stored value for this key"
+                        ),
+                    ));
+                }
+            }
+            continue;
+        }
+        let compact: String = value.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        let bytes = BASE64.decode(compact.as_bytes()).map_err(|_| {
+            ApiError::invalid(
+                field.clone(),
+                "is not valid base64 (standard alphabet): put plain text in spec.stringData instead",
+            )
+        })?;
+        // Canonical form, so equal values are stored equal.
+        *value = base64::engine::general_purpose::STANDARD.encode(bytes);
+    }
+    for (key, value) in std::mem::take(&mut spec.string_data) {
+        if value == REDACTED && old.is_some_and(|o| o.data.contains_key(&key)) {
+            // Sent back as read: keep what is stored (already in `data` unless replaced there).
+            if let Some(stored) = old.and_then(|o| o.data.get(&key)) {
+                spec.data.entry(key).or_insert_with(|| stored.clone());
+            }
+            continue;
+        }
+        spec.data
+            .insert(key, base64::engine::general_purpose::STANDARD.encode(value));
+    }
+    let total: usize = spec
+        .data
+        .values()
+        .map(|v| BASE64.decode(v.as_bytes()).map_or(0, |b| b.len()))
+        .sum();
+    if total > CONFIG_DATA_LIMIT {
+        return Err(ApiError::invalid(
+            "spec.data",
+            format!(
+                "values hold {total} bytes in total, more than the {CONFIG_DATA_LIMIT} bytes a secret may hold"
+            ),
+        ));
+    }
+    Ok(())
+}
 
 #[async_trait]
-impl Admit for ConfigMapSpec {}
+impl Admit for SecretSpec {
+    async fn admit(
+        _state: &ApiState,
+        object: &mut Resource<Self>,
+        old: Option<&Resource<Self>>,
+    ) -> Result<Admitted, ApiError> {
+        admit_secret(&mut object.spec, old.map(|o| &o.spec))?;
+        Ok(Admitted::default())
+    }
+
+    async fn dependents(
+        state: &ApiState,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<String>, ApiError> {
+        config_users(state, Kind::Secret, namespace, name).await
+    }
+}
+
+#[async_trait]
+impl Admit for ConfigMapSpec {
+    async fn dependents(
+        state: &ApiState,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<String>, ApiError> {
+        config_users(state, Kind::ConfigMap, namespace, name).await
+    }
+}
 
 /// The packages (`"package default/hello"`) that reference archive `sha256`.
 pub(crate) async fn archive_users(state: &ApiState, sha256: &str) -> Result<Vec<String>, ApiError> {
@@ -569,6 +714,37 @@ mod tests {
         let e = RouteKey::of(&trigger(Some("example.com"), "/users/{x}", &[]));
         assert_eq!(d.overlap(&e), Some("GET"));
         assert_eq!(a.overlap(&d), None);
+    }
+
+    #[test]
+    fn secrets_fold_string_data_and_check_base64() {
+        let mut spec = SecretSpec::default();
+        spec.data.insert("a".into(), "aGk".into()); // "hi", unpadded
+        spec.string_data.insert("b".into(), "plain".into());
+        admit_secret(&mut spec, None).unwrap();
+        assert!(spec.string_data.is_empty());
+        assert_eq!(spec.data["a"], "aGk=");
+        assert_eq!(spec.data["b"], "cGxhaW4=");
+
+        let mut bad = SecretSpec::default();
+        bad.data.insert("token".into(), "not base64!".into());
+        let e = admit_secret(&mut bad, None).unwrap_err();
+        assert_eq!(e.field(), Some("spec.data.token"));
+        assert!(!e.to_string().contains("not base64!"), "{e}");
+
+        // Sent back as read: stored values are kept, new ones replace.
+        let mut back = SecretSpec::default();
+        back.data.insert("a".into(), REDACTED.into());
+        back.data.insert("b".into(), REDACTED.into());
+        back.string_data.insert("c".into(), "new".into());
+        admit_secret(&mut back, Some(&spec)).unwrap();
+        assert_eq!(back.data["a"], "aGk=");
+        assert_eq!(back.data["b"], "cGxhaW4=");
+        assert_eq!(back.data["c"], "bmV3");
+        let mut unknown = SecretSpec::default();
+        unknown.data.insert("zzz".into(), REDACTED.into());
+        let e = admit_secret(&mut unknown, Some(&spec)).unwrap_err();
+        assert_eq!(e.field(), Some("spec.data.zzz"));
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //!   field-level validation and referential checks (a function's environment and package exist,
 //!   two triggers never claim one route, an environment in use is not deleted);
 //! - moving literal package archives into the archive store, so the store never holds blobs;
+//! - keeping secret values in the store: every response and watch event carrying a Secret is
+//!   redacted (`redact.rs`), and no error message quotes a value;
 //! - archive upload/download (`/v1/archives`), the watch stream (`/v1/watch`), function logs
 //!   (`/v1/functions/{name}/logs`) and test invocations (`/v1/functions/{name}/invoke`);
 //! - bearer-token authentication, the JSON error shape, request ids, tracing and metrics.
@@ -23,6 +25,7 @@ mod logs;
 mod metrics;
 mod middleware;
 mod ops;
+mod redact;
 mod resources;
 mod state;
 mod watch;

@@ -3,7 +3,7 @@
 //! Every write goes through the same steps: parse (JSON or YAML, unknown fields refused),
 //! settle the namespace, validate, then — holding the write lock — the kind's referential
 //! checks and rewrites ([`Admit`]), and only then the store write. A request that fails any
-//! step writes nothing.
+//! step writes nothing. Every response carrying a Secret is redacted ([`redact`]).
 
 use axum::Json;
 use axum::Router;
@@ -26,6 +26,7 @@ use crate::extract::{
     Params, body_bytes, body_object, default_reference_namespaces, path_name, settle_namespace,
     typed,
 };
+use crate::redact::{redact, redact_all};
 use crate::state::ApiState;
 
 /// Adds the routes of every kind to `router`. Each kind gets its own concrete routes
@@ -108,7 +109,8 @@ async fn list(State(state): State<ApiState>, kind: Kind, uri: Uri) -> Result<Res
         .store
         .list(kind, (!all).then_some(namespace.as_str()))
         .await?;
-    let items: Vec<Value> = list.items.into_iter().map(|o| o.value).collect();
+    let mut items: Vec<Value> = list.items.into_iter().map(|o| o.value).collect();
+    redact_all(&mut items);
     Ok(Json(json!({
         "apiVersion": API_VERSION,
         "kind": format!("{kind}List"),
@@ -127,7 +129,10 @@ async fn get_one(
     let name = name_param(name)?;
     let namespace = Params::parse(&uri, &["namespace"])?.namespace()?;
     match state.store.get(kind, &namespace, &name).await? {
-        Some(object) => Ok(Json(object.value).into_response()),
+        Some(mut object) => {
+            redact(&mut object.value);
+            Ok(Json(object.value).into_response())
+        }
         None => Err(not_found(kind, &namespace, &name)),
     }
 }
@@ -142,7 +147,7 @@ async fn create(
     let query_ns = Params::parse(&uri, &["namespace"])?.explicit_namespace()?;
     let body = body_bytes(body)?;
     let value = body_object(&headers, &body)?;
-    let stored = match kind {
+    let mut stored = match kind {
         Kind::Environment => {
             create_typed::<EnvironmentSpec>(&state, value, query_ns.as_deref()).await?
         }
@@ -164,6 +169,7 @@ async fn create(
     };
     tracing::info!(kind = %kind, namespace = %stored.namespace, name = %stored.name, resource_version = stored.resource_version, "created");
     state.settle(kind, stored.resource_version).await;
+    redact(&mut stored.value);
     Ok((StatusCode::CREATED, Json(stored.value)).into_response())
 }
 
@@ -174,9 +180,29 @@ fn parse_resource<S: Admit>(
 ) -> Result<Resource<S>, ApiError> {
     let namespace = settle_namespace(&mut value, query_ns)?;
     default_reference_namespaces(&mut value, S::REFERENCES, &namespace);
-    let object = typed::<S>(value)?;
+    let object = typed::<S>(value).map_err(|e| {
+        if S::KIND == Kind::Secret {
+            // A parse error may quote the offending value ("invalid type: integer `1234`").
+            secret_safe_error(e)
+        } else {
+            e
+        }
+    })?;
     object.validate()?;
     Ok(object)
+}
+
+/// Replaces the message of a parse error about a Secret's values with one that quotes nothing.
+fn secret_safe_error(error: ApiError) -> ApiError {
+    match error.field() {
+        Some(field @ ("spec.data" | "spec.stringData")) => {
+            ApiError::invalid(field.to_string(), "must be a map of keys to string values")
+        }
+        Some(field) if field.starts_with("spec.data.") || field.starts_with("spec.stringData.") => {
+            ApiError::invalid(field.to_string(), "must be a string")
+        }
+        _ => error,
+    }
 }
 
 /// Clears what the store stamps, so a client cannot choose it.
@@ -260,7 +286,7 @@ async fn replace(
     let body = body_bytes(body)?;
     let value = body_object(&headers, &body)?;
     let q = query_ns.as_deref();
-    let stored = match kind {
+    let mut stored = match kind {
         Kind::Environment => replace_typed::<EnvironmentSpec>(&state, &name, value, q).await?,
         Kind::Package => replace_typed::<PackageSpec>(&state, &name, value, q).await?,
         Kind::Function => replace_typed::<FunctionSpec>(&state, &name, value, q).await?,
@@ -274,6 +300,7 @@ async fn replace(
     };
     tracing::info!(kind = %kind, namespace = %stored.namespace, name = %stored.name, resource_version = stored.resource_version, "replaced");
     state.settle(kind, stored.resource_version).await;
+    redact(&mut stored.value);
     Ok(Json(stored.value).into_response())
 }
 
@@ -383,12 +410,13 @@ async fn delete(
             ));
         }
     }
-    let deleted = state
+    let mut deleted = state
         .store
         .delete(kind, &namespace, &name, precondition)
         .await?;
     tracing::info!(kind = %kind, namespace = %namespace, name = %name, resource_version = deleted.resource_version, force, "deleted");
     state.settle(kind, deleted.resource_version).await;
+    redact(&mut deleted.value);
     Ok(Json(deleted.value).into_response())
 }
 
@@ -449,10 +477,11 @@ async fn put_status(
         Kind::Secret => normalise_status::<SecretSpec>(status)?,
         Kind::ConfigMap => normalise_status::<ConfigMapSpec>(status)?,
     };
-    let stored = state
+    let mut stored = state
         .store
         .put_status(kind, &namespace, &name, status, precondition)
         .await?;
+    redact(&mut stored.value);
     Ok(Json(stored.value).into_response())
 }
 

@@ -110,13 +110,12 @@ impl ApiState {
 
     /// Waits until the routes reflect a write of `kind` at `version`, when that kind is routed.
     pub(crate) async fn settle(&self, kind: kappa_types::Kind, version: u64) {
-        if matches!(
+        let routed = matches!(
             kind,
             kappa_types::Kind::Function | kappa_types::Kind::HttpTrigger
-        ) {
-            if let Some(sync) = &self.route_sync {
-                sync.wait_applied(version).await;
-            }
+        );
+        if let (true, Some(sync)) = (routed, &self.route_sync) {
+            sync.wait_applied(version).await;
         }
     }
 

@@ -70,6 +70,11 @@ fn bookmark(resource_version: u64) -> Bytes {
 }
 
 fn event_line(event: &WatchEvent) -> Bytes {
+    if event.object.kind == Kind::Secret {
+        let mut object = event.object.value.clone();
+        crate::redact::redact(&mut object);
+        return line(&json!({"type": event.event_type, "object": object}));
+    }
     line(&json!({"type": event.event_type, "object": event.object.value}))
 }
 

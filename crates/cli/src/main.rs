@@ -13,6 +13,7 @@ mod client;
 mod cmd;
 mod code;
 mod output;
+mod server;
 mod up;
 
 use std::path::PathBuf;
@@ -85,6 +86,8 @@ struct GlobalArgs {
 enum Command {
     /// Run the whole platform on this machine (API, store, pool manager, router).
     Up(up::UpArgs),
+    /// Run platform components (roles) on their own, as the Helm chart does.
+    Server(server::ServerArgs),
     /// Environments: runtimes and their warm pools.
     #[command(subcommand, alias = "environment")]
     Env(cmd::env::EnvCommand),
@@ -97,8 +100,83 @@ enum Command {
     /// Packages: the code of functions, as archives.
     #[command(subcommand, alias = "package")]
     Pkg(cmd::package::PkgCommand),
+    /// Message-queue triggers: topics (NATS JetStream, Redis Streams) whose messages invoke functions.
+    #[command(
+        subcommand,
+        name = "mqtrigger",
+        alias = "mqt",
+        alias = "messagequeuetrigger"
+    )]
+    Mqtrigger(cmd::mqtrigger::MqtCommand),
+    /// Time triggers: cron schedules that invoke functions.
+    #[command(subcommand, name = "timetrigger", alias = "tt", alias = "timer")]
+    Timetrigger(cmd::timetrigger::TtCommand),
+    /// Secrets: key/values functions read from /secrets/<namespace>/<name>/<key> (never shown).
+    #[command(subcommand)]
+    Secret(cmd::secret::SecretCommand),
+    /// Config maps: key/values functions read from /configs/<namespace>/<name>/<key>.
+    #[command(subcommand, alias = "cm")]
+    Configmap(cmd::configmap::ConfigMapCommand),
     /// Print the client's and the server's versions.
     Version,
+    /// Run the fetcher of a Kubernetes function pod (its second container; see kappa-kube).
+    Fetcher(FetcherArgs),
+}
+
+/// `kappa fetcher`: places a function's code in the pod's shared volumes and specializes the
+/// runtime next to it when the pool manager asks (`POST /specialize`).
+#[derive(Debug, Clone, clap::Args)]
+struct FetcherArgs {
+    /// Address to listen on.
+    #[arg(long, env = "KAPPA_FETCHER_LISTEN", default_value = "0.0.0.0:8000")]
+    listen: std::net::SocketAddr,
+    /// The shared code volume.
+    #[arg(long, env = "KAPPA_FETCHER_USERFUNC", default_value = "/userfunc")]
+    userfunc: PathBuf,
+    /// Where Secrets are written.
+    #[arg(long, env = "KAPPA_FETCHER_SECRETS", default_value = "/secrets")]
+    secrets: PathBuf,
+    /// Where ConfigMaps are written.
+    #[arg(long, env = "KAPPA_FETCHER_CONFIGS", default_value = "/configs")]
+    configs: PathBuf,
+    /// The runtime container's URL.
+    #[arg(
+        long,
+        env = "KAPPA_FETCHER_RUNTIME_URL",
+        default_value = "http://127.0.0.1:8888"
+    )]
+    runtime_url: String,
+    /// Largest archive accepted, in bytes.
+    #[arg(long, env = "KAPPA_FETCHER_MAX_ARCHIVE_BYTES", default_value_t = 512 << 20)]
+    max_archive_bytes: u64,
+}
+
+/// Runs the fetcher until SIGTERM or Ctrl-C.
+async fn fetcher(args: FetcherArgs, token: Option<String>) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let config = kappa_kube::fetcher::FetcherConfig {
+        userfunc: args.userfunc,
+        secrets: args.secrets,
+        configs: args.configs,
+        runtime_url: args.runtime_url.trim_end_matches('/').to_string(),
+        api_token: token,
+        max_archive_bytes: args.max_archive_bytes,
+        ..kappa_kube::fetcher::FetcherConfig::in_pod()
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => None } } => {}
+        }
+        stop.cancel();
+    });
+    kappa_kube::fetcher::run(args.listen, config, shutdown)
+        .await
+        .with_context(|| format!("fetcher on {}", args.listen))
 }
 
 fn main() -> ExitCode {
@@ -124,6 +202,8 @@ fn init_tracing(cli: &Cli) {
     // `kappa up` is a server: it logs at info by default. Commands are quiet unless -v.
     let base = match (&cli.command, cli.global.verbose) {
         (Command::Up(_), 0) => "info",
+        (Command::Server(_), 0) => "info",
+        (Command::Fetcher(_), 0) => "info",
         (_, 0) => "warn",
         (_, 1) => "info",
         (_, 2) => "debug",
@@ -160,11 +240,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Up(args) => up::run(args).await,
+        Command::Server(args) => server::run(args).await,
         Command::Env(c) => cmd::env::run(&ctx()?, c).await,
         Command::Fn(c) => cmd::function::run(&ctx()?, c).await,
         Command::Route(c) => cmd::route::run(&ctx()?, c).await,
         Command::Pkg(c) => cmd::package::run(&ctx()?, c).await,
+        Command::Mqtrigger(c) => cmd::mqtrigger::run(&ctx()?, c).await,
+        Command::Timetrigger(c) => cmd::timetrigger::run(ctx, c).await,
+        Command::Secret(c) => cmd::secret::run(&ctx()?, c).await,
+        Command::Configmap(c) => cmd::configmap::run(&ctx()?, c).await,
         Command::Version => version(&connect, &g.namespace, g.output).await,
+        Command::Fetcher(args) => fetcher(args, g.token.clone()).await,
     }
 }
 

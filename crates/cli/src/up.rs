@@ -24,6 +24,10 @@ use tokio_util::sync::CancellationToken;
 
 /// The Python runtime server, shipped inside the binary so `kappa up` needs nothing else.
 const PYTHON_RUNTIME: &str = include_str!("../../../functions/runtimes/python/server.py");
+/// The Node.js runtime server (run with the machine's `node`).
+const NODEJS_RUNTIME: &str = include_str!("../../../functions/runtimes/nodejs/server.js");
+/// The binary (CGI-style) runtime server (run with `python3`).
+const BINARY_RUNTIME: &str = include_str!("../../../functions/runtimes/binary/server.py");
 /// The example deployed by `kappa up`.
 const HELLO_PY: &str = include_str!("../../../functions/examples/hello/hello.py");
 
@@ -66,6 +70,18 @@ pub struct UpArgs {
     /// Seconds to drain in-flight requests and stop instances on shutdown.
     #[arg(long, default_value_t = 10)]
     pub shutdown_grace: u64,
+    /// Seconds a package build may run before it is killed (and fails).
+    #[arg(long, env = "KAPPA_BUILD_TIMEOUT", default_value_t = 600)]
+    pub build_timeout: u64,
+    /// Package builds that run at once.
+    #[arg(long, env = "KAPPA_BUILD_PARALLELISM", default_value_t = 2)]
+    pub build_parallelism: usize,
+    /// The NATS server (JetStream) of message-queue triggers without `metadata.url`.
+    #[arg(long, env = "KAPPA_NATS_URL", default_value = kappa_triggers::DEFAULT_NATS_URL)]
+    pub nats_url: String,
+    /// The Redis server of message-queue triggers without `metadata.url`.
+    #[arg(long, env = "KAPPA_REDIS_URL", default_value = kappa_triggers::DEFAULT_REDIS_URL)]
+    pub redis_url: String,
 }
 
 /// The default data directory: `$HOME/.kappa`.
@@ -103,7 +119,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let backend = LocalBackend::new(
         LocalConfig {
             data_dir: data_dir.join("local"),
-            runtimes: RuntimeRegistry::new(runtimes_dir),
+            runtimes: RuntimeRegistry::new(runtimes_dir.clone()),
             sandbox: match args.sandbox.as_str() {
                 "bwrap" => SandboxMode::Bwrap,
                 "none" => SandboxMode::None,
@@ -122,6 +138,35 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     )
     .await
     .context("starting the local instance backend")?;
+
+    // Source packages are built in the same sandbox and limits as instances.
+    let build_sandbox = kappa_local::BuildSandbox::new(
+        match args.sandbox.as_str() {
+            "bwrap" => SandboxMode::Bwrap,
+            "none" => SandboxMode::None,
+            _ => SandboxMode::Auto,
+        },
+        match args.cgroups.as_str() {
+            "v2" => CgroupMode::V2,
+            "v1" => CgroupMode::V1,
+            "none" => CgroupMode::None,
+            _ => CgroupMode::Auto,
+        },
+    )
+    .await
+    .context("starting the build sandbox")?;
+    let builder = kappa_builder::Builder::new(
+        kappa_builder::BuilderConfig {
+            timeout: Duration::from_secs(args.build_timeout.max(1)),
+            parallelism: args.build_parallelism.max(1),
+            ..kappa_builder::BuilderConfig::new(data_dir.join("builds"))
+        },
+        Arc::clone(&store),
+        Arc::clone(&archives),
+        Arc::new(build_sandbox),
+        RuntimeRegistry::new(runtimes_dir),
+    )
+    .context("starting the package builder")?;
 
     let index = Arc::new(EndpointIndex::new());
     let mut registry = prometheus_client::registry::Registry::default();
@@ -170,6 +215,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         let token = shutdown.clone();
         tokio::spawn(async move { manager.run(token, grace).await })
     };
+    let builder_task = {
+        let token = shutdown.clone();
+        tokio::spawn(async move { builder.run(token).await })
+    };
     let router_task = {
         let router = router.clone();
         let token = shutdown.clone();
@@ -182,6 +231,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     write_client_config(&data_dir, &api_url, &token, &router_url)?;
     router.wait_ready().await;
+    // Event triggers start once the router serves, so their first invocations find it ready.
+    let triggers_task = {
+        let triggers = kappa_triggers::TriggerManager::new(
+            kappa_triggers::ManagerConfig {
+                nats_url: args.nats_url.clone(),
+                redis_url: args.redis_url.clone(),
+                ..kappa_triggers::ManagerConfig::default()
+            },
+            Arc::clone(&store),
+            Arc::new(RouterInvoker(router.clone())),
+        );
+        let token = shutdown.clone();
+        tokio::spawn(async move { triggers.run(token).await })
+    };
     if !args.no_example {
         deploy_example(store.as_ref(), &archives)
             .await
@@ -209,9 +272,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     shutdown.cancel();
     let stop = async {
+        let _ = triggers_task.await;
         let _ = router_task.await;
         let _ = api_task.await;
         let _ = manager_task.await;
+        let _ = builder_task.await;
     };
     if tokio::time::timeout(grace + Duration::from_secs(5), stop)
         .await
@@ -293,14 +358,27 @@ fn write_client_config(
 /// upgraded binary brings its runtime along).
 fn install_runtimes(data_dir: &Path) -> anyhow::Result<PathBuf> {
     let dir = data_dir.join("runtimes");
-    let python = dir.join("python");
-    std::fs::create_dir_all(&python).with_context(|| format!("creating {}", python.display()))?;
-    let target = python.join("server.py");
-    let tmp = python.join("server.py.tmp");
-    std::fs::write(&tmp, PYTHON_RUNTIME).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &target).with_context(|| format!("writing {}", target.display()))?;
+    let target = install_runtime_file(&dir, "python", "server.py", PYTHON_RUNTIME)?;
     precompile_python_runtime(&target);
+    install_runtime_file(&dir, "nodejs", "server.js", NODEJS_RUNTIME)?;
+    install_runtime_file(&dir, "binary", "server.py", BINARY_RUNTIME)?;
     Ok(dir)
+}
+
+/// Writes `<dir>/<runtime>/<file>` atomically (write then rename) and returns its path.
+fn install_runtime_file(
+    dir: &Path,
+    runtime: &str,
+    file: &str,
+    contents: &str,
+) -> anyhow::Result<PathBuf> {
+    let sub = dir.join(runtime);
+    std::fs::create_dir_all(&sub).with_context(|| format!("creating {}", sub.display()))?;
+    let target = sub.join(file);
+    let tmp = sub.join(format!("{file}.tmp"));
+    std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &target).with_context(|| format!("writing {}", target.display()))?;
+    Ok(target)
 }
 
 /// Compiles the Python runtime's code cache on the host: sandboxed instances see the runtime
@@ -404,6 +482,19 @@ impl RouteSync for RouterInvoker {
 
 #[async_trait::async_trait]
 impl Invoker for RouterInvoker {
+    async fn invoke(
+        &self,
+        function: FunctionId,
+        request: http::Request<axum::body::Body>,
+    ) -> http::Response<axum::body::Body> {
+        self.0.invoke(function, request).await
+    }
+}
+
+/// Message-queue and time triggers invoke functions through the router, with the same
+/// admission, queueing and scaling as HTTP traffic.
+#[async_trait::async_trait]
+impl kappa_triggers::Invoke for RouterInvoker {
     async fn invoke(
         &self,
         function: FunctionId,

@@ -52,6 +52,73 @@ pub struct Instance {
     pub labels: BTreeMap<String, String>,
 }
 
+/// Which kind of resource a [`ConfigVolume`] comes from; it decides where the files appear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ConfigKind {
+    /// A Secret: files at `/secrets/<namespace>/<name>/<key>`, mode `0400`.
+    Secret,
+    /// A ConfigMap: files at `/configs/<namespace>/<name>/<key>`, mode `0440`.
+    ConfigMap,
+}
+
+impl ConfigKind {
+    /// The directory the volumes of this kind are placed under (`secrets` or `configs`), both
+    /// in the instance's own directory and, sandboxed, at the root of the instance's view.
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            ConfigKind::Secret => "secrets",
+            ConfigKind::ConfigMap => "configs",
+        }
+    }
+
+    /// The mode of the files placed for this kind.
+    pub fn file_mode(self) -> u32 {
+        match self {
+            ConfigKind::Secret => 0o400,
+            ConfigKind::ConfigMap => 0o440,
+        }
+    }
+}
+
+impl fmt::Display for ConfigKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConfigKind::Secret => "secret",
+            ConfigKind::ConfigMap => "configmap",
+        })
+    }
+}
+
+/// The decoded key/values of one Secret or ConfigMap a function references, placed as files
+/// for the instance (one file per key).
+///
+/// Its `Debug` output shows keys and sizes only, never values, so a request logged with `?`
+/// cannot leak a secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConfigVolume {
+    pub kind: ConfigKind,
+    pub namespace: String,
+    pub name: String,
+    /// Key (a file name, checked by the API) to value.
+    pub entries: BTreeMap<String, Vec<u8>>,
+}
+
+impl fmt::Debug for ConfigVolume {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sizes: BTreeMap<&str, usize> = self
+            .entries
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.len()))
+            .collect();
+        f.debug_struct("ConfigVolume")
+            .field("kind", &self.kind)
+            .field("namespace", &self.namespace)
+            .field("name", &self.name)
+            .field("entry_sizes", &sizes)
+            .finish()
+    }
+}
+
 /// Load a function's code into a generic instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpecializeRequest {
@@ -65,6 +132,9 @@ pub struct SpecializeRequest {
     pub entrypoint: String,
     /// Environment variables applied before the code is loaded.
     pub env: BTreeMap<String, String>,
+    /// The Secrets and ConfigMaps the function references, placed as read-only files before
+    /// the code is loaded (`/secrets/<namespace>/<name>/<key>`, `/configs/...`).
+    pub files: Vec<ConfigVolume>,
     pub timeout: Duration,
 }
 
@@ -156,6 +226,21 @@ pub trait Backend: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_volumes_never_debug_print_values() {
+        let volume = ConfigVolume {
+            kind: ConfigKind::Secret,
+            namespace: "default".into(),
+            name: "db".into(),
+            entries: BTreeMap::from([("password".to_string(), b"hunter2".to_vec())]),
+        };
+        let text = format!("{volume:?}");
+        assert!(text.contains("password"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert_eq!(ConfigKind::Secret.dir_name(), "secrets");
+        assert_eq!(ConfigKind::ConfigMap.dir_name(), "configs");
+    }
 
     #[test]
     fn exit_reasons_read_well() {

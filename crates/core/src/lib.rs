@@ -16,8 +16,8 @@ mod id;
 mod provision;
 
 pub use backend::{
-    Backend, BackendError, ExitReason, Instance, InstanceEvent, InstanceSpec, Limits,
-    SpecializeRequest,
+    Backend, BackendError, ConfigKind, ConfigVolume, ExitReason, Instance, InstanceEvent,
+    InstanceSpec, Limits, SpecializeRequest,
 };
 pub use endpoints::{Endpoint, EndpointIndex, FunctionEndpoints, Permit};
 pub use id::FunctionId;

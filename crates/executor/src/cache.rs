@@ -1,15 +1,20 @@
-//! A watch-fed copy of the Environments and Functions the pool manager reconciles.
+//! A watch-fed copy of the Environments and Functions the pool manager reconciles, and of the
+//! resource versions of Secrets and ConfigMaps (never their values), from which it tells when
+//! a function's instances run with outdated configuration.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
-use kappa_core::FunctionId;
+use kappa_core::{ConfigKind, FunctionId};
 use kappa_store::{EventType, Store, StoreError};
 use kappa_types::{Environment, Function, Kind};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+/// A Secret or ConfigMap by kind and (namespace, name).
+pub(crate) type ConfigRef = (ConfigKind, FunctionId);
 
 /// Environments and functions by (namespace, name), as last seen in the store.
 #[derive(Debug, Default)]
@@ -23,7 +28,32 @@ pub(crate) struct Cache {
 pub(crate) struct Snapshot {
     pub(crate) environments: HashMap<FunctionId, Arc<Environment>>,
     pub(crate) functions: HashMap<FunctionId, Arc<Function>>,
+    /// The resource version of every Secret and ConfigMap (values stay in the store).
+    pub(crate) configs: HashMap<ConfigRef, u64>,
+    /// Every change of a watched kind up to this store resource version is applied.
+    pub(crate) watermark: u64,
     pub(crate) loaded: bool,
+}
+
+impl Snapshot {
+    /// Whether a configuration read at resource version `read` is outdated: the cache holds a
+    /// newer version, or has seen past `read` and no longer holds it (deleted). A cache that
+    /// lags behind the read (the instance read the store directly, after the change) is not a
+    /// reason to roll.
+    pub(crate) fn config_outdated(&self, config: &ConfigRef, read: u64) -> bool {
+        match self.configs.get(config) {
+            Some(current) => *current > read,
+            None => self.watermark >= read,
+        }
+    }
+}
+
+fn config_kind(kind: Kind) -> Option<ConfigKind> {
+    match kind {
+        Kind::Secret => Some(ConfigKind::Secret),
+        Kind::ConfigMap => Some(ConfigKind::ConfigMap),
+        _ => None,
+    }
 }
 
 impl Cache {
@@ -54,7 +84,12 @@ impl Cache {
 
     /// Lists then watches the store until cancelled, relisting when the watch falls behind.
     pub(crate) async fn run(&self, store: Arc<dyn Store>, shutdown: CancellationToken) {
-        let kinds = [Kind::Environment, Kind::Function];
+        let kinds = [
+            Kind::Environment,
+            Kind::Function,
+            Kind::Secret,
+            Kind::ConfigMap,
+        ];
         let mut backoff = Duration::from_millis(100);
         loop {
             if shutdown.is_cancelled() {
@@ -76,6 +111,7 @@ impl Cache {
                                     event.object.kind,
                                     &event.object.namespace,
                                     &event.object.name,
+                                    event.object.resource_version,
                                     event.object.value,
                                 );
                                 self.changed.notify_waiters();
@@ -103,10 +139,29 @@ impl Cache {
     async fn relist(&self, store: &dyn Store) -> Result<u64, StoreError> {
         let envs = store.list(Kind::Environment, None).await?;
         let fns = store.list(Kind::Function, None).await?;
+        let secrets = store.list(Kind::Secret, None).await?;
+        let configmaps = store.list(Kind::ConfigMap, None).await?;
+        let version = envs
+            .resource_version
+            .min(fns.resource_version)
+            .min(secrets.resource_version)
+            .min(configmaps.resource_version);
         let mut snapshot = Snapshot {
             loaded: true,
+            watermark: version,
             ..Snapshot::default()
         };
+        for (kind, list) in [
+            (ConfigKind::Secret, secrets),
+            (ConfigKind::ConfigMap, configmaps),
+        ] {
+            for obj in list.items {
+                snapshot.configs.insert(
+                    (kind, FunctionId::new(obj.namespace, obj.name)),
+                    obj.resource_version,
+                );
+            }
+        }
         for obj in envs.items {
             if let Ok(env) = Environment::from_json(obj.value) {
                 snapshot
@@ -123,7 +178,7 @@ impl Cache {
         }
         *self.inner.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;
         self.changed.notify_waiters();
-        Ok(envs.resource_version.min(fns.resource_version))
+        Ok(version)
     }
 
     fn apply(
@@ -132,10 +187,20 @@ impl Cache {
         kind: Kind,
         namespace: &str,
         name: &str,
+        resource_version: u64,
         value: serde_json::Value,
     ) {
         let id = FunctionId::new(namespace, name);
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.watermark = inner.watermark.max(resource_version);
+        if let Some(config) = config_kind(kind) {
+            if event == EventType::Deleted {
+                inner.configs.remove(&(config, id));
+            } else {
+                inner.configs.insert((config, id), resource_version);
+            }
+            return;
+        }
         match (kind, event) {
             (Kind::Environment, EventType::Deleted) => {
                 inner.environments.remove(&id);

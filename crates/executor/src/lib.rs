@@ -19,10 +19,14 @@
 //! - State is in memory; locally, instances do not survive a platform restart (the local backend
 //!   kills orphans of a previous run on start) and pools are rebuilt from the store.
 //!
+//! [`http`] exposes it over HTTP to routers in other processes (cluster mode).
+//!
 //! It deliberately knows nothing of HTTP routing or of how instances run.
 
 mod cache;
+pub mod http;
 mod manager;
 mod metrics;
 
+pub use http::ExecutorApi;
 pub use manager::{ExecutorConfig, PoolManager};

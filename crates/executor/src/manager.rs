@@ -8,19 +8,21 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use kappa_archive::ArchiveStore;
 use kappa_core::{
-    Backend, BackendError, Endpoint, EndpointIndex, ExitReason, FunctionId, Instance,
-    InstanceEvent, InstanceSpec, Limits, Provision, ProvisionError, Provisioner, SpecializeRequest,
+    Backend, BackendError, ConfigKind, ConfigVolume, Endpoint, EndpointIndex, ExitReason,
+    FunctionId, Instance, InstanceEvent, InstanceSpec, Limits, Provision, ProvisionError,
+    Provisioner, SpecializeRequest,
 };
 use kappa_store::{Precondition, Store};
 use kappa_types::{
-    ArchiveType, BuildStatus, Environment, ExecutorType, Function, Kind, Package, Resources,
+    ArchiveType, BuildStatus, ConfigMap, Environment, ExecutorType, Function, Kind, NamedRef,
+    Package, Resources, Secret,
 };
 use prometheus_client::registry::Registry;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::Cache;
+use crate::cache::{Cache, ConfigRef};
 use crate::metrics::{Metrics, ResultLabels};
 
 /// Tunables of the pool manager.
@@ -109,11 +111,35 @@ struct Pool {
 struct FnState {
     instances: HashMap<String, FnInstance>,
     inflight: Vec<Inflight>,
+    /// The last failed specialization, answered to further misses of the same generation until
+    /// its back-off ends, so a broken function cannot make every request start a process.
+    failure: Option<RecentFailure>,
+    /// The versions of the function's secrets and config maps at the last reconcile (`None`
+    /// for one that does not exist). A change ends a failure back-off: re-creating a missing
+    /// secret must not leave the function failing until the back-off runs out.
+    config_seen: Option<Vec<Option<u64>>>,
+}
+
+struct RecentFailure {
+    generation: i64,
+    error: ProvisionError,
+    /// Consecutive failures; the back-off doubles with each (1 s up to 30 s).
+    streak: u32,
+    until: Instant,
+}
+
+/// The back-off after `streak` consecutive failed specializations.
+fn failure_backoff(streak: u32) -> Duration {
+    Duration::from_secs(1u64 << streak.saturating_sub(1).min(5)).min(Duration::from_secs(30))
 }
 
 struct FnInstance {
     endpoint: Arc<Endpoint>,
     env_generation: i64,
+    /// The configuration fingerprint it was specialized with: the resource version of each
+    /// Secret and ConfigMap it was given, as read from the store. When the cache sees a newer
+    /// version (or a deletion), the instance is drained like one of an old generation.
+    config: Vec<(ConfigRef, u64)>,
     drain_deadline: Option<Instant>,
 }
 
@@ -135,6 +161,22 @@ fn limits_of(resources: &Resources, default_pids: Option<u64>) -> Limits {
         cpu_millis: resources.cpu_limit_millis(),
         pids: resources.limits.pids.or(default_pids),
     }
+}
+
+/// The cached versions of `function`'s secrets then config maps, in spec order.
+fn config_versions(snapshot: &crate::cache::Snapshot, function: &Function) -> Vec<Option<u64>> {
+    let spec = &function.spec;
+    spec.secrets
+        .iter()
+        .map(|r| (ConfigKind::Secret, r))
+        .chain(spec.configmaps.iter().map(|r| (ConfigKind::ConfigMap, r)))
+        .map(|(kind, r)| {
+            snapshot
+                .configs
+                .get(&(kind, FunctionId::new(&r.namespace, &r.name)))
+                .copied()
+        })
+        .collect()
 }
 
 fn new_instance_id(env: &FunctionId) -> String {
@@ -195,6 +237,7 @@ impl PoolManager {
             let events = self.inner.backend.subscribe();
             tokio::spawn(async move { this.handle_events(events, token).await })
         };
+        self.adopt_existing(&shutdown).await;
         loop {
             let changed = self.inner.cache.changed.notified();
             self.reconcile().await;
@@ -352,6 +395,149 @@ impl PoolManager {
             .set(specialized as i64);
     }
 
+    // ---- adoption --------------------------------------------------------------------------
+
+    /// At start, once the cache has loaded the store: puts the instances the backend still has
+    /// (a previous pool manager's, found by their labels) back where they belong instead of
+    /// killing them. Warm ones of an environment's current generation go back into its pool (up
+    /// to `poolsize`); specialized ones go back into the endpoint index with the generation they
+    /// were specialized with, and the reconcile loop then drains those of an old generation as
+    /// usual. Instances of an unknown environment or function, or of an old environment
+    /// generation while warm, are deleted. Instances without Kappa's role label are left alone.
+    ///
+    /// The Kubernetes pod backend labels its pods with these keys (`kappa_kube::pods`); the
+    /// local backend lists nothing at start (it kills a previous run's orphans), so locally
+    /// this adopts nothing.
+    async fn adopt_existing(&self, shutdown: &CancellationToken) {
+        const ROLE: &str = "kappa.dev/role";
+        const ENVIRONMENT: &str = "kappa.dev/environment";
+        const ENVIRONMENT_NAMESPACE: &str = "kappa.dev/environment-namespace";
+        const ENV_GENERATION: &str = "kappa.dev/env-generation";
+        const FUNCTION: &str = "kappa.dev/function";
+        const FUNCTION_NAMESPACE: &str = "kappa.dev/function-namespace";
+        const GENERATION: &str = "kappa.dev/generation";
+
+        while !self.inner.cache.snapshot().loaded {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.inner.cache.changed.notified() => {}
+                () = tokio::time::sleep(self.inner.config.reconcile_interval) => {}
+            }
+        }
+        let instances = match self.inner.backend.list().await {
+            Ok(instances) => instances,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list instances to adopt");
+                return;
+            }
+        };
+        let snapshot = self.inner.cache.snapshot();
+        let mut to_delete: Vec<String> = Vec::new();
+        let mut to_index: Vec<(FunctionId, Arc<Endpoint>)> = Vec::new();
+        let mut adopted = 0usize;
+        {
+            let mut guard = self.state();
+            let st = &mut *guard;
+            for instance in instances {
+                if st.owners.contains_key(&instance.id) {
+                    continue;
+                }
+                let label = |key: &str| instance.labels.get(key).cloned();
+                let number = |key: &str| label(key).and_then(|v| v.parse::<i64>().ok());
+                let id_of = |ns: &str, name: &str| match (label(ns), label(name)) {
+                    (Some(ns), Some(name)) => Some(FunctionId::new(&ns, &name)),
+                    _ => None,
+                };
+                match label(ROLE).as_deref() {
+                    Some("pool") => {
+                        let env = id_of(ENVIRONMENT_NAMESPACE, ENVIRONMENT).and_then(|id| {
+                            snapshot.environments.get(&id).map(|e| (id, Arc::clone(e)))
+                        });
+                        let Some((env_id, env)) = env else {
+                            to_delete.push(instance.id);
+                            continue;
+                        };
+                        let generation = generation_of(&env.metadata);
+                        let pool = st.pools.entry(env_id.clone()).or_insert_with(|| Pool {
+                            generation,
+                            warm: VecDeque::new(),
+                            starting: 0,
+                            failures: 0,
+                            retry_at: None,
+                            last_error: None,
+                        });
+                        if number(ENV_GENERATION) != Some(generation)
+                            || pool.generation != generation
+                            || pool.warm.len() >= env.spec.poolsize as usize
+                        {
+                            to_delete.push(instance.id);
+                            continue;
+                        }
+                        st.owners.insert(instance.id.clone(), Owner::Pool(env_id));
+                        pool.warm.push_back(instance);
+                        st.total += 1;
+                        adopted += 1;
+                    }
+                    Some("specialized") => {
+                        let function = id_of(FUNCTION_NAMESPACE, FUNCTION).and_then(|id| {
+                            snapshot.functions.get(&id).map(|f| (id, Arc::clone(f)))
+                        });
+                        let (Some((fid, function)), Some(generation)) =
+                            (function, number(GENERATION))
+                        else {
+                            to_delete.push(instance.id);
+                            continue;
+                        };
+                        let endpoint = Arc::new(Endpoint::new(
+                            instance.id.clone(),
+                            instance.addr,
+                            generation,
+                            function.spec.requests_per_pod,
+                        ));
+                        st.functions
+                            .entry(fid.clone())
+                            .or_default()
+                            .instances
+                            .insert(
+                                instance.id.clone(),
+                                FnInstance {
+                                    endpoint: Arc::clone(&endpoint),
+                                    env_generation: number(ENV_GENERATION).unwrap_or(0),
+                                    // Not recorded on the instance: an adopted instance is rolled
+                                    // by generation changes only, not by Secret/ConfigMap edits.
+                                    config: Vec::new(),
+                                    drain_deadline: None,
+                                },
+                            );
+                        st.owners
+                            .insert(instance.id.clone(), Owner::Function(fid.clone()));
+                        st.total += 1;
+                        adopted += 1;
+                        to_index.push((fid, endpoint));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for (fid, endpoint) in to_index {
+            self.inner.index.insert(&fid, endpoint);
+        }
+        let deleted = to_delete.len();
+        for id in to_delete {
+            if let Err(e) = self.inner.backend.delete(&id, Duration::ZERO).await {
+                tracing::debug!(instance = %id, error = %e, "deleting an unadoptable instance failed");
+            }
+        }
+        if adopted + deleted > 0 {
+            tracing::info!(
+                adopted,
+                deleted,
+                "adopted the instances of a previous pool manager"
+            );
+        }
+        self.update_gauges();
+    }
+
     // ---- reconcile -------------------------------------------------------------------------
 
     async fn reconcile(&self) {
@@ -433,6 +619,17 @@ impl PoolManager {
             for fid in function_ids {
                 let function = snapshot.functions.get(&fid);
                 let fs = st.functions.entry(fid.clone()).or_default();
+                if let Some(f) = function {
+                    let seen = config_versions(&snapshot, f);
+                    if fs
+                        .config_seen
+                        .as_ref()
+                        .is_some_and(|before| *before != seen)
+                    {
+                        fs.failure = None;
+                    }
+                    fs.config_seen = Some(seen);
+                }
                 let current_gen = function.map(|f| generation_of(&f.metadata));
                 let env_gen = function.and_then(|f| {
                     let env_id =
@@ -450,15 +647,29 @@ impl PoolManager {
                 }) + self.inner.config.drain_slack;
                 let grace = Duration::from_secs(5);
 
-                // Mark stale instances draining.
+                // Mark stale instances draining: old function or environment generation, or
+                // outdated secrets and config maps. Draining at once (before a replacement is
+                // ready) means no new request reaches old code or old values; the next request
+                // specializes a replacement.
                 let mut active: Vec<(&String, &mut FnInstance)> = Vec::new();
                 for (iid, inst) in fs.instances.iter_mut() {
-                    let stale = current_gen != Some(inst.endpoint.generation)
+                    let old_generation = current_gen != Some(inst.endpoint.generation)
                         || env_gen.is_some_and(|g| g != inst.env_generation);
-                    if stale && inst.drain_deadline.is_none() {
+                    let outdated = inst
+                        .config
+                        .iter()
+                        .find(|(config, read)| snapshot.config_outdated(config, *read));
+                    if (old_generation || outdated.is_some()) && inst.drain_deadline.is_none() {
                         inst.endpoint.mark_draining();
                         inst.drain_deadline = Some(now + drain_for);
-                        tracing::info!(function = %fid, instance = %iid, "draining instance of an old generation");
+                        match outdated {
+                            Some(((kind, config), _)) if !old_generation => {
+                                tracing::info!(function = %fid, instance = %iid, %kind, config = %config, "draining instance specialized with an outdated secret or config map");
+                            }
+                            _ => {
+                                tracing::info!(function = %fid, instance = %iid, "draining instance of an old generation");
+                            }
+                        }
                     }
                     if inst.drain_deadline.is_none() {
                         active.push((iid, inst));
@@ -507,8 +718,14 @@ impl PoolManager {
                         .iter()
                         .filter(|i| i.generation == generation)
                         .count();
-                    for _ in (ready + starting)..min_scale {
-                        to_specialize.push((fid.clone(), Arc::clone(f)));
+                    let backing_off = fs
+                        .failure
+                        .as_ref()
+                        .is_some_and(|f| f.generation == generation && f.until > now);
+                    if !backing_off {
+                        for _ in (ready + starting)..min_scale {
+                            to_specialize.push((fid.clone(), Arc::clone(f)));
+                        }
                     }
                 }
                 if function.is_none() && fs.instances.is_empty() && fs.inflight.is_empty() {
@@ -682,25 +899,93 @@ impl PoolManager {
             name: format!("{}/{}", pref.namespace, pref.name),
             reason,
         };
-        let obj = self
-            .inner
-            .store
-            .get(Kind::Package, &pref.namespace, &pref.name)
-            .await
-            .map_err(|e| ProvisionError::Unavailable(e.to_string()))?
-            .ok_or_else(|| package_error("it does not exist".into()))?;
-        let package =
-            Package::from_json(obj.value).map_err(|e| package_error(format!("unreadable: {e}")))?;
-        match package.status.buildstatus {
-            BuildStatus::Failed => {
-                let log = package.status.buildlog.trim();
-                return Err(package_error(format!("its build failed:\n{log}")));
+        /// The last lines of a build log (at most 30 lines and 4 KiB), for an invocation's error.
+        fn log_tail(log: &str) -> String {
+            const MAX_LINES: usize = 30;
+            const MAX_BYTES: usize = 4096;
+            let lines: Vec<&str> = log.trim_end().lines().collect();
+            let mut tail = lines[lines.len().saturating_sub(MAX_LINES)..].join("\n");
+            if tail.len() > MAX_BYTES {
+                let mut start = tail.len() - MAX_BYTES;
+                while !tail.is_char_boundary(start) {
+                    start += 1;
+                }
+                tail = tail[start..].to_owned();
             }
-            BuildStatus::Pending | BuildStatus::Running if package.spec.deployment.is_none() => {
-                return Err(package_error("it has not been built yet".into()));
-            }
-            _ => {}
+            tail
         }
+        // A package whose build is pending or running and has no deployment yet is waited for.
+        // The wait ends just before the function's specializationTimeout, the bound the caller
+        // (`provision`, and the router above it with specializationTimeout + functionTimeout)
+        // puts on the whole cold start: a build still running then is answered with this clear
+        // "still being built" (503, retry) rather than a timeout; the build itself goes on.
+        let wait = Duration::from_secs(function.spec.specialization_timeout)
+            .saturating_sub(Duration::from_secs(1))
+            .max(Duration::from_millis(500));
+        let deadline = Instant::now() + wait;
+        let package = loop {
+            let obj = self
+                .inner
+                .store
+                .get(Kind::Package, &pref.namespace, &pref.name)
+                .await
+                .map_err(|e| ProvisionError::Unavailable(e.to_string()))?
+                .ok_or_else(|| package_error("it does not exist".into()))?;
+            let version = obj.resource_version;
+            let package = Package::from_json(obj.value)
+                .map_err(|e| package_error(format!("unreadable: {e}")))?;
+            let status = package.status.buildstatus;
+            if status == BuildStatus::Failed {
+                return Err(package_error(format!(
+                    "its build failed (`kappa pkg info {}` shows the whole log); the end of the build log:\n{}",
+                    pref.name,
+                    log_tail(&package.status.buildlog)
+                )));
+            }
+            let building = matches!(status, BuildStatus::Pending | BuildStatus::Running)
+                && package.spec.deployment.is_none();
+            if !building {
+                break package;
+            }
+            // Wait for the package to change, then look again.
+            let mut events = self.inner.store.watch(&[Kind::Package], Some(version));
+            let changed = tokio::time::timeout_at(deadline, async {
+                while let Some(event) = futures::StreamExt::next(&mut events).await {
+                    match event {
+                        Ok(e)
+                            if e.object.namespace == pref.namespace
+                                && e.object.name == pref.name =>
+                        {
+                            return true;
+                        }
+                        Ok(_) => {}
+                        // History gone or the watch failed: read the package again.
+                        Err(_) => return false,
+                    }
+                }
+                false
+            })
+            .await;
+            match changed {
+                Ok(true) => {}
+                // The watch ended without news: read again after a pause.
+                Ok(false) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(_) => {
+                    let status = if status == BuildStatus::Running {
+                        "running"
+                    } else {
+                        "pending"
+                    };
+                    return Err(ProvisionError::Unavailable(format!(
+                        "package {}/{} is still being built (build status {status} after waiting {} s): retry when `kappa pkg info {}` shows succeeded",
+                        pref.namespace,
+                        pref.name,
+                        wait.as_secs(),
+                        pref.name
+                    )));
+                }
+            }
+        };
         let archive = package
             .spec
             .deployment
@@ -734,6 +1019,111 @@ impl PoolManager {
             )));
         }
         Ok((sha, archive.filename.clone()))
+    }
+
+    /// The Secrets and ConfigMaps `function` references, read from the store (the API never
+    /// returns secret values; the executor is one of the two places they go: into the
+    /// instance's files), with the configuration fingerprint they make. A missing or unreadable
+    /// one is an error naming it and the field that references it; no error carries a value.
+    async fn load_config(
+        &self,
+        function: &Function,
+    ) -> Result<(Vec<ConfigVolume>, Vec<(ConfigRef, u64)>), ProvisionError> {
+        let refs = function
+            .spec
+            .secrets
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (ConfigKind::Secret, format!("spec.secrets[{i}]"), r))
+            .chain(
+                function
+                    .spec
+                    .configmaps
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (ConfigKind::ConfigMap, format!("spec.configmaps[{i}]"), r)),
+            );
+        let mut volumes = Vec::new();
+        let mut fingerprint = Vec::new();
+        for (kind, field, reference) in refs {
+            let (volume, version) = self.load_volume(kind, &field, reference).await?;
+            fingerprint.push((
+                (kind, FunctionId::new(&volume.namespace, &volume.name)),
+                version,
+            ));
+            volumes.push(volume);
+        }
+        Ok((volumes, fingerprint))
+    }
+
+    async fn load_volume(
+        &self,
+        kind: ConfigKind,
+        field: &str,
+        reference: &NamedRef,
+    ) -> Result<(ConfigVolume, u64), ProvisionError> {
+        let store_kind = match kind {
+            ConfigKind::Secret => Kind::Secret,
+            ConfigKind::ConfigMap => Kind::ConfigMap,
+        };
+        let what = format!("{kind} {}/{}", reference.namespace, reference.name);
+        let misconfigured = |reason: String| ProvisionError::Specialize {
+            message: format!("{what} ({field}) {reason}"),
+            detail: None,
+        };
+        let obj = self
+            .inner
+            .store
+            .get(store_kind, &reference.namespace, &reference.name)
+            .await
+            .map_err(|e| ProvisionError::Unavailable(e.to_string()))?
+            .ok_or_else(|| {
+                misconfigured(format!(
+                    "does not exist: create it, or remove it from the function (kappa {} create --name {})",
+                    kind, reference.name
+                ))
+            })?;
+        let entries = match kind {
+            ConfigKind::Secret => {
+                // The serde message could quote a value: say only that it is unreadable.
+                let secret = Secret::from_json(obj.value)
+                    .map_err(|_| misconfigured("is unreadable".into()))?;
+                let mut entries = BTreeMap::new();
+                for (key, value) in &secret.spec.data {
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(value.trim())
+                        .map_err(|_| {
+                            misconfigured(format!(
+                                "holds a value for key {key:?} that is not base64"
+                            ))
+                        })?;
+                    entries.insert(key.clone(), bytes);
+                }
+                for (key, value) in secret.spec.string_data {
+                    entries.insert(key, value.into_bytes());
+                }
+                entries
+            }
+            ConfigKind::ConfigMap => {
+                let config = ConfigMap::from_json(obj.value)
+                    .map_err(|e| misconfigured(format!("is unreadable: {e}")))?;
+                config
+                    .spec
+                    .data
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes()))
+                    .collect()
+            }
+        };
+        Ok((
+            ConfigVolume {
+                kind,
+                namespace: reference.namespace.clone(),
+                name: reference.name.clone(),
+                entries,
+            },
+            obj.resource_version,
+        ))
     }
 
     /// Starts a specialization for `fid` unless one with free slots exists or the function is
@@ -807,6 +1197,22 @@ impl PoolManager {
                 let mut st = this.state();
                 if let Some(fs) = st.functions.get_mut(&fid) {
                     fs.inflight.retain(|i| i.id != id);
+                    fs.failure = match &result {
+                        Ok(()) => None,
+                        Err(error) => {
+                            let streak = fs
+                                .failure
+                                .as_ref()
+                                .filter(|f| f.generation == generation)
+                                .map_or(1, |f| f.streak + 1);
+                            Some(RecentFailure {
+                                generation,
+                                error: error.clone(),
+                                streak,
+                                until: Instant::now() + failure_backoff(streak),
+                            })
+                        }
+                    };
                 }
             }
             if let Err(e) = &result {
@@ -817,6 +1223,14 @@ impl PoolManager {
             this.update_gauges();
         });
         Some(rx)
+    }
+
+    /// The error of the function's last failed specialization while its back-off lasts.
+    fn recent_failure(&self, fid: &FunctionId, generation: i64) -> Option<ProvisionError> {
+        let st = self.state();
+        let failure = st.functions.get(fid)?.failure.as_ref()?;
+        (failure.generation == generation && failure.until > Instant::now())
+            .then(|| failure.error.clone())
     }
 
     /// Takes a warm instance of the environment's pool if one is ready.
@@ -845,6 +1259,8 @@ impl PoolManager {
     ) -> Result<(), ProvisionError> {
         let (env_id, env) = self.load_environment(function).await?;
         let (sha, filename) = self.resolve_archive(function).await?;
+        // Before taking an instance: a missing secret fails fast, and costs no instance.
+        let (files, config) = self.load_config(function).await?;
         let env_generation = generation_of(&env.metadata);
         let dedicated = function.spec.executor_type == ExecutorType::Newdeploy
             || !function.spec.resources.is_empty();
@@ -895,6 +1311,7 @@ impl PoolManager {
             filename,
             entrypoint: function.spec.package.function_name.clone(),
             env: function.spec.env.clone(),
+            files,
             timeout,
         };
         let outcome =
@@ -971,6 +1388,7 @@ impl PoolManager {
                     FnInstance {
                         endpoint: Arc::clone(&endpoint),
                         env_generation,
+                        config,
                         drain_deadline: None,
                     },
                 );
@@ -1022,6 +1440,9 @@ impl Provisioner for PoolManager {
             // catch up rather than specialize code it would not use.
             tokio::time::sleep(Duration::from_millis(10)).await;
             return Ok(Provision::Added);
+        }
+        if let Some(error) = self.recent_failure(function, generation) {
+            return Err(error);
         }
         let timeout = Duration::from_secs(f.spec.specialization_timeout);
         let Some(mut done) = self.begin_specialization(function, f, generation, true) else {

@@ -14,7 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use kappa_archive::{ArchiveStore, Extracted};
 use kappa_core::{
-    Backend, BackendError, ExitReason, Instance, InstanceEvent, InstanceSpec, SpecializeRequest,
+    Backend, BackendError, ConfigKind, ExitReason, Instance, InstanceEvent, InstanceSpec,
+    SpecializeRequest,
 };
 use kappa_logs::{InstanceLog, LogStore, LogStream};
 use nix::sys::signal::{Signal, killpg};
@@ -31,7 +32,9 @@ use crate::http;
 use crate::place;
 use crate::procs::{self, INSTANCE_ID_VAR};
 use crate::runtime::{ResolvedRuntime, RuntimeRegistry};
-use crate::sandbox::{self, Bwrap, SANDBOX_USERFUNC};
+use crate::sandbox::{
+    self, Bwrap, InstanceDirs, SANDBOX_CONFIGS, SANDBOX_SECRETS, SANDBOX_USERFUNC,
+};
 use crate::state::{self, InstanceRecord};
 
 /// Capacity of the exit event channel; a subscriber that lags further loses the oldest events
@@ -57,6 +60,10 @@ const LOG_PIPE_BYTES: usize = 64 * 1024;
 const SPAWN_QUEUE: usize = 256;
 /// The longest instance id (it names directories and cgroups).
 const MAX_ID_LEN: usize = 128;
+/// The variable naming the directory holding the instance's secrets (`/secrets` sandboxed).
+pub(crate) const SECRETS_DIR_VAR: &str = "KAPPA_SECRETS_DIR";
+/// The variable naming the directory holding the instance's config maps (`/configs` sandboxed).
+pub(crate) const CONFIGS_DIR_VAR: &str = "KAPPA_CONFIGS_DIR";
 
 /// The local backend: each instance is a child process running an environment's runtime
 /// server on a free loopback port, sandboxed with bubblewrap when available, limited through
@@ -419,11 +426,29 @@ impl Inner {
         };
         let userfunc = dir.join("userfunc");
         let work = dir.join("work");
+        let secrets = dir.join(ConfigKind::Secret.dir_name());
+        let configs = dir.join(ConfigKind::ConfigMap.dir_name());
         let cgroup = self.cgroups.create(&spec.id, &spec.limits);
         guard.cgroup = Some(cgroup.clone());
+        let dirs = InstanceDirs {
+            userfunc: &userfunc,
+            work: &work,
+            secrets: &secrets,
+            configs: &configs,
+        };
         let argv = match &self.bwrap {
-            Some(bwrap) => bwrap.command(runtime, port, &userfunc, &work),
+            Some(bwrap) => bwrap.command(runtime, port, dirs),
             None => runtime.argv(port, false),
+        };
+        // Where the function finds its secrets and config maps: the Fission paths inside the
+        // sandbox; without one, those absolute paths cannot exist, so the instance's own dirs.
+        let (secrets_dir, configs_dir) = if self.bwrap.is_some() {
+            (
+                PathBuf::from(SANDBOX_SECRETS),
+                PathBuf::from(SANDBOX_CONFIGS),
+            )
+        } else {
+            (secrets.clone(), configs.clone())
         };
         let chain = sandbox::launcher(self.setpriv.as_deref(), &cgroup.procs_files(), argv);
         let Some((program, args)) = chain.split_first() else {
@@ -446,6 +471,8 @@ impl Inner {
             .env("RUNTIME_PORT", port.to_string())
             .env("HOST", "127.0.0.1")
             .env("KAPPA_CONCURRENCY", spec.concurrency.to_string())
+            .env(SECRETS_DIR_VAR, &secrets_dir)
+            .env(CONFIGS_DIR_VAR, &configs_dir)
             .env(INSTANCE_ID_VAR, &spec.id)
             .current_dir(&work)
             .stdin(Stdio::null())
@@ -632,6 +659,26 @@ impl Inner {
                 BackendError::Code(format!("placing the code into {}: {e}", userfunc.display()))
             })?
         };
+        if !request.files.is_empty() {
+            let dir = live.dir.clone();
+            let volumes = request.files.clone();
+            tokio::task::spawn_blocking(move || {
+                for volume in &volumes {
+                    let base = dir.join(volume.kind.dir_name());
+                    place::place_config(&base, volume).map_err(|e| {
+                        BackendError::Code(format!(
+                            "placing {} {}/{} failed: {e}",
+                            volume.kind, volume.namespace, volume.name
+                        ))
+                    })?;
+                }
+                Ok::<(), BackendError>(())
+            })
+            .await
+            .map_err(|e| {
+                BackendError::Code(format!("placing secrets and config maps failed: {e}"))
+            })??;
+        }
         let filepath = if live.sandboxed {
             Path::new(SANDBOX_USERFUNC).join(&placed)
         } else {
@@ -983,13 +1030,20 @@ fn check_id(id: &str) -> Result<(), BackendError> {
     }
 }
 
-/// Creates `dir/{userfunc,work}` (mode 0755), replacing leftovers of the same id.
+/// Creates `dir/{userfunc,work}` (mode 0755) and `dir/{secrets,configs}` (0700 and 0750: only
+/// the instance's own user reads them, and only this instance has them bound), replacing
+/// leftovers of the same id.
 fn make_instance_dir(dir: &Path) -> io::Result<()> {
     place::remove_tree(dir)?;
-    for sub in ["userfunc", "work"] {
+    for (sub, mode) in [
+        ("userfunc", 0o755),
+        ("work", 0o755),
+        (ConfigKind::Secret.dir_name(), 0o700),
+        (ConfigKind::ConfigMap.dir_name(), 0o750),
+    ] {
         let path = dir.join(sub);
         std::fs::create_dir_all(&path)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
     }
     Ok(())
 }

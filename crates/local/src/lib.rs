@@ -15,6 +15,7 @@
 //! extract archives (the archive store hands it extracted code).
 
 mod backend;
+mod build;
 mod cgroup;
 mod config;
 mod http;
@@ -25,6 +26,10 @@ mod sandbox;
 mod state;
 
 pub use backend::{InstanceInfo, LocalBackend};
+pub use build::{
+    BuildOutcome, BuildOutput, BuildSandbox, BuildSpec, DEFAULT_BUILD_LOG_BYTES,
+    DEFAULT_BUILD_TIMEOUT, SANDBOX_BUILD_DIR,
+};
 pub use cgroup::CgroupVersion;
 pub use config::{CgroupMode, DEFAULT_START_TIMEOUT, LocalConfig, ParseModeError, SandboxMode};
 pub use runtime::{BuiltInRuntime, ResolvedRuntime, RuntimeRegistry};

@@ -6,11 +6,18 @@
 //! for a link that is the shared inode's mode, which only ever loses write bits — and the
 //! directories created here become `0555` once filled. The sandbox also binds `userfunc`
 //! read-only, which is what stops an instance running as root from writing its code.
+//!
+//! It also places a function's Secrets and ConfigMaps as files in the instance's own
+//! `secrets/<namespace>/<name>/<key>` and `configs/<namespace>/<name>/<key>` (files `0400` and
+//! `0440`, directories `0500` and `0550`), which the sandbox binds read-only at `/secrets` and
+//! `/configs`.
 
 use std::fs;
-use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use kappa_core::{ConfigKind, ConfigVolume};
 
 /// The directory name an extracted (zip) archive is placed under, as in Fission.
 pub(crate) const DEPLOY_ARCHIVE: &str = "deployarchive";
@@ -35,6 +42,57 @@ pub(crate) fn place_file(source: &Path, name: &str, userfunc: &Path) -> io::Resu
     remove_tree(&dest)?;
     link_or_copy(source, &dest)?;
     Ok(PathBuf::from(name))
+}
+
+/// Writes `volume` under `base/<namespace>/<name>/` (`base` is the instance's `secrets` or
+/// `configs` directory), one file per key, replacing an earlier placement of it. Namespace, name
+/// and keys must be plain path components (the API checks them; this checks again). Errors name
+/// the volume and key, never a value.
+pub(crate) fn place_config(base: &Path, volume: &ConfigVolume) -> io::Result<()> {
+    for part in [&volume.namespace, &volume.name] {
+        if !is_plain_name(part) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} name {part:?} is not a plain path component",
+                    volume.kind
+                ),
+            ));
+        }
+    }
+    let (file_mode, dir_mode) = match volume.kind {
+        ConfigKind::Secret => (0o400, 0o500),
+        ConfigKind::ConfigMap => (0o440, 0o550),
+    };
+    let ns_dir = base.join(&volume.namespace);
+    fs::create_dir_all(&ns_dir)?;
+    // Writable while placing; read-only again at the end.
+    fs::set_permissions(&ns_dir, fs::Permissions::from_mode(0o700))?;
+    let dir = ns_dir.join(&volume.name);
+    remove_tree(&dir)?;
+    fs::create_dir(&dir)?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+    for (key, value) in &volume.entries {
+        if !is_plain_name(key) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "key {key:?} of {} {}/{} is not a plain file name",
+                    volume.kind, volume.namespace, volume.name
+                ),
+            ));
+        }
+        // Created with its final mode: the open handle may write it, nobody else ever could.
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(file_mode)
+            .open(dir.join(key))?;
+        file.write_all(value)?;
+        file.sync_all()?;
+    }
+    fs::set_permissions(&dir, fs::Permissions::from_mode(dir_mode))?;
+    fs::set_permissions(&ns_dir, fs::Permissions::from_mode(dir_mode))
 }
 
 fn is_plain_name(name: &str) -> bool {
@@ -143,6 +201,49 @@ mod tests {
         place_dir(&src, &userfunc).unwrap();
         remove_tree(&userfunc).unwrap();
         assert!(!userfunc.exists());
+    }
+
+    #[test]
+    fn config_volumes_become_read_only_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().join("secrets");
+        fs::create_dir(&base).unwrap();
+        let mut volume = ConfigVolume {
+            kind: ConfigKind::Secret,
+            namespace: "default".into(),
+            name: "db".into(),
+            entries: [("password".to_string(), b"hunter2".to_vec())].into(),
+        };
+        place_config(&base, &volume).unwrap();
+        let file = base.join("default/db/password");
+        assert_eq!(fs::read(&file).unwrap(), b"hunter2");
+        assert_eq!(mode(&file), 0o400);
+        assert_eq!(mode(&base.join("default/db")), 0o500);
+        // Placing again replaces the whole volume.
+        volume.entries = [("user".to_string(), b"admin".to_vec())].into();
+        place_config(&base, &volume).unwrap();
+        assert!(!file.exists());
+        assert_eq!(fs::read(base.join("default/db/user")).unwrap(), b"admin");
+
+        let configs = tmp.path().join("configs");
+        fs::create_dir(&configs).unwrap();
+        let config = ConfigVolume {
+            kind: ConfigKind::ConfigMap,
+            namespace: "default".into(),
+            name: "app".into(),
+            entries: [("mode".to_string(), b"fast".to_vec())].into(),
+        };
+        place_config(&configs, &config).unwrap();
+        assert_eq!(mode(&configs.join("default/app/mode")), 0o440);
+
+        for bad in ["..", "a/b", ""] {
+            let evil = ConfigVolume {
+                entries: [(bad.to_string(), b"x".to_vec())].into(),
+                ..config.clone()
+            };
+            assert!(place_config(&configs, &evil).is_err(), "{bad:?}");
+        }
+        remove_tree(tmp.path()).unwrap();
     }
 
     #[test]

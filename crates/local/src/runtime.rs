@@ -285,6 +285,11 @@ pub(crate) fn command_paths(command: &str) -> Vec<PathBuf> {
         if ALWAYS_THERE.iter().any(|p| path.starts_with(p)) || !path.exists() {
             continue;
         }
+        // A top-level directory (`/tmp`, `/home`, `/etc`...) is never exposed wholesale: it
+        // would hand the host's files to the instance (and hide the sandbox's own `/tmp`).
+        if path.is_dir() && path.components().count() <= 2 {
+            continue;
+        }
         if !paths.contains(&path) {
             paths.push(path);
         }
@@ -360,6 +365,43 @@ mod tests {
     }
 
     #[test]
+    fn fission_node_and_binary_images_select_their_runtimes() {
+        let (dir, _) = registry_with_python();
+        for (sub, file) in [("nodejs", "server.js"), ("binary", "server.py")] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+            std::fs::write(dir.path().join(sub).join(file), "").unwrap();
+        }
+        let registry = RuntimeRegistry::new(dir.path().to_path_buf());
+        let node_found = locate(Interpreter::Node).is_some();
+        for (image, want) in [
+            ("nodejs", "nodejs"),
+            ("node", "nodejs"),
+            ("ghcr.io/fission/node-env", "nodejs"),
+            ("fission/node-env:latest", "nodejs"),
+            ("fission/node-env-20", "nodejs"),
+            ("ghcr.io/fission/node-env-22:1.2.3", "nodejs"),
+            ("binary", "binary"),
+            ("fission/binary-env", "binary"),
+            ("ghcr.io/fission/binary-env:latest", "binary"),
+            ("ghcr.io/fission/python-env", "python"),
+        ] {
+            if want == "nodejs" && !node_found {
+                // Without node the image still maps to nodejs, and says what is missing.
+                let err = registry.resolve(image, None).unwrap_err().to_string();
+                assert!(err.contains("node"), "{image}: {err}");
+                continue;
+            }
+            let resolved = registry.resolve(image, None).unwrap();
+            assert_eq!(resolved.name(), want, "{image}");
+        }
+        let ResolvedRuntime::BuiltIn(binary) = registry.resolve("binary-env", None).unwrap() else {
+            panic!("binary is built in");
+        };
+        assert_eq!(binary.script, "server.py");
+        assert!(binary.interpreter.ends_with("python3"), "{binary:?}");
+    }
+
+    #[test]
     fn builtin_argv_uses_sandbox_paths_when_sandboxed() {
         let (dir, registry) = registry_with_python();
         let resolved = registry.resolve("python", None).unwrap();
@@ -395,5 +437,11 @@ mod tests {
             server.display()
         );
         assert_eq!(command_paths(&command), vec![server]);
+    }
+
+    #[test]
+    fn command_paths_never_expose_top_level_directories() {
+        assert!(command_paths("nginx -p /tmp -c /etc/nginx/nginx.conf -g 'x' /home").len() <= 1);
+        assert!(!command_paths("nginx -p /tmp").contains(&PathBuf::from("/tmp")));
     }
 }

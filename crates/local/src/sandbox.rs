@@ -11,6 +11,23 @@ use crate::runtime::{ResolvedRuntime, SANDBOX_RUNTIME_DIR, command_paths};
 pub(crate) const SANDBOX_USERFUNC: &str = "/userfunc";
 /// Where an instance's writable working directory appears inside the sandbox.
 pub(crate) const SANDBOX_WORK: &str = "/work";
+/// Where an instance's secrets appear inside the sandbox (read-only): `/secrets/<ns>/<name>/<key>`.
+pub(crate) const SANDBOX_SECRETS: &str = "/secrets";
+/// Where an instance's config maps appear inside the sandbox (read-only).
+pub(crate) const SANDBOX_CONFIGS: &str = "/configs";
+
+/// The host directories of one instance that the sandbox binds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct InstanceDirs<'a> {
+    /// The code, read-only at `/userfunc`.
+    pub(crate) userfunc: &'a Path,
+    /// The writable working directory, `/work`.
+    pub(crate) work: &'a Path,
+    /// The instance's own secrets, read-only at `/secrets`.
+    pub(crate) secrets: &'a Path,
+    /// The instance's own config maps, read-only at `/configs`.
+    pub(crate) configs: &'a Path,
+}
 
 /// Host directories (or symlinks to them) that make up the sandbox's read-only system.
 const SYSTEM_DIRS: [&str; 4] = ["/lib", "/lib64", "/bin", "/sbin"];
@@ -71,15 +88,21 @@ impl Bwrap {
         }
     }
 
-    /// The bubblewrap command line that runs `runtime` with the instance directories `userfunc`
-    /// and `work` (host paths).
+    /// The bubblewrap command line that runs `runtime` with the instance directories `dirs`
+    /// (host paths). Secrets and config maps are bound empty at start; the files the host
+    /// writes into them at specialization appear inside, read-only, like the code.
     pub(crate) fn command(
         &self,
         runtime: &ResolvedRuntime,
         port: u16,
-        userfunc: &Path,
-        work: &Path,
+        dirs: InstanceDirs<'_>,
     ) -> Vec<OsString> {
+        let InstanceDirs {
+            userfunc,
+            work,
+            secrets,
+            configs,
+        } = dirs;
         let mut args = vec![self.program.clone().into_os_string()];
         args.extend(common_args());
         match runtime {
@@ -96,6 +119,8 @@ impl Bwrap {
         args.push("--bind".into());
         args.push(work.into());
         args.push(SANDBOX_WORK.into());
+        ro_bind(&mut args, secrets, Path::new(SANDBOX_SECRETS));
+        ro_bind(&mut args, configs, Path::new(SANDBOX_CONFIGS));
         // After `/work` and `/tmp`, so that a server under a host path of that name stays
         // visible (bubblewrap creates the mount point inside the instance's own directory).
         if let ResolvedRuntime::Command(command) = runtime {
@@ -267,8 +292,12 @@ mod tests {
         let args = bwrap.command(
             &runtime,
             9000,
-            Path::new("/d/userfunc"),
-            Path::new("/d/work"),
+            InstanceDirs {
+                userfunc: Path::new("/d/userfunc"),
+                work: Path::new("/d/work"),
+                secrets: Path::new("/d/secrets"),
+                configs: Path::new("/d/configs"),
+            },
         );
         let joined: Vec<String> = args
             .iter()
@@ -280,9 +309,12 @@ mod tests {
             "{joined}"
         );
         assert!(
-            joined.contains("--bind /d/work /work --chdir /work"),
+            joined.contains(
+                "--bind /d/work /work --ro-bind /d/secrets /secrets --ro-bind /d/configs /configs"
+            ),
             "{joined}"
         );
+        assert!(joined.contains("--chdir /work"), "{joined}");
         assert!(joined.contains("--die-with-parent"), "{joined}");
         assert!(!joined.contains("--unshare-net"), "{joined}");
         assert!(joined.ends_with("-- /bin/sh -c exec server"), "{joined}");

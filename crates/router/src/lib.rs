@@ -26,6 +26,7 @@ mod body;
 mod error;
 mod metrics;
 mod proxy;
+pub mod remote;
 mod server;
 mod table;
 mod upstream;
@@ -41,6 +42,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use error::RouterError;
+pub use remote::{EndpointFeeder, RemoteConfig, RemoteError, RemoteProvisioner};
 
 use crate::metrics::Metrics;
 use crate::table::RouteTable;

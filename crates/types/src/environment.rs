@@ -11,6 +11,7 @@ use crate::validate::{self, ValidationError};
 
 /// Desired state of an Environment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EnvironmentSpec {
     /// Runtime protocol version; Kappa speaks v2 (`/v2/specialize`) for 2 and 3.
@@ -30,6 +31,77 @@ pub struct EnvironmentSpec {
     /// Keep the deployment archive as a file instead of extracting it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub keeparchive: bool,
+    /// Kubernetes only: node labels the environment's pods must be scheduled on (the pod's
+    /// `nodeSelector`); ignored by the local backend.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Kubernetes only: taints the environment's pods tolerate (the pod's `tolerations`);
+    /// ignored by the local backend.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+}
+
+/// A Kubernetes toleration, passed through to the environment's pods as is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Toleration {
+    /// The taint key; empty with operator `Exists` tolerates every taint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// `Equal` (the default) or `Exists`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// `NoSchedule`, `PreferNoSchedule` or `NoExecute`; empty matches every effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<String>,
+    /// For `NoExecute`: seconds the pod stays bound after the taint appears.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toleration_seconds: Option<i64>,
+}
+
+impl Toleration {
+    fn validate(&self, path: &str) -> Result<(), ValidationError> {
+        match self.operator.as_deref() {
+            None | Some("Equal") => {}
+            Some("Exists") => {
+                if self.value.as_deref().is_some_and(|v| !v.is_empty()) {
+                    return Err(ValidationError::new(
+                        format!("{path}.value"),
+                        "must be empty when operator is \"Exists\"",
+                    ));
+                }
+            }
+            Some(other) => {
+                return Err(ValidationError::new(
+                    format!("{path}.operator"),
+                    format!("{other:?} is not an operator: expected \"Equal\" or \"Exists\""),
+                ));
+            }
+        }
+        match self.effect.as_deref() {
+            None | Some("" | "NoSchedule" | "PreferNoSchedule" | "NoExecute") => {}
+            Some(other) => {
+                return Err(ValidationError::new(
+                    format!("{path}.effect"),
+                    format!(
+                        "{other:?} is not a taint effect: expected NoSchedule, PreferNoSchedule or NoExecute"
+                    ),
+                ));
+            }
+        }
+        if self.key.as_deref().is_none_or(str::is_empty)
+            && self.operator.as_deref() != Some("Exists")
+        {
+            return Err(ValidationError::new(
+                format!("{path}.key"),
+                "must not be empty unless operator is \"Exists\"",
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn default_version() -> u32 {
@@ -52,12 +124,15 @@ impl Default for EnvironmentSpec {
             resources: Resources::default(),
             termination_grace_period: default_grace(),
             keeparchive: false,
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
         }
     }
 }
 
 /// The runtime server of an environment.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Runtime {
     /// Container image; locally a built-in runtime name (`python`, ...) or a Fission image name.
@@ -70,6 +145,7 @@ pub struct Runtime {
 
 /// The builder of an environment (source packages).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Builder {
     #[serde(default)]
@@ -80,6 +156,7 @@ pub struct Builder {
 
 /// CPU and memory requests and limits, as Kubernetes quantities.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Resources {
     #[serde(default, skip_serializing_if = "ResourceList::is_empty")]
@@ -90,6 +167,7 @@ pub struct Resources {
 
 /// `cpu` (`500m`, `1`) and `memory` (`128Mi`), plus `pids` (a count, a Kappa extension).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ResourceList {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -233,6 +311,11 @@ impl Spec for EnvironmentSpec {
             0,
             3600,
         )?;
+        validate_string_map("spec.nodeSelector", &self.node_selector)?;
+        validate::in_range("spec.tolerations (count)", self.tolerations.len(), 0, 32)?;
+        for (i, t) in self.tolerations.iter().enumerate() {
+            t.validate(&format!("spec.tolerations[{i}]"))?;
+        }
         Ok(())
     }
 }
@@ -254,6 +337,31 @@ mod tests {
     #[test]
     fn defaults_validate() {
         env().validate().unwrap();
+    }
+
+    #[test]
+    fn tolerations_are_checked() {
+        let mut e = env();
+        e.node_selector.insert("pool".into(), "functions".into());
+        e.tolerations.push(Toleration {
+            key: Some("dedicated".into()),
+            operator: Some("Equal".into()),
+            value: Some("functions".into()),
+            effect: Some("NoSchedule".into()),
+            toleration_seconds: None,
+        });
+        e.validate().unwrap();
+        e.tolerations[0].operator = Some("Maybe".into());
+        assert_eq!(
+            e.validate().unwrap_err().field,
+            "spec.tolerations[0].operator"
+        );
+        e.tolerations[0].operator = None;
+        e.tolerations[0].effect = Some("Never".into());
+        assert_eq!(
+            e.validate().unwrap_err().field,
+            "spec.tolerations[0].effect"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub const MESSAGE_QUEUE_TYPES: [&str; 2] = ["nats-jetstream", "redis"];
 
 /// Desired state of a MessageQueueTrigger (field names follow Fission's).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MessageQueueTriggerSpec {
     /// The function each message is POSTed to (by name).
@@ -56,6 +57,7 @@ fn default_max_concurrency() -> u32 {
 
 /// Observed state of an event trigger, written by the trigger workers.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TriggerStatus {
     /// `pending`, `ready` or `error`.
@@ -66,6 +68,10 @@ pub struct TriggerStatus {
     pub reason: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<String>,
+    /// TimeTrigger: the scheduled time (RFC 3339, UTC) of the last firing, recorded before the
+    /// function is invoked so that a restart never fires the same time twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fired_time: Option<String>,
 }
 
 fn topic_name(field: &str, value: &str) -> Result<(), ValidationError> {
@@ -130,6 +136,7 @@ impl Spec for MessageQueueTriggerSpec {
 
 /// Desired state of a TimeTrigger.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TimeTriggerSpec {
     /// 5 fields (minute hour day-of-month month day-of-week), 6 with leading seconds, or a

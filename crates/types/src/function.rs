@@ -11,6 +11,7 @@ use crate::validate::{self, ValidationError};
 
 /// A reference to another resource by name (and namespace, defaulting to the referrer's).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NamedRef {
     pub name: String,
@@ -38,6 +39,7 @@ impl NamedRef {
 
 /// How a function's instances are provisioned.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ExecutorType {
     /// Specialize warm generic instances from the environment's pool on demand.
@@ -49,6 +51,7 @@ pub enum ExecutorType {
 
 /// The package a function's code is in, and the entrypoint inside it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FunctionPackageRef {
     pub packageref: PackageRef,
@@ -59,6 +62,7 @@ pub struct FunctionPackageRef {
 
 /// A package by name; `resourceversion` pins a version when set.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PackageRef {
     pub name: String,
@@ -70,6 +74,7 @@ pub struct PackageRef {
 
 /// Desired state of a Function.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FunctionSpec {
     pub environment: NamedRef,
@@ -159,6 +164,7 @@ impl FunctionSpec {
 
 /// Observed state of a Function (written by the platform).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct FunctionStatus {
     /// Human-readable last error, e.g. a specialization failure.
@@ -184,12 +190,20 @@ impl Spec for FunctionSpec {
         validate::in_range("spec.concurrency", self.concurrency, 1, 10_000)?;
         validate::in_range("spec.requestsPerPod", self.requests_per_pod, 1, 10_000)?;
         validate::in_range("spec.maxScale", self.max_scale, 1, 10_000)?;
-        validate::in_range(
-            "spec.minScale",
-            self.min_scale,
-            0,
-            self.max_scale.max(self.concurrency),
-        )?;
+        // minScale instances must fit under the cap of the executor type.
+        let (cap_field, cap) = match self.executor_type {
+            ExecutorType::Newdeploy => ("spec.maxScale", self.max_scale),
+            ExecutorType::Poolmgr => ("spec.concurrency", self.concurrency),
+        };
+        if self.min_scale > cap {
+            return Err(ValidationError::new(
+                "spec.minScale",
+                format!(
+                    "{} is larger than {cap_field} ({cap}): minScale instances must fit under the cap",
+                    self.min_scale
+                ),
+            ));
+        }
         validate::in_range("spec.functionTimeout", self.function_timeout, 1, 86_400)?;
         validate::in_range("spec.idletimeout", self.idletimeout, 1, 86_400)?;
         validate::in_range(
@@ -244,5 +258,12 @@ mod tests {
         let mut f = FunctionSpec::new("python", "hello", "main");
         f.env.insert("1BAD".into(), "x".into());
         assert_eq!(f.validate().unwrap_err().field, "spec.env.1BAD");
+        let mut f = FunctionSpec::new("python", "hello", "main");
+        f.executor_type = ExecutorType::Newdeploy;
+        f.min_scale = 2;
+        f.max_scale = 1;
+        assert_eq!(f.validate().unwrap_err().field, "spec.minScale");
+        f.max_scale = 2;
+        f.validate().unwrap();
     }
 }

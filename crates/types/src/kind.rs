@@ -20,11 +20,15 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in the order the CLI lists them.
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Environment,
         Kind::Package,
         Kind::Function,
         Kind::HttpTrigger,
+        Kind::MessageQueueTrigger,
+        Kind::TimeTrigger,
+        Kind::Secret,
+        Kind::ConfigMap,
     ];
 
     /// The `kind` field value.

@@ -19,7 +19,7 @@ mod trigger;
 pub mod validate;
 
 pub use config::{CONFIG_DATA_LIMIT, ConfigMapSpec, SecretSpec, validate_config_key};
-pub use environment::{Builder, EnvironmentSpec, ResourceList, Resources, Runtime};
+pub use environment::{Builder, EnvironmentSpec, ResourceList, Resources, Runtime, Toleration};
 pub use error::{ErrorBody, ErrorDetail};
 pub use events::{
     MESSAGE_QUEUE_TYPES, MessageQueueTriggerSpec, TimeTriggerSpec, TriggerStatus,

@@ -12,6 +12,7 @@ pub const LITERAL_SIZE_LIMIT: usize = 256 * 1024;
 
 /// Desired state of a Package.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PackageSpec {
     pub environment: NamedRef,
@@ -25,6 +26,7 @@ pub struct PackageSpec {
 
 /// How an archive is carried.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ArchiveType {
     /// Inline bytes (base64 in JSON), at most 256 KiB.
@@ -36,6 +38,7 @@ pub enum ArchiveType {
 
 /// An archive: a zip file or a single file, inline or by URL, with its checksum.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Archive {
     #[serde(rename = "type", default)]
@@ -54,6 +57,7 @@ pub struct Archive {
 
 /// A content checksum.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Checksum {
     #[serde(rename = "type")]
@@ -164,6 +168,7 @@ pub fn is_sha256_hex(s: &str) -> bool {
 
 /// Where a package's build stands.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum BuildStatus {
     #[default]
@@ -177,6 +182,7 @@ pub enum BuildStatus {
 
 /// Observed state of a Package.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PackageStatus {
     #[serde(default)]

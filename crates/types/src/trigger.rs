@@ -10,6 +10,7 @@ use crate::validate::{self, ValidationError};
 
 /// How a trigger names its function(s).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum FunctionReferenceType {
     /// One function, by name.
@@ -21,6 +22,7 @@ pub enum FunctionReferenceType {
 
 /// The function(s) a trigger invokes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FunctionReference {
     #[serde(rename = "type", default)]
@@ -81,6 +83,7 @@ impl FunctionReference {
 
 /// Desired state of an HttpTrigger.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpTriggerSpec {
     /// Only requests with this `Host` (port ignored) match; any host when unset.

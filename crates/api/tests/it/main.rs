@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod archives;
+mod config;
 mod invoke;
 mod protocol;
 mod resources;

@@ -13,7 +13,7 @@ use reqwest::Method;
 
 use super::{Ctx, NameArg, ResourceFlags, usage};
 use crate::client::{ClientError, Invocation, LogLine, error_from_body, read_bounded};
-use crate::cmd::package::{set_code, wants_build};
+use crate::cmd::package::{set_code, wait_if_building, wants_build};
 use crate::code::{CodePaths, OWNER_ANNOTATION, generated_name, package_code};
 use crate::output::{self, OutputFormat, Table, age, parse_duration};
 
@@ -125,6 +125,14 @@ pub struct FnSettings {
     /// An environment variable for the function, KEY=VALUE (repeatable).
     #[arg(long = "envvar", value_name = "KEY=VALUE", value_parser = super::key_value)]
     pub envvars: Vec<(String, String)>,
+    /// A secret the function reads from /secrets/<namespace>/<name>/ (repeatable; on update,
+    /// the list given replaces the function's secrets).
+    #[arg(long = "secret", value_name = "NAME")]
+    pub secrets: Vec<String>,
+    /// A config map the function reads from /configs/<namespace>/<name>/ (repeatable; on
+    /// update, the list given replaces the function's config maps).
+    #[arg(long = "configmap", value_name = "NAME")]
+    pub configmaps: Vec<String>,
     #[command(flatten)]
     pub resources: ResourceFlags,
 }
@@ -160,6 +168,18 @@ impl FnSettings {
         }
         for (k, v) in &self.envvars {
             spec.env.insert(k.clone(), v.clone());
+        }
+        // Secrets and config maps live in the function's own namespace, which is its
+        // environment reference's namespace by the time this runs.
+        let reference = |name: &String| NamedRef {
+            name: name.clone(),
+            namespace: spec.environment.namespace.clone(),
+        };
+        if !self.secrets.is_empty() {
+            spec.secrets = self.secrets.iter().map(reference).collect();
+        }
+        if !self.configmaps.is_empty() {
+            spec.configmaps = self.configmaps.iter().map(reference).collect();
         }
         self.resources.apply(&mut spec.resources);
     }
@@ -430,7 +450,9 @@ async fn create(ctx: &Ctx, args: FnCreate) -> anyhow::Result<()> {
             )?;
         }
     }
-    Ok(())
+    // A source package is being built: wait for it (the log and exit code 1 on failure; the
+    // function and route stay, so a fixed source can follow with `kappa fn update`).
+    wait_if_building(ctx, &function.spec.package.packageref.name).await
 }
 
 async fn update(ctx: &Ctx, args: FnUpdate) -> anyhow::Result<()> {
@@ -522,6 +544,9 @@ async fn update(ctx: &Ctx, args: FnUpdate) -> anyhow::Result<()> {
         .is_some_and(|(pkg, _)| *pkg != old_package)
     {
         delete_owned_package(ctx, name, &old_package).await?;
+    }
+    if let Some((pkg, _)) = &new_package {
+        wait_if_building(ctx, pkg).await?;
     }
     Ok(())
 }

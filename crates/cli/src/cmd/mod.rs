@@ -1,10 +1,14 @@
 //! The resource commands (`env`, `fn`, `route`, `pkg`) and what they share: the context, name
 //! arguments, flag value parsers, and the generic get/list/delete/update flows.
 
+pub mod configmap;
 pub mod env;
 pub mod function;
+pub mod mqtrigger;
 pub mod package;
 pub mod route;
+pub mod secret;
+pub mod timetrigger;
 
 use anyhow::Context as _;
 use kappa_types::{Kind, Resource, Spec, validate};

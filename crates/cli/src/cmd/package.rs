@@ -1,12 +1,14 @@
 //! `kappa pkg create|get|info|list|update|delete` (alias `package`).
 
-use std::path::PathBuf;
+use std::io::{IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context as _;
-use kappa_types::{Archive, ArchiveType, Kind, NamedRef, Package, PackageSpec};
+use kappa_types::{Archive, ArchiveType, BuildStatus, Kind, NamedRef, Package, PackageSpec};
 
 use super::{Ctx, DeleteArgs, NameArg, usage};
-use crate::client::ClientError;
+use crate::client::{ClientError, encode_segment, error_from_response};
 use crate::code::{
     CodePaths, OWNER_ANNOTATION, PackageCode, generated_name, name_stem, package_code,
 };
@@ -26,6 +28,8 @@ pub enum PkgCommand {
     List,
     /// Replace a package's code or build command.
     Update(PkgUpdate),
+    /// Build a source package again (a failed build, or to pick up new dependency versions).
+    Rebuild(NameArg),
     /// Delete a package (refused while functions use it, unless --force).
     #[command(alias = "rm")]
     Delete(DeleteArgs),
@@ -100,6 +104,12 @@ pub async fn wants_build(
     if buildcmd.is_some_and(|c| !c.trim().is_empty()) {
         return Ok(true);
     }
+    // A requirements.txt or package.json at the root: the runtime's default build installs it.
+    if let Some(src) = &paths.src
+        && has_build_manifest(src).await?
+    {
+        return Ok(true);
+    }
     match ctx.client.find::<kappa_types::EnvironmentSpec>(env).await {
         Ok(Some(environment)) => Ok(environment.spec.builder.is_some()),
         Ok(None) => Err(ClientError::Invalid {
@@ -112,6 +122,23 @@ pub async fn wants_build(
         .into()),
         Err(e) => Err(anyhow::Error::new(e).context(format!("looking up environment '{env}'"))),
     }
+}
+
+/// Whether the `--src` directory or zip holds a build manifest (`requirements.txt`,
+/// `package.json`) at its root.
+async fn has_build_manifest(src: &Path) -> anyhow::Result<bool> {
+    let src = src.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let meta =
+            std::fs::metadata(&src).with_context(|| format!("reading --src {}", src.display()))?;
+        if meta.is_dir() {
+            return Ok(kappa_builder::manifest_in_dir(&src).is_some());
+        }
+        // A zip's directory names its files; any other file has no manifest.
+        Ok(kappa_builder::manifest_in_zip(&src).is_ok_and(|m| m.is_some()))
+    })
+    .await
+    .context("reading --src was interrupted")?
 }
 
 /// Puts new code into a package spec: what is given replaces both archives.
@@ -160,7 +187,11 @@ pub async fn run(ctx: &Ctx, command: PkgCommand) -> anyhow::Result<()> {
             set_code(&mut spec, code);
             let package: Package = ctx.resource(&name, spec);
             let created = super::create(ctx, &package).await?;
-            super::report(ctx, Kind::Package, &name, "created", &created)
+            super::report(ctx, Kind::Package, &name, "created", &created)?;
+            if build {
+                wait_for_build(ctx, &name).await?;
+            }
+            Ok(())
         }
         PkgCommand::Get(name) => super::get(ctx, &name, table).await,
         PkgCommand::Info(name) => info(ctx, &name).await,
@@ -172,6 +203,7 @@ pub async fn run(ctx: &Ctx, command: PkgCommand) -> anyhow::Result<()> {
                 src: args.src.clone(),
                 deploy: args.deploy.clone(),
             };
+            let mut build = false;
             let code = if paths.any() {
                 let current = ctx
                     .client
@@ -180,7 +212,7 @@ pub async fn run(ctx: &Ctx, command: PkgCommand) -> anyhow::Result<()> {
                     .with_context(|| format!("updating package '{}'", args.name))?;
                 let env = args.env.clone().unwrap_or(current.spec.environment.name);
                 let buildcmd = args.buildcmd.clone().or(current.spec.buildcmd);
-                let build = wants_build(ctx, &env, &paths, buildcmd.as_deref()).await?;
+                build = wants_build(ctx, &env, &paths, buildcmd.as_deref()).await?;
                 Some(package_code(&ctx.client, &paths, build).await?)
             } else {
                 None
@@ -198,9 +230,190 @@ pub async fn run(ctx: &Ctx, command: PkgCommand) -> anyhow::Result<()> {
                 Ok(())
             })
             .await?;
-            super::report(ctx, Kind::Package, &args.name, "updated", &updated)
+            super::report(ctx, Kind::Package, &args.name, "updated", &updated)?;
+            // A new source or build command makes the package build again.
+            if build || args.buildcmd.is_some() {
+                wait_if_building(ctx, &args.name).await?;
+            }
+            Ok(())
         }
+        PkgCommand::Rebuild(name) => rebuild(ctx, name.get()?).await,
         PkgCommand::Delete(args) => super::delete(ctx, Kind::Package, &args).await,
+    }
+}
+
+/// How often the CLI looks at a package while its build runs.
+const BUILD_POLL: Duration = Duration::from_millis(250);
+/// How long a package may stay `pending` without any sign of a builder (a builder marks a
+/// queued package in its log and a started one `running` at once) before the CLI stops waiting.
+const BUILDER_PICKUP: Duration = Duration::from_secs(5);
+/// The longest the CLI waits for one build (the platform's build timeout is 10 minutes by
+/// default; a build may first wait for a free slot).
+const MAX_BUILD_WAIT: Duration = Duration::from_secs(60 * 60);
+
+/// `pkg rebuild`: sets the package's build status back to `pending` (the builder builds it
+/// afresh), then waits for the build.
+async fn rebuild(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
+    let what = || format!("rebuilding package '{name}'");
+    let package = ctx
+        .client
+        .get::<PackageSpec>(name)
+        .await
+        .with_context(what)?;
+    if package.spec.source.is_none() {
+        return Err(anyhow::anyhow!(
+            "package '{name}' has no source archive: only source packages are built (give one with `kappa pkg update --name {name} --src DIR`)"
+        ))
+        .with_context(what);
+    }
+    let endpoint = ctx.client.endpoint();
+    let url = format!(
+        "{}/v1/packages/{}/status",
+        endpoint.api_url,
+        encode_segment(name)
+    );
+    let body = serde_json::json!({
+        "metadata": { "resourceVersion": package.metadata.resource_version },
+        "status": {
+            "buildstatus": "pending",
+            "buildlog": "",
+            "lastUpdateTimestamp": chrono::Utc::now()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        },
+    });
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("building the HTTP client")?;
+    let mut request = http
+        .put(url)
+        .query(&[("namespace", ctx.namespace())])
+        .json(&body);
+    if let Some(token) = &endpoint.token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| ClientError::Transport(format!("PUT package status: {e}")))
+        .with_context(what)?;
+    if !response.status().is_success() {
+        return Err(anyhow::Error::new(error_from_response(response).await).context(what()));
+    }
+    if ctx.output.is_none() || ctx.output == Some(OutputFormat::Table) {
+        output::print_stdout(&format!("package '{name}' queued for a rebuild\n"))?;
+    }
+    wait_for_build(ctx, name).await
+}
+
+/// Waits for the build of package `name`: a spinner on a terminal (plain progress lines
+/// otherwise), on stderr. On failure prints the build log and fails (exit code 1). Stops
+/// waiting, with a warning, when no builder shows any sign of taking the package.
+pub async fn wait_for_build(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
+    const SPINNER: [&str; 10] = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"];
+    let tty = std::io::stderr().is_terminal();
+    let started = tokio::time::Instant::now();
+    let mut last: Option<BuildStatus> = None;
+    let mut frame = 0usize;
+    let mut next_poll = started;
+    let clear = |tty: bool| {
+        if tty {
+            eprint!("\r\x1b[2K");
+        }
+    };
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= next_poll {
+            next_poll = now + BUILD_POLL;
+            let package = ctx
+                .client
+                .get::<PackageSpec>(name)
+                .await
+                .with_context(|| format!("waiting for the build of package '{name}'"))?;
+            let status = package.status.buildstatus;
+            if last != Some(status)
+                && !tty
+                && matches!(status, BuildStatus::Pending | BuildStatus::Running)
+            {
+                eprintln!("package '{name}': build {}", status_word(status));
+            }
+            last = Some(status);
+            match status {
+                BuildStatus::Succeeded | BuildStatus::None => {
+                    clear(tty);
+                    eprintln!("package '{name}': build succeeded");
+                    return Ok(());
+                }
+                BuildStatus::Failed => {
+                    clear(tty);
+                    eprintln!("package '{name}': build failed; its log:");
+                    for line in package.status.buildlog.lines() {
+                        eprintln!("  {line}");
+                    }
+                    return Err(anyhow::anyhow!(
+                        "the build of package '{name}' failed (log above; `kappa pkg info {name}` shows it again, `kappa pkg rebuild {name}` retries)"
+                    ));
+                }
+                BuildStatus::Pending
+                    if package.status.buildlog.is_empty()
+                        && started.elapsed() >= BUILDER_PICKUP =>
+                {
+                    clear(tty);
+                    eprintln!(
+                        "warning: no builder has taken package '{name}' within {} s (is the platform running its builder?); not waiting: `kappa pkg info {name}` shows its status",
+                        BUILDER_PICKUP.as_secs()
+                    );
+                    return Ok(());
+                }
+                _ => {}
+            }
+            if started.elapsed() >= MAX_BUILD_WAIT {
+                clear(tty);
+                return Err(anyhow::anyhow!(
+                    "package '{name}' is still building after {} s: `kappa pkg info {name}` shows its status",
+                    MAX_BUILD_WAIT.as_secs()
+                ));
+            }
+        }
+        if tty {
+            let status = last.map_or("pending", status_word);
+            eprint!(
+                "\r\x1b[2K{} building package '{name}' ({status}, {} s)",
+                SPINNER[frame % SPINNER.len()],
+                started.elapsed().as_secs()
+            );
+            let _ = std::io::stderr().flush();
+            frame += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        } else {
+            tokio::time::sleep_until(next_poll).await;
+        }
+    }
+}
+
+/// Reports the build of package `name` when it is a source package, waiting for it while it is
+/// pending or running.
+pub async fn wait_if_building(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
+    let package = ctx
+        .client
+        .get::<PackageSpec>(name)
+        .await
+        .with_context(|| format!("looking up package '{name}'"))?;
+    // A source package: report its build, waiting for it if it is not done (a fast build may
+    // already have succeeded or failed).
+    if package.spec.source.is_some() && package.status.buildstatus != BuildStatus::None {
+        wait_for_build(ctx, name).await?;
+    }
+    Ok(())
+}
+
+fn status_word(status: BuildStatus) -> &'static str {
+    match status {
+        BuildStatus::Pending => "pending",
+        BuildStatus::Running => "running",
+        BuildStatus::Succeeded => "succeeded",
+        BuildStatus::Failed => "failed",
+        BuildStatus::None => "none",
     }
 }
 

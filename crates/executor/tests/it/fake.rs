@@ -236,6 +236,45 @@ impl Harness {
         FunctionId::new("default", name)
     }
 
+    /// Writes Secret `name` with `data` (plain values; stored base64, as the API stores them).
+    pub async fn secret(&self, name: &str, data: &[(&str, &str)]) {
+        use base64::Engine as _;
+        let data: serde_json::Map<String, serde_json::Value> = data
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    base64::engine::general_purpose::STANDARD.encode(v).into(),
+                )
+            })
+            .collect();
+        let secret = serde_json::json!({
+            "apiVersion": "kappa.dev/v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"data": data},
+        });
+        self.store.put(secret, Precondition::None).await.unwrap();
+    }
+
+    /// Writes ConfigMap `name` with `data`.
+    pub async fn configmap(&self, name: &str, data: &[(&str, &str)]) {
+        let data: serde_json::Map<String, serde_json::Value> = data
+            .iter()
+            .map(|(k, v)| (k.to_string(), (*v).into()))
+            .collect();
+        let config = serde_json::json!({
+            "apiVersion": "kappa.dev/v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"data": data},
+        });
+        self.store.put(config, Precondition::None).await.unwrap();
+    }
+
+    /// The specialization requests the backend received, in order.
+    pub fn specialized(&self) -> Vec<(String, SpecializeRequest)> {
+        self.backend.calls.lock().unwrap().specialized.clone()
+    }
+
     pub async fn generation(&self, id: &FunctionId) -> i64 {
         let obj = self
             .store

@@ -3,5 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod config;
 mod fake;
+mod newdeploy;
 mod pool;

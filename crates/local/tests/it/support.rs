@@ -159,6 +159,7 @@ pub fn request(sha: &str, entry: &str, filename: Option<&str>) -> SpecializeRequ
         filename: filename.map(str::to_owned),
         entrypoint: entry.to_owned(),
         env: BTreeMap::new(),
+        files: Vec::new(),
         timeout: Duration::from_secs(10),
     }
 }

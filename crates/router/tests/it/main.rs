@@ -6,6 +6,7 @@
 mod admin;
 mod admission;
 mod failures;
+mod remote;
 mod routing;
 mod streaming;
 mod support;

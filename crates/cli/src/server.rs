@@ -1,0 +1,747 @@
+//! `kappa server --role api|router|executor|triggers`: one component of the platform per
+//! process, as the Helm chart runs them (one Deployment per role), configured from flags with
+//! `KAPPA_...` environment variables as fallbacks.
+//!
+//! Several roles may share one process (`--role api,router,executor`): they then share the
+//! store handle, which is what the embedded (redb) store needs, since only one process can open
+//! its file. Across processes the roles talk over HTTP: the router asks the executor's API for
+//! capacity and mirrors its endpoints (`kappa_router::remote`), the API server and the trigger
+//! workers invoke functions through the router's admin listener. `--executor-url` makes the
+//! router use that HTTP path even when the executor runs in the same process (tests do).
+//!
+//! Every process serves `/healthz`, `/readyz` (every role it runs is ready) and `/metrics` on
+//! `--admin-addr`, logs its bound addresses, and on SIGTERM or SIGINT stops accepting, drains
+//! in-flight requests and deletes its instances within `--shutdown-grace`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use kappa_api::{ApiMetrics, ApiState, Invoker};
+use kappa_archive::ArchiveStore;
+use kappa_core::{EndpointIndex, FunctionId, Provisioner};
+use kappa_executor::{ExecutorApi, ExecutorConfig, PoolManager};
+use kappa_local::{CgroupMode, LocalBackend, LocalConfig, RuntimeRegistry, SandboxMode};
+use kappa_logs::{LogConfig, LogStore};
+use kappa_router::{EndpointFeeder, RemoteConfig, RemoteProvisioner, Router, RouterConfig};
+use kappa_store::{RedbStore, Store};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A component of the platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Role {
+    /// The HTTP API (the only writer of desired state) and archive storage.
+    Api,
+    /// The public router (HTTP triggers, warm admission, proxy).
+    Router,
+    /// The pool manager with its instance backend, and its HTTP API for routers.
+    Executor,
+    /// Message-queue and time trigger workers.
+    Triggers,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Api => "api",
+            Role::Router => "router",
+            Role::Executor => "executor",
+            Role::Triggers => "triggers",
+        }
+    }
+}
+
+/// Flags of `kappa server`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// The roles this process runs (repeat the flag or separate with commas).
+    #[arg(
+        long = "role",
+        env = "KAPPA_ROLE",
+        value_enum,
+        value_delimiter = ',',
+        required = true
+    )]
+    pub roles: Vec<Role>,
+    /// Where desired state lives: `embedded:<path>` (a redb file; one process only) or
+    /// `kubernetes` (the kappa.dev CRDs) [default: embedded:<data-dir>/kappa.redb].
+    #[arg(long, env = "KAPPA_STORE")]
+    pub store: Option<String>,
+    /// Archives, logs and local instances live here.
+    #[arg(long, env = "KAPPA_DATA_DIR", default_value = "/var/lib/kappa")]
+    pub data_dir: PathBuf,
+    /// The runtime servers for the local backend (`<dir>/python/server.py`, ...)
+    /// [default: <data-dir>/runtimes].
+    #[arg(long, env = "KAPPA_RUNTIMES_DIR")]
+    pub runtimes_dir: Option<PathBuf>,
+    /// The API bearer token (the API, the executor API and the router's internal invoke path
+    /// require it).
+    #[arg(long, env = "KAPPA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding the token (e.g. a mounted Secret), instead of --token.
+    #[arg(long, env = "KAPPA_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// Health, readiness and metrics of every role in this process.
+    #[arg(long, env = "KAPPA_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
+    pub admin_addr: SocketAddr,
+    /// The API server's listener (role api).
+    #[arg(long, env = "KAPPA_API_ADDR", default_value = "0.0.0.0:8890")]
+    pub api_addr: SocketAddr,
+    /// The public router listener (role router).
+    #[arg(long, env = "KAPPA_ROUTER_ADDR", default_value = "0.0.0.0:8888")]
+    pub router_addr: SocketAddr,
+    /// The router's internal listener: token-protected invoke path and debug views (role
+    /// router). Keep it inside the cluster.
+    #[arg(long, env = "KAPPA_ROUTER_ADMIN_ADDR", default_value = "0.0.0.0:8889")]
+    pub router_admin_addr: SocketAddr,
+    /// The executor API's listener (role executor). Keep it inside the cluster.
+    #[arg(long, env = "KAPPA_EXECUTOR_ADDR", default_value = "0.0.0.0:8891")]
+    pub executor_addr: SocketAddr,
+    /// The executor API the router uses (required for role router without role executor).
+    #[arg(long, env = "KAPPA_EXECUTOR_URL")]
+    pub executor_url: Option<String>,
+    /// The router's internal listener as seen from the API and trigger roles, e.g.
+    /// http://kappa-router-internal:8889 (for `kappa fn test` and triggers).
+    #[arg(long, env = "KAPPA_ROUTER_ADMIN_URL")]
+    pub router_admin_url: Option<String>,
+    /// The public router URL the API reports to clients (`GET /v1/info`).
+    #[arg(long, env = "KAPPA_ROUTER_URL")]
+    pub router_url: Option<String>,
+    /// This replica's name in the executor's usage reports [default: $HOSTNAME].
+    #[arg(long, env = "KAPPA_REPLICA")]
+    pub replica: Option<String>,
+    /// The instance backend of role executor: local (processes) or kubernetes (pods).
+    #[arg(long, env = "KAPPA_BACKEND", default_value = "local", value_parser = ["local", "kubernetes"])]
+    pub backend: String,
+    /// Kubernetes backend: the namespace function pods run in [default: the pod's namespace].
+    #[arg(long, env = "KAPPA_FUNCTION_NAMESPACE")]
+    pub function_namespace: Option<String>,
+    /// Kubernetes backend: the image of the pods' fetcher container (the kappa image).
+    #[arg(long, env = "KAPPA_FETCHER_IMAGE")]
+    pub fetcher_image: Option<String>,
+    /// Kubernetes backend: the API server as the fetchers reach it (archive downloads).
+    #[arg(long, env = "KAPPA_INTERNAL_API_URL")]
+    pub internal_api_url: Option<String>,
+    /// Role triggers: the default NATS server of message-queue triggers.
+    #[arg(long, env = "KAPPA_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Role triggers: the default Redis server of message-queue triggers.
+    #[arg(long, env = "KAPPA_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Sandbox local instances with bubblewrap: auto, bwrap or none.
+    #[arg(long, env = "KAPPA_SANDBOX", default_value = "auto", value_parser = ["auto", "bwrap", "none"])]
+    pub sandbox: String,
+    /// Resource limits of local instances through cgroups: auto, v2, v1 or none.
+    #[arg(long, env = "KAPPA_CGROUPS", default_value = "auto", value_parser = ["auto", "v2", "v1", "none"])]
+    pub cgroups: String,
+    /// Requests that may wait per function when it is at capacity (then 429).
+    #[arg(long, env = "KAPPA_QUEUE_LIMIT", default_value_t = 100)]
+    pub queue_limit: usize,
+    /// Largest request body the router forwards, in MiB.
+    #[arg(long, env = "KAPPA_MAX_BODY_MB", default_value_t = 64)]
+    pub max_body_mb: u64,
+    /// Largest archive the API accepts, in MiB.
+    #[arg(long, env = "KAPPA_MAX_ARCHIVE_MB", default_value_t = 256)]
+    pub max_archive_mb: u64,
+    /// Most instances (warm and specialized) the executor runs at once.
+    #[arg(long, env = "KAPPA_MAX_INSTANCES", default_value_t = 256)]
+    pub max_instances: usize,
+    /// Seconds to drain in-flight requests and stop instances on shutdown.
+    #[arg(long, env = "KAPPA_SHUTDOWN_GRACE", default_value_t = 10)]
+    pub shutdown_grace: u64,
+}
+
+/// Readiness of one role, flipped once it serves.
+#[derive(Clone)]
+struct Ready {
+    role: Role,
+    flag: Arc<AtomicBool>,
+}
+
+/// What the process admin listener reports.
+#[derive(Clone, Default)]
+struct Admin {
+    ready: Vec<Ready>,
+    api_metrics: Option<Arc<ApiMetrics>>,
+    executor_metrics: Option<Arc<prometheus_client::registry::Registry>>,
+    router: Option<Router>,
+}
+
+/// Runs the roles until SIGINT/SIGTERM.
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let mut roles = args.roles.clone();
+    roles.sort();
+    roles.dedup();
+    let has = |r: Role| roles.contains(&r);
+    let token = load_token(&args)?;
+    let names: Vec<&str> = roles.iter().map(|r| r.name()).collect();
+    tracing::info!(roles = ?names, "starting kappa server");
+
+    let needs_files = has(Role::Api) || has(Role::Executor);
+    if needs_files {
+        std::fs::create_dir_all(&args.data_dir)
+            .with_context(|| format!("creating the data directory {}", args.data_dir.display()))?;
+    }
+    let store = open_store(args.store.as_deref(), &args.data_dir)?;
+    let archives = if needs_files {
+        Some(Arc::new(
+            ArchiveStore::open(args.data_dir.join("archives"), args.max_archive_mb << 20)
+                .context("opening the archive store")?,
+        ))
+    } else {
+        None
+    };
+    let logs = if needs_files {
+        Some(Arc::new(
+            LogStore::open(args.data_dir.join("logs"), LogConfig::default())
+                .context("opening the log store")?,
+        ))
+    } else {
+        None
+    };
+
+    let shutdown = CancellationToken::new();
+    let grace = Duration::from_secs(args.shutdown_grace);
+    let mut tasks: Vec<(&'static str, JoinHandle<()>)> = Vec::new();
+    let mut admin = Admin::default();
+    let mut registry = Some(prometheus_client::registry::Registry::default());
+    let mut bound: Vec<(&'static str, SocketAddr)> = Vec::new();
+
+    // ---- executor ---------------------------------------------------------------------------
+    let mut local_executor: Option<(PoolManager, Arc<EndpointIndex>)> = None;
+    if has(Role::Executor) {
+        let (Some(archives), Some(logs)) = (&archives, &logs) else {
+            bail!("the executor role needs the archive and log stores");
+        };
+        if args.backend == "kubernetes" {
+            bail!(
+                "--backend kubernetes (kappa_kube::PodBackend) is not wired into `kappa server` yet; use --backend local"
+            );
+        }
+        let runtimes = args
+            .runtimes_dir
+            .clone()
+            .unwrap_or_else(|| args.data_dir.join("runtimes"));
+        if !runtimes.join("python").join("server.py").is_file() {
+            bail!(
+                "no runtimes in {} (expected python/server.py): pass --runtimes-dir (KAPPA_RUNTIMES_DIR), e.g. the repository's functions/runtimes",
+                runtimes.display()
+            );
+        }
+        let backend = LocalBackend::new(
+            LocalConfig {
+                data_dir: args.data_dir.join("local"),
+                runtimes: RuntimeRegistry::new(runtimes),
+                sandbox: match args.sandbox.as_str() {
+                    "bwrap" => SandboxMode::Bwrap,
+                    "none" => SandboxMode::None,
+                    _ => SandboxMode::Auto,
+                },
+                cgroups: match args.cgroups.as_str() {
+                    "v2" => CgroupMode::V2,
+                    "v1" => CgroupMode::V1,
+                    "none" => CgroupMode::None,
+                    _ => CgroupMode::Auto,
+                },
+                start_timeout: Duration::from_secs(10),
+            },
+            Arc::clone(archives),
+            Arc::clone(logs),
+        )
+        .await
+        .context("starting the local instance backend")?;
+        let index = Arc::new(EndpointIndex::new());
+        let manager = PoolManager::new(
+            ExecutorConfig {
+                max_instances: args.max_instances,
+                ..ExecutorConfig::default()
+            },
+            Arc::clone(&store),
+            Arc::new(backend),
+            Arc::clone(&index),
+            Arc::clone(archives),
+            registry.as_mut().context("the metrics registry is gone")?,
+        );
+        let listener = bind(args.executor_addr, "executor API").await?;
+        bound.push(("executor", listener.local_addr()?));
+        let api = ExecutorApi::new(
+            Arc::new(manager.clone()),
+            Arc::clone(&index),
+            Some(token.clone()),
+        );
+        {
+            let manager = manager.clone();
+            let token = shutdown.clone();
+            tasks.push((
+                "pool manager",
+                tokio::spawn(async move { manager.run(token, grace).await }),
+            ));
+            let token = shutdown.clone();
+            tasks.push((
+                "executor API",
+                tokio::spawn(async move {
+                    if let Err(e) = api.serve(listener, token).await {
+                        tracing::error!(error = %e, "the executor API failed");
+                    }
+                }),
+            ));
+        }
+        admin.ready.push(Ready {
+            role: Role::Executor,
+            flag: Arc::new(AtomicBool::new(true)),
+        });
+        local_executor = Some((manager, index));
+    }
+
+    // ---- router -----------------------------------------------------------------------------
+    let mut router_handle: Option<Router> = None;
+    if has(Role::Router) {
+        let ready = Arc::new(AtomicBool::new(false));
+        let replica = args
+            .replica
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| format!("router-{}", uuid::Uuid::new_v4().simple()));
+        let (index, provisioner, feeder): (Arc<EndpointIndex>, Arc<dyn Provisioner>, _) = match (
+            &args.executor_url,
+            &local_executor,
+        ) {
+            (Some(url), _) => {
+                let index = Arc::new(EndpointIndex::new());
+                let mut config = RemoteConfig::new(url.clone(), replica);
+                config.token = Some(token.clone());
+                let provisioner = RemoteProvisioner::new(config.clone(), Arc::clone(&index))
+                    .context("--executor-url")?;
+                let feeder =
+                    EndpointFeeder::new(config, Arc::clone(&index)).context("--executor-url")?;
+                (index, Arc::new(provisioner), Some(feeder))
+            }
+            (None, Some((manager, index))) => (Arc::clone(index), Arc::new(manager.clone()), None),
+            (None, None) => bail!(
+                "role router needs the executor: pass --executor-url (KAPPA_EXECUTOR_URL), or run role executor in this process"
+            ),
+        };
+        let router = Router::new(
+            RouterConfig {
+                queue_limit: args.queue_limit,
+                max_body_bytes: args.max_body_mb << 20,
+                internal_token: Some(token.clone()),
+                ..RouterConfig::default()
+            },
+            Arc::clone(&store),
+            index,
+            provisioner,
+        );
+        let public = bind(args.router_addr, "router").await?;
+        let internal = bind(args.router_admin_addr, "router internal").await?;
+        bound.push(("router", public.local_addr()?));
+        bound.push(("router-internal", internal.local_addr()?));
+        {
+            let r = router.clone();
+            let token = shutdown.clone();
+            tasks.push((
+                "router",
+                tokio::spawn(async move {
+                    if let Err(e) = r.serve(public, internal, token).await {
+                        tracing::error!(error = %e, "the router failed");
+                    }
+                }),
+            ));
+        }
+        if let Some(feeder) = &feeder {
+            let f = feeder.clone();
+            let token = shutdown.clone();
+            tasks.push((
+                "endpoint feeder",
+                tokio::spawn(async move { f.run(token).await }),
+            ));
+        }
+        {
+            let r = router.clone();
+            let ready = Arc::clone(&ready);
+            let feeder = feeder.clone();
+            tokio::spawn(async move {
+                r.wait_ready().await;
+                if let Some(feeder) = feeder {
+                    while !feeder.wait_synced(Duration::from_secs(60)).await {
+                        tracing::warn!("still waiting for the executor's endpoint list");
+                    }
+                }
+                ready.store(true, Ordering::Release);
+            });
+        }
+        admin.ready.push(Ready {
+            role: Role::Router,
+            flag: ready,
+        });
+        admin.router = Some(router.clone());
+        router_handle = Some(router);
+    }
+
+    // Function invocations from the API (`kappa fn test`) and the trigger workers: in-process
+    // when the router runs here, else through the router's internal listener.
+    let invoker: Option<Arc<dyn Invoker>> = match (&router_handle, &args.router_admin_url) {
+        (Some(router), _) => Some(Arc::new(LocalInvoker(router.clone()))),
+        (None, Some(url)) => Some(Arc::new(
+            HttpInvoker::new(url, &token).context("--router-admin-url")?,
+        )),
+        (None, None) => None,
+    };
+
+    // ---- api --------------------------------------------------------------------------------
+    if has(Role::Api) {
+        let (Some(archives), Some(logs)) = (&archives, &logs) else {
+            bail!("the api role needs the archive and log stores");
+        };
+        let metrics = Arc::new(ApiMetrics::with_registry(
+            registry.take().context("the metrics registry is gone")?,
+        ));
+        let mut state = ApiState::new(Arc::clone(&store), Arc::clone(archives), Arc::clone(logs))
+            .with_metrics(Arc::clone(&metrics))
+            .with_token(token.clone());
+        if let Some(invoker) = &invoker {
+            state = state.with_invoker(Arc::clone(invoker));
+        } else {
+            tracing::warn!(
+                "no router in this process and no --router-admin-url: `kappa fn test` will answer 503"
+            );
+        }
+        if let Some(router) = &router_handle {
+            state = state.with_route_sync(Arc::new(LocalInvoker(router.clone())));
+        }
+        if let Some(url) = &args.router_url {
+            state = state.with_router_url(url.clone());
+        }
+        let listener = bind(args.api_addr, "API").await?;
+        bound.push(("api", listener.local_addr()?));
+        let token = shutdown.clone();
+        tasks.push((
+            "API server",
+            tokio::spawn(async move {
+                if let Err(e) = kappa_api::serve(listener, state, token).await {
+                    tracing::error!(error = %e, "the API server failed");
+                }
+            }),
+        ));
+        admin.ready.push(Ready {
+            role: Role::Api,
+            flag: Arc::new(AtomicBool::new(true)),
+        });
+        admin.api_metrics = Some(metrics);
+    }
+    if let Some(registry) = registry.take()
+        && has(Role::Executor)
+    {
+        admin.executor_metrics = Some(Arc::new(registry));
+    }
+
+    // ---- triggers ---------------------------------------------------------------------------
+    if has(Role::Triggers) {
+        bail!(
+            "role triggers (kappa_triggers::TriggerManager) is not wired into `kappa server` yet; `kappa up` runs the trigger workers"
+        );
+    }
+
+    // ---- admin ------------------------------------------------------------------------------
+    let admin_listener = bind(args.admin_addr, "admin").await?;
+    bound.push(("admin", admin_listener.local_addr()?));
+    {
+        let app = admin_app(admin);
+        let token = shutdown.clone();
+        tasks.push((
+            "admin",
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(admin_listener, app)
+                    .with_graceful_shutdown(token.cancelled_owned())
+                    .await
+                {
+                    tracing::error!(error = %e, "the admin listener failed");
+                }
+            }),
+        ));
+    }
+
+    for (what, addr) in &bound {
+        // One line per listener on stdout, stable for scripts and tests to read.
+        println!("listening {what} {addr}");
+        tracing::info!(listener = what, %addr, "listening");
+    }
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    let stop = async {
+        for (what, task) in tasks {
+            if let Err(e) = task.await {
+                tracing::warn!(task = what, error = %e, "a task ended abnormally");
+            }
+        }
+    };
+    if tokio::time::timeout(grace + Duration::from_secs(5), stop)
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown took longer than the grace period");
+    }
+    Ok(())
+}
+
+fn load_token(args: &ServerArgs) -> anyhow::Result<String> {
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => t.trim().to_string(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the token file {}", path.display()))?
+            .trim()
+            .to_string(),
+        (None, None) => bail!(
+            "no API token: set --token (KAPPA_TOKEN) or --token-file (KAPPA_TOKEN_FILE); the roles authenticate each other with it"
+        ),
+    };
+    if token.len() < 16 {
+        bail!(
+            "the API token is too short ({} characters): use at least 16",
+            token.len()
+        );
+    }
+    Ok(token)
+}
+
+fn open_store(spec: Option<&str>, data_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
+    let default = format!("embedded:{}", data_dir.join("kappa.redb").display());
+    let spec = spec.unwrap_or(&default);
+    if spec == "kubernetes" {
+        bail!(
+            "--store kubernetes (kappa_kube::KubeStore) is not wired into `kappa server` yet; use --store embedded:<path>"
+        );
+    }
+    let Some(path) = spec.strip_prefix("embedded:") else {
+        bail!("--store {spec:?} is not valid: expected embedded:<path> or kubernetes");
+    };
+    if path.is_empty() {
+        bail!("--store embedded: needs a file path, e.g. embedded:/var/lib/kappa/kappa.redb");
+    }
+    let path = PathBuf::from(path);
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let store = RedbStore::open(&path).with_context(|| {
+        format!(
+            "opening the embedded store {} (only one process may open it)",
+            path.display()
+        )
+    })?;
+    Ok(Arc::new(store))
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} listener to {addr}"))
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+fn admin_app(admin: Admin) -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(Arc::new(admin))
+}
+
+async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
+    let waiting: Vec<&str> = admin
+        .ready
+        .iter()
+        .filter(|r| !r.flag.load(Ordering::Acquire))
+        .map(|r| r.role.name())
+        .collect();
+    if waiting.is_empty() {
+        "ready".into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}", waiting.join(", ")),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
+    let mut parts: Vec<String> = Vec::new();
+    if let Some(m) = &admin.api_metrics {
+        parts.push(m.encode());
+    }
+    if let Some(registry) = &admin.executor_metrics {
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, registry).is_ok() {
+            parts.push(text);
+        }
+    }
+    if let Some(router) = &admin.router {
+        parts.push(router.metrics_text());
+    }
+    // Each part is a complete exposition ending in `# EOF`; the combination ends once.
+    let mut body = String::new();
+    for part in parts {
+        for line in part.lines().filter(|l| *l != "# EOF") {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    body.push_str("# EOF\n");
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(prometheus_client::encoding::prometheus_text::CONTENT_TYPE),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// Invokes through the router in this process.
+struct LocalInvoker(Router);
+
+#[async_trait::async_trait]
+impl Invoker for LocalInvoker {
+    async fn invoke(
+        &self,
+        function: FunctionId,
+        request: http::Request<axum::body::Body>,
+    ) -> http::Response<axum::body::Body> {
+        self.0.invoke(function, request).await
+    }
+}
+
+#[async_trait::async_trait]
+impl kappa_api::RouteSync for LocalInvoker {
+    async fn wait_applied(&self, version: u64) {
+        if !self.0.wait_applied(version, Duration::from_secs(2)).await {
+            tracing::warn!(version, "the router took more than 2 s to apply a write");
+        }
+    }
+}
+
+/// Invokes through a router's internal listener
+/// (`/internal/v1/functions/<ns>/<name>/invoke/<path>`), streaming both bodies.
+struct HttpInvoker {
+    client: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl HttpInvoker {
+    fn new(base: &str, token: &str) -> anyhow::Result<Self> {
+        let parsed =
+            reqwest::Url::parse(base).with_context(|| format!("{base:?} is not a valid URL"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            bail!("{base:?} must be an http:// or https:// URL");
+        }
+        Ok(Self {
+            client: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .context("creating the HTTP client")?,
+            base: base.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Invoker for HttpInvoker {
+    async fn invoke(
+        &self,
+        function: FunctionId,
+        request: http::Request<axum::body::Body>,
+    ) -> http::Response<axum::body::Body> {
+        let (parts, body) = request.into_parts();
+        let path = parts.uri.path();
+        let rest = if path == "/" { "" } else { path };
+        let mut url = format!(
+            "{}/internal/v1/functions/{}/{}/invoke{rest}",
+            self.base, function.namespace, function.name
+        );
+        if let Some(q) = parts.uri.query() {
+            url.push('?');
+            url.push_str(q);
+        }
+        let mut headers = parts.headers.clone();
+        headers.remove(header::HOST);
+        headers.remove(header::AUTHORIZATION);
+        let result = self
+            .client
+            .request(parts.method.clone(), &url)
+            .headers(headers)
+            .bearer_auth(&self.token)
+            .body(reqwest::Body::wrap_stream(body.into_data_stream()))
+            .send()
+            .await;
+        match result {
+            Ok(response) => {
+                let mut builder = http::Response::builder().status(response.status());
+                if let Some(h) = builder.headers_mut() {
+                    h.extend(
+                        response
+                            .headers()
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.clone())),
+                    );
+                }
+                builder
+                    .body(axum::body::Body::from_stream(response.bytes_stream()))
+                    .unwrap_or_else(|_| unavailable("the router's answer was not valid"))
+            }
+            Err(e) => unavailable(&format!("the router at {} did not answer: {e}", self.base)),
+        }
+    }
+}
+
+fn unavailable(message: &str) -> http::Response<axum::body::Body> {
+    let body = kappa_types::ErrorBody::new("unavailable", message).to_bytes();
+    let mut response = http::Response::new(axum::body::Body::from(body));
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_specs_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = open_store(Some("kubernetes"), dir.path()).err().unwrap();
+        assert!(e.to_string().contains("embedded:<path>"), "{e}");
+        let e = open_store(Some("etcd://x"), dir.path()).err().unwrap();
+        assert!(e.to_string().contains("not valid"), "{e}");
+        let e = open_store(Some("embedded:"), dir.path()).err().unwrap();
+        assert!(e.to_string().contains("file path"), "{e}");
+        let path = dir.path().join("sub/kappa.redb");
+        open_store(Some(&format!("embedded:{}", path.display())), dir.path()).unwrap();
+        assert!(path.exists());
+    }
+}

@@ -1,0 +1,33 @@
+//! Kappa on Kubernetes. This crate owns everything that talks to a Kubernetes API server, so
+//! `kube` and `k8s-openapi` stay out of every other crate:
+//!
+//! - [`crd`]: the CustomResourceDefinitions of Kappa's kinds (group `kappa.dev`, version `v1`),
+//!   derived from the `kappa-types` specs, and the YAML the `kappa-crdgen` binary writes into
+//!   `charts/kappa/crds/`.
+//! - [`KubeStore`]: the store trait on the Kubernetes API (custom resources, plus native
+//!   Secrets and ConfigMaps), with resource versions and conflicts mapped to the store's.
+//! - [`PodBackend`]: the pool manager's backend on bare pods (runtime container + fetcher),
+//!   labelled so a restarted pool manager adopts them; [`pods`] builds the pod objects.
+//! - [`fetcher`]: `kappa fetcher`, the function pod's second container that downloads,
+//!   verifies and places the code and calls the runtime's `/v2/specialize`.
+//! - [`lease`]: leader election on a `coordination.k8s.io/v1` Lease.
+//!
+//! It deliberately holds no platform policy: what to store comes from the API server, when to
+//! create or delete an instance from the pool manager (`kappa-executor`), who leads from the
+//! lease alone.
+//!
+//! Invariants: the router never calls the Kubernetes API (warm requests touch no code here);
+//! every write to the API carries the precondition it was read with; a pod this crate creates
+//! always carries the labels adoption needs.
+
+mod backend;
+pub mod convert;
+pub mod crd;
+pub mod fetcher;
+pub mod lease;
+pub mod pods;
+mod store;
+
+pub use backend::{PodBackend, PodBackendConfig, PodState, exit_reason, pod_state};
+pub use lease::{LeaseConfig, LeaseError, LeaseLock, LeaseState, elect};
+pub use store::KubeStore;

@@ -1,0 +1,338 @@
+//! The objects the pod backend creates, as pure functions (no IO), so tests and the manifest
+//! validation see exactly what a cluster would get.
+//!
+//! A function pod has two containers sharing emptyDir volumes:
+//! - `runtime`: the Environment's image (any Fission v2 environment image works), port 8888,
+//!   `/userfunc`, `/secrets`, `/configs` mounted read-only, a writable `/tmp`;
+//! - `fetcher`: the platform's own image running `kappa fetcher` on port 8000, which places the
+//!   code and calls the runtime's `/v2/specialize` (see [`crate::fetcher`]). Its readiness
+//!   (`/readyz`) is "the runtime answers", so the pod is Ready when both are up.
+//!
+//! Both run as non-root with a read-only root filesystem, no privilege escalation, every
+//! capability dropped and the runtime's default seccomp profile. The pod is bare (no
+//! ReplicaSet: see `docs/design/001-pool-pods.md`) with `restartPolicy: Never`, since a
+//! restarted runtime would come back generic behind an endpoint that expects specialized code.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Pod;
+use kappa_core::{FunctionId, InstanceSpec, Limits};
+use kappa_types::{Resources, Toleration};
+use serde_json::{Value, json};
+
+use crate::fetcher::{FETCHER_PORT, RUNTIME_PORT};
+
+/// Label on everything Kappa creates (`kappa`).
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// `pool` (warm, generic) or `specialized`.
+pub const LABEL_ROLE: &str = "kappa.dev/role";
+/// The instance id (also the pod's name).
+pub const LABEL_INSTANCE: &str = "kappa.dev/instance";
+/// Environment name and namespace, and the environment generation the pod was made for.
+pub const LABEL_ENVIRONMENT: &str = "kappa.dev/environment";
+pub const LABEL_ENVIRONMENT_NAMESPACE: &str = "kappa.dev/environment-namespace";
+pub const LABEL_ENV_GENERATION: &str = "kappa.dev/env-generation";
+/// Function name and namespace, and the function generation it was specialized with (set when
+/// specialized).
+pub const LABEL_FUNCTION: &str = "kappa.dev/function";
+pub const LABEL_FUNCTION_NAMESPACE: &str = "kappa.dev/function-namespace";
+pub const LABEL_GENERATION: &str = "kappa.dev/generation";
+/// Annotation: the identity of the pool manager replica that created the pod.
+pub const ANNOTATION_CREATED_BY: &str = "kappa.dev/created-by";
+/// Annotation: the sha256 of the archive a specialized pod runs.
+pub const ANNOTATION_ARCHIVE: &str = "kappa.dev/archive-sha256";
+/// `kappa.dev/role` of a warm pod.
+pub const ROLE_POOL: &str = "pool";
+/// `kappa.dev/role` of a specialized pod.
+pub const ROLE_SPECIALIZED: &str = "specialized";
+
+/// What every pod of this installation shares (from the chart's values).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodTemplate {
+    /// The namespace function pods live in.
+    pub namespace: String,
+    /// The platform's image, whose `kappa fetcher` is the fetcher container.
+    pub fetcher_image: String,
+    /// The fetcher's command (`["kappa", "fetcher"]`).
+    pub fetcher_command: Vec<String>,
+    /// `imagePullPolicy` of both containers, when set.
+    pub image_pull_policy: Option<String>,
+    /// Service account of function pods (none: the namespace's default; its token is not
+    /// mounted either way).
+    pub service_account: Option<String>,
+    /// Image pull secrets of function pods.
+    pub image_pull_secrets: Vec<String>,
+    /// UID (and GID) the containers run as.
+    pub run_as_user: i64,
+    /// The fetcher container's resources.
+    pub fetcher_resources: Resources,
+    /// Identity of this pool manager replica (recorded on the pods it creates).
+    pub created_by: String,
+}
+
+impl Default for PodTemplate {
+    fn default() -> Self {
+        Self {
+            namespace: "kappa-functions".into(),
+            fetcher_image: "kappa:latest".into(),
+            fetcher_command: vec!["kappa".into(), "fetcher".into()],
+            image_pull_policy: None,
+            service_account: None,
+            image_pull_secrets: Vec::new(),
+            run_as_user: 10001,
+            fetcher_resources: Resources {
+                requests: kappa_types::ResourceList {
+                    cpu: Some("10m".into()),
+                    memory: Some("16Mi".into()),
+                    pids: None,
+                },
+                limits: kappa_types::ResourceList {
+                    cpu: Some("500m".into()),
+                    memory: Some("128Mi".into()),
+                    pids: None,
+                },
+            },
+            created_by: "kappa-executor".into(),
+        }
+    }
+}
+
+/// Scheduling and requests that come from the Environment (and the Function) rather than from
+/// the pool manager's [`InstanceSpec`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// Resource requests (limits come from [`InstanceSpec::limits`]).
+    pub requests: kappa_types::ResourceList,
+    pub node_selector: BTreeMap<String, String>,
+    pub tolerations: Vec<Toleration>,
+}
+
+/// The labels of a warm pod for `spec`.
+pub fn pool_labels(spec: &InstanceSpec) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_MANAGED_BY.to_string(), "kappa".to_string()),
+        (LABEL_ROLE.to_string(), ROLE_POOL.to_string()),
+        (LABEL_INSTANCE.to_string(), spec.id.clone()),
+        (LABEL_ENVIRONMENT.to_string(), spec.environment.name.clone()),
+        (
+            LABEL_ENVIRONMENT_NAMESPACE.to_string(),
+            spec.environment.namespace.clone(),
+        ),
+        (
+            LABEL_ENV_GENERATION.to_string(),
+            spec.env_generation.to_string(),
+        ),
+    ])
+}
+
+/// The labels a pod gets once specialized for `function` at `generation`.
+pub fn specialized_labels(function: &FunctionId, generation: i64) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_ROLE.to_string(), ROLE_SPECIALIZED.to_string()),
+        (LABEL_FUNCTION.to_string(), function.name.clone()),
+        (
+            LABEL_FUNCTION_NAMESPACE.to_string(),
+            function.namespace.clone(),
+        ),
+        (LABEL_GENERATION.to_string(), generation.to_string()),
+    ])
+}
+
+/// A Kubernetes quantity map from Kappa's resource list (pids have no container equivalent).
+fn quantities(cpu: Option<String>, memory: Option<String>) -> Value {
+    let mut map = serde_json::Map::new();
+    if let Some(cpu) = cpu {
+        map.insert("cpu".into(), Value::String(cpu));
+    }
+    if let Some(memory) = memory {
+        map.insert("memory".into(), Value::String(memory));
+    }
+    Value::Object(map)
+}
+
+fn limits_of(limits: &Limits) -> Value {
+    quantities(
+        limits.cpu_millis.map(|m| format!("{m}m")),
+        limits.memory_bytes.map(|b| b.to_string()),
+    )
+}
+
+fn container_security(run_as_user: i64) -> Value {
+    json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "runAsNonRoot": true,
+        "runAsUser": run_as_user,
+        "runAsGroup": run_as_user,
+        "capabilities": { "drop": ["ALL"] },
+        "seccompProfile": { "type": "RuntimeDefault" },
+    })
+}
+
+/// The warm pod for `spec`: the runtime container plus the fetcher, labelled for adoption.
+pub fn pool_pod(template: &PodTemplate, spec: &InstanceSpec, placement: &Placement) -> Pod {
+    let mut env: Vec<Value> = vec![
+        json!({"name": "HOST", "value": "0.0.0.0"}),
+        json!({"name": "PORT", "value": RUNTIME_PORT.to_string()}),
+        json!({"name": "RUNTIME_PORT", "value": RUNTIME_PORT.to_string()}),
+        json!({"name": "KAPPA_CONCURRENCY", "value": spec.concurrency.to_string()}),
+    ];
+    for (k, v) in &spec.env {
+        env.push(json!({"name": k, "value": v}));
+    }
+    let mut runtime = json!({
+        "name": "runtime",
+        "image": spec.image,
+        "ports": [{"name": "http-env", "containerPort": RUNTIME_PORT, "protocol": "TCP"}],
+        "env": env,
+        "resources": {
+            "requests": quantities(placement.requests.cpu.clone(), placement.requests.memory.clone()),
+            "limits": limits_of(&spec.limits),
+        },
+        "securityContext": container_security(template.run_as_user),
+        "volumeMounts": [
+            {"name": "userfunc", "mountPath": "/userfunc", "readOnly": true},
+            {"name": "secrets", "mountPath": "/secrets", "readOnly": true},
+            {"name": "configs", "mountPath": "/configs", "readOnly": true},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    });
+    if let Some(command) = spec.command.as_deref().filter(|c| !c.trim().is_empty()) {
+        runtime["command"] = json!(["/bin/sh", "-c", command]);
+    }
+    let fetcher_resources = &template.fetcher_resources;
+    let mut fetcher = json!({
+        "name": "fetcher",
+        "image": template.fetcher_image,
+        "command": template.fetcher_command,
+        "args": ["--listen", format!("0.0.0.0:{FETCHER_PORT}")],
+        "ports": [{"name": "http-fetcher", "containerPort": FETCHER_PORT, "protocol": "TCP"}],
+        "env": [{"name": "RUST_LOG", "value": "info"}],
+        "resources": {
+            "requests": quantities(fetcher_resources.requests.cpu.clone(), fetcher_resources.requests.memory.clone()),
+            "limits": quantities(fetcher_resources.limits.cpu.clone(), fetcher_resources.limits.memory.clone()),
+        },
+        "securityContext": container_security(template.run_as_user),
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": FETCHER_PORT},
+            "periodSeconds": 1,
+            "failureThreshold": 3,
+            "timeoutSeconds": 2,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": FETCHER_PORT},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+            "timeoutSeconds": 2,
+        },
+        "volumeMounts": [
+            {"name": "userfunc", "mountPath": "/userfunc"},
+            {"name": "secrets", "mountPath": "/secrets"},
+            {"name": "configs", "mountPath": "/configs"},
+        ],
+    });
+    if let Some(policy) = &template.image_pull_policy {
+        runtime["imagePullPolicy"] = json!(policy);
+        fetcher["imagePullPolicy"] = json!(policy);
+    }
+    let mut pod_spec = json!({
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": false,
+        "enableServiceLinks": false,
+        "terminationGracePeriodSeconds": spec.grace.as_secs(),
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": template.run_as_user,
+            "runAsGroup": template.run_as_user,
+            "fsGroup": template.run_as_user,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [runtime, fetcher],
+        "volumes": [
+            {"name": "userfunc", "emptyDir": {}},
+            {"name": "secrets", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
+            {"name": "configs", "emptyDir": {"sizeLimit": "16Mi"}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+        ],
+    });
+    if let Some(sa) = &template.service_account {
+        pod_spec["serviceAccountName"] = json!(sa);
+    }
+    if !template.image_pull_secrets.is_empty() {
+        pod_spec["imagePullSecrets"] = Value::Array(
+            template
+                .image_pull_secrets
+                .iter()
+                .map(|name| json!({"name": name}))
+                .collect(),
+        );
+    }
+    if !placement.node_selector.is_empty() {
+        pod_spec["nodeSelector"] = json!(placement.node_selector);
+    }
+    if !placement.tolerations.is_empty() {
+        pod_spec["tolerations"] = json!(placement.tolerations);
+    }
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": spec.id,
+            "namespace": template.namespace,
+            "labels": pool_labels(spec),
+            "annotations": { ANNOTATION_CREATED_BY: template.created_by },
+        },
+        "spec": pod_spec,
+    });
+    // Every value above is a valid Pod field; a failure here is a bug caught by the tests.
+    serde_json::from_value(pod).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    pub(crate) fn spec() -> InstanceSpec {
+        InstanceSpec {
+            id: "python-0123456789".into(),
+            environment: FunctionId::new("default", "python"),
+            env_generation: 3,
+            image: "ghcr.io/example/python-env:1".into(),
+            command: None,
+            limits: Limits {
+                memory_bytes: Some(256 << 20),
+                cpu_millis: Some(500),
+                pids: Some(1024),
+            },
+            grace: Duration::from_secs(30),
+            concurrency: 64,
+            env: BTreeMap::new(),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn pool_pods_are_locked_down_and_labelled() {
+        let pod = pool_pod(&PodTemplate::default(), &spec(), &Placement::default());
+        let json = serde_json::to_value(&pod).unwrap();
+        assert_eq!(json["metadata"]["name"], "python-0123456789");
+        assert_eq!(json["metadata"]["labels"][LABEL_ROLE], ROLE_POOL);
+        assert_eq!(json["metadata"]["labels"][LABEL_ENV_GENERATION], "3");
+        assert_eq!(json["spec"]["restartPolicy"], "Never");
+        assert_eq!(json["spec"]["automountServiceAccountToken"], false);
+        let containers = json["spec"]["containers"].as_array().unwrap();
+        assert_eq!(containers.len(), 2);
+        for c in containers {
+            let sc = &c["securityContext"];
+            assert_eq!(sc["allowPrivilegeEscalation"], false);
+            assert_eq!(sc["readOnlyRootFilesystem"], true);
+            assert_eq!(sc["runAsNonRoot"], true);
+            assert_eq!(sc["capabilities"]["drop"][0], "ALL");
+        }
+        assert_eq!(containers[0]["resources"]["limits"]["memory"], "268435456");
+        assert_eq!(containers[0]["resources"]["limits"]["cpu"], "500m");
+        assert_eq!(containers[1]["command"][1], "fetcher");
+    }
+}

@@ -1,0 +1,643 @@
+//! Running a package's build command in the same sandbox and limits as instances.
+//!
+//! [`BuildSandbox`] runs one command (`/bin/sh -c <command>`) in a writable build directory
+//! that appears at `/build` inside bubblewrap (when usable), with the same read-only system,
+//! private pid/ipc/uts namespaces and parent-death tie as instances, the environment's memory,
+//! CPU and pids limits through the same cgroup code, and the network allowed (pip and npm need
+//! their registries). Its stdout and stderr are captured together into a bounded tail, and it is
+//! killed (with everything it started) when the build timeout passes.
+//!
+//! It does not know about packages, archives or the store: the builder prepares the directory,
+//! chooses the command and stores what the build left.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ffi::OsString;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use kappa_core::{BackendError, ExitReason, Limits};
+use nix::sys::signal::Signal;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::cgroup::Cgroups;
+use crate::config::{CgroupMode, SandboxMode};
+use crate::procs;
+use crate::sandbox;
+
+/// Where the build directory appears inside the sandbox (also `$SRC_PKG` and `$DEPLOY_PKG`).
+pub const SANDBOX_BUILD_DIR: &str = "/build";
+/// Default bound on a build's run time.
+pub const DEFAULT_BUILD_TIMEOUT: Duration = Duration::from_secs(600);
+/// Default bound on the captured output: the last 256 KiB are kept.
+pub const DEFAULT_BUILD_LOG_BYTES: usize = 256 * 1024;
+
+/// How long the output readers may run on after the build process ended (a background process
+/// the build left holding the pipes is killed, but only when the sandbox is not there to do it).
+const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
+/// The longest build id (it names a cgroup).
+const MAX_ID_LEN: usize = 128;
+
+/// Host directories (or symlinks to them) that make up the sandbox's read-only system.
+const SYSTEM_DIRS: [&str; 4] = ["/lib", "/lib64", "/bin", "/sbin"];
+/// Host files bound read-only when present: what instances get, plus the user and group
+/// databases package managers look themselves up in.
+const SYSTEM_FILES: [&str; 8] = [
+    "/etc/ld.so.cache",
+    "/etc/localtime",
+    "/etc/ssl",
+    "/etc/resolv.conf",
+    "/etc/hosts",
+    "/etc/nsswitch.conf",
+    "/etc/passwd",
+    "/etc/group",
+];
+
+/// One build to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildSpec {
+    /// Names the build's cgroup: 1 to 128 ASCII letters, digits, `-`, `_` or `.`.
+    pub id: String,
+    /// The writable build directory on the host, holding the source; the build leaves its
+    /// result there. Bound at `/build` in the sandbox, which is also the working directory.
+    pub dir: PathBuf,
+    /// The command, run with `/bin/sh -c`.
+    pub command: String,
+    /// Extra environment variables (`SRC_PKG`, `DEPLOY_PKG`, `HOME` and `PATH` are set by the
+    /// sandbox and win).
+    pub env: BTreeMap<String, String>,
+    /// Host directories bound read-only at the same path (an interpreter installed outside
+    /// `/usr`); their `bin/` is added to `PATH`.
+    pub read_only: Vec<PathBuf>,
+    /// Memory, CPU and pids limits.
+    pub limits: Limits,
+    /// The build is killed when it runs longer.
+    pub timeout: Duration,
+    /// Whether the build may use the network (it shares the host's, as instances do);
+    /// `false` gives it a private network namespace with only a loopback interface.
+    pub network: bool,
+    /// How much of the output is kept (the end of it).
+    pub max_log_bytes: usize,
+}
+
+/// How a build ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildOutcome {
+    /// The command exited with status 0.
+    Succeeded,
+    /// The command exited otherwise (a non-zero code, a signal, an OOM kill).
+    Failed(ExitReason),
+    /// The command ran longer than the timeout and was killed.
+    TimedOut(Duration),
+}
+
+/// What a build did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildOutput {
+    /// How it ended.
+    pub outcome: BuildOutcome,
+    /// Its stdout and stderr, interleaved as they arrived, at most `max_log_bytes` (the end).
+    pub log: String,
+    /// Whether the beginning of the output was dropped to stay within `max_log_bytes`.
+    pub log_truncated: bool,
+}
+
+impl BuildOutput {
+    /// Whether the build succeeded.
+    pub fn succeeded(&self) -> bool {
+        self.outcome == BuildOutcome::Succeeded
+    }
+}
+
+/// Runs build commands sandboxed and limited like instances. Cheap to clone.
+#[derive(Clone)]
+pub struct BuildSandbox {
+    inner: Arc<SandboxInner>,
+}
+
+struct SandboxInner {
+    /// Bubblewrap, when usable.
+    bwrap: Option<PathBuf>,
+    /// `setpriv`, which ties an unsandboxed build to the platform's life.
+    setpriv: Option<PathBuf>,
+    cgroups: Cgroups,
+}
+
+impl std::fmt::Debug for BuildSandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildSandbox")
+            .field("bwrap", &self.inner.bwrap)
+            .field("cgroups", &self.inner.cgroups.version())
+            .finish_non_exhaustive()
+    }
+}
+
+impl BuildSandbox {
+    /// Detects bubblewrap and cgroups with the same modes as the local backend (`Auto` falls
+    /// back to unsandboxed or unlimited with one warning; explicit modes fail when unusable).
+    pub async fn new(sandbox: SandboxMode, cgroups: CgroupMode) -> Result<Self, BackendError> {
+        let bwrap = match detect_bwrap(sandbox).await {
+            Ok(path) => Some(path),
+            Err(why) if sandbox == SandboxMode::Bwrap => {
+                return Err(BackendError::Start(format!(
+                    "sandbox mode bwrap was requested but bubblewrap is unusable for builds: {why}"
+                )));
+            }
+            Err(why) => {
+                tracing::warn!(reason = %why, "builds are not sandboxed");
+                None
+            }
+        };
+        let setpriv = match bwrap {
+            Some(_) => None,
+            None => sandbox::detect_setpriv().await,
+        };
+        let cgroups = Cgroups::detect(cgroups)?;
+        Ok(Self {
+            inner: Arc::new(SandboxInner {
+                bwrap,
+                setpriv,
+                cgroups,
+            }),
+        })
+    }
+
+    /// Whether builds run inside bubblewrap.
+    pub fn sandboxed(&self) -> bool {
+        self.inner.bwrap.is_some()
+    }
+
+    /// Whether cgroup limits are enforced, and which hierarchy.
+    pub fn cgroup_version(&self) -> Option<crate::CgroupVersion> {
+        self.inner.cgroups.version()
+    }
+
+    /// Runs one build and waits for it (at most `spec.timeout`, then it is killed). An `Err`
+    /// means the build could not be run at all (bad id or directory, the launcher missing); a
+    /// build that ran and failed is an `Ok` with [`BuildOutcome::Failed`] or
+    /// [`BuildOutcome::TimedOut`].
+    ///
+    /// The build's parent-death signal (bubblewrap's `--die-with-parent`, `setpriv`) follows
+    /// the thread that starts it: call this from a task on a runtime worker thread (which lives
+    /// as long as the runtime), not from a blocking-pool thread.
+    pub async fn run(&self, spec: &BuildSpec) -> Result<BuildOutput, BackendError> {
+        check_id(&spec.id)?;
+        if !spec.dir.is_dir() {
+            return Err(BackendError::Io(format!(
+                "build directory {} does not exist",
+                spec.dir.display()
+            )));
+        }
+        let inner = &self.inner;
+        let cgroup = inner
+            .cgroups
+            .create(&format!("build-{}", spec.id), &spec.limits);
+        let argv = match &inner.bwrap {
+            Some(bwrap) => bwrap_argv(bwrap, spec),
+            None => vec!["/bin/sh".into(), "-c".into(), spec.command.clone().into()],
+        };
+        let chain = sandbox::launcher(inner.setpriv.as_deref(), &cgroup.procs_files(), argv);
+        let Some((program, args)) = chain.split_first() else {
+            cgroup.remove().await;
+            return Err(BackendError::Start("empty build command line".into()));
+        };
+        let (build_dir, home) = if inner.bwrap.is_some() {
+            (PathBuf::from(SANDBOX_BUILD_DIR), PathBuf::from("/tmp"))
+        } else {
+            (spec.dir.clone(), std::env::temp_dir())
+        };
+        let mut path = String::new();
+        for dir in &spec.read_only {
+            path.push_str(&dir.join("bin").to_string_lossy());
+            path.push(':');
+        }
+        path.push_str("/usr/local/bin:/usr/bin:/bin");
+        let mut command = std::process::Command::new(program);
+        command
+            .args(args)
+            .env_clear()
+            .env("LANG", "C.UTF-8")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .envs(&spec.env)
+            .env("PATH", path)
+            .env("HOME", &home)
+            .env("SRC_PKG", &build_dir)
+            .env("DEPLOY_PKG", &build_dir)
+            .current_dir(&spec.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = match tokio::process::Command::from(command)
+            .kill_on_drop(true)
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) => {
+                cgroup.remove().await;
+                return Err(BackendError::Start(format!(
+                    "cannot run {}: {e}",
+                    Path::new(program).display()
+                )));
+            }
+        };
+        let pid = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .unwrap_or_default();
+        tracing::info!(build = %spec.id, pid, sandboxed = inner.bwrap.is_some(), "build started");
+        let tail = Arc::new(Tail::new(spec.max_log_bytes));
+        let mut readers = Vec::new();
+        if let Some(stdout) = child.stdout.take() {
+            readers.push(tokio::spawn(pump(stdout, tail.clone())));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            readers.push(tokio::spawn(pump(stderr, tail.clone())));
+        }
+        let waited = tokio::time::timeout(spec.timeout, child.wait()).await;
+        let timed_out = waited.is_err();
+        let status = match waited {
+            Ok(Ok(status)) => Some(status),
+            Ok(Err(e)) => {
+                tracing::warn!(build = %spec.id, error = %e, "cannot wait for the build process");
+                None
+            }
+            Err(_) => None,
+        };
+        // Whatever the build left running (its process group, its cgroup) goes with it.
+        if pid > 0 {
+            procs::signal_tree(pid, Signal::SIGKILL, false);
+        }
+        for dir in &cgroup.dirs {
+            for task in crate::cgroup::tasks(dir) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(task), Signal::SIGKILL);
+            }
+        }
+        if status.is_none() {
+            let _ = child.wait().await;
+        }
+        for reader in readers {
+            let _ = tokio::time::timeout(OUTPUT_DRAIN, reader).await;
+        }
+        let oom_killed = cgroup.oom_kills() > 0;
+        cgroup.remove().await;
+        let outcome = match status {
+            Some(status) if status.success() && !oom_killed => BuildOutcome::Succeeded,
+            Some(status) => BuildOutcome::Failed(exit_reason(status, oom_killed)),
+            None if timed_out => BuildOutcome::TimedOut(spec.timeout),
+            None => BuildOutcome::Failed(ExitReason {
+                oom_killed,
+                ..ExitReason::default()
+            }),
+        };
+        let (log, log_truncated) = tail.text();
+        tracing::info!(build = %spec.id, ?outcome, log_bytes = log.len(), "build ended");
+        Ok(BuildOutput {
+            outcome,
+            log,
+            log_truncated,
+        })
+    }
+}
+
+/// Why a build's process ended. Bubblewrap and the shell report a child killed by signal N as
+/// exit code 128+N.
+fn exit_reason(status: std::process::ExitStatus, oom_killed: bool) -> ExitReason {
+    if let Some(signal) = status.signal() {
+        return ExitReason {
+            code: None,
+            signal: Some(signal),
+            oom_killed,
+        };
+    }
+    match status.code() {
+        Some(code) if (129..=128 + 64).contains(&code) => ExitReason {
+            code: None,
+            signal: Some(code - 128),
+            oom_killed,
+        },
+        code => ExitReason {
+            code,
+            signal: None,
+            oom_killed,
+        },
+    }
+}
+
+/// Finds bubblewrap and checks that a build-shaped sandbox starts.
+async fn detect_bwrap(mode: SandboxMode) -> Result<PathBuf, String> {
+    if mode == SandboxMode::None {
+        return Err("the sandbox mode is none".to_owned());
+    }
+    let program = ["/usr/bin/bwrap", "/bin/bwrap", "/usr/local/bin/bwrap"]
+        .into_iter()
+        .map(PathBuf::from)
+        .chain(
+            std::env::var_os("PATH")
+                .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|dir| dir.join("bwrap")),
+        )
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| "bwrap was not found on PATH".to_owned())?;
+    let mut args = system_args(true);
+    args.push("--".into());
+    args.push("/bin/true".into());
+    let output = tokio::process::Command::new(&program)
+        .args(&args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| format!("could not run {}: {e}", program.display()))?;
+    if output.status.success() {
+        Ok(program)
+    } else {
+        Err(format!(
+            "{} smoke test {}: {}",
+            program.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+/// The bubblewrap command line of one build.
+fn bwrap_argv(bwrap: &Path, spec: &BuildSpec) -> Vec<OsString> {
+    let mut args = vec![bwrap.as_os_str().to_owned()];
+    args.extend(system_args(spec.network));
+    for dir in &spec.read_only {
+        if dir.is_absolute() && dir.exists() {
+            ro_bind(&mut args, dir, dir);
+        }
+    }
+    args.push("--bind".into());
+    args.push(spec.dir.clone().into_os_string());
+    args.push(SANDBOX_BUILD_DIR.into());
+    args.push("--chdir".into());
+    args.push(SANDBOX_BUILD_DIR.into());
+    args.push("--".into());
+    args.push("/bin/sh".into());
+    args.push("-c".into());
+    args.push(spec.command.clone().into());
+    args
+}
+
+/// Namespaces, lifetime and the read-only system of a build sandbox: the shape of an
+/// instance's (see `sandbox.rs`), with the network shared unless `network` is false.
+fn system_args(network: bool) -> Vec<OsString> {
+    let mut args: Vec<OsString> = [
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--die-with-parent",
+        "--new-session",
+        "--hostname",
+        "kappa-build",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+    ]
+    .into_iter()
+    .map(OsString::from)
+    .collect();
+    if !network {
+        args.push("--unshare-net".into());
+    }
+    for dir in SYSTEM_DIRS {
+        let path = Path::new(dir);
+        match std::fs::read_link(path) {
+            Ok(target) => {
+                args.push("--symlink".into());
+                args.push(target.into_os_string());
+                args.push(dir.into());
+            }
+            Err(_) if path.is_dir() => ro_bind(&mut args, path, path),
+            Err(_) => {}
+        }
+    }
+    for file in SYSTEM_FILES {
+        let path = Path::new(file);
+        if path.exists() {
+            ro_bind(&mut args, path, path);
+        }
+    }
+    for arg in ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"] {
+        args.push(arg.into());
+    }
+    args
+}
+
+fn ro_bind(args: &mut Vec<OsString>, host: &Path, inside: &Path) {
+    args.push("--ro-bind".into());
+    args.push(host.into());
+    args.push(inside.into());
+}
+
+fn check_id(id: &str) -> Result<(), BackendError> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(BackendError::Start(format!(
+            "invalid build id {id:?}: use 1 to {MAX_ID_LEN} ASCII letters, digits, '-', '_' or '.', not starting with '.'"
+        )))
+    }
+}
+
+/// Copies one output stream into the shared tail until it ends.
+async fn pump<R: AsyncRead + Unpin>(mut reader: R, tail: Arc<Tail>) {
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => tail.push(buf.get(..n).unwrap_or_default()),
+        }
+    }
+}
+
+/// The last bytes of a build's output.
+struct Tail {
+    limit: usize,
+    /// A std mutex: held for a copy of one read chunk, never across an await.
+    state: Mutex<(VecDeque<u8>, bool)>,
+}
+
+impl Tail {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit: limit.max(1),
+            state: Mutex::new((VecDeque::new(), false)),
+        }
+    }
+
+    fn push(&self, chunk: &[u8]) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.0.extend(chunk);
+        let excess = state.0.len().saturating_sub(self.limit);
+        if excess > 0 {
+            state.0.drain(..excess);
+            state.1 = true;
+        }
+    }
+
+    /// The kept output as text (starting at a line boundary when the start was dropped), and
+    /// whether something was dropped.
+    fn text(&self) -> (String, bool) {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let bytes: Vec<u8> = state.0.iter().copied().collect();
+        let truncated = state.1;
+        drop(state);
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        if truncated && let Some(newline) = text.find('\n') {
+            return (text[newline + 1..].to_owned(), true);
+        }
+        (text, truncated)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn spec(dir: &Path, command: &str) -> BuildSpec {
+        BuildSpec {
+            id: format!("t{}", uuid::Uuid::new_v4().simple()),
+            dir: dir.to_path_buf(),
+            command: command.to_owned(),
+            env: BTreeMap::new(),
+            read_only: Vec::new(),
+            limits: Limits {
+                pids: Some(256),
+                ..Limits::default()
+            },
+            timeout: Duration::from_secs(60),
+            network: true,
+            max_log_bytes: 4096,
+        }
+    }
+
+    async fn sandbox() -> BuildSandbox {
+        BuildSandbox::new(SandboxMode::Auto, CgroupMode::Auto)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_build_writes_into_its_directory_and_its_output_is_captured() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("in.txt"), "source").unwrap();
+        let sb = sandbox().await;
+        let out = sb
+            .run(&spec(
+                dir.path(),
+                "cat in.txt > out.txt && echo \"src=$SRC_PKG deploy=$DEPLOY_PKG\" && echo oops >&2",
+            ))
+            .await
+            .unwrap();
+        assert!(out.succeeded(), "{out:?}");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("out.txt")).unwrap(),
+            "source"
+        );
+        let expected = if sb.sandboxed() {
+            "src=/build deploy=/build".to_owned()
+        } else {
+            format!(
+                "src={} deploy={}",
+                dir.path().display(),
+                dir.path().display()
+            )
+        };
+        assert!(out.log.contains(&expected), "{}", out.log);
+        assert!(out.log.contains("oops"), "{}", out.log);
+    }
+
+    #[tokio::test]
+    async fn failures_report_the_exit_code_and_keep_the_end_of_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = sandbox()
+            .await
+            .run(&spec(
+                dir.path(),
+                "i=0; while [ $i -lt 2000 ]; do echo line $i; i=$((i+1)); done; exit 3",
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            out.outcome,
+            BuildOutcome::Failed(ExitReason {
+                code: Some(3),
+                signal: None,
+                oom_killed: false
+            })
+        );
+        assert!(out.log_truncated);
+        assert!(out.log.len() <= 4096);
+        assert!(out.log.ends_with("line 1999\n"), "{}", out.log);
+        assert!(
+            out.log.starts_with("line "),
+            "starts on a line: {}",
+            out.log
+        );
+    }
+
+    #[tokio::test]
+    async fn a_build_over_its_timeout_is_killed_with_its_children() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec(dir.path(), "sleep 300 & echo started; wait");
+        s.timeout = Duration::from_millis(500);
+        let out = sandbox().await.run(&s).await.unwrap();
+        assert_eq!(
+            out.outcome,
+            BuildOutcome::TimedOut(Duration::from_millis(500))
+        );
+        assert!(out.log.contains("started"), "{}", out.log);
+    }
+
+    #[tokio::test]
+    async fn bad_ids_and_missing_directories_are_errors() {
+        let sb = sandbox().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec(dir.path(), "true");
+        s.id = "../x".into();
+        assert!(sb.run(&s).await.is_err());
+        let s = spec(&dir.path().join("missing"), "true");
+        assert!(sb.run(&s).await.is_err());
+    }
+
+    #[test]
+    fn sandbox_shape() {
+        let s = spec(Path::new("/d/build"), "make");
+        let args: Vec<String> = bwrap_argv(Path::new("/usr/bin/bwrap"), &s)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let joined = args.join(" ");
+        assert!(
+            joined.contains("--bind /d/build /build --chdir /build"),
+            "{joined}"
+        );
+        assert!(joined.contains("--die-with-parent"), "{joined}");
+        assert!(!joined.contains("--unshare-net"), "{joined}");
+        assert!(joined.ends_with("-- /bin/sh -c make"), "{joined}");
+        let mut offline = s.clone();
+        offline.network = false;
+        let args = bwrap_argv(Path::new("/usr/bin/bwrap"), &offline);
+        assert!(args.iter().any(|a| a == "--unshare-net"));
+    }
+}

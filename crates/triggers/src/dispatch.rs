@@ -1,0 +1,504 @@
+//! The dispatcher: turns each message of a subscription into an invocation of the trigger's
+//! function and settles the message by the outcome. It knows no broker.
+//!
+//! For each message:
+//! 1. POST it to the function through [`Invoke`] (the router, so the same admission, queueing
+//!    and scaling as HTTP traffic apply) with its body, its headers, `Content-Type` (the
+//!    trigger's `contentType`), `X-Kappa-Topic`, `X-Kappa-Trigger`,
+//!    `X-Kappa-Delivery-Attempt` and `X-Kappa-Message-Id`.
+//! 2. Any 2xx is a success: the response body goes to `respTopic` (when set), **then** the
+//!    message is acknowledged.
+//! 3. Anything else (or no answer within the invoke timeout, or a failed publish of the
+//!    response) is a failure. While the attempt is at most `maxRetries`, the message is nak'd
+//!    with an exponential, jittered delay and the broker delivers it again. After that, it goes
+//!    to `errorTopic` (original body and headers plus `X-Kappa-Error`, `X-Kappa-Attempts`,
+//!    `X-Kappa-Status`) and is acknowledged once the error topic took it; without an error
+//!    topic it is terminated and logged.
+//!
+//! A message is never acknowledged before its outcome is settled, so a platform killed at any
+//! point loses nothing: the broker delivers what was not acknowledged again (at least once).
+//! At most `maxConcurrency` messages of a trigger are processed at once (a semaphore taken
+//! before the next message is asked for); with 1, in the order the broker delivers them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+use http_body_util::BodyExt as _;
+use kappa_core::FunctionId;
+use kappa_types::MessageQueueTrigger;
+use rand::RngExt as _;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::broker::{Broker, BrokerError, Delivery, Header, Message, Subscription};
+
+/// Invokes a function; `kappa up` implements it with the router.
+#[async_trait]
+pub trait Invoke: Send + Sync + 'static {
+    /// Sends `request` to `function` and returns its response (errors are responses too,
+    /// e.g. 404 for an unknown function, 504 after the function timeout).
+    async fn invoke(
+        &self,
+        function: FunctionId,
+        request: http::Request<axum::body::Body>,
+    ) -> http::Response<axum::body::Body>;
+}
+
+/// Exponential backoff with jitter: the n-th retry waits a random time between half and all of
+/// `initial * 2^(n-1)`, capped at `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// The base delay of the first retry.
+    pub initial: Duration,
+    /// The largest delay.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before the retry that follows failed attempt `attempt` (1-based).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let base = self.ceiling(attempt);
+        let half = base / 2;
+        let jitter_ms = u64::try_from((base - half).as_millis()).unwrap_or(u64::MAX);
+        let extra = if jitter_ms == 0 {
+            0
+        } else {
+            rand::rng().random_range(0..=jitter_ms)
+        };
+        half + Duration::from_millis(extra)
+    }
+
+    /// The delay without jitter (the largest [`Backoff::delay`] can return).
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        let exp = attempt.saturating_sub(1).min(32);
+        self.initial
+            .checked_mul(1u32 << exp.min(31))
+            .unwrap_or(self.max)
+            .min(self.max)
+    }
+}
+
+/// How the dispatcher behaves (the same for every trigger).
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    /// Delays between attempts.
+    pub backoff: Backoff,
+    /// The most a response body may have to be published to `respTopic` (larger is a failure).
+    pub max_response_bytes: usize,
+    /// How long to wait for in-flight messages when the trigger stops; what is still running
+    /// after that is abandoned (and delivered again by the broker).
+    pub drain: Duration,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            backoff: Backoff::default(),
+            max_response_bytes: 8 << 20,
+            drain: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a trigger does with its messages: the parts of a MessageQueueTrigger the dispatcher
+/// needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The trigger's namespace.
+    pub namespace: String,
+    /// The trigger's name.
+    pub trigger: String,
+    /// The function invoked.
+    pub function: FunctionId,
+    /// Where successful response bodies go.
+    pub resp_topic: Option<String>,
+    /// Where messages go after their last failed attempt.
+    pub error_topic: Option<String>,
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// `Content-Type` of the requests.
+    pub content_type: String,
+    /// Messages processed at once.
+    pub max_concurrency: u32,
+    /// The function's timeout: an invocation without an answer after it (plus a margin) fails.
+    pub invoke_timeout: Duration,
+}
+
+impl Target {
+    /// The target of `trigger`, whose function times out after `function_timeout`.
+    pub fn of(trigger: &MessageQueueTrigger, function_timeout: Duration) -> Self {
+        let ns = trigger.metadata.namespace.clone();
+        Self {
+            function: FunctionId::new(ns.clone(), trigger.spec.functionref.name.clone()),
+            namespace: ns,
+            trigger: trigger.metadata.name.clone(),
+            resp_topic: trigger.spec.resp_topic.clone().filter(|t| !t.is_empty()),
+            error_topic: trigger.spec.error_topic.clone().filter(|t| !t.is_empty()),
+            max_retries: trigger.spec.max_retries,
+            content_type: trigger.spec.content_type.clone(),
+            max_concurrency: trigger.spec.max_concurrency.max(1),
+            invoke_timeout: function_timeout + Duration::from_secs(5),
+        }
+    }
+}
+
+/// Dispatches the messages of one trigger.
+#[derive(Clone)]
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    target: Target,
+    invoker: Arc<dyn Invoke>,
+    broker: Arc<dyn Broker>,
+    config: DispatchConfig,
+}
+
+/// What an invocation came to.
+enum Outcome {
+    Success {
+        body: Bytes,
+        content_type: Option<String>,
+    },
+    Failure {
+        reason: String,
+        status: Option<u16>,
+    },
+}
+
+/// Headers a message must not pass on to the function: hop-by-hop, framing, and Kappa's own
+/// (which only the platform sets).
+fn passes_on(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    !(lower.starts_with("x-kappa-")
+        || matches!(
+            lower.as_str(),
+            "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "te"
+                | "trailer"
+                | "transfer-encoding"
+                | "upgrade"
+                | "content-length"
+                | "content-type"
+                | "host"
+        ))
+}
+
+/// A header value made safe for any broker: one line, at most 1 KiB.
+fn one_line(text: &str) -> String {
+    let mut s: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if s.len() > 1024 {
+        let mut cut = 1024;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
+impl Dispatcher {
+    /// A dispatcher of `target`'s messages that publishes through `broker`.
+    pub fn new(
+        target: Target,
+        invoker: Arc<dyn Invoke>,
+        broker: Arc<dyn Broker>,
+        config: DispatchConfig,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                target,
+                invoker,
+                broker,
+                config,
+            }),
+        }
+    }
+
+    /// Processes messages of `subscription` until `shutdown` (then `Ok`, after in-flight
+    /// messages settled or the drain time passed) or until the subscription breaks (`Err`).
+    pub async fn run(
+        &self,
+        mut subscription: Box<dyn Subscription>,
+        shutdown: CancellationToken,
+    ) -> Result<(), BrokerError> {
+        let t = &self.inner.target;
+        // A semaphore, not a channel of workers: each message is its own task, and the permit
+        // is taken before the next message is asked for, so no more than `max_concurrency`
+        // are ever held.
+        let slots = Arc::new(Semaphore::new(t.max_concurrency as usize));
+        let mut tasks = JoinSet::new();
+        let result = loop {
+            while tasks.try_join_next().is_some() {}
+            let permit = tokio::select! {
+                () = shutdown.cancelled() => break Ok(()),
+                p = Arc::clone(&slots).acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break Ok(()),
+                },
+            };
+            let delivery = tokio::select! {
+                () = shutdown.cancelled() => break Ok(()),
+                d = subscription.next() => d,
+            };
+            match delivery {
+                Ok(delivery) => {
+                    let this = self.clone();
+                    let span = tracing::info_span!(
+                        "message",
+                        trigger = %format!("{}/{}", t.namespace, t.trigger),
+                        function = %t.function,
+                        topic = %delivery.message.topic,
+                        id = %delivery.message.id,
+                        attempt = delivery.message.attempt,
+                    );
+                    tasks.spawn(
+                        async move {
+                            this.handle(delivery).await;
+                            drop(permit);
+                        }
+                        .instrument(span),
+                    );
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        if !tasks.is_empty() {
+            let drained = tokio::time::timeout(self.inner.config.drain, async {
+                while tasks.join_next().await.is_some() {}
+            })
+            .await;
+            if drained.is_err() {
+                tracing::warn!(
+                    trigger = %t.trigger,
+                    abandoned = tasks.len(),
+                    "messages still in flight after the drain time; the broker will deliver them again"
+                );
+                tasks.abort_all();
+            }
+        }
+        drop(subscription);
+        result
+    }
+
+    /// Invokes the function with one message and settles it.
+    pub async fn handle(&self, delivery: Delivery) {
+        let (message, settle) = delivery.into_parts();
+        let t = &self.inner.target;
+        let outcome = match self.invoke(&message).await {
+            Outcome::Success { body, content_type } => match &t.resp_topic {
+                Some(topic) => {
+                    let mut headers = self.kappa_headers(&message);
+                    if let Some(ct) = content_type {
+                        headers.push(("Content-Type".into(), ct));
+                    }
+                    match self.inner.broker.publish(topic, &headers, body).await {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err((format!("publishing the response to {topic:?}: {e}"), None)),
+                    }
+                }
+                None => Ok(()),
+            },
+            Outcome::Failure { reason, status } => Err((reason, status)),
+        };
+        let settled = match outcome {
+            Ok(()) => {
+                tracing::debug!("processed");
+                settle.ack().await
+            }
+            Err((reason, _)) if message.attempt <= t.max_retries => {
+                let delay = self.inner.config.backoff.delay(message.attempt);
+                tracing::info!(%reason, retry_in_ms = delay.as_millis() as u64, "attempt failed; retrying");
+                settle.nak(delay).await
+            }
+            Err((reason, status)) => match &t.error_topic {
+                Some(topic) => {
+                    let mut headers: Vec<Header> = message
+                        .headers
+                        .iter()
+                        .filter(|(k, _)| !k.to_ascii_lowercase().starts_with("x-kappa-"))
+                        .cloned()
+                        .collect();
+                    headers.extend(self.kappa_headers(&message));
+                    headers.push(("X-Kappa-Error".into(), one_line(&reason)));
+                    headers.push(("X-Kappa-Attempts".into(), message.attempt.to_string()));
+                    headers.push(("X-Kappa-Function".into(), t.function.to_string()));
+                    if let Some(status) = status {
+                        headers.push(("X-Kappa-Status".into(), status.to_string()));
+                    }
+                    match self
+                        .inner
+                        .broker
+                        .publish(topic, &headers, message.body.clone())
+                        .await
+                    {
+                        Ok(()) => {
+                            tracing::warn!(%reason, error_topic = %topic, "message failed after its last attempt; published to the error topic");
+                            settle.ack().await
+                        }
+                        Err(e) => {
+                            let delay = self.inner.config.backoff.delay(message.attempt);
+                            tracing::warn!(%reason, error = %e, "publishing to the error topic failed; keeping the message");
+                            settle.nak(delay).await
+                        }
+                    }
+                }
+                None => {
+                    tracing::warn!(%reason, "message failed after its last attempt and the trigger has no error topic; dropping it");
+                    settle.term().await
+                }
+            },
+        };
+        if let Err(e) = settled {
+            tracing::warn!(error = %e, "settling the message failed; the broker will deliver it again");
+        }
+    }
+
+    /// `X-Kappa-Topic`, `X-Kappa-Trigger`, `X-Kappa-Message-Id` for published messages.
+    fn kappa_headers(&self, message: &Message) -> Vec<Header> {
+        vec![
+            ("X-Kappa-Topic".into(), message.topic.clone()),
+            ("X-Kappa-Trigger".into(), self.inner.target.trigger.clone()),
+            ("X-Kappa-Message-Id".into(), message.id.clone()),
+        ]
+    }
+
+    fn request(&self, message: &Message) -> http::Request<axum::body::Body> {
+        let t = &self.inner.target;
+        let mut request = http::Request::new(axum::body::Body::from(message.body.clone()));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = http::Uri::from_static("/");
+        let headers = request.headers_mut();
+        for (name, value) in &message.headers {
+            if !passes_on(name) {
+                continue;
+            }
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                headers.append(name, value);
+            }
+        }
+        let mut set = |name: &'static str, value: &str| {
+            if let Ok(v) = HeaderValue::from_str(&one_line(value)) {
+                headers.insert(HeaderName::from_static(name), v);
+            }
+        };
+        set("x-kappa-topic", &message.topic);
+        set("x-kappa-trigger", &t.trigger);
+        set("x-kappa-delivery-attempt", &message.attempt.to_string());
+        set("x-kappa-message-id", &message.id);
+        if let Ok(v) = HeaderValue::from_str(&t.content_type) {
+            headers.insert(CONTENT_TYPE, v);
+        }
+        request
+    }
+
+    async fn invoke(&self, message: &Message) -> Outcome {
+        let t = &self.inner.target;
+        let request = self.request(message);
+        let limit = self.inner.config.max_response_bytes;
+        let call = async {
+            let response = self.inner.invoker.invoke(t.function.clone(), request).await;
+            let status = response.status();
+            let content_type = response
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let body = http_body_util::Limited::new(response.into_body(), limit)
+                .collect()
+                .await
+                .map(|c| c.to_bytes());
+            (status, content_type, body)
+        };
+        match tokio::time::timeout(t.invoke_timeout, call).await {
+            Err(_) => Outcome::Failure {
+                reason: format!(
+                    "function {} did not answer within {} s",
+                    t.function,
+                    t.invoke_timeout.as_secs()
+                ),
+                status: None,
+            },
+            Ok((status, content_type, body)) => match (status.is_success(), body) {
+                (true, Ok(body)) => Outcome::Success { body, content_type },
+                (true, Err(e)) => Outcome::Failure {
+                    reason: format!(
+                        "reading the response of function {}: {e} (limit {limit} bytes)",
+                        t.function
+                    ),
+                    status: Some(status.as_u16()),
+                },
+                (false, body) => {
+                    let snippet = body
+                        .map(|b| String::from_utf8_lossy(&b[..b.len().min(512)]).into_owned())
+                        .unwrap_or_default();
+                    Outcome::Failure {
+                        reason: format!(
+                            "function {} answered {status}{}{}",
+                            t.function,
+                            if snippet.trim().is_empty() { "" } else { ": " },
+                            snippet.trim()
+                        ),
+                        status: Some(status.as_u16()),
+                    }
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        assert_eq!(b.ceiling(1), Duration::from_millis(100));
+        assert_eq!(b.ceiling(2), Duration::from_millis(200));
+        assert_eq!(b.ceiling(4), Duration::from_millis(800));
+        assert_eq!(b.ceiling(5), Duration::from_secs(1));
+        assert_eq!(b.ceiling(500), Duration::from_secs(1));
+        for attempt in 1..10 {
+            let d = b.delay(attempt);
+            assert!(d <= b.ceiling(attempt) && d >= b.ceiling(attempt) / 2);
+        }
+    }
+
+    #[test]
+    fn header_filters() {
+        assert!(passes_on("X-Order-Id"));
+        assert!(passes_on("Nats-Msg-Id"));
+        assert!(!passes_on("X-Kappa-Delivery-Attempt"));
+        assert!(!passes_on("content-length"));
+        assert_eq!(one_line("a\r\nb"), "a  b");
+        assert!(one_line(&"x".repeat(5000)).len() < 1100);
+    }
+}

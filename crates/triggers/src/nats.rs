@@ -1,0 +1,379 @@
+//! NATS JetStream: one durable pull consumer per trigger on the stream that captures its topic.
+//!
+//! - The stream is `metadata.stream` when given (it must exist), else the stream that already
+//!   captures the topic, else a new stream `KAPPA_<TOPIC>` (file storage, interest retention:
+//!   a message is kept until every trigger consuming it acknowledged it).
+//! - The consumer is durable (`kappa-<namespace>-<trigger>`), explicit-ack, with
+//!   `max_ack_pending` equal to the trigger's `maxConcurrency` (so with 1, the next message is
+//!   not delivered before the previous one is settled, retries included) and an ack wait that
+//!   covers the function timeout. Its position lives on the server: a restarted platform picks
+//!   up where it was, and what it had not acknowledged is delivered again.
+//! - A nak carries the retry delay (`-NAK {"delay": ...}`), so the server redelivers it then.
+//! - Publishing goes through JetStream when a stream captures the subject (and waits for the
+//!   server's acknowledgement), else as a plain NATS message.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::broker::{
+    Broker, BrokerError, ConsumerSpec, Delivery, Header, Message, Settle, Subscription,
+};
+
+/// Consecutive receive errors after which a subscription is reported broken.
+const MAX_RECEIVE_ERRORS: u32 = 20;
+
+/// A connection to a NATS server with JetStream enabled.
+#[derive(Debug, Clone)]
+pub struct NatsBroker {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    url: String,
+    /// Whether a stream captures a subject we publish to, as last looked up (and when). A
+    /// JetStream publish to a subject no stream captures but a plain subscriber listens on
+    /// would wait for an acknowledgement that never comes, so we look first. A std mutex:
+    /// held for one map operation, never across an await.
+    captured: Arc<Mutex<HashMap<String, (bool, Instant)>>>,
+}
+
+/// How long a "does a stream capture this subject" answer is reused.
+const CAPTURE_TTL: Duration = Duration::from_secs(10);
+
+impl NatsBroker {
+    /// Connects to `url` (`nats://host:port`). Fails fast when nothing answers; once connected,
+    /// the client reconnects by itself.
+    pub async fn connect(url: &str) -> Result<Self, BrokerError> {
+        let client = async_nats::ConnectOptions::new()
+            .name("kappa-triggers")
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|e| BrokerError::Connect(format!("connecting to NATS at {url}: {e}")))?;
+        let js = jetstream::new(client.clone());
+        Ok(Self {
+            client,
+            js,
+            url: url.to_string(),
+            captured: Arc::default(),
+        })
+    }
+
+    /// Whether a JetStream stream captures `subject` (cached for [`CAPTURE_TTL`]).
+    async fn is_captured(&self, subject: &str) -> bool {
+        if let Some((captured, at)) = self
+            .captured
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(subject)
+            && at.elapsed() < CAPTURE_TTL
+        {
+            return *captured;
+        }
+        let captured = self.js.stream_by_subject(subject.to_string()).await.is_ok();
+        let mut cache = self.captured.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(subject.to_string(), (captured, Instant::now()));
+        captured
+    }
+
+    /// The underlying client (tests publish and subscribe with it).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// The stream `spec` consumes from, created when none captures its topic.
+    async fn stream_for(&self, spec: &ConsumerSpec) -> Result<stream::Stream, BrokerError> {
+        let url = &self.url;
+        if let Some(name) = spec.metadata.get("stream") {
+            return self.js.get_stream(name).await.map_err(|e| {
+                BrokerError::Setup(format!(
+                    "stream {name:?} (metadata.stream) on NATS at {url}: {e}"
+                ))
+            });
+        }
+        let name = match self.js.stream_by_subject(spec.topic.clone()).await {
+            Ok(name) => name,
+            Err(_) => {
+                let name = stream_name(&spec.topic);
+                tracing::info!(stream = %name, topic = %spec.topic, "creating a JetStream stream for the topic");
+                let config = stream::Config {
+                    name: name.clone(),
+                    subjects: vec![spec.topic.clone()],
+                    retention: stream::RetentionPolicy::Interest,
+                    storage: stream::StorageType::File,
+                    ..stream::Config::default()
+                };
+                let stream = self.js.get_or_create_stream(config).await.map_err(|e| {
+                    BrokerError::Setup(format!(
+                        "creating stream {name} for topic {:?} on NATS at {url}: {e} (is JetStream enabled? nats-server -js)",
+                        spec.topic
+                    ))
+                })?;
+                return Ok(stream);
+            }
+        };
+        self.js
+            .get_stream(&name)
+            .await
+            .map_err(|e| BrokerError::Setup(format!("stream {name} on NATS at {url}: {e}")))
+    }
+}
+
+/// `KAPPA_` and the topic in upper case, with what a stream name cannot hold replaced by `_`.
+pub fn stream_name(topic: &str) -> String {
+    let mut name = String::from("KAPPA_");
+    name.extend(topic.chars().map(|c| {
+        if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+            c.to_ascii_uppercase()
+        } else {
+            '_'
+        }
+    }));
+    name
+}
+
+fn header_map(headers: &[Header]) -> async_nats::HeaderMap {
+    let mut map = async_nats::HeaderMap::new();
+    for (name, value) in headers {
+        map.append(name.as_str(), value.as_str());
+    }
+    map
+}
+
+#[async_trait]
+impl Broker for NatsBroker {
+    async fn subscribe(&self, spec: &ConsumerSpec) -> Result<Box<dyn Subscription>, BrokerError> {
+        let url = &self.url;
+        let stream = self.stream_for(spec).await?;
+        let stream_name = stream.cached_info().config.name.clone();
+        self.captured
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(spec.topic.clone(), (true, Instant::now()));
+        let name = &spec.durable_name;
+        // The filter subject of an existing consumer cannot change: a trigger whose topic
+        // changed within the same stream starts a new consumer.
+        if let Ok(mut existing) = stream.get_consumer::<pull::Config>(name).await
+            && let Ok(info) = existing.info().await
+            && info.config.filter_subject != spec.topic
+        {
+            tracing::info!(consumer = %name, stream = %stream_name, "the topic changed; recreating the consumer");
+            if let Err(e) = stream.delete_consumer(name).await {
+                tracing::warn!(consumer = %name, error = %e, "deleting the old consumer failed");
+            }
+        }
+        let config = pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subject: spec.topic.clone(),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: spec.ack_wait,
+            max_ack_pending: i64::from(spec.max_in_flight.max(1)),
+            max_deliver: -1,
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            description: Some("kappa message queue trigger".into()),
+            ..pull::Config::default()
+        };
+        let consumer = stream.create_consumer(config).await.map_err(|e| {
+            BrokerError::Setup(format!(
+                "creating consumer {name} on stream {stream_name} at {url}: {e}"
+            ))
+        })?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(spec.max_in_flight.max(1) as usize)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(|e| {
+                BrokerError::Setup(format!("pulling from consumer {name} at {url}: {e}"))
+            })?;
+        Ok(Box::new(NatsSubscription {
+            messages,
+            name: name.clone(),
+            url: url.clone(),
+        }))
+    }
+
+    async fn publish(
+        &self,
+        topic: &str,
+        headers: &[Header],
+        body: Bytes,
+    ) -> Result<(), BrokerError> {
+        use async_nats::jetstream::context::PublishErrorKind;
+        let url = &self.url;
+        let fail = |e: &dyn std::fmt::Display| {
+            BrokerError::Publish(format!("publishing to {topic:?} on NATS at {url}: {e}"))
+        };
+        let map = header_map(headers);
+        if !self.is_captured(topic).await {
+            // A plain NATS message, written before anything this connection sends later (such
+            // as the acknowledgement that follows it).
+            return self
+                .client
+                .publish_with_headers(topic.to_string(), map, body)
+                .await
+                .map_err(|e| fail(&e));
+        }
+        let stored = match self
+            .js
+            .publish_with_headers(topic.to_string(), map, body)
+            .await
+        {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match stored {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if e.kind() == PublishErrorKind::StreamNotFound {
+                    self.captured
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(topic);
+                }
+                Err(fail(&e))
+            }
+        }
+    }
+
+    async fn remove(&self, spec: &ConsumerSpec) -> Result<(), BrokerError> {
+        let stream = match spec.metadata.get("stream") {
+            Some(name) => name.clone(),
+            None => match self.js.stream_by_subject(spec.topic.clone()).await {
+                Ok(name) => name,
+                Err(_) => return Ok(()),
+            },
+        };
+        match self
+            .js
+            .delete_consumer_from_stream(&spec.durable_name, &stream)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.to_string().contains("not found") => Ok(()),
+            Err(e) => Err(BrokerError::Setup(format!(
+                "deleting consumer {} of stream {stream} at {}: {e}",
+                spec.durable_name, self.url
+            ))),
+        }
+    }
+}
+
+struct NatsSubscription {
+    messages: pull::Stream,
+    name: String,
+    url: String,
+}
+
+#[async_trait]
+impl Subscription for NatsSubscription {
+    async fn next(&mut self) -> Result<Delivery, BrokerError> {
+        use async_nats::jetstream::consumer::pull::MessagesErrorKind;
+        let mut errors = 0;
+        loop {
+            match self.messages.next().await {
+                None => {
+                    return Err(BrokerError::Receive(format!(
+                        "consumer {} at {}: the message stream ended",
+                        self.name, self.url
+                    )));
+                }
+                Some(Ok(message)) => {
+                    let (attempt, seq) = match message.info() {
+                        Ok(info) => (
+                            u32::try_from(info.delivered).unwrap_or(u32::MAX).max(1),
+                            info.stream_sequence,
+                        ),
+                        Err(_) => (1, 0),
+                    };
+                    let (message, acker) = message.split();
+                    let headers = message
+                        .headers
+                        .as_ref()
+                        .map(|h| {
+                            h.iter()
+                                .flat_map(|(name, values)| {
+                                    let name = name.to_string();
+                                    values
+                                        .iter()
+                                        .map(move |v| (name.clone(), v.as_str().to_string()))
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    return Ok(Delivery::new(
+                        Message {
+                            topic: message.subject.to_string(),
+                            id: seq.to_string(),
+                            headers,
+                            body: message.payload,
+                            attempt,
+                        },
+                        Box::new(NatsSettle(acker)),
+                    ));
+                }
+                Some(Err(e)) => {
+                    let fatal = matches!(
+                        e.kind(),
+                        MessagesErrorKind::ConsumerDeleted | MessagesErrorKind::PushBasedConsumer
+                    );
+                    errors += 1;
+                    if fatal || errors >= MAX_RECEIVE_ERRORS {
+                        return Err(BrokerError::Receive(format!(
+                            "consumer {} at {}: {e}",
+                            self.name, self.url
+                        )));
+                    }
+                    tracing::warn!(consumer = %self.name, url = %self.url, error = %e, "receiving from NATS; retrying");
+                }
+            }
+        }
+    }
+}
+
+struct NatsSettle(jetstream::message::Acker);
+
+impl NatsSettle {
+    async fn send(&self, kind: AckKind) -> Result<(), BrokerError> {
+        self.0
+            .ack_with(kind)
+            .await
+            .map_err(|e| BrokerError::Settle(format!("settling a NATS message: {e}")))
+    }
+}
+
+#[async_trait]
+impl Settle for NatsSettle {
+    async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
+        self.send(AckKind::Ack).await
+    }
+
+    async fn nak(self: Box<Self>, delay: Duration) -> Result<(), BrokerError> {
+        self.send(AckKind::Nak(Some(delay))).await
+    }
+
+    async fn term(self: Box<Self>) -> Result<(), BrokerError> {
+        self.send(AckKind::Term).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_names() {
+        assert_eq!(stream_name("orders"), "KAPPA_ORDERS");
+        assert_eq!(stream_name("orders.eu-1.*"), "KAPPA_ORDERS_EU-1__");
+        assert_eq!(stream_name("a/b:c>"), "KAPPA_A_B_C_");
+    }
+}

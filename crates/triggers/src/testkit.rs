@@ -1,0 +1,196 @@
+//! For tests (this crate's, and the system tests): a real `nats-server -js` or `redis-server`
+//! on a free loopback port with temporary storage, stopped (killed) when dropped.
+//!
+//! `scripts/install-deps.sh` installs both (Debian packages `nats-server`, `redis-server`).
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free port on 127.0.0.1 (free when asked; the caller binds it right after).
+pub fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn find_binary(name: &str) -> io::Result<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(["/usr/sbin", "/usr/bin", "/usr/local/bin", "/sbin"].map(PathBuf::from));
+    dirs.into_iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{name} is not installed (run scripts/install-deps.sh)"),
+            )
+        })
+}
+
+/// A broker server process.
+#[derive(Debug)]
+pub struct Server {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+    program: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+impl Server {
+    fn spawn(
+        program: PathBuf,
+        args: Vec<String>,
+        dir: tempfile::TempDir,
+        port: u16,
+    ) -> io::Result<Self> {
+        let log = dir.path().join("server.log");
+        let mut server = Self {
+            child: None,
+            dir,
+            port,
+            program,
+            args,
+            log,
+        };
+        server.start()?;
+        Ok(server)
+    }
+
+    /// Starts the process again (after [`Server::kill`]) on the same port and storage.
+    pub fn start(&mut self) -> io::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                return Err(io::Error::other(format!(
+                    "{} exited with {status}: {}",
+                    self.program.display(),
+                    self.log_text()
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{} did not listen on {addr}", self.program.display()),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9` the server (its storage stays).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its storage directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// What the server logged.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `nats-server -js` on a free port.
+#[derive(Debug)]
+pub struct NatsServer(pub Server);
+
+impl NatsServer {
+    /// Starts one on a free port.
+    pub fn start() -> io::Result<Self> {
+        Self::start_on(free_port()?)
+    }
+
+    /// Starts one on `port`.
+    pub fn start_on(port: u16) -> io::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("kappa-nats-").tempdir()?;
+        let args = vec![
+            "-js".into(),
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+            "-sd".into(),
+            dir.path().join("js").display().to_string(),
+        ];
+        Server::spawn(find_binary("nats-server")?, args, dir, port).map(Self)
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.0.port)
+    }
+}
+
+/// `redis-server` on a free port, without persistence.
+#[derive(Debug)]
+pub struct RedisServer(pub Server);
+
+impl RedisServer {
+    /// Starts one on a free port.
+    pub fn start() -> io::Result<Self> {
+        let port = free_port()?;
+        let dir = tempfile::Builder::new().prefix("kappa-redis-").tempdir()?;
+        let args = vec![
+            "--port".into(),
+            port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--dir".into(),
+            dir.path().display().to_string(),
+            "--save".into(),
+            String::new(),
+            "--appendonly".into(),
+            "no".into(),
+            "--daemonize".into(),
+            "no".into(),
+        ];
+        Server::spawn(find_binary("redis-server")?, args, dir, port).map(Self)
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.0.port)
+    }
+}

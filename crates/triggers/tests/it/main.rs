@@ -1,0 +1,10 @@
+//! Component tests of kappa-triggers: the dispatcher against a fake broker and the real ones
+//! (a `nats-server -js` and a `redis-server` per test, on free loopback ports), the Redis
+//! takeover of stuck entries, and the trigger manager (status, reconnection, time triggers).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod conformance;
+mod manager;
+mod redis_claim;
+mod support;

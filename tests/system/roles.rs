@@ -1,0 +1,219 @@
+//! `kappa server --role ...`: the component roles of cluster mode, run as a real process on
+//! loopback ports and driven through the CLI (`KAPPA_API_URL` + `KAPPA_TOKEN`, as against a
+//! cluster install) and HTTP. With `--executor-url` the router reaches the executor over its
+//! HTTP API (provision, endpoint feed, usage) even though both run in this one process, which
+//! is the only way to share the embedded store between them.
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::harness::{eventually, function_path, http, kappa_bin, repo_root};
+
+const TOKEN: &str = "roles-system-test-token-0123456789";
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+struct Server {
+    dir: tempfile::TempDir,
+    child: Child,
+    api: SocketAddr,
+    router: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Server {
+    fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("kappa-roles-")
+            .tempdir()
+            .unwrap();
+        let (api, router, internal, executor, admin) = (
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+        );
+        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let child = Command::new(kappa_bin())
+            .args(["server", "--role", "api,router,executor"])
+            .arg("--store")
+            .arg(format!(
+                "embedded:{}",
+                dir.path().join("kappa.redb").display()
+            ))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg("--runtimes-dir")
+            .arg(repo_root().join("functions/runtimes"))
+            .args(["--sandbox", "none", "--cgroups", "none"])
+            .args(["--api-addr", &api.to_string()])
+            .args(["--router-addr", &router.to_string()])
+            .args(["--router-admin-addr", &internal.to_string()])
+            .args(["--executor-addr", &executor.to_string()])
+            .args(["--admin-addr", &admin.to_string()])
+            .args(["--executor-url", &format!("http://{executor}")])
+            .args(["--router-url", &format!("http://{router}")])
+            .args(["--shutdown-grace", "3"])
+            .env("KAPPA_TOKEN", TOKEN)
+            .env_remove("KAPPA_ROLE")
+            .env_remove("KAPPA_STORE")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let s = Server {
+            dir,
+            child,
+            api,
+            router,
+            admin,
+        };
+        eventually(
+            Duration::from_secs(30),
+            "kappa server ready",
+            || match http(s.admin, "GET", "/readyz", &[], b"") {
+                Ok(r) if r.status == 200 => Some(()),
+                _ => None,
+            },
+        );
+        s
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(kappa_bin())
+            .args(args)
+            .env("KAPPA_API_URL", format!("http://{}", self.api))
+            .env("KAPPA_TOKEN", TOKEN)
+            .env("KAPPA_DATA_DIR", self.dir.path().join("no-client-config"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "kappa {args:?} failed:\n{}\nserver log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn roles_serve_a_function_with_the_router_using_the_executor_over_http() {
+    let mut s = Server::start();
+    let log = s.log();
+    for listener in ["api", "router", "router-internal", "executor", "admin"] {
+        assert!(
+            log.contains(&format!("listening {listener} ")),
+            "the {listener} address is logged:\n{log}"
+        );
+    }
+    s.ok(&["env", "create", "--name", "python", "--image", "python"]);
+    s.ok(&[
+        "fn",
+        "create",
+        "--name",
+        "hello",
+        "--env",
+        "python",
+        "--code",
+        &function_path("examples/hello/hello.py"),
+    ]);
+    s.ok(&["route", "create", "--url", "/hello", "--function", "hello"]);
+    let r = eventually(Duration::from_secs(30), "GET /hello", || {
+        let r = http(s.router, "GET", "/hello", &[], b"").ok()?;
+        (r.status != 404).then_some(r)
+    });
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), s.log());
+    assert_eq!(r.text(), "Hello, world!\n");
+    // `kappa fn test` goes API -> router in this process.
+    let out = s.ok(&["fn", "test", "--name", "hello"]);
+    assert!(out.contains("Hello, world!"), "{out}");
+
+    // One admin listener reports every role's metrics.
+    let metrics = http(s.admin, "GET", "/metrics", &[], b"").unwrap().text();
+    assert!(
+        metrics.contains("kappa_router"),
+        "router metrics:\n{metrics}"
+    );
+    assert!(
+        metrics.contains("kappa_executor"),
+        "executor metrics:\n{metrics}"
+    );
+    assert!(metrics.trim_end().ends_with("# EOF"));
+    assert_eq!(metrics.matches("# EOF").count(), 1);
+
+    // SIGTERM drains and exits cleanly.
+    let pid = s.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = eventually(Duration::from_secs(20), "kappa server exits", || {
+        s.child.try_wait().unwrap()
+    });
+    assert!(status.success(), "exit status {status}\n{}", s.log());
+}
+
+#[test]
+fn misconfigured_roles_fail_fast_with_the_reason() {
+    let run = |args: &[&str]| {
+        let out = Command::new(kappa_bin())
+            .arg("server")
+            .args(args)
+            .env_remove("KAPPA_TOKEN")
+            .env_remove("KAPPA_ROLE")
+            .env_remove("KAPPA_STORE")
+            .env_remove("KAPPA_EXECUTOR_URL")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "kappa server {args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let err = run(&["--role", "router", "--data-dir", data]);
+    assert!(err.contains("--token"), "{err}");
+    let err = run(&["--role", "router", "--data-dir", data, "--token", TOKEN]);
+    assert!(err.contains("--executor-url"), "{err}");
+    let err = run(&[
+        "--role",
+        "api",
+        "--data-dir",
+        data,
+        "--token",
+        TOKEN,
+        "--store",
+        "kubernetes",
+    ]);
+    assert!(err.contains("embedded:<path>"), "{err}");
+    let err = run(&["--role", "ingress", "--token", TOKEN]);
+    assert!(err.contains("ingress"), "{err}");
+}
