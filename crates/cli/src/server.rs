@@ -191,7 +191,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(&args.data_dir)
             .with_context(|| format!("creating the data directory {}", args.data_dir.display()))?;
     }
-    let store = open_store(args.store.as_deref(), &args.data_dir)?;
+    let kube_client = if args.store.as_deref() == Some("kubernetes") || args.backend == "kubernetes"
+    {
+        Some(kappa_kube::default_client().await.context(
+            "connecting to the Kubernetes API (in-cluster service account, or KUBECONFIG)",
+        )?)
+    } else {
+        None
+    };
+    let store = open_store(args.store.as_deref(), &args.data_dir, kube_client.as_ref())?;
     let archives = if needs_files {
         Some(Arc::new(
             ArchiveStore::open(args.data_dir.join("archives"), args.max_archive_mb << 20)
@@ -222,43 +230,77 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let (Some(archives), Some(logs)) = (&archives, &logs) else {
             bail!("the executor role needs the archive and log stores");
         };
-        if args.backend == "kubernetes" {
-            bail!(
-                "--backend kubernetes (kappa_kube::PodBackend) is not wired into `kappa server` yet; use --backend local"
-            );
-        }
-        let runtimes = args
-            .runtimes_dir
-            .clone()
-            .unwrap_or_else(|| args.data_dir.join("runtimes"));
-        if !runtimes.join("python").join("server.py").is_file() {
-            bail!(
-                "no runtimes in {} (expected python/server.py): pass --runtimes-dir (KAPPA_RUNTIMES_DIR), e.g. the repository's functions/runtimes",
-                runtimes.display()
-            );
-        }
-        let backend = LocalBackend::new(
-            LocalConfig {
-                data_dir: args.data_dir.join("local"),
-                runtimes: RuntimeRegistry::new(runtimes),
-                sandbox: match args.sandbox.as_str() {
-                    "bwrap" => SandboxMode::Bwrap,
-                    "none" => SandboxMode::None,
-                    _ => SandboxMode::Auto,
+        let backend: Arc<dyn kappa_core::Backend> = if args.backend == "kubernetes" {
+            let client = kube_client
+                .clone()
+                .context("--backend kubernetes needs a Kubernetes client")?;
+            let fetcher_image = args.fetcher_image.clone().context(
+                "--backend kubernetes needs --fetcher-image (KAPPA_FETCHER_IMAGE): the kappa image run as each pod's fetcher",
+            )?;
+            let api_url = args.internal_api_url.clone().context(
+                "--backend kubernetes needs --internal-api-url (KAPPA_INTERNAL_API_URL): the API server as fetchers reach it",
+            )?;
+            let template = kappa_kube::pods::PodTemplate {
+                namespace: args
+                    .function_namespace
+                    .clone()
+                    .unwrap_or_else(kappa_kube::current_namespace),
+                fetcher_image,
+                created_by: replica_name(&args),
+                ..kappa_kube::pods::PodTemplate::default()
+            };
+            let backend = Arc::new(kappa_kube::PodBackend::new(
+                client,
+                kappa_kube::PodBackendConfig {
+                    template,
+                    api_url,
+                    api_token: Some(token.clone()),
+                    ..kappa_kube::PodBackendConfig::default()
                 },
-                cgroups: match args.cgroups.as_str() {
-                    "v2" => CgroupMode::V2,
-                    "v1" => CgroupMode::V1,
-                    "none" => CgroupMode::None,
-                    _ => CgroupMode::Auto,
+                Some(Arc::clone(&store)),
+            ));
+            let watcher = Arc::clone(&backend);
+            let token = shutdown.clone();
+            tasks.push((
+                "pod watcher",
+                tokio::spawn(async move { watcher.watch_pods(token).await }),
+            ));
+            backend
+        } else {
+            let runtimes = args
+                .runtimes_dir
+                .clone()
+                .unwrap_or_else(|| args.data_dir.join("runtimes"));
+            if !runtimes.join("python").join("server.py").is_file() {
+                bail!(
+                    "no runtimes in {} (expected python/server.py): pass --runtimes-dir (KAPPA_RUNTIMES_DIR), e.g. the repository's functions/runtimes",
+                    runtimes.display()
+                );
+            }
+            let backend = LocalBackend::new(
+                LocalConfig {
+                    data_dir: args.data_dir.join("local"),
+                    runtimes: RuntimeRegistry::new(runtimes),
+                    sandbox: match args.sandbox.as_str() {
+                        "bwrap" => SandboxMode::Bwrap,
+                        "none" => SandboxMode::None,
+                        _ => SandboxMode::Auto,
+                    },
+                    cgroups: match args.cgroups.as_str() {
+                        "v2" => CgroupMode::V2,
+                        "v1" => CgroupMode::V1,
+                        "none" => CgroupMode::None,
+                        _ => CgroupMode::Auto,
+                    },
+                    start_timeout: Duration::from_secs(10),
                 },
-                start_timeout: Duration::from_secs(10),
-            },
-            Arc::clone(archives),
-            Arc::clone(logs),
-        )
-        .await
-        .context("starting the local instance backend")?;
+                Arc::clone(archives),
+                Arc::clone(logs),
+            )
+            .await
+            .context("starting the local instance backend")?;
+            Arc::new(backend)
+        };
         let index = Arc::new(EndpointIndex::new());
         let manager = PoolManager::new(
             ExecutorConfig {
@@ -266,7 +308,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 ..ExecutorConfig::default()
             },
             Arc::clone(&store),
-            Arc::new(backend),
+            backend,
             Arc::clone(&index),
             Arc::clone(archives),
             registry.as_mut().context("the metrics registry is gone")?,
@@ -280,10 +322,21 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         );
         {
             let manager = manager.clone();
+            let leadership = elect(
+                kube_client.as_ref(),
+                "kappa-executor",
+                &replica_name(&args),
+                &shutdown,
+            );
             let token = shutdown.clone();
             tasks.push((
                 "pool manager",
-                tokio::spawn(async move { manager.run(token, grace).await }),
+                tokio::spawn(async move {
+                    // One pool manager acts at a time: two would fight over the same pods.
+                    if let Some(work) = led(leadership, token.clone(), "pool manager").await {
+                        manager.run(work, grace).await;
+                    }
+                }),
             ));
             let token = shutdown.clone();
             tasks.push((
@@ -446,9 +499,43 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 
     // ---- triggers ---------------------------------------------------------------------------
     if has(Role::Triggers) {
-        bail!(
-            "role triggers (kappa_triggers::TriggerManager) is not wired into `kappa server` yet; `kappa up` runs the trigger workers"
+        let Some(invoker) = &invoker else {
+            bail!(
+                "role triggers invokes functions through the router: pass --router-admin-url (KAPPA_ROUTER_ADMIN_URL), or run role router in this process"
+            );
+        };
+        let mut config = kappa_triggers::ManagerConfig::default();
+        if let Some(url) = &args.nats_url {
+            config.nats_url = url.clone();
+        }
+        if let Some(url) = &args.redis_url {
+            config.redis_url = url.clone();
+        }
+        let manager = kappa_triggers::TriggerManager::new(
+            config,
+            Arc::clone(&store),
+            Arc::new(TriggerInvoker(Arc::clone(invoker))),
         );
+        let leadership = elect(
+            kube_client.as_ref(),
+            "kappa-triggers",
+            &replica_name(&args),
+            &shutdown,
+        );
+        let token = shutdown.clone();
+        tasks.push((
+            "trigger workers",
+            tokio::spawn(async move {
+                // One replica consumes and fires schedules at a time: never twice per schedule.
+                if let Some(work) = led(leadership, token, "trigger workers").await {
+                    manager.run(work).await;
+                }
+            }),
+        ));
+        admin.ready.push(Ready {
+            role: Role::Triggers,
+            flag: Arc::new(AtomicBool::new(true)),
+        });
     }
 
     // ---- admin ------------------------------------------------------------------------------
@@ -515,13 +602,16 @@ fn load_token(args: &ServerArgs) -> anyhow::Result<String> {
     Ok(token)
 }
 
-fn open_store(spec: Option<&str>, data_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
+fn open_store(
+    spec: Option<&str>,
+    data_dir: &Path,
+    kube: Option<&kappa_kube::Client>,
+) -> anyhow::Result<Arc<dyn Store>> {
     let default = format!("embedded:{}", data_dir.join("kappa.redb").display());
     let spec = spec.unwrap_or(&default);
     if spec == "kubernetes" {
-        bail!(
-            "--store kubernetes (kappa_kube::KubeStore) is not wired into `kappa server` yet; use --store embedded:<path>"
-        );
+        let client = kube.context("--store kubernetes needs a Kubernetes client")?;
+        return Ok(Arc::new(kappa_kube::KubeStore::new(client.clone())));
     }
     let Some(path) = spec.strip_prefix("embedded:") else {
         bail!("--store {spec:?} is not valid: expected embedded:<path> or kubernetes");
@@ -616,6 +706,75 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// This replica's name: `--replica`, else `$HOSTNAME` (the pod name in a cluster).
+fn replica_name(args: &ServerArgs) -> String {
+    args.replica
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("kappa-{}", uuid::Uuid::new_v4().simple()))
+}
+
+/// Starts leader election on the Lease `name` in this pod's namespace when running on
+/// Kubernetes; `None` (no election: a single process) otherwise.
+fn elect(
+    kube: Option<&kappa_kube::Client>,
+    name: &str,
+    holder: &str,
+    shutdown: &CancellationToken,
+) -> Option<tokio::sync::watch::Receiver<bool>> {
+    let client = kube?.clone();
+    let config = kappa_kube::LeaseConfig::new(name, &kappa_kube::current_namespace(), holder);
+    tracing::info!(lease = name, holder, "waiting to lead");
+    Some(kappa_kube::elect(
+        kappa_kube::LeaseLock::new(client, config),
+        shutdown.clone(),
+    ))
+}
+
+/// Waits until this replica leads (at once without election) and returns the token the
+/// leader-only work runs under; losing the lease later cancels the whole process (`shutdown`),
+/// so Kubernetes restarts it and it waits for the lease again. `None` on shutdown first.
+async fn led(
+    leadership: Option<tokio::sync::watch::Receiver<bool>>,
+    shutdown: CancellationToken,
+    what: &'static str,
+) -> Option<CancellationToken> {
+    let Some(mut leadership) = leadership else {
+        return Some(shutdown);
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => return None,
+        r = leadership.wait_for(|leads| *leads) => { r.ok()?; }
+    }
+    tracing::info!(work = what, "leading");
+    let work = shutdown.child_token();
+    let watched = work.clone();
+    tokio::spawn(async move {
+        if leadership.wait_for(|leads| !*leads).await.is_ok() && !watched.is_cancelled() {
+            tracing::error!(
+                work = what,
+                "lost the lease; stopping so another replica takes over"
+            );
+            shutdown.cancel();
+        }
+    });
+    Some(work)
+}
+
+/// Lets the trigger workers invoke through whatever invoker the API uses.
+struct TriggerInvoker(Arc<dyn Invoker>);
+
+#[async_trait::async_trait]
+impl kappa_triggers::Invoke for TriggerInvoker {
+    async fn invoke(
+        &self,
+        function: FunctionId,
+        request: http::Request<axum::body::Body>,
+    ) -> http::Response<axum::body::Body> {
+        self.0.invoke(function, request).await
+    }
 }
 
 /// Invokes through the router in this process.
@@ -734,14 +893,25 @@ mod tests {
     #[test]
     fn store_specs_are_checked() {
         let dir = tempfile::tempdir().unwrap();
-        let e = open_store(Some("kubernetes"), dir.path()).err().unwrap();
-        assert!(e.to_string().contains("embedded:<path>"), "{e}");
-        let e = open_store(Some("etcd://x"), dir.path()).err().unwrap();
+        let e = open_store(Some("kubernetes"), dir.path(), None)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("Kubernetes client"), "{e}");
+        let e = open_store(Some("etcd://x"), dir.path(), None)
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("not valid"), "{e}");
-        let e = open_store(Some("embedded:"), dir.path()).err().unwrap();
+        let e = open_store(Some("embedded:"), dir.path(), None)
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("file path"), "{e}");
         let path = dir.path().join("sub/kappa.redb");
-        open_store(Some(&format!("embedded:{}", path.display())), dir.path()).unwrap();
+        open_store(
+            Some(&format!("embedded:{}", path.display())),
+            dir.path(),
+            None,
+        )
+        .unwrap();
         assert!(path.exists());
     }
 }

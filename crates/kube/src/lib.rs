@@ -31,3 +31,29 @@ mod store;
 pub use backend::{PodBackend, PodBackendConfig, PodState, exit_reason, pod_state};
 pub use lease::{LeaseConfig, LeaseError, LeaseLock, LeaseState, elect};
 pub use store::KubeStore;
+
+/// The Kubernetes client type (re-exported so callers need no `kube` dependency).
+pub use kube::Client;
+
+/// A client from the in-cluster configuration (service account), or `KUBECONFIG` /
+/// `~/.kube/config` outside a cluster.
+pub async fn default_client() -> Result<Client, kube::Error> {
+    Client::try_default().await
+}
+
+/// The namespace this process runs in: `KAPPA_POD_NAMESPACE` (the chart sets it from the
+/// downward API) or `POD_NAMESPACE`, else the service account's namespace file, else `default`.
+pub fn current_namespace() -> String {
+    for var in ["KAPPA_POD_NAMESPACE", "POD_NAMESPACE"] {
+        if let Ok(ns) = std::env::var(var)
+            && !ns.trim().is_empty()
+        {
+            return ns.trim().to_string();
+        }
+    }
+    std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".to_string())
+}
