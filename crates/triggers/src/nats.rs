@@ -25,6 +25,11 @@ use crate::broker::{
     Broker, BrokerError, ConsumerSpec, Delivery, Header, Message, Settle, Subscription,
 };
 
+/// Messages asked for per pull request. The server never has more than `max_ack_pending`
+/// unacknowledged messages out, so a larger batch does not raise what the consumer holds; it
+/// keeps a pull request open, so the next message comes as soon as the previous one is
+/// acknowledged instead of after another request round trip.
+const PULL_BATCH: usize = 256;
 /// Consecutive receive errors after which a subscription is reported broken.
 const MAX_RECEIVE_ERRORS: u32 = 20;
 
@@ -187,7 +192,7 @@ impl Broker for NatsBroker {
         })?;
         let messages = consumer
             .stream()
-            .max_messages_per_batch(spec.max_in_flight.max(1) as usize)
+            .max_messages_per_batch(PULL_BATCH.max(spec.max_in_flight as usize))
             .heartbeat(Duration::from_secs(5))
             .expires(Duration::from_secs(30))
             .messages()
