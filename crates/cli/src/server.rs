@@ -138,11 +138,11 @@ pub struct ServerArgs {
     #[arg(long, env = "KAPPA_REDIS_URL")]
     pub redis_url: Option<String>,
     /// Sandbox local instances with bubblewrap: auto, bwrap or none.
-    #[arg(long, env = "KAPPA_SANDBOX", default_value = "auto", value_parser = ["auto", "bwrap", "none"])]
-    pub sandbox: String,
+    #[arg(long, env = "KAPPA_SANDBOX", default_value = "auto")]
+    pub sandbox: SandboxMode,
     /// Resource limits of local instances through cgroups: auto, v2, v1 or none.
-    #[arg(long, env = "KAPPA_CGROUPS", default_value = "auto", value_parser = ["auto", "v2", "v1", "none"])]
-    pub cgroups: String,
+    #[arg(long, env = "KAPPA_CGROUPS", default_value = "auto")]
+    pub cgroups: CgroupMode,
     /// Requests that may wait per function when it is at capacity (then 429).
     #[arg(long, env = "KAPPA_QUEUE_LIMIT", default_value_t = 100)]
     pub queue_limit: usize,
@@ -281,17 +281,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 LocalConfig {
                     data_dir: args.data_dir.join("local"),
                     runtimes: RuntimeRegistry::new(runtimes),
-                    sandbox: match args.sandbox.as_str() {
-                        "bwrap" => SandboxMode::Bwrap,
-                        "none" => SandboxMode::None,
-                        _ => SandboxMode::Auto,
-                    },
-                    cgroups: match args.cgroups.as_str() {
-                        "v2" => CgroupMode::V2,
-                        "v1" => CgroupMode::V1,
-                        "none" => CgroupMode::None,
-                        _ => CgroupMode::Auto,
-                    },
+                    sandbox: args.sandbox,
+                    cgroups: args.cgroups,
                     start_timeout: Duration::from_secs(10),
                 },
                 Arc::clone(archives),

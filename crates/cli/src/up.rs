@@ -50,11 +50,11 @@ pub struct UpArgs {
     #[arg(long)]
     pub no_example: bool,
     /// Sandbox instances with bubblewrap: auto (when installed), bwrap (required) or none.
-    #[arg(long, env = "KAPPA_SANDBOX", default_value = "auto", value_parser = ["auto", "bwrap", "none"])]
-    pub sandbox: String,
+    #[arg(long, env = "KAPPA_SANDBOX", default_value = "auto")]
+    pub sandbox: SandboxMode,
     /// Resource limits through cgroups: auto, v2, v1 or none.
-    #[arg(long, env = "KAPPA_CGROUPS", default_value = "auto", value_parser = ["auto", "v2", "v1", "none"])]
-    pub cgroups: String,
+    #[arg(long, env = "KAPPA_CGROUPS", default_value = "auto")]
+    pub cgroups: CgroupMode,
     /// Requests that may wait per function when it is at capacity (then 429).
     #[arg(long, env = "KAPPA_QUEUE_LIMIT", default_value_t = 100)]
     pub queue_limit: usize,
@@ -120,17 +120,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         LocalConfig {
             data_dir: data_dir.join("local"),
             runtimes: RuntimeRegistry::new(runtimes_dir.clone()),
-            sandbox: match args.sandbox.as_str() {
-                "bwrap" => SandboxMode::Bwrap,
-                "none" => SandboxMode::None,
-                _ => SandboxMode::Auto,
-            },
-            cgroups: match args.cgroups.as_str() {
-                "v2" => CgroupMode::V2,
-                "v1" => CgroupMode::V1,
-                "none" => CgroupMode::None,
-                _ => CgroupMode::Auto,
-            },
+            sandbox: args.sandbox,
+            cgroups: args.cgroups,
             start_timeout: Duration::from_secs(10),
         },
         Arc::clone(&archives),
@@ -140,21 +131,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     .context("starting the local instance backend")?;
 
     // Source packages are built in the same sandbox and limits as instances.
-    let build_sandbox = kappa_local::BuildSandbox::new(
-        match args.sandbox.as_str() {
-            "bwrap" => SandboxMode::Bwrap,
-            "none" => SandboxMode::None,
-            _ => SandboxMode::Auto,
-        },
-        match args.cgroups.as_str() {
-            "v2" => CgroupMode::V2,
-            "v1" => CgroupMode::V1,
-            "none" => CgroupMode::None,
-            _ => CgroupMode::Auto,
-        },
-    )
-    .await
-    .context("starting the build sandbox")?;
+    let build_sandbox = kappa_local::BuildSandbox::new(args.sandbox, args.cgroups)
+        .await
+        .context("starting the build sandbox")?;
     let builder = kappa_builder::Builder::new(
         kappa_builder::BuilderConfig {
             timeout: Duration::from_secs(args.build_timeout.max(1)),

@@ -40,20 +40,9 @@ const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
 /// The longest build id (it names a cgroup).
 const MAX_ID_LEN: usize = 128;
 
-/// Host directories (or symlinks to them) that make up the sandbox's read-only system.
-const SYSTEM_DIRS: [&str; 4] = ["/lib", "/lib64", "/bin", "/sbin"];
-/// Host files bound read-only when present: what instances get, plus the user and group
-/// databases package managers look themselves up in.
-const SYSTEM_FILES: [&str; 8] = [
-    "/etc/ld.so.cache",
-    "/etc/localtime",
-    "/etc/ssl",
-    "/etc/resolv.conf",
-    "/etc/hosts",
-    "/etc/nsswitch.conf",
-    "/etc/passwd",
-    "/etc/group",
-];
+/// Files bound read-only besides what instances get: the user and group databases package
+/// managers look themselves up in.
+const BUILD_FILES: [&str; 2] = ["/etc/passwd", "/etc/group"];
 
 /// One build to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -375,7 +364,7 @@ fn bwrap_argv(bwrap: &Path, spec: &BuildSpec) -> Vec<OsString> {
     args.extend(system_args(spec.network));
     for dir in &spec.read_only {
         if dir.is_absolute() && dir.exists() {
-            ro_bind(&mut args, dir, dir);
+            sandbox::ro_bind(&mut args, dir, dir);
         }
     }
     args.push("--bind".into());
@@ -393,52 +382,7 @@ fn bwrap_argv(bwrap: &Path, spec: &BuildSpec) -> Vec<OsString> {
 /// Namespaces, lifetime and the read-only system of a build sandbox: the shape of an
 /// instance's (see `sandbox.rs`), with the network shared unless `network` is false.
 fn system_args(network: bool) -> Vec<OsString> {
-    let mut args: Vec<OsString> = [
-        "--unshare-pid",
-        "--unshare-ipc",
-        "--unshare-uts",
-        "--die-with-parent",
-        "--new-session",
-        "--hostname",
-        "kappa-build",
-        "--ro-bind",
-        "/usr",
-        "/usr",
-    ]
-    .into_iter()
-    .map(OsString::from)
-    .collect();
-    if !network {
-        args.push("--unshare-net".into());
-    }
-    for dir in SYSTEM_DIRS {
-        let path = Path::new(dir);
-        match std::fs::read_link(path) {
-            Ok(target) => {
-                args.push("--symlink".into());
-                args.push(target.into_os_string());
-                args.push(dir.into());
-            }
-            Err(_) if path.is_dir() => ro_bind(&mut args, path, path),
-            Err(_) => {}
-        }
-    }
-    for file in SYSTEM_FILES {
-        let path = Path::new(file);
-        if path.exists() {
-            ro_bind(&mut args, path, path);
-        }
-    }
-    for arg in ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"] {
-        args.push(arg.into());
-    }
-    args
-}
-
-fn ro_bind(args: &mut Vec<OsString>, host: &Path, inside: &Path) {
-    args.push("--ro-bind".into());
-    args.push(host.into());
-    args.push(inside.into());
+    sandbox::system_args("kappa-build", &BUILD_FILES, network)
 }
 
 fn check_id(id: &str) -> Result<(), BackendError> {

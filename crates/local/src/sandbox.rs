@@ -139,6 +139,18 @@ impl Bwrap {
 /// Namespaces, lifetime and the read-only system, shared by instances and the smoke test.
 /// There is deliberately no network namespace: the runtime listens on the host's loopback.
 fn common_args() -> Vec<OsString> {
+    system_args("kappa", &[], true)
+}
+
+/// The read-only system every sandbox (instances, builds) starts from: new pid/ipc/uts
+/// namespaces, death with the parent, `/usr` and the system directories and `files` (when
+/// present) read-only, fresh `/proc`, `/dev` and `/tmp`; the network is shared unless
+/// `share_network` is false.
+pub(crate) fn system_args(
+    hostname: &str,
+    extra_files: &[&str],
+    share_network: bool,
+) -> Vec<OsString> {
     let mut args: Vec<OsString> = [
         "--unshare-pid",
         "--unshare-ipc",
@@ -146,7 +158,7 @@ fn common_args() -> Vec<OsString> {
         "--die-with-parent",
         "--new-session",
         "--hostname",
-        "kappa",
+        hostname,
         "--ro-bind",
         "/usr",
         "/usr",
@@ -154,6 +166,9 @@ fn common_args() -> Vec<OsString> {
     .into_iter()
     .map(OsString::from)
     .collect();
+    if !share_network {
+        args.push("--unshare-net".into());
+    }
     for dir in SYSTEM_DIRS {
         let path = Path::new(dir);
         match std::fs::read_link(path) {
@@ -166,7 +181,7 @@ fn common_args() -> Vec<OsString> {
             Err(_) => {}
         }
     }
-    for file in SYSTEM_FILES {
+    for file in SYSTEM_FILES.iter().chain(extra_files) {
         let path = Path::new(file);
         if path.exists() {
             ro_bind(&mut args, path, path);
@@ -178,7 +193,7 @@ fn common_args() -> Vec<OsString> {
     args
 }
 
-fn ro_bind(args: &mut Vec<OsString>, host: &Path, inside: &Path) {
+pub(crate) fn ro_bind(args: &mut Vec<OsString>, host: &Path, inside: &Path) {
     args.push("--ro-bind".into());
     args.push(host.into());
     args.push(inside.into());
