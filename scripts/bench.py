@@ -33,6 +33,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KAPPA = os.environ.get("KAPPA_BIN") or os.path.join(ROOT, "target", "release", "kappa")
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
+# The interpreter the local backend runs the Python runtime with (so the baseline is the same).
+PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else (shutil.which("python3") or "python3")
 
 
 def free_port():
@@ -183,7 +185,7 @@ def bare_python_ms(runs):
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        subprocess.run(["python3", "-c", "pass"], check=True)
+        subprocess.run([PYTHON, "-c", "pass"], check=True)
         times.append((time.perf_counter() - t0) * 1000)
     return times
 
