@@ -27,7 +27,12 @@ node --test functions/runtimes/nodejs/test_server.js
 # The kube crate's tests write the objects its code builds to target/kube-manifests/, which
 # the verification validates along with the chart.
 echo "== kubernetes: objects built by the kube crate"
-run_rust_tests -p kappa-kube
+if cargo nextest --version >/dev/null 2>&1; then
+  # Built with the whole workspace's features, so the full run below reuses every artifact.
+  cargo nextest run --workspace --no-fail-fast -E 'package(kappa-kube)'
+else
+  cargo test --no-fail-fast -p kappa-kube
+fi
 
 echo "== kubernetes: chart lint, schema validation, snapshots"
 scripts/k8s-verify.sh
