@@ -6,11 +6,14 @@
 //! - [`Provisioner`]: what the router calls on a miss (no free slot) to get capacity.
 //! - [`Backend`]: how the pool manager creates, specializes and deletes instances (local
 //!   processes, Kubernetes pods).
+//! - [`Deployments`]: functions run as one unit the pool manager scales (a Kubernetes
+//!   Deployment per `newdeploy` function), whose instances specialize themselves on start.
 //!
 //! This crate deliberately holds no policy: scaling decisions live in the executor, HTTP in the
 //! router.
 
 mod backend;
+mod deployments;
 mod endpoints;
 mod id;
 mod provision;
@@ -18,6 +21,9 @@ mod provision;
 pub use backend::{
     Backend, BackendError, ConfigKind, ConfigVolume, ExitReason, Instance, InstanceEvent,
     InstanceSpec, Limits, SpecializeRequest,
+};
+pub use deployments::{
+    DeploymentEvent, DeploymentSpec, DeploymentStatus, Deployments, ReadyInstance,
 };
 pub use endpoints::{Endpoint, EndpointIndex, FunctionEndpoints, Permit};
 pub use id::FunctionId;
