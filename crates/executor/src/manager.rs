@@ -1,16 +1,18 @@
 //! The pool manager proper: pools, specialization, reconcile loop.
 
+mod deployed;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine as _;
 use kappa_archive::ArchiveStore;
 use kappa_core::{
-    Backend, BackendError, ConfigKind, ConfigVolume, Endpoint, EndpointIndex, ExitReason,
-    FunctionId, Instance, InstanceEvent, InstanceSpec, Limits, Provision, ProvisionError,
-    Provisioner, SpecializeRequest,
+    Backend, BackendError, ConfigKind, ConfigVolume, Deployments, Endpoint, EndpointIndex,
+    ExitReason, FunctionId, Instance, InstanceEvent, InstanceSpec, Limits, Provision,
+    ProvisionError, Provisioner, SpecializeRequest,
 };
 use kappa_store::{Precondition, Store};
 use kappa_types::{
@@ -76,12 +78,19 @@ struct Inner {
     state: Mutex<State>,
     metrics: Metrics,
     shutdown: CancellationToken,
+    /// Where `newdeploy` functions run when set (Kubernetes Deployments); else they get
+    /// dedicated instances from `backend`.
+    deployments: OnceLock<Arc<dyn Deployments>>,
+    /// Woken when a deployment instance becomes ready or fails, for misses waiting on one.
+    deployment_changed: tokio::sync::Notify,
 }
 
 #[derive(Default)]
 struct State {
     pools: HashMap<FunctionId, Pool>,
     functions: HashMap<FunctionId, FnState>,
+    /// Functions run as deployments.
+    deployed: HashMap<FunctionId, deployed::Deployed>,
     /// Who each live instance belongs to.
     owners: HashMap<String, Owner>,
     /// Exit reasons of instances that ended while being specialized.
@@ -207,6 +216,8 @@ impl PoolManager {
                 state: Mutex::new(State::default()),
                 metrics: Metrics::new(registry),
                 shutdown: CancellationToken::new(),
+                deployments: OnceLock::new(),
+                deployment_changed: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -238,6 +249,7 @@ impl PoolManager {
             tokio::spawn(async move { this.handle_events(events, token).await })
         };
         self.adopt_existing(&shutdown).await;
+        self.start_deployments(&shutdown).await;
         loop {
             let changed = self.inner.cache.changed.notified();
             self.reconcile().await;
@@ -305,7 +317,14 @@ impl PoolManager {
                 )
             })
             .collect();
-        serde_json::json!({ "pools": pools, "functions": functions, "instances": st.total })
+        let instances = st.total;
+        drop(st);
+        serde_json::json!({
+            "pools": pools,
+            "functions": functions,
+            "deployments": self.deployments_snapshot(),
+            "instances": instances,
+        })
     }
 
     async fn handle_events(
@@ -704,8 +723,10 @@ impl PoolManager {
                     to_unindex.push((fid.clone(), iid.clone()));
                     to_delete.push((iid, grace));
                 }
-                // Keep minScale ready.
-                if let (Some(f), Some(generation)) = (function, current_gen) {
+                // Keep minScale ready (a deployment keeps its own).
+                if let (Some(f), Some(generation)) = (function, current_gen)
+                    && !self.uses_deployments(f)
+                {
                     let ready = fs
                         .instances
                         .values()
@@ -753,6 +774,7 @@ impl PoolManager {
             let this = self.clone();
             tokio::spawn(async move { this.start_warm(env_id, env).await });
         }
+        self.reconcile_deployments(&snapshot);
         for (fid, function) in to_specialize {
             let generation = generation_of(&function.metadata);
             if let Some(done) = self.begin_specialization(&fid, function, generation, false) {
@@ -1443,6 +1465,9 @@ impl Provisioner for PoolManager {
         }
         if let Some(error) = self.recent_failure(function, generation) {
             return Err(error);
+        }
+        if self.uses_deployments(&f) {
+            return self.provision_deployed(function, &f, generation).await;
         }
         let timeout = Duration::from_secs(f.spec.specialization_timeout);
         let Some(mut done) = self.begin_specialization(function, f, generation, true) else {

@@ -151,8 +151,20 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// A harness whose pool manager runs `newdeploy` functions through `deployments`.
+    pub async fn start_with(deployments: Option<Arc<dyn kappa_core::Deployments>>) -> Self {
+        Self::start_on(Arc::new(MemoryStore::new()), deployments).await
+    }
+
+    /// A harness over an existing store (a restarted pool manager).
+    pub async fn start_on(
+        store: Arc<dyn Store>,
+        deployments: Option<Arc<dyn kappa_core::Deployments>>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let backend = FakeBackend::new();
         let index = Arc::new(EndpointIndex::new());
         let archives = Arc::new(ArchiveStore::open(dir.path().join("archives"), 1 << 20).unwrap());
@@ -168,6 +180,9 @@ impl Harness {
             archives,
             &mut registry,
         );
+        if let Some(deployments) = deployments {
+            manager.set_deployments(deployments);
+        }
         let shutdown = CancellationToken::new();
         let task = {
             let manager = manager.clone();
