@@ -9,6 +9,12 @@
 //! size, rolls instances of changed environments and functions (draining first), reaps idle
 //! instances after `idletimeout` down to `minScale`, and keeps `minScale` instances ready.
 //!
+//! When a [`kappa_core::Deployments`] seam is set (Kubernetes), `newdeploy` functions run as
+//! one deployment each instead: the pool manager keeps their replica count (raised on a miss,
+//! lowered by a named idle instance, never outside `minScale..=maxScale`), applies a new
+//! revision on every change of the function, its environment or its Secrets and ConfigMaps,
+//! and indexes the ready instances the seam reports (`manager/deployed.rs`).
+//!
 //! Invariants:
 //! - The executor is never on the warm path: it is called only on a miss.
 //! - Instances of a function (ready plus being specialized) never exceed its `concurrency`
