@@ -8,6 +8,8 @@
 //!   processes, Kubernetes pods).
 //! - [`Deployments`]: functions run as one unit the pool manager scales (a Kubernetes
 //!   Deployment per `newdeploy` function), whose instances specialize themselves on start.
+//! - [`Readiness`]: instances' readiness as a watcher of their pods sees it, which the router's
+//!   endpoint index honours alongside the pool manager's feed.
 //!
 //! This crate deliberately holds no policy: scaling decisions live in the executor, HTTP in the
 //! router.
@@ -17,6 +19,7 @@ mod deployments;
 mod endpoints;
 mod id;
 mod provision;
+mod readiness;
 
 pub use backend::{
     Backend, BackendError, ConfigKind, ConfigVolume, ExitReason, Instance, InstanceEvent,
@@ -28,3 +31,4 @@ pub use deployments::{
 pub use endpoints::{Endpoint, EndpointIndex, FunctionEndpoints, Permit};
 pub use id::FunctionId;
 pub use provision::{Provision, ProvisionError, Provisioner};
+pub use readiness::Readiness;

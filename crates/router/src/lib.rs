@@ -13,7 +13,10 @@
 //!   retry (connection refused before any byte was sent) and structured JSON errors that carry
 //!   the invocation id and the real cause;
 //! - the **admin listener** (`admin`): health, readiness, metrics, debug views and the
-//!   authenticated internal invoke path used by `kappa fn test`.
+//!   authenticated internal invoke path used by `kappa fn test`;
+//! - in cluster mode, its **own copy of the endpoint index** (`remote`): fed by the executor's
+//!   endpoint feed through a [`ReadinessGate`] (`readiness`), which also keeps out endpoints
+//!   whose pods a pod watcher reports not ready (the watcher itself lives in `kappa-kube`).
 //!
 //! It deliberately does not start, specialize or scale instances (the pool manager does, behind
 //! `Provisioner`), does not write to the store, and never exposes functions on the public
@@ -26,6 +29,7 @@ mod body;
 mod error;
 mod metrics;
 mod proxy;
+pub mod readiness;
 pub mod remote;
 mod server;
 mod table;
@@ -42,6 +46,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use error::RouterError;
+pub use readiness::{FeedAdded, ReadinessGate};
 pub use remote::{EndpointFeeder, RemoteConfig, RemoteError, RemoteProvisioner};
 
 use crate::metrics::Metrics;

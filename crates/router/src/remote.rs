@@ -9,7 +9,9 @@
 //!   reports this replica's in-flight requests per instance to `POST /v1/usage` every
 //!   [`RemoteConfig::usage_interval`]. Each router replica admits on its own copy of an
 //!   endpoint with the endpoint's full capacity; `docs/design/002-router-replicas.md` says what
-//!   over-admission across replicas this accepts and why.
+//!   over-admission across replicas this accepts and why. It writes the index through a
+//!   [`ReadinessGate`], which also keeps out endpoints whose pods are not ready when a pod
+//!   watcher reports them ([`EndpointFeeder::with_gate`]; without one, the feed alone decides).
 //!
 //! Warm requests still make no call to the executor: only the feeder and the reporter talk to
 //! it, in the background. When the executor is unreachable the mirrored endpoints stay (their
@@ -26,11 +28,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt as _;
-use kappa_core::{Endpoint, EndpointIndex, FunctionId, Provision, ProvisionError, Provisioner};
+use kappa_core::{EndpointIndex, FunctionId, Provision, ProvisionError, Provisioner};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::readiness::ReadinessGate;
 
 /// How long `provision` waits for the feeder to bring an added endpoint into the local index.
 pub const FEED_WAIT: Duration = Duration::from_secs(2);
@@ -341,7 +345,8 @@ struct InstanceUsage {
 pub struct EndpointFeeder {
     client: reqwest::Client,
     config: RemoteConfig,
-    index: Arc<EndpointIndex>,
+    /// The only writer of this router's index: the feed's endpoints minus not-ready pods'.
+    gate: Arc<ReadinessGate>,
     /// `true` once the first full endpoint list was applied (readiness). A `watch` channel so
     /// callers can await it.
     synced: watch::Sender<bool>,
@@ -365,15 +370,27 @@ enum FeedError {
 }
 
 impl EndpointFeeder {
-    /// A feeder of `index` (this router's own) from the executor at `config.executor_url`.
+    /// A feeder of `index` (this router's own) from the executor at `config.executor_url`,
+    /// on the feed alone.
     pub fn new(config: RemoteConfig, index: Arc<EndpointIndex>) -> Result<Self, RemoteError> {
+        Self::with_gate(config, Arc::new(ReadinessGate::new(index)))
+    }
+
+    /// A feeder writing its gate's index, so that pods the gate knows to be not ready stay
+    /// out of it (the gate is shared with the pod watcher).
+    pub fn with_gate(config: RemoteConfig, gate: Arc<ReadinessGate>) -> Result<Self, RemoteError> {
         let (synced, _) = watch::channel(false);
         Ok(Self {
             client: client(&config)?,
             config,
-            index,
+            gate,
             synced,
         })
+    }
+
+    /// The gate this feeder writes the index through.
+    pub fn gate(&self) -> &Arc<ReadinessGate> {
+        &self.gate
     }
 
     /// Whether the first endpoint list has been applied.
@@ -397,14 +414,12 @@ impl EndpointFeeder {
             let token = shutdown.clone();
             tokio::spawn(async move { this.report_usage(token).await })
         };
-        // Instances this feeder put into the index. Owned by this task alone.
-        let mut mirrored: HashMap<String, FunctionId> = HashMap::new();
         let mut backoff = BACKOFF_MIN;
         loop {
             let started = Instant::now();
             let result = tokio::select! {
                 () = shutdown.cancelled() => break,
-                r = self.follow(&mut mirrored) => r,
+                r = self.follow() => r,
             };
             if let Err(error) = result {
                 tracing::warn!(executor = %self.config.executor_url, %error, retry_ms = backoff.as_millis() as u64, "endpoint feed interrupted");
@@ -422,7 +437,7 @@ impl EndpointFeeder {
     }
 
     /// One connection: list, then changes, until it fails.
-    async fn follow(&self, mirrored: &mut HashMap<String, FunctionId>) -> Result<(), FeedError> {
+    async fn follow(&self) -> Result<(), FeedError> {
         let url = format!("{}/v1/endpoints?watch=true", self.config.executor_url);
         let response = with_token(self.client.get(&url), self.config.token.as_deref())
             .send()
@@ -451,7 +466,7 @@ impl EndpointFeeder {
                     continue;
                 }
                 match serde_json::from_slice::<FeedEvent>(line) {
-                    Ok(event) => self.apply(event, mirrored, &mut listed),
+                    Ok(event) => self.apply(event, &mut listed),
                     Err(e) => {
                         tracing::warn!(error = %e, line = %String::from_utf8_lossy(line), "ignoring an unreadable endpoint event")
                     }
@@ -463,12 +478,7 @@ impl EndpointFeeder {
         }
     }
 
-    fn apply(
-        &self,
-        event: FeedEvent,
-        mirrored: &mut HashMap<String, FunctionId>,
-        listed: &mut Option<HashSet<String>>,
-    ) {
+    fn apply(&self, event: FeedEvent, listed: &mut Option<HashSet<String>>) {
         match event {
             FeedEvent::Added {
                 namespace,
@@ -483,48 +493,19 @@ impl EndpointFeeder {
                     return;
                 };
                 let function = FunctionId::new(namespace, function);
+                self.gate
+                    .feed_added(&function, &instance_id, addr, generation, capacity);
                 if let Some(listed) = listed.as_mut() {
-                    listed.insert(instance_id.clone());
+                    listed.insert(instance_id);
                 }
-                // Keep an endpoint we already mirror (its in-flight count is live), unless it
-                // changed under the same id.
-                let existing = self
-                    .index
-                    .endpoints(&function)
-                    .into_iter()
-                    .find(|e| e.instance_id == instance_id);
-                if let Some(e) = existing
-                    && e.addr == addr
-                    && e.generation == generation
-                {
-                    mirrored.insert(instance_id, function);
-                    return;
-                }
-                tracing::debug!(function = %function, instance = %instance_id, %addr, generation, "endpoint added");
-                self.index.insert(
-                    &function,
-                    Arc::new(Endpoint::new(
-                        instance_id.clone(),
-                        addr,
-                        generation,
-                        capacity,
-                    )),
-                );
-                mirrored.insert(instance_id, function);
             }
             FeedEvent::Draining {
                 namespace,
                 function,
                 instance_id,
             } => {
-                let function = FunctionId::new(namespace, function);
-                if let Some(e) = self
-                    .index
-                    .endpoints(&function)
-                    .into_iter()
-                    .find(|e| e.instance_id == instance_id)
-                {
-                    e.mark_draining();
+                if self.gate.feed_draining(&instance_id) {
+                    tracing::debug!(function = %FunctionId::new(namespace, function), instance = %instance_id, "endpoint draining");
                 }
             }
             FeedEvent::Removed {
@@ -533,29 +514,19 @@ impl EndpointFeeder {
                 instance_id,
                 exit,
             } => {
-                let function = FunctionId::new(namespace, function);
-                mirrored.remove(&instance_id);
-                if let Some(e) = self.index.remove(&function, &instance_id) {
+                if let Some(e) = self.gate.feed_removed(&instance_id) {
                     match exit {
                         Some(reason) => e.set_exit(reason),
                         None => e.mark_draining(),
                     }
                 }
-                tracing::debug!(function = %function, instance = %instance_id, "endpoint removed");
+                tracing::debug!(function = %FunctionId::new(namespace, function), instance = %instance_id, "endpoint removed");
             }
             FeedEvent::Synced => {
                 if let Some(listed) = listed.take() {
                     // Endpoints the executor no longer has (missed while disconnected) go.
-                    let stale: Vec<(String, FunctionId)> = mirrored
-                        .iter()
-                        .filter(|(id, _)| !listed.contains(*id))
-                        .map(|(id, f)| (id.clone(), f.clone()))
-                        .collect();
-                    for (id, function) in stale {
-                        mirrored.remove(&id);
-                        if let Some(e) = self.index.remove(&function, &id) {
-                            e.mark_draining();
-                        }
+                    for e in self.gate.feed_retain(|id| listed.contains(id)) {
+                        e.mark_draining();
                     }
                 }
                 self.synced.send_replace(true);
@@ -578,17 +549,16 @@ impl EndpointFeeder {
             }
             let mut instances = Vec::new();
             let mut served_now = HashMap::new();
-            for (_, endpoints) in self.index.snapshot() {
-                for e in endpoints {
-                    let served = e.served();
-                    let before = last_served.get(&e.instance_id).copied().unwrap_or(0);
-                    served_now.insert(e.instance_id.clone(), served);
-                    instances.push(InstanceUsage {
-                        instance_id: e.instance_id.clone(),
-                        in_flight: e.in_flight(),
-                        served: served.saturating_sub(before),
-                    });
-                }
+            // Endpoints held out of the index (pod not ready) still finish what they admitted.
+            for e in self.gate.endpoints() {
+                let served = e.served();
+                let before = last_served.get(&e.instance_id).copied().unwrap_or(0);
+                served_now.insert(e.instance_id.clone(), served);
+                instances.push(InstanceUsage {
+                    instance_id: e.instance_id.clone(),
+                    in_flight: e.in_flight(),
+                    served: served.saturating_sub(before),
+                });
             }
             let report = UsageReport {
                 replica: &self.config.replica,
@@ -640,11 +610,10 @@ mod tests {
     fn events_update_the_index_and_resync_drops_stale_endpoints() {
         let (feeder, index) = feeder();
         let f = FunctionId::new("default", "hello");
-        let mut mirrored = HashMap::new();
         let mut listed = Some(HashSet::new());
-        feeder.apply(added("a", 1000, 1), &mut mirrored, &mut listed);
-        feeder.apply(added("b", 1001, 1), &mut mirrored, &mut listed);
-        feeder.apply(FeedEvent::Synced, &mut mirrored, &mut listed);
+        feeder.apply(added("a", 1000, 1), &mut listed);
+        feeder.apply(added("b", 1001, 1), &mut listed);
+        feeder.apply(FeedEvent::Synced, &mut listed);
         assert!(feeder.is_synced());
         assert_eq!(index.endpoints(&f).len(), 2);
 
@@ -654,7 +623,6 @@ mod tests {
         let mut listed = Some(HashSet::new());
         feeder.apply(
             added(&held, if held == "a" { 1000 } else { 1001 }, 1),
-            &mut mirrored,
             &mut listed,
         );
         assert_eq!(
@@ -667,7 +635,7 @@ mod tests {
             1
         );
         // The other one is gone after the resync.
-        feeder.apply(FeedEvent::Synced, &mut mirrored, &mut listed);
+        feeder.apply(FeedEvent::Synced, &mut listed);
         let ids: Vec<_> = index
             .endpoints(&f)
             .iter()
@@ -683,7 +651,6 @@ mod tests {
                 function: "hello".into(),
                 instance_id: held.clone(),
             },
-            &mut mirrored,
             &mut listed,
         );
         assert!(
@@ -698,7 +665,6 @@ mod tests {
                 instance_id: held,
                 exit: Some("exited with signal 9 (out of memory)".into()),
             },
-            &mut mirrored,
             &mut listed,
         );
         assert!(index.endpoints(&f).is_empty());
@@ -706,7 +672,68 @@ mod tests {
             e.exit_reason(),
             Some("exited with signal 9 (out of memory)")
         );
-        assert!(mirrored.is_empty());
+        assert!(feeder.gate().endpoints().is_empty());
+    }
+
+    #[test]
+    fn a_shared_gate_keeps_what_the_feed_adds_out_while_its_pod_is_not_ready() {
+        use kappa_core::Readiness as _;
+        let gate = Arc::new(ReadinessGate::new(Arc::new(EndpointIndex::new())));
+        let feeder = EndpointFeeder::with_gate(
+            RemoteConfig::new("http://127.0.0.1:1", "r1"),
+            Arc::clone(&gate),
+        )
+        .unwrap();
+        let f = FunctionId::new("default", "hello");
+        let ids = || {
+            let mut ids: Vec<String> = gate
+                .index()
+                .endpoints(&f)
+                .iter()
+                .map(|e| e.instance_id.clone())
+                .collect();
+            ids.sort();
+            ids
+        };
+        gate.set_ready("a", false);
+        let mut listed = Some(HashSet::new());
+        feeder.apply(added("a", 1000, 1), &mut listed);
+        feeder.apply(added("b", 1001, 1), &mut listed);
+        feeder.apply(FeedEvent::Synced, &mut listed);
+        assert_eq!(ids(), ["b"]);
+        gate.set_ready("a", true);
+        assert_eq!(ids(), ["a", "b"]);
+
+        // An endpoint held out when the executor removes it still learns why it ended.
+        gate.set_ready("a", false);
+        let a = gate
+            .endpoints()
+            .into_iter()
+            .find(|e| e.instance_id == "a")
+            .unwrap();
+        feeder.apply(
+            FeedEvent::Removed {
+                namespace: "default".into(),
+                function: "hello".into(),
+                instance_id: "a".into(),
+                exit: Some("exited with code 1".into()),
+            },
+            &mut None,
+        );
+        assert_eq!(a.exit_reason(), Some("exited with code 1"));
+        gate.set_ready("a", true);
+        assert_eq!(
+            ids(),
+            ["b"],
+            "removed by the feed: a ready pod does not bring it back"
+        );
+
+        // A resync drops endpoints the executor no longer lists, held out or not.
+        gate.set_ready("b", false);
+        let mut listed = Some(HashSet::new());
+        feeder.apply(FeedEvent::Synced, &mut listed);
+        assert!(gate.endpoints().is_empty());
+        assert!(ids().is_empty());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 mod admin;
 mod admission;
 mod failures;
+mod readiness;
 mod remote;
 mod routing;
 mod streaming;

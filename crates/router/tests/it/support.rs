@@ -384,14 +384,31 @@ impl Harness {
     }
 
     pub async fn start_with(config: RouterConfig) -> Self {
-        let store = Arc::new(MemoryStore::new());
         let index = Arc::new(EndpointIndex::new());
         let provisioner = Arc::new(TestProvisioner::new(Arc::clone(&index)));
+        let asked = Arc::clone(&provisioner) as Arc<dyn Provisioner>;
+        Self::start_parts(config, index, asked, provisioner).await
+    }
+
+    /// A router admitting on `index` and asking `provisioner` on a miss (the harness's own
+    /// `TestProvisioner` is then unused).
+    pub async fn start_on(index: Arc<EndpointIndex>, provisioner: Arc<dyn Provisioner>) -> Self {
+        let unused = Arc::new(TestProvisioner::new(Arc::clone(&index)));
+        Self::start_parts(RouterConfig::default(), index, provisioner, unused).await
+    }
+
+    async fn start_parts(
+        config: RouterConfig,
+        index: Arc<EndpointIndex>,
+        asked: Arc<dyn Provisioner>,
+        provisioner: Arc<TestProvisioner>,
+    ) -> Self {
+        let store = Arc::new(MemoryStore::new());
         let router = Router::new(
             config,
             Arc::clone(&store) as Arc<dyn Store>,
             Arc::clone(&index),
-            Arc::clone(&provisioner) as Arc<dyn Provisioner>,
+            asked,
         );
         let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
