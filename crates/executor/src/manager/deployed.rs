@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kappa_core::{
-    DeploymentEvent, DeploymentSpec, Deployments, Endpoint, FunctionId, Provision, ProvisionError,
-    ReadyInstance, SpecializeRequest,
+    BackendError, DeploymentEvent, DeploymentSpec, Deployments, Endpoint, FunctionId, Provision,
+    ProvisionError, ReadyInstance, SpecializeRequest,
 };
 use kappa_types::{ExecutorType, Function};
 use sha2::{Digest, Sha256};
@@ -379,13 +379,10 @@ impl PoolManager {
                         }
                     }
                 }
-                if d.busy {
+                if d.busy || d.retry_at.is_some_and(|t| t > now) {
                     continue;
                 }
                 if d.applied.as_ref() != Some(&key) {
-                    if d.retry_at.is_some_and(|t| t > now) {
-                        continue;
-                    }
                     if d.applied.is_some() {
                         // A new revision: old code takes no new request, and instances of the
                         // old revision reported ready meanwhile stay out of the index.
@@ -433,6 +430,8 @@ impl PoolManager {
                         d.busy = false;
                         match &result {
                             Ok(()) => d.set = replicas,
+                            // Deleted behind the pool manager's back: apply it again.
+                            Err(BackendError::NotFound(_)) => d.applied = None,
                             Err(_) => {
                                 d.victims.extend(victims);
                                 d.retry_at = Some(Instant::now() + Duration::from_secs(1));

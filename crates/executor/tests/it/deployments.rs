@@ -551,3 +551,29 @@ async fn a_restarted_pool_manager_adopts_the_deployment_without_a_rollout() {
     assert_eq!(spec.revision, revision, "the same revision");
     assert_eq!(spec.replicas, 2, "the replica count carries over");
 }
+
+#[tokio::test]
+async fn a_deployment_deleted_behind_its_back_is_applied_again() {
+    let (h, d) = start().await;
+    let f = newdeploy(&h, |s| {
+        s.max_scale = 2;
+        s.requests_per_pod = 1;
+    })
+    .await;
+    let generation = h.generation(&f).await;
+    assert_eq!(
+        h.manager.provision(&f, generation).await.unwrap(),
+        Provision::Added
+    );
+    let _permit = h.index.get(&f).unwrap().try_admit(generation).unwrap();
+    // Someone deletes the Deployment by hand.
+    d.delete(&f).await.unwrap();
+    assert_eq!(
+        h.manager.provision(&f, generation).await.unwrap(),
+        Provision::Added
+    );
+    let calls = d.calls();
+    let applies = calls.iter().filter(|c| c.starts_with("apply nd ")).count();
+    assert_eq!(applies, 2, "{calls:?}");
+    assert_eq!(d.spec(&f).unwrap().replicas, 2);
+}
