@@ -7,11 +7,12 @@
 #      (built beforehand with the commands in docs/kubernetes.md; this script builds nothing);
 #   2. reaches the API through `kubectl port-forward` and configures the CLI with KAPPA_API_URL
 #      and the token from the chart's Secret;
-#   3. deploys the example functions (Python, Node.js, binary) with the CLI and invokes them
-#      through the router;
+#   3. deploys the example functions (Python, Node.js, binary, and a `newdeploy` function that
+#      runs as a Deployment) with the CLI and invokes them through the router;
 #   4. checks a message-queue trigger (NATS JetStream, from $KAPPA_E2E_NATS_URL, skipped
 #      without it) and a time trigger;
-#   5. uninstalls the release and deletes the namespace (also on failure).
+#   5. deletes the functions (their finalizers are released by the executor), uninstalls the
+#      release and deletes the namespace (also on failure).
 #
 # Environment:
 #   KUBECONFIG                  the cluster (default ~/.kube/config)
@@ -62,6 +63,14 @@ NS=kappa-e2e-$(date +%s)
 RELEASE=kappa
 PIDS=()
 
+# Functions carry the finalizer kappa.dev/instances, which the executor removes once their pods
+# are gone: delete them while the platform still runs, or they stay Terminating.
+FUNCTIONS=()
+delete_functions() {
+  for f in "${FUNCTIONS[@]}"; do "$KAPPA" fn delete --name "$f" >/dev/null 2>&1 || true; done
+  FUNCTIONS=()
+}
+
 cleanup() {
   local rc=$?
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -70,6 +79,7 @@ cleanup() {
     "$KUBECTL" -n "$NS" get pods -o wide >&2 || true
     "$KUBECTL" -n "$NS" logs -l app.kubernetes.io/part-of=kappa --all-containers --tail=50 >&2 || true
   fi
+  delete_functions
   "$HELM" uninstall "$RELEASE" --namespace "$NS" --wait --timeout 2m >/dev/null 2>&1 || true
   "$KUBECTL" delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
   exit "$rc"
@@ -119,6 +129,7 @@ echo "== deploying the examples"
 "$KAPPA" env create --name python --image "$RUNTIME_REGISTRY/python-env:$TAG"
 "$KAPPA" env create --name nodejs --image "$RUNTIME_REGISTRY/node-env:$TAG"
 "$KAPPA" env create --name binary --image "$RUNTIME_REGISTRY/binary-env:$TAG"
+FUNCTIONS+=(hello)
 "$KAPPA" fn create --name hello --env python --code functions/examples/hello/hello.py
 "$KAPPA" route create --url /hello --function hello
 check_get() { # path, expected substring
@@ -127,16 +138,26 @@ check_get() { # path, expected substring
   grep -q -- "$2" <<<"$body"
 }
 eventually 180 "GET /hello answers" check_get /hello "Hello, world!"
+FUNCTIONS+=(hello-node)
 "$KAPPA" fn create --name hello-node --env nodejs --code functions/examples/nodejs/hello.js
 "$KAPPA" route create --url /hello-node --function hello-node
 eventually 180 "GET /hello-node answers" check_get /hello-node "Hello from Node.js!"
+FUNCTIONS+=(hello-sh)
 "$KAPPA" fn create --name hello-sh --env binary --code functions/examples/binary/hello.sh
 "$KAPPA" route create --url /hello-sh --function hello-sh
 eventually 180 "GET /hello-sh answers" check_get /hello-sh "Hello from a shell script!"
+FUNCTIONS+=(hello-nd)
+"$KAPPA" fn create --name hello-nd --env python --code functions/examples/hello/hello.py \
+  --executortype newdeploy --minscale 1 --maxscale 3
+"$KAPPA" route create --url /hello-nd --function hello-nd
+nd_deployment() { "$KUBECTL" -n "$NS" get deployments -l kappa.dev/function=hello-nd -o name | grep -q .; }
+eventually 60 "the Deployment of newdeploy function hello-nd" nd_deployment
+eventually 180 "GET /hello-nd answers" check_get /hello-nd "Hello, world!"
 "$KAPPA" fn test --name hello | grep -q "Hello, world!" || fail "kappa fn test hello"
 
 # ---- triggers ------------------------------------------------------------------------------
 echo "== time trigger"
+FUNCTIONS+=(tick)
 "$KAPPA" fn create --name tick --env python --code functions/examples/hello/hello.py
 "$KAPPA" timetrigger create --name every5s --function tick --cron "@every 5s"
 tt_fired() { "$KAPPA" timetrigger get --name every5s -o json | grep -q '"lastFiredTime"'; }
@@ -158,6 +179,11 @@ if [ -n "${KAPPA_E2E_NATS_URL:-}" ]; then
 else
   echo "== message-queue trigger: skipped (set KAPPA_E2E_NATS_URL to a JetStream server the cluster reaches)"
 fi
+
+echo "== deleting the functions (the executor releases their finalizers)"
+delete_functions
+gone() { ! "$KUBECTL" get functions.kappa.dev -A -o name 2>/dev/null | grep -q .; }
+eventually 120 "every Function to be gone" gone
 
 echo "== uninstalling"
 "$HELM" uninstall "$RELEASE" --namespace "$NS" --wait --timeout 2m
