@@ -189,6 +189,7 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict { .. } => {
                 ApiError::conflict(Some("metadata.resourceVersion"), e.to_string())
             }
+            StoreError::Terminating { .. } => ApiError::conflict(None, e.to_string()),
             StoreError::Gone { .. } => ApiError::Gone(e.to_string()),
             StoreError::Invalid(_) => ApiError::malformed(e.to_string()),
             StoreError::Backend(_) => ApiError::Internal(e.to_string()),

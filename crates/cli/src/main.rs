@@ -149,6 +149,24 @@ struct FetcherArgs {
     /// Largest archive accepted, in bytes.
     #[arg(long, env = "KAPPA_FETCHER_MAX_ARCHIVE_BYTES", default_value_t = 512 << 20)]
     max_archive_bytes: u64,
+    /// Specialize on start from this fetch request (JSON; a `newdeploy` pod's mounted Secret)
+    /// instead of waiting for `POST /specialize`. Ready only once specialized; a definitive
+    /// failure is written to --termination-log and exits non-zero.
+    #[arg(long, env = "KAPPA_SPECIALIZE_FROM", value_name = "FILE")]
+    specialize_from: Option<PathBuf>,
+    /// Where a failed start-up specialization's message is written (Kubernetes reports it as
+    /// the container's termination message).
+    #[arg(
+        long,
+        env = "KAPPA_TERMINATION_LOG",
+        default_value = "/dev/termination-log",
+        value_name = "FILE"
+    )]
+    termination_log: PathBuf,
+    /// How long transient start-up failures (runtime not up yet, download connection errors)
+    /// are retried, in seconds.
+    #[arg(long, env = "KAPPA_SPECIALIZE_RETRY_SECS", default_value_t = 300)]
+    specialize_retry_secs: u64,
 }
 
 /// Runs the fetcher until SIGTERM or Ctrl-C.
@@ -163,6 +181,13 @@ async fn fetcher(args: FetcherArgs, token: Option<String>) -> anyhow::Result<()>
         max_archive_bytes: args.max_archive_bytes,
         ..kappa_kube::fetcher::FetcherConfig::in_pod()
     };
+    let startup = args
+        .specialize_from
+        .map(|file| kappa_kube::fetcher::Startup {
+            termination_log: args.termination_log,
+            retry_for: std::time::Duration::from_secs(args.specialize_retry_secs),
+            ..kappa_kube::fetcher::Startup::new(file)
+        });
     let shutdown = tokio_util::sync::CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -174,7 +199,7 @@ async fn fetcher(args: FetcherArgs, token: Option<String>) -> anyhow::Result<()>
         }
         stop.cancel();
     });
-    kappa_kube::fetcher::run(args.listen, config, shutdown)
+    kappa_kube::fetcher::run(args.listen, config, startup, shutdown)
         .await
         .with_context(|| format!("fetcher on {}", args.listen))
 }

@@ -30,7 +30,9 @@ use kappa_core::{EndpointIndex, FunctionId, Provisioner};
 use kappa_executor::{ExecutorApi, ExecutorConfig, PoolManager};
 use kappa_local::{CgroupMode, LocalBackend, LocalConfig, RuntimeRegistry, SandboxMode};
 use kappa_logs::{LogConfig, LogStore};
-use kappa_router::{EndpointFeeder, RemoteConfig, RemoteProvisioner, Router, RouterConfig};
+use kappa_router::{
+    EndpointFeeder, ReadinessGate, RemoteConfig, RemoteProvisioner, Router, RouterConfig,
+};
 use kappa_store::{RedbStore, Store};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -125,6 +127,12 @@ pub struct ServerArgs {
     /// Kubernetes backend: the namespace function pods run in [default: the pod's namespace].
     #[arg(long, env = "KAPPA_FUNCTION_NAMESPACE")]
     pub function_namespace: Option<String>,
+    /// Role router with --executor-url: watch the function pods in --function-namespace so an
+    /// endpoint whose pod is not ready leaves the router's index at once, without waiting for
+    /// the executor (true or false) [default: on when --function-namespace is set and a
+    /// Kubernetes client can be built].
+    #[arg(long, env = "KAPPA_POD_READINESS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub pod_readiness: Option<bool>,
     /// Kubernetes backend: the image of the pods' fetcher container (the kappa image).
     #[arg(long, env = "KAPPA_FETCHER_IMAGE")]
     pub fetcher_image: Option<String>,
@@ -230,6 +238,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let (Some(archives), Some(logs)) = (&archives, &logs) else {
             bail!("the executor role needs the archive and log stores");
         };
+        // `newdeploy` functions as a Deployment per function (Kubernetes only).
+        let mut deployments: Option<Arc<dyn kappa_core::Deployments>> = None;
         let backend: Arc<dyn kappa_core::Backend> = if args.backend == "kubernetes" {
             let client = kube_client
                 .clone()
@@ -249,14 +259,29 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 created_by: replica_name(&args),
                 ..kappa_kube::pods::PodTemplate::default()
             };
+            let config = kappa_kube::PodBackendConfig {
+                template,
+                api_url,
+                api_token: Some(token.clone()),
+                ..kappa_kube::PodBackendConfig::default()
+            };
+            let function_deployments = Arc::new(kappa_kube::KubeDeployments::new(
+                client.clone(),
+                kappa_kube::DeploymentsConfig::from(&config),
+                Some(Arc::clone(&store)),
+            ));
+            {
+                let watcher = Arc::clone(&function_deployments);
+                let token = shutdown.clone();
+                tasks.push((
+                    "deployment pod watcher",
+                    tokio::spawn(async move { watcher.watch(token).await }),
+                ));
+            }
+            deployments = Some(function_deployments);
             let backend = Arc::new(kappa_kube::PodBackend::new(
                 client,
-                kappa_kube::PodBackendConfig {
-                    template,
-                    api_url,
-                    api_token: Some(token.clone()),
-                    ..kappa_kube::PodBackendConfig::default()
-                },
+                config,
                 Some(Arc::clone(&store)),
             ));
             let watcher = Arc::clone(&backend);
@@ -304,6 +329,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             Arc::clone(archives),
             registry.as_mut().context("the metrics registry is gone")?,
         );
+        if let Some(deployments) = deployments {
+            manager.set_deployments(deployments);
+        }
         let listener = bind(args.executor_addr, "executor API").await?;
         bound.push(("executor", listener.local_addr()?));
         let api = ExecutorApi::new(
@@ -313,6 +341,20 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         );
         {
             let manager = manager.clone();
+            // Functions are custom resources only with the Kubernetes store: then the
+            // executor also honours their finalizer (deletes a deleted Function's pods,
+            // Deployments and Secrets, then lets it go).
+            let finalizer = match (args.store.as_deref(), &kube_client) {
+                (Some("kubernetes"), Some(client)) => Some(kappa_kube::FunctionFinalizer::new(
+                    client.clone(),
+                    kappa_kube::FinalizerConfig::new(
+                        args.function_namespace
+                            .clone()
+                            .unwrap_or_else(kappa_kube::current_namespace),
+                    ),
+                )),
+                _ => None,
+            };
             let leadership = elect(
                 kube_client.as_ref(),
                 "kappa-executor",
@@ -323,9 +365,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             tasks.push((
                 "pool manager",
                 tokio::spawn(async move {
-                    // One pool manager acts at a time: two would fight over the same pods.
+                    // One pool manager acts at a time: two would fight over the same pods. The
+                    // finalizer controller deletes pods too, so it runs under the same lease.
                     if let Some(work) = led(leadership, token.clone(), "pool manager").await {
-                        manager.run(work, grace).await;
+                        match finalizer {
+                            Some(finalizer) => {
+                                tokio::join!(manager.run(work.clone(), grace), finalizer.run(work));
+                            }
+                            None => manager.run(work, grace).await,
+                        }
                     }
                 }),
             ));
@@ -365,8 +413,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 config.token = Some(token.clone());
                 let provisioner = RemoteProvisioner::new(config.clone(), Arc::clone(&index))
                     .context("--executor-url")?;
-                let feeder =
-                    EndpointFeeder::new(config, Arc::clone(&index)).context("--executor-url")?;
+                // The gate writes the index for the feeder and, with --pod-readiness, for the
+                // pod watcher started below.
+                let gate = Arc::new(ReadinessGate::new(Arc::clone(&index)));
+                let feeder = EndpointFeeder::with_gate(config, gate).context("--executor-url")?;
                 (index, Arc::new(provisioner), Some(feeder))
             }
             (None, Some((manager, index))) => (Arc::clone(index), Arc::new(manager.clone()), None),
@@ -408,6 +458,19 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 "endpoint feeder",
                 tokio::spawn(async move { f.run(token).await }),
             ));
+            if let Some((client, namespace)) =
+                pod_readiness_target(&args, kube_client.as_ref()).await?
+            {
+                let watcher = kappa_kube::PodReadinessWatcher::new(
+                    client,
+                    kappa_kube::PodReadinessConfig::new(namespace),
+                    Arc::clone(feeder.gate()) as Arc<dyn kappa_core::Readiness>,
+                );
+                tasks.push((
+                    "pod readiness watcher",
+                    tokio::spawn(watcher.run(shutdown.clone())),
+                ));
+            }
         }
         {
             let r = router.clone();
@@ -571,6 +634,48 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         tracing::warn!("shutdown took longer than the grace period");
     }
     Ok(())
+}
+
+/// Where the router's pod readiness watcher runs, if it does. `--pod-readiness true` needs a
+/// Kubernetes client (the function namespace defaults to this pod's); unset, it runs when
+/// `--function-namespace` is set and a client can be built (in a cluster); `false` never.
+async fn pod_readiness_target(
+    args: &ServerArgs,
+    client: Option<&kappa_kube::Client>,
+) -> anyhow::Result<Option<(kappa_kube::Client, String)>> {
+    match args.pod_readiness {
+        Some(false) => Ok(None),
+        Some(true) => {
+            let client = match client {
+                Some(client) => client.clone(),
+                None => kappa_kube::default_client().await.context(
+                    "--pod-readiness needs a Kubernetes client (in-cluster service account, or KUBECONFIG)",
+                )?,
+            };
+            let namespace = args
+                .function_namespace
+                .clone()
+                .unwrap_or_else(kappa_kube::current_namespace);
+            Ok(Some((client, namespace)))
+        }
+        None => {
+            let Some(namespace) = args.function_namespace.clone() else {
+                tracing::debug!("pod readiness off: no --function-namespace");
+                return Ok(None);
+            };
+            let client = match client {
+                Some(client) => client.clone(),
+                None => match kappa_kube::default_client().await {
+                    Ok(client) => client,
+                    Err(error) => {
+                        tracing::info!(%error, "pod readiness off: no Kubernetes client (pass --pod-readiness true to require it)");
+                        return Ok(None);
+                    }
+                },
+            };
+            Ok(Some((client, namespace)))
+        }
+    }
 }
 
 fn load_token(args: &ServerArgs) -> anyhow::Result<String> {
@@ -880,6 +985,31 @@ fn unavailable(message: &str) -> http::Response<axum::body::Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn server_args(flags: &[&str]) -> ServerArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: ServerArgs,
+        }
+        let argv = ["kappa", "--role", "router"].iter().chain(flags);
+        <Cli as clap::Parser>::try_parse_from(argv).unwrap().args
+    }
+
+    #[tokio::test]
+    async fn pod_readiness_is_off_when_refused_or_outside_a_cluster() {
+        let off = server_args(&["--pod-readiness=no", "--function-namespace", "fns"]);
+        assert_eq!(off.pod_readiness, Some(false));
+        assert!(pod_readiness_target(&off, None).await.unwrap().is_none());
+        // Unset and no function namespace (local mode): off, without looking for a client.
+        let local = server_args(&[]);
+        assert_eq!(local.pod_readiness, None);
+        assert!(pod_readiness_target(&local, None).await.unwrap().is_none());
+        assert_eq!(
+            server_args(&["--pod-readiness", "true"]).pod_readiness,
+            Some(true)
+        );
+    }
 
     #[test]
     fn store_specs_are_checked() {

@@ -35,8 +35,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::fetcher::{FETCHER_PORT, FetchFiles, FetchRequest, RUNTIME_PORT, runtime_error};
 use crate::pods::{
-    ANNOTATION_ARCHIVE, LABEL_MANAGED_BY, LABEL_ROLE, Placement, PodTemplate, pool_pod,
-    specialized_labels,
+    ANNOTATION_ARCHIVE, LABEL_MANAGED_BY, LABEL_ROLE, Placement, PodTemplate, ROLE_POOL,
+    ROLE_SPECIALIZED, pool_pod, specialized_labels,
 };
 
 /// Configuration of the pod backend.
@@ -87,6 +87,16 @@ pub struct PodBackend {
     /// an `.await`. Entries are dropped when the pod's deletion is seen, so it stays bounded
     /// by the number of live pods.
     quiet: Mutex<HashSet<String>>,
+    /// The pods the watch knows (to notice those that went while it was down) and, while it
+    /// re-lists (after a 410 or a restart), those the new list has. Same rules as `quiet`.
+    seen: Mutex<Seen>,
+}
+
+/// See [`PodBackend::seen`].
+#[derive(Debug, Default)]
+struct Seen {
+    live: HashSet<String>,
+    relisted: Option<HashSet<String>>,
 }
 
 impl std::fmt::Debug for PodBackend {
@@ -97,11 +107,13 @@ impl std::fmt::Debug for PodBackend {
     }
 }
 
+/// The pods this backend owns: warm and specialized ones. Pods of `newdeploy` Deployments
+/// (role `newdeploy`) belong to their ReplicaSet and are left alone.
 fn selector() -> String {
-    format!("{LABEL_MANAGED_BY}=kappa,{LABEL_ROLE}")
+    format!("{LABEL_MANAGED_BY}=kappa,{LABEL_ROLE} in ({ROLE_POOL},{ROLE_SPECIALIZED})")
 }
 
-fn api_status(e: &KubeError) -> Option<u16> {
+pub(crate) fn api_status(e: &KubeError) -> Option<u16> {
     match e {
         KubeError::Api(s) => Some(s.code),
         _ => None,
@@ -179,6 +191,74 @@ pub fn exit_reason(pod: &Pod) -> Option<ExitReason> {
     })
 }
 
+/// Scheduling fields of an instance's Environment, read from `store` (none: no placement).
+/// An Environment that cannot be read gives no placement rather than no instance.
+pub(crate) async fn environment_placement(
+    store: Option<&dyn Store>,
+    environment: &FunctionId,
+) -> Placement {
+    let Some(store) = store else {
+        return Placement::default();
+    };
+    match store
+        .get(Kind::Environment, &environment.namespace, &environment.name)
+        .await
+    {
+        Ok(Some(obj)) => match Environment::from_json(obj.value) {
+            Ok(env) => Placement {
+                requests: env.spec.resources.requests,
+                node_selector: env.spec.node_selector,
+                tolerations: env.spec.tolerations,
+            },
+            Err(e) => {
+                tracing::warn!(environment = %environment, error = %e, "unreadable environment; pod gets no placement");
+                Placement::default()
+            }
+        },
+        Ok(None) => Placement::default(),
+        Err(e) => {
+            tracing::warn!(environment = %environment, error = %e, "could not read the environment; pod gets no placement");
+            Placement::default()
+        }
+    }
+}
+
+/// The fetcher's request for `request`: the archive's URL on the API server at `api_url`,
+/// Secret and ConfigMap values in base64, and the download token.
+pub(crate) fn fetch_request(
+    api_url: &str,
+    api_token: Option<&str>,
+    request: &SpecializeRequest,
+) -> FetchRequest {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    FetchRequest {
+        archive_url: format!(
+            "{}/v1/archives/{}",
+            api_url.trim_end_matches('/'),
+            request.archive_sha256
+        ),
+        sha256: request.archive_sha256.clone(),
+        filename: request.filename.clone(),
+        entrypoint: request.entrypoint.clone(),
+        env: request.env.clone(),
+        files: request
+            .files
+            .iter()
+            .map(|v| FetchFiles {
+                dir: v.kind.dir_name().to_string(),
+                namespace: v.namespace.clone(),
+                name: v.name.clone(),
+                entries: v
+                    .entries
+                    .iter()
+                    .map(|(k, bytes)| (k.clone(), b64.encode(bytes)))
+                    .collect(),
+            })
+            .collect(),
+        token: api_token.map(str::to_string),
+    }
+}
+
 impl PodBackend {
     /// A backend creating pods in `config.template.namespace` through `client`.
     pub fn new(client: Client, config: PodBackendConfig, store: Option<Arc<dyn Store>>) -> Self {
@@ -195,6 +275,7 @@ impl PodBackend {
             http,
             events,
             quiet: Mutex::new(HashSet::new()),
+            seen: Mutex::new(Seen::default()),
         }
     }
 
@@ -202,31 +283,15 @@ impl PodBackend {
         self.quiet.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Scheduling fields of the instance's Environment, read from the store.
-    async fn placement(&self, environment: &FunctionId) -> Placement {
-        let Some(store) = &self.store else {
-            return Placement::default();
-        };
-        match store
-            .get(Kind::Environment, &environment.namespace, &environment.name)
-            .await
-        {
-            Ok(Some(obj)) => match Environment::from_json(obj.value) {
-                Ok(env) => Placement {
-                    requests: env.spec.resources.requests,
-                    node_selector: env.spec.node_selector,
-                    tolerations: env.spec.tolerations,
-                },
-                Err(e) => {
-                    tracing::warn!(environment = %environment, error = %e, "unreadable environment; pod gets no placement");
-                    Placement::default()
-                }
-            },
-            Ok(None) => Placement::default(),
-            Err(e) => {
-                tracing::warn!(environment = %environment, error = %e, "could not read the environment; pod gets no placement");
-                Placement::default()
-            }
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reports the disappearance of a pod this backend did not delete.
+    fn vanished(&self, id: String, reason: ExitReason, why: &str) {
+        if !self.quiet().remove(&id) {
+            tracing::warn!(instance = %id, %reason, "{why}");
+            let _ = self.events.send(InstanceEvent::Exited { id, reason });
         }
     }
 
@@ -263,36 +328,6 @@ impl PodBackend {
         }
     }
 
-    fn fetch_request(&self, request: &SpecializeRequest) -> FetchRequest {
-        let b64 = base64::engine::general_purpose::STANDARD;
-        FetchRequest {
-            archive_url: format!(
-                "{}/v1/archives/{}",
-                self.config.api_url.trim_end_matches('/'),
-                request.archive_sha256
-            ),
-            sha256: request.archive_sha256.clone(),
-            filename: request.filename.clone(),
-            entrypoint: request.entrypoint.clone(),
-            env: request.env.clone(),
-            files: request
-                .files
-                .iter()
-                .map(|v| FetchFiles {
-                    dir: v.kind.dir_name().to_string(),
-                    namespace: v.namespace.clone(),
-                    name: v.name.clone(),
-                    entries: v
-                        .entries
-                        .iter()
-                        .map(|(k, bytes)| (k.clone(), b64.encode(bytes)))
-                        .collect(),
-                })
-                .collect(),
-            token: self.config.api_token.clone(),
-        }
-    }
-
     /// Watches the backend's pods until `shutdown`, sending [`InstanceEvent::Exited`] when a
     /// pod's container terminates or a pod disappears without this backend deleting it.
     /// Uses kube-runtime's watcher (re-lists after a 410 and reconnects with backoff).
@@ -323,6 +358,13 @@ impl PodBackend {
                 let Some(id) = pod.metadata.name.clone() else {
                     return;
                 };
+                {
+                    let mut seen = self.seen();
+                    seen.live.insert(id.clone());
+                    if let Some(relisted) = seen.relisted.as_mut() {
+                        relisted.insert(id.clone());
+                    }
+                }
                 if let PodState::Ended(reason) = pod_state(&pod)
                     && self.quiet().insert(id.clone())
                 {
@@ -334,13 +376,32 @@ impl PodBackend {
                 let Some(id) = pod.metadata.name.clone() else {
                     return;
                 };
-                if !self.quiet().remove(&id) {
-                    let reason = exit_reason(&pod).unwrap_or_default();
-                    tracing::warn!(instance = %id, %reason, "pod deleted outside the pool manager");
-                    let _ = self.events.send(InstanceEvent::Exited { id, reason });
+                self.seen().live.remove(&id);
+                let reason = exit_reason(&pod).unwrap_or_default();
+                self.vanished(id, reason, "pod deleted outside the pool manager");
+            }
+            // A (re-)list starts: after it, the pods it did not have went meanwhile.
+            watcher::Event::Init => self.seen().relisted = Some(HashSet::new()),
+            watcher::Event::InitDone => {
+                let gone: Vec<String> = {
+                    let mut seen = self.seen();
+                    match seen.relisted.take() {
+                        Some(relisted) => {
+                            let gone = seen.live.difference(&relisted).cloned().collect();
+                            seen.live = relisted;
+                            gone
+                        }
+                        None => Vec::new(),
+                    }
+                };
+                for id in gone {
+                    self.vanished(
+                        id,
+                        ExitReason::default(),
+                        "pod deleted while the pod watch was down",
+                    );
                 }
             }
-            watcher::Event::Init | watcher::Event::InitDone => {}
         }
     }
 }
@@ -352,7 +413,7 @@ impl Backend for PodBackend {
     }
 
     async fn create(&self, spec: InstanceSpec) -> Result<Instance, BackendError> {
-        let placement = self.placement(&spec.environment).await;
+        let placement = environment_placement(self.store.as_deref(), &spec.environment).await;
         let pod = pool_pod(&self.config.template, &spec, &placement);
         let labels = pod.metadata.labels.clone().unwrap_or_default();
         self.pods
@@ -382,7 +443,11 @@ impl Backend for PodBackend {
             "http://{}/specialize",
             SocketAddr::new(instance.addr.ip(), self.config.fetcher_port)
         );
-        let body = self.fetch_request(request);
+        let body = fetch_request(
+            &self.config.api_url,
+            self.config.api_token.as_deref(),
+            request,
+        );
         let response = self
             .http
             .post(&url)

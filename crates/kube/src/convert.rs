@@ -63,27 +63,39 @@ pub fn parse_rv(rv: Option<&str>, what: &str) -> Result<u64, StoreError> {
     })
 }
 
-/// Kind, namespace and name of a Kappa resource JSON.
+/// Kind, namespace and name of a Kappa resource JSON, checked with the same rules and messages
+/// as the other stores (`kappa-store`'s keying): a JSON object, a known `kind`, a non-empty
+/// string `metadata.name`, and a `metadata.namespace` that is absent, `null` (the default
+/// namespace) or a non-empty string.
 pub fn key_of(value: &Value) -> Result<(Kind, String, String), StoreError> {
-    let kind: Kind = value
-        .get("kind")
-        .and_then(Value::as_str)
-        .ok_or_else(|| StoreError::Invalid("kind is missing".into()))?
-        .parse()
-        .map_err(StoreError::Invalid)?;
-    let meta = value
-        .get("metadata")
-        .ok_or_else(|| StoreError::Invalid("metadata is missing".into()))?;
-    let name = meta
-        .get("name")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| StoreError::Invalid("metadata.name is missing".into()))?;
-    let namespace = meta
-        .get("namespace")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-        .unwrap_or(DEFAULT_NAMESPACE);
+    let invalid = |message: &str| StoreError::Invalid(message.to_string());
+    let object = value
+        .as_object()
+        .ok_or_else(|| invalid("the object must be a JSON object"))?;
+    let kind: Kind = match object.get("kind") {
+        Some(Value::String(kind)) => kind
+            .parse()
+            .map_err(|e| StoreError::Invalid(format!("kind: {e}")))?,
+        Some(_) => return Err(invalid("kind: must be a string")),
+        None => return Err(invalid("kind: missing")),
+    };
+    let meta = match object.get("metadata") {
+        Some(Value::Object(meta)) => meta,
+        Some(_) => return Err(invalid("metadata: must be an object")),
+        None => return Err(invalid("metadata.name: missing")),
+    };
+    let name = match meta.get("name") {
+        Some(Value::String(name)) if !name.is_empty() => name,
+        Some(Value::String(_)) => return Err(invalid("metadata.name: must not be empty")),
+        Some(_) => return Err(invalid("metadata.name: must be a string")),
+        None => return Err(invalid("metadata.name: missing")),
+    };
+    let namespace = match meta.get("namespace") {
+        None | Some(Value::Null) => DEFAULT_NAMESPACE,
+        Some(Value::String(ns)) if !ns.is_empty() => ns,
+        Some(Value::String(_)) => return Err(invalid("metadata.namespace: must not be empty")),
+        Some(_) => return Err(invalid("metadata.namespace: must be a string")),
+    };
     Ok((kind, namespace.to_string(), name.to_string()))
 }
 
@@ -149,6 +161,28 @@ pub fn to_kube(
     };
     serde_json::from_value(object)
         .map_err(|e| StoreError::Invalid(format!("{kind} is not a Kubernetes object: {e}")))
+}
+
+/// Whether Kubernetes is deleting the object: it carries `metadata.deletionTimestamp` and
+/// waits for its finalizers. To the rest of the platform such an object is already deleted.
+pub fn is_terminating(object: &DynamicObject) -> bool {
+    object.metadata.deletion_timestamp.is_some()
+}
+
+/// Copies the metadata Kubernetes and other controllers own, which Kappa's resource JSON does
+/// not carry (see [`to_kube`]), from the object as it is now into a replacement, so that a
+/// `PUT` keeps it: `finalizers` (dropping them would skip their cleanup) and
+/// `ownerReferences` (dropping them would orphan the object). `managedFields` is left out: the
+/// API server keeps the live ones when a replacement carries none.
+pub fn keep_cluster_metadata(replacement: &mut DynamicObject, current: &DynamicObject) {
+    replacement
+        .metadata
+        .finalizers
+        .clone_from(&current.metadata.finalizers);
+    replacement
+        .metadata
+        .owner_references
+        .clone_from(&current.metadata.owner_references);
 }
 
 /// The Kappa resource JSON of a Kubernetes object.
@@ -251,6 +285,41 @@ mod tests {
         let stored = from_kube(Kind::Secret, &back).unwrap();
         assert_eq!(stored.value["spec"]["data"]["password"], "aHVudGVyMg==");
         assert!(stored.value["metadata"].get("labels").is_none());
+    }
+
+    #[test]
+    fn replacements_keep_finalizers_and_owner_references() {
+        let value = json!({
+            "apiVersion": "kappa.dev/v1", "kind": "Function",
+            "metadata": {"name": "hello", "labels": {"team": "a"}},
+            "spec": {"environment": {"name": "python"}},
+        });
+        let mut replacement = to_kube(Kind::Function, &value, Some(7)).unwrap();
+        let current: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "kappa.dev/v1", "kind": "Function",
+            "metadata": {
+                "name": "hello", "namespace": "default", "resourceVersion": "7",
+                "finalizers": ["kappa.dev/instances", "example.com/other"],
+                "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner",
+                                     "uid": "u-9"}],
+                "labels": {"team": "old"},
+            },
+            "spec": {},
+        }))
+        .unwrap();
+        assert!(!is_terminating(&current));
+        keep_cluster_metadata(&mut replacement, &current);
+        let wire = serde_json::to_value(&replacement).unwrap();
+        assert_eq!(
+            wire["metadata"]["finalizers"],
+            json!(["kappa.dev/instances", "example.com/other"])
+        );
+        assert_eq!(wire["metadata"]["ownerReferences"][0]["name"], "owner");
+        assert_eq!(
+            wire["metadata"]["labels"]["team"], "a",
+            "Kappa's own fields win"
+        );
+        assert_eq!(wire["metadata"]["resourceVersion"], "7");
     }
 
     #[test]

@@ -16,6 +16,18 @@
 //! answers `GET /healthz` with anything but a 5xx), the pod's probes. A pod is specialized once: a second
 //! `/specialize` is refused with 409.
 //!
+//! **Start-up mode** (`--specialize-from FILE`, the pods of a `newdeploy` Deployment; see
+//! [`Startup`]): the fetcher reads a [`FetchRequest`] from the file (a Secret mounted into the
+//! fetcher alone), waits for the runtime, and runs the same fetch, place and specialize steps
+//! on its own; `/readyz` answers ready only once that succeeded, and `/specialize` is refused
+//! (409). Transient failures (the runtime not up yet, a download connection error or 5xx) are
+//! retried with backoff up to [`Startup::retry_for`]; a definitive one (sha256 mismatch, an
+//! unsafe archive, the runtime refusing the code) or running out of time writes the message to
+//! the termination log and ends the fetcher with an error, so Kubernetes restarts the container
+//! and the Deployment's pod watcher reports the failure. Once specialized it keeps watching the
+//! runtime: a runtime container restarted by the kubelet comes back generic, so when the
+//! runtime stops accepting connections the fetcher turns not-ready and specializes it again.
+//!
 //! Errors are the platform's JSON error body; a runtime's refusal keeps the runtime's status
 //! and message (and its traceback as `detail`), so an import error reaches the user as such.
 
@@ -24,6 +36,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -153,9 +166,13 @@ pub enum FetchError {
     /// The pod was specialized already.
     #[error("this instance is already specialized (with archive {0})")]
     AlreadySpecialized(String),
-    /// The archive could not be downloaded.
-    #[error("downloading the archive failed: {0}")]
-    Download(String),
+    /// The pod specializes itself from its start-up request: `/specialize` is not for it.
+    #[error("this instance specializes itself from its start-up request")]
+    SelfSpecializing,
+    /// The archive could not be downloaded; `transient` when trying again may succeed (a
+    /// connection error, a timeout, a 5xx or 429 answer).
+    #[error("downloading the archive failed: {message}")]
+    Download { message: String, transient: bool },
     /// The archive is not what was asked for.
     #[error("archive checksum mismatch: expected sha256 {expected}, downloaded {actual}")]
     Checksum { expected: String, actual: String },
@@ -168,21 +185,35 @@ pub enum FetchError {
     /// The runtime could not be reached.
     #[error("could not reach the runtime at {url}: {message}")]
     RuntimeUnreachable { url: String, message: String },
-    /// The runtime refused the specialization: its status, message and detail.
+    /// The runtime refused the specialization: its status, error code (when its body has
+    /// one), message and detail.
     #[error("{message}")]
     Runtime {
         status: u16,
+        code: Option<String>,
         message: String,
         detail: Option<String>,
     },
 }
 
 impl FetchError {
+    /// Whether trying again later may succeed: the runtime not reachable (not up yet), or a
+    /// download that failed on the way rather than being refused.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            FetchError::Download { transient, .. } => *transient,
+            FetchError::RuntimeUnreachable { .. } => true,
+            _ => false,
+        }
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             FetchError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            FetchError::AlreadySpecialized(_) => StatusCode::CONFLICT,
-            FetchError::Download(_) | FetchError::RuntimeUnreachable { .. } => {
+            FetchError::AlreadySpecialized(_) | FetchError::SelfSpecializing => {
+                StatusCode::CONFLICT
+            }
+            FetchError::Download { .. } | FetchError::RuntimeUnreachable { .. } => {
                 StatusCode::BAD_GATEWAY
             }
             FetchError::Checksum { .. } | FetchError::TooLarge(_) => {
@@ -198,8 +229,8 @@ impl FetchError {
     fn code(&self) -> &'static str {
         match self {
             FetchError::BadRequest(_) => "invalid",
-            FetchError::AlreadySpecialized(_) => "conflict",
-            FetchError::Download(_) => "download_failed",
+            FetchError::AlreadySpecialized(_) | FetchError::SelfSpecializing => "conflict",
+            FetchError::Download { .. } => "download_failed",
             FetchError::Checksum { .. } => "checksum_mismatch",
             FetchError::TooLarge(_) => "too_large",
             FetchError::Place(_) => "place_failed",
@@ -225,25 +256,92 @@ impl IntoResponse for FetchError {
     }
 }
 
+/// How the fetcher specializes on start (`kappa fetcher --specialize-from FILE`).
+#[derive(Debug, Clone)]
+pub struct Startup {
+    /// The [`FetchRequest`] as JSON (the `newdeploy` Secret, mounted read-only).
+    pub request_file: PathBuf,
+    /// Where a definitive failure's message goes (`/dev/termination-log`, which Kubernetes
+    /// reports as the container's termination message): the message, then, after a blank
+    /// line, the detail (a traceback), cut to [`TERMINATION_LOG_MAX`] bytes.
+    pub termination_log: PathBuf,
+    /// How long transient failures are retried before giving up.
+    pub retry_for: Duration,
+    /// The first wait between attempts; it doubles up to `max_backoff`.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// How often the runtime is checked once specialized (a restarted runtime is generic).
+    pub watch_interval: Duration,
+}
+
+/// The most of a failure the termination log holds (Kubernetes keeps 4 KiB).
+pub const TERMINATION_LOG_MAX: usize = 4096;
+
+impl Startup {
+    /// Start-up from `request_file`, with the pod's termination log and default bounds.
+    pub fn new(request_file: impl Into<PathBuf>) -> Self {
+        Self {
+            request_file: request_file.into(),
+            termination_log: PathBuf::from("/dev/termination-log"),
+            retry_for: Duration::from_secs(300),
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(5),
+            watch_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Why the fetcher stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Binding the listener or serving failed.
+    #[error("serving the fetcher")]
+    Serve(#[source] std::io::Error),
+    /// The start-up specialization failed definitively, or transient failures outlasted
+    /// [`Startup::retry_for`]; the message is in the termination log.
+    #[error("specializing from the start-up request {}", path.display())]
+    Specialize {
+        path: PathBuf,
+        #[source]
+        source: FetchError,
+    },
+}
+
 struct FetcherState {
     config: FetcherConfig,
     http: reqwest::Client,
     /// The sha256 this pod was specialized with. A tokio mutex: held across the whole
     /// specialization on purpose, so two concurrent `/specialize` calls cannot both proceed.
     specialized: Mutex<Option<String>>,
+    /// Started with a [`Startup`]: `/specialize` is refused and readiness waits for `ready`.
+    self_specializing: bool,
+    /// Start-up mode: the runtime is specialized now. An atomic: set by the start-up task, read
+    /// by every probe, no other state goes with it.
+    ready: AtomicBool,
+}
+
+impl FetcherState {
+    fn new(config: FetcherConfig, self_specializing: bool) -> Arc<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_default();
+        Arc::new(Self {
+            config,
+            http,
+            specialized: Mutex::new(None),
+            self_specializing,
+            ready: AtomicBool::new(false),
+        })
+    }
 }
 
 /// The fetcher's HTTP service (no socket), for tests and [`serve`].
 pub fn router(config: FetcherConfig) -> Router {
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-        .unwrap_or_default();
-    let state = Arc::new(FetcherState {
-        config,
-        http,
-        specialized: Mutex::new(None),
-    });
+    app(FetcherState::new(config, false))
+}
+
+fn app(state: Arc<FetcherState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -263,18 +361,241 @@ pub async fn serve(
         .await
 }
 
-/// Binds `addr` and serves until `shutdown` (the `kappa fetcher` entry point).
+/// Serves the fetcher on `listener` until `shutdown` while specializing the runtime from
+/// `startup` (see the module documentation). Returns an error, after writing the message to
+/// the termination log, when the specialization fails for good.
+pub async fn serve_startup(
+    listener: TcpListener,
+    config: FetcherConfig,
+    startup: Startup,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let state = FetcherState::new(config, true);
+    let stop = shutdown.child_token();
+    let server = {
+        let stop = stop.clone();
+        axum::serve(listener, app(Arc::clone(&state)))
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .into_future()
+    };
+    let mut server = std::pin::pin!(server);
+    let supervise = self_specialize(&state, &startup, &shutdown);
+    let failure = tokio::select! {
+        served = &mut server => return served.map_err(RunError::Serve),
+        outcome = supervise => outcome.err(),
+    };
+    if let Some(error) = failure {
+        tracing::error!(error = %error, request = %startup.request_file.display(), "specialization failed; exiting");
+        write_termination_log(&startup.termination_log, &error);
+        stop.cancel();
+        let _ = server.await;
+        return Err(RunError::Specialize {
+            path: startup.request_file,
+            source: error,
+        });
+    }
+    server.await.map_err(RunError::Serve)
+}
+
+/// Binds `addr` and serves until `shutdown` (the `kappa fetcher` entry point), specializing on
+/// start when `startup` is given.
 pub async fn run(
     addr: SocketAddr,
     config: FetcherConfig,
+    startup: Option<Startup>,
     shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, userfunc = %config.userfunc.display(), "fetcher listening");
-    serve(listener, config, shutdown).await
+) -> Result<(), RunError> {
+    let listener = TcpListener::bind(addr).await.map_err(RunError::Serve)?;
+    let local = listener.local_addr().map_err(RunError::Serve)?;
+    tracing::info!(addr = %local, userfunc = %config.userfunc.display(), specialize_from = ?startup.as_ref().map(|s| s.request_file.display().to_string()), "fetcher listening");
+    match startup {
+        Some(startup) => serve_startup(listener, config, startup, shutdown).await,
+        None => serve(listener, config, shutdown)
+            .await
+            .map_err(RunError::Serve),
+    }
+}
+
+/// Writes `error` where Kubernetes reads the termination message: the message, then the
+/// detail after a blank line, at most [`TERMINATION_LOG_MAX`] bytes.
+fn write_termination_log(path: &Path, error: &FetchError) {
+    let mut text = error.to_string();
+    if let FetchError::Runtime {
+        detail: Some(detail),
+        ..
+    } = error
+    {
+        text.push_str("\n\n");
+        text.push_str(detail);
+    }
+    let mut end = text.len().min(TERMINATION_LOG_MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    if let Err(e) = std::fs::write(path, &text.as_bytes()[..end]) {
+        tracing::warn!(path = %path.display(), error = %e, "could not write the termination log");
+    }
+}
+
+/// Reads the start-up request, specializes the runtime (retrying transient failures), then
+/// keeps it specialized across runtime restarts. Returns `Ok` on shutdown, `Err` when the
+/// specialization failed for good.
+async fn self_specialize(
+    state: &FetcherState,
+    startup: &Startup,
+    shutdown: &CancellationToken,
+) -> Result<(), FetchError> {
+    let path = &startup.request_file;
+    let bytes = tokio::fs::read(path).await.map_err(|e| {
+        FetchError::BadRequest(format!(
+            "reading the start-up request {}: {e}",
+            path.display()
+        ))
+    })?;
+    let request: FetchRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        FetchError::BadRequest(format!(
+            "the start-up request {} is not a fetch request (JSON with archiveUrl, sha256, entrypoint...): {e}",
+            path.display()
+        ))
+    })?;
+    tracing::info!(sha256 = %request.sha256, entrypoint = %request.entrypoint, "specializing from the start-up request");
+    let attempt = || async {
+        runtime_up(state).await?;
+        let filepath = fetch_and_place(state, &request).await?;
+        load_code(state, &request, &filepath).await?;
+        Ok(filepath)
+    };
+    let Some(filepath) = with_retries(startup, shutdown, attempt).await? else {
+        return Ok(());
+    };
+    *state.specialized.lock().await = Some(request.sha256.clone());
+    state.ready.store(true, Ordering::Release);
+    tracing::info!(sha256 = %request.sha256, filepath = %filepath.display(), "specialized");
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(startup.watch_interval) => {}
+        }
+        if !runtime_gone(state).await {
+            continue;
+        }
+        state.ready.store(false, Ordering::Release);
+        tracing::warn!(
+            "the runtime stopped accepting connections (restarted?); specializing it again once it is back"
+        );
+        let attempt = || async {
+            runtime_up(state).await?;
+            load_code(state, &request, &filepath).await
+        };
+        if with_retries(startup, shutdown, attempt).await?.is_none() {
+            return Ok(());
+        }
+        state.ready.store(true, Ordering::Release);
+        tracing::info!(sha256 = %request.sha256, "specialized the runtime again");
+    }
+}
+
+/// Runs `attempt` until it succeeds (`Some`), fails definitively, or transient failures outlast
+/// `startup.retry_for` (the last error); `None` on shutdown.
+async fn with_retries<T, F, Fut>(
+    startup: &Startup,
+    shutdown: &CancellationToken,
+    mut attempt: F,
+) -> Result<Option<T>, FetchError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, FetchError>>,
+{
+    let deadline = tokio::time::Instant::now() + startup.retry_for;
+    let mut backoff = startup.initial_backoff;
+    loop {
+        let error = tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            result = attempt() => match result {
+                Ok(value) => return Ok(Some(value)),
+                Err(e) => e,
+            },
+        };
+        if !error.is_transient() || tokio::time::Instant::now() + backoff > deadline {
+            return Err(error);
+        }
+        tracing::info!(error = %error, retry_in_ms = backoff.as_millis() as u64, "specialization not possible yet; retrying");
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(startup.max_backoff);
+    }
+}
+
+/// The runtime answers `GET /healthz` with anything but a server error (else a transient
+/// [`FetchError::RuntimeUnreachable`]).
+async fn runtime_up(state: &FetcherState) -> Result<(), FetchError> {
+    let url = format!("{}/healthz", state.config.runtime_url);
+    match state
+        .http
+        .get(&url)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+    {
+        Ok(r) if !r.status().is_server_error() => Ok(()),
+        Ok(r) => Err(FetchError::RuntimeUnreachable {
+            url,
+            message: format!("it answered {}", r.status()),
+        }),
+        Err(e) => Err(FetchError::RuntimeUnreachable {
+            url,
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Whether the runtime refuses connections: its container is gone or restarting (a busy
+/// runtime that answers slowly is not gone).
+async fn runtime_gone(state: &FetcherState) -> bool {
+    let url = format!("{}/healthz", state.config.runtime_url);
+    match state
+        .http
+        .get(&url)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+    {
+        Ok(_) => false,
+        Err(e) => e.is_connect(),
+    }
+}
+
+/// Calls the runtime's specialize; a runtime that says it is specialized already kept the code
+/// from an earlier run of this fetcher (the fetcher container restarted, the runtime did not),
+/// which is success.
+async fn load_code(
+    state: &FetcherState,
+    request: &FetchRequest,
+    filepath: &Path,
+) -> Result<(), FetchError> {
+    match call_runtime(state, request, filepath).await {
+        Err(FetchError::Runtime {
+            code: Some(code), ..
+        }) if code == "already_specialized" => {
+            tracing::info!(
+                "the runtime is specialized already (the fetcher restarted); keeping it"
+            );
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 async fn readyz(State(state): State<Arc<FetcherState>>) -> Response {
+    if state.self_specializing && !state.ready.load(Ordering::Acquire) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "specializing from the start-up request",
+        )
+            .into_response();
+    }
     let url = format!("{}/healthz", state.config.runtime_url);
     match state
         .http
@@ -303,6 +624,14 @@ async fn specialize(
     State(state): State<Arc<FetcherState>>,
     Json(request): Json<FetchRequest>,
 ) -> Result<Json<serde_json::Value>, FetchError> {
+    if state.self_specializing {
+        return Err(
+            match state.specialized.try_lock().ok().and_then(|s| s.clone()) {
+                Some(sha) => FetchError::AlreadySpecialized(sha),
+                None => FetchError::SelfSpecializing,
+            },
+        );
+    }
     let mut specialized = state.specialized.lock().await;
     if let Some(sha) = specialized.as_ref() {
         return Err(FetchError::AlreadySpecialized(sha.clone()));
@@ -391,10 +720,10 @@ async fn download_verified(
     if let Some(token) = token {
         call = call.bearer_auth(token);
     }
-    let response = call
-        .send()
-        .await
-        .map_err(|e| FetchError::Download(format!("{}: {e}", request.archive_url)))?;
+    let response = call.send().await.map_err(|e| FetchError::Download {
+        message: format!("{}: {e}", request.archive_url),
+        transient: true,
+    })?;
     if !response.status().is_success() {
         let status = response.status();
         let body = response.text().await.unwrap_or_default();
@@ -402,11 +731,14 @@ async fn download_verified(
         while !body.is_char_boundary(end) {
             end -= 1;
         }
-        return Err(FetchError::Download(format!(
-            "{} answered {status}: {}",
-            request.archive_url,
-            &body[..end]
-        )));
+        return Err(FetchError::Download {
+            message: format!(
+                "{} answered {status}: {}",
+                request.archive_url,
+                &body[..end]
+            ),
+            transient: status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS,
+        });
     }
     let max = state.config.max_archive_bytes;
     if response.content_length().is_some_and(|n| n > max) {
@@ -424,7 +756,10 @@ async fn download_verified(
     let mut written: u64 = 0;
     let mut body = response.bytes_stream();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| FetchError::Download(e.to_string()))?;
+        let chunk = chunk.map_err(|e| FetchError::Download {
+            message: format!("{}: {e}", request.archive_url),
+            transient: true,
+        })?;
         written += chunk.len() as u64;
         if written > max {
             return Err(FetchError::TooLarge(max));
@@ -558,9 +893,13 @@ async fn call_runtime(
         return Ok(());
     }
     let bytes = response.bytes().await.unwrap_or_default();
+    let code = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
     let (message, detail) = runtime_error(status.as_u16(), &bytes);
     Err(FetchError::Runtime {
         status: status.as_u16(),
+        code,
         message,
         detail,
     })

@@ -8,28 +8,43 @@
 //!   Secrets and ConfigMaps), with resource versions and conflicts mapped to the store's.
 //! - [`PodBackend`]: the pool manager's backend on bare pods (runtime container + fetcher),
 //!   labelled so a restarted pool manager adopts them; [`pods`] builds the pod objects.
+//! - [`KubeDeployments`] ([`deployments`]): `newdeploy` functions as a Deployment per function
+//!   whose pods specialize themselves on start from a Secret; the pool manager sets replicas.
 //! - [`fetcher`]: `kappa fetcher`, the function pod's second container that downloads,
 //!   verifies and places the code and calls the runtime's `/v2/specialize`.
 //! - [`lease`]: leader election on a `coordination.k8s.io/v1` Lease.
+//! - [`readiness`]: the router's watch on the function pods' readiness, which keeps endpoints
+//!   of pods that are not ready out of its index (through `kappa_core::Readiness`).
+//! - [`finalizer`]: the Function finalizer `kappa.dev/instances` and the controller (run by the
+//!   executor) that deletes a deleted Function's pods, Deployments and Secrets before
+//!   removing it.
 //!
 //! It deliberately holds no platform policy: what to store comes from the API server, when to
 //! create or delete an instance from the pool manager (`kappa-executor`), who leads from the
 //! lease alone.
 //!
-//! Invariants: the router never calls the Kubernetes API (warm requests touch no code here);
-//! every write to the API carries the precondition it was read with; a pod this crate creates
-//! always carries the labels adoption needs.
+//! Invariants: a warm request never calls the Kubernetes API (the router only watches, in the
+//! background); every write to the API carries the precondition it was read with; a pod this
+//! crate creates always carries the labels adoption needs.
 
 mod backend;
 pub mod convert;
 pub mod crd;
+pub mod deployments;
 pub mod fetcher;
+pub mod finalizer;
 pub mod lease;
 pub mod pods;
+pub mod readiness;
 mod store;
 
 pub use backend::{PodBackend, PodBackendConfig, PodState, exit_reason, pod_state};
+pub use deployments::{DeploymentsConfig, KubeDeployments};
+pub use finalizer::{
+    FUNCTION_FINALIZER, FinalizerConfig, FinalizerError, FinalizerOutcome, FunctionFinalizer,
+};
 pub use lease::{LeaseConfig, LeaseError, LeaseLock, LeaseState, elect};
+pub use readiness::{PodReadinessConfig, PodReadinessWatcher};
 pub use store::KubeStore;
 
 /// The Kubernetes client type (re-exported so callers need no `kube` dependency).

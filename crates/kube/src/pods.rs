@@ -9,14 +9,22 @@
 //!   (`/readyz`) is "the runtime answers", so the pod is Ready when both are up.
 //!
 //! Both run as non-root with a read-only root filesystem, no privilege escalation, every
-//! capability dropped and the runtime's default seccomp profile. The pod is bare (no
+//! capability dropped and the runtime's default seccomp profile. A pool pod is bare (no
 //! ReplicaSet: see `docs/design/001-pool-pods.md`) with `restartPolicy: Never`, since a
 //! restarted runtime would come back generic behind an endpoint that expects specialized code.
+//!
+//! A `newdeploy` pod ([`newdeploy_pod_template`], the template of a function's Deployment) has
+//! the same two containers, but specializes itself: the fetcher runs with `--specialize-from`
+//! on the request mounted (read-only, into the fetcher alone) from the function's Secret, its
+//! readiness means "specialized and the runtime answers", and it re-specializes a runtime that
+//! was restarted, so the pod can use `restartPolicy: Always` under a ReplicaSet.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Pod;
-use kappa_core::{FunctionId, InstanceSpec, Limits};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use kappa_core::{DeploymentSpec, FunctionId, InstanceSpec, Limits};
 use kappa_types::{Resources, Toleration};
 use serde_json::{Value, json};
 
@@ -24,7 +32,7 @@ use crate::fetcher::{FETCHER_PORT, RUNTIME_PORT};
 
 /// Label on everything Kappa creates (`kappa`).
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-/// `pool` (warm, generic) or `specialized`.
+/// `pool` (warm, generic), `specialized` or `newdeploy` (a pod of a function's Deployment).
 pub const LABEL_ROLE: &str = "kappa.dev/role";
 /// The instance id (also the pod's name).
 pub const LABEL_INSTANCE: &str = "kappa.dev/instance";
@@ -37,6 +45,8 @@ pub const LABEL_ENV_GENERATION: &str = "kappa.dev/env-generation";
 pub const LABEL_FUNCTION: &str = "kappa.dev/function";
 pub const LABEL_FUNCTION_NAMESPACE: &str = "kappa.dev/function-namespace";
 pub const LABEL_GENERATION: &str = "kappa.dev/generation";
+/// The revision (`DeploymentSpec::revision`) a `newdeploy` Deployment and its pods run.
+pub const LABEL_REVISION: &str = "kappa.dev/revision";
 /// Annotation: the identity of the pool manager replica that created the pod.
 pub const ANNOTATION_CREATED_BY: &str = "kappa.dev/created-by";
 /// Annotation: the sha256 of the archive a specialized pod runs.
@@ -45,6 +55,15 @@ pub const ANNOTATION_ARCHIVE: &str = "kappa.dev/archive-sha256";
 pub const ROLE_POOL: &str = "pool";
 /// `kappa.dev/role` of a specialized pod.
 pub const ROLE_SPECIALIZED: &str = "specialized";
+/// `kappa.dev/role` of a function's Deployment and of its pods.
+pub const ROLE_NEWDEPLOY: &str = "newdeploy";
+/// Annotation on a `newdeploy` pod template: the sha256 of the specialization request in the
+/// Secret, so a new request rolls the pods.
+pub const ANNOTATION_SPECIALIZE: &str = "kappa.dev/specialize-sha256";
+/// The key of the specialization request (the fetcher's JSON) in a `newdeploy` Secret.
+pub const SPECIALIZE_KEY: &str = "request.json";
+/// Where a `newdeploy` pod's fetcher finds the Secret (read-only, the fetcher alone).
+pub const SPECIALIZE_DIR: &str = "/etc/kappa/specialize";
 
 /// What every pod of this installation shares (from the chart's values).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +157,43 @@ pub fn specialized_labels(function: &FunctionId, generation: i64) -> BTreeMap<St
     ])
 }
 
+/// The labels that select a function's `newdeploy` pods (immutable for the Deployment's
+/// lifetime, so they form its selector).
+pub fn newdeploy_selector(function: &FunctionId) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_MANAGED_BY.to_string(), "kappa".to_string()),
+        (LABEL_ROLE.to_string(), ROLE_NEWDEPLOY.to_string()),
+        (LABEL_FUNCTION.to_string(), function.name.clone()),
+        (
+            LABEL_FUNCTION_NAMESPACE.to_string(),
+            function.namespace.clone(),
+        ),
+    ])
+}
+
+/// The labels of a function's Deployment and of its pods: the selector plus the function
+/// generation, the revision and the environment.
+pub fn newdeploy_labels(spec: &DeploymentSpec) -> BTreeMap<String, String> {
+    let mut labels = newdeploy_selector(&spec.function);
+    labels.extend([
+        (LABEL_GENERATION.to_string(), spec.generation.to_string()),
+        (LABEL_REVISION.to_string(), spec.revision.clone()),
+        (
+            LABEL_ENVIRONMENT.to_string(),
+            spec.instance.environment.name.clone(),
+        ),
+        (
+            LABEL_ENVIRONMENT_NAMESPACE.to_string(),
+            spec.instance.environment.namespace.clone(),
+        ),
+        (
+            LABEL_ENV_GENERATION.to_string(),
+            spec.instance.env_generation.to_string(),
+        ),
+    ]);
+    labels
+}
+
 /// A Kubernetes quantity map from Kappa's resource list (pids have no container equivalent).
 fn quantities(cpu: Option<String>, memory: Option<String>) -> Value {
     let mut map = serde_json::Map::new();
@@ -169,8 +225,22 @@ fn container_security(run_as_user: i64) -> Value {
     })
 }
 
-/// The warm pod for `spec`: the runtime container plus the fetcher, labelled for adoption.
-pub fn pool_pod(template: &PodTemplate, spec: &InstanceSpec, placement: &Placement) -> Pod {
+/// How a pod gets its code.
+enum Start<'a> {
+    /// Warm and generic: the pool manager specializes it through the fetcher's `/specialize`.
+    Pool,
+    /// Specializes itself on start from the request in the Secret `secret`.
+    SelfSpecialize { secret: &'a str },
+}
+
+/// The pod spec shared by pool and `newdeploy` pods.
+fn pod_spec(
+    template: &PodTemplate,
+    spec: &InstanceSpec,
+    placement: &Placement,
+    grace: Duration,
+    start: &Start<'_>,
+) -> Value {
     let mut env: Vec<Value> = vec![
         json!({"name": "HOST", "value": "0.0.0.0"}),
         json!({"name": "PORT", "value": RUNTIME_PORT.to_string()}),
@@ -235,11 +305,54 @@ pub fn pool_pod(template: &PodTemplate, spec: &InstanceSpec, placement: &Placeme
         runtime["imagePullPolicy"] = json!(policy);
         fetcher["imagePullPolicy"] = json!(policy);
     }
+    let mut volumes = vec![
+        json!({"name": "userfunc", "emptyDir": {}}),
+        json!({"name": "secrets", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}),
+        json!({"name": "configs", "emptyDir": {"sizeLimit": "16Mi"}}),
+        json!({"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}),
+    ];
+    let restart_policy = match start {
+        Start::Pool => "Never",
+        Start::SelfSpecialize { secret } => {
+            // The request carries Secret values and the API token: the fetcher alone mounts it.
+            fetcher["args"] = json!([
+                "--listen",
+                format!("0.0.0.0:{FETCHER_PORT}"),
+                "--specialize-from",
+                format!("{SPECIALIZE_DIR}/{SPECIALIZE_KEY}"),
+            ]);
+            if let Some(mounts) = fetcher["volumeMounts"].as_array_mut() {
+                mounts.push(
+                    json!({"name": "specialize", "mountPath": SPECIALIZE_DIR, "readOnly": true}),
+                );
+            }
+            // A refused code is reported through the termination message (the watcher's
+            // `Failed`); a crash without one falls back to the log's tail.
+            fetcher["terminationMessagePath"] = json!("/dev/termination-log");
+            fetcher["terminationMessagePolicy"] = json!("FallbackToLogsOnError");
+            // Ready once it accepts connections; the fetcher's readiness adds "specialized".
+            runtime["readinessProbe"] = json!({
+                "tcpSocket": {"port": RUNTIME_PORT},
+                "periodSeconds": 1,
+                "failureThreshold": 3,
+                "timeoutSeconds": 2,
+            });
+            volumes.push(json!({
+                "name": "specialize",
+                "secret": {
+                    "secretName": secret,
+                    "items": [{"key": SPECIALIZE_KEY, "path": SPECIALIZE_KEY}],
+                    "defaultMode": 0o440,
+                },
+            }));
+            "Always"
+        }
+    };
     let mut pod_spec = json!({
-        "restartPolicy": "Never",
+        "restartPolicy": restart_policy,
         "automountServiceAccountToken": false,
         "enableServiceLinks": false,
-        "terminationGracePeriodSeconds": spec.grace.as_secs(),
+        "terminationGracePeriodSeconds": grace.as_secs(),
         "securityContext": {
             "runAsNonRoot": true,
             "runAsUser": template.run_as_user,
@@ -248,12 +361,7 @@ pub fn pool_pod(template: &PodTemplate, spec: &InstanceSpec, placement: &Placeme
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [runtime, fetcher],
-        "volumes": [
-            {"name": "userfunc", "emptyDir": {}},
-            {"name": "secrets", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
-            {"name": "configs", "emptyDir": {"sizeLimit": "16Mi"}},
-            {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
-        ],
+        "volumes": volumes,
     });
     if let Some(sa) = &template.service_account {
         pod_spec["serviceAccountName"] = json!(sa);
@@ -273,6 +381,12 @@ pub fn pool_pod(template: &PodTemplate, spec: &InstanceSpec, placement: &Placeme
     if !placement.tolerations.is_empty() {
         pod_spec["tolerations"] = json!(placement.tolerations);
     }
+    pod_spec
+}
+
+/// The warm pod for `spec`: the runtime container plus the fetcher, labelled for adoption.
+pub fn pool_pod(template: &PodTemplate, spec: &InstanceSpec, placement: &Placement) -> Pod {
+    let pod_spec = pod_spec(template, spec, placement, spec.grace, &Start::Pool);
     let pod = json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -286,6 +400,39 @@ pub fn pool_pod(template: &PodTemplate, spec: &InstanceSpec, placement: &Placeme
     });
     // Every value above is a valid Pod field; a failure here is a bug caught by the tests.
     serde_json::from_value(pod).unwrap_or_default()
+}
+
+/// The pod template of a function's Deployment: the pool pod's containers, with the fetcher
+/// specializing on start from `secret` (whose request has the sha256 `request_sha256`, recorded
+/// as an annotation so that a new request rolls the pods), `restartPolicy: Always` and the
+/// grace period of `spec`.
+pub fn newdeploy_pod_template(
+    template: &PodTemplate,
+    spec: &DeploymentSpec,
+    placement: &Placement,
+    secret: &str,
+    request_sha256: &str,
+) -> PodTemplateSpec {
+    let pod_spec = pod_spec(
+        template,
+        &spec.instance,
+        placement,
+        spec.grace,
+        &Start::SelfSpecialize { secret },
+    );
+    let object = json!({
+        "metadata": {
+            "labels": newdeploy_labels(spec),
+            "annotations": {
+                ANNOTATION_SPECIALIZE: request_sha256,
+                ANNOTATION_ARCHIVE: spec.specialize.archive_sha256,
+            },
+        },
+        "spec": pod_spec,
+    });
+    // Every value above is a valid pod template field; a failure here is a bug caught by the
+    // tests.
+    serde_json::from_value(object).unwrap_or_default()
 }
 
 #[cfg(test)]

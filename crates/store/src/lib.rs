@@ -161,6 +161,16 @@ pub enum StoreError {
         expected: u64,
         actual: u64,
     },
+    /// The name is still held by an object being deleted (a store whose deletions wait for
+    /// cleanup, such as Kubernetes finalizers): create it again once the deletion finished.
+    #[error(
+        "{kind} {namespace}/{name} is still being deleted (its finalizers have not finished): create it again once it is gone"
+    )]
+    Terminating {
+        kind: Kind,
+        namespace: String,
+        name: String,
+    },
     /// The watch asked for history older than the store keeps: list again and watch from there.
     #[error("resource version {requested} is too old (oldest kept is {oldest}): list again")]
     Gone { requested: u64, oldest: u64 },

@@ -8,9 +8,15 @@
 
 mod adopt;
 mod backend;
+mod conformance;
 mod crds;
+mod deployments;
+mod fake_api;
+mod finalizer;
 mod lease;
 mod manifests;
 mod mock;
+mod readiness;
 mod specialize;
 mod store;
+mod watch;

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::backend::config;
 use super::mock::{FakeApi, Reply, eventually, status};
 
-fn zip_of(files: &[(&str, &str)]) -> Vec<u8> {
+pub(super) fn zip_of(files: &[(&str, &str)]) -> Vec<u8> {
     let mut out = std::io::Cursor::new(Vec::new());
     {
         let mut zip = zip::ZipWriter::new(&mut out);
@@ -40,14 +40,14 @@ fn zip_of(files: &[(&str, &str)]) -> Vec<u8> {
     out.into_inner()
 }
 
-fn sha256(bytes: &[u8]) -> String {
+pub(super) fn sha256(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
 }
 
-fn free_port() -> u16 {
+pub(super) fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -56,7 +56,7 @@ fn free_port() -> u16 {
 }
 
 /// Serves `archive` at `/v1/archives/<its sha256>` to requests bearing `token-1`.
-async fn archive_server(archive: Vec<u8>) -> SocketAddr {
+pub(super) async fn archive_server(archive: Vec<u8>) -> SocketAddr {
     let sha = sha256(&archive);
     let app = axum::Router::new().route(
         "/v1/archives/{sha}",

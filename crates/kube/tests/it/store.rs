@@ -1,5 +1,6 @@
 //! KubeStore: the request each store operation sends and how each answer maps to the store's
-//! semantics (conflicts, retries, status subresource, Secrets, watch events, bookmarks, Gone).
+//! semantics (conflicts, retries, status subresource, Secrets, watch events, bookmarks, Gone,
+//! objects being deleted, finalizers).
 
 use std::sync::{Arc, Mutex};
 
@@ -20,6 +21,14 @@ fn function(rv: &str, spec: Value) -> Value {
                      "uid": "u-1", "generation": 1, "managedFields": [{"manager": "kubectl"}]},
         "spec": spec,
     })
+}
+
+/// `function` carrying a deletionTimestamp (Kubernetes waits for its finalizers).
+fn terminating(rv: &str, spec: Value) -> Value {
+    let mut o = function(rv, spec);
+    o["metadata"]["deletionTimestamp"] = json!("2030-01-01T00:00:00Z");
+    o["metadata"]["finalizers"] = json!(["kappa.dev/instances"]);
+    o
 }
 
 fn kappa_function(spec: Value) -> Value {
@@ -89,6 +98,11 @@ async fn create_posts_and_maps_409_to_already_exists() {
             .get("resourceVersion")
             .is_none()
     );
+    assert_eq!(
+        requests[0].body["metadata"]["finalizers"],
+        json!([kappa_kube::FUNCTION_FINALIZER]),
+        "a Function is created with its finalizer"
+    );
     // The status given on create is written through the status subresource.
     assert_eq!(requests[1].line(), format!("PUT {FUNCTIONS}/hello/status"));
     assert_eq!(requests[1].body["status"]["lastError"], "kept on create");
@@ -115,8 +129,15 @@ async fn create_posts_and_maps_409_to_already_exists() {
 
 #[tokio::test]
 async fn replace_with_a_stale_version_is_a_conflict_naming_both_versions() {
+    let conflict = StoreError::Conflict {
+        kind: Kind::Function,
+        namespace: "default".into(),
+        name: "hello".into(),
+        expected: 5,
+        actual: 9,
+    };
+    // Already stale when read: no PUT at all.
     let (client, api) = FakeApi::start(|r| match r.method.as_str() {
-        "PUT" => status(409, "Conflict", "the object has been modified"),
         "GET" => Reply::Json(200, function("9", json!({}))),
         _ => status(405, "MethodNotAllowed", "unexpected"),
     });
@@ -128,19 +149,190 @@ async fn replace_with_a_stale_version_is_a_conflict_naming_both_versions() {
         )
         .await
         .unwrap_err();
-    assert_eq!(
-        err,
-        StoreError::Conflict {
-            kind: Kind::Function,
-            namespace: "default".into(),
-            name: "hello".into(),
-            expected: 5,
-            actual: 9
-        }
-    );
-    let put = &api.requests()[0];
+    assert_eq!(err, conflict);
+    assert_eq!(api.lines(), [format!("GET {FUNCTIONS}/hello")]);
+
+    // Someone writes between our read and our PUT: the API server's 409.
+    let gets = Arc::new(Mutex::new(0));
+    let (client, api) = {
+        let gets = Arc::clone(&gets);
+        FakeApi::start(move |r| match r.method.as_str() {
+            "PUT" => status(409, "Conflict", "the object has been modified"),
+            "GET" => {
+                let mut n = gets.lock().unwrap();
+                *n += 1;
+                Reply::Json(200, function(if *n == 1 { "5" } else { "9" }, json!({})))
+            }
+            _ => status(405, "MethodNotAllowed", "unexpected"),
+        })
+    };
+    let store = KubeStore::new(client);
+    let err = store
+        .put(
+            kappa_function(json!({"a": 2})),
+            Precondition::ResourceVersion(5),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err, conflict);
+    let put = &api.requests()[1];
     assert_eq!(put.line(), format!("PUT {FUNCTIONS}/hello"));
     assert_eq!(put.body["metadata"]["resourceVersion"], "5");
+}
+
+#[tokio::test]
+async fn replacements_keep_finalizers_and_owner_references() {
+    let (client, api) = FakeApi::start(|r| match r.method.as_str() {
+        "GET" => {
+            let mut o = function("5", json!({"a": 1}));
+            o["metadata"]["finalizers"] = json!(["kappa.dev/instances", "example.com/backup"]);
+            o["metadata"]["ownerReferences"] = json!([{"apiVersion": "v1", "kind": "ConfigMap",
+                "name": "owner", "uid": "u-9"}]);
+            Reply::Json(200, o)
+        }
+        "PUT" => {
+            let mut o = r.body.clone();
+            o["metadata"]["resourceVersion"] = json!("6");
+            Reply::Json(200, o)
+        }
+        _ => status(405, "MethodNotAllowed", "unexpected"),
+    });
+    let store = KubeStore::new(client);
+    for precondition in [
+        Precondition::ResourceVersion(5),
+        Precondition::None,
+        Precondition::MustExist,
+    ] {
+        store
+            .put(kappa_function(json!({"a": 2})), precondition)
+            .await
+            .unwrap();
+    }
+    let puts: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PUT")
+        .collect();
+    assert_eq!(puts.len(), 3);
+    for put in puts {
+        assert_eq!(put.path, format!("{FUNCTIONS}/hello"));
+        assert_eq!(put.body["spec"]["a"], 2);
+        assert_eq!(put.body["metadata"]["resourceVersion"], "5");
+        assert_eq!(
+            put.body["metadata"]["finalizers"],
+            json!(["kappa.dev/instances", "example.com/backup"]),
+            "a PUT without them would drop them"
+        );
+        assert_eq!(put.body["metadata"]["ownerReferences"][0]["uid"], "u-9");
+    }
+}
+
+#[tokio::test]
+async fn objects_being_deleted_are_gone_to_the_platform() {
+    let (client, api) = FakeApi::start(|r| match (r.method.as_str(), r.path.as_str()) {
+        ("GET", "/apis/kappa.dev/v1/functions") => Reply::Json(
+            200,
+            json!({
+            "apiVersion": "kappa.dev/v1", "kind": "FunctionList", "metadata": {"resourceVersion": "30"},
+            "items": [
+                {"apiVersion": "kappa.dev/v1", "kind": "Function", "metadata": {"name": "live", "namespace": "x", "resourceVersion": "3"}, "spec": {}},
+                {"apiVersion": "kappa.dev/v1", "kind": "Function", "metadata": {"name": "going", "namespace": "x", "resourceVersion": "4",
+                    "deletionTimestamp": "2030-01-01T00:00:00Z", "finalizers": ["kappa.dev/instances"]}, "spec": {}},
+            ]}),
+        ),
+        ("GET", p) if p == format!("{FUNCTIONS}/hello") => {
+            Reply::Json(200, terminating("8", json!({"a": 1})))
+        }
+        _ => status(405, "MethodNotAllowed", "unexpected"),
+    });
+    let store = KubeStore::new(client);
+    assert!(
+        store
+            .get(Kind::Function, "default", "hello")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let list = store.list(Kind::Function, None).await.unwrap();
+    let names: Vec<&str> = list.items.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["live"]);
+
+    let not_found = |e: &StoreError| {
+        matches!(
+            e,
+            StoreError::NotFound {
+                kind: Kind::Function,
+                ..
+            }
+        )
+    };
+    for precondition in [Precondition::MustExist, Precondition::ResourceVersion(8)] {
+        let err = store
+            .put(kappa_function(json!({"a": 2})), precondition)
+            .await
+            .unwrap_err();
+        assert!(not_found(&err), "{precondition:?}: {err}");
+    }
+    let err = store
+        .put_status(
+            Kind::Function,
+            "default",
+            "hello",
+            json!({}),
+            Precondition::None,
+        )
+        .await
+        .unwrap_err();
+    assert!(not_found(&err), "{err}");
+    let err = store
+        .delete(Kind::Function, "default", "hello", Precondition::None)
+        .await
+        .unwrap_err();
+    assert!(not_found(&err), "{err}");
+    // An unconditional write would be a create, and the name is still taken.
+    let err = store
+        .put(kappa_function(json!({"a": 2})), Precondition::None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::Terminating {
+            kind: Kind::Function,
+            namespace: "default".into(),
+            name: "hello".into()
+        }
+    );
+    assert!(
+        api.requests().iter().all(|r| r.method == "GET"),
+        "nothing is written to an object being deleted: {:#?}",
+        api.lines()
+    );
+}
+
+#[tokio::test]
+async fn creating_a_name_still_being_deleted_is_a_clear_conflict() {
+    let (client, _api) = FakeApi::start(|r| match r.method.as_str() {
+        "POST" => status(
+            409,
+            "AlreadyExists",
+            "object is being deleted: functions.kappa.dev \"hello\" already exists",
+        ),
+        _ => status(405, "MethodNotAllowed", "unexpected"),
+    });
+    let store = KubeStore::new(client);
+    let err = store
+        .put(kappa_function(json!({"a": 1})), Precondition::MustNotExist)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Terminating { kind: Kind::Function, ref name, .. } if name == "hello"),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("Function default/hello is still being deleted"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
@@ -345,6 +537,52 @@ async fn list_sorts_and_secrets_are_native_labelled_objects() {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+}
+
+#[tokio::test]
+async fn watch_reports_a_deletion_once_when_the_deletion_timestamp_appears() {
+    let named = |name: &str, o: Value| {
+        let mut o = o;
+        o["metadata"]["name"] = json!(name);
+        o
+    };
+    let (client, _api) = FakeApi::start(move |_| {
+        watch_lines(&[
+            json!({"type": "ADDED", "object": named("a", function("21", json!({})))}),
+            // kubectl delete: the deletionTimestamp appears → reported as deleted, now.
+            json!({"type": "MODIFIED", "object": named("a", terminating("22", json!({})))}),
+            // Changes while its finalizers run, and the final removal: nothing more.
+            json!({"type": "MODIFIED", "object": named("a", terminating("23", json!({"x": 1})))}),
+            json!({"type": "DELETED", "object": named("a", terminating("24", json!({"x": 1})))}),
+            // Removed without finalizers: reported when removed.
+            json!({"type": "ADDED", "object": named("b", function("25", json!({})))}),
+            json!({"type": "DELETED", "object": named("b", function("26", json!({})))}),
+            // Marked before this watch started (the consumer saw it, or never knew it).
+            json!({"type": "DELETED", "object": named("c", terminating("27", json!({})))}),
+            json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
+                "status": "Failure", "message": "too old resource version", "reason": "Expired", "code": 410}}),
+        ])
+    });
+    let store = KubeStore::new(client);
+    let mut stream = store.watch(&[Kind::Function], Some(20));
+    let mut seen = Vec::new();
+    while let Some(item) = stream.next().await {
+        seen.push(item.map(|e| (e.event_type, e.object.name, e.object.resource_version)));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            Ok((EventType::Added, "a".to_string(), 21)),
+            Ok((EventType::Deleted, "a".to_string(), 22)),
+            Ok((EventType::Added, "b".to_string(), 25)),
+            Ok((EventType::Deleted, "b".to_string(), 26)),
+            // The version still advanced past the events not reported.
+            Err(StoreError::Gone {
+                requested: 27,
+                oldest: 0
+            }),
+        ]
+    );
 }
 
 #[tokio::test]
