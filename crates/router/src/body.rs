@@ -11,10 +11,11 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use kappa_core::Permit;
 
 use crate::metrics::InflightGuard;
-use crate::upstream::{Conn, EndpointPool};
+use crate::upstream::EndpointPool;
 
 /// A boxed error, as hyper and axum carry them.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -111,7 +112,7 @@ impl Body for RequestBody {
 /// (returned to the pool only after a complete body) and the in-flight gauge.
 pub(crate) struct Lease {
     pub permit: Permit,
-    pub conn: Box<Conn>,
+    pub conn: SendRequest<RequestBody>,
     pub pool: Arc<EndpointPool>,
     pub inflight: InflightGuard,
 }
@@ -181,20 +182,7 @@ impl Body for ResponseBody {
                     .map(|b| Ok(Frame::data(b))),
             ),
             Kind::Upstream { body, lease } => {
-                // This task drives the upstream connection (see `upstream`): the driver reads
-                // what the body waits for. A body that finds nothing polls the driver once more,
-                // since asking for more data is what lets the driver read on.
-                let mut polled = Poll::Pending;
-                for _ in 0..2 {
-                    if let Some(lease) = lease.as_mut() {
-                        lease.conn.poll_driver(cx);
-                    }
-                    polled = Pin::new(&mut *body).poll_frame(cx);
-                    if polled.is_ready() {
-                        break;
-                    }
-                }
-                let polled = ready!(polled);
+                let polled = ready!(Pin::new(body).poll_frame(cx));
                 match &polled {
                     None => {
                         if let Some(lease) = lease.take() {

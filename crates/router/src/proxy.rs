@@ -416,7 +416,10 @@ async fn entry_from_store(
 
 /// How one attempt on one endpoint ended.
 enum Attempt {
-    Response(Response<Incoming>, Box<crate::upstream::Conn>),
+    Response(
+        Response<Incoming>,
+        hyper::client::conn::http1::SendRequest<RequestBody>,
+    ),
     /// Nothing was sent: the request can go to another endpoint.
     NotSent(String),
     Timeout,
@@ -486,7 +489,7 @@ async fn forward(
             {
                 req.headers_mut().insert(HOST, host);
             }
-            match tokio::time::timeout_at(deadline, conn.send(req)).await {
+            match tokio::time::timeout_at(deadline, conn.try_send_request(req)).await {
                 Ok(Ok(response)) => break Attempt::Response(response, conn),
                 Ok(Err(mut error)) => match error.take_message() {
                     Some(req) => {

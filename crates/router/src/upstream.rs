@@ -4,27 +4,13 @@
 //! whether a failure happened *before* any byte of the request was sent: connecting is a separate
 //! step, and `try_send_request` hands the request back when it was not written. That is what
 //! makes the one retry safe.
-//!
-//! A connection is not given a task of its own: its driver (hyper's `Connection` future) is
-//! polled by whoever uses the connection — the request's task while the request goes out and
-//! the head comes back, then the response body as the client's connection reads it. The whole
-//! exchange thus runs in the client connection's task, with no wake-up of another task (and
-//! often of another thread) per request and per body frame; that hop was most of the router's
-//! cost per request. An idle pooled connection is polled by nobody: it is checked when it is
-//! taken (a closed one is dropped) and swept after [`IDLE_TIMEOUT`].
 
-use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
-use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use hyper::Request;
-use hyper::body::Incoming;
-use hyper::client::conn::TrySendError;
-use hyper::client::conn::http1::{self, Connection, SendRequest};
+use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -85,68 +71,8 @@ impl Upstreams {
     }
 }
 
-/// One connection to an instance: the handle requests are sent on and the driver that does its
-/// IO, polled by the connection's current user.
-pub(crate) struct Conn {
-    sender: SendRequest<RequestBody>,
-    driver: Connection<TokioIo<TcpStream>, RequestBody>,
-    ended: bool,
-}
-
-impl Conn {
-    /// Lets the connection do its IO; true once it has ended (closed or failed).
-    pub fn poll_driver(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.ended
-            && let Poll::Ready(result) = Pin::new(&mut self.driver).poll(cx)
-        {
-            self.ended = true;
-            if let Err(error) = result {
-                tracing::debug!(%error, "upstream connection ended with an error");
-            }
-        }
-        self.ended
-    }
-
-    fn is_closed(&mut self) -> bool {
-        // A poll with a no-op waker takes in what already arrived (such as the peer's FIN).
-        self.poll_driver(&mut Context::from_waker(Waker::noop())) || self.sender.is_closed()
-    }
-
-    /// Waits (driving the connection) until it can take a request; false if it ended.
-    async fn ready(&mut self) -> bool {
-        poll_fn(|cx| {
-            if self.poll_driver(cx) {
-                return Poll::Ready(false);
-            }
-            self.sender.poll_ready(cx).map(|r| r.is_ok())
-        })
-        .await
-    }
-
-    /// Sends `request` and waits for the response head, driving the connection meanwhile.
-    /// The request is handed back when it was not sent at all.
-    pub async fn send(
-        &mut self,
-        request: Request<RequestBody>,
-    ) -> Result<hyper::Response<Incoming>, TrySendError<Request<RequestBody>>> {
-        let mut response = pin!(self.sender.try_send_request(request));
-        poll_fn(|cx| {
-            // The driver first: it writes the request and reads the head the response waits on.
-            let ended = self.poll_driver(cx);
-            match response.as_mut().poll(cx) {
-                Poll::Ready(result) => Poll::Ready(result),
-                // An ended driver has answered (or dropped) the exchange: the next poll of the
-                // response sees it, and the driver woke this task when it ended.
-                Poll::Pending if ended => response.as_mut().poll(cx),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await
-    }
-}
-
 struct Idle {
-    conn: Box<Conn>,
+    conn: SendRequest<RequestBody>,
     since: Instant,
 }
 
@@ -194,13 +120,13 @@ impl EndpointPool {
     }
 
     fn expire(&self, now: Instant) {
-        self.lock().retain_mut(|idle| {
+        self.lock().retain(|idle| {
             !idle.conn.is_closed() && now.saturating_duration_since(idle.since) < IDLE_TIMEOUT
         });
     }
 
     /// Returns a connection after a complete exchange; dropped when closed or the pool is full.
-    pub fn put(&self, mut conn: Box<Conn>) {
+    pub fn put(&self, conn: SendRequest<RequestBody>) {
         if conn.is_closed() {
             return;
         }
@@ -214,35 +140,39 @@ impl EndpointPool {
     }
 
     /// The most recently used idle connection that is ready for a request, if any.
-    pub async fn checkout(&self) -> Option<Box<Conn>> {
+    pub async fn checkout(&self) -> Option<SendRequest<RequestBody>> {
         loop {
             let mut conn = self.lock().pop()?.conn;
             if conn.is_closed() {
                 continue;
             }
-            // The previous exchange may have ended before the driver finished its bookkeeping;
-            // driving it here takes no network time.
-            if let Ok(true) = tokio::time::timeout(READY_TIMEOUT, conn.ready()).await {
+            if conn.is_ready() {
+                return Some(conn);
+            }
+            // The previous exchange just ended and the connection task has not yet asked for the
+            // next request; that takes one scheduling round, not network time.
+            if let Ok(Ok(())) = tokio::time::timeout(READY_TIMEOUT, conn.ready()).await {
                 return Some(conn);
             }
         }
     }
 
-    /// Opens a new connection (TCP_NODELAY).
-    pub async fn connect(&self) -> Result<Box<Conn>, ConnectError> {
+    /// Opens a new connection (TCP_NODELAY) and spawns its connection task.
+    pub async fn connect(&self) -> Result<SendRequest<RequestBody>, ConnectError> {
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
             .await
             .map_err(|_| ConnectError::Timeout)??;
         stream.set_nodelay(true)?;
-        let (sender, driver) = http1::Builder::new()
+        let (sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
             .map_err(ConnectError::Handshake)?;
-        // Boxed: the driver is large, and the box moves between the pool and the exchanges.
-        Ok(Box::new(Conn {
-            sender,
-            driver,
-            ended: false,
-        }))
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%addr, %error, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
     }
 }
