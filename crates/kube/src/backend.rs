@@ -28,7 +28,7 @@ use kappa_core::{
 use kappa_store::Store;
 use kappa_types::{Environment, Kind};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Client, Error as KubeError};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -111,6 +111,31 @@ impl std::fmt::Debug for PodBackend {
 /// (role `newdeploy`) belong to their ReplicaSet and are left alone.
 fn selector() -> String {
     format!("{LABEL_MANAGED_BY}=kappa,{LABEL_ROLE} in ({ROLE_POOL},{ROLE_SPECIALIZED})")
+}
+
+/// Follows the pods `pods` selects by `labels` until `shutdown` with kube-runtime's watcher
+/// (re-lists after a 410, reconnects with backoff), handing every event to `on_event`.
+pub(crate) async fn follow_pods(
+    pods: Api<Pod>,
+    labels: &str,
+    what: &str,
+    shutdown: &CancellationToken,
+    mut on_event: impl FnMut(watcher::Event<Pod>),
+) {
+    let config = watcher::Config::default().labels(labels);
+    let stream = watcher::watcher(pods, config).default_backoff();
+    let mut stream = std::pin::pin!(stream);
+    loop {
+        let event = tokio::select! {
+            () = shutdown.cancelled() => return,
+            e = stream.next() => e,
+        };
+        match event {
+            None => return,
+            Some(Ok(event)) => on_event(event),
+            Some(Err(error)) => tracing::warn!(%error, "{what} failed; retrying"),
+        }
+    }
 }
 
 pub(crate) fn api_status(e: &KubeError) -> Option<u16> {
@@ -332,23 +357,16 @@ impl PodBackend {
     /// pod's container terminates or a pod disappears without this backend deleting it.
     /// Uses kube-runtime's watcher (re-lists after a 410 and reconnects with backoff).
     pub async fn watch_pods(self: Arc<Self>, shutdown: CancellationToken) {
-        let config = watcher::Config::default().labels(&selector());
-        let stream = watcher::watcher(self.pods.clone(), config);
-        let mut stream = std::pin::pin!(stream);
-        loop {
-            let event = tokio::select! {
-                () = shutdown.cancelled() => return,
-                e = stream.next() => e,
-            };
-            match event {
-                None => return,
-                Some(Ok(event)) => self.on_watch_event(event),
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "pod watch failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        }
+        follow_pods(
+            self.pods.clone(),
+            &selector(),
+            "pod watch",
+            &shutdown,
+            |event| {
+                self.on_watch_event(event);
+            },
+        )
+        .await;
     }
 
     /// Applies one pod watch event (public for tests that feed events directly).

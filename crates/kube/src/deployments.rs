@@ -26,10 +26,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -50,7 +48,8 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{
-    PodBackendConfig, PodState, api_status, environment_placement, fetch_request, pod_state,
+    PodBackendConfig, PodState, api_status, environment_placement, fetch_request, follow_pods,
+    pod_state,
 };
 use crate::fetcher::{FetchRequest, RUNTIME_PORT};
 use crate::pods::{
@@ -403,26 +402,14 @@ impl KubeDeployments {
     /// Watches the Deployments' pods until `shutdown`, publishing [`DeploymentEvent`]s. Uses
     /// kube-runtime's watcher (re-lists after a 410 and reconnects).
     pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
-        let config = watcher::Config::default().labels(&selector());
-        let stream = watcher::watcher(self.pods.clone(), config);
-        let mut stream = std::pin::pin!(stream);
-        loop {
-            let event = tokio::select! {
-                () = shutdown.cancelled() => return,
-                e = stream.next() => e,
-            };
-            match event {
-                None => return,
-                Some(Ok(event)) => self.on_watch_event(event),
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "deployment pod watch failed; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
-            }
-        }
+        follow_pods(
+            self.pods.clone(),
+            &selector(),
+            "deployment pod watch",
+            &shutdown,
+            |event| self.on_watch_event(event),
+        )
+        .await;
     }
 
     /// Applies one pod watch event (public for tests that feed events directly).
