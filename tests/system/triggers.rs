@@ -11,7 +11,7 @@ use kappa_triggers::Broker;
 use kappa_triggers::nats::NatsBroker;
 use kappa_triggers::testkit::NatsServer;
 
-use crate::harness::{Platform, eventually, function_path};
+use crate::harness::{Platform, eventually, function_path, http};
 
 /// A message read back: its headers (lower-case names) and body.
 type Received = (HashMap<String, String>, Bytes);
@@ -170,6 +170,13 @@ fn replies_reach_the_response_topic() {
     }
     let list = p.ok(&["mqt", "list"]);
     assert!(list.contains("orders") && list.contains("ready"), "{list}");
+    // The API's /metrics (open, like the probes) counts the acknowledged messages.
+    eventually(Duration::from_secs(10), "3 messages counted ok", || {
+        let metrics = http(p.api, "GET", "/metrics", &[], b"").ok()?.text();
+        metrics
+            .contains(r#"kappa_triggers_messages_total{trigger="default/orders",result="ok"} 3"#)
+            .then_some(())
+    });
 }
 
 /// A function that fails twice then succeeds is retried with backoff; one that always fails

@@ -180,6 +180,7 @@ struct Ready {
 struct Admin {
     ready: Vec<Ready>,
     api_metrics: Option<Arc<ApiMetrics>>,
+    /// The shared registry (executor and trigger metrics) when no API role serves it.
     executor_metrics: Option<Arc<prometheus_client::registry::Registry>>,
     router: Option<Router>,
 }
@@ -504,6 +505,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         (None, None) => None,
     };
 
+    // The trigger workers' metrics join the shared registry before the API role takes it.
+    let trigger_metrics = if has(Role::Triggers) {
+        Some(kappa_triggers::TriggerMetrics::new(
+            registry.as_mut().context("the metrics registry is gone")?,
+        ))
+    } else {
+        None
+    };
+
     // ---- api --------------------------------------------------------------------------------
     if has(Role::Api) {
         let (Some(archives), Some(logs)) = (&archives, &logs) else {
@@ -546,7 +556,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         admin.api_metrics = Some(metrics);
     }
     if let Some(registry) = registry.take()
-        && has(Role::Executor)
+        && (has(Role::Executor) || has(Role::Triggers))
     {
         admin.executor_metrics = Some(Arc::new(registry));
     }
@@ -570,6 +580,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             Arc::clone(&store),
             Arc::new(TriggerInvoker(Arc::clone(invoker))),
         );
+        let manager = match trigger_metrics {
+            Some(metrics) => manager.with_registered_metrics(metrics),
+            None => manager,
+        };
         let leadership = elect(
             kube_client.as_ref(),
             "kappa-triggers",

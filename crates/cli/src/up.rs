@@ -160,6 +160,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         Arc::clone(&archives),
         &mut registry,
     );
+    let trigger_metrics = kappa_triggers::TriggerMetrics::new(&mut registry);
     let router = Router::new(
         RouterConfig {
             queue_limit: args.queue_limit,
@@ -179,7 +180,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let api_url = format!("http://{}", api.local_addr()?);
     let admin_url = format!("http://{}", admin.local_addr()?);
 
-    // The API server's /metrics serves the pool manager's metrics along with its own.
+    // The API server's /metrics serves the pool manager's and the trigger workers' metrics along
+    // with its own.
     let state = ApiState::new(Arc::clone(&store), Arc::clone(&archives), Arc::clone(&logs))
         .with_metrics(Arc::new(kappa_api::ApiMetrics::with_registry(registry)))
         .with_token(token.clone())
@@ -220,7 +222,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             },
             Arc::clone(&store),
             Arc::new(RouterInvoker(router.clone())),
-        );
+        )
+        .with_registered_metrics(trigger_metrics);
         let token = shutdown.clone();
         tokio::spawn(async move { triggers.run(token).await })
     };

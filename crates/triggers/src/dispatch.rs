@@ -19,6 +19,9 @@
 //! point loses nothing: the broker delivers what was not acknowledged again (at least once).
 //! At most `maxConcurrency` messages of a trigger are processed at once (a semaphore taken
 //! before the next message is asked for); with 1, in the order the broker delivers them.
+//!
+//! Each settled delivery counts once in `kappa_triggers_messages_total` by how it was settled
+//! (see [`crate::metrics`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::broker::{Broker, BrokerError, Delivery, Header, Message, Subscription};
+use crate::metrics::{MessageResult, TriggerMetrics};
 
 /// Invokes a function; `kappa up` implements it with the router.
 #[async_trait]
@@ -160,6 +164,7 @@ impl Target {
 #[derive(Clone)]
 pub struct Dispatcher {
     inner: Arc<Inner>,
+    metrics: TriggerMetrics,
 }
 
 struct Inner {
@@ -167,6 +172,8 @@ struct Inner {
     invoker: Arc<dyn Invoke>,
     broker: Arc<dyn Broker>,
     config: DispatchConfig,
+    /// `namespace/trigger`, the `trigger` label of the metrics.
+    label: String,
 }
 
 /// What an invocation came to.
@@ -219,21 +226,31 @@ fn one_line(text: &str) -> String {
 }
 
 impl Dispatcher {
-    /// A dispatcher of `target`'s messages that publishes through `broker`.
+    /// A dispatcher of `target`'s messages that publishes through `broker`. Its metrics are in
+    /// no registry until [`Dispatcher::with_metrics`].
     pub fn new(
         target: Target,
         invoker: Arc<dyn Invoke>,
         broker: Arc<dyn Broker>,
         config: DispatchConfig,
     ) -> Self {
+        let label = format!("{}/{}", target.namespace, target.trigger);
         Self {
             inner: Arc::new(Inner {
                 target,
                 invoker,
                 broker,
                 config,
+                label,
             }),
+            metrics: TriggerMetrics::default(),
         }
+    }
+
+    /// Records each settled message in `metrics`.
+    pub fn with_metrics(mut self, metrics: TriggerMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Processes messages of `subscription` until `shutdown` (then `Ok`, after in-flight
@@ -267,7 +284,7 @@ impl Dispatcher {
                     let this = self.clone();
                     let span = tracing::info_span!(
                         "message",
-                        trigger = %format!("{}/{}", t.namespace, t.trigger),
+                        trigger = %self.inner.label,
                         function = %t.function,
                         topic = %delivery.message.topic,
                         id = %delivery.message.id,
@@ -304,6 +321,7 @@ impl Dispatcher {
 
     /// Invokes the function with one message and settles it.
     pub async fn handle(&self, delivery: Delivery) {
+        let started = std::time::Instant::now();
         let (message, settle) = delivery.into_parts();
         let t = &self.inner.target;
         let outcome = match self.invoke(&message).await {
@@ -322,15 +340,15 @@ impl Dispatcher {
             },
             Outcome::Failure { reason, status } => Err((reason, status)),
         };
-        let settled = match outcome {
+        let (result, settled) = match outcome {
             Ok(()) => {
                 tracing::debug!("processed");
-                settle.ack().await
+                (MessageResult::Ok, settle.ack().await)
             }
             Err((reason, _)) if message.attempt <= t.max_retries => {
                 let delay = self.inner.config.backoff.delay(message.attempt);
                 tracing::info!(%reason, retry_in_ms = delay.as_millis() as u64, "attempt failed; retrying");
-                settle.nak(delay).await
+                (MessageResult::Retried, settle.nak(delay).await)
             }
             Err((reason, status)) => match &t.error_topic {
                 Some(topic) => {
@@ -355,24 +373,30 @@ impl Dispatcher {
                     {
                         Ok(()) => {
                             tracing::warn!(%reason, error_topic = %topic, "message failed after its last attempt; published to the error topic");
-                            settle.ack().await
+                            (MessageResult::ErrorTopic, settle.ack().await)
                         }
                         Err(e) => {
                             let delay = self.inner.config.backoff.delay(message.attempt);
                             tracing::warn!(%reason, error = %e, "publishing to the error topic failed; keeping the message");
-                            settle.nak(delay).await
+                            (MessageResult::ErrorTopicFailed, settle.nak(delay).await)
                         }
                     }
                 }
                 None => {
                     tracing::warn!(%reason, "message failed after its last attempt and the trigger has no error topic; dropping it");
-                    settle.term().await
+                    (MessageResult::Dropped, settle.term().await)
                 }
             },
         };
-        if let Err(e) = settled {
-            tracing::warn!(error = %e, "settling the message failed; the broker will deliver it again");
-        }
+        let result = match settled {
+            Ok(()) => result,
+            Err(e) => {
+                tracing::warn!(error = %e, "settling the message failed; the broker will deliver it again");
+                MessageResult::SettleFailed
+            }
+        };
+        self.metrics
+            .message(&self.inner.label, result, started.elapsed().as_secs_f64());
     }
 
     /// `X-Kappa-Topic`, `X-Kappa-Trigger`, `X-Kappa-Message-Id` for published messages.

@@ -10,7 +10,9 @@
 //! - the time trigger [`Schedule`] (5 or 6 cron fields, descriptors, `@every`) and its worker,
 //!   which fires once per scheduled time, also across restarts;
 //! - the [`TriggerManager`], which runs one worker per trigger in the store and reports each
-//!   trigger's state in its status.
+//!   trigger's state in its status;
+//! - the [`TriggerMetrics`] (messages by result, processing time, time-trigger fires,
+//!   consumers), registered in the caller's Prometheus registry.
 //!
 //! Deliberately not here: validation of the trigger resources (`kappa-types`, plus the full cron
 //! parse at admission in `kappa-api`, which calls [`Schedule::parse`]), the invocation itself
@@ -20,6 +22,7 @@
 pub mod broker;
 pub mod dispatch;
 pub mod manager;
+pub mod metrics;
 pub mod nats;
 pub mod redis;
 pub mod schedule;
@@ -35,5 +38,6 @@ pub use dispatch::{Backoff, DispatchConfig, Dispatcher, Invoke, Target};
 pub use manager::{
     DEFAULT_NATS_URL, DEFAULT_REDIS_URL, ManagerConfig, TriggerManager, consumer_spec, durable_name,
 };
+pub use metrics::TriggerMetrics;
 pub use schedule::{Schedule, ScheduleError, parse_duration};
 pub use status::{ERROR, PENDING, READY};

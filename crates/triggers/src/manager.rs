@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, Connector, ConsumerSpec, DefaultConnector};
 use crate::dispatch::{Backoff, DispatchConfig, Dispatcher, Invoke, Target};
+use crate::metrics::TriggerMetrics;
 use crate::status::{self, StatusWriter};
 use crate::timer::{self, TimerContext};
 
@@ -75,6 +76,7 @@ pub struct TriggerManager {
     store: Arc<dyn Store>,
     invoker: Arc<dyn Invoke>,
     connector: Arc<dyn Connector>,
+    metrics: TriggerMetrics,
 }
 
 /// Identifies a trigger.
@@ -123,7 +125,21 @@ impl TriggerManager {
             store,
             invoker,
             connector: Arc::new(DefaultConnector),
+            metrics: TriggerMetrics::default(),
         }
+    }
+
+    /// Registers the workers' metrics (`kappa_triggers_*`) in `registry`. Without it they are
+    /// recorded in no registry.
+    pub fn with_metrics(self, registry: &mut prometheus_client::registry::Registry) -> Self {
+        self.with_registered_metrics(TriggerMetrics::new(registry))
+    }
+
+    /// Records the workers' metrics in `metrics`, registered beforehand (for a caller whose
+    /// registry is handed on before the manager is built).
+    pub fn with_registered_metrics(mut self, metrics: TriggerMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Uses `connector` to reach brokers (tests pass a fake).
@@ -319,6 +335,7 @@ impl TriggerManager {
                     let ctx = Arc::new(TimerContext {
                         store: Arc::clone(&self.store),
                         invoker: Arc::clone(&self.invoker),
+                        metrics: self.metrics.clone(),
                     });
                     tokio::spawn(timer::run(trigger, *function_timeout, ctx, stop.clone()))
                 }
@@ -415,8 +432,12 @@ impl TriggerManager {
                         Arc::clone(&self.invoker),
                         broker,
                         self.config.dispatch.clone(),
-                    );
-                    match dispatcher.run(subscription, stop.clone()).await {
+                    )
+                    .with_metrics(self.metrics.clone());
+                    let consuming = self.metrics.consuming();
+                    let ended = dispatcher.run(subscription, stop.clone()).await;
+                    drop(consuming);
+                    match ended {
                         Ok(()) => return,
                         Err(e) => e,
                     }

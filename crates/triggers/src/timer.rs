@@ -9,6 +9,9 @@
 //!   are not caught up: the schedule resumes with the next time after now.
 //! - **No stacking.** At most one run per trigger is in flight; a time that comes while the
 //!   previous run is still running is skipped and reported (log, and the status reason).
+//!
+//! Every scheduled time reached counts once in `kappa_triggers_timer_fires_total`, by what came
+//! of it (ok, failed, timeout, skipped, unrecorded).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -19,6 +22,7 @@ use kappa_types::{Kind, TimeTrigger};
 use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::Invoke;
+use crate::metrics::{FireResult, TriggerMetrics};
 use crate::schedule::Schedule;
 use crate::status::{self, StatusWriter};
 
@@ -26,6 +30,7 @@ use crate::status::{self, StatusWriter};
 pub(crate) struct TimerContext {
     pub(crate) store: Arc<dyn kappa_store::Store>,
     pub(crate) invoker: Arc<dyn Invoke>,
+    pub(crate) metrics: TriggerMetrics,
 }
 
 /// Runs `trigger`'s schedule until `shutdown`.
@@ -37,6 +42,7 @@ pub(crate) async fn run(
 ) {
     let ns = trigger.metadata.namespace.clone();
     let name = trigger.metadata.name.clone();
+    let label = format!("{ns}/{name}");
     let mut status = StatusWriter::new(
         Arc::clone(&ctx.store),
         Kind::TimeTrigger,
@@ -99,6 +105,7 @@ pub(crate) async fn run(
             if let Err(e) = status.fired(next, reason).await {
                 tracing::warn!(trigger = %name, error = %e, "recording a skipped run failed");
             }
+            ctx.metrics.fired(&label, FireResult::Skipped);
             last_fired = Some(next);
             continue;
         }
@@ -109,6 +116,7 @@ pub(crate) async fn run(
         if let Err(e) = status.fired(next, reason).await {
             tracing::warn!(trigger = %name, namespace = %ns, error = %e, scheduled = %status::rfc3339(next),
                 "recording the run failed; skipping it so that it cannot run twice");
+            ctx.metrics.fired(&label, FireResult::Unrecorded);
             last_fired = Some(next);
             continue;
         }
@@ -118,6 +126,8 @@ pub(crate) async fn run(
         let function = function.clone();
         let outcome = Arc::clone(&outcome);
         let trigger_name = name.clone();
+        let metrics = ctx.metrics.clone();
+        let label = label.clone();
         let timeout = function_timeout + Duration::from_secs(5);
         running = Some((
             next,
@@ -130,24 +140,34 @@ pub(crate) async fn run(
                     status
                 })
                 .await;
-                let text = match result {
+                let (fire, text) = match result {
                     Ok(s) if s.is_success() => {
                         tracing::debug!(trigger = %trigger_name, function = %function, status = s.as_u16(), "timer run done");
-                        format!("last run at {}: {s}", status::rfc3339(next))
+                        (
+                            FireResult::Ok,
+                            format!("last run at {}: {s}", status::rfc3339(next)),
+                        )
                     }
                     Ok(s) => {
                         tracing::warn!(trigger = %trigger_name, function = %function, status = s.as_u16(), "timer run failed");
-                        format!("last run at {} failed: {s}", status::rfc3339(next))
+                        (
+                            FireResult::Failed,
+                            format!("last run at {} failed: {s}", status::rfc3339(next)),
+                        )
                     }
                     Err(_) => {
                         tracing::warn!(trigger = %trigger_name, function = %function, "timer run timed out");
-                        format!(
-                            "last run at {} failed: no answer within {} s",
-                            status::rfc3339(next),
-                            timeout.as_secs()
+                        (
+                            FireResult::Timeout,
+                            format!(
+                                "last run at {} failed: no answer within {} s",
+                                status::rfc3339(next),
+                                timeout.as_secs()
+                            ),
                         )
                     }
                 };
+                metrics.fired(&label, fire);
                 *outcome.lock().unwrap_or_else(PoisonError::into_inner) = text;
             }),
         ));
