@@ -672,6 +672,19 @@ impl Admit for ConfigMapSpec {
 }
 
 /// The packages (`"package default/hello"`) that reference archive `sha256`.
+/// The digests of every stored archive some Package's source or deployment names.
+pub(crate) async fn archives_in_use(
+    state: &ApiState,
+) -> Result<std::collections::HashSet<String>, ApiError> {
+    Ok(list_typed::<PackageSpec>(state, None)
+        .await?
+        .iter()
+        .flat_map(|p| [&p.spec.source, &p.spec.deployment])
+        .flatten()
+        .filter_map(|a| a.stored_sha256().map(str::to_owned))
+        .collect())
+}
+
 pub(crate) async fn archive_users(state: &ApiState, sha256: &str) -> Result<Vec<String>, ApiError> {
     Ok(list_typed::<PackageSpec>(state, None)
         .await?

@@ -12,7 +12,7 @@ use kappa_types::{ARCHIVE_STORE_PREFIX, is_sha256_hex};
 use serde_json::{Value, json};
 use tokio_util::io::ReaderStream;
 
-use crate::admit::archive_users;
+use crate::admit::{archive_users, archives_in_use};
 use crate::error::ApiError;
 use crate::extract::Params;
 use crate::state::ApiState;
@@ -147,4 +147,62 @@ pub(crate) async fn delete(
     }
     tracing::info!(sha256 = %sha256, "archive deleted");
     Ok(Json(describe(&info)).into_response())
+}
+
+/// Deletes the archives that no Package references and that were last stored (uploaded, or
+/// uploaded again) more than `grace` ago; returns their digests. The grace period covers the
+/// time between an upload and the package that will name it (the CLI uploads first), and a
+/// build between storing its output and writing it to its package. Runs under the API's write
+/// lock, so no package write interleaves with the check.
+pub async fn collect_unused_archives(
+    state: &ApiState,
+    grace: std::time::Duration,
+) -> Result<Vec<String>, ApiError> {
+    let cutoff = std::time::SystemTime::now()
+        .checked_sub(grace)
+        .unwrap_or(std::time::UNIX_EPOCH);
+    let _write = state.write_lock.lock().await;
+    let used = archives_in_use(state).await?;
+    let mut deleted = Vec::new();
+    for info in state.archives.list().await? {
+        if used.contains(&info.sha256) {
+            continue;
+        }
+        if state
+            .archives
+            .delete_if_stored_before(&info.sha256, cutoff)
+            .await?
+        {
+            tracing::info!(sha256 = %info.sha256, size = info.size, "deleted an archive no package uses");
+            deleted.push(info.sha256);
+        }
+    }
+    Ok(deleted)
+}
+
+/// Runs [`collect_unused_archives`] every `interval` until `shutdown`.
+pub(crate) async fn collect_unused_archives_every(
+    state: ApiState,
+    interval: std::time::Duration,
+    grace: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval.max(std::time::Duration::from_secs(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is immediate: start one interval after start-up
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match collect_unused_archives(&state, grace).await {
+            Ok(deleted) if !deleted.is_empty() => {
+                tracing::info!(count = deleted.len(), "collected unused archives");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "collecting unused archives failed; retrying later")
+            }
+        }
+    }
 }

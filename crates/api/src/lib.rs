@@ -39,9 +39,10 @@ use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+pub use archives::collect_unused_archives;
 pub use error::ApiError;
 pub use metrics::ApiMetrics;
-pub use state::{ApiState, DEFAULT_BOOKMARK_INTERVAL, Invoker, RouteSync};
+pub use state::{ApiState, ArchiveGc, DEFAULT_BOOKMARK_INTERVAL, Invoker, RouteSync};
 
 /// Largest resource body (JSON or YAML) the API reads: 4 MiB. Archives have their own limit,
 /// the archive store's.
@@ -112,6 +113,14 @@ pub async fn serve(
     use axum::serve::ListenerExt;
 
     let state = state.with_shutdown(shutdown.clone());
+    let gc = state.archive_gc.map(|gc| {
+        tokio::spawn(archives::collect_unused_archives_every(
+            state.clone(),
+            gc.interval,
+            gc.grace,
+            shutdown.clone(),
+        ))
+    });
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "API server listening");
     }
@@ -120,7 +129,11 @@ pub async fn serve(
             tracing::debug!(error = %e, "setting TCP_NODELAY failed");
         }
     });
-    axum::serve(listener, app(state))
+    let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+        .await;
+    if let Some(gc) = gc {
+        gc.abort();
+    }
+    served
 }

@@ -70,6 +70,28 @@ pub struct ApiState {
     /// Cancelled when the server shuts down: ends the long-lived streams (watch, log follow)
     /// so a graceful shutdown does not wait on them forever.
     pub(crate) shutdown: CancellationToken,
+    /// How often unused archives are collected, and how old an unused one must be; `None`
+    /// keeps every archive.
+    pub archive_gc: Option<ArchiveGc>,
+}
+
+/// The collection of archives no Package uses (see `collect_unused_archives`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArchiveGc {
+    /// Time between two collections.
+    pub interval: Duration,
+    /// How long an unused archive is kept after it was last uploaded.
+    pub grace: Duration,
+}
+
+impl Default for ArchiveGc {
+    /// Every 10 minutes, archives unused and not uploaded for an hour.
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(600),
+            grace: Duration::from_secs(3600),
+        }
+    }
 }
 
 impl ApiState {
@@ -87,7 +109,14 @@ impl ApiState {
             bookmark_interval: DEFAULT_BOOKMARK_INTERVAL,
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
             shutdown: CancellationToken::new(),
+            archive_gc: None,
         }
+    }
+
+    /// Collects unused archives while [`crate::serve`] runs.
+    pub fn with_archive_gc(mut self, gc: ArchiveGc) -> Self {
+        self.archive_gc = Some(gc);
+        self
     }
 
     /// Requires `Authorization: Bearer <token>` on every route but health and metrics.

@@ -5,6 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -212,17 +213,31 @@ impl ArchiveStore {
 
         let sha256 = hex(&hasher.finalize());
         let dest = self.inner.blobs.join(&sha256);
-        let exists = tokio::fs::try_exists(&dest).await.map_err(at(&dest))?;
-        if exists {
-            tracing::debug!(sha256 = %sha256, size, "archive already stored");
-            // The guard removes the duplicate temporary file.
-        } else {
-            tokio::fs::rename(&tmp_path, &dest)
-                .await
-                .map_err(at(&dest))?;
-            guard.disarm();
-            tracing::info!(sha256 = %sha256, size, "archive stored");
+        // Under the archive's lock, so a collection of unused archives
+        // ([`ArchiveStore::delete_if_stored_before`]) either runs before this (and the archive is
+        // stored again) or sees the refreshed time and keeps it.
+        let lock = self.lock_for(&sha256);
+        let held = lock.lock().await;
+        let stored = async {
+            if tokio::fs::try_exists(&dest).await.map_err(at(&dest))? {
+                // Stored again: the archive counts as new for the collection's grace period.
+                // (The guard removes the duplicate temporary file.)
+                let blob = std::fs::File::open(&dest).map_err(at(&dest))?;
+                blob.set_modified(SystemTime::now()).map_err(at(&dest))?;
+                tracing::debug!(sha256 = %sha256, size, "archive already stored");
+            } else {
+                tokio::fs::rename(&tmp_path, &dest)
+                    .await
+                    .map_err(at(&dest))?;
+                guard.disarm();
+                tracing::info!(sha256 = %sha256, size, "archive stored");
+            }
+            Ok::<_, ArchiveError>(())
         }
+        .await;
+        drop(held);
+        self.release(&sha256, lock);
+        stored?;
         Ok(ArchiveInfo { sha256, size })
     }
 
@@ -302,6 +317,37 @@ impl ArchiveStore {
         let sha = sha256.to_owned();
         let result = tokio::task::spawn_blocking(move || {
             let _guard = guard;
+            inner.delete_blocking(&sha)
+        })
+        .await;
+        self.release(sha256, lock);
+        result.map_err(|e| ArchiveError::Task(e.to_string()))?
+    }
+
+    /// Deletes the archive and its extraction if it was last stored (put, or put again) before
+    /// `cutoff`. Returns whether it was deleted. The time is checked under the archive's lock,
+    /// so an upload of the same content racing with this keeps the archive.
+    pub async fn delete_if_stored_before(
+        &self,
+        sha256: &str,
+        cutoff: SystemTime,
+    ) -> Result<bool, ArchiveError> {
+        check_digest(sha256)?;
+        let lock = self.lock_for(sha256);
+        let guard = lock.clone().lock_owned().await;
+        let inner = self.inner.clone();
+        let sha = sha256.to_owned();
+        let result = tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            let path = inner.blobs.join(&sha);
+            let modified = match std::fs::metadata(&path).and_then(|m| m.modified()) {
+                Ok(modified) => modified,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(ArchiveError::File { path, source: e }),
+            };
+            if modified >= cutoff {
+                return Ok(false);
+            }
             inner.delete_blocking(&sha)
         })
         .await;

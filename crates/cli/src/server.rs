@@ -524,7 +524,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         ));
         let mut state = ApiState::new(Arc::clone(&store), Arc::clone(archives), Arc::clone(logs))
             .with_metrics(Arc::clone(&metrics))
-            .with_token(token.clone());
+            .with_token(token.clone())
+            .with_archive_gc(kappa_api::ArchiveGc::default());
         if let Some(invoker) = &invoker {
             state = state.with_invoker(Arc::clone(invoker));
         } else {

@@ -187,7 +187,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .with_token(token.clone())
         .with_invoker(Arc::new(RouterInvoker(router.clone())))
         .with_route_sync(Arc::new(RouterInvoker(router.clone())))
-        .with_router_url(router_url.clone());
+        .with_router_url(router_url.clone())
+        .with_archive_gc(kappa_api::ArchiveGc::default());
 
     let shutdown = CancellationToken::new();
     let grace = Duration::from_secs(args.shutdown_grace);

@@ -159,3 +159,76 @@ async fn malformed_digests_are_invalid() {
         );
     }
 }
+
+/// Makes the stored archive look last uploaded `ago` in the past.
+fn age(api: &Api, sha: &str, ago: std::time::Duration) {
+    let blob = files_under(&api.dir.path().join("archives"))
+        .into_iter()
+        .find(|p| p.file_name().and_then(|n| n.to_str()) == Some(sha))
+        .expect("the archive's blob");
+    std::fs::File::open(&blob)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - ago)
+        .unwrap();
+}
+
+#[tokio::test]
+async fn unused_archives_are_collected_after_the_grace_period() {
+    use std::time::Duration;
+    let api = Api::new();
+    let used = b"used by a package".to_vec();
+    let unused = b"uploaded, never used".to_vec();
+    let young = b"uploaded a moment ago".to_vec();
+    let (used_sha, unused_sha, young_sha) = (
+        kappa_archive::sha256_hex(&used),
+        kappa_archive::sha256_hex(&unused),
+        kappa_archive::sha256_hex(&young),
+    );
+    for bytes in [&used, &unused, &young] {
+        assert_eq!(
+            api.send(upload(bytes.clone())).await.status(),
+            StatusCode::CREATED
+        );
+    }
+    api.create("environments", env("python")).await;
+    let mut pkg = package("p", "python", b"");
+    pkg["spec"]["deployment"] =
+        json!({"type": "url", "url": format!("archive://sha256/{used_sha}")});
+    api.create("packages", pkg).await;
+    let hour = Duration::from_secs(3600);
+    age(&api, &used_sha, 2 * hour);
+    age(&api, &unused_sha, 2 * hour);
+
+    let deleted = kappa_api::collect_unused_archives(&api.state, hour)
+        .await
+        .unwrap();
+    assert_eq!(
+        deleted,
+        vec![unused_sha.clone()],
+        "only the old, unused archive goes"
+    );
+    let (status, _) = api.get(&format!("/v1/archives/{unused_sha}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    for sha in [&used_sha, &young_sha] {
+        let (status, _) = api.get(&format!("/v1/archives/{sha}")).await;
+        assert_eq!(status, StatusCode::OK, "{sha} is kept");
+    }
+
+    // Uploading the same content again makes it new: a package about to name it keeps it.
+    age(&api, &young_sha, 2 * hour);
+    assert_eq!(
+        api.send(upload(young.clone())).await.status(),
+        StatusCode::CREATED
+    );
+    let deleted = kappa_api::collect_unused_archives(&api.state, hour)
+        .await
+        .unwrap();
+    assert!(deleted.is_empty(), "{deleted:?}");
+
+    // Once its package is gone, the used one goes too.
+    api.delete("/v1/packages/p").await;
+    let deleted = kappa_api::collect_unused_archives(&api.state, hour)
+        .await
+        .unwrap();
+    assert_eq!(deleted, vec![used_sha]);
+}
