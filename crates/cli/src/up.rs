@@ -211,7 +211,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         tokio::spawn(async move { kappa_api::serve(api, state, token).await })
     };
 
-    write_client_config(&data_dir, &api_url, &token, &router_url)?;
     router.wait_ready().await;
     // Event triggers start once the router serves, so their first invocations find it ready.
     let triggers_task = {
@@ -232,7 +231,21 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         deploy_example(store.as_ref(), &archives)
             .await
             .context("deploying the bundled hello example")?;
+        // The curl printed below must work at once: wait until the router serves the route
+        // (the version of the trigger's last write, which the router has seen once it applied it).
+        let version = store
+            .get(kappa_types::Kind::HttpTrigger, "default", "hello")
+            .await
+            .context("reading the bundled example's route")?
+            .map_or(0, |trigger| trigger.resource_version);
+        if !router.wait_applied(version, Duration::from_secs(10)).await {
+            tracing::warn!("the router has not applied the bundled example's route yet");
+        }
     }
+
+    // Written last: its presence tells scripts (and the CLI) that everything announced below
+    // is served, the example's route included.
+    write_client_config(&data_dir, &api_url, &token, &router_url)?;
 
     println!("Kappa is up.");
     println!("  router  {router_url}");
