@@ -310,18 +310,7 @@ impl ArchiveStore {
 
     /// Deletes the archive and its extraction. Returns whether the archive was stored.
     pub async fn delete(&self, sha256: &str) -> Result<bool, ArchiveError> {
-        check_digest(sha256)?;
-        let lock = self.lock_for(sha256);
-        let guard = lock.clone().lock_owned().await;
-        let inner = self.inner.clone();
-        let sha = sha256.to_owned();
-        let result = tokio::task::spawn_blocking(move || {
-            let _guard = guard;
-            inner.delete_blocking(&sha)
-        })
-        .await;
-        self.release(sha256, lock);
-        result.map_err(|e| ArchiveError::Task(e.to_string()))?
+        self.delete_where(sha256, None).await
     }
 
     /// Deletes the archive and its extraction if it was last stored (put, or put again) before
@@ -332,6 +321,16 @@ impl ArchiveStore {
         sha256: &str,
         cutoff: SystemTime,
     ) -> Result<bool, ArchiveError> {
+        self.delete_where(sha256, Some(cutoff)).await
+    }
+
+    /// Deletes the archive under its lock: always, or only if it was last stored before
+    /// `cutoff`.
+    async fn delete_where(
+        &self,
+        sha256: &str,
+        cutoff: Option<SystemTime>,
+    ) -> Result<bool, ArchiveError> {
         check_digest(sha256)?;
         let lock = self.lock_for(sha256);
         let guard = lock.clone().lock_owned().await;
@@ -339,14 +338,16 @@ impl ArchiveStore {
         let sha = sha256.to_owned();
         let result = tokio::task::spawn_blocking(move || {
             let _guard = guard;
-            let path = inner.blobs.join(&sha);
-            let modified = match std::fs::metadata(&path).and_then(|m| m.modified()) {
-                Ok(modified) => modified,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-                Err(e) => return Err(ArchiveError::File { path, source: e }),
-            };
-            if modified >= cutoff {
-                return Ok(false);
+            if let Some(cutoff) = cutoff {
+                let path = inner.blobs.join(&sha);
+                let modified = match std::fs::metadata(&path).and_then(|m| m.modified()) {
+                    Ok(modified) => modified,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                    Err(e) => return Err(ArchiveError::File { path, source: e }),
+                };
+                if modified >= cutoff {
+                    return Ok(false);
+                }
             }
             inner.delete_blocking(&sha)
         })
