@@ -73,11 +73,30 @@ impl Platform {
             log_path,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
         };
-        p.spawn();
+        // A port picked free may be taken by another test before `kappa up` binds it: then
+        // pick others and start again.
+        for attempt in 1.. {
+            match p.try_spawn() {
+                Ok(()) => break,
+                Err(log) if attempt < 5 && log.contains("Address already in use") => {
+                    p.router = free_port();
+                    p.api = free_port();
+                    p.admin = free_port();
+                }
+                Err(log) => panic!("kappa up exited:\n{log}"),
+            }
+        }
         p
     }
 
     fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("kappa up exited:\n{log}");
+        }
+    }
+
+    /// Starts `kappa up` and waits until it is ready; its log so far if it exited instead.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -111,14 +130,15 @@ impl Platform {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("kappa up exited with {status}:\n{}", self.log());
+                self.child = None;
+                return Some(Err(format!("exit status {status}\n{}", self.log())));
             }
             let ready = http(admin, "GET", "/readyz", &[], b"")
                 .map(|r| r.status == 200)
                 .unwrap_or(false);
             let configured = self.data_dir.path().join("client.json").exists();
-            (ready && configured).then_some(())
-        });
+            (ready && configured).then_some(Ok(()))
+        })
     }
 
     /// What `kappa up` printed so far.
