@@ -129,6 +129,26 @@ struct FnState {
     config_seen: Option<Vec<Option<u64>>>,
 }
 
+impl FnState {
+    /// Records a failed specialization of `generation` (one more in the streak when the last
+    /// failure was of the same generation); returns the back-off it starts.
+    fn fail(&mut self, generation: i64, error: ProvisionError) -> Duration {
+        let streak = self
+            .failure
+            .as_ref()
+            .filter(|f| f.generation == generation)
+            .map_or(1, |f| f.streak + 1);
+        let backoff = failure_backoff(streak);
+        self.failure = Some(RecentFailure {
+            generation,
+            error,
+            streak,
+            until: Instant::now() + backoff,
+        });
+        backoff
+    }
+}
+
 struct RecentFailure {
     generation: i64,
     error: ProvisionError,
@@ -1219,22 +1239,12 @@ impl PoolManager {
                 let mut st = this.state();
                 if let Some(fs) = st.functions.get_mut(&fid) {
                     fs.inflight.retain(|i| i.id != id);
-                    fs.failure = match &result {
-                        Ok(()) => None,
+                    match &result {
+                        Ok(()) => fs.failure = None,
                         Err(error) => {
-                            let streak = fs
-                                .failure
-                                .as_ref()
-                                .filter(|f| f.generation == generation)
-                                .map_or(1, |f| f.streak + 1);
-                            Some(RecentFailure {
-                                generation,
-                                error: error.clone(),
-                                streak,
-                                until: Instant::now() + failure_backoff(streak),
-                            })
+                            fs.fail(generation, error.clone());
                         }
-                    };
+                    }
                 }
             }
             if let Err(e) = &result {

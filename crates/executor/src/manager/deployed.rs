@@ -27,7 +27,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{PoolManager, RecentFailure, config_versions, failure_backoff, generation_of};
+use super::{PoolManager, config_versions, generation_of};
 use crate::cache::Snapshot;
 
 /// What a deployment was last built from; a change means a new revision to apply.
@@ -284,18 +284,10 @@ impl PoolManager {
                     // to what is ready (at least minScale); the next miss after the back-off
                     // tries again.
                     d.desired = (d.endpoints.len() as u32).max(f.spec.min_scale);
-                    let fs = st.functions.entry(function.clone()).or_default();
-                    let streak = fs
-                        .failure
-                        .as_ref()
-                        .filter(|f| f.generation == generation)
-                        .map_or(1, |f| f.streak + 1);
-                    fs.failure = Some(RecentFailure {
-                        generation,
-                        error: error.clone(),
-                        streak,
-                        until: Instant::now() + failure_backoff(streak),
-                    });
+                    st.functions
+                        .entry(function.clone())
+                        .or_default()
+                        .fail(generation, error.clone());
                 }
                 tracing::warn!(function = %function, error = %error, "a deployment instance failed to load the code");
                 self.inner.deployment_changed.notify_waiters();
@@ -543,19 +535,11 @@ impl PoolManager {
                     }
                 }
                 Err(error) => {
-                    let fs = st.functions.entry(fid.clone()).or_default();
-                    let streak = fs
-                        .failure
-                        .as_ref()
-                        .filter(|f| f.generation == key.generation)
-                        .map_or(1, |f| f.streak + 1);
-                    let backoff = failure_backoff(streak);
-                    fs.failure = Some(RecentFailure {
-                        generation: key.generation,
-                        error: error.clone(),
-                        streak,
-                        until: Instant::now() + backoff,
-                    });
+                    let backoff = st
+                        .functions
+                        .entry(fid.clone())
+                        .or_default()
+                        .fail(key.generation, error.clone());
                     if let Some(d) = st.deployed.get_mut(&fid) {
                         d.retry_at = Some(Instant::now() + backoff);
                     }
