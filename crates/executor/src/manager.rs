@@ -824,6 +824,7 @@ impl PoolManager {
             concurrency: self.inner.config.runtime_concurrency,
             env: BTreeMap::new(),
             labels,
+            egress: env.spec.egress.unwrap_or(true),
         }
     }
 
@@ -1345,6 +1346,7 @@ impl PoolManager {
             env: function.spec.env.clone(),
             files,
             timeout,
+            egress: egress_of(function, &env),
         };
         let outcome =
             tokio::time::timeout(timeout, self.inner.backend.specialize(&instance, &request)).await;
@@ -1502,4 +1504,10 @@ impl Provisioner for PoolManager {
             Err(_) => Err(ProvisionError::Timeout(timeout)),
         }
     }
+}
+
+/// Whether a function may reach addresses outside the machine: its own `egress`, else its
+/// environment's, else yes.
+pub(crate) fn egress_of(function: &Function, env: &Environment) -> bool {
+    function.spec.egress.or(env.spec.egress).unwrap_or(true)
 }

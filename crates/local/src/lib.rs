@@ -31,5 +31,7 @@ pub use build::{
     DEFAULT_BUILD_TIMEOUT, SANDBOX_BUILD_DIR,
 };
 pub use cgroup::CgroupVersion;
-pub use config::{CgroupMode, DEFAULT_START_TIMEOUT, LocalConfig, ParseModeError, SandboxMode};
+pub use config::{
+    CgroupMode, DEFAULT_START_TIMEOUT, EgressMode, LocalConfig, ParseModeError, SandboxMode,
+};
 pub use runtime::{BuiltInRuntime, ResolvedRuntime, RuntimeRegistry};
