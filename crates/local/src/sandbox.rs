@@ -123,7 +123,7 @@ impl Sandbox {
         }
         let slirp = match egress {
             EgressMode::Off => None,
-            EgressMode::Auto => find_on_path("slirp4netns"),
+            EgressMode::Auto => on_path("slirp4netns"),
         };
         let sandbox = Self {
             helper,
@@ -394,6 +394,14 @@ pub(crate) async fn detect_setpriv() -> Option<PathBuf> {
         .await
         .ok()?;
     status.success().then_some(program)
+}
+
+/// Finds `program` on the platform's `PATH` only (so a test, or an operator, can hide an
+/// optional program by leaving it off `PATH`).
+fn on_path(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
 }
 
 /// Finds `program` in the standard system directories, then on the platform's `PATH`.
