@@ -28,6 +28,7 @@ fn hostile_function_escapes_nowhere(env: &[(&str, &str)]) {
     let log = p.log();
     assert!(log.contains("isolation sandboxed"), "{}", tail(&log, 30));
     p.python_env(&[]);
+    isolation_status(&p, "sandboxed: own namespaces and user per instance");
     // Neighbours: a plain function, and one with a secret.
     p.deploy("hello", "examples/hello/hello.py", "/hello", &[]);
     p.ok(&[
@@ -148,6 +149,37 @@ fn hostile_function_escapes_nowhere(env: &[(&str, &str)]) {
     p.restart();
     assert_eq!(p.get("/hello").status, 200);
     assert!(daemons(&marker).is_empty());
+}
+
+/// Without the sandbox, which only an explicit `--sandbox none` gives, every start line and the
+/// environment's status say so.
+#[test]
+fn unsandboxed_mode_says_so_everywhere() {
+    let p = Platform::start_with(&["--no-example", "--sandbox", "none"]);
+    let log = p.log();
+    assert!(log.contains("isolation UNSANDBOXED"), "{}", tail(&log, 30));
+    p.python_env(&[]);
+    isolation_status(&p, "unsandboxed: functions run as the platform's user");
+    p.deploy("hello", "examples/hello/hello.py", "/hello", &[]);
+    assert_eq!(p.get("/hello").status, 200);
+    let instance_log = p.ok(&["fn", "logs", "hello"]);
+    assert!(instance_log.contains("UNSANDBOXED"), "{instance_log}");
+}
+
+/// Waits until `kappa env get python` reports an isolation starting with `expected`.
+fn isolation_status(p: &Platform, expected: &str) {
+    eventually(
+        Duration::from_secs(10),
+        "the environment's isolation status",
+        || {
+            let out = p.ok(&["env", "get", "python", "-o", "json"]);
+            let env: Value = serde_json::from_str(&out).ok()?;
+            env["status"]["isolation"]
+                .as_str()
+                .is_some_and(|s| s.starts_with(expected))
+                .then_some(())
+        },
+    );
 }
 
 /// Processes whose command line carries `marker` (the probe's daemon: `sleep <marker>`).

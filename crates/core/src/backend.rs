@@ -206,6 +206,12 @@ pub trait Backend: Send + Sync + 'static {
     /// A short name for logs (`local`, `kubernetes`).
     fn name(&self) -> &'static str;
 
+    /// How instances are isolated, as users should read it in an Environment's
+    /// `status.isolation` (for example "unsandboxed"); `None` when there is nothing to say.
+    fn isolation(&self) -> Option<String> {
+        None
+    }
+
     /// Starts a generic instance and returns once its runtime answers `/healthz`.
     async fn create(&self, spec: InstanceSpec) -> Result<Instance, BackendError>;
 

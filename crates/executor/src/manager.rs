@@ -588,6 +588,9 @@ impl PoolManager {
         let mut to_start: Vec<(FunctionId, Arc<Environment>)> = Vec::new();
         let mut to_specialize: Vec<(FunctionId, Arc<Function>)> = Vec::new();
         let mut to_unindex: Vec<(FunctionId, String)> = Vec::new();
+        // Environments whose `status.isolation` does not say what the backend gives.
+        let mut to_mark: Vec<(FunctionId, serde_json::Value)> = Vec::new();
+        let isolation = self.inner.backend.isolation();
         let now = Instant::now();
         {
             let mut guard = self.state();
@@ -603,6 +606,11 @@ impl PoolManager {
                 false
             });
             for (id, env) in &snapshot.environments {
+                if let Some(isolation) = &isolation
+                    && env.status.get("isolation").and_then(|v| v.as_str()) != Some(isolation)
+                {
+                    to_mark.push((id.clone(), env.status.clone()));
+                }
                 let generation = generation_of(&env.metadata);
                 let pool = st.pools.entry(id.clone()).or_insert_with(|| Pool {
                     generation,
@@ -793,6 +801,29 @@ impl PoolManager {
         for (env_id, env) in to_start {
             let this = self.clone();
             tokio::spawn(async move { this.start_warm(env_id, env).await });
+        }
+        if let Some(isolation) = isolation {
+            for (env_id, mut status) in to_mark {
+                if !status.is_object() {
+                    status = serde_json::json!({});
+                }
+                status["isolation"] = serde_json::Value::String(isolation.clone());
+                let store = Arc::clone(&self.inner.store);
+                tokio::spawn(async move {
+                    let written = store
+                        .put_status(
+                            Kind::Environment,
+                            &env_id.namespace,
+                            &env_id.name,
+                            status,
+                            Precondition::MustExist,
+                        )
+                        .await;
+                    if let Err(e) = written {
+                        tracing::debug!(environment = %env_id, error = %e, "could not record the environment's isolation");
+                    }
+                });
+            }
         }
         self.reconcile_deployments(&snapshot);
         for (fid, function) in to_specialize {

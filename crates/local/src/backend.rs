@@ -286,6 +286,19 @@ impl Backend for LocalBackend {
         "local"
     }
 
+    fn isolation(&self) -> Option<String> {
+        Some(
+            match &self.inner.sandbox {
+                Some(sandbox) if sandbox.egress_available() => {
+                    "sandboxed: own namespaces and user per instance, egress through slirp4netns"
+                }
+                Some(_) => "sandboxed: own namespaces and user per instance, no egress",
+                None => "unsandboxed: functions run as the platform's user (--sandbox none)",
+            }
+            .to_owned(),
+        )
+    }
+
     async fn create(&self, spec: InstanceSpec) -> Result<Instance, BackendError> {
         self.inner.create(spec).await
     }
