@@ -1011,7 +1011,7 @@ async fn watch_exit(
     let _ = done.send(true);
 }
 
-/// Why a process ended. A launcher (bubblewrap, a shell) reports a child killed by signal N as
+/// Why a process ended. A launcher (the sandbox's init, a shell) reports a child killed by signal N as
 /// exit code 128+N; a direct child shows the signal itself.
 fn exit_reason(status: ExitStatus, signals_via_launcher: bool, oom_killed: bool) -> ExitReason {
     if let Some(signal) = status.signal() {
@@ -1308,7 +1308,7 @@ type SpawnJob = Box<dyn FnOnce() + Send>;
 
 /// Starts instance processes from one long-lived thread.
 ///
-/// `PR_SET_PDEATHSIG` (setpriv, bubblewrap's `--die-with-parent`) fires when the *thread* that
+/// `PR_SET_PDEATHSIG` (the sandbox monitor's, setpriv's) fires when the *thread* that
 /// forked the child exits, not the process. Spawning from whichever runtime thread happens to
 /// run `create` would kill an instance when, say, a blocking-pool thread retires. This thread
 /// lives exactly as long as the backend: dropping the backend ends it, which ends its instances.

@@ -164,7 +164,7 @@ impl BuildSandbox {
     /// build that ran and failed is an `Ok` with [`BuildOutcome::Failed`] or
     /// [`BuildOutcome::TimedOut`].
     ///
-    /// The build's parent-death signal (bubblewrap's `--die-with-parent`, `setpriv`) follows
+    /// The build's parent-death signal (the sandbox monitor's, or `setpriv`'s) follows
     /// the thread that starts it: call this from a task on a runtime worker thread (which lives
     /// as long as the runtime), not from a blocking-pool thread.
     pub async fn run(&self, spec: &BuildSpec) -> Result<BuildOutput, BackendError> {
@@ -348,7 +348,7 @@ impl BuildSandbox {
     }
 }
 
-/// Why a build's process ended. Bubblewrap and the shell report a child killed by signal N as
+/// Why a build's process ended. The sandbox's init and the shell report a child killed by signal N as
 /// exit code 128+N.
 fn exit_reason(status: std::process::ExitStatus, oom_killed: bool) -> ExitReason {
     if let Some(signal) = status.signal() {

@@ -156,7 +156,7 @@ async fn restart_kills_recorded_processes_but_never_a_recycled_pid() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("local");
     std::fs::create_dir_all(data_dir.join("instances/orphan-1/work")).unwrap();
-    // An instance process that outlived its platform (as without setpriv or bubblewrap)...
+    // An instance process that outlived its platform (as without setpriv or the sandbox)...
     let mut orphan = std::process::Command::new("/bin/sleep")
         .arg("300")
         .env("KAPPA_INSTANCE_ID", "orphan-1")
