@@ -410,9 +410,8 @@ impl PoolManager {
                 if let Some(fs) = st.functions.get_mut(&function)
                     && let Some(instance) = fs.instances.remove(id)
                 {
-                    instance
-                        .endpoint
-                        .set_exit(format!("instance {id} of function {function} {reason}"));
+                    // Just the reason: whoever reports it names the instance and function.
+                    instance.endpoint.set_exit(reason.to_string());
                 }
                 st.total = st.total.saturating_sub(1);
                 drop(st);
