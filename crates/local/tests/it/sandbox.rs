@@ -116,3 +116,41 @@ async fn unsandboxed_instances_run_in_their_work_directory() {
     );
     h.backend.shutdown(Duration::from_secs(1)).await;
 }
+
+/// Egress comes from user-mode networking (`slirp4netns`, installed by the test script): a
+/// sandbox gets a `tap0` with a default route; a function without egress loses it before its
+/// code is loaded.
+#[tokio::test]
+async fn egress_comes_from_user_mode_networking_and_a_function_can_switch_it_off() {
+    const TEST: &str = "egress_comes_from_user_mode_networking_and_a_function_can_switch_it_off";
+    let h = Harness::with(TEST, SandboxMode::Namespaces, CgroupMode::None).await;
+    assert!(
+        h.backend.egress(),
+        "{TEST}: slirp4netns must be on PATH (scripts/install-deps.sh installs it)"
+    );
+    let routes = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/net/route")).unwrap();
+    let default_route = |table: &str| {
+        table
+            .lines()
+            .skip(1)
+            .any(|l| l.split_whitespace().nth(1) == Some("00000000"))
+    };
+
+    let with = h.create("egress", Limits::default()).await;
+    let pid = h.backend.info(&with.id).expect("info").pid;
+    // The monitor lives in the sandbox's network namespace: its routes are the sandbox's.
+    assert!(default_route(&routes(pid)), "{}", routes(pid));
+    assert!(routes(pid).contains("tap0"));
+
+    let sha = h.put_dir(&probe_fixtures()).await;
+    let mut request = crate::support::request(&sha, "probe.main", None);
+    request.egress = false;
+    h.backend
+        .specialize(&with, &request)
+        .await
+        .expect("specialize");
+    assert!(!default_route(&routes(pid)), "{}", routes(pid));
+    let (status, _) = get(&with.addr, "/").await.expect("probe answers");
+    assert_eq!(status, 200);
+    h.backend.shutdown(Duration::from_secs(1)).await;
+}
