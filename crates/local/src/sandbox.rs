@@ -270,13 +270,21 @@ impl Sandbox {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        // `--exit-fd 0`: slirp4netns ends when its stdin, a pipe whose other end only this
+        // process holds (inside the returned `Child`), closes, so it dies with the platform
+        // however the platform dies (it would otherwise keep the namespace alive).
         let child = tokio::process::Command::new(slirp)
-            .args(["--configure", "--mtu=65520", "--disable-host-loopback"])
+            .args([
+                "--configure",
+                "--mtu=65520",
+                "--disable-host-loopback",
+                "--exit-fd=0",
+            ])
             .arg(pid.to_string())
             .arg("tap0")
             .env_clear()
             .env(marker.0, marker.1)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
