@@ -1216,7 +1216,9 @@ fn check_id(id: &str) -> Result<(), BackendError> {
 fn make_instance_dir(dir: &Path, user: Option<(u32, u32)>) -> io::Result<()> {
     use std::os::unix::fs::chown;
     place::remove_tree(dir)?;
-    let dirs: [(&str, u32, Option<(u32, u32)>); 4] = match user {
+    /// A directory of the instance: its name, mode and owner (uid, gid).
+    type Sub<'a> = (&'a str, u32, Option<(u32, u32)>);
+    let dirs: [Sub<'_>; 4] = match user {
         Some((uid, gid)) => [
             ("userfunc", 0o1770, Some((0, gid))),
             ("work", 0o700, Some((uid, gid))),
