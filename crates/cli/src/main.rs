@@ -492,10 +492,7 @@ mod tests {
             }
             for arg in sub.get_arguments() {
                 if let Some(short) = arg.get_short() {
-                    assert!(
-                        short != 'V' || arg.get_id() == "version",
-                        "{path:?} -V"
-                    );
+                    assert!(short != 'V' || arg.get_id() == "version", "{path:?} -V");
                     shorts.insert(short);
                 }
             }
@@ -512,9 +509,11 @@ mod tests {
             let argv: Vec<&str> = std::iter::once("kappa").chain(line.split(' ')).collect();
             Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{line}: {e}"))
         };
-        let cli = ok("env create --name py --image fission/python-env --version 2 --poolsize 3 \
+        let cli = ok(
+            "env create --name py --image fission/python-env --version 2 --poolsize 3 \
                       --mincpu 100 --maxcpu 200 --minmemory 128 --maxmemory 256 --graceperiod 30 \
-                      --builder fission/python-builder --buildcmd build --keeparchive");
+                      --builder fission/python-builder --buildcmd build --keeparchive",
+        );
         match cli.command {
             Command::Env(cmd::env::EnvCommand::Create(c)) => {
                 assert_eq!(c.flags.version, Some(2));
@@ -572,7 +571,9 @@ mod tests {
             "completion fish",
         ] {
             let line = line.split_whitespace().collect::<Vec<_>>().join(" ");
-            let line = line.replace("@every_1m", "@every 1m").replace("0_*_*_*_*", "0 * * * *");
+            let line = line
+                .replace("@every_1m", "@every 1m")
+                .replace("0_*_*_*_*", "0 * * * *");
             // Values with spaces are one argument: split by hand around them.
             let argv: Vec<String> = match line.split_once("--cron ") {
                 Some((before, after)) => {
@@ -609,9 +610,15 @@ mod tests {
 
     #[test]
     fn output_is_a_format_or_the_download_file() {
-        assert_eq!(output_format(Some("JSON")).unwrap(), Some(OutputFormat::Json));
+        assert_eq!(
+            output_format(Some("JSON")).unwrap(),
+            Some(OutputFormat::Json)
+        );
         let e = output_format(Some("a.zip")).unwrap_err();
-        assert!(e.to_string().contains("expected table, yaml or json"), "{e}");
+        assert!(
+            e.to_string().contains("expected table, yaml or json"),
+            "{e}"
+        );
         let cli = Cli::try_parse_from(["kappa", "pkg", "getsrc", "p", "-o", "a.zip"]).unwrap();
         assert!(output_is_a_file(&cli.command));
         let cli = Cli::try_parse_from(["kappa", "pkg", "list", "-o", "a.zip"]).unwrap();

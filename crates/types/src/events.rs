@@ -287,8 +287,17 @@ mod tests {
         t.message_queue_type = "kafka".into();
         let e = t.validate().unwrap_err();
         assert_eq!(e.field, "spec.messageQueueType");
-        assert!(e.message.contains("\"kafka\" is a Fission message-queue type that Kappa does not support"), "{}", e.message);
-        assert!(e.message.contains("nats-jetstream") && e.message.contains("redis"), "{}", e.message);
+        assert!(
+            e.message
+                .contains("\"kafka\" is a Fission message-queue type that Kappa does not support"),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.contains("nats-jetstream") && e.message.contains("redis"),
+            "{}",
+            e.message
+        );
         let mut t = mqt();
         t.topic = String::new();
         assert_eq!(t.validate().unwrap_err().field, "spec.topic");

@@ -142,13 +142,8 @@ async fn deploy_pkg_is_distinct_absent_before_and_is_what_is_deployed() {
     assert_eq!(names, ["only.txt"], "only DEPLOY_PKG is deployed");
 
     // A file at DEPLOY_PKG (a compiled binary, say) is deployed as that one file.
-    env.package(
-        "f",
-        &source,
-        Some("cp main.py \"$DEPLOY_PKG\""),
-        "pending",
-    )
-    .await;
+    env.package("f", &source, Some("cp main.py \"$DEPLOY_PKG\""), "pending")
+        .await;
     let p = env.wait_for("f", &["succeeded", "failed"]).await;
     assert_eq!(
         p.status.buildstatus,

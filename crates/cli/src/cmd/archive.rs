@@ -146,7 +146,11 @@ fn table(items: &[UploadedArchive]) -> Table {
 /// Where downloaded bytes go: a file (written next to it, then renamed), or stdout for `-` or
 /// no destination (refused when stdout is a terminal).
 enum Sink {
-    File { tmp: PathBuf, dest: PathBuf, file: std::fs::File },
+    File {
+        tmp: PathBuf,
+        dest: PathBuf,
+        file: std::fs::File,
+    },
     Stdout(std::io::Stdout),
 }
 

@@ -250,7 +250,12 @@ pub async fn run(ctx: &Ctx, command: PkgCommand, dest: Option<&str>) -> anyhow::
 
 /// `pkg getsrc|getdeploy`: the package's source or deployment archive, as stored (a stored
 /// archive streamed from the API, an inline one decoded).
-async fn get_archive(ctx: &Ctx, name: &str, deploy: bool, dest: Option<&str>) -> anyhow::Result<()> {
+async fn get_archive(
+    ctx: &Ctx,
+    name: &str,
+    deploy: bool,
+    dest: Option<&str>,
+) -> anyhow::Result<()> {
     let which = if deploy { "deployment" } else { "source" };
     let package = ctx
         .client
@@ -281,7 +286,9 @@ async fn get_archive(ctx: &Ctx, name: &str, deploy: bool, dest: Option<&str>) ->
             use base64::Engine as _;
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(archive.literal.as_deref().unwrap_or_default())
-                .with_context(|| format!("the {which} archive of package '{name}' is not base64"))?;
+                .with_context(|| {
+                    format!("the {which} archive of package '{name}' is not base64")
+                })?;
             super::archive::write_bytes(&bytes, dest)
         }
         ArchiveType::Url => match archive.stored_sha256() {
