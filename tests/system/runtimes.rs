@@ -225,3 +225,80 @@ fn explicit_command_environment_runs_a_third_party_server() {
     let env = p.ok(&["env", "get", "--name", "custom"]);
     assert!(env.contains(&command), "{env}");
 }
+
+/// What a Fission user brings, unchanged: `env create ... --version 2`, a source directory built
+/// by Fission's own `build.sh` (`--buildcmd ./build.sh`), a Flask function using `current_app`,
+/// `g`, `jsonify`, `make_response` and `abort`, and a route whose path parameter it reads from
+/// `X-Fission-Params-<name>`.
+#[test]
+fn a_fission_python_function_runs_unchanged() {
+    let p = Platform::start();
+    p.ok(&[
+        "env",
+        "create",
+        "--name",
+        "py",
+        "--image",
+        "python",
+        "--version",
+        "2",
+    ]);
+    let env: serde_json::Value =
+        serde_json::from_str(&p.ok(&["env", "get", "py", "-o", "json"])).unwrap();
+    assert_eq!(env["spec"]["version"], 2, "{env}");
+    let out = p.cli(&[
+        "fn",
+        "create",
+        "--name",
+        "fission-py",
+        "--env",
+        "py",
+        "--src",
+        &function_path("examples/fission-python"),
+        "--buildcmd",
+        "./build.sh",
+        "--entrypoint",
+        "main.main",
+    ]);
+    assert!(
+        out.status.success(),
+        "fn create failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        crate::harness::tail(&p.log(), 40)
+    );
+    p.ok(&[
+        "route",
+        "create",
+        "--name",
+        "fission-py",
+        "--url",
+        "/greet/{user}",
+        "--function",
+        "fission-py",
+        "--method",
+        "POST",
+    ]);
+    let r = p.request(
+        "POST",
+        "/greet/ann?lang=en",
+        &[("Content-Type", "application/json")],
+        br#"{"n": 1}"#,
+    );
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), p.log());
+    let body = r.json();
+    assert_eq!(body["user"], "ann", "{body}");
+    assert_eq!(body["method"], "POST", "{body}");
+    assert_eq!(body["args"]["lang"], "en", "{body}");
+    assert_eq!(body["json"]["n"], 1, "{body}");
+    assert_eq!(body["function"], "fission-py", "{body}");
+    assert_eq!(r.header("X-Greeted"), Some("ann"));
+    // current_app.logger reaches the function's logs.
+    crate::harness::eventually(
+        std::time::Duration::from_secs(30),
+        "the function's log line",
+        || {
+            let logs = p.ok(&["fn", "logs", "fission-py"]);
+            logs.contains("greeting ann").then_some(())
+        },
+    );
+}

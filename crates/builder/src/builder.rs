@@ -565,10 +565,12 @@ impl Builder {
                 .or(self.inner.config.default_pids_limit),
         };
         let id = uuid::Uuid::new_v4().simple().to_string();
+        // The build's root: `src/` holds the source ($SRC_PKG, the working directory) and
+        // `deploy` ($DEPLOY_PKG) does not exist until the build creates it.
         let dir = self.inner.work_dir.join(&id);
         let prepared = {
             let dir = dir.clone();
-            tokio::task::spawn_blocking(move || workdir::prepare(&extracted, &dir)).await
+            tokio::task::spawn_blocking(move || workdir::prepare_root(&extracted, &dir)).await
         };
         let guard = DirGuard(dir.clone());
         match prepared {
@@ -586,7 +588,7 @@ impl Builder {
         let spec = BuildSpec {
             id,
             dir: dir.clone(),
-            command: chosen.command.clone(),
+            command: workdir::fission_layout(&chosen.command),
             env: [("PIP_ROOT_USER_ACTION".to_owned(), "ignore".to_owned())]
                 .into_iter()
                 .collect(),
@@ -622,7 +624,18 @@ impl Builder {
                 return fail(log);
             }
         }
-        let deployment = match self.store_result(&dir).await {
+        let (result, note) = match workdir::result_of(&dir) {
+            Ok(found) => found,
+            Err(message) => {
+                log.push_str(&format!("build failed: {message}\n"));
+                return fail(log);
+            }
+        };
+        if let Some(note) = note {
+            log.push_str(note);
+            log.push('\n');
+        }
+        let deployment = match self.store_result(&result).await {
             Ok(sha) => sha,
             Err(message) => {
                 log.push_str(&format!("build failed: {message}\n"));
@@ -710,16 +723,32 @@ impl Builder {
         }
     }
 
-    /// Checks the build directory against the extraction limits, zips it and stores the zip.
-    async fn store_result(&self, dir: &std::path::Path) -> Result<String, String> {
+    /// Checks the build's result against the extraction limits, zips it and stores the zip.
+    async fn store_result(&self, result: &workdir::BuildResult) -> Result<String, String> {
         let limits = self.inner.config.extract_limits;
         let packed = {
-            let dir = dir.to_path_buf();
-            tokio::task::spawn_blocking(move || {
-                let size = workdir::measure(&dir, &limits)
-                    .map_err(|e| format!("reading the build's result failed: {e}"))?;
-                workdir::check(size, &limits)?;
-                kappa_archive::pack_dir(&dir).map_err(|e| format!("packing the result failed: {e}"))
+            let result = result.clone();
+            tokio::task::spawn_blocking(move || match result {
+                workdir::BuildResult::Dir(dir) => {
+                    let size = workdir::measure(&dir, &limits)
+                        .map_err(|e| format!("reading the build's result failed: {e}"))?;
+                    workdir::check(size, &limits)?;
+                    kappa_archive::pack_dir(&dir)
+                        .map_err(|e| format!("packing the result failed: {e}"))
+                }
+                workdir::BuildResult::File(file) => {
+                    let len = std::fs::metadata(&file)
+                        .map_err(|e| format!("reading the build's result failed: {e}"))?
+                        .len();
+                    let size = workdir::TreeSize {
+                        entries: 1,
+                        bytes: len,
+                        largest_file: len,
+                    };
+                    workdir::check(size, &limits)?;
+                    kappa_archive::pack_file(&file)
+                        .map_err(|e| format!("packing the result failed: {e}"))
+                }
             })
             .await
             .map_err(|e| format!("packing the result failed: {e}"))??

@@ -3,11 +3,14 @@
 //! [`Builder`] watches the store for Packages with a `source` archive and
 //! `status.buildstatus: pending`, and builds each one (one build per package at a time, a bounded
 //! number at once): status `running`, the source extracted safely by the archive store and copied
-//! into a fresh writable directory, the build command run there by a [`BuildRunner`] (locally
-//! [`kappa_local::BuildSandbox`]: the same built-in sandbox and cgroup limits as instances,
-//! with the network, killed at the build timeout), the directory zipped into the
-//! content-addressed archive store, and the package written back with `spec.deployment` and
-//! status `succeeded` and the build log, or status `failed` and the log.
+//! into `src/` of a fresh writable build root, the build command run by a [`BuildRunner`]
+//! (locally [`kappa_local::BuildSandbox`]: the same built-in sandbox and cgroup limits as
+//! instances, with the network, killed at the build timeout) with Fission's layout (`$SRC_PKG`
+//! the source directory and working directory, `$DEPLOY_PKG` the root's `deploy`, absent until
+//! the build creates it), what the build left at `$DEPLOY_PKG` (else, for builds that install
+//! in place, `$SRC_PKG`) zipped into the content-addressed archive store, and the package
+//! written back with `spec.deployment` and status `succeeded` and the build log, or status
+//! `failed` and the log.
 //!
 //! The build command is the package's `spec.buildcmd`, else the environment's
 //! `spec.builder.command`, else the runtime's default ([`command::default_command`]): Python

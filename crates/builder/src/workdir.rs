@@ -1,11 +1,70 @@
 //! Build directories: a writable copy of the extracted source, and the bounds its result must
 //! stay within before it is packed.
+//!
+//! A build's root directory (bound by the sandbox as its working directory) holds the source
+//! in [`SRC_DIR`], which is Fission's `$SRC_PKG` and the command's working directory, and
+//! leaves [`DEPLOY_DIR`], Fission's `$DEPLOY_PKG`, for the build to create: what it creates
+//! there is the deployment. A build that creates nothing there (Kappa's own default builds,
+//! `pip install --target .`) deploys the source directory as the build left it.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use kappa_archive::{ExtractLimits, Extracted};
+
+/// The source directory inside a build's root: `$SRC_PKG` and the working directory.
+pub(crate) const SRC_DIR: &str = "src";
+/// Where the build puts the deployment inside its root: `$DEPLOY_PKG`, absent before the
+/// build.
+pub(crate) const DEPLOY_DIR: &str = "deploy";
+
+/// Creates a build's root `root` (must not exist) with the source copied into [`SRC_DIR`].
+pub(crate) fn prepare_root(source: &Extracted, root: &Path) -> io::Result<()> {
+    std::fs::create_dir(root)?;
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755))?;
+    prepare(source, &root.join(SRC_DIR))
+}
+
+/// The shell text that runs `command` with Fission's build layout: `SRC_PKG` is the source
+/// directory (and the working directory) and `DEPLOY_PKG` a path that does not exist yet, both
+/// inside the build's root, which is the directory the sandbox starts the shell in (whatever
+/// path it has there). The command follows on its own line, so it may be a whole script.
+pub(crate) fn fission_layout(command: &str) -> String {
+    format!(
+        "SRC_PKG=\"$PWD/{SRC_DIR}\"; DEPLOY_PKG=\"$PWD/{DEPLOY_DIR}\"; export SRC_PKG DEPLOY_PKG; \
+         cd \"$SRC_PKG\" || exit 1\n{command}"
+    )
+}
+
+/// What a finished build deploys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum BuildResult {
+    /// A directory's contents (zipped).
+    Dir(PathBuf),
+    /// One file (zipped under its name, `deploy`).
+    File(PathBuf),
+}
+
+/// The deployment a build in `root` left: `$DEPLOY_PKG` when the build created it, else the
+/// source directory, with a line for the log saying so.
+pub(crate) fn result_of(root: &Path) -> Result<(BuildResult, Option<&'static str>), String> {
+    let deploy = root.join(DEPLOY_DIR);
+    match std::fs::symlink_metadata(&deploy) {
+        Ok(meta) if meta.is_dir() => Ok((BuildResult::Dir(deploy), None)),
+        Ok(meta) if meta.is_file() => Ok((BuildResult::File(deploy), None)),
+        Ok(_) => Err(
+            "$DEPLOY_PKG is neither a directory nor a regular file (a symlink?): \
+             the build must put the deployment itself there"
+                .into(),
+        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok((
+            BuildResult::Dir(root.join(SRC_DIR)),
+            Some("$DEPLOY_PKG was not created: deploying $SRC_PKG as the build left it"),
+        )),
+        Err(e) => Err(format!("reading $DEPLOY_PKG failed: {e}")),
+    }
+}
 
 /// Copies the extracted source into `dest` (created, must not exist): a directory's tree
 /// (files with their modes made owner-writable, symlinks as symlinks), or a single file under

@@ -69,12 +69,12 @@ pub struct ServerInfo {
     pub router_url: Option<String>,
 }
 
-/// `POST /v1/archives` → 201.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// `POST /v1/archives` → 201; also an item of `GET /v1/archives`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 pub struct UploadedArchive {
     pub sha256: String,
     pub size: u64,
-    #[allow(dead_code)] // Part of the contract; the CLI builds the URL from the digest.
+    /// `archive://sha256/<digest>`, how packages name it.
     pub url: String,
 }
 
@@ -484,6 +484,36 @@ impl Client {
             url: "/v1/archives".into(),
             reason: e.to_string(),
         })
+    }
+
+    /// `GET /v1/archives`: every stored archive.
+    pub async fn list_archives(&self) -> Result<Vec<UploadedArchive>, ClientError> {
+        #[derive(Deserialize)]
+        struct Items {
+            items: Vec<UploadedArchive>,
+        }
+        let items: Items = self.json(self.request(Method::GET, "/v1/archives")).await?;
+        Ok(items.items)
+    }
+
+    /// `GET /v1/archives/{sha256}`: the response, its body to be streamed.
+    pub async fn download_archive(&self, sha256: &str) -> Result<Response, ClientError> {
+        let rb = self
+            .request(
+                Method::GET,
+                &format!("/v1/archives/{}", encode_segment(sha256)),
+            )
+            .timeout(UPLOAD_TIMEOUT);
+        self.send_ok(rb).await
+    }
+
+    /// `DELETE /v1/archives/{sha256}` (refused while a package uses it).
+    pub async fn delete_archive(&self, sha256: &str) -> Result<UploadedArchive, ClientError> {
+        self.json(self.request(
+            Method::DELETE,
+            &format!("/v1/archives/{}", encode_segment(sha256)),
+        ))
+        .await
     }
 
     /// `GET /v1/info`.

@@ -27,7 +27,10 @@ use crate::output::OutputFormat;
 
 /// Kappa: serverless functions, Fission style.
 #[derive(Debug, Parser)]
-#[command(name = "kappa", version, about, propagate_version = true)]
+// `version` only on `kappa` itself (`kappa --version`, `-V`): propagated to the subcommands it
+// would swallow Fission's own `--version` flag (`env create --version 2`, the environment
+// protocol version) and print the CLI's version instead.
+#[command(name = "kappa", version, about)]
 struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
@@ -41,15 +44,17 @@ struct GlobalArgs {
     /// The namespace of the resources.
     #[arg(short = 'n', long, global = true, help_heading = "Global options", default_value = kappa_types::DEFAULT_NAMESPACE)]
     namespace: String,
-    /// Output format [default: table for lists, yaml for get].
+    /// Output format: table, yaml or json [default: table for lists, yaml for get]. For
+    /// `pkg getsrc|getdeploy` and `archive download` (as in Fission): the file to write, `-`
+    /// for stdout.
     #[arg(
         short = 'o',
         long,
         global = true,
         help_heading = "Global options",
-        value_enum
+        value_name = "FORMAT|FILE"
     )]
-    output: Option<OutputFormat>,
+    output: Option<String>,
     /// More logging on stderr (-v info, -vv debug, -vvv trace).
     #[arg(short = 'v', long = "verbose", global = true, help_heading = "Global options", action = clap::ArgAction::Count)]
     verbose: u8,
@@ -117,10 +122,23 @@ enum Command {
     /// Config maps: key/values functions read from /configs/<namespace>/<name>/<key>.
     #[command(subcommand, alias = "cm")]
     Configmap(cmd::configmap::ConfigMapCommand),
+    /// Archives: the files packages are made of, in the API's content-addressed store.
+    #[command(subcommand, alias = "ar")]
+    Archive(cmd::archive::ArchiveCommand),
+    /// Print a shell completion script: `source <(kappa completion bash)`.
+    Completion(CompletionArgs),
     /// Print the client's and the server's versions.
     Version,
     /// Run the fetcher of a Kubernetes function pod (its second container; see kappa-kube).
     Fetcher(FetcherArgs),
+}
+
+/// `kappa completion SHELL`.
+#[derive(Debug, Clone, clap::Args)]
+struct CompletionArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
 }
 
 /// `kappa fetcher`: places a function's code in the pod's shared volumes and specializes the
@@ -248,8 +266,37 @@ fn init_tracing(cli: &Cli) {
         .try_init();
 }
 
+/// Whether `-o` names a file for this command (Fission's `-o FILE` of the download verbs)
+/// rather than an output format.
+fn output_is_a_file(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Pkg(cmd::package::PkgCommand::Getsrc(_) | cmd::package::PkgCommand::Getdeploy(_))
+            | Command::Archive(cmd::archive::ArchiveCommand::Download(_))
+    )
+}
+
+/// The `-o` format, checked.
+fn output_format(value: Option<&str>) -> anyhow::Result<Option<OutputFormat>> {
+    use clap::ValueEnum as _;
+    value
+        .map(|v| {
+            OutputFormat::from_str(v, true).map_err(|_| {
+                cmd::usage(format!(
+                    "-o/--output {v:?} is not an output format: expected table, yaml or json"
+                ))
+            })
+        })
+        .transpose()
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let g = cli.global;
+    let (output, dest) = if output_is_a_file(&cli.command) {
+        (None, g.output.clone())
+    } else {
+        (output_format(g.output.as_deref())?, None)
+    };
     let connect = ConnectOptions {
         api_url: g.api_url.clone(),
         token: g.token.clone(),
@@ -265,7 +312,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let endpoint = client::resolve(&connect)?;
         Ok(Ctx {
             client: Client::new(endpoint, &g.namespace)?,
-            output: g.output,
+            output,
         })
     };
     match cli.command {
@@ -274,14 +321,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Env(c) => cmd::env::run(&ctx()?, c).await,
         Command::Fn(c) => cmd::function::run(&ctx()?, c).await,
         Command::Route(c) => cmd::route::run(&ctx()?, c).await,
-        Command::Pkg(c) => cmd::package::run(&ctx()?, c).await,
+        Command::Pkg(c) => cmd::package::run(&ctx()?, c, dest.as_deref()).await,
+        Command::Archive(c) => cmd::archive::run(&ctx()?, c, dest.as_deref()).await,
+        Command::Completion(args) => completion(args.shell),
         Command::Mqtrigger(c) => cmd::mqtrigger::run(&ctx()?, c).await,
         Command::Timetrigger(c) => cmd::timetrigger::run(ctx, c).await,
         Command::Secret(c) => cmd::secret::run(&ctx()?, c).await,
         Command::Configmap(c) => cmd::configmap::run(&ctx()?, c).await,
-        Command::Version => version(&connect, &g.namespace, g.output).await,
+        Command::Version => version(&connect, &g.namespace, output).await,
         Command::Fetcher(args) => fetcher(args, g.token.clone()).await,
     }
+}
+
+/// `kappa completion SHELL`: the completion script on stdout.
+fn completion(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    use clap::CommandFactory as _;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "kappa", &mut script);
+    output::print_stdout(&String::from_utf8_lossy(&script))
 }
 
 /// `kappa version`: the client's version always; the server's when it answers.
@@ -363,7 +420,7 @@ mod tests {
         let cli =
             Cli::try_parse_from(["kappa", "function", "list", "-n", "dev", "-o", "json"]).unwrap();
         assert_eq!(cli.global.namespace, "dev");
-        assert_eq!(cli.global.output, Some(OutputFormat::Json));
+        assert_eq!(cli.global.output.as_deref(), Some("json"));
         let cli = Cli::try_parse_from(["kappa", "ht", "create", "--function", "f", "--url", "/x"])
             .unwrap();
         assert!(matches!(cli.command, Command::Route(_)));
@@ -393,6 +450,184 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    /// Every command path below `kappa` (`["env", "create"]`, ...).
+    fn command_paths(cmd: &clap::Command, prefix: &[String], out: &mut Vec<Vec<String>>) {
+        for sub in cmd.get_subcommands() {
+            let mut path = prefix.to_vec();
+            path.push(sub.get_name().to_string());
+            out.push(path.clone());
+            command_paths(sub, &path, out);
+        }
+    }
+
+    #[test]
+    fn no_subcommand_swallows_version_flags() {
+        // clap's automatic --version/-V would print the CLI's version and exit 0 whatever the
+        // user meant (Fission's `env create --version 2`): only `kappa` itself has it.
+        let root = Cli::command();
+        let mut paths = Vec::new();
+        command_paths(&root, &[], &mut paths);
+        assert!(paths.len() > 40, "{paths:?}");
+        for path in &paths {
+            for flag in ["--version", "-V"] {
+                let mut argv = vec!["kappa".to_string()];
+                argv.extend(path.iter().cloned());
+                argv.push(flag.to_string());
+                if let Err(e) = Cli::try_parse_from(&argv) {
+                    assert_ne!(
+                        e.kind(),
+                        clap::error::ErrorKind::DisplayVersion,
+                        "{argv:?} prints the version"
+                    );
+                }
+            }
+        }
+        let e = Cli::try_parse_from(["kappa", "--version"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::DisplayVersion);
+        // No Fission flag is spelled -h (help) or -V: the only short flags are ours.
+        let mut shorts = std::collections::BTreeSet::new();
+        for path in &paths {
+            let mut cmd = Cli::command();
+            cmd.build();
+            let mut sub = &cmd;
+            for name in path {
+                sub = sub.find_subcommand(name).unwrap();
+            }
+            for arg in sub.get_arguments() {
+                if let Some(short) = arg.get_short() {
+                    assert!(short != 'V' || arg.get_id() == "version", "{path:?} -V");
+                    shorts.insert(short);
+                }
+            }
+        }
+        assert!(shorts.contains(&'H') && shorts.contains(&'f'), "{shorts:?}");
+    }
+
+    /// Fission's documented command lines (its CLI reference), as a Fission user types them:
+    /// each either parses to what it means, or is refused with an error naming the flag
+    /// (never accepted and ignored).
+    #[test]
+    fn fission_command_lines() {
+        let ok = |line: &str| {
+            let argv: Vec<&str> = std::iter::once("kappa").chain(line.split(' ')).collect();
+            Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{line}: {e}"))
+        };
+        let cli = ok(
+            "env create --name py --image fission/python-env --version 2 --poolsize 3 \
+                      --mincpu 100 --maxcpu 200 --minmemory 128 --maxmemory 256 --graceperiod 30 \
+                      --builder fission/python-builder --buildcmd build --keeparchive",
+        );
+        match cli.command {
+            Command::Env(cmd::env::EnvCommand::Create(c)) => {
+                assert_eq!(c.flags.version, Some(2));
+                assert_eq!(c.flags.poolsize, Some(3));
+            }
+            other => panic!("{other:?}"),
+        }
+        match ok("env update --name py --version 3 --period 10").command {
+            Command::Env(cmd::env::EnvCommand::Update(c)) => {
+                assert_eq!(c.flags.version, Some(3));
+                assert_eq!(c.flags.graceperiod, Some(10));
+            }
+            other => panic!("{other:?}"),
+        }
+        for line in [
+            "env get --name py",
+            "env list",
+            "env delete --name py --force",
+            "fn create --name f --env py --code f.py --entrypoint main.main --executortype poolmgr \
+             --minscale 1 --maxscale 2 --concurrency 5 --requestsperpod 2 --fntimeout 30 \
+             --idletimeout 60 --specializationtimeout 120 --secret s --configmap c --mincpu 1 \
+             --maxcpu 2 --minmemory 64 --maxmemory 128 --url /f --method GET",
+            "fn create --name f --env py --src src.zip --entry main.main --buildcmd ./build.sh",
+            "fn create --name f --env py --sourcearchive src.zip --entrypoint main.main",
+            "fn create --name f --env py --deployarchive d.zip --entrypoint main.main",
+            "fn create --name f --env py --deploy d.zip --con 3 --rpp 2 --ft 9 --st 120",
+            "fn create --name f --pkg p --prefix /p",
+            "fn update --name f --code f.py",
+            "fn test --name f --method POST -H X-A:1 --body x --query a=b --timeout 5s --subpath /x",
+            "fn logs --name f -f",
+            "fn log --name f",
+            "fn get --name f",
+            "fn delete --name f",
+            "pkg create --name p --env py --sourcearchive s.zip --buildcmd ./build.sh",
+            "pkg create --env py --deployarchive d.zip",
+            "pkg update --name p --src s.zip",
+            "pkg getsrc --name p -o s.zip",
+            "pkg getdeploy --name p --output d.zip",
+            "pkg info --name p",
+            "pkg rebuild --name p",
+            "pkg list",
+            "archive upload --name a.zip",
+            "archive list",
+            "archive get-url --id abc",
+            "archive download --id abc -o a.zip",
+            "archive delete --id abc",
+            "ht create --name h --function f --url /users/{id} --method GET --method POST",
+            "route create --function f --prefix /api --keepprefix",
+            "mqt create --name m --function f --mqtype nats-jetstream --topic t --resptopic r \
+             --errortopic e --maxretries 3 -c text/plain --metadata k=v --secret s",
+            "tt create --name t --function f --cron @every_1m --method GET --subpath /x",
+            "tt showschedule --cron 0_*_*_*_* --round 3",
+            "completion bash",
+            "completion zsh",
+            "completion fish",
+        ] {
+            let line = line.split_whitespace().collect::<Vec<_>>().join(" ");
+            let line = line
+                .replace("@every_1m", "@every 1m")
+                .replace("0_*_*_*_*", "0 * * * *");
+            // Values with spaces are one argument: split by hand around them.
+            let argv: Vec<String> = match line.split_once("--cron ") {
+                Some((before, after)) => {
+                    let (cron, rest) = if let Some(rest) = after.strip_prefix("@every 1m") {
+                        ("@every 1m", rest)
+                    } else {
+                        ("0 * * * *", after.trim_start_matches("0 * * * *"))
+                    };
+                    let mut v: Vec<String> = before.split_whitespace().map(String::from).collect();
+                    v.push("--cron".into());
+                    v.push(cron.into());
+                    v.extend(rest.split_whitespace().map(String::from));
+                    v
+                }
+                None => line.split_whitespace().map(String::from).collect(),
+            };
+            let argv: Vec<String> = std::iter::once("kappa".to_string()).chain(argv).collect();
+            if let Err(e) = Cli::try_parse_from(&argv) {
+                panic!("{line}: {e}");
+            }
+        }
+        // Fission flags Kappa does not have are refused, naming the flag.
+        for line in [
+            "env create --name py --image x --imagepullsecret s",
+            "fn create --name f --env py --code f.py --onceonly",
+            "fn logs --name f --recordcount 5",
+            "mqt create --name m --function f --topic t --mqtkind keda",
+        ] {
+            let argv: Vec<&str> = std::iter::once("kappa").chain(line.split(' ')).collect();
+            let e = Cli::try_parse_from(&argv).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument, "{line}");
+        }
+    }
+
+    #[test]
+    fn output_is_a_format_or_the_download_file() {
+        assert_eq!(
+            output_format(Some("JSON")).unwrap(),
+            Some(OutputFormat::Json)
+        );
+        let e = output_format(Some("a.zip")).unwrap_err();
+        assert!(
+            e.to_string().contains("expected table, yaml or json"),
+            "{e}"
+        );
+        let cli = Cli::try_parse_from(["kappa", "pkg", "getsrc", "p", "-o", "a.zip"]).unwrap();
+        assert!(output_is_a_file(&cli.command));
+        let cli = Cli::try_parse_from(["kappa", "pkg", "list", "-o", "a.zip"]).unwrap();
+        assert!(!output_is_a_file(&cli.command));
     }
 
     #[test]

@@ -28,6 +28,11 @@ pub(crate) static INVOCATION_ID: HeaderName = HeaderName::from_static("x-kappa-i
 static FUNCTION_NAME: HeaderName = HeaderName::from_static("x-kappa-function-name");
 static FUNCTION_NAMESPACE: HeaderName = HeaderName::from_static("x-kappa-function-namespace");
 static FULL_URL: HeaderName = HeaderName::from_static("x-kappa-full-url");
+// Fission's names for the same facts, for functions written for Fission.
+static FISSION_FUNCTION_NAME: HeaderName = HeaderName::from_static("x-fission-function-name");
+static FISSION_FUNCTION_NAMESPACE: HeaderName =
+    HeaderName::from_static("x-fission-function-namespace");
+static FISSION_FULL_URL: HeaderName = HeaderName::from_static("x-fission-full-url");
 static FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -60,10 +65,13 @@ fn is_hop_by_hop(name: &str) -> bool {
 }
 
 /// Removes hop-by-hop headers (and those `Connection` names); on the public path also any
-/// `X-Kappa-*` header a client sent, so functions can trust the ones the router sets.
+/// `X-Kappa-*` or `X-Fission-*` header a client sent, so functions can trust the ones the
+/// router (and the triggers, on the internal path) set.
 fn strip_headers(headers: &mut HeaderMap, strip_kappa: bool) {
-    let unwanted =
-        |name: &str| is_hop_by_hop(name) || (strip_kappa && name.starts_with("x-kappa-"));
+    let unwanted = |name: &str| {
+        is_hop_by_hop(name)
+            || (strip_kappa && (name.starts_with("x-kappa-") || name.starts_with("x-fission-")))
+    };
     // One pass to find out whether there is anything to do: usually there is not.
     if !headers.keys().any(|n| unwanted(n.as_str())) {
         return;
@@ -98,7 +106,13 @@ fn set_invocation_headers(
 ) {
     headers.insert(FUNCTION_NAME.clone(), entry.name_header.clone());
     headers.insert(FUNCTION_NAMESPACE.clone(), entry.namespace_header.clone());
+    headers.insert(FISSION_FUNCTION_NAME.clone(), entry.name_header.clone());
+    headers.insert(
+        FISSION_FUNCTION_NAMESPACE.clone(),
+        entry.namespace_header.clone(),
+    );
     headers.insert(INVOCATION_ID.clone(), invocation_id.clone());
+    headers.insert(FISSION_FULL_URL.clone(), full_url.clone());
     headers.insert(FULL_URL.clone(), full_url);
     if let Some(peer) = peer {
         let value = match headers.get(&FORWARDED_FOR) {
@@ -223,10 +237,11 @@ fn route(inner: &Inner, parts: &mut Parts) -> Result<(Arc<FunctionEntry>, Header
             let uri = match &target.mode {
                 PathMode::Template { params: names } => {
                     for (key, value) in params.iter() {
-                        if let Some((_, header)) = names.iter().find(|(n, _)| **n == *key)
+                        if let Some(param) = names.iter().find(|p| *p.name == *key)
                             && let Ok(value) = param_value(value)
                         {
-                            parts.headers.insert(header.clone(), value);
+                            parts.headers.insert(param.fission.clone(), value.clone());
+                            parts.headers.insert(param.kappa.clone(), value);
                         }
                     }
                     with_query("/", &parts.uri)?
@@ -777,6 +792,7 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("proxy-authorization", HeaderValue::from_static("x"));
         h.insert("x-kappa-params-id", HeaderValue::from_static("spoofed"));
+        h.insert("x-fission-params-id", HeaderValue::from_static("spoofed"));
         h.insert("content-type", HeaderValue::from_static("text/plain"));
         let mut public = h.clone();
         strip_headers(&mut public, true);
@@ -786,6 +802,7 @@ mod tests {
         );
         strip_headers(&mut h, false);
         assert!(h.contains_key("x-kappa-params-id"));
+        assert!(h.contains_key("x-fission-params-id"));
         assert!(!h.contains_key("x-secret"));
     }
 }

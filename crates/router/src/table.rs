@@ -106,7 +106,7 @@ pub(crate) struct TriggerRecord {
 /// How the forwarded path is derived from the request path.
 pub(crate) enum PathMode {
     /// A `relativeurl` template: the function receives `/`; its parameters become headers.
-    Template { params: Vec<(Box<str>, HeaderName)> },
+    Template { params: Vec<TemplateParam> },
     /// A prefix: `strip` is the prefix to remove (without its trailing `/`), `None` to keep it.
     Prefix { strip: Option<Box<str>> },
 }
@@ -235,16 +235,30 @@ fn escape(path: &str) -> String {
     path.replace('{', "{{").replace('}', "}}")
 }
 
+/// A path parameter of a template and the headers that carry its value to the function.
+pub(crate) struct TemplateParam {
+    pub name: Box<str>,
+    /// `X-Kappa-Params-<name>`.
+    pub kappa: HeaderName,
+    /// `X-Fission-Params-<name>`, for functions written for Fission.
+    pub fission: HeaderName,
+}
+
 /// The `{name}` / `{*name}` parameters of a template, in order.
-fn template_params(template: &str) -> Vec<(Box<str>, HeaderName)> {
+fn template_params(template: &str) -> Vec<TemplateParam> {
     template
         .split('/')
         .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
         .map(|inner| inner.strip_prefix('*').unwrap_or(inner))
         .filter_map(|name| {
-            let header =
-                HeaderName::from_bytes(format!("x-kappa-params-{name}").as_bytes()).ok()?;
-            Some((Box::from(name), header))
+            let kappa = HeaderName::from_bytes(format!("x-kappa-params-{name}").as_bytes()).ok()?;
+            let fission =
+                HeaderName::from_bytes(format!("x-fission-params-{name}").as_bytes()).ok()?;
+            Some(TemplateParam {
+                name: Box::from(name),
+                kappa,
+                fission,
+            })
         })
         .collect()
 }
@@ -651,10 +665,11 @@ mod tests {
             panic!("template expected");
         };
         assert_eq!(
-            names.iter().map(|(n, _)| &**n).collect::<Vec<_>>(),
+            names.iter().map(|p| &*p.name).collect::<Vec<_>>(),
             ["a", "b"]
         );
-        assert_eq!(names[0].1.as_str(), "x-kappa-params-a");
+        assert_eq!(names[0].kappa.as_str(), "x-kappa-params-a");
+        assert_eq!(names[0].fission.as_str(), "x-fission-params-a");
         assert_eq!(params.get("b"), Some("2"));
     }
 

@@ -188,11 +188,12 @@ enum Outcome {
     },
 }
 
-/// Headers a message must not pass on to the function: hop-by-hop, framing, and Kappa's own
-/// (which only the platform sets).
+/// Headers a message must not pass on to the function: hop-by-hop, framing, and Kappa's and
+/// Fission's own (which only the platform sets).
 fn passes_on(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     !(lower.starts_with("x-kappa-")
+        || lower.starts_with("x-fission-")
         || matches!(
             lower.as_str(),
             "connection"
@@ -434,6 +435,14 @@ impl Dispatcher {
         set("x-kappa-trigger", &t.trigger);
         set("x-kappa-delivery-attempt", &message.attempt.to_string());
         set("x-kappa-message-id", &message.id);
+        // Fission's names, for functions written for Fission.
+        set("x-fission-mqtrigger-topic", &message.topic);
+        if let Some(topic) = &t.resp_topic {
+            set("x-fission-mqtrigger-resptopic", topic);
+        }
+        if let Some(topic) = &t.error_topic {
+            set("x-fission-mqtrigger-errortopic", topic);
+        }
         if let Ok(v) = HeaderValue::from_str(&t.content_type) {
             headers.insert(CONTENT_TYPE, v);
         }

@@ -175,7 +175,7 @@ pub(crate) async fn run(
 }
 
 /// The invocation of one scheduled time: `spec.method spec.subpath` with `X-Kappa-Timer-Name`
-/// and `X-Kappa-Scheduled-Time`.
+/// (and Fission's `X-Fission-Timer-Name`) and `X-Kappa-Scheduled-Time`.
 fn request(trigger: &TimeTrigger, scheduled: DateTime<Utc>) -> http::Request<axum::body::Body> {
     let mut request = http::Request::new(axum::body::Body::empty());
     *request.method_mut() =
@@ -184,6 +184,8 @@ fn request(trigger: &TimeTrigger, scheduled: DateTime<Utc>) -> http::Request<axu
         http::Uri::try_from(trigger.spec.subpath.as_str()).unwrap_or(http::Uri::from_static("/"));
     let headers = request.headers_mut();
     if let Ok(v) = http::HeaderValue::from_str(&trigger.metadata.name) {
+        // Fission's name for it too, for functions written for Fission.
+        headers.insert("x-fission-timer-name", v.clone());
         headers.insert("x-kappa-timer-name", v);
     }
     if let Ok(v) = http::HeaderValue::from_str(&status::rfc3339(scheduled)) {

@@ -101,6 +101,32 @@ fn name_ref(path: &str, functionref: &FunctionReference) -> Result<(), Validatio
     functionref.validate(path)
 }
 
+/// Message-queue types Fission knows (its KEDA connectors and legacy consumers) that Kappa has
+/// no broker for.
+const FISSION_ONLY_MESSAGE_QUEUE_TYPES: [&str; 8] = [
+    "kafka",
+    "aws-sqs-queue",
+    "aws-kinesis-stream",
+    "gcp-pubsub",
+    "stan",
+    "nats-streaming",
+    "rabbitmq",
+    "azure-storage-queue",
+];
+
+/// Why `mqtype` is refused, naming the types Kappa supports: one message for the API, the CLI
+/// and specs.
+pub fn unsupported_message_queue_type(mqtype: &str) -> String {
+    let supported = "nats-jetstream (NATS JetStream) or redis (Redis Streams)";
+    if FISSION_ONLY_MESSAGE_QUEUE_TYPES.contains(&mqtype) {
+        format!(
+            "{mqtype:?} is a Fission message-queue type that Kappa does not support: expected {supported}"
+        )
+    } else {
+        format!("{mqtype:?} is not a supported message-queue type: expected {supported}")
+    }
+}
+
 impl Spec for MessageQueueTriggerSpec {
     const KIND: Kind = Kind::MessageQueueTrigger;
     type Status = TriggerStatus;
@@ -110,11 +136,7 @@ impl Spec for MessageQueueTriggerSpec {
         if !MESSAGE_QUEUE_TYPES.contains(&self.message_queue_type.as_str()) {
             return Err(ValidationError::new(
                 "spec.messageQueueType",
-                format!(
-                    "{:?} is not supported: expected one of {}",
-                    self.message_queue_type,
-                    MESSAGE_QUEUE_TYPES.join(", ")
-                ),
+                unsupported_message_queue_type(&self.message_queue_type),
             ));
         }
         topic_name("spec.topic", &self.topic)?;
@@ -263,7 +285,19 @@ mod tests {
         mqt().validate().unwrap();
         let mut t = mqt();
         t.message_queue_type = "kafka".into();
-        assert_eq!(t.validate().unwrap_err().field, "spec.messageQueueType");
+        let e = t.validate().unwrap_err();
+        assert_eq!(e.field, "spec.messageQueueType");
+        assert!(
+            e.message
+                .contains("\"kafka\" is a Fission message-queue type that Kappa does not support"),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.contains("nats-jetstream") && e.message.contains("redis"),
+            "{}",
+            e.message
+        );
         let mut t = mqt();
         t.topic = String::new();
         assert_eq!(t.validate().unwrap_err().field, "spec.topic");

@@ -23,7 +23,7 @@ pub use environment::{Builder, EnvironmentSpec, ResourceList, Resources, Runtime
 pub use error::{ErrorBody, ErrorDetail};
 pub use events::{
     MESSAGE_QUEUE_TYPES, MessageQueueTriggerSpec, TimeTriggerSpec, TriggerStatus,
-    validate_cron_shape,
+    unsupported_message_queue_type, validate_cron_shape,
 };
 pub use function::{
     ExecutorType, FunctionPackageRef, FunctionSpec, FunctionStatus, NamedRef, PackageRef,

@@ -115,7 +115,7 @@ _V1_PATH = "/userfunc/user"
 # Shared state
 
 _state = None              # (fn, takes_request, is_async) once specialized
-_flask_app = None          # a real flask.Flask when the function bundles Flask
+_flask_app = None          # a real flask.Flask when the function imports real Flask
 _spec_lock = _thread.allocate_lock()
 _active = []               # one item per request being handled (list ops are atomic)
 _stopping = False
@@ -1367,6 +1367,45 @@ class _GProxy:
         return name in self._obj()
 
 
+class _ShimApp:
+    """`flask.current_app` of the stand-in: the function's app, with Flask's `name`, `config`,
+    `debug`, `extensions` and a `logger` (at INFO, to the instance log: stderr)."""
+
+    def __init__(self):
+        self.name = self.import_name = "kappa_function"
+        self.config = {"DEBUG": False, "TESTING": False, "PROPAGATE_EXCEPTIONS": None}
+        self.debug = False
+        self.testing = False
+        self.extensions = {}
+        self._logger = None
+
+    @property
+    def logger(self):
+        lg = self._logger
+        if lg is None:
+            import logging
+            lg = logging.getLogger(self.name)
+            if not lg.handlers:
+                h = logging.StreamHandler(sys.stderr)
+                h.setFormatter(logging.Formatter(
+                    "[%(asctime)s] %(levelname)s in %(module)s: %(message)s"))
+                lg.addHandler(h)
+            if lg.level == logging.NOTSET:
+                lg.setLevel(logging.INFO)
+            self._logger = lg
+        return lg
+
+    def __repr__(self):
+        return "<Flask %r (Kappa stand-in)>" % self.name
+
+
+_shim_app = _ShimApp()
+
+
+def has_request_context():
+    return _cur.get(None) is not None
+
+
 def _make_flask_shim():
     m = type(sys)("flask")
     m.__doc__ = "Kappa's Flask compatibility shim (real Flask is not loaded)."
@@ -1384,6 +1423,9 @@ def _make_flask_shim():
     m.abort = abort
     m.redirect = redirect
     m.stream_with_context = stream_with_context
+    m.current_app = _shim_app
+    m.has_request_context = has_request_context
+    m.has_app_context = lambda: True
     return m
 
 
@@ -1777,34 +1819,105 @@ def _is_dotted_name(s):
     return bool(s) and all(p.isidentifier() for p in s.split("."))
 
 
-def _setup_flask(code_dir):
-    """Make `from flask import request` work: real Flask only when the function's own code
-    bundles it (or KAPPA_FLASK=real), otherwise the shim."""
-    global _flask_app
-    if "flask" in sys.modules:
-        return
-    mode = (os.environ.get("KAPPA_FLASK") or "auto").lower()
-    use_real = False
-    if mode != "shim":
-        be = sys.modules["_frozen_importlib_external"]
+class _ShimLoader:
+    """Loads `flask` as Kappa's stand-in."""
+
+    @staticmethod
+    def create_module(spec):
+        return _make_flask_shim()
+
+    @staticmethod
+    def exec_module(module):
+        pass
+
+
+class _RealFlaskLoader:
+    """Loads the real Flask through its own loader, then makes the app whose request context
+    each call runs in. When Flask is there but cannot be imported (a dependency missing), auto
+    mode falls back to the stand-in with a log line; KAPPA_FLASK=real fails the import, naming
+    what is missing."""
+
+    def __init__(self, loader, mode):
+        self._loader = loader
+        self._mode = mode
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        global _flask_app
         try:
-            if mode == "real":
-                use_real = be.PathFinder.find_spec("flask") is not None
-            elif code_dir:
-                use_real = be.PathFinder.find_spec("flask", [code_dir]) is not None
-        except Exception:
-            use_real = False
-    if use_real:
-        try:
-            import flask
-            _flask_app = flask.Flask("kappa_function")
-            return
+            self._loader.exec_module(module)
+            app = _new_flask_app(module, "kappa_function")
         except Exception as e:
-            _log("kappa: bundled Flask could not be imported (%s: %s); using the shim" % (
-                type(e).__name__, e))
-            for name in [n for n in sys.modules if n == "flask" or n.startswith("flask.")]:
+            for name in [n for n in sys.modules if n.startswith("flask.")]:
                 del sys.modules[name]
-    sys.modules["flask"] = _make_flask_shim()
+            where = os.path.dirname(getattr(module, "__file__", None) or "") or "?"
+            missing = e.name if isinstance(e, ModuleNotFoundError) and e.name else None
+            what = ("the package %r it needs is not installed" % missing if missing
+                    else "%s: %s" % (type(e).__name__, e))
+            if self._mode == "real":
+                raise ImportError(
+                    "KAPPA_FLASK=real, but Flask (at %s) could not be imported: %s; install "
+                    "Flask with its dependencies (add flask to the function's requirements.txt)"
+                    % (where, what), name=missing or "flask") from e
+            _log("kappa: Flask at %s could not be imported (%s); using Kappa's Flask stand-in"
+                 % (where, what))
+            sys.modules["flask"] = _make_flask_shim()
+            return
+        _flask_app = app
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+
+class _FlaskFinder:
+    """`import flask` in the function (a sys.meta_path hook for that one name): the real Flask
+    whenever it is importable (from the function's package, first on sys.path, else the
+    interpreter's site-packages), otherwise Kappa's stand-in. KAPPA_FLASK=shim or =real forces
+    either. Deciding at the import rather than at specialization means a function that never
+    imports flask never pays for importing it."""
+
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name != "flask":
+            return None
+        bs = sys.modules["_frozen_importlib"]
+        mode = (os.environ.get("KAPPA_FLASK") or "auto").strip().lower()
+        if mode not in ("auto", "shim", "real"):
+            raise ImportError("KAPPA_FLASK=%r is not a choice: expected auto, shim or real"
+                              % mode, name="flask")
+        real = None
+        if mode != "shim":
+            real = sys.modules["_frozen_importlib_external"].PathFinder.find_spec("flask")
+            if real is None and mode == "real":
+                raise ModuleNotFoundError(
+                    "KAPPA_FLASK=real, but the flask package is not installed: it is neither in "
+                    "the function's package nor importable by %s; add flask to the function's "
+                    "requirements.txt (or install it for that interpreter), or unset KAPPA_FLASK "
+                    "to use Kappa's built-in Flask stand-in" % sys.executable, name="flask")
+        if real is None or real.loader is None:
+            return bs.spec_from_loader("flask", _ShimLoader)
+        real.loader = _RealFlaskLoader(real.loader, mode)
+        return real
+
+
+def _setup_flask(code_dir):
+    """Make `import flask` in the function pick real Flask or the stand-in (see
+    _FlaskFinder); the choice is made when the function imports it."""
+    if "flask" in sys.modules or _FlaskFinder in sys.meta_path:
+        return
+    sys.meta_path.insert(0, _FlaskFinder)
+
+
+def _new_flask_app(flask, name):
+    """A real Flask app for the function, its logger at INFO (Flask's default, WARNING, would
+    drop `current_app.logger.info(...)`) so its lines reach the instance log."""
+    app = flask.Flask(name)
+    logger = app.logger
+    if logger.level == 0:
+        logger.setLevel(20)
+    return app
 
 
 def _load_file(path):
@@ -1940,9 +2053,10 @@ def _specialize(body, v1):
             if _flask_app is not None and getattr(module, "__name__", None):
                 import flask
                 try:
-                    _flask_app = flask.Flask(module.__name__)
+                    _flask_app = _new_flask_app(flask, module.__name__)
                 except Exception:
                     pass
+            _shim_app.name = _shim_app.import_name = getattr(module, "__name__", None) or "main"
             if is_async:
                 _get_loop()
         except BaseException as e:

@@ -43,13 +43,14 @@ def _has_real_flask():
 class Runtime:
     """A server.py subprocess with helpers to talk to it."""
 
-    def __init__(self, env=None, args=None):
+    def __init__(self, env=None, args=None, python_args=()):
         e = dict(os.environ)
         e.pop("KAPPA_CONCURRENCY", None)
         e.pop("KAPPA_FLASK", None)
         e.update(env or {})
         self.stderr = tempfile.TemporaryFile()
-        cmd = [sys.executable, SERVER] + (args if args is not None else ["--port", "0"])
+        cmd = [sys.executable] + list(python_args) + [SERVER] + (
+            args if args is not None else ["--port", "0"])
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.stderr, env=e,
                                      cwd=ROOT)
         self.stdout_lines = []
@@ -104,8 +105,8 @@ class Runtime:
 
 
 class RuntimeTestCase(unittest.TestCase):
-    def start(self, env=None, args=None):
-        rt = Runtime(env, args)
+    def start(self, env=None, args=None, python_args=()):
+        rt = Runtime(env, args, python_args)
         self.addCleanup(rt.close)
         return rt
 
@@ -463,8 +464,9 @@ class TestInvoke(RuntimeTestCase):
         c.close()
 
     def test_abort_and_http_errors(self):
+        # The stand-in answers abort() with Kappa's JSON error (real Flask with its HTML page).
         d, name = self.module(RETURNS)
-        rt = self.specialized(d, name + ".main")
+        rt = self.specialized(d, name + ".main", rt_env={"KAPPA_FLASK": "shim"})
         r, body = rt.request("GET", "/abort")
         self.assertEqual(r.status, 404)
         self.assertEqual(json.loads(body)["error"]["code"], "not_found")
@@ -669,11 +671,15 @@ class TestInvoke(RuntimeTestCase):
         self.assertFalse(json.loads(body)["is_shim"])
 
     @unittest.skipUnless(_has_real_flask(), "Flask is not installed for this interpreter")
-    def test_shim_by_default_even_if_flask_is_installed(self):
+    def test_real_flask_by_default_when_installed(self):
         d, name = self.module(FLASKY)
         rt = self.specialized(d, name + ".main")
         r, body = rt.request("POST", "/p?a=1&b=2", "{}", {"Content-Type": "application/json"})
-        self.assertTrue(json.loads(body)["is_shim"])
+        self.assertFalse(json.loads(body)["is_shim"])
+
+    @unittest.skipUnless(_has_real_flask(), "Flask is not installed for this interpreter")
+    def test_fission_example_on_real_flask(self):
+        TestFissionFlask.check_fission_example(self, {"KAPPA_FLASK": "real"})
 
     @unittest.skipUnless(_has_real_flask(), "Flask is not installed for this interpreter")
     def test_real_flask_when_requested(self):
@@ -687,6 +693,199 @@ class TestInvoke(RuntimeTestCase):
         self.assertEqual((got["a_list"], got["json"], got["header"]), (["1", "2"], {"n": 5}, "cv"))
         r, body = rt.request("GET", "/jsonify")
         self.assertEqual(json.loads(body), {"via": "jsonify"})
+
+
+FISSION_EXAMPLE = """
+    from flask import request, current_app, jsonify, Response, make_response, abort, g
+
+    def main():
+        current_app.logger.info("fission-style log line from %s", request.path)
+        g.user = request.headers.get("X-User", "anon")
+        p = request.path
+        if p == "/form":
+            return jsonify({
+                "method": request.method,
+                "path": request.path,
+                "args": request.args.to_dict(),
+                "form": request.form.to_dict(),
+                "values": request.values.to_dict(),
+                "cookies": dict(request.cookies),
+                "header": request.headers.get("X-User"),
+                "user": g.user,
+                "g_default": g.get("missing", "dflt"),
+                "in_g": "user" in g,
+            })
+        if p == "/raw":
+            return jsonify({
+                "json": request.json if request.is_json else None,
+                "get_json": request.get_json(),
+                "data": request.data.decode(),
+                "get_data": request.get_data(as_text=True),
+            })
+        if p == "/files":
+            f = request.files["up"]
+            return {"field": request.form["field"], "filename": f.filename,
+                    "content": f.read().decode()}
+        if p == "/response":
+            return Response("created", status=201, mimetype="text/plain")
+        if p == "/make":
+            r = make_response(jsonify(ok=True), 202)
+            r.headers["X-From"] = "make_response"
+            return r
+        if p == "/abort":
+            abort(403)
+        if p == "/app":
+            return current_app.name
+        return "unknown " + p, 404
+"""
+
+FAKE_FLASK = """
+    # Stands in for an installed Flask: enough of its surface for the runtime to drive.
+    import logging
+    MARK = "fake-real-flask"
+    apps = []
+
+    class _Ctx:
+        def push(self):
+            pass
+
+        def pop(self):
+            pass
+
+    class Flask:
+        def __init__(self, name):
+            self.name = name
+            self.logger = logging.getLogger(name)
+            apps.append(name)
+
+        def request_context(self, environ):
+            return _Ctx()
+"""
+
+WHICH_FLASK = """
+    import flask
+
+    def main():
+        return {"mark": getattr(flask, "MARK", None),
+                "shim": getattr(flask, "__kappa_shim__", False),
+                "apps": list(getattr(flask, "apps", []))}
+"""
+
+
+class TestFissionFlask(RuntimeTestCase):
+    """What Fission's Python examples use of Flask, on the stand-in and (when it is installed)
+    on real Flask, and how the runtime picks one."""
+
+    def check_fission_example(self, rt_env):
+        d, name = self.module(FISSION_EXAMPLE)
+        rt = self.specialized(d, name + ".main", rt_env=rt_env)
+        r, body = rt.request("POST", "/form?q=1&both=arg", "f=2&both=form",
+                             {"Content-Type": "application/x-www-form-urlencoded",
+                              "X-User": "ann", "Cookie": "session=abc; theme=dark"})
+        self.assertEqual(r.status, 200, body)
+        got = json.loads(body)
+        self.assertEqual(got["method"], "POST")
+        self.assertEqual(got["path"], "/form")
+        self.assertEqual(got["args"], {"q": "1", "both": "arg"})
+        self.assertEqual(got["form"], {"f": "2", "both": "form"})
+        self.assertEqual(got["values"], {"q": "1", "f": "2", "both": "arg"})
+        self.assertEqual(got["cookies"], {"session": "abc", "theme": "dark"})
+        self.assertEqual((got["header"], got["user"], got["g_default"], got["in_g"]),
+                         ("ann", "ann", "dflt", True))
+        r, body = rt.request("POST", "/raw", json.dumps({"n": 5}),
+                             {"Content-Type": "application/json"})
+        self.assertEqual(json.loads(body), {"json": {"n": 5}, "get_json": {"n": 5},
+                                            "data": '{"n": 5}', "get_data": '{"n": 5}'})
+        multipart = (
+            "--XyZ\r\nContent-Disposition: form-data; name=\"field\"\r\n\r\nvalue\r\n"
+            "--XyZ\r\nContent-Disposition: form-data; name=\"up\"; filename=\"a.txt\"\r\n"
+            "Content-Type: text/plain\r\n\r\nfile body\r\n--XyZ--\r\n")
+        r, body = rt.request("POST", "/files", multipart,
+                             {"Content-Type": "multipart/form-data; boundary=XyZ"})
+        self.assertEqual(json.loads(body), {"field": "value", "filename": "a.txt",
+                                            "content": "file body"})
+        r, body = rt.request("GET", "/response")
+        self.assertEqual((r.status, body, r.getheader("Content-Type").split(";")[0]),
+                         (201, b"created", "text/plain"))
+        r, body = rt.request("GET", "/make")
+        self.assertEqual((r.status, json.loads(body), r.getheader("X-From")),
+                         (202, {"ok": True}, "make_response"))
+        r, body = rt.request("GET", "/abort")
+        self.assertEqual(r.status, 403, body)
+        r, body = rt.request("GET", "/app")
+        self.assertEqual(body, name.encode())
+        wait_for(lambda: "fission-style log line from /form" in rt.logs())
+        r, body = rt.request("GET", "/nope")
+        self.assertEqual(r.status, 404)
+
+    def test_fission_example_on_the_stand_in(self):
+        self.check_fission_example({"KAPPA_FLASK": "shim"})
+
+    def test_fission_example_by_default(self):
+        # The stand-in, or real Flask where it is installed: the same behaviour.
+        self.check_fission_example({})
+
+    def flask_package(self, directory, source=FAKE_FLASK):
+        os.makedirs(os.path.join(directory, "flask"))
+        self.write(directory, os.path.join("flask", "__init__.py"), source)
+
+    def which(self, rt):
+        r, body = rt.request("GET", "/")
+        self.assertEqual(r.status, 200, body)
+        return json.loads(body)
+
+    def test_an_importable_flask_is_used_wherever_it_is_installed(self):
+        # Installed for the interpreter (here: on PYTHONPATH), not bundled with the function.
+        site = self.tmpdir()
+        self.flask_package(site)
+        d, name = self.module(WHICH_FLASK)
+        rt = self.specialized(d, name + ".main", rt_env={"PYTHONPATH": site})
+        got = self.which(rt)
+        self.assertEqual((got["mark"], got["shim"]), ("fake-real-flask", False))
+        self.assertEqual(got["apps"][-1], name, "the app is named after the function's module")
+        # Bundled with the function.
+        d, name = self.module(WHICH_FLASK)
+        self.flask_package(d)
+        got = self.which(self.specialized(d, name + ".main"))
+        self.assertEqual(got["mark"], "fake-real-flask")
+        # KAPPA_FLASK=shim forces the stand-in, from the runtime's env or the function's.
+        rt = self.start()
+        status, body = rt.specialize(d, name + ".main", env={"KAPPA_FLASK": "shim"})
+        self.assertEqual(status, 200, body)
+        self.assertTrue(self.which(rt)["shim"])
+
+    def test_a_flask_missing_its_dependencies(self):
+        d, name = self.module(WHICH_FLASK)
+        self.flask_package(d, "import kappa_missing_dependency_of_flask\n")
+        # auto: the stand-in, saying why.
+        rt = self.specialized(d, name + ".main")
+        self.assertTrue(self.which(rt)["shim"])
+        self.assertIn("the package 'kappa_missing_dependency_of_flask' it needs is not installed",
+                      rt.logs())
+        # real: the specialization fails, naming the missing package.
+        rt = self.start()
+        status, body = rt.specialize(d, name + ".main", env={"KAPPA_FLASK": "real"})
+        self.assertEqual(status, 500, body)
+        message = body["error"]["message"]
+        self.assertIn("KAPPA_FLASK=real, but Flask", message)
+        self.assertIn("'kappa_missing_dependency_of_flask'", message)
+
+    def test_kappa_flask_real_without_flask_names_the_missing_package(self):
+        d, name = self.module(WHICH_FLASK)
+        # `python3 -S`: no site-packages, so no Flask even where it is installed.
+        rt = self.start(python_args=["-S"])
+        status, body = rt.specialize(d, name + ".main", env={"KAPPA_FLASK": "real"})
+        self.assertEqual(status, 500, body)
+        message = body["error"]["message"]
+        self.assertIn("KAPPA_FLASK=real, but the flask package is not installed", message)
+        self.assertIn("requirements.txt", message)
+
+    def test_bad_kappa_flask_value(self):
+        d, name = self.module(WHICH_FLASK)
+        rt = self.start()
+        status, body = rt.specialize(d, name + ".main", env={"KAPPA_FLASK": "yes"})
+        self.assertEqual(status, 500, body)
+        self.assertIn("expected auto, shim or real", body["error"]["message"])
 
 
 def raw_exchange(port, payload, until_close=True):

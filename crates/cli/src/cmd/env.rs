@@ -2,7 +2,7 @@
 
 use kappa_types::{Builder, Environment, EnvironmentSpec, Kind, Runtime};
 
-use super::{Ctx, DeleteArgs, NameArg, ResourceFlags};
+use super::{Ctx, DeleteArgs, NameArg, ResourceFlags, usage};
 use crate::output::{Table, age, or_dash};
 
 /// `kappa env ...`
@@ -75,10 +75,34 @@ pub struct EnvFlags {
     /// default true where the platform provides egress).
     #[arg(long, value_name = "BOOL")]
     pub egress: Option<bool>,
+    /// The environment protocol version, as Fission's `--version`: 2 or 3 (Kappa speaks the v2
+    /// protocol, `POST /v2/specialize`, for both); 1 is refused [default: 3].
+    #[arg(long = "version", id = "env_version", value_name = "N")]
+    pub version: Option<u32>,
 }
 
 impl EnvFlags {
+    /// Refuses what Kappa cannot honour, naming the flag the user typed.
+    fn check(&self) -> anyhow::Result<()> {
+        match self.version {
+            None | Some(2 | 3) => Ok(()),
+            Some(1) => Err(usage(
+                "--version 1 is not supported: it is Fission's v1 environment protocol \
+                 (POST /specialize loading the single file /userfunc/user), and Kappa speaks v2 \
+                 (POST /v2/specialize with filepath and functionName); use --version 2 or 3 \
+                 (every Fission environment image of version 2 or later works)",
+            )),
+            Some(n) => Err(usage(format!(
+                "--version {n} is not an environment protocol version: expected 2 or 3 \
+                 (1 is Fission's legacy protocol, which Kappa does not speak)"
+            ))),
+        }
+    }
+
     fn apply(&self, spec: &mut EnvironmentSpec) {
+        if let Some(version) = self.version {
+            spec.version = version;
+        }
         if let Some(image) = &self.image {
             spec.runtime.image = image.clone();
         }
@@ -123,6 +147,7 @@ pub async fn run(ctx: &Ctx, command: EnvCommand) -> anyhow::Result<()> {
     match command {
         EnvCommand::Create(args) => {
             super::check_name(&args.name)?;
+            args.flags.check()?;
             let mut spec = EnvironmentSpec {
                 runtime: Runtime::default(),
                 ..EnvironmentSpec::default()
@@ -136,6 +161,7 @@ pub async fn run(ctx: &Ctx, command: EnvCommand) -> anyhow::Result<()> {
         EnvCommand::List => super::list(ctx, table).await,
         EnvCommand::Update(args) => {
             super::check_name(&args.name)?;
+            args.flags.check()?;
             let updated = super::update::<EnvironmentSpec, _>(ctx, &args.name, |env| {
                 args.flags.apply(&mut env.spec);
                 Ok(())

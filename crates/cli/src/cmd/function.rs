@@ -54,10 +54,10 @@ pub struct FnCode {
     pub code: Option<PathBuf>,
     /// A source directory or zip: built when the environment has a builder or --buildcmd is
     /// given, otherwise deployed as is.
-    #[arg(long, alias = "source")]
+    #[arg(long, alias = "source", alias = "sourcearchive")]
     pub src: Option<PathBuf>,
     /// A directory, zip or file deployed as is.
-    #[arg(long)]
+    #[arg(long, alias = "deployarchive")]
     pub deploy: Option<PathBuf>,
     /// An existing package.
     #[arg(long, alias = "pkgname")]

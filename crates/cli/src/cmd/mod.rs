@@ -1,6 +1,7 @@
 //! The resource commands (`env`, `fn`, `route`, `pkg`) and what they share: the context, name
 //! arguments, flag value parsers, and the generic get/list/delete/update flows.
 
+pub mod archive;
 pub mod configmap;
 pub mod env;
 pub mod function;

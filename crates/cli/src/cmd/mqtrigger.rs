@@ -34,7 +34,8 @@ pub struct MqtCreate {
     /// The function each message is POSTed to.
     #[arg(long)]
     pub function: String,
-    /// The broker: nats-jetstream or redis (Redis Streams).
+    /// The broker: nats-jetstream or redis (Redis Streams); Fission's other types (kafka, ...)
+    /// are refused.
     #[arg(long, default_value = "nats-jetstream")]
     pub mqtype: String,
     /// The subject (NATS) or stream key (Redis) to consume.
@@ -129,6 +130,12 @@ pub async fn run(ctx: &Ctx, command: MqtCommand) -> anyhow::Result<()> {
                     args.function
                 ))
             })?;
+            if !kappa_types::MESSAGE_QUEUE_TYPES.contains(&args.mqtype.as_str()) {
+                return Err(usage(format!(
+                    "--mqtype: {}",
+                    kappa_types::unsupported_message_queue_type(&args.mqtype)
+                )));
+            }
             let name = match &args.name {
                 Some(name) => name.clone(),
                 None => generated_name(&args.function),

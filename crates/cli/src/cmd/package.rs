@@ -33,6 +33,10 @@ pub enum PkgCommand {
     /// Delete a package (refused while functions use it, unless --force).
     #[command(alias = "rm")]
     Delete(DeleteArgs),
+    /// Download a package's source archive into -o FILE (or to stdout).
+    Getsrc(NameArg),
+    /// Download a package's deployment archive into -o FILE (or to stdout).
+    Getdeploy(NameArg),
 }
 
 /// `pkg create`.
@@ -147,9 +151,11 @@ pub fn set_code(spec: &mut PackageSpec, code: PackageCode) {
     spec.deployment = code.deployment;
 }
 
-/// Runs a `pkg` subcommand.
-pub async fn run(ctx: &Ctx, command: PkgCommand) -> anyhow::Result<()> {
+/// Runs a `pkg` subcommand; `dest` is the global `-o` given to `getsrc`/`getdeploy`.
+pub async fn run(ctx: &Ctx, command: PkgCommand, dest: Option<&str>) -> anyhow::Result<()> {
     match command {
+        PkgCommand::Getsrc(name) => get_archive(ctx, name.get()?, false, dest).await,
+        PkgCommand::Getdeploy(name) => get_archive(ctx, name.get()?, true, dest).await,
         PkgCommand::Create(args) => {
             super::check_name(&args.env).map_err(|_| {
                 usage(format!(
@@ -239,6 +245,61 @@ pub async fn run(ctx: &Ctx, command: PkgCommand) -> anyhow::Result<()> {
         }
         PkgCommand::Rebuild(name) => rebuild(ctx, name.get()?).await,
         PkgCommand::Delete(args) => super::delete(ctx, Kind::Package, &args).await,
+    }
+}
+
+/// `pkg getsrc|getdeploy`: the package's source or deployment archive, as stored (a stored
+/// archive streamed from the API, an inline one decoded).
+async fn get_archive(
+    ctx: &Ctx,
+    name: &str,
+    deploy: bool,
+    dest: Option<&str>,
+) -> anyhow::Result<()> {
+    let which = if deploy { "deployment" } else { "source" };
+    let package = ctx
+        .client
+        .get::<PackageSpec>(name)
+        .await
+        .with_context(|| format!("getting package '{name}'"))?;
+    let archive = if deploy {
+        package.spec.deployment.as_ref()
+    } else {
+        package.spec.source.as_ref()
+    };
+    let Some(archive) = archive else {
+        let hint = if deploy && package.spec.source.is_some() {
+            match package.status.buildstatus {
+                BuildStatus::Failed => " (its build failed: see `kappa pkg info`)",
+                BuildStatus::Pending | BuildStatus::Running => " yet (it is being built)",
+                _ => "",
+            }
+        } else {
+            ""
+        };
+        return Err(anyhow::anyhow!(
+            "package '{name}' has no {which} archive{hint}"
+        ));
+    };
+    match archive.kind {
+        ArchiveType::Literal => {
+            use base64::Engine as _;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(archive.literal.as_deref().unwrap_or_default())
+                .with_context(|| {
+                    format!("the {which} archive of package '{name}' is not base64")
+                })?;
+            super::archive::write_bytes(&bytes, dest)
+        }
+        ArchiveType::Url => match archive.stored_sha256() {
+            Some(sha) => super::archive::download(ctx, sha, dest)
+                .await
+                .with_context(|| format!("downloading the {which} archive of package '{name}'")),
+            None => Err(anyhow::anyhow!(
+                "the {which} archive of package '{name}' is at {}, outside Kappa: download it from there",
+                archive.url.as_deref().unwrap_or("an empty URL")
+            )),
+        },
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod connect;
 mod environments;
+mod fission;
 mod functions;
 mod invoke_logs;
 mod packages;

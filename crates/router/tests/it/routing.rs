@@ -20,6 +20,8 @@ async fn template_params_and_invocation_headers_reach_the_function() {
             Request::get("/users/42/orders/7?x=1")
                 .header("host", "example.com:8888")
                 .header("x-kappa-params-id", "spoofed")
+                .header("x-fission-params-id", "spoofed")
+                .header("x-fission-params-extra", "spoofed")
                 .header("x-kappa-function-name", "spoofed")
                 .header("x-forwarded-for", "10.0.0.1")
                 .header("connection", "keep-alive")
@@ -40,6 +42,16 @@ async fn template_params_and_invocation_headers_reach_the_function() {
     assert_eq!(fh["x-kappa-function-name"], "hello");
     assert_eq!(fh["x-kappa-function-namespace"], "default");
     assert_eq!(fh["x-kappa-full-url"], "/users/42/orders/7?x=1");
+    // A function written for Fission reads Fission's names for the same facts.
+    assert_eq!(fh["x-fission-params-id"], "42");
+    assert_eq!(fh["x-fission-params-order"], "7");
+    assert_eq!(fh["x-fission-function-name"], "hello");
+    assert_eq!(fh["x-fission-function-namespace"], "default");
+    assert_eq!(fh["x-fission-full-url"], "/users/42/orders/7?x=1");
+    assert!(
+        fh.get("x-fission-params-extra").is_none(),
+        "a client cannot inject Fission headers on the public path"
+    );
     assert_eq!(
         fh["x-kappa-invocation-id"],
         headers["x-kappa-invocation-id"].to_str().unwrap()

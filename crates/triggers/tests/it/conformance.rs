@@ -268,6 +268,10 @@ pub async fn responses(h: &dyn Harness) {
         assert_eq!(s.method, "POST");
         assert_eq!(s.header("x-kappa-topic"), Some("orders"));
         assert_eq!(s.header("x-kappa-trigger"), Some("t"));
+        // Fission's trigger headers, for functions written for Fission.
+        assert_eq!(s.header("x-fission-mqtrigger-topic"), Some("orders"));
+        assert_eq!(s.header("x-fission-mqtrigger-resptopic"), Some("done"));
+        assert_eq!(s.header("x-fission-mqtrigger-errortopic"), Some("failed"));
         assert_eq!(s.attempt(), 1);
         assert_eq!(s.header("content-type"), Some("application/json"));
         assert!(s.header("x-order").is_some(), "{:?}", s.headers);

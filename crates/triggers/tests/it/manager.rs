@@ -170,6 +170,7 @@ async fn time_triggers_fire_once_per_scheduled_time_across_restarts() {
     assert_eq!(s.method, "GET");
     assert_eq!(s.path, "/tick");
     assert_eq!(s.header("x-kappa-timer-name"), Some("tick"));
+    assert_eq!(s.header("x-fission-timer-name"), Some("tick"));
     let st = status(&store, Kind::TimeTrigger, "tick").await;
     assert_eq!(st["state"], "ready");
     assert_eq!(
