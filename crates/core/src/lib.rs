@@ -10,10 +10,13 @@
 //!   Deployment per `newdeploy` function), whose instances specialize themselves on start.
 //! - [`Readiness`]: instances' readiness as a watcher of their pods sees it, which the router's
 //!   endpoint index honours alongside the pool manager's feed.
+//! - [`TokenCheck`]: the one constant-time check of the platform's bearer token, which every
+//!   listener that requires it uses.
 //!
 //! This crate deliberately holds no policy: scaling decisions live in the executor, HTTP in the
 //! router.
 
+mod auth;
 mod backend;
 mod deployments;
 mod endpoints;
@@ -21,6 +24,7 @@ mod id;
 mod provision;
 mod readiness;
 
+pub use auth::{AuthError, TokenCheck};
 pub use backend::{
     Backend, BackendError, ConfigKind, ConfigVolume, ExitReason, Instance, InstanceEvent,
     InstanceSpec, Limits, SpecializeRequest,
