@@ -62,8 +62,12 @@ pub struct RouterConfig {
     pub max_body_bytes: u64,
     /// `Retry-After` (seconds) on 429 and 503 answers.
     pub retry_after_secs: u32,
-    /// Bearer token required on `/internal/*` of the admin listener; open when `None`.
+    /// The platform token, required on `/internal/*` and `/debug/*` of the admin listener
+    /// (and on `/metrics` with [`RouterConfig::metrics_need_token`]); open when `None`.
     pub internal_token: Option<String>,
+    /// `/metrics` of the admin listener requires the token too (off by default, so scrapers
+    /// without it keep working).
+    pub metrics_need_token: bool,
 }
 
 /// How long in-flight requests may take to finish once shutdown was requested.
@@ -78,6 +82,7 @@ impl Default for RouterConfig {
             max_body_bytes: 64 * 1024 * 1024,
             retry_after_secs: 1,
             internal_token: None,
+            metrics_need_token: false,
         }
     }
 }
@@ -115,6 +120,8 @@ pub(crate) struct Inner {
     pub(crate) metrics: Metrics,
     /// Precomputed `Retry-After` value.
     pub(crate) retry_after: http::HeaderValue,
+    /// The check of [`RouterConfig::internal_token`].
+    pub(crate) token: Option<kappa_core::TokenCheck>,
 }
 
 impl Router {
@@ -131,6 +138,7 @@ impl Router {
         let upstreams = Upstreams::new(MAX_IDLE_PER_ENDPOINT);
         let (ready, _) = watch::channel(false);
         let (applied, _) = watch::channel(0);
+        let token = kappa_core::TokenCheck::optional(config.internal_token.as_deref());
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -143,6 +151,7 @@ impl Router {
                 upstreams,
                 metrics,
                 retry_after,
+                token,
             }),
         }
     }
