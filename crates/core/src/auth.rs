@@ -18,9 +18,7 @@ pub enum AuthError {
     #[error("authentication required: send the header Authorization: Bearer <token>")]
     Missing,
     /// An `Authorization` header of another scheme (e.g. `Basic`), or one that is not text.
-    #[error(
-        "the Authorization header is not a bearer token: send Authorization: Bearer <token>"
-    )]
+    #[error("the Authorization header is not a bearer token: send Authorization: Bearer <token>")]
     NotBearer,
     /// A bearer token that is not the platform's.
     #[error("the bearer token is not valid")]

@@ -572,8 +572,12 @@ async fn require_token(State(api): State<ExecutorApi>, request: Request, next: N
             .get(header::AUTHORIZATION)
             .map(HeaderValue::as_bytes);
         if let Err(refused) = check.verify(authorization) {
-            let mut response =
-                plain_error(StatusCode::UNAUTHORIZED, "unauthorized", refused.to_string(), None);
+            let mut response = plain_error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                refused.to_string(),
+                None,
+            );
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

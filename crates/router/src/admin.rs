@@ -38,7 +38,10 @@ pub(crate) fn app(router: Router) -> axum::Router {
         .fallback(not_found)
         // A layer (not a route layer) so unmatched paths under the protected prefixes are
         // refused the same way as matched ones.
-        .layer(middleware::from_fn_with_state(router.clone(), require_token))
+        .layer(middleware::from_fn_with_state(
+            router.clone(),
+            require_token,
+        ))
         .with_state(router)
 }
 
@@ -141,10 +144,7 @@ fn protected(path: &str, metrics_need_token: bool) -> bool {
 
 async fn require_token(State(router): State<Router>, request: Request, next: Next) -> Response {
     if let Some(check) = &router.inner.token
-        && protected(
-            request.uri().path(),
-            router.inner.config.metrics_need_token,
-        )
+        && protected(request.uri().path(), router.inner.config.metrics_need_token)
     {
         let authorization = request
             .headers()

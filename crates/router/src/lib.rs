@@ -12,8 +12,8 @@
 //!   upstream connection pool, streaming bodies both ways, the function timeout, the one safe
 //!   retry (connection refused before any byte was sent) and structured JSON errors that carry
 //!   the invocation id and the real cause;
-//! - the **admin listener** (`admin`): health, readiness, metrics, debug views and the
-//!   authenticated internal invoke path used by `kappa fn test`;
+//! - the **admin listener** (`admin`): health, readiness, metrics, and, behind the platform
+//!   token, the debug views and the internal invoke path used by `kappa fn test`;
 //! - in cluster mode, its **own copy of the endpoint index** (`remote`): fed by the executor's
 //!   endpoint feed through a [`ReadinessGate`] (`readiness`), which also keeps out endpoints
 //!   whose pods a pod watcher reports not ready (the watcher itself lives in `kappa-kube`).

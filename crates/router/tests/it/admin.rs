@@ -112,7 +112,12 @@ async fn debug_views_need_the_token_and_metrics_can() {
         })
         .await;
         h.put_function("hello", 60).await;
-        for path in ["/debug/endpoints", "/debug/routes", "/debug/nothing", "/debug"] {
+        for path in [
+            "/debug/endpoints",
+            "/debug/routes",
+            "/debug/nothing",
+            "/debug",
+        ] {
             for token in [None, Some("wrong"), Some("s3cre"), Some("s3crett")] {
                 let (status, headers, body) = h.admin_get(path, token).await;
                 assert_eq!(status, StatusCode::UNAUTHORIZED, "{path} {token:?}");
@@ -136,8 +141,14 @@ async fn debug_views_need_the_token_and_metrics_can() {
         if metrics_need_token {
             assert_eq!(status, StatusCode::UNAUTHORIZED);
             assert_eq!(admin_error(&headers, &body), "unauthorized");
-            assert_eq!(h.admin_get("/metrics", Some("wrong")).await.0, StatusCode::UNAUTHORIZED);
-            assert_eq!(h.admin_get("/metrics", Some("s3cret")).await.0, StatusCode::OK);
+            assert_eq!(
+                h.admin_get("/metrics", Some("wrong")).await.0,
+                StatusCode::UNAUTHORIZED
+            );
+            assert_eq!(
+                h.admin_get("/metrics", Some("s3cret")).await.0,
+                StatusCode::OK
+            );
         } else {
             assert_eq!(status, StatusCode::OK);
         }

@@ -508,9 +508,7 @@ impl Harness {
 
     pub async fn wait_routes(&self, what: &str, check: impl Fn(&Value) -> bool) {
         eventually(what, || async {
-            let (status, _, body) = self
-                .admin_get("/debug/routes", self.token.as_deref())
-                .await;
+            let (status, _, body) = self.admin_get("/debug/routes", self.token.as_deref()).await;
             status == StatusCode::OK && check(&serde_json::from_slice(&body).unwrap())
         })
         .await;
