@@ -16,7 +16,7 @@ use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use crate::error::{ArchiveError, at};
-use crate::extract::{ExtractLimits, extract_zip};
+use crate::extract::{ExtractLimits, check_zip, extract_zip};
 use crate::{hex, is_valid_digest};
 
 /// The file name a non-zip archive gets when extracted without an explicit name (Fission's).
@@ -185,8 +185,10 @@ impl ArchiveStore {
     /// Stores an archive from a stream of chunks, hashing it as it is written to a temporary
     /// file (the whole body is never held in memory). Over the size limit it fails with
     /// [`ArchiveError::TooLarge`] and leaves nothing behind; a failing stream gives
-    /// [`ArchiveError::Body`]. On success the file is renamed to `blobs/<sha256>`; if that
-    /// archive is already stored the new copy is dropped.
+    /// [`ArchiveError::Body`]. A zip that [`check_zip`] refuses under the store's
+    /// [`ExtractLimits`] fails with that error ([`ArchiveError::Unsafe`] naming the entry and
+    /// the rule, or [`ArchiveError::Corrupt`]) and is not stored. On success the file is
+    /// renamed to `blobs/<sha256>`; if that archive is already stored the new copy is dropped.
     pub async fn put_stream<S, E>(&self, body: S) -> Result<ArchiveInfo, ArchiveError>
     where
         S: Stream<Item = Result<Bytes, E>> + Send,
@@ -217,6 +219,13 @@ impl ArchiveStore {
         file.flush().await.map_err(at(&tmp_path))?;
         file.sync_all().await.map_err(at(&tmp_path))?;
         drop(file);
+
+        // A zip that extraction would refuse is refused now, before it is stored, so the user
+        // hears of it from the upload instead of from the first invocation.
+        let (limits, check_path) = (self.limits, tmp_path.clone());
+        tokio::task::spawn_blocking(move || check_archive(&check_path, &limits))
+            .await
+            .map_err(|e| ArchiveError::Task(e.to_string()))??;
 
         let sha256 = hex(&hasher.finalize());
         let dest = self.inner.blobs.join(&sha256);
@@ -253,6 +262,26 @@ impl ArchiveStore {
         let chunk = Bytes::copy_from_slice(bytes);
         self.put_stream(futures::stream::iter([Ok::<_, std::io::Error>(chunk)]))
             .await
+    }
+
+    /// Checks a stored archive as [`ArchiveStore::put_stream`] checks uploads (archives stored
+    /// before that check existed may be unsafe): `Ok` for a safe zip or a single file,
+    /// [`ArchiveError::NotFound`] when it is not stored.
+    pub async fn check(&self, sha256: &str) -> Result<(), ArchiveError> {
+        check_digest(sha256)?;
+        let blob = self.inner.blobs.join(sha256);
+        let limits = self.limits;
+        let sha = sha256.to_owned();
+        tokio::task::spawn_blocking(move || match check_archive(&blob, &limits) {
+            Err(ArchiveError::File { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Err(ArchiveError::NotFound(sha))
+            }
+            other => other,
+        })
+        .await
+        .map_err(|e| ArchiveError::Task(e.to_string()))?
     }
 
     /// The stored archive with this digest, if any.
@@ -564,8 +593,7 @@ impl Inner {
         let tmp = self.manifests.join(format!(".tmp-{}", Uuid::new_v4()));
         let mut guard = TempGuard::new(tmp.clone());
         std::fs::write(&tmp, text).map_err(at(&tmp))?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o400))
-            .map_err(at(&tmp))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o400)).map_err(at(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(at(&path))?;
         guard.disarm();
         Ok(())
@@ -710,7 +738,9 @@ fn manifest(dir: &Path) -> std::io::Result<String> {
         } else {
             '?'
         };
-        let target = target.map(|t| hex(t.as_os_str().as_bytes())).unwrap_or_default();
+        let target = target
+            .map(|t| hex(t.as_os_str().as_bytes()))
+            .unwrap_or_default();
         out.push_str(&format!(
             "{kind} {} {:o} {} {} {}.{:09} {target}\t{}\n",
             meta.len(),
@@ -741,6 +771,15 @@ fn decode_name(hexed: &str) -> String {
 fn place_file(blob: &Path, dest: &Path) -> Result<(), ArchiveError> {
     std::fs::copy(blob, dest).map_err(at(dest))?;
     std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o755)).map_err(at(dest))
+}
+
+/// Checks a zip (by its magic) with [`check_zip`]; any other archive is a single file and
+/// always acceptable.
+fn check_archive(path: &Path, limits: &ExtractLimits) -> Result<(), ArchiveError> {
+    if sniff_zip(path).map_err(at(path))? {
+        check_zip(path, limits)?;
+    }
+    Ok(())
 }
 
 /// Whether the file starts with the zip local-file-header magic `PK\x03\x04`.
