@@ -343,6 +343,9 @@ async fn extractions_are_sealed() {
     assert!(tree(&tmp.path().join("manifests")).is_empty());
 }
 
+/// A way of changing an extraction (given its directory).
+type Tamper = Box<dyn Fn(&Path)>;
+
 /// What an instance of the local backend does with an extraction: hard links to its files.
 fn link_tree(from: &Path, to: &Path) {
     std::fs::create_dir(to).unwrap();
@@ -387,7 +390,7 @@ async fn a_tampered_extraction_is_made_again_from_the_archive() {
 
     // Each way of changing the code is caught; the next caller gets the original back.
     let one = instances.path().join("one");
-    let tampers: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+    let tampers: Vec<(&str, Tamper)> = vec![
         // As a function with write access to its /userfunc would (first: later extractions
         // are new files, which that instance's links no longer reach).
         (
