@@ -273,3 +273,54 @@ fn exhausted_capacity_gives_429_with_retry_after() {
         "the queued request is served once the slot frees"
     );
 }
+
+/// `GET path` on `addr` without and with the platform token: the two statuses (a refusal is
+/// the JSON `unauthorized` error).
+fn with_and_without_token(p: &Platform, addr: std::net::SocketAddr, path: &str) -> (u16, u16) {
+    let auth = format!("Bearer {}", p.token());
+    let without = crate::harness::http(addr, "GET", path, &[], b"").unwrap();
+    if without.status == 401 {
+        assert_eq!(without.json()["error"]["code"], "unauthorized", "{path}");
+    }
+    let with = crate::harness::http(addr, "GET", path, &[("authorization", &auth)], b"").unwrap();
+    (without.status, with.status)
+}
+
+#[test]
+fn the_admin_listener_needs_the_token_for_debug_views_and_metrics_when_asked() {
+    let p = Platform::start();
+    for path in ["/debug/endpoints", "/debug/routes"] {
+        assert_eq!(
+            with_and_without_token(&p, p.admin, path),
+            (401, 200),
+            "{path}"
+        );
+    }
+    // A wrong token is refused too.
+    let wrong = crate::harness::http(
+        p.admin,
+        "GET",
+        "/debug/endpoints",
+        &[("authorization", "Bearer not-the-token")],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(wrong.status, 401);
+    assert_eq!(with_and_without_token(&p, p.admin, "/metrics"), (200, 200));
+    assert_eq!(with_and_without_token(&p, p.api, "/metrics"), (200, 200));
+    drop(p);
+
+    let p = Platform::start_with(&["--no-example", "--metrics-need-token"]);
+    for addr in [p.admin, p.api] {
+        assert_eq!(
+            with_and_without_token(&p, addr, "/metrics"),
+            (401, 200),
+            "{addr}"
+        );
+        assert_eq!(
+            with_and_without_token(&p, addr, "/healthz"),
+            (200, 200),
+            "{addr}"
+        );
+    }
+}
