@@ -165,8 +165,13 @@ assert doc["apiVersion"] == "monitoring.coreos.com/v1", doc["apiVersion"]
 spec = doc["spec"]
 assert spec["selector"]["matchLabels"], "ServiceMonitor selects nothing"
 for e in spec["endpoints"]:
-    assert set(e) <= {"port", "path", "interval", "scrapeTimeout"}, e
+    assert set(e) <= {"port", "path", "interval", "scrapeTimeout", "authorization"}, e
     assert e["port"] and e["path"].startswith("/"), e
+    if "authorization" in e:
+        auth = e["authorization"]
+        assert set(auth) == {"type", "credentials"} and auth["type"] == "Bearer", auth
+        assert set(auth["credentials"]) == {"name", "key"}, auth
+        assert auth["credentials"]["name"] and auth["credentials"]["key"], auth
 PY
 )
 

@@ -30,7 +30,15 @@ fn assert_no_secret(what: &str, text: &str) {
 
 /// The endpoints the router holds for `function`: (instance id, draining).
 fn endpoints(p: &Platform, function: &str) -> Vec<(String, bool)> {
-    let r = http(p.admin, "GET", "/debug/endpoints", &[], b"").expect("admin answers");
+    let auth = format!("Bearer {}", p.token());
+    let r = http(
+        p.admin,
+        "GET",
+        "/debug/endpoints",
+        &[("authorization", &auth)],
+        b"",
+    )
+    .expect("admin answers");
     assert_eq!(r.status, 200, "{}", r.text());
     let body = r.json();
     body["functions"]

@@ -119,7 +119,8 @@ fn archive_entries_escaping_the_code_dir_are_refused() {
         zip.finish().unwrap();
     }
     let _ = std::fs::remove_file("/tmp/kappa-evil-escape.py");
-    p.ok(&[
+    // Refused when created (not at the first invocation), naming the entry and the rule.
+    let err = p.fails(&[
         "fn",
         "create",
         "--name",
@@ -131,14 +132,13 @@ fn archive_entries_escaping_the_code_dir_are_refused() {
         "--entrypoint",
         "main.main",
     ]);
-    p.ok(&["route", "create", "--url", "/evil", "--function", "evil"]);
-    let r = p.get("/evil");
-    assert_eq!(r.status, 500, "{}", r.text());
     assert!(
-        r.text().contains(".."),
-        "the error names the unsafe entry: {}",
-        r.text()
+        err.contains("unsafe archive entry \"../../../../../../tmp/kappa-evil-escape.py\""),
+        "the error names the unsafe entry: {err}"
     );
+    assert!(err.contains("'..' component"), "and the rule: {err}");
+    let fns = p.api("GET", "/v1/functions", b"");
+    assert_eq!(fns.json()["items"].as_array().map(Vec::len), Some(0));
     assert!(
         !std::path::Path::new("/tmp/kappa-evil-escape.py").exists(),
         "nothing was written outside"
@@ -251,7 +251,15 @@ fn exhausted_capacity_gives_429_with_retry_after() {
         Duration::from_secs(10),
         "the slow request to be in flight",
         || {
-            let m = crate::harness::http(p.admin, "GET", "/debug/endpoints", &[], b"").ok()?;
+            let auth = format!("Bearer {}", p.token());
+            let m = crate::harness::http(
+                p.admin,
+                "GET",
+                "/debug/endpoints",
+                &[("authorization", &auth)],
+                b"",
+            )
+            .ok()?;
             m.text()
                 .contains("\"inFlight\":1")
                 .then_some(())
@@ -270,4 +278,55 @@ fn exhausted_capacity_gives_429_with_retry_after() {
         200,
         "the queued request is served once the slot frees"
     );
+}
+
+/// `GET path` on `addr` without and with the platform token: the two statuses (a refusal is
+/// the JSON `unauthorized` error).
+fn with_and_without_token(p: &Platform, addr: std::net::SocketAddr, path: &str) -> (u16, u16) {
+    let auth = format!("Bearer {}", p.token());
+    let without = crate::harness::http(addr, "GET", path, &[], b"").unwrap();
+    if without.status == 401 {
+        assert_eq!(without.json()["error"]["code"], "unauthorized", "{path}");
+    }
+    let with = crate::harness::http(addr, "GET", path, &[("authorization", &auth)], b"").unwrap();
+    (without.status, with.status)
+}
+
+#[test]
+fn the_admin_listener_needs_the_token_for_debug_views_and_metrics_when_asked() {
+    let p = Platform::start();
+    for path in ["/debug/endpoints", "/debug/routes"] {
+        assert_eq!(
+            with_and_without_token(&p, p.admin, path),
+            (401, 200),
+            "{path}"
+        );
+    }
+    // A wrong token is refused too.
+    let wrong = crate::harness::http(
+        p.admin,
+        "GET",
+        "/debug/endpoints",
+        &[("authorization", "Bearer not-the-token")],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(wrong.status, 401);
+    assert_eq!(with_and_without_token(&p, p.admin, "/metrics"), (200, 200));
+    assert_eq!(with_and_without_token(&p, p.api, "/metrics"), (200, 200));
+    drop(p);
+
+    let p = Platform::start_with(&["--no-example", "--metrics-need-token"]);
+    for addr in [p.admin, p.api] {
+        assert_eq!(
+            with_and_without_token(&p, addr, "/metrics"),
+            (401, 200),
+            "{addr}"
+        );
+        assert_eq!(
+            with_and_without_token(&p, addr, "/healthz"),
+            (200, 200),
+            "{addr}"
+        );
+    }
 }

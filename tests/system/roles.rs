@@ -24,11 +24,17 @@ struct Server {
     child: Child,
     api: SocketAddr,
     router: SocketAddr,
+    internal: SocketAddr,
     admin: SocketAddr,
 }
 
 impl Server {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// With extra environment variables (the `KAPPA_...` fallbacks of the flags).
+    fn start_with(env: &[(&str, &str)]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("kappa-roles-")
             .tempdir()
@@ -64,6 +70,8 @@ impl Server {
             .env("KAPPA_TOKEN", TOKEN)
             .env_remove("KAPPA_ROLE")
             .env_remove("KAPPA_STORE")
+            .env_remove("KAPPA_METRICS_NEED_TOKEN")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -74,6 +82,7 @@ impl Server {
             child,
             api,
             router,
+            internal,
             admin,
         };
         eventually(
@@ -179,6 +188,45 @@ fn roles_serve_a_function_with_the_router_using_the_executor_over_http() {
         s.child.try_wait().unwrap()
     });
     assert!(status.success(), "exit status {status}\n{}", s.log());
+}
+
+/// The status of `GET path` on `addr`, without and with the token.
+fn statuses(addr: SocketAddr, path: &str) -> (u16, u16) {
+    let auth = format!("Bearer {TOKEN}");
+    let without = http(addr, "GET", path, &[], b"").unwrap();
+    if without.status == 401 {
+        assert_eq!(without.json()["error"]["code"], "unauthorized", "{path}");
+    }
+    let with = http(addr, "GET", path, &[("authorization", &auth)], b"").unwrap();
+    (without.status, with.status)
+}
+
+#[test]
+fn debug_views_need_the_token_and_metrics_can() {
+    let s = Server::start();
+    assert_eq!(statuses(s.internal, "/debug/endpoints"), (401, 200));
+    assert_eq!(statuses(s.internal, "/debug/routes"), (401, 200));
+    assert_eq!(statuses(s.internal, "/metrics"), (200, 200));
+    assert_eq!(statuses(s.admin, "/metrics"), (200, 200));
+    assert_eq!(statuses(s.api, "/metrics"), (200, 200));
+    drop(s);
+
+    let s = Server::start_with(&[("KAPPA_METRICS_NEED_TOKEN", "true")]);
+    for addr in [s.internal, s.admin, s.api] {
+        assert_eq!(statuses(addr, "/metrics"), (401, 200), "{addr}");
+        assert_eq!(statuses(addr, "/healthz"), (200, 200), "{addr}");
+    }
+    assert_eq!(statuses(s.internal, "/debug/endpoints"), (401, 200));
+    let metrics = http(
+        s.admin,
+        "GET",
+        "/metrics",
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        b"",
+    )
+    .unwrap()
+    .text();
+    assert!(metrics.contains("kappa_router"), "{metrics}");
 }
 
 #[test]

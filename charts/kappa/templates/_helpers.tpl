@@ -86,6 +86,8 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ printf "0.0.0.0:%v" .root.Values.admin.port | quote }}
 - name: KAPPA_SHUTDOWN_GRACE
   value: {{ .root.Values.shutdownGraceSeconds | quote }}
+- name: KAPPA_METRICS_NEED_TOKEN
+  value: {{ .root.Values.admin.metricsNeedToken | default false | quote }}
 - name: KAPPA_REPLICA
   valueFrom:
     fieldRef:

@@ -210,8 +210,24 @@ async fn prepare_archive(
                     ),
                 ));
             }
+            // Archives stored before uploads were checked may still be unsafe.
+            state
+                .archives
+                .check(sha256)
+                .await
+                .map_err(|e| archive_refused(e, format!("{path}.url")))?;
             Ok(Prepared::Keep)
         }
+    }
+}
+
+/// An archive the store refused, as an error on `field`; other failures keep their mapping.
+fn archive_refused(e: kappa_archive::ArchiveError, field: String) -> ApiError {
+    match e {
+        kappa_archive::ArchiveError::Unsafe { .. } | kappa_archive::ArchiveError::Corrupt(_) => {
+            ApiError::invalid(field, e.to_string())
+        }
+        other => other.into(),
     }
 }
 
@@ -221,12 +237,17 @@ async fn store_archive(
     archive: &mut Option<Archive>,
     prepared: Prepared,
     admitted: &mut Admitted,
+    path: &str,
 ) -> Result<(), ApiError> {
     let (Prepared::Literal { bytes, sha256 }, Some(current)) = (prepared, archive.as_ref()) else {
         return Ok(());
     };
     let existed = state.archives.info(&sha256).await?.is_some();
-    let info = state.archives.put_bytes(&bytes).await?;
+    let info = state
+        .archives
+        .put_bytes(&bytes)
+        .await
+        .map_err(|e| archive_refused(e, format!("{path}.literal")))?;
     if !existed {
         admitted.new_blobs.push(info.sha256.clone());
     }
@@ -272,12 +293,20 @@ impl Admit for PackageSpec {
         };
         let mut admitted = Admitted::default();
         let moved = async {
-            store_archive(state, &mut object.spec.source, source, &mut admitted).await?;
+            store_archive(
+                state,
+                &mut object.spec.source,
+                source,
+                &mut admitted,
+                "spec.source",
+            )
+            .await?;
             store_archive(
                 state,
                 &mut object.spec.deployment,
                 deployment,
                 &mut admitted,
+                "spec.deployment",
             )
             .await
         }

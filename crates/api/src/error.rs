@@ -204,6 +204,10 @@ impl From<ArchiveError> for ApiError {
             ArchiveError::InvalidDigest(_) => ApiError::invalid("sha256", e.to_string()),
             ArchiveError::NotFound(_) => ApiError::NotFound(e.to_string()),
             ArchiveError::Body(_) => ApiError::malformed(e.to_string()),
+            // An archive extraction would refuse: the request body is the archive.
+            ArchiveError::Unsafe { .. } | ArchiveError::Corrupt(_) => {
+                ApiError::invalid("body", e.to_string())
+            }
             _ => ApiError::Internal(e.to_string()),
         }
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use axum::body::Body;
 use kappa_archive::ArchiveStore;
-use kappa_core::FunctionId;
+use kappa_core::{FunctionId, TokenCheck};
 use kappa_logs::LogStore;
 use kappa_store::Store;
 use tokio_util::sync::CancellationToken;
@@ -52,9 +52,11 @@ pub struct ApiState {
     pub invoker: Option<Arc<dyn Invoker>>,
     /// Awaited after trigger and function writes; `None` returns at once.
     pub route_sync: Option<Arc<dyn RouteSync>>,
-    /// The bearer token every route but `/healthz`, `/readyz` and `/metrics` requires; `None`
-    /// disables authentication.
-    pub token: Option<String>,
+    /// The bearer token every route but `/healthz`, `/readyz` and (unless
+    /// [`ApiState::metrics_need_token`]) `/metrics` requires; `None` disables authentication.
+    pub token: Option<TokenCheck>,
+    /// `/metrics` requires the token too (`--metrics-need-token`).
+    pub metrics_need_token: bool,
     /// The public router's URL, reported by `GET /v1/info`.
     pub router_url: Option<String>,
     /// The server's Prometheus metrics.
@@ -104,6 +106,7 @@ impl ApiState {
             invoker: None,
             route_sync: None,
             token: None,
+            metrics_need_token: false,
             router_url: None,
             metrics: Arc::new(ApiMetrics::new()),
             bookmark_interval: DEFAULT_BOOKMARK_INTERVAL,
@@ -119,9 +122,17 @@ impl ApiState {
         self
     }
 
-    /// Requires `Authorization: Bearer <token>` on every route but health and metrics.
-    pub fn with_token(mut self, token: impl Into<String>) -> Self {
-        self.token = Some(token.into());
+    /// Requires `Authorization: Bearer <token>` on every route but health and metrics (an
+    /// empty token disables authentication).
+    pub fn with_token(mut self, token: impl AsRef<str>) -> Self {
+        self.token = TokenCheck::optional(Some(token.as_ref()));
+        self
+    }
+
+    /// Whether `/metrics` requires the token as well (it does not by default, so scrapers
+    /// without it keep working).
+    pub fn with_metrics_need_token(mut self, need: bool) -> Self {
+        self.metrics_need_token = need;
         self
     }
 

@@ -150,19 +150,7 @@ pub fn extract_zip(
         let reader = archive
             .by_index(entry.index)
             .map_err(|e| ArchiveError::Corrupt(format!("{}: {e}", entry.name)))?;
-        let mut raw = Vec::new();
-        reader
-            .take(MAX_SYMLINK_TARGET + 1)
-            .read_to_end(&mut raw)
-            .map_err(|e| ArchiveError::Corrupt(format!("{}: {e}", entry.name)))?;
-        if raw.len() as u64 > MAX_SYMLINK_TARGET {
-            return Err(unsafe_entry(
-                &entry.name,
-                format!("symlink target is longer than {MAX_SYMLINK_TARGET} bytes"),
-            ));
-        }
-        let target = String::from_utf8(raw)
-            .map_err(|_| unsafe_entry(&entry.name, "symlink target is not valid UTF-8"))?;
+        let target = symlink_target(reader, &entry.name)?;
         check_symlink_target(&entry.components, &target)
             .map_err(|reason| unsafe_entry(&entry.name, reason))?;
         let out = join(dest, &entry.components);
@@ -175,6 +163,67 @@ pub fn extract_zip(
     Ok(())
 }
 
+/// Checks, without writing anything, that [`extract_zip`] would accept the zip at `zip_path`:
+/// every rule on names, links, entry counts and the sizes the entries declare (the per-file
+/// limit, and the total limit counted in archive order, naming the first entry that passes
+/// it). The API runs it when an archive is stored, so an unsafe archive is refused when it is
+/// uploaded rather than at its first use. A zip that lies about its sizes passes this check
+/// and is still stopped by [`extract_zip`], which counts the bytes it actually inflates.
+pub fn check_zip(zip_path: &Path, limits: &ExtractLimits) -> Result<(), ArchiveError> {
+    let file = File::open(zip_path).map_err(at(zip_path))?;
+    let mut archive =
+        ZipArchive::new(BufReader::new(file)).map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
+    let plan = plan(&archive, limits)?;
+    let mut total: u64 = 0;
+    for entry in &plan {
+        match entry.kind {
+            EntryKind::Dir => {}
+            EntryKind::File { .. } => {
+                // The central directory's size: no need to read the entry itself.
+                let size = archive
+                    .by_index_data(entry.index)
+                    .map_err(|e| ArchiveError::Corrupt(format!("{}: {e}", entry.name)))?
+                    .size();
+                total = total.saturating_add(size);
+                if total > limits.max_total_bytes {
+                    return Err(unsafe_entry(
+                        &entry.name,
+                        format!(
+                            "the archive declares more than the total limit of {} bytes once inflated (reached at this entry)",
+                            limits.max_total_bytes
+                        ),
+                    ));
+                }
+            }
+            EntryKind::Symlink => {
+                let reader = archive
+                    .by_index(entry.index)
+                    .map_err(|e| ArchiveError::Corrupt(format!("{}: {e}", entry.name)))?;
+                let target = symlink_target(reader, &entry.name)?;
+                check_symlink_target(&entry.components, &target)
+                    .map_err(|reason| unsafe_entry(&entry.name, reason))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads a symlink entry's target, bounded and UTF-8.
+fn symlink_target(reader: impl Read, name: &str) -> Result<String, ArchiveError> {
+    let mut raw = Vec::new();
+    reader
+        .take(MAX_SYMLINK_TARGET + 1)
+        .read_to_end(&mut raw)
+        .map_err(|e| ArchiveError::Corrupt(format!("{name}: {e}")))?;
+    if raw.len() as u64 > MAX_SYMLINK_TARGET {
+        return Err(unsafe_entry(
+            name,
+            format!("symlink target is longer than {MAX_SYMLINK_TARGET} bytes"),
+        ));
+    }
+    String::from_utf8(raw).map_err(|_| unsafe_entry(name, "symlink target is not valid UTF-8"))
+}
+
 /// Reads the central directory and decides what to write, refusing unsafe archives before any
 /// byte is written.
 fn plan<R: Read + std::io::Seek>(
@@ -183,6 +232,8 @@ fn plan<R: Read + std::io::Seek>(
 ) -> Result<Vec<Planned>, ArchiveError> {
     let count = archive.len();
     if count as u64 > limits.max_files {
+        // The first entry past the limit, in the archive's own (central directory) order, so
+        // the message names the same entry however often it is checked.
         let index = usize::try_from(limits.max_files).unwrap_or(usize::MAX);
         let entry = archive
             .name_for_index(index)
@@ -192,8 +243,9 @@ fn plan<R: Read + std::io::Seek>(
         return Err(unsafe_entry(
             &entry,
             format!(
-                "the archive has {count} entries, more than the limit of {}",
-                limits.max_files
+                "the archive has {count} entries, more than the limit of {limit}; this is entry {next} in archive order, the first past the limit",
+                limit = limits.max_files,
+                next = limits.max_files.saturating_add(1),
             ),
         ));
     }

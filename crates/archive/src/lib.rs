@@ -6,7 +6,9 @@
 //!   whole body is never held in memory), bounded in size, de-duplicated by digest, and their
 //!   cached extractions under `<root>/extracted/<sha256>/`.
 //! - [`extract_zip`]: extraction that refuses zip-slip paths, escaping symlinks, duplicate names
-//!   and zip bombs (it counts the bytes it actually writes, not the sizes the archive declares).
+//!   and zip bombs (it counts the bytes it actually writes, not the sizes the archive declares);
+//!   [`check_zip`], the same rules without writing, which the store applies to every zip it
+//!   stores, so an unsafe archive is refused when it is uploaded.
 //! - [`pack_dir`] / [`pack_file`]: deterministic zips of local sources, for the CLI.
 //!
 //! It deliberately does not know about resources (packages, functions), HTTP, or who may read
@@ -21,7 +23,7 @@ mod pack;
 mod store;
 
 pub use error::ArchiveError;
-pub use extract::{ExtractLimits, extract_zip};
+pub use extract::{ExtractLimits, check_zip, extract_zip};
 pub use pack::{pack_dir, pack_file};
 pub use store::{ArchiveInfo, ArchiveStore, DEFAULT_FILENAME, Extracted};
 

@@ -16,7 +16,7 @@ use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use crate::error::{ArchiveError, at};
-use crate::extract::{ExtractLimits, extract_zip};
+use crate::extract::{ExtractLimits, check_zip, extract_zip};
 use crate::{hex, is_valid_digest};
 
 /// The file name a non-zip archive gets when extracted without an explicit name (Fission's).
@@ -63,6 +63,9 @@ pub struct ArchiveStore {
 struct Inner {
     blobs: PathBuf,
     extracted: PathBuf,
+    /// `<root>/manifests/<sha256>`: what each extraction looked like when it was made (see
+    /// [`manifest`]), checked before it is reused.
+    manifests: PathBuf,
     tmp: PathBuf,
     max_archive_bytes: u64,
     /// One async mutex per digest with an operation in progress: `extracted` and `delete` for
@@ -105,7 +108,7 @@ impl Drop for TempGuard {
     fn drop(&mut self) {
         if let Some(path) = self.path.take() {
             let result = if path.is_dir() {
-                std::fs::remove_dir_all(&path)
+                remove_tree(&path)
             } else {
                 std::fs::remove_file(&path)
             };
@@ -129,11 +132,14 @@ impl ArchiveStore {
         let root = std::fs::canonicalize(&root).map_err(at(&root))?;
         let blobs = root.join("blobs");
         let extracted = root.join("extracted");
+        let manifests = root.join("manifests");
         let tmp = root.join("tmp");
-        for dir in [&blobs, &extracted] {
+        for dir in [&blobs, &extracted, &manifests] {
             std::fs::create_dir_all(dir).map_err(at(dir))?;
         }
-        match std::fs::remove_dir_all(&tmp) {
+        std::fs::set_permissions(&manifests, std::fs::Permissions::from_mode(0o700))
+            .map_err(at(&manifests))?;
+        match remove_tree(&tmp) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
@@ -148,6 +154,7 @@ impl ArchiveStore {
             inner: Arc::new(Inner {
                 blobs,
                 extracted,
+                manifests,
                 tmp,
                 max_archive_bytes,
                 locks: DashMap::new(),
@@ -178,8 +185,10 @@ impl ArchiveStore {
     /// Stores an archive from a stream of chunks, hashing it as it is written to a temporary
     /// file (the whole body is never held in memory). Over the size limit it fails with
     /// [`ArchiveError::TooLarge`] and leaves nothing behind; a failing stream gives
-    /// [`ArchiveError::Body`]. On success the file is renamed to `blobs/<sha256>`; if that
-    /// archive is already stored the new copy is dropped.
+    /// [`ArchiveError::Body`]. A zip that [`check_zip`] refuses under the store's
+    /// [`ExtractLimits`] fails with that error ([`ArchiveError::Unsafe`] naming the entry and
+    /// the rule, or [`ArchiveError::Corrupt`]) and is not stored. On success the file is
+    /// renamed to `blobs/<sha256>`; if that archive is already stored the new copy is dropped.
     pub async fn put_stream<S, E>(&self, body: S) -> Result<ArchiveInfo, ArchiveError>
     where
         S: Stream<Item = Result<Bytes, E>> + Send,
@@ -210,6 +219,13 @@ impl ArchiveStore {
         file.flush().await.map_err(at(&tmp_path))?;
         file.sync_all().await.map_err(at(&tmp_path))?;
         drop(file);
+
+        // A zip that extraction would refuse is refused now, before it is stored, so the user
+        // hears of it from the upload instead of from the first invocation.
+        let (limits, check_path) = (self.limits, tmp_path.clone());
+        tokio::task::spawn_blocking(move || check_archive(&check_path, &limits))
+            .await
+            .map_err(|e| ArchiveError::Task(e.to_string()))??;
 
         let sha256 = hex(&hasher.finalize());
         let dest = self.inner.blobs.join(&sha256);
@@ -246,6 +262,26 @@ impl ArchiveStore {
         let chunk = Bytes::copy_from_slice(bytes);
         self.put_stream(futures::stream::iter([Ok::<_, std::io::Error>(chunk)]))
             .await
+    }
+
+    /// Checks a stored archive as [`ArchiveStore::put_stream`] checks uploads (archives stored
+    /// before that check existed may be unsafe): `Ok` for a safe zip or a single file,
+    /// [`ArchiveError::NotFound`] when it is not stored.
+    pub async fn check(&self, sha256: &str) -> Result<(), ArchiveError> {
+        check_digest(sha256)?;
+        let blob = self.inner.blobs.join(sha256);
+        let limits = self.limits;
+        let sha = sha256.to_owned();
+        tokio::task::spawn_blocking(move || match check_archive(&blob, &limits) {
+            Err(ArchiveError::File { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Err(ArchiveError::NotFound(sha))
+            }
+            other => other,
+        })
+        .await
+        .map_err(|e| ArchiveError::Task(e.to_string()))?
     }
 
     /// The stored archive with this digest, if any.
@@ -360,11 +396,17 @@ impl ArchiveStore {
     ///
     /// A zip (recognised by its `PK\x03\x04` magic) is extracted safely with the store's
     /// [`ExtractLimits`] into `<root>/extracted/<sha256>/` and gives [`Extracted::Dir`]. Any
-    /// other archive is copied (mode 0755, so a binary can be run) to
+    /// other archive is copied (mode 0555, so a binary can be run) to
     /// `<root>/extracted/<sha256>/<filename>` (default [`DEFAULT_FILENAME`]) and gives
     /// [`Extracted::File`]. Extraction goes through a temporary directory renamed into place,
     /// so a crash never leaves a half-extracted directory; concurrent callers for the same
     /// archive wait for one extraction.
+    ///
+    /// Extractions are sealed (directories 0555, files 0444, or 0555 when executable) and
+    /// their manifest (`<root>/manifests/<sha256>`: every entry's kind, size, mode, owner,
+    /// inode and modification time) is written when they are made. A cached extraction is
+    /// reused only while it still matches its manifest; one that does not (or has none) is
+    /// logged with a warning, removed and extracted again from the blob.
     pub async fn extracted(
         &self,
         sha256: &str,
@@ -432,7 +474,7 @@ impl Inner {
         let doomed = self.tmp.join(format!("delete-{}", Uuid::new_v4()));
         match std::fs::rename(&extracted, &doomed) {
             Ok(()) => {
-                std::fs::remove_dir_all(&doomed).map_err(at(&doomed))?;
+                remove_tree(&doomed).map_err(at(&doomed))?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
@@ -442,6 +484,7 @@ impl Inner {
                 });
             }
         }
+        self.forget_manifest(sha256)?;
         if existed {
             tracing::info!(sha256 = %sha256, "archive deleted");
         }
@@ -468,54 +511,275 @@ impl Inner {
             }
         };
         let final_dir = self.extracted.join(sha256);
+        let target = final_dir.join(filename);
+        let cached = if is_zip {
+            final_dir.is_dir()
+        } else {
+            target.is_file()
+        };
+        // An earlier extraction is reused only while it is exactly as it was made; otherwise it
+        // is moved aside and made again from the blob, whose name is its content's digest.
+        let mut verified = false;
+        if final_dir.symlink_metadata().is_ok() {
+            match self.verify(sha256, &final_dir) {
+                Ok(()) if cached => {
+                    return Ok(if is_zip {
+                        Extracted::Dir(final_dir)
+                    } else {
+                        Extracted::File(target)
+                    });
+                }
+                Ok(()) => verified = true,
+                Err(mismatch) => {
+                    tracing::warn!(
+                        sha256 = %sha256,
+                        dir = %final_dir.display(),
+                        %mismatch,
+                        "a cached extraction changed since it was made; extracting it again"
+                    );
+                    self.discard(sha256, &final_dir)?;
+                }
+            }
+        }
 
         if is_zip {
-            if final_dir.is_dir() {
-                return Ok(Extracted::Dir(final_dir));
-            }
             let tmp = self.tmp.join(format!("extract-{}", Uuid::new_v4()));
             let mut guard = TempGuard::new(tmp.clone());
             extract_zip(&blob, &tmp, limits)?;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
-                .map_err(at(&tmp))?;
+            seal(&tmp).map_err(at(&tmp))?;
             std::fs::rename(&tmp, &final_dir).map_err(at(&final_dir))?;
             guard.disarm();
+            self.record(sha256, &final_dir)?;
             self.extractions.fetch_add(1, Ordering::Relaxed);
             tracing::info!(sha256 = %sha256, dir = %final_dir.display(), "archive extracted");
             return Ok(Extracted::Dir(final_dir));
         }
 
-        let target = final_dir.join(filename);
-        if target.is_file() {
-            return Ok(Extracted::File(target));
-        }
-        if final_dir.is_dir() {
-            // Already placed under another name: add this one with an atomic file rename.
+        if verified {
+            // Already placed (and intact) under another name: add this one with an atomic file
+            // rename, opening the sealed directory for as long as that takes.
+            std::fs::set_permissions(&final_dir, std::fs::Permissions::from_mode(0o755))
+                .map_err(at(&final_dir))?;
             let tmp = final_dir.join(format!(".tmp-{}", Uuid::new_v4()));
             let mut guard = TempGuard::new(tmp.clone());
-            place_file(&blob, &tmp)?;
-            std::fs::rename(&tmp, &target).map_err(at(&target))?;
-            guard.disarm();
+            let placed = place_file(&blob, &tmp)
+                .and_then(|()| std::fs::rename(&tmp, &target).map_err(at(&target)));
+            if placed.is_ok() {
+                guard.disarm();
+            }
+            // The temporary file (if any) goes while the directory is still open.
+            drop(guard);
+            seal(&final_dir).map_err(at(&final_dir))?;
+            placed?;
         } else {
             let tmp = self.tmp.join(format!("extract-{}", Uuid::new_v4()));
             let mut guard = TempGuard::new(tmp.clone());
             std::fs::create_dir(&tmp).map_err(at(&tmp))?;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
-                .map_err(at(&tmp))?;
             place_file(&blob, &tmp.join(filename))?;
+            seal(&tmp).map_err(at(&tmp))?;
             std::fs::rename(&tmp, &final_dir).map_err(at(&final_dir))?;
             guard.disarm();
         }
+        self.record(sha256, &final_dir)?;
         self.extractions.fetch_add(1, Ordering::Relaxed);
         tracing::info!(sha256 = %sha256, file = %target.display(), "archive placed as a single file");
         Ok(Extracted::File(target))
     }
+
+    /// Writes the manifest of the extraction at `dir` (atomically, mode 0400).
+    fn record(&self, sha256: &str, dir: &Path) -> Result<(), ArchiveError> {
+        let text = manifest(dir).map_err(at(dir))?;
+        let path = self.manifests.join(sha256);
+        let tmp = self.manifests.join(format!(".tmp-{}", Uuid::new_v4()));
+        let mut guard = TempGuard::new(tmp.clone());
+        std::fs::write(&tmp, text).map_err(at(&tmp))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o400)).map_err(at(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(at(&path))?;
+        guard.disarm();
+        Ok(())
+    }
+
+    /// Whether the extraction at `dir` is still exactly as its manifest recorded it; the error
+    /// says what differs.
+    fn verify(&self, sha256: &str, dir: &Path) -> Result<(), String> {
+        let path = self.manifests.join(sha256);
+        let recorded = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err("it has no manifest".into());
+            }
+            Err(e) => return Err(format!("its manifest cannot be read: {e}")),
+        };
+        let current = manifest(dir).map_err(|e| format!("it cannot be read: {e}"))?;
+        if current == recorded {
+            return Ok(());
+        }
+        let first = |text: &str| -> std::collections::BTreeMap<String, String> {
+            text.lines()
+                .filter_map(|l| l.rsplit_once('\t'))
+                .map(|(attrs, path)| (path.to_owned(), attrs.to_owned()))
+                .collect()
+        };
+        let (was, now) = (first(&recorded), first(&current));
+        let changed = was
+            .keys()
+            .chain(now.keys())
+            .find(|p| was.get(*p) != now.get(*p))
+            .map(|p| decode_name(p))
+            .unwrap_or_default();
+        Err(format!("entry {changed:?} differs from its manifest"))
+    }
+
+    /// Moves a rejected extraction out of the way and removes it with its manifest.
+    fn discard(&self, sha256: &str, dir: &Path) -> Result<(), ArchiveError> {
+        let doomed = self.tmp.join(format!("discard-{}", Uuid::new_v4()));
+        std::fs::rename(dir, &doomed).map_err(at(dir))?;
+        remove_tree(&doomed).map_err(at(&doomed))?;
+        self.forget_manifest(sha256)
+    }
+
+    fn forget_manifest(&self, sha256: &str) -> Result<(), ArchiveError> {
+        let path = self.manifests.join(sha256);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ArchiveError::File { path, source: e }),
+        }
+    }
+}
+
+/// Makes an extraction unwritable: directories 0555, files 0555 when any execute bit is set
+/// and 0444 otherwise (symlinks have no mode of their own). The local backend hard-links these
+/// files into instances, so no instance may be able to write them.
+fn seal(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            seal(&entry.path())?;
+        } else if kind.is_file() {
+            let mode = entry.metadata()?.permissions().mode();
+            let sealed = if mode & 0o111 != 0 { 0o555 } else { 0o444 };
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(sealed))?;
+        }
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555))
+}
+
+/// Removes a tree whose directories may be sealed (0555: a non-root owner could not unlink
+/// their entries): opens every directory for its owner first.
+fn remove_tree(path: &Path) -> std::io::Result<()> {
+    fn open_up(dir: &Path) -> std::io::Result<()> {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                open_up(&entry.path())?;
+            }
+        }
+        Ok(())
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => {
+            open_up(path)?;
+            std::fs::remove_dir_all(path)
+        }
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) => Err(e),
+    }
+}
+
+/// What an extraction looks like, one line per entry (the directory itself included) in name
+/// order: kind, size, mode, owner, inode, modification time and (for a symlink) its target,
+/// then the path relative to `dir`, names hex-encoded so any byte is safe.
+///
+/// A write to a file changes its size or modification time, replacing it changes its inode,
+/// `chmod` changes its mode, and adding or removing entries changes the list, so any of these
+/// is caught without reading file contents. The change time is deliberately not recorded: the
+/// local backend's hard links into instances change it (the link count), and they must not
+/// count as tampering.
+fn manifest(dir: &Path) -> std::io::Result<String> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+
+    fn walk(dir: &Path, rel: &[u8], out: &mut String) -> std::io::Result<()> {
+        let meta = std::fs::symlink_metadata(dir)?;
+        line(&meta, None, rel, out);
+        let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let mut path = rel.to_vec();
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(entry.file_name().as_bytes());
+            let meta = entry.path().symlink_metadata()?;
+            if meta.is_dir() {
+                walk(&entry.path(), &path, out)?;
+            } else {
+                let target = if meta.file_type().is_symlink() {
+                    Some(std::fs::read_link(entry.path())?)
+                } else {
+                    None
+                };
+                line(&meta, target.as_deref(), &path, out);
+            }
+        }
+        Ok(())
+    }
+
+    fn line(meta: &std::fs::Metadata, target: Option<&Path>, rel: &[u8], out: &mut String) {
+        let kind = if meta.is_dir() {
+            'd'
+        } else if meta.file_type().is_symlink() {
+            'l'
+        } else if meta.is_file() {
+            'f'
+        } else {
+            '?'
+        };
+        let target = target
+            .map(|t| hex(t.as_os_str().as_bytes()))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "{kind} {} {:o} {} {} {}.{:09} {target}\t{}\n",
+            meta.len(),
+            meta.mode(),
+            meta.uid(),
+            meta.ino(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+            hex(rel),
+        ));
+    }
+
+    let mut out = String::new();
+    walk(dir, b"", &mut out)?;
+    Ok(out)
+}
+
+/// A hex-encoded manifest name, back as text for a message.
+fn decode_name(hexed: &str) -> String {
+    let bytes: Vec<u8> = (0..hexed.len() / 2)
+        .filter_map(|i| u8::from_str_radix(hexed.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect();
+    let name = String::from_utf8_lossy(&bytes).into_owned();
+    if name.is_empty() { ".".into() } else { name }
 }
 
 /// Copies a blob to `dest` with mode 0755.
 fn place_file(blob: &Path, dest: &Path) -> Result<(), ArchiveError> {
     std::fs::copy(blob, dest).map_err(at(dest))?;
     std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o755)).map_err(at(dest))
+}
+
+/// Checks a zip (by its magic) with [`check_zip`]; any other archive is a single file and
+/// always acceptable.
+fn check_archive(path: &Path, limits: &ExtractLimits) -> Result<(), ArchiveError> {
+    if sniff_zip(path).map_err(at(path))? {
+        check_zip(path, limits)?;
+    }
+    Ok(())
 }
 
 /// Whether the file starts with the zip local-file-header magic `PK\x03\x04`.

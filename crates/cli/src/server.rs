@@ -97,6 +97,10 @@ pub struct ServerArgs {
     /// Health, readiness and metrics of every role in this process.
     #[arg(long, env = "KAPPA_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
     pub admin_addr: SocketAddr,
+    /// Require the token on /metrics too (the admin listener's, the API's and the router
+    /// internal listener's); /healthz and /readyz stay open.
+    #[arg(long, env = "KAPPA_METRICS_NEED_TOKEN")]
+    pub metrics_need_token: bool,
     /// The API server's listener (role api).
     #[arg(long, env = "KAPPA_API_ADDR", default_value = "0.0.0.0:8890")]
     pub api_addr: SocketAddr,
@@ -189,6 +193,8 @@ struct Admin {
     /// The shared registry (executor and trigger metrics) when no API role serves it.
     executor_metrics: Option<Arc<prometheus_client::registry::Registry>>,
     router: Option<Router>,
+    /// Checked on `/metrics` when `--metrics-need-token` is set.
+    metrics_token: Option<kappa_core::TokenCheck>,
 }
 
 /// Runs the roles until SIGINT/SIGTERM.
@@ -235,7 +241,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let grace = Duration::from_secs(args.shutdown_grace);
     let mut tasks: Vec<(&'static str, JoinHandle<()>)> = Vec::new();
-    let mut admin = Admin::default();
+    let mut admin = Admin {
+        metrics_token: args
+            .metrics_need_token
+            .then(|| kappa_core::TokenCheck::new(&token)),
+        ..Admin::default()
+    };
     let mut registry = Some(prometheus_client::registry::Registry::default());
     let mut bound: Vec<(&'static str, SocketAddr)> = Vec::new();
 
@@ -446,6 +457,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 queue_limit: args.queue_limit,
                 max_body_bytes: args.max_body_mb << 20,
                 internal_token: Some(token.clone()),
+                metrics_need_token: args.metrics_need_token,
                 ..RouterConfig::default()
             },
             Arc::clone(&store),
@@ -541,6 +553,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let mut state = ApiState::new(Arc::clone(&store), Arc::clone(archives), Arc::clone(logs))
             .with_metrics(Arc::clone(&metrics))
             .with_token(token.clone())
+            .with_metrics_need_token(args.metrics_need_token)
             .with_archive_gc(kappa_api::ArchiveGc::default());
         if let Some(invoker) = &invoker {
             state = state.with_invoker(Arc::clone(invoker));
@@ -802,7 +815,27 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
     }
 }
 
-async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
+async fn metrics(State(admin): State<Arc<Admin>>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(check) = &admin.metrics_token {
+        let authorization = headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        if let Err(refused) = check.verify(authorization) {
+            let body = kappa_types::ErrorBody::new("unauthorized", refused.to_string()).to_bytes();
+            return (
+                StatusCode::UNAUTHORIZED,
+                [
+                    (
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    ),
+                    (header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")),
+                ],
+                body,
+            )
+                .into_response();
+        }
+    }
     let mut parts: Vec<String> = Vec::new();
     if let Some(m) = &admin.api_metrics {
         parts.push(m.encode());

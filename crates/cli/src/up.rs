@@ -48,6 +48,10 @@ pub struct UpArgs {
     /// The router's admin listener (health, metrics, internal invoke).
     #[arg(long, env = "KAPPA_ADMIN_ADDR", default_value = "127.0.0.1:8889")]
     pub admin_addr: SocketAddr,
+    /// Require the API token on /metrics of the API server and the router's admin listener
+    /// (/debug/* always requires it; /healthz and /readyz never do).
+    #[arg(long, env = "KAPPA_METRICS_NEED_TOKEN")]
+    pub metrics_need_token: bool,
     /// Do not deploy the bundled hello example.
     #[arg(long)]
     pub no_example: bool,
@@ -191,6 +195,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             queue_limit: args.queue_limit,
             max_body_bytes: args.max_body_mb << 20,
             internal_token: Some(token.clone()),
+            metrics_need_token: args.metrics_need_token,
             ..RouterConfig::default()
         },
         Arc::clone(&store),
@@ -210,6 +215,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let state = ApiState::new(Arc::clone(&store), Arc::clone(&archives), Arc::clone(&logs))
         .with_metrics(Arc::new(kappa_api::ApiMetrics::with_registry(registry)))
         .with_token(token.clone())
+        .with_metrics_need_token(args.metrics_need_token)
         .with_invoker(Arc::new(RouterInvoker(router.clone())))
         .with_route_sync(Arc::new(RouterInvoker(router.clone())))
         .with_router_url(router_url.clone())

@@ -10,11 +10,14 @@
 //!   Deployment per `newdeploy` function), whose instances specialize themselves on start.
 //! - [`Readiness`]: instances' readiness as a watcher of their pods sees it, which the router's
 //!   endpoint index honours alongside the pool manager's feed.
+//! - [`TokenCheck`]: the one constant-time check of the platform's bearer token, which every
+//!   listener that requires it uses.
 //!
 //! This crate deliberately holds no policy: scaling decisions live in the executor, HTTP in the
 //! router.
 
 mod addr;
+mod auth;
 mod backend;
 mod deployments;
 mod endpoints;
@@ -23,6 +26,7 @@ mod provision;
 mod readiness;
 
 pub use addr::{InstanceAddr, ParseAddrError};
+pub use auth::{AuthError, TokenCheck};
 pub use backend::{
     Backend, BackendError, ConfigKind, ConfigVolume, ExitReason, Instance, InstanceEvent,
     InstanceSpec, Limits, SpecializeRequest,

@@ -36,7 +36,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use kappa_core::{Endpoint, EndpointIndex, FunctionId, Provision, ProvisionError, Provisioner};
+use kappa_core::{
+    Endpoint, EndpointIndex, FunctionId, Provision, ProvisionError, Provisioner, TokenCheck,
+};
 use kappa_types::ErrorBody;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast};
@@ -372,7 +374,8 @@ struct ApiInner {
     feed: Feed,
     /// Per router replica, the slots it holds. A std mutex: only synchronous bookkeeping.
     usage: Mutex<HashMap<String, Replica>>,
-    token: Option<String>,
+    /// The bearer token every route but `/healthz` requires (`None`: no authentication).
+    token: Option<TokenCheck>,
     /// Cancelled when [`ExecutorApi::run`] ends: watch streams end with it.
     streams: CancellationToken,
 }
@@ -405,7 +408,7 @@ impl ExecutorApi {
                     nudge: Notify::new(),
                 },
                 usage: Mutex::new(HashMap::new()),
-                token: token.filter(|t| !t.is_empty()),
+                token: TokenCheck::optional(token.as_deref()),
                 streams: CancellationToken::new(),
             }),
         }
@@ -563,19 +566,22 @@ fn plain_error(status: StatusCode, code: &str, message: String, field: Option<&s
 }
 
 async fn require_token(State(api): State<ExecutorApi>, request: Request, next: Next) -> Response {
-    if let Some(token) = &api.inner.token {
-        let given = request
+    if let Some(check) = &api.inner.token {
+        let authorization = request
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_str()) {
-            return plain_error(
+            .map(HeaderValue::as_bytes);
+        if let Err(refused) = check.verify(authorization) {
+            let mut response = plain_error(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
-                "a valid bearer token is required (Authorization: Bearer <token>)".into(),
+                refused.to_string(),
                 None,
             );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
         }
     }
     next.run(request).await
@@ -791,9 +797,11 @@ mod tests {
             Arc::clone(&index),
             Some("t".into()),
         );
-        let (status, body) = call(api.app(), provision_req(None)).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED);
-        assert_eq!(body["error"]["code"], "unauthorized");
+        for token in [None, Some("wrong"), Some("tt"), Some("")] {
+            let (status, body) = call(api.app(), provision_req(token)).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}");
+            assert_eq!(body["error"]["code"], "unauthorized");
+        }
         let (status, body) = call(api.app(), provision_req(Some("t"))).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["result"], "at_capacity");

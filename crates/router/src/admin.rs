@@ -1,5 +1,10 @@
 //! The admin listener: health, readiness, metrics, debug views, and the authenticated internal
 //! invoke path (`kappa fn test`). Never served on the public listener.
+//!
+//! With a platform token configured, every `/internal/*` and `/debug/*` path (unknown ones
+//! included, so they do not reveal what exists) requires it, and so does `/metrics` when
+//! [`crate::RouterConfig::metrics_need_token`] is set; `/healthz` and `/readyz` stay open for
+//! probes.
 
 use axum::Json;
 use axum::body::Body;
@@ -16,7 +21,12 @@ use crate::Router;
 
 /// The admin application.
 pub(crate) fn app(router: Router) -> axum::Router {
-    let internal = axum::Router::new()
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/debug/routes", get(debug_routes))
+        .route("/debug/endpoints", get(debug_endpoints))
         .route(
             "/internal/v1/functions/{namespace}/{name}/invoke",
             any(internal_invoke),
@@ -25,17 +35,13 @@ pub(crate) fn app(router: Router) -> axum::Router {
             "/internal/v1/functions/{namespace}/{name}/invoke/{*path}",
             any(internal_invoke),
         )
-        .route_layer(middleware::from_fn_with_state(
+        .fallback(not_found)
+        // A layer (not a route layer) so unmatched paths under the protected prefixes are
+        // refused the same way as matched ones.
+        .layer(middleware::from_fn_with_state(
             router.clone(),
             require_token,
-        ));
-    axum::Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/debug/routes", get(debug_routes))
-        .route("/debug/endpoints", get(debug_endpoints))
-        .merge(internal)
+        ))
         .with_state(router)
 }
 
@@ -127,27 +133,28 @@ async fn debug_endpoints(State(router): State<Router>) -> Response {
     Json(json!({ "functions": functions })).into_response()
 }
 
-/// Compares without an early exit, so the time taken does not reveal how much of a token matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Whether `path` needs the platform token.
+fn protected(path: &str, metrics_need_token: bool) -> bool {
+    let under = |prefix: &str| {
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    under("/internal") || under("/debug") || (metrics_need_token && path == "/metrics")
 }
 
 async fn require_token(State(router): State<Router>, request: Request, next: Next) -> Response {
-    if let Some(token) = &router.inner.config.internal_token {
-        let presented = request
+    if let Some(check) = &router.inner.token
+        && protected(request.uri().path(), router.inner.config.metrics_need_token)
+    {
+        let authorization = request
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
+            .map(HeaderValue::as_bytes);
+        if let Err(refused) = check.verify(authorization) {
             let mut response = json_error(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
-                "the internal API needs the header Authorization: Bearer <internal token>",
+                format!("{refused} (the platform token)"),
             );
             response
                 .headers_mut()
@@ -156,6 +163,14 @@ async fn require_token(State(router): State<Router>, request: Request, next: Nex
         }
     }
     next.run(request).await
+}
+
+async fn not_found(request: Request) -> Response {
+    json_error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no admin path {}", request.uri().path()),
+    )
 }
 
 #[derive(serde::Deserialize)]
@@ -191,4 +206,27 @@ async fn internal_invoke(
     router
         .invoke(FunctionId::new(namespace, name), request)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::protected;
+
+    #[test]
+    fn protected_paths() {
+        for path in [
+            "/debug",
+            "/debug/",
+            "/debug/endpoints",
+            "/debug/anything/else",
+            "/internal/v1/functions/default/f/invoke",
+        ] {
+            assert!(protected(path, false), "{path}");
+        }
+        for path in ["/healthz", "/readyz", "/metrics", "/debugger", "/internals"] {
+            assert!(!protected(path, false), "{path}");
+        }
+        assert!(protected("/metrics", true));
+        assert!(!protected("/healthz", true));
+    }
 }

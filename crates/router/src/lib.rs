@@ -12,8 +12,8 @@
 //!   upstream connection pool, streaming bodies both ways, the function timeout, the one safe
 //!   retry (connection refused before any byte was sent) and structured JSON errors that carry
 //!   the invocation id and the real cause;
-//! - the **admin listener** (`admin`): health, readiness, metrics, debug views and the
-//!   authenticated internal invoke path used by `kappa fn test`;
+//! - the **admin listener** (`admin`): health, readiness, metrics, and, behind the platform
+//!   token, the debug views and the internal invoke path used by `kappa fn test`;
 //! - in cluster mode, its **own copy of the endpoint index** (`remote`): fed by the executor's
 //!   endpoint feed through a [`ReadinessGate`] (`readiness`), which also keeps out endpoints
 //!   whose pods a pod watcher reports not ready (the watcher itself lives in `kappa-kube`).
@@ -62,8 +62,12 @@ pub struct RouterConfig {
     pub max_body_bytes: u64,
     /// `Retry-After` (seconds) on 429 and 503 answers.
     pub retry_after_secs: u32,
-    /// Bearer token required on `/internal/*` of the admin listener; open when `None`.
+    /// The platform token, required on `/internal/*` and `/debug/*` of the admin listener
+    /// (and on `/metrics` with [`RouterConfig::metrics_need_token`]); open when `None`.
     pub internal_token: Option<String>,
+    /// `/metrics` of the admin listener requires the token too (off by default, so scrapers
+    /// without it keep working).
+    pub metrics_need_token: bool,
 }
 
 /// How long in-flight requests may take to finish once shutdown was requested.
@@ -78,6 +82,7 @@ impl Default for RouterConfig {
             max_body_bytes: 64 * 1024 * 1024,
             retry_after_secs: 1,
             internal_token: None,
+            metrics_need_token: false,
         }
     }
 }
@@ -115,6 +120,8 @@ pub(crate) struct Inner {
     pub(crate) metrics: Metrics,
     /// Precomputed `Retry-After` value.
     pub(crate) retry_after: http::HeaderValue,
+    /// The check of [`RouterConfig::internal_token`].
+    pub(crate) token: Option<kappa_core::TokenCheck>,
 }
 
 impl Router {
@@ -131,6 +138,7 @@ impl Router {
         let upstreams = Upstreams::new(MAX_IDLE_PER_ENDPOINT);
         let (ready, _) = watch::channel(false);
         let (applied, _) = watch::channel(0);
+        let token = kappa_core::TokenCheck::optional(config.internal_token.as_deref());
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -143,6 +151,7 @@ impl Router {
                 upstreams,
                 metrics,
                 retry_after,
+                token,
             }),
         }
     }

@@ -282,6 +282,61 @@ fn too_large(limit: u64) -> Failure {
 }
 
 /// Serves one request of the public listener.
+/// The longest request URI the router accepts, in bytes (414 past it).
+pub(crate) const MAX_URI_BYTES: usize = 8 * 1024;
+/// The most bytes of request headers (names, values and their separators) the router accepts
+/// (431 past it).
+pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// The most request headers the router accepts (431 past it).
+pub(crate) const MAX_HEADERS: usize = 100;
+
+/// Refuses a request head past the router's own limits, with the JSON error every other
+/// answer has. These limits sit below hyper's (see `server.rs`), so hyper's own bodiless
+/// 414/431 answers are reached only by heads far past them.
+fn check_head(parts: &Parts) -> Result<(), Failure> {
+    let uri = &parts.uri;
+    let uri_len = uri.path_and_query().map_or(0, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.scheme_str().map_or(0, |s| s.len() + 3);
+    if uri_len > MAX_URI_BYTES {
+        return Err(Failure::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!(
+                "the request URI is {uri_len} bytes, more than the router's limit of {MAX_URI_BYTES} bytes"
+            ),
+        )
+        .close());
+    }
+    let count = parts.headers.len();
+    if count > MAX_HEADERS {
+        return Err(Failure::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!(
+                "the request has {count} headers, more than the router's limit of {MAX_HEADERS}"
+            ),
+        )
+        .close());
+    }
+    let bytes: usize = parts
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if bytes > MAX_HEADER_BYTES {
+        return Err(Failure::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!(
+                "the request headers are {bytes} bytes, more than the router's limit of {MAX_HEADER_BYTES} bytes"
+            ),
+        )
+        .close());
+    }
+    Ok(())
+}
+
 pub(crate) async fn handle(
     inner: Arc<Inner>,
     peer: HeaderValue,
@@ -298,8 +353,11 @@ pub(crate) async fn handle(
     );
     async move {
         let (mut parts, body) = request.into_parts();
-        strip_headers(&mut parts.headers, true);
-        let response = match route(&inner, &mut parts) {
+        let routed = check_head(&parts).and_then(|()| {
+            strip_headers(&mut parts.headers, true);
+            route(&inner, &mut parts)
+        });
+        let response = match routed {
             Err(failure) => {
                 inner.metrics.count_unrouted(failure.status.as_u16());
                 failure.into_response(&invocation_id, &inner.retry_after)

@@ -17,6 +17,12 @@ use crate::{Inner, Router, admin, proxy, watcher};
 
 /// How long a client may take to send a request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// hyper's own limit on request headers (431 from hyper past it); above
+/// [`proxy::MAX_HEADERS`].
+const HYPER_MAX_HEADERS: usize = 4 * proxy::MAX_HEADERS;
+/// hyper's read buffer, which must hold a whole request head (431 or 414 from hyper past it);
+/// well above [`proxy::MAX_URI_BYTES`] plus [`proxy::MAX_HEADER_BYTES`].
+const HYPER_MAX_BUF_BYTES: usize = 256 * 1024;
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
@@ -59,7 +65,14 @@ pub(crate) async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .keep_alive(true)
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // hyper answers heads it cannot parse itself, with an empty body (hyper 1 has no hook
+        // for that answer). Its limits are set well above the router's own
+        // (`proxy::check_head`), so a head that is merely too large reaches the router, which
+        // answers 414/431 with the JSON error body; only heads past these (or malformed ones,
+        // 400) still get hyper's bodiless answer.
+        .max_headers(HYPER_MAX_HEADERS)
+        .max_buf_size(HYPER_MAX_BUF_BYTES);
     let connections = TaskTracker::new();
     // Cancelled when the grace period is over: open connections are then dropped.
     let force = CancellationToken::new();

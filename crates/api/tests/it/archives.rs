@@ -232,3 +232,104 @@ async fn unused_archives_are_collected_after_the_grace_period() {
         .unwrap();
     assert_eq!(deleted, vec![used_sha]);
 }
+
+/// A zip of `entries` (name, contents), in this order.
+fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, contents) in entries {
+        zip.start_file(*name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        zip.write_all(contents).unwrap();
+    }
+    zip.finish().unwrap().into_inner()
+}
+
+#[tokio::test]
+async fn unsafe_archives_are_refused_when_uploaded_or_named() {
+    let api = Api::new();
+    api.create("environments", env("python")).await;
+    let evil = zip_of(&[("main.py", b"x"), ("../../escape.py", b"x")]);
+    let many: Vec<String> = (0..20_002).map(|i| format!("f{i:05}")).collect();
+    let many = zip_of(
+        &many
+            .iter()
+            .map(|n| (n.as_str(), &b""[..]))
+            .collect::<Vec<_>>(),
+    );
+    let absolute = zip_of(&[("/etc/passwd", b"x")]);
+    for (bytes, entry, rule) in [
+        (&evil, "../../escape.py", "'..' component"),
+        (&absolute, "/etc/passwd", "absolute"),
+        (
+            &many,
+            "f20000",
+            "the archive has 20002 entries, more than the limit of 20000; this is entry 20001 in archive order",
+        ),
+    ] {
+        // Uploaded: 400 naming the entry and the rule, nothing stored.
+        let (status, body) = json_of(api.send(upload(bytes.clone())).await).await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            Some("body"),
+        );
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("unsafe archive entry {entry:?}")),
+            "{message}"
+        );
+        assert!(message.contains(rule), "{message}");
+        let (_, list) = api.get("/v1/archives").await;
+        assert_eq!(list["items"], json!([]), "nothing stored");
+
+        // As a package's literal (when small enough to be one): the same, on the field.
+        if bytes.len() > kappa_types::LITERAL_SIZE_LIMIT {
+            continue;
+        }
+        let mut pkg = package("evil", "python", bytes);
+        pkg["spec"]["deployment"]["filename"] = json!(null);
+        let (status, body) = api.post("/v1/packages", pkg).await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            Some("spec.deployment.literal"),
+        );
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(rule),
+            "{body}"
+        );
+    }
+    let (status, _) = api.get("/v1/packages/evil").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, list) = api.get("/v1/archives").await;
+    assert_eq!(list["items"], json!([]), "nothing stored");
+
+    // An archive stored before uploads were checked (put straight into the blob directory) is
+    // refused when a package names it.
+    let sha = kappa_archive::sha256_hex(&evil);
+    std::fs::write(api.dir.path().join("archives/blobs").join(&sha), &evil).unwrap();
+    let mut pkg = package("evil", "python", b"");
+    pkg["spec"]["deployment"] = json!({"type": "url", "url": format!("archive://sha256/{sha}")});
+    let (status, body) = api.post("/v1/packages", pkg).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        Some("spec.deployment.url"),
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("../../escape.py"),
+        "{body}"
+    );
+    let (status, _) = api.get("/v1/packages/evil").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -63,6 +63,39 @@ async fn a_token_is_required_and_refusals_change_nothing() {
     api.create("environments", env("python")).await;
 }
 
+#[tokio::test]
+async fn metrics_can_require_the_token() {
+    let api = Api::with_token().map_state(|s| s.with_metrics_need_token(true));
+    for auth in ["", "Bearer wrong", "Basic czNjcmV0LXRva2Vu"] {
+        let request = Request::get("/metrics")
+            .header(header::AUTHORIZATION, auth)
+            .body(Body::empty())
+            .unwrap();
+        let (status, body) = json_of(api.send(request).await).await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            None,
+        );
+    }
+    // Probes stay open; the token opens /metrics.
+    for open in ["/healthz", "/readyz"] {
+        let response = api.send(unauthenticated("GET", open)).await;
+        assert_eq!(response.status(), StatusCode::OK, "{open}");
+    }
+    let response = api
+        .send(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        String::from_utf8_lossy(&text).contains("kappa_api_requests"),
+        "{text:?}"
+    );
+}
+
 fn unauthenticated(method: &str, uri: &str) -> Request<Body> {
     Request::builder()
         .method(method)

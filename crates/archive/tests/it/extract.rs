@@ -214,6 +214,19 @@ fn refuses_too_many_files() {
     let (tmp, result) = extract(&bytes, &limits);
     let reason = assert_unsafe(result, "f10");
     assert!(reason.contains("30 entries"), "{reason}");
+    assert!(
+        reason.contains("this is entry 11 in archive order, the first past the limit"),
+        "{reason}"
+    );
+    // The same entry every time, and from the check without extraction too.
+    let zip_path = tmp.path().join("again.zip");
+    std::fs::write(&zip_path, &bytes).unwrap();
+    for _ in 0..3 {
+        match kappa_archive::check_zip(&zip_path, &limits) {
+            Err(ArchiveError::Unsafe { entry, .. }) => assert_eq!(entry, "f10"),
+            other => panic!("{other:?}"),
+        }
+    }
     assert!(!dest(&tmp).exists());
 
     let (_tmp, result) = extract(

@@ -231,7 +231,7 @@ async fn non_zip_becomes_a_single_executable_file() {
         .unwrap()
         .permissions()
         .mode();
-    assert_eq!(mode & 0o777, 0o755);
+    assert_eq!(mode & 0o777, 0o555, "executable, and sealed");
 
     let default = store.extracted(&info.sha256, None).await.unwrap();
     assert_eq!(default, Extracted::File(base.join("deployarchive")));
@@ -252,15 +252,30 @@ async fn non_zip_becomes_a_single_executable_file() {
 }
 
 #[tokio::test]
-async fn an_unsafe_zip_leaves_no_extraction_behind() {
+async fn an_unsafe_zip_is_refused_when_stored() {
     let tmp = tempfile::tempdir().unwrap();
     let store = open(tmp.path(), 1 << 20);
     let zip = zip_of(&[
         Entry::File("ok.py", b"", 0o644),
         Entry::Symlink("escape", "../../../../etc"),
     ]);
-    let info = store.put_bytes(&zip).await.unwrap();
-    let err = store.extracted(&info.sha256, None).await.unwrap_err();
+    let err = store.put_bytes(&zip).await.unwrap_err();
+    assert!(
+        matches!(&err, ArchiveError::Unsafe { entry, reason } if entry == "escape" && reason.contains("outside")),
+        "{err:?}"
+    );
+    assert!(store.list().await.unwrap().is_empty(), "nothing stored");
+    assert!(tree(&tmp.path().join("tmp")).is_empty());
+
+    // One stored before uploads were checked (written straight into the blob directory) is
+    // refused by `check` and by extraction alike, and leaves no extraction behind.
+    let sha = sha256_hex(&zip);
+    std::fs::write(tmp.path().join("blobs").join(&sha), &zip).unwrap();
+    assert!(matches!(
+        store.check(&sha).await,
+        Err(ArchiveError::Unsafe { entry, .. }) if entry == "escape"
+    ));
+    let err = store.extracted(&sha, None).await.unwrap_err();
     assert!(
         matches!(&err, ArchiveError::Unsafe { entry, .. } if entry == "escape"),
         "{err:?}"
@@ -268,6 +283,13 @@ async fn an_unsafe_zip_leaves_no_extraction_behind() {
     assert!(tree(&tmp.path().join("extracted")).is_empty());
     assert!(tree(&tmp.path().join("tmp")).is_empty());
     assert_eq!(store.extractions_performed(), 0);
+    assert!(matches!(
+        store.check(&"0".repeat(64)).await,
+        Err(ArchiveError::NotFound(_))
+    ));
+    // Single files are always acceptable.
+    let info = store.put_bytes(b"#!/bin/sh\n").await.unwrap();
+    store.check(&info.sha256).await.unwrap();
 }
 
 #[tokio::test]
@@ -278,9 +300,201 @@ async fn extraction_limits_are_configurable() {
         ..Default::default()
     });
     let zip = zip_of(&[Entry::File("a", b"", 0o644), Entry::File("b", b"", 0o644)]);
+    let err = store.put_bytes(&zip).await.unwrap_err();
+    assert!(
+        matches!(&err, ArchiveError::Unsafe { entry, reason }
+            if entry == "b" && reason.contains("2 entries, more than the limit of 1; this is entry 2 in archive order")),
+        "{err:?}"
+    );
+    let roomy = open(&tmp.path().join("roomy"), 1 << 20);
+    let info = roomy.put_bytes(&zip).await.unwrap();
+    roomy.extracted(&info.sha256, None).await.unwrap();
+}
+
+fn mode_of(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+#[tokio::test]
+async fn extractions_are_sealed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 1 << 20);
+    let zip = zip_of(&[
+        Entry::File("main.py", b"print('hi')\n", 0o666),
+        Entry::File("bin/tool", b"#!/bin/sh\n", 0o777),
+        Entry::Dir("empty/"),
+    ]);
     let info = store.put_bytes(&zip).await.unwrap();
-    assert!(matches!(
-        store.extracted(&info.sha256, None).await,
-        Err(ArchiveError::Unsafe { .. })
-    ));
+    let dir = store.extracted(&info.sha256, None).await.unwrap();
+    let dir = dir.path();
+    assert_eq!(mode_of(dir), 0o555);
+    assert_eq!(mode_of(&dir.join("bin")), 0o555);
+    assert_eq!(mode_of(&dir.join("empty")), 0o555);
+    assert_eq!(mode_of(&dir.join("main.py")), 0o444);
+    assert_eq!(mode_of(&dir.join("bin/tool")), 0o555);
+
+    // Sealed directories are still removed whole.
+    assert!(store.delete(&info.sha256).await.unwrap());
+    assert!(!dir.exists());
+    assert!(tree(&tmp.path().join("manifests")).is_empty());
+}
+
+/// A way of changing an extraction (given its directory).
+type Tamper = Box<dyn Fn(&Path)>;
+
+/// What an instance of the local backend does with an extraction: hard links to its files.
+fn link_tree(from: &Path, to: &Path) {
+    std::fs::create_dir(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            link_tree(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::hard_link(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_tampered_extraction_is_made_again_from_the_archive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 1 << 20);
+    let original = b"def main():\n    return 'original'\n";
+    let zip = zip_of(&[
+        Entry::File("main.py", original, 0o644),
+        Entry::File("lib/util.py", b"X = 1\n", 0o644),
+    ]);
+    let info = store.put_bytes(&zip).await.unwrap();
+    let dir = store.extracted(&info.sha256, None).await.unwrap();
+    let dir = dir.path().to_path_buf();
+    assert_eq!(store.extractions_performed(), 1);
+
+    // Hard links into instances (which change the files' change time and link count) are
+    // not tampering: the extraction is reused.
+    let instances = tempfile::tempdir().unwrap();
+    link_tree(&dir, &instances.path().join("one"));
+    link_tree(&dir, &instances.path().join("two"));
+    assert_eq!(
+        store.extracted(&info.sha256, None).await.unwrap().path(),
+        dir
+    );
+    assert_eq!(
+        store.extractions_performed(),
+        1,
+        "hard links are not tampering"
+    );
+
+    // Each way of changing the code is caught; the next caller gets the original back.
+    let one = instances.path().join("one");
+    let tampers: Vec<(&str, Tamper)> = vec![
+        // As a function with write access to its /userfunc would (first: later extractions
+        // are new files, which that instance's links no longer reach).
+        (
+            "write through an instance's hard link",
+            Box::new(move |_: &Path| {
+                let link = one.join("main.py");
+                let mut code = std::fs::read(&link).unwrap();
+                code.extend_from_slice(b"import os; os.system('evil')\n");
+                std::fs::write(&link, code).unwrap();
+            }),
+        ),
+        // The tests run as root, who may write a 0444 file (as the platform user could
+        // after a chmod).
+        (
+            "write in place",
+            Box::new(|dir: &Path| {
+                std::fs::write(dir.join("main.py"), b"def main():\n    return 'evil'\n").unwrap();
+            }),
+        ),
+        (
+            "replace the file",
+            Box::new(|dir: &Path| {
+                std::fs::remove_file(dir.join("main.py")).unwrap();
+                std::fs::write(dir.join("main.py"), b"def main():\n    return 'evil!!!'\n")
+                    .unwrap();
+            }),
+        ),
+        (
+            "add a file",
+            Box::new(|dir: &Path| {
+                std::fs::write(dir.join("lib/sitecustomize.py"), b"import os\n").unwrap();
+            }),
+        ),
+        (
+            "make a file writable",
+            Box::new(|dir: &Path| {
+                std::fs::set_permissions(
+                    dir.join("lib/util.py"),
+                    std::fs::Permissions::from_mode(0o666),
+                )
+                .unwrap();
+            }),
+        ),
+        (
+            "remove a file",
+            Box::new(|dir: &Path| {
+                std::fs::remove_file(dir.join("lib/util.py")).unwrap();
+            }),
+        ),
+    ];
+    let mut performed = 1;
+    for (what, tamper) in tampers {
+        tamper(&dir);
+        let again = store.extracted(&info.sha256, None).await.unwrap();
+        assert_eq!(again.path(), dir, "{what}");
+        performed += 1;
+        assert_eq!(
+            store.extractions_performed(),
+            performed,
+            "{what}: extracted again"
+        );
+        assert_eq!(
+            std::fs::read(dir.join("main.py")).unwrap(),
+            original,
+            "{what}"
+        );
+        assert_eq!(
+            std::fs::read(dir.join("lib/util.py")).unwrap(),
+            b"X = 1\n",
+            "{what}"
+        );
+        assert_eq!(tree(&dir), ["lib", "lib/util.py", "main.py"], "{what}");
+        assert_eq!(mode_of(&dir.join("lib/util.py")), 0o444, "{what}");
+        // And the fresh one is trusted again.
+        store.extracted(&info.sha256, None).await.unwrap();
+        assert_eq!(
+            store.extractions_performed(),
+            performed,
+            "{what}: reused after"
+        );
+    }
+    assert!(tree(&tmp.path().join("tmp")).is_empty());
+}
+
+#[tokio::test]
+async fn an_extraction_without_a_manifest_is_made_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 1 << 20);
+    let script = b"#!/bin/sh\necho hello\n";
+    let info = store.put_bytes(script).await.unwrap();
+    let file = store.extracted(&info.sha256, Some("run")).await.unwrap();
+    std::fs::remove_file(tmp.path().join("manifests").join(&info.sha256)).unwrap();
+    // A single file tampered with through the cache, too.
+    std::fs::write(file.path(), b"#!/bin/sh\necho evil\n").unwrap();
+    let again = store.extracted(&info.sha256, Some("run")).await.unwrap();
+    assert_eq!(again, file);
+    assert_eq!(std::fs::read(again.path()).unwrap(), script);
+    assert_eq!(store.extractions_performed(), 2);
+    // A second name for an intact single file keeps the first one and its seal.
+    let other = store.extracted(&info.sha256, None).await.unwrap();
+    assert_eq!(std::fs::read(other.path()).unwrap(), script);
+    assert_eq!(mode_of(other.path()), 0o555);
+    assert_eq!(mode_of(other.path().parent().unwrap()), 0o555);
+    store.extracted(&info.sha256, Some("run")).await.unwrap();
+    store.extracted(&info.sha256, None).await.unwrap();
+    assert_eq!(store.extractions_performed(), 3, "both names reused");
 }

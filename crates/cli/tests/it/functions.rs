@@ -583,3 +583,133 @@ fn usage_errors() {
     ])
     .code(2);
 }
+
+/// A zip of `entries` (name, contents; a name ending in `/` is a directory), in this order.
+fn zip_file(p: &Platform, rel: &str, entries: &[(&str, &[u8])]) -> std::path::PathBuf {
+    use std::io::Write as _;
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default();
+    for (name, contents) in entries {
+        if name.ends_with('/') {
+            zip.add_directory(*name, opts).unwrap();
+        } else {
+            zip.start_file(*name, opts).unwrap();
+            zip.write_all(contents).unwrap();
+        }
+    }
+    let bytes = zip.finish().unwrap().into_inner();
+    p.file(rel, bytes)
+}
+
+/// `fn create` and `pkg create` with `src`: refused (exit 1) with a message naming `entry`
+/// and `rule`, and nothing created.
+fn refused(p: &Platform, src: &str, entry: &str, rule: &str) {
+    for args in [
+        vec![
+            "fn", "create", "--name", "evil", "--env", "python", "--src", src,
+        ],
+        vec![
+            "pkg", "create", "--name", "evil", "--env", "python", "--src", src,
+        ],
+    ] {
+        let run = p.kappa(&args);
+        run.code(1);
+        assert!(
+            run.stderr
+                .contains(&format!("unsafe archive entry {entry:?}")),
+            "{args:?} names the entry {entry:?}: {}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.contains(rule),
+            "{args:?} names the rule {rule:?}: {}",
+            run.stderr
+        );
+    }
+    assert_eq!(p.json(&["fn", "list"]), serde_json::json!([]));
+    assert_eq!(p.json(&["pkg", "list"]), serde_json::json!([]));
+}
+
+#[test]
+fn unsafe_archives_are_refused_at_create_time() {
+    let p = Platform::start();
+    p.python_env();
+    let main: (&str, &[u8]) = ("main.py", HELLO.as_bytes());
+
+    let zip = zip_file(&p, "dotdot.zip", &[main, ("../../escape.py", b"x")]);
+    refused(
+        &p,
+        zip.to_str().unwrap(),
+        "../../escape.py",
+        "'..' component",
+    );
+
+    let zip = zip_file(&p, "absolute.zip", &[main, ("/etc/cron.d/x", b"x")]);
+    refused(&p, zip.to_str().unwrap(), "/etc/cron.d/x", "absolute");
+
+    // A directory with a symlink out of it is packed as a symlink, which escapes.
+    let dir = p
+        .file("linked/main.py", HELLO)
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    std::os::unix::fs::symlink("../../../../../../etc/passwd", dir.join("passwd")).unwrap();
+    refused(&p, dir.to_str().unwrap(), "passwd", "outside");
+
+    // Too many entries: the message names the first entry past the limit (20 000), in the
+    // archive's order, whatever else the archive holds.
+    let names: Vec<String> = (0..25_001).map(|i| format!("f{i:05}.py")).collect();
+    let entries: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b""[..])).collect();
+    let zip = zip_file(&p, "many.zip", &entries);
+    refused(
+        &p,
+        zip.to_str().unwrap(),
+        "f20000.py",
+        "the archive has 25001 entries, more than the limit of 20000; this is entry 20001 in archive order",
+    );
+}
+
+#[test]
+fn oversized_archives_are_refused_at_create_time() {
+    let p = Platform::start_with(|mut state| {
+        let root = state.archives.max_archive_bytes();
+        let dir = tempfile::tempdir().unwrap().keep();
+        state.archives = std::sync::Arc::new(
+            kappa_archive::ArchiveStore::open(dir, root)
+                .unwrap()
+                .with_extract_limits(kappa_archive::ExtractLimits {
+                    max_total_bytes: 1000,
+                    max_file_bytes: 600,
+                    ..kappa_archive::ExtractLimits::default()
+                }),
+        );
+        state
+    });
+    p.python_env();
+    let zip = zip_file(
+        &p,
+        "big-file.zip",
+        &[("main.py", HELLO.as_bytes()), ("data.bin", &[0; 700])],
+    );
+    refused(
+        &p,
+        zip.to_str().unwrap(),
+        "data.bin",
+        "per-file limit of 600 bytes",
+    );
+    let zip = zip_file(
+        &p,
+        "big-total.zip",
+        &[
+            ("a.bin", &[0; 500]),
+            ("b.bin", &[0; 500]),
+            ("c.bin", &[0; 500]),
+        ],
+    );
+    refused(
+        &p,
+        zip.to_str().unwrap(),
+        "c.bin",
+        "total limit of 1000 bytes",
+    );
+}

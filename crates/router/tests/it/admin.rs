@@ -103,6 +103,59 @@ async fn internal_invoke_needs_the_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_views_need_the_token_and_metrics_can() {
+    for metrics_need_token in [false, true] {
+        let h = Harness::start_with(RouterConfig {
+            internal_token: Some("s3cret".into()),
+            metrics_need_token,
+            ..RouterConfig::default()
+        })
+        .await;
+        h.put_function("hello", 60).await;
+        for path in [
+            "/debug/endpoints",
+            "/debug/routes",
+            "/debug/nothing",
+            "/debug",
+        ] {
+            for token in [None, Some("wrong"), Some("s3cre"), Some("s3crett")] {
+                let (status, headers, body) = h.admin_get(path, token).await;
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{path} {token:?}");
+                assert_eq!(headers["www-authenticate"], "Bearer");
+                assert_eq!(admin_error(&headers, &body), "unauthorized");
+            }
+        }
+        let (status, _, body) = h.admin_get("/debug/endpoints", Some("s3cret")).await;
+        assert_eq!(status, StatusCode::OK);
+        let endpoints: Value = serde_json::from_slice(&body).unwrap();
+        assert!(endpoints["functions"].is_array(), "{endpoints}");
+        let (status, headers, body) = h.admin_get("/debug/nothing", Some("s3cret")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(admin_error(&headers, &body), "not_found");
+
+        // Probes never need it; /metrics only when asked to.
+        for path in ["/healthz", "/readyz"] {
+            assert_eq!(h.admin_get(path, None).await.0, StatusCode::OK, "{path}");
+        }
+        let (status, headers, body) = h.admin_get("/metrics", None).await;
+        if metrics_need_token {
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+            assert_eq!(admin_error(&headers, &body), "unauthorized");
+            assert_eq!(
+                h.admin_get("/metrics", Some("wrong")).await.0,
+                StatusCode::UNAUTHORIZED
+            );
+            assert_eq!(
+                h.admin_get("/metrics", Some("s3cret")).await.0,
+                StatusCode::OK
+            );
+        } else {
+            assert_eq!(status, StatusCode::OK);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invoke_calls_a_function_without_a_trigger() {
     let h = Harness::start().await;
     h.put_function("hello", 60).await;

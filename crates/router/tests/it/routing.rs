@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 
 use http::{Request, StatusCode};
 use kappa_types::{FunctionReference, FunctionReferenceType, Kind};
+use serde_json::Value;
 
 use crate::support::*;
 
@@ -249,4 +250,87 @@ async fn weights_pick_every_function() {
         seen,
         BTreeSet::from(["blue".to_string(), "green".to_string()])
     );
+}
+
+/// Sends `head` on a fresh raw TCP connection to `addr` and reads the answer until the router
+/// closes the connection: (status, headers as lower-case text, body).
+async fn raw_exchange(addr: std::net::SocketAddr, head: &[u8]) -> (u16, String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the router answers and closes the connection")
+    .unwrap();
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete response head");
+    let head = String::from_utf8_lossy(&answer[..split]).to_ascii_lowercase();
+    let status = head[9..12].parse().unwrap();
+    (status, head, answer[split + 4..].to_vec())
+}
+
+/// The JSON error code of a raw answer, checking the body is the platform's error shape.
+fn raw_error_code(head: &str, body: &[u8]) -> String {
+    assert!(head.contains("content-type: application/json"), "{head}");
+    assert!(head.contains("x-kappa-invocation-id: "), "{head}");
+    let v: Value = serde_json::from_slice(body).unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{v}"
+    );
+    v["error"]["code"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_heads_get_the_json_error_body() {
+    let h = Harness::start().await;
+    h.put_function("hello", 60).await;
+    h.put_trigger("t", "hello", |s| s.prefix = Some("/p".into()))
+        .await;
+
+    // A URI past the router's 8 KiB limit: 414 with the JSON body (not hyper's empty one).
+    let long = format!("/p/{}", "a".repeat(9 * 1024));
+    let (status, head, body) = raw_exchange(
+        h.public,
+        format!("GET {long} HTTP/1.1\r\nhost: t\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 414, "{head}");
+    assert_eq!(raw_error_code(&head, &body), "uri_too_long");
+    let message = serde_json::from_slice::<Value>(&body).unwrap()["error"]["message"].clone();
+    assert!(message.as_str().unwrap().contains("8192"), "{message}");
+
+    // Headers past 64 KiB in total: 431.
+    let big = "b".repeat(8 * 1024);
+    let mut request = String::from("GET /p/x HTTP/1.1\r\nhost: t\r\n");
+    for i in 0..9 {
+        request.push_str(&format!("x-big-{i}: {big}\r\n"));
+    }
+    request.push_str("\r\n");
+    let (status, head, body) = raw_exchange(h.public, request.as_bytes()).await;
+    assert_eq!(status, 431, "{head}");
+    assert_eq!(raw_error_code(&head, &body), "headers_too_large");
+
+    // More than 100 headers: 431 as well.
+    let mut request = String::from("GET /p/x HTTP/1.1\r\nhost: t\r\n");
+    for i in 0..150 {
+        request.push_str(&format!("x-h-{i}: v\r\n"));
+    }
+    request.push_str("\r\n");
+    let (status, head, body) = raw_exchange(h.public, request.as_bytes()).await;
+    assert_eq!(status, 431, "{head}");
+    assert_eq!(raw_error_code(&head, &body), "headers_too_large");
+
+    // Within the limits the same route answers.
+    let ok = format!("/p/{}", "a".repeat(7 * 1024));
+    let (status, _, _) = h.get(&ok).await;
+    assert_eq!(status, StatusCode::OK);
 }

@@ -370,6 +370,8 @@ pub struct Harness {
     pub admin: SocketAddr,
     pub shutdown: CancellationToken,
     pub serving: Option<JoinHandle<Result<(), kappa_router::RouterError>>>,
+    /// The platform token the router requires on its debug views, if any.
+    pub token: Option<String>,
 }
 
 impl Drop for Harness {
@@ -404,6 +406,7 @@ impl Harness {
         provisioner: Arc<TestProvisioner>,
     ) -> Self {
         let store = Arc::new(MemoryStore::new());
+        let token = config.internal_token.clone();
         let router = Router::new(
             config,
             Arc::clone(&store) as Arc<dyn Store>,
@@ -431,6 +434,7 @@ impl Harness {
             admin: admin_addr,
             shutdown,
             serving: Some(serving),
+            token,
         }
     }
 
@@ -504,7 +508,7 @@ impl Harness {
 
     pub async fn wait_routes(&self, what: &str, check: impl Fn(&Value) -> bool) {
         eventually(what, || async {
-            let (status, _, body) = self.admin_get("/debug/routes", None).await;
+            let (status, _, body) = self.admin_get("/debug/routes", self.token.as_deref()).await;
             status == StatusCode::OK && check(&serde_json::from_slice(&body).unwrap())
         })
         .await;
@@ -602,6 +606,13 @@ pub fn echo(body: &Bytes) -> Value {
 }
 
 /// A router-written JSON error: asserts its shape and invocation id; returns (code, message).
+/// The code of an admin listener's JSON error (no invocation id: no function was involved).
+pub fn admin_error(headers: &HeaderMap, body: &Bytes) -> String {
+    assert_eq!(headers["content-type"], "application/json");
+    let v: Value = serde_json::from_slice(body).unwrap();
+    v["error"]["code"].as_str().unwrap().to_owned()
+}
+
 pub fn error_of(headers: &HeaderMap, body: &Bytes) -> (String, String) {
     assert_eq!(headers["content-type"], "application/json");
     let v: Value = serde_json::from_slice(body).unwrap();
