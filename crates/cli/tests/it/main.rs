@@ -8,4 +8,5 @@ mod functions;
 mod invoke_logs;
 mod packages;
 mod routes;
+mod spec;
 mod support;
