@@ -11,4 +11,5 @@ mod harness;
 mod restart;
 mod roles;
 mod runtimes;
+mod spec;
 mod triggers;

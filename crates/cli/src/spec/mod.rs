@@ -473,9 +473,28 @@ async fn apply(ctx: &Ctx, args: &ApplyArgs) -> anyhow::Result<Outcome> {
                     continue;
                 }
                 let rv = cur["metadata"]["resourceVersion"].as_str().map(str::to_string);
-                let same = comparable(kind, cur) == comparable(kind, value);
+                let mut cur_cmp = comparable(kind, cur);
+                // A source package's deployment is the builder's output, not part of the spec.
+                if kind == Kind::Package
+                    && !value["spec"]["source"].is_null()
+                    && value["spec"]["deployment"].is_null()
+                    && let Some(spec) = cur_cmp["spec"].as_object_mut()
+                {
+                    spec.remove("deployment");
+                }
+                let same = cur_cmp == comparable(kind, value);
                 let mut object = value.clone();
                 object["metadata"]["resourceVersion"] = json!(rv);
+                // Keep the build output of a source that did not change (a replace without it
+                // would leave the package with nothing to run and no new build).
+                if kind == Kind::Package
+                    && !same
+                    && !value["spec"]["source"].is_null()
+                    && value["spec"]["deployment"].is_null()
+                    && cur["spec"]["source"] == value["spec"]["source"]
+                {
+                    object["spec"]["deployment"] = cur["spec"]["deployment"].clone();
+                }
                 Step {
                     action: if same { Action::Unchanged } else { Action::Update },
                     kind,
