@@ -30,7 +30,10 @@ fn example(scratch: &Path, name: &str) -> PathBuf {
 fn resource_version(p: &Platform, kind: &str, name: &str) -> String {
     let out = p.ok(&[kind, "get", name, "-o", "json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["metadata"]["resourceVersion"].as_str().unwrap().to_string()
+    v["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// Apply, invoke, re-apply, edit one file, `--delete` a removed function, destroy.
@@ -51,7 +54,10 @@ fn lifecycle(name: &str, route: &str, greeting: &str, edit: &str, bye_files: &[&
     let bye_version = resource_version(&p, "fn", "bye");
 
     let out = p.ok(&["spec", "apply", "--specdir", &specs]);
-    assert!(out.contains("nothing to apply: all 9 objects are up to date"), "{out}");
+    assert!(
+        out.contains("nothing to apply: all 9 objects are up to date"),
+        "{out}"
+    );
 
     // Edit the helper module: hello rolls to the new code, bye is left alone.
     let file = dir.join(edit);
@@ -59,7 +65,10 @@ fn lifecycle(name: &str, route: &str, greeting: &str, edit: &str, bye_files: &[&
     std::fs::write(&file, text.replace(greeting, "Howdy")).unwrap();
     let out = p.ok(&["spec", "apply", "--specdir", &specs, "--wait"]);
     assert!(out.contains("package 'hello-pkg' updated"), "{out}");
-    assert!(out.contains("function 'hello' updated (its package changed)"), "{out}");
+    assert!(
+        out.contains("function 'hello' updated (its package changed)"),
+        "{out}"
+    );
     assert!(out.contains("function 'bye' unchanged"), "{out}");
     eventually(Duration::from_secs(60), "the new code to answer", || {
         let r = p.get(&format!("{route}/kappa"));

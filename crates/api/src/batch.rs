@@ -228,14 +228,16 @@ async fn parse_operation(
         ));
     }
     if op == Op::Delete {
-        let kind: Kind = str_field(&raw, "kind", index)?.parse().map_err(|e: String| {
-            ApiError::invalid(format!("operations[{index}].kind"), e)
-        })?;
+        let kind: Kind = str_field(&raw, "kind", index)?
+            .parse()
+            .map_err(|e: String| ApiError::invalid(format!("operations[{index}].kind"), e))?;
         let name = str_field(&raw, "name", index)?.to_string();
         path_name(&name).map_err(|e| in_operation(e, index, "delete"))?;
         let namespace = match raw.get("namespace").and_then(Value::as_str) {
             Some(ns) => ns.to_string(),
-            None => query_ns.unwrap_or(kappa_types::DEFAULT_NAMESPACE).to_string(),
+            None => query_ns
+                .unwrap_or(kappa_types::DEFAULT_NAMESPACE)
+                .to_string(),
         };
         kappa_types::validate::dns1123_label("namespace", &namespace)
             .map_err(|e| in_operation(e.into(), index, "delete"))?;
@@ -255,7 +257,10 @@ async fn parse_operation(
         });
     }
     let object = raw.get("object").cloned().ok_or_else(|| {
-        ApiError::invalid(format!("operations[{index}].object"), "missing field `object`")
+        ApiError::invalid(
+            format!("operations[{index}].object"),
+            "missing field `object`",
+        )
     })?;
     let kind: Kind = object
         .get("kind")
@@ -349,15 +354,7 @@ async fn run_one(state: &ApiState, c: &Checked) -> Result<Done, ApiError> {
     let before = state.store.get(c.kind, &c.namespace, &c.name).await?;
     match c.op {
         Op::Delete => {
-            delete_locked(
-                state,
-                c.kind,
-                &c.namespace,
-                &c.name,
-                false,
-                c.precondition,
-            )
-            .await?;
+            delete_locked(state, c.kind, &c.namespace, &c.name, false, c.precondition).await?;
             Ok(Done {
                 kind: c.kind,
                 namespace: c.namespace.clone(),
@@ -403,10 +400,20 @@ async fn roll_back(state: &ApiState, done: Vec<Done>) -> Vec<String> {
                 .map(|_| ()),
             (Some(old), false) => {
                 let status = old.value.get("status").cloned().unwrap_or(json!({}));
-                match state.store.put(old.value.clone(), Precondition::MustExist).await {
+                match state
+                    .store
+                    .put(old.value.clone(), Precondition::MustExist)
+                    .await
+                {
                     Ok(_) => state
                         .store
-                        .put_status(d.kind, &d.namespace, &d.name, status, Precondition::MustExist)
+                        .put_status(
+                            d.kind,
+                            &d.namespace,
+                            &d.name,
+                            status,
+                            Precondition::MustExist,
+                        )
                         .await
                         .map(|_| ()),
                     Err(e) => Err(e),
@@ -525,7 +532,11 @@ pub(crate) async fn batch(
     }
     let latest = state.store.current_version().await.unwrap_or(0);
     drop(_write);
-    tracing::info!(operations = checked.len(), resource_version = latest, "batch applied");
+    tracing::info!(
+        operations = checked.len(),
+        resource_version = latest,
+        "batch applied"
+    );
     state.settle(Kind::Function, latest).await;
     let results: Vec<Value> = checked
         .iter()

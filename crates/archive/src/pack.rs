@@ -68,10 +68,7 @@ pub fn pack_files(root: &Path, files: &[String]) -> Result<Vec<u8>, ArchiveError
         if !meta.is_file() {
             return Err(ArchiveError::File {
                 path,
-                source: std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "not a regular file",
-                ),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
             });
         }
         add_file(&mut zip, &path, rel, &meta)?;

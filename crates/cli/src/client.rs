@@ -426,7 +426,10 @@ impl Client {
     /// `HEAD /v1/archives/{sha256}`: whether the archive store holds it.
     pub async fn archive_exists(&self, sha256: &str) -> Result<bool, ClientError> {
         let rb = self
-            .request(Method::HEAD, &format!("/v1/archives/{}", encode_segment(sha256)))
+            .request(
+                Method::HEAD,
+                &format!("/v1/archives/{}", encode_segment(sha256)),
+            )
             .timeout(REQUEST_TIMEOUT);
         let response = self.send(rb).await?;
         match response.status() {

@@ -23,7 +23,10 @@ async fn snapshot(api: &Api) -> Vec<(String, String, String, Value)> {
             out.push((
                 plural.to_string(),
                 item["metadata"]["name"].as_str().unwrap().to_string(),
-                item["metadata"]["resourceVersion"].as_str().unwrap().to_string(),
+                item["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
                 item["spec"].clone(),
             ));
         }
@@ -74,9 +77,15 @@ async fn a_late_validation_error_or_stale_precondition_writes_nothing() {
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert_eq!(body["error"]["field"], "operations[2].object.spec.methods[0]");
+    assert_eq!(
+        body["error"]["field"],
+        "operations[2].object.spec.methods[0]"
+    );
     assert!(
-        body["error"]["message"].as_str().unwrap().starts_with("operations[2] (create HttpTrigger)"),
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("operations[2] (create HttpTrigger)"),
         "{body}"
     );
     assert_eq!(api.version().await, version, "nothing was written");
@@ -142,7 +151,10 @@ async fn a_failure_while_writing_undoes_the_earlier_writes() {
         )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert_eq!(body["error"]["field"], "operations[3].object.spec.relativeurl");
+    assert_eq!(
+        body["error"]["field"],
+        "operations[3].object.spec.relativeurl"
+    );
     // Every object is at its old version: same specs, and nothing created.
     let after = snapshot(&api).await;
     let specs = |s: &[(String, String, String, Value)]| {
@@ -154,7 +166,10 @@ async fn a_failure_while_writing_undoes_the_earlier_writes() {
     let (status, _) = api.get("/v1/functions/second").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (_, p) = api.get("/v1/packages/hello").await;
-    assert_eq!(p["status"]["buildstatus"], "none", "the old status is back too");
+    assert_eq!(
+        p["status"]["buildstatus"], "none",
+        "the old status is back too"
+    );
 }
 
 #[tokio::test]

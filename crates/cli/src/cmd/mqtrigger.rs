@@ -247,6 +247,7 @@ mod tests {
             maxconcurrency: 8,
             metadata: vec![("url".into(), "nats://127.0.0.1:4222".into())],
             secret: None,
+            spec: false,
         };
         let s = spec_of(&args);
         s.validate().unwrap();

@@ -112,9 +112,9 @@ fn collect(
     excludes: &[glob::Pattern],
     out: &mut Vec<String>,
 ) -> anyhow::Result<()> {
-    let rel = path
-        .strip_prefix(root)
-        .map_err(|_| anyhow::anyhow!("{} is outside the root {}", path.display(), root.display()))?;
+    let rel = path.strip_prefix(root).map_err(|_| {
+        anyhow::anyhow!("{} is outside the root {}", path.display(), root.display())
+    })?;
     let rel_text = rel
         .to_str()
         .ok_or_else(|| anyhow::anyhow!("{}: the path is not UTF-8", path.display()))?
@@ -125,7 +125,8 @@ fn collect(
     if excluded(&rel_text, excludes) {
         return Ok(());
     }
-    let meta = std::fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    let meta =
+        std::fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
     if meta.is_dir() {
         let mut entries: Vec<_> = std::fs::read_dir(path)
             .with_context(|| format!("reading {}", path.display()))?
@@ -179,9 +180,16 @@ mod tests {
         let names: Vec<_> = built
             .files
             .iter()
-            .map(|f| f.strip_prefix(dir.path().canonicalize().unwrap()).unwrap().to_path_buf())
+            .map(|f| {
+                f.strip_prefix(dir.path().canonicalize().unwrap())
+                    .unwrap()
+                    .to_path_buf()
+            })
             .collect();
-        assert_eq!(names, vec![PathBuf::from("src/a.py"), PathBuf::from("src/sub/b.py")]);
+        assert_eq!(
+            names,
+            vec![PathBuf::from("src/a.py"), PathBuf::from("src/sub/b.py")]
+        );
         // Deterministic: the same files give the same digest.
         let again = build(&upload(&["src/*"], &["src/sub/*.txt"]), &specs).unwrap();
         assert_eq!(built.sha256, again.sha256);

@@ -13,48 +13,56 @@ use serde_json::{Map, Value, json};
 
 use super::load::{Document, Fields, Problem};
 
+/// The `(field, ArchiveUploadSpec name)` of every `archive://NAME` archive of a Package.
+pub type Uploads = Vec<(&'static str, String)>;
+
+/// Reads the `spec` of one Fission kind into Kappa's.
+type SpecReader = fn(&mut Fields<'_>, &mut Map<String, Value>) -> Uploads;
+
 /// A converted document: Kappa's kind, its JSON, the `archive://NAME` archives it names, and
 /// warnings.
 pub struct Converted {
-    pub object: Option<(Kind, Value, Vec<(&'static str, String)>)>,
+    pub object: Option<(Kind, Value, Uploads)>,
     pub warnings: Vec<Problem>,
 }
 
 /// Converts one Fission document.
 pub fn convert(value: &Value, doc: &Document) -> Result<Converted, Vec<Problem>> {
-    let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let mut top = Fields::new(doc, value);
     top.take("apiVersion");
     top.take("kind");
-    let (kappa_kind, spec_fn): (Kind, fn(&mut Fields<'_>, &mut Map<String, Value>) -> Uploads) =
-        match kind {
-            "Environment" => (Kind::Environment, environment),
-            "Package" => (Kind::Package, package),
-            "Function" => (Kind::Function, function),
-            "HTTPTrigger" => (Kind::HttpTrigger, http_trigger),
-            "MessageQueueTrigger" => (Kind::MessageQueueTrigger, mq_trigger),
-            "TimeTrigger" => (Kind::TimeTrigger, time_trigger),
-            "CanaryConfig" => {
-                return Err(refuse(
-                    doc,
-                    "kind CanaryConfig is not supported: Kappa has no canary controller; route with an HTTPTrigger whose functionref is `type: function-weights` and change the weights with `kappa route update --function A --weight N ...`",
-                ));
-            }
-            "KubernetesWatchTrigger" => {
-                return Err(refuse(
-                    doc,
-                    "kind KubernetesWatchTrigger is not supported: Kappa has no Kubernetes watch triggers",
-                ));
-            }
-            other => {
-                return Err(refuse(
-                    doc,
-                    &format!(
-                        "kind {other:?} of fission.io/v1 is not supported: expected Environment, Package, Function, HTTPTrigger, MessageQueueTrigger, TimeTrigger, ArchiveUploadSpec or DeploymentConfig"
-                    ),
-                ));
-            }
-        };
+    let (kappa_kind, spec_fn): (Kind, SpecReader) = match kind {
+        "Environment" => (Kind::Environment, environment),
+        "Package" => (Kind::Package, package),
+        "Function" => (Kind::Function, function),
+        "HTTPTrigger" => (Kind::HttpTrigger, http_trigger),
+        "MessageQueueTrigger" => (Kind::MessageQueueTrigger, mq_trigger),
+        "TimeTrigger" => (Kind::TimeTrigger, time_trigger),
+        "CanaryConfig" => {
+            return Err(refuse(
+                doc,
+                "kind CanaryConfig is not supported: Kappa has no canary controller; route with an HTTPTrigger whose functionref is `type: function-weights` and change the weights with `kappa route update --function A --weight N ...`",
+            ));
+        }
+        "KubernetesWatchTrigger" => {
+            return Err(refuse(
+                doc,
+                "kind KubernetesWatchTrigger is not supported: Kappa has no Kubernetes watch triggers",
+            ));
+        }
+        other => {
+            return Err(refuse(
+                doc,
+                &format!(
+                    "kind {other:?} of fission.io/v1 is not supported: expected Environment, Package, Function, HTTPTrigger, MessageQueueTrigger, TimeTrigger, ArchiveUploadSpec or DeploymentConfig"
+                ),
+            ));
+        }
+    };
     let metadata = metadata(&mut top);
     // `status` is written by Fission's `--spec` (e.g. a Package's buildstatus); Fission's own
     // apply ignores it, and so does Kappa (the platform owns status).
@@ -82,8 +90,6 @@ pub fn convert(value: &Value, doc: &Document) -> Result<Converted, Vec<Problem>>
         warnings: problems,
     })
 }
-
-type Uploads = Vec<(&'static str, String)>;
 
 fn refuse(doc: &Document, message: &str) -> Vec<Problem> {
     vec![Problem {
@@ -211,7 +217,10 @@ fn environment(f: &mut Fields<'_>, spec: &mut Map<String, Value>) -> Uploads {
             "container",
             "Kappa does not merge a container patch into the runtime (set resources on the environment instead)",
         );
-        r.zero_only("podspec", "Kappa does not merge a pod spec into the runtime's pods");
+        r.zero_only(
+            "podspec",
+            "Kappa does not merge a pod spec into the runtime's pods",
+        );
         f.problems.extend(r.finish());
         spec.insert("runtime".into(), Value::Object(out));
     } else {
@@ -221,11 +230,20 @@ fn environment(f: &mut Fields<'_>, spec: &mut Map<String, Value>) -> Uploads {
         let mut r = Fields::at(f.doc(), "spec.builder", &b);
         let image = r.string("image").unwrap_or_default();
         let command = r.string("command").unwrap_or_default();
-        r.zero_only("container", "Kappa does not merge a container patch into the builder");
-        r.zero_only("podspec", "Kappa does not merge a pod spec into the builder");
+        r.zero_only(
+            "container",
+            "Kappa does not merge a container patch into the builder",
+        );
+        r.zero_only(
+            "podspec",
+            "Kappa does not merge a pod spec into the builder",
+        );
         f.problems.extend(r.finish());
         if !image.is_empty() || !command.is_empty() {
-            spec.insert("builder".into(), json!({"image": image, "command": command}));
+            spec.insert(
+                "builder".into(),
+                json!({"image": image, "command": command}),
+            );
         }
     }
     if let Some(n) = f.u64("poolsize") {
@@ -247,7 +265,9 @@ fn environment(f: &mut Fields<'_>, spec: &mut Map<String, Value>) -> Uploads {
     {
         f.error(
             "allowedFunctionsPerContainer",
-            format!("{mode:?} is not supported: Kappa loads one function per instance (\"single\")"),
+            format!(
+                "{mode:?} is not supported: Kappa loads one function per instance (\"single\")"
+            ),
         );
     }
     f.ignored(
@@ -353,7 +373,10 @@ fn function(f: &mut Fields<'_>, spec: &mut Map<String, Value>) -> Uploads {
             json!({"packageref": packageref, "functionName": function_name}),
         );
     } else {
-        f.error("package", "missing: expected package.packageref and package.functionName");
+        f.error(
+            "package",
+            "missing: expected package.packageref and package.functionName",
+        );
     }
     for key in ["secrets", "configmaps"] {
         let Some(list) = f.take(key) else { continue };
@@ -366,7 +389,10 @@ fn function(f: &mut Fields<'_>, spec: &mut Map<String, Value>) -> Uploads {
             let mut r = Fields::at(f.doc(), &format!("spec.{key}[{i}]"), item);
             let name = r.string("name").unwrap_or_default();
             let ns = r.string("namespace").filter(|n| !n.is_empty());
-            r.zero_only("mountPath", "Kappa places them at /secrets and /configs only");
+            r.zero_only(
+                "mountPath",
+                "Kappa places them at /secrets and /configs only",
+            );
             f.problems.extend(r.finish());
             let mut v = json!({"name": name});
             if let Some(ns) = ns {
@@ -383,7 +409,10 @@ fn function(f: &mut Fields<'_>, spec: &mut Map<String, Value>) -> Uploads {
         if let Some(t) = s.string("StrategyType")
             && !matches!(t.as_str(), "" | "execution")
         {
-            s.error("StrategyType", format!("{t:?} is not supported: expected execution"));
+            s.error(
+                "StrategyType",
+                format!("{t:?} is not supported: expected execution"),
+            );
         }
         let exec = s.take("ExecutionStrategy").unwrap_or(Value::Null);
         let mut e = Fields::at(s.doc(), "spec.InvokeStrategy.ExecutionStrategy", &exec);
@@ -440,7 +469,10 @@ fn function(f: &mut Fields<'_>, spec: &mut Map<String, Value>) -> Uploads {
     }
     f.zero_only("onceOnly", "Kappa reuses an instance for later requests");
     f.zero_only("podspec", "Kappa has no container executor");
-    f.zero_only("envFrom", "set the variables in `env`, or use secrets and configmaps");
+    f.zero_only(
+        "envFrom",
+        "set the variables in `env`, or use secrets and configmaps",
+    );
     if let Some(env) = f.take("env") {
         let Value::Array(items) = env else {
             f.error("env", "expected a list of {name, value}");
@@ -485,7 +517,11 @@ fn functionref(f: &mut Fields<'_>, spec: &mut Map<String, Value>, weights_allowe
             "type",
             format!(
                 "{other:?} is not supported here: expected {}",
-                if weights_allowed { "name or function-weights" } else { "name" }
+                if weights_allowed {
+                    "name or function-weights"
+                } else {
+                    "name"
+                }
             ),
         ),
     }
@@ -583,7 +619,10 @@ fn mq_trigger(f: &mut Fields<'_>, spec: &mut Map<String, Value>) -> Uploads {
     if let Some(kind) = f.string("mqtkind")
         && !matches!(kind.as_str(), "" | "keda" | "fission")
     {
-        f.error("mqtkind", format!("{kind:?} is not a Fission mqtkind: expected keda or fission"));
+        f.error(
+            "mqtkind",
+            format!("{kind:?} is not a Fission mqtkind: expected keda or fission"),
+        );
     }
     f.zero_only("podspec", "Kappa runs no connector pods");
     Vec::new()

@@ -164,8 +164,8 @@ pub fn read_dir(dir: &Path, ignore_file: Option<&Path>) -> anyhow::Result<SpecSe
         ..SpecSet::default()
     };
     for file in &files {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("reading {}", file.display()))?;
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         for doc in split_documents(file, &text) {
             read_document(&mut set, &doc);
         }
@@ -193,7 +193,9 @@ fn read_ignore(dir: &Path, ignore_file: Option<&Path>) -> anyhow::Result<Vec<glo
             continue;
         }
         let pattern = glob::Pattern::new(line.trim_start_matches('/').trim_end_matches('/'))
-            .map_err(|e| anyhow::anyhow!("{}:{}: {line:?} is not a glob: {e}", path.display(), i + 1))?;
+            .map_err(|e| {
+                anyhow::anyhow!("{}:{}: {line:?} is not a glob: {e}", path.display(), i + 1)
+            })?;
         patterns.push(pattern);
     }
     Ok(patterns)
@@ -383,15 +385,24 @@ fn read_document(set: &mut SpecSet, doc: &Document) {
     let value: Value = match serde_norway::from_str(&doc.text) {
         Ok(v) => v,
         Err(e) => {
-            set.error(doc.at_line(yaml_error_line(&e)), format!("not valid YAML: {e}"));
+            set.error(
+                doc.at_line(yaml_error_line(&e)),
+                format!("not valid YAML: {e}"),
+            );
             return;
         }
     };
     let Value::Object(_) = &value else {
-        set.error(doc.locate(""), "expected a mapping with apiVersion and kind");
+        set.error(
+            doc.locate(""),
+            "expected a mapping with apiVersion and kind",
+        );
         return;
     };
-    let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let api_version = value
         .get("apiVersion")
         .and_then(Value::as_str)
@@ -455,7 +466,14 @@ fn kappa_uploads(value: &Value) -> Vec<(&'static str, String)> {
             && let Some(name) = url.strip_prefix("archive://")
             && !name.starts_with("sha256/")
         {
-            out.push((if field == "source" { "spec.source" } else { "spec.deployment" }, name.to_string()));
+            out.push((
+                if field == "source" {
+                    "spec.source"
+                } else {
+                    "spec.deployment"
+                },
+                name.to_string(),
+            ));
         }
     }
     out
@@ -476,8 +494,9 @@ fn add_typed(
 ) {
     for (field, _) in &uploads {
         let key = field.trim_start_matches("spec.");
-        value["spec"][key] = serde_json::to_value(kappa_types::Archive::stored(PENDING_DIGEST, None))
-            .unwrap_or(Value::Null);
+        value["spec"][key] =
+            serde_json::to_value(kappa_types::Archive::stored(PENDING_DIGEST, None))
+                .unwrap_or(Value::Null);
     }
     let checked = match kind {
         Kind::Environment => check::<EnvironmentSpec>(value),
@@ -495,7 +514,10 @@ fn add_typed(
                 .as_str()
                 .unwrap_or(kappa_types::DEFAULT_NAMESPACE)
                 .to_string();
-            let name = value["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let name = value["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             if let Some(first) = set
                 .objects
                 .iter()
@@ -603,7 +625,9 @@ fn read_deployment(set: &mut SpecSet, doc: &Document, value: &Value) {
     if uuid::Uuid::parse_str(&uid).is_err() {
         set.error(
             doc.locate("uid"),
-            format!("DeploymentConfig: uid {uid:?} is not a UUID (run `kappa spec init` for a new one)"),
+            format!(
+                "DeploymentConfig: uid {uid:?} is not a UUID (run `kappa spec init` for a new one)"
+            ),
         );
         return;
     }
@@ -721,7 +745,10 @@ impl<'a> Fields<'a> {
         let found = if self.map.contains_key(key) {
             Some(key.to_string())
         } else {
-            self.map.keys().find(|k| k.eq_ignore_ascii_case(key)).cloned()
+            self.map
+                .keys()
+                .find(|k| k.eq_ignore_ascii_case(key))
+                .cloned()
         };
         found
             .and_then(|k| self.map.remove(&k))

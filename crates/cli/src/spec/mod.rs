@@ -155,17 +155,16 @@ on the platform belong to this directory.
 
 fn init(args: &InitArgs) -> anyhow::Result<()> {
     let dir = &args.specdir;
-    if dir.exists() {
-        if let Ok(set) = load::read_dir(dir, None)
-            && let Some(d) = set.deployment
-        {
-            bail!(
-                "{} already has a DeploymentConfig ({}, uid {}): nothing to do",
-                dir.display(),
-                d.at,
-                d.uid
-            );
-        }
+    if dir.exists()
+        && let Ok(set) = load::read_dir(dir, None)
+        && let Some(d) = set.deployment
+    {
+        bail!(
+            "{} already has a DeploymentConfig ({}, uid {}): nothing to do",
+            dir.display(),
+            d.at,
+            d.uid
+        );
     }
     let uid = match &args.deployid {
         Some(id) => uuid::Uuid::parse_str(id)
@@ -271,7 +270,10 @@ fn validate(args: &DirArgs) -> anyhow::Result<()> {
         set.uploads.len(),
         if set.uploads.len() == 1 { "" } else { "s" },
         if warnings > 0 {
-            format!(" ({warnings} warning{})", if warnings == 1 { "" } else { "s" })
+            format!(
+                " ({warnings} warning{})",
+                if warnings == 1 { "" } else { "s" }
+            )
         } else {
             String::new()
         }
@@ -330,7 +332,10 @@ fn key_of(value: &Value, kind: Kind) -> Key {
             .as_str()
             .unwrap_or(kappa_types::DEFAULT_NAMESPACE)
             .to_string(),
-        value["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+        value["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
     )
 }
 
@@ -410,7 +415,12 @@ async fn apply(ctx: &Ctx, args: &ApplyArgs) -> anyhow::Result<Outcome> {
     // archives (uploaded here, so the stored Package names the same digest as the spec).
     let mut blobs: HashMap<String, (String, Vec<u8>)> = built
         .iter()
-        .map(|(n, b)| (b.sha256.clone(), (format!("archive '{n}'"), b.bytes.clone())))
+        .map(|(n, b)| {
+            (
+                b.sha256.clone(),
+                (format!("archive '{n}'"), b.bytes.clone()),
+            )
+        })
         .collect();
 
     // The desired objects, labelled and with their archives' digests.
@@ -437,11 +447,23 @@ async fn apply(ctx: &Ctx, args: &ApplyArgs) -> anyhow::Result<Outcome> {
                     .collect();
                 let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
                     .decode(text.trim_end_matches('='))
-                    .map_err(|e| anyhow::anyhow!("{}: Package {}: spec.{key}.literal is not base64: {e}", o.at, o.name))?;
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "{}: Package {}: spec.{key}.literal is not base64: {e}",
+                            o.at,
+                            o.name
+                        )
+                    })?;
                 let sha = kappa_archive::sha256_hex(&bytes);
                 let filename = archive["filename"].as_str().map(str::to_string);
                 value["spec"][key] = serde_json::to_value(Archive::stored(&sha, filename))?;
-                blobs.insert(sha, (format!("literal {key} archive of package '{}'", o.name), bytes));
+                blobs.insert(
+                    sha,
+                    (
+                        format!("literal {key} archive of package '{}'", o.name),
+                        bytes,
+                    ),
+                );
             }
         }
         desired.push(((o.kind, o.namespace.clone(), o.name.clone()), value));
@@ -472,7 +494,9 @@ async fn apply(ctx: &Ctx, args: &ApplyArgs) -> anyhow::Result<Outcome> {
                     ));
                     continue;
                 }
-                let rv = cur["metadata"]["resourceVersion"].as_str().map(str::to_string);
+                let rv = cur["metadata"]["resourceVersion"]
+                    .as_str()
+                    .map(str::to_string);
                 let mut cur_cmp = comparable(kind, cur);
                 // A source package's deployment is the builder's output, not part of the spec.
                 if kind == Kind::Package
@@ -496,7 +520,11 @@ async fn apply(ctx: &Ctx, args: &ApplyArgs) -> anyhow::Result<Outcome> {
                     object["spec"]["deployment"] = cur["spec"]["deployment"].clone();
                 }
                 Step {
-                    action: if same { Action::Unchanged } else { Action::Update },
+                    action: if same {
+                        Action::Unchanged
+                    } else {
+                        Action::Update
+                    },
                     kind,
                     namespace: ns,
                     name,
@@ -518,16 +546,17 @@ async fn apply(ctx: &Ctx, args: &ApplyArgs) -> anyhow::Result<Outcome> {
         .map(|s| (s.namespace.clone(), s.name.clone()))
         .collect();
     for s in steps.iter_mut().filter(|s| s.kind == Kind::Function) {
-        let pref = s.object.as_ref().map(|o| &o["spec"]["package"]["packageref"]);
+        let pref = s
+            .object
+            .as_ref()
+            .map(|o| &o["spec"]["package"]["packageref"]);
         let pkg = pref.map(|p| {
             (
                 p["namespace"].as_str().unwrap_or_default().to_string(),
                 p["name"].as_str().unwrap_or_default().to_string(),
             )
         });
-        if s.action == Action::Unchanged
-            && pkg.is_some_and(|p| changed_packages.contains(&p))
-        {
+        if s.action == Action::Unchanged && pkg.is_some_and(|p| changed_packages.contains(&p)) {
             s.action = Action::Update;
             s.note = Some("its package changed");
         }
@@ -565,8 +594,13 @@ async fn apply(ctx: &Ctx, args: &ApplyArgs) -> anyhow::Result<Outcome> {
             else {
                 continue;
             };
-            let Some((label, bytes)) = blobs.get(sha) else { continue };
-            if uploads.iter().any(|(_, s, _): &(String, String, bool)| s == sha) {
+            let Some((label, bytes)) = blobs.get(sha) else {
+                continue;
+            };
+            if uploads
+                .iter()
+                .any(|(_, s, _): &(String, String, bool)| s == sha)
+            {
                 continue;
             }
             let stored = ctx
@@ -645,10 +679,17 @@ fn report(ctx: &Ctx, outcome: &Outcome, dry_run: bool) -> anyhow::Result<()> {
             (true, false) => "uploaded",
             (false, _) => "already stored",
         };
-        text.push_str(&format!("{label} (sha256 {}) {what}\n", &sha[..12.min(sha.len())]));
+        text.push_str(&format!(
+            "{label} (sha256 {}) {what}\n",
+            &sha[..12.min(sha.len())]
+        ));
     }
     for s in &outcome.steps {
-        let verb = if dry_run { s.action.future() } else { s.action.past() };
+        let verb = if dry_run {
+            s.action.future()
+        } else {
+            s.action.past()
+        };
         let ns = if s.namespace == kappa_types::DEFAULT_NAMESPACE {
             String::new()
         } else {
@@ -696,9 +737,14 @@ async fn wait_built(ctx: &Ctx, outcome: &Outcome, limit: Duration) -> anyhow::Re
                 .await
                 .context("waiting for the packages")?
                 .into_iter()
-                .find(|v| key_of(v, Kind::Package) == (Kind::Package, p.namespace.clone(), p.name.clone()));
+                .find(|v| {
+                    key_of(v, Kind::Package) == (Kind::Package, p.namespace.clone(), p.name.clone())
+                });
             let Some(raw) = raw else {
-                bail!("package '{}' disappeared while waiting for its build", p.name);
+                bail!(
+                    "package '{}' disappeared while waiting for its build",
+                    p.name
+                );
             };
             let status = raw["status"]["buildstatus"].as_str().unwrap_or("none");
             match status {
@@ -814,7 +860,11 @@ async fn destroy(ctx: &Ctx, args: &DirArgs) -> anyhow::Result<()> {
     for (k, _) in &objects {
         text.push_str(&format!("{} '{}' deleted\n", noun(k.0), k.2));
     }
-    text.push_str(&format!("destroyed: {} objects of deployment {}\n", objects.len(), deployment.uid));
+    text.push_str(&format!(
+        "destroyed: {} objects of deployment {}\n",
+        objects.len(),
+        deployment.uid
+    ));
     output::print_stdout(&text)
 }
 
@@ -846,7 +896,12 @@ async fn list(ctx: &Ctx, args: &ListArgs) -> anyhow::Result<()> {
             for (uid, (name, counts)) in &deployments {
                 let total: usize = counts.values().sum();
                 let kinds: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
-                table.row(vec![uid.clone(), name.clone(), total.to_string(), kinds.join(", ")]);
+                table.row(vec![
+                    uid.clone(),
+                    name.clone(),
+                    total.to_string(),
+                    kinds.join(", "),
+                ]);
             }
             output::print_stdout(&table.to_string())
         }
@@ -870,7 +925,11 @@ pub fn write_spec<S: Spec>(resource: &Resource<S>) -> anyhow::Result<()> {
     let doc = resource_doc(resource)?;
     write_documents(
         Path::new(SPEC_DIR),
-        &format!("{}-{}", S::KIND.as_str().to_ascii_lowercase(), resource.metadata.name),
+        &format!(
+            "{}-{}",
+            S::KIND.as_str().to_ascii_lowercase(),
+            resource.metadata.name
+        ),
         &[doc],
     )?;
     output::print_stdout(&format!(
@@ -906,10 +965,9 @@ pub fn archive_upload_doc(name: &str, path: &Path) -> anyhow::Result<Value> {
     let (root, include) = if meta.is_dir() {
         (path.to_path_buf(), "*".to_string())
     } else {
-        let file = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| anyhow::anyhow!("{}: expected a file with a UTF-8 name", path.display()))?;
+        let file = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+            anyhow::anyhow!("{}: expected a file with a UTF-8 name", path.display())
+        })?;
         (
             path.parent().map(Path::to_path_buf).unwrap_or_default(),
             file.to_string(),
@@ -940,7 +998,10 @@ pub fn write_documents(dir: &Path, stem: &str, docs: &[Value]) -> anyhow::Result
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let file = dir.join(format!("{stem}.yaml"));
     if file.exists() {
-        bail!("{} already exists: edit it, or delete it first", file.display());
+        bail!(
+            "{} already exists: edit it, or delete it first",
+            file.display()
+        );
     }
     std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
     Ok(file)

@@ -40,7 +40,10 @@ fn get(p: &Platform, kind: &str, name: &str) -> Value {
 }
 
 fn rv(v: &Value) -> String {
-    v["metadata"]["resourceVersion"].as_str().unwrap().to_string()
+    v["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// The whole life of a spec directory: apply, re-apply (nothing), edit one file (only its
@@ -54,7 +57,9 @@ fn lifecycle(example_name: &str, uid: &str, edit: &str, route: &str, bye_files: 
     assert!(out.contains("are valid"), "{out}");
 
     // A dry run changes nothing.
-    let out = p.ok(&["spec", "apply", "--specdir", &specs, "--dry-run"]).stdout;
+    let out = p
+        .ok(&["spec", "apply", "--specdir", &specs, "--dry-run"])
+        .stdout;
     assert!(out.contains("function 'hello' would be created"), "{out}");
     assert!(out.contains("nothing was changed"), "{out}");
     assert_eq!(p.json(&["fn", "list"]), Value::Array(vec![]));
@@ -100,9 +105,15 @@ fn lifecycle(example_name: &str, uid: &str, edit: &str, route: &str, bye_files: 
     std::fs::write(&file, format!("{text}\n# edited\n")).unwrap();
     let out = p.ok(&["spec", "apply", "--specdir", &specs]).stdout;
     assert!(out.contains("package 'hello-pkg' updated"), "{out}");
-    assert!(out.contains("function 'hello' updated (its package changed)"), "{out}");
+    assert!(
+        out.contains("function 'hello' updated (its package changed)"),
+        "{out}"
+    );
     assert!(out.contains("function 'bye' unchanged"), "{out}");
-    assert!(out.contains("applied: 0 created, 2 updated, 0 deleted"), "{out}");
+    assert!(
+        out.contains("applied: 0 created, 2 updated, 0 deleted"),
+        "{out}"
+    );
     assert_eq!(p.archive_uploads(), 3);
     assert_eq!(rv(&get(&p, "fn", "bye")), rv(&bye));
     let hello2 = get(&p, "fn", "hello");
@@ -119,7 +130,9 @@ fn lifecycle(example_name: &str, uid: &str, edit: &str, route: &str, bye_files: 
     let out = p.ok(&["spec", "apply", "--specdir", &specs]).stdout;
     assert!(out.contains("nothing to apply"), "{out}");
     get(&p, "fn", "bye");
-    let out = p.ok(&["spec", "apply", "--specdir", &specs, "--delete"]).stdout;
+    let out = p
+        .ok(&["spec", "apply", "--specdir", &specs, "--delete"])
+        .stdout;
     for line in [
         "function 'bye' deleted",
         "package 'bye-pkg' deleted",
@@ -259,13 +272,34 @@ spec:
     run.code(1);
     let err = &run.stderr;
     for expected in [
-        format!("bad.yaml:{} (document 1): error: spec.allowedFunctionsPerContainer: \"infinite\" is not supported", line("allowedFunctionsPerContainer", 0)),
-        format!("bad.yaml:{} (document 2): error: kind CanaryConfig is not supported", line("kind: CanaryConfig", 0)),
-        format!("bad.yaml:{} (document 3): error: spec.messageQueueType: \"kafka\"", line("messageQueueType", 0)),
-        format!("bad.yaml:{} (document 5): error: spec.InvokeStrategy.ExecutionStrategy.ExecutorType: \"container\" is not supported", line("ExecutorType", 0)),
-        format!("bad.yaml:{} (document 5): error: spec.streaming: unknown or unsupported field", line("streaming:", 0)),
-        format!("bad.yaml:{} (document 6): error: spec.relativeurl:", line("relativeurl", 0)),
-        format!("bad.yaml:{} (document 4): error: Function f: package default/missing-pkg (spec.package.packageref) is not defined in the specs", line("name: f", 0)),
+        format!(
+            "bad.yaml:{} (document 1): error: spec.allowedFunctionsPerContainer: \"infinite\" is not supported",
+            line("allowedFunctionsPerContainer", 0)
+        ),
+        format!(
+            "bad.yaml:{} (document 2): error: kind CanaryConfig is not supported",
+            line("kind: CanaryConfig", 0)
+        ),
+        format!(
+            "bad.yaml:{} (document 3): error: spec.messageQueueType: \"kafka\"",
+            line("messageQueueType", 0)
+        ),
+        format!(
+            "bad.yaml:{} (document 5): error: spec.InvokeStrategy.ExecutionStrategy.ExecutorType: \"container\" is not supported",
+            line("ExecutorType", 0)
+        ),
+        format!(
+            "bad.yaml:{} (document 5): error: spec.streaming: unknown or unsupported field",
+            line("streaming:", 0)
+        ),
+        format!(
+            "bad.yaml:{} (document 6): error: spec.relativeurl:",
+            line("relativeurl", 0)
+        ),
+        format!(
+            "bad.yaml:{} (document 4): error: Function f: package default/missing-pkg (spec.package.packageref) is not defined in the specs",
+            line("name: f", 0)
+        ),
         "has 7 errors".to_string(),
     ] {
         assert!(err.contains(&expected), "{expected:?} missing in:\n{err}");
@@ -297,14 +331,30 @@ fn init_and_create_commands_with_spec_write_a_directory_that_applies() {
         run(cmd)
     };
     again.code(1);
-    assert!(again.stderr.contains("already has a DeploymentConfig"), "{}", again.stderr);
+    assert!(
+        again.stderr.contains("already has a DeploymentConfig"),
+        "{}",
+        again.stderr
+    );
 
-    in_work(&["env", "create", "--name", "python", "--image", "python", "--spec"]);
+    in_work(&[
+        "env", "create", "--name", "python", "--image", "python", "--spec",
+    ]);
     in_work(&[
         "fn", "create", "--name", "hello", "--env", "python", "--code", "hello.py", "--url",
         "/hello", "--spec",
     ]);
-    in_work(&["tt", "create", "--name", "tick", "--function", "hello", "--cron", "@every 1h", "--spec"]);
+    in_work(&[
+        "tt",
+        "create",
+        "--name",
+        "tick",
+        "--function",
+        "hello",
+        "--cron",
+        "@every 1h",
+        "--spec",
+    ]);
     // Nothing was created on the platform.
     assert_eq!(p.json(&["fn", "list"]), Value::Array(vec![]));
     assert_eq!(p.json(&["env", "list"]), Value::Array(vec![]));
@@ -326,7 +376,8 @@ fn an_object_of_another_deployment_is_not_taken_over() {
     let run = p.kappa(&["spec", "apply", "--specdir", &specdir(&dir)]);
     run.code(1);
     assert!(
-        run.stderr.contains("Environment default/python exists and is not part of this deployment"),
+        run.stderr
+            .contains("Environment default/python exists and is not part of this deployment"),
         "{}",
         run.stderr
     );
