@@ -119,3 +119,39 @@ fn kappa_format_spec_directory() {
         "Bye!\n",
     );
 }
+
+/// An environment the local backend cannot run (Fission's Go image) is refused by the API when
+/// the specs are applied (a dry run too), naming the field; nothing is created.
+#[test]
+fn a_runtime_kappa_up_cannot_run_is_refused() {
+    let p = Platform::start();
+    let scratch = tempfile::tempdir().unwrap();
+    let specs = scratch.path().join("specs");
+    std::fs::create_dir_all(&specs).unwrap();
+    std::fs::write(
+        specs.join("fission-deployment-config.yaml"),
+        "kind: DeploymentConfig\nname: hello-go\nuid: a8cdb63c-9be8-4a59-9427-89051afecd7b\n",
+    )
+    .unwrap();
+    std::fs::write(
+        specs.join("env.yaml"),
+        "apiVersion: fission.io/v1\nkind: Environment\nmetadata:\n  name: go\n  namespace: default\nspec:\n  builder:\n    command: build\n    image: fission/go-builder-1.12:1.5.0\n  keeparchive: false\n  poolsize: 3\n  resources: {}\n  runtime:\n    image: fission/go-env-1.12:1.5.0\n  version: 3\n",
+    )
+    .unwrap();
+    let specs = specs.display().to_string();
+    p.ok(&["spec", "validate", "--specdir", &specs]);
+    for extra in [&["--dry-run"][..], &[]] {
+        let mut args = vec!["spec", "apply", "--specdir", &specs];
+        args.extend_from_slice(extra);
+        let err = p.fails(&args);
+        assert!(
+            err.contains("operations[0] (create Environment): \"fission/go-env-1.12:1.5.0\" is not a runtime the local backend runs"),
+            "{err}"
+        );
+        assert!(
+            err.contains("field: operations[0].object.spec.runtime.image"),
+            "{err}"
+        );
+    }
+    assert_eq!(p.ok(&["env", "list", "-o", "json"]).trim(), "[]");
+}

@@ -192,6 +192,7 @@ fn str_field<'a>(op: &'a Value, name: &str, index: usize) -> Result<&'a str, Api
 
 /// Phase 1 for one operation, without the store.
 async fn parse_operation(
+    state: &ApiState,
     index: usize,
     raw: Value,
     query_ns: Option<&str>,
@@ -276,6 +277,12 @@ async fn parse_operation(
     let what = format!("operations[{index}] ({} {kind})", op.as_str());
     let object = by_kind!(kind, parse_object(object, query_ns))
         .map_err(|e| in_operation(e, index, &what))?;
+    if kind == Kind::Environment {
+        // Stateless, so checked before anything is written (and by a dry run).
+        let env = kappa_types::Resource::<EnvironmentSpec>::from_json(object.clone())
+            .map_err(|e| in_operation(e.into(), index, &what))?;
+        crate::admit::check_runtime(state, &env.spec).map_err(|e| in_operation(e, index, &what))?;
+    }
     let meta = &object["metadata"];
     let namespace = meta["namespace"].as_str().unwrap_or_default().to_string();
     let name = meta["name"].as_str().unwrap_or_default().to_string();
@@ -469,7 +476,7 @@ pub(crate) async fn batch(
     // Phase 1: everything checked before anything is written.
     let mut checked = Vec::with_capacity(raw_ops.len());
     for (index, raw) in raw_ops.into_iter().enumerate() {
-        checked.push(parse_operation(index, raw, query_ns.as_deref()).await?);
+        checked.push(parse_operation(&state, index, raw, query_ns.as_deref()).await?);
     }
     for (i, c) in checked.iter().enumerate() {
         if let Some(first) = checked[..i]

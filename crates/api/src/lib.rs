@@ -45,7 +45,7 @@ use tower_http::trace::TraceLayer;
 pub use archives::collect_unused_archives;
 pub use error::ApiError;
 pub use metrics::ApiMetrics;
-pub use state::{ApiState, ArchiveGc, DEFAULT_BOOKMARK_INTERVAL, Invoker, RouteSync};
+pub use state::{ApiState, ArchiveGc, DEFAULT_BOOKMARK_INTERVAL, Invoker, RouteSync, RuntimeCheck};
 
 /// Largest resource body (JSON or YAML) the API reads: 4 MiB. Archives have their own limit,
 /// the archive store's.
