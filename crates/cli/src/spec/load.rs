@@ -310,7 +310,8 @@ pub fn locate_line(text: &str, path: &str) -> Option<usize> {
             Some((k, rest)) => (k, rest.trim_end_matches(']').parse::<usize>().ok()),
             None => (segment, None),
         };
-        let mut hit = None;
+        // The shallowest line of the block holding the key (a deeper one belongs to a child).
+        let mut hit: Option<(usize, usize)> = None;
         for (i, line) in lines.iter().enumerate().take(end).skip(start) {
             let indent = line.len() - line.trim_start().len();
             let trimmed = line.trim_start().trim_start_matches("- ");
@@ -320,9 +321,9 @@ pub fn locate_line(text: &str, path: &str) -> Option<usize> {
             if !key.is_empty()
                 && (trimmed.starts_with(&format!("{key}:"))
                     || trimmed.starts_with(&format!("\"{key}\":")))
+                && hit.is_none_or(|(_, best)| indent < best)
             {
                 hit = Some((i, indent));
-                break;
             }
         }
         let (line, indent) = match hit {
