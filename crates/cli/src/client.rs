@@ -411,7 +411,8 @@ impl Client {
             #[serde(default)]
             results: Vec<serde_json::Value>,
         }
-        let mut query = vec![("namespace", self.namespace.as_str())];
+        // No `namespace`: every object and delete of a batch names its own.
+        let mut query = Vec::new();
         if dry_run {
             query.push(("dryRun", "true"));
         }

@@ -17,6 +17,8 @@ pub struct Built {
     pub sha256: String,
     /// The files it holds (relative paths), for `--watch`.
     pub files: Vec<PathBuf>,
+    /// For a single-file archive (not a zip), the name the file is placed under.
+    pub filename: Option<String>,
 }
 
 /// Where an upload's globs are relative to: `rootdir` (itself relative to the spec directory's
@@ -34,9 +36,9 @@ pub fn root_of(upload: &ArchiveUpload, specdir: &Path) -> PathBuf {
     }
 }
 
-/// Zips what `upload` selects. A single included file that is already a zip is used as is
-/// (Fission does the same); otherwise every included file (directories recursively) minus the
-/// excluded ones is zipped under its path relative to the root.
+/// Zips what `upload` selects: every included file (directories recursively) minus the
+/// excluded ones, under its path relative to the root. When that is one file, it is used as
+/// is (Fission does the same): a zip as the archive, any other file as a single-file archive.
 pub fn build(upload: &ArchiveUpload, specdir: &Path) -> anyhow::Result<Built> {
     let root = root_of(upload, specdir);
     let what = || format!("ArchiveUploadSpec {:?} ({})", upload.name, upload.at);
@@ -69,16 +71,30 @@ pub fn build(upload: &ArchiveUpload, specdir: &Path) -> anyhow::Result<Built> {
     if files.is_empty() {
         bail!("{}: every included file is excluded", what());
     }
-    let single_zip = files.len() == 1 && upload.include.len() == 1 && is_zip(&root.join(&files[0]));
-    let bytes = if single_zip {
-        std::fs::read(root.join(&files[0])).with_context(what)?
-    } else {
-        kappa_archive::pack_files(&root, &files).with_context(what)?
+    // One file is sent as it is, as Fission does: a zip is the archive, any other file is a
+    // single-file archive placed under its own name (so a runtime loads it as `--code` would).
+    let single = (files.len() == 1).then(|| root.join(&files[0]));
+    let (bytes, filename) = match &single {
+        Some(path) => {
+            let bytes = std::fs::read(path).with_context(what)?;
+            let filename = (!is_zip(path)).then(|| {
+                Path::new(&files[0])
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
+            (bytes, filename)
+        }
+        None => (
+            kappa_archive::pack_files(&root, &files).with_context(what)?,
+            None,
+        ),
     };
     Ok(Built {
         sha256: kappa_archive::sha256_hex(&bytes),
         bytes,
         files: files.iter().map(|f| root.join(f)).collect(),
+        filename,
     })
 }
 

@@ -431,7 +431,9 @@ async fn apply(ctx: &Ctx, args: &ApplyArgs) -> anyhow::Result<Outcome> {
         value["metadata"]["annotations"][DEPLOYMENT_NAME_ANNOTATION] = json!(deployment.name);
         for (field, name) in &o.uploads {
             let key = field.trim_start_matches("spec.");
-            value["spec"][key] = serde_json::to_value(Archive::stored(&built[name].sha256, None))?;
+            let b = &built[name];
+            value["spec"][key] =
+                serde_json::to_value(Archive::stored(&b.sha256, b.filename.clone()))?;
         }
         if o.kind == Kind::Package {
             for key in ["source", "deployment"] {
