@@ -383,3 +383,38 @@ fn an_object_of_another_deployment_is_not_taken_over() {
     );
     assert_eq!(p.json(&["fn", "list"]), Value::Array(vec![]));
 }
+
+#[test]
+fn watch_applies_again_after_a_file_changes() {
+    use std::process::Stdio;
+    use std::time::Duration;
+
+    use crate::support::eventually;
+
+    let p = Platform::start();
+    let dir = example(&p, "spec-kappa");
+    let mut child = p
+        .command(&["spec", "apply", "--watch", "--specdir", &specdir(&dir)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = eventually(Duration::from_secs(60), "the first apply", || {
+        let r = p.kappa(&["pkg", "get", "hello-pkg", "-o", "json"]);
+        (r.code == 0).then(|| rv(&r.json()))
+    });
+    let file = dir.join("src/greet.py");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{text}\n# edited\n")).unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "the package to be applied again",
+        || {
+            let now = rv(&get(&p, "pkg", "hello-pkg"));
+            (now != first).then_some(())
+        },
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
