@@ -7,6 +7,10 @@
   (b) first-request latency of never-invoked Python functions with a warm pool and with
       `poolsize 0`, next to a bare `python3 -c pass` start;
   (c) warm request latency of a Python function through the router and directly.
+  (a)-(c) run twice in the same run: with instances unsandboxed (`--sandbox none`, which the
+      direct and nginx baselines need: they reach the upstream on a host port) and in the
+      default built-in sandbox (reached only through its connector), so the cost of isolation
+      on a warm request and on a cold start is printed side by side.
   (d) message queue: messages per second through a trivial Python function via NATS JetStream
       (a message-queue trigger with a response topic) at maxConcurrency 1 and 64.
 
@@ -88,7 +92,9 @@ class Kappa:
         return out.stdout
 
     def endpoints(self):
-        status, body = http_get(self.admin, "/debug/endpoints")
+        with open(os.path.join(self.data, "token")) as f:
+            token = f.read().strip()
+        status, body = http_get(self.admin, "/debug/endpoints", {"Authorization": f"Bearer {token}"})
         return json.loads(body) if status == 200 else {}
 
     def instance_port(self, function):
@@ -97,7 +103,9 @@ class Kappa:
         entries = data.get("functions", []) if isinstance(data, dict) else data
         for entry in entries:
             if entry.get("function") == f"default/{function}" and entry.get("endpoints"):
-                return int(entry["endpoints"][0]["addr"].rsplit(":", 1)[1])
+                addr = entry["endpoints"][0]["addr"]
+                # A sandboxed instance has no host port (`sandbox:<port>:<connector>`).
+                return None if addr.startswith("sandbox:") else int(addr.rsplit(":", 1)[1])
         return None
 
     def stop(self):
@@ -296,6 +304,71 @@ def bench_mq(quick):
     print("(aim: >= 5,000 messages/s)")
 
 
+def bench_platform(mode, workdir, seconds, cold_n):
+    """Sections (a)-(c) against one `kappa up --sandbox <mode>`; the direct and nginx baselines
+    only where the upstream has a host port (unsandboxed)."""
+    kappa = Kappa(workdir, extra=["--sandbox", mode])
+    proxy = None
+    out = {"a32": {}, "a1": {}}
+    try:
+        # ---- (a) proxy throughput: an nginx upstream run as a Kappa function ----------------
+        conf = os.path.join(workdir, "upstream.conf.tmpl")
+        with open(conf, "w") as f:
+            f.write(NGINX_UPSTREAM)
+        # The instance's working directory is its own writable scratch space.
+        command = (f"sed \"s/\\$PORT/$PORT/g\" {conf} > up.conf && "
+                   f"exec {NGINX} -c \"$PWD/up.conf\" -p \"$PWD\" -g 'daemon off;'")
+        kappa.cli("env", "create", "--name", "static", "--image", "static", "--command", command, "--poolsize", "1")
+        kappa.cli("fn", "create", "--name", "upstream", "--env", "static", "--code", conf,
+                  "--concurrency", "1", "--rpp", "10000")
+        kappa.cli("route", "create", "--url", "/up", "--function", "upstream")
+        wait_for("the upstream function", lambda: http_get(kappa.router, "/up")[0] == 200)
+        targets = {}
+        if mode == "none":
+            up_port = wait_for("the upstream instance address", lambda: kappa.instance_port("upstream"))
+            proxy_port = free_port()
+            proxy_conf = os.path.join(workdir, "nginx-proxy.conf")
+            with open(proxy_conf, "w") as f:
+                f.write(nginx_proxy_conf(proxy_port, up_port, workdir))
+            proxy = subprocess.Popen([NGINX, "-c", proxy_conf, "-p", workdir, "-g", "daemon off;"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_for("nginx proxy", lambda: http_get(proxy_port, "/up")[0] == 200)
+            targets["direct to upstream"] = f"http://127.0.0.1:{up_port}/up"
+            targets["nginx proxy_pass"] = f"http://127.0.0.1:{proxy_port}/up"
+        targets["kappa router"] = f"http://127.0.0.1:{kappa.router}/up"
+        for name, url in targets.items():
+            wrk(url, 32, 1)  # warm up connections
+            out["a32"][name] = wrk(url, 32, seconds)
+            out["a1"][name] = wrk(url, 1, seconds, threads=1)
+
+        # ---- (b) cold starts -------------------------------------------------------------
+        hello = os.path.join(ROOT, "functions", "examples", "hello", "hello.py")
+        kappa.cli("env", "create", "--name", "python", "--image", "python", "--poolsize", "3")
+        kappa.cli("env", "create", "--name", "python0", "--image", "python", "--poolsize", "0")
+        for i in range(cold_n):
+            for env in ("python", "python0"):
+                name = f"c{env[-1] if env.endswith('0') else 'w'}{i}"
+                kappa.cli("fn", "create", "--name", name, "--env", env, "--code", hello)
+                kappa.cli("route", "create", "--url", f"/{name}", "--function", name)
+        time.sleep(2)  # let the warm pool fill
+        out["warm_pool"], out["no_pool"] = [], []
+        for i in range(cold_n):
+            out["warm_pool"].append(first_request_ms(kappa.router, f"/cw{i}"))
+            time.sleep(0.5)  # let the pool refill
+            out["no_pool"].append(first_request_ms(kappa.router, f"/c0{i}"))
+
+        # ---- (c) warm requests -----------------------------------------------------------
+        out["warm_router"] = wrk(f"http://127.0.0.1:{kappa.router}/cw0", 1, seconds, threads=1)
+        py_port = kappa.instance_port("cw0")
+        out["warm_direct"] = wrk(f"http://127.0.0.1:{py_port}/", 1, seconds, threads=1) if py_port else None
+    finally:
+        if proxy:
+            proxy.terminate()
+            proxy.wait()
+        kappa.stop()
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="shorter runs (for a smoke check)")
@@ -312,68 +385,12 @@ def main():
             sys.exit(f"missing {tool}: run scripts/bench.sh (it builds kappa and installs nginx and wrk)")
 
     workdir = tempfile.mkdtemp(prefix="kappa-bench-")
-    kappa = Kappa(workdir)
-    proxy = None
-    try:
-        # ---- (a) proxy throughput: an nginx upstream run as a Kappa function ----------------
-        conf = os.path.join(workdir, "upstream.conf.tmpl")
-        with open(conf, "w") as f:
-            f.write(NGINX_UPSTREAM)
-        # The instance's working directory is its own writable scratch space.
-        command = (f"sed \"s/\\$PORT/$PORT/g\" {conf} > up.conf && "
-                   f"exec {NGINX} -c \"$PWD/up.conf\" -p \"$PWD\" -g 'daemon off;'")
-        kappa.cli("env", "create", "--name", "static", "--image", "static", "--command", command, "--poolsize", "1")
-        kappa.cli("fn", "create", "--name", "upstream", "--env", "static", "--code", conf,
-                  "--concurrency", "1", "--rpp", "10000")
-        kappa.cli("route", "create", "--url", "/up", "--function", "upstream")
-        wait_for("the upstream function", lambda: http_get(kappa.router, "/up")[0] == 200)
-        up_port = wait_for("the upstream instance address", lambda: kappa.instance_port("upstream"))
-
-        proxy_port = free_port()
-        proxy_conf = os.path.join(workdir, "nginx-proxy.conf")
-        with open(proxy_conf, "w") as f:
-            f.write(nginx_proxy_conf(proxy_port, up_port, workdir))
-        proxy = subprocess.Popen([NGINX, "-c", proxy_conf, "-p", workdir, "-g", "daemon off;"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for("nginx proxy", lambda: http_get(proxy_port, "/up")[0] == 200)
-
-        targets = {
-            "direct to upstream": f"http://127.0.0.1:{up_port}/up",
-            "nginx proxy_pass": f"http://127.0.0.1:{proxy_port}/up",
-            "kappa router": f"http://127.0.0.1:{kappa.router}/up",
-        }
-        a32, a1 = {}, {}
-        for name, url in targets.items():
-            wrk(url, 32, 1)  # warm up connections
-            a32[name] = wrk(url, 32, seconds)
-            a1[name] = wrk(url, 1, seconds, threads=1)
-
-        # ---- (b) cold starts -------------------------------------------------------------
-        hello = os.path.join(ROOT, "functions", "examples", "hello", "hello.py")
-        kappa.cli("env", "create", "--name", "python", "--image", "python", "--poolsize", "3")
-        kappa.cli("env", "create", "--name", "python0", "--image", "python", "--poolsize", "0")
-        for i in range(cold_n):
-            for env in ("python", "python0"):
-                name = f"c{env[-1] if env.endswith('0') else 'w'}{i}"
-                kappa.cli("fn", "create", "--name", name, "--env", env, "--code", hello)
-                kappa.cli("route", "create", "--url", f"/{name}", "--function", name)
-        time.sleep(2)  # let the warm pool fill
-        warm_pool, no_pool = [], []
-        for i in range(cold_n):
-            warm_pool.append(first_request_ms(kappa.router, f"/cw{i}"))
-            time.sleep(0.5)  # let the pool refill
-            no_pool.append(first_request_ms(kappa.router, f"/c0{i}"))
-        bare = bare_python_ms(cold_n)
-
-        # ---- (c) warm requests -----------------------------------------------------------
-        warm_router = wrk(f"http://127.0.0.1:{kappa.router}/cw0", 1, seconds, threads=1)
-        py_port = kappa.instance_port("cw0")
-        warm_direct = wrk(f"http://127.0.0.1:{py_port}/", 1, seconds, threads=1) if py_port else None
-    finally:
-        if proxy:
-            proxy.terminate()
-            proxy.wait()
-        kappa.stop()
+    runs = {}
+    for mode in ("none", "namespaces"):
+        mode_dir = os.path.join(workdir, mode)
+        os.makedirs(mode_dir)
+        runs[mode] = bench_platform(mode, mode_dir, seconds, cold_n)
+    bare = bare_python_ms(cold_n)
 
     # ---- report ------------------------------------------------------------------------
     cpu = "unknown"
@@ -384,31 +401,49 @@ def main():
         pass
     print(f"Kappa benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores ({cpu}), wrk {seconds}s runs")
     print()
+    plain, boxed = runs["none"], runs["namespaces"]
     print("(a) proxy: hello from an nginx upstream (run as a Kappa function), keep-alive")
-    print(f"{'path':<22}{'32 conns req/s':>16}{'p50':>10}{'p99':>10}{'1 conn p50':>13}{'p99':>10}{'added p50':>12}{'added p99':>12}")
-    direct1 = a1["direct to upstream"]
-    for name in targets:
-        r32, r1 = a32[name], a1[name]
+    print(f"{'path':<34}{'32 conns req/s':>16}{'p50':>10}{'p99':>10}{'1 conn p50':>13}{'p99':>10}{'added p50':>12}{'added p99':>12}")
+    direct1 = plain["a1"]["direct to upstream"]
+    rows = [(name, plain["a32"][name], plain["a1"][name]) for name in plain["a32"]]
+    rows.append(("kappa router, sandboxed upstream", boxed["a32"]["kappa router"], boxed["a1"]["kappa router"]))
+    for name, r32, r1 in rows:
+        label = "kappa router, unsandboxed upstream" if name == "kappa router" else name
         added50 = "" if name.startswith("direct") else f"{r1['p50_us'] - direct1['p50_us']:.0f} us"
         added99 = "" if name.startswith("direct") else f"{r1['p99_us'] - direct1['p99_us']:.0f} us"
-        print(f"{name:<22}{r32['rps']:>16,.0f}{r32['p50_us']:>8.0f}us{r32['p99_us']:>8.0f}us"
+        print(f"{label:<34}{r32['rps']:>16,.0f}{r32['p50_us']:>8.0f}us{r32['p99_us']:>8.0f}us"
               f"{r1['p50_us']:>11.0f}us{r1['p99_us']:>8.0f}us{added50:>12}{added99:>12}")
-    ratio = a32["kappa router"]["rps"] / a32["nginx proxy_pass"]["rps"]
+    ratio = plain["a32"]["kappa router"]["rps"] / plain["a32"]["nginx proxy_pass"]["rps"]
     print(f"router throughput / nginx throughput at 32 connections: {ratio:.2f}x (aim: >= 1.2x)")
     print()
     print(f"(b) first request of a never-invoked Python function (n={cold_n}, client-measured, ms)")
-    print(f"{'case':<44}{'median':>10}{'p90':>10}")
-    print(f"{'warm pool (poolsize 3): specialize + request':<44}{median(warm_pool):>10.2f}{p90(warm_pool):>10.2f}")
-    print(f"{'no pool (poolsize 0): start + specialize':<44}{median(no_pool):>10.2f}{p90(no_pool):>10.2f}")
-    print(f"{'bare python3 -c pass (baseline)':<44}{median(bare):>10.2f}{p90(bare):>10.2f}")
+    print(f"{'case':<56}{'median':>10}{'p90':>10}")
+    for label, run in (("unsandboxed", plain), ("sandboxed", boxed)):
+        print(f"{'warm pool (poolsize 3), ' + label + ': specialize + request':<56}"
+              f"{median(run['warm_pool']):>10.2f}{p90(run['warm_pool']):>10.2f}")
+        print(f"{'no pool (poolsize 0), ' + label + ': start + specialize':<56}"
+              f"{median(run['no_pool']):>10.2f}{p90(run['no_pool']):>10.2f}")
+    print(f"{'bare python3 -c pass (baseline)':<56}{median(bare):>10.2f}{p90(bare):>10.2f}")
     print()
     print("(c) warm request to the Python hello function, 1 connection (us)")
-    print(f"{'path':<22}{'req/s':>10}{'p50':>10}{'p99':>10}")
-    print(f"{'kappa router':<22}{warm_router['rps']:>10,.0f}{warm_router['p50_us']:>10.0f}{warm_router['p99_us']:>10.0f}")
-    if warm_direct:
-        print(f"{'direct to instance':<22}{warm_direct['rps']:>10,.0f}{warm_direct['p50_us']:>10.0f}{warm_direct['p99_us']:>10.0f}")
-    cold_over_warm = median(warm_pool) * 1000 / warm_router["p50_us"]
-    print(f"warm-pool first request / warm request (p50): {cold_over_warm:.1f}x (aim: <= 5x)")
+    print(f"{'path':<34}{'req/s':>10}{'p50':>10}{'p99':>10}")
+    for label, r in (("kappa router, unsandboxed", plain["warm_router"]),
+                     ("kappa router, sandboxed", boxed["warm_router"]),
+                     ("direct to instance, unsandboxed", plain["warm_direct"])):
+        if r:
+            print(f"{label:<34}{r['rps']:>10,.0f}{r['p50_us']:>10.0f}{r['p99_us']:>10.0f}")
+    cold_over_warm = median(boxed["warm_pool"]) * 1000 / boxed["warm_router"]["p50_us"]
+    print(f"warm-pool first request / warm request (p50), sandboxed: {cold_over_warm:.1f}x (aim: <= 5x)")
+    print()
+    print("isolation cost (sandboxed minus unsandboxed, same run):")
+    print(f"  warm request p50: {boxed['warm_router']['p50_us'] - plain['warm_router']['p50_us']:+.0f} us"
+          f" ({plain['warm_router']['p50_us']:.0f} -> {boxed['warm_router']['p50_us']:.0f})")
+    print(f"  proxy throughput at 32 connections: "
+          f"{boxed['a32']['kappa router']['rps'] / plain['a32']['kappa router']['rps']:.2f}x")
+    print(f"  first request, warm pool: {median(boxed['warm_pool']) - median(plain['warm_pool']):+.2f} ms"
+          f" ({median(plain['warm_pool']):.2f} -> {median(boxed['warm_pool']):.2f})")
+    print(f"  first request, no pool: {median(boxed['no_pool']) - median(plain['no_pool']):+.2f} ms"
+          f" ({median(plain['no_pool']):.2f} -> {median(boxed['no_pool']):.2f})")
     shutil.rmtree(workdir, ignore_errors=True)
     print()
     bench_mq(args.quick)

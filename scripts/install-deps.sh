@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Installs the system packages Kappa's tests and benchmarks use, when they are missing.
+# Installs the system packages Kappa's tests and benchmarks use, when they are missing
+# (slirp4netns gives sandboxed functions egress; the sandbox itself is built into kappa).
 # Idempotent; needs root (or sudo) only when something is missing.
 set -euo pipefail
 
-packages=(bubblewrap python3 python3-pip nodejs nginx-light wrk hyperfine python3-venv unzip nats-server redis-server)
+packages=(slirp4netns python3 python3-pip nodejs nginx-light wrk hyperfine python3-venv unzip nats-server redis-server)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -189,6 +189,12 @@ fn instance_killed_mid_request_and_out_of_memory_are_reported() {
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "instance_failed");
     assert!(r.text().contains("signal 9"), "{}", r.text());
+    // The message names the instance and function once.
+    let message = r.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(message.matches("of function").count(), 1, "{message}");
     // The platform is unharmed: a new instance serves the next request (and reports its exit).
     let r = p.get("/crash?how=exit&code=5");
     assert_eq!(r.status, 502, "{}", r.text());

@@ -50,6 +50,8 @@ pub struct Platform {
     child: Option<Child>,
     log_path: PathBuf,
     extra_args: Vec<String>,
+    /// Environment variables `kappa up` gets besides the test's own.
+    extra_env: Vec<(String, String)>,
 }
 
 impl Platform {
@@ -59,6 +61,11 @@ impl Platform {
     }
 
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// Starts `kappa up` with extra arguments and environment variables.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
         let data_dir = tempfile::Builder::new()
             .prefix("kappa-it-")
             .tempdir()
@@ -72,6 +79,10 @@ impl Platform {
             child: None,
             log_path,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         // A port picked free may be taken by another test before `kappa up` binds it: then
         // pick others and start again.
@@ -114,6 +125,7 @@ impl Platform {
             .arg(self.admin.to_string())
             .args(&self.extra_args)
             .env("RUST_LOG", "info,kappa=debug")
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .env_remove("KAPPA_API_URL")
             .env_remove("KAPPA_TOKEN")
             .env_remove("KAPPA_DATA_DIR")

@@ -8,6 +8,7 @@ mod config;
 mod errors;
 mod examples;
 mod harness;
+mod isolation;
 mod restart;
 mod roles;
 mod runtimes;

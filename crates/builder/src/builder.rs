@@ -38,7 +38,7 @@ pub trait BuildRunner: Send + Sync + 'static {
     /// Runs one build (see [`BuildSandbox::run`]).
     async fn run(&self, spec: &BuildSpec) -> Result<BuildOutput, BackendError>;
 
-    /// How builds are isolated, for the build log (`sandbox bwrap, cgroups v2`).
+    /// How builds are isolated, for the build log (`sandbox namespaces, cgroups v2`).
     fn describe(&self) -> String;
 }
 
@@ -51,7 +51,11 @@ impl BuildRunner for BuildSandbox {
     fn describe(&self) -> String {
         format!(
             "sandbox {}, cgroups {}",
-            if self.sandboxed() { "bwrap" } else { "none" },
+            if self.sandboxed() {
+                "namespaces"
+            } else {
+                "none (UNSANDBOXED)"
+            },
             self.cgroup_version()
                 .map_or("none".to_owned(), |v| v.to_string())
         )

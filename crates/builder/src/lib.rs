@@ -4,7 +4,7 @@
 //! `status.buildstatus: pending`, and builds each one (one build per package at a time, a bounded
 //! number at once): status `running`, the source extracted safely by the archive store and copied
 //! into a fresh writable directory, the build command run there by a [`BuildRunner`] (locally
-//! [`kappa_local::BuildSandbox`]: the same bubblewrap sandbox and cgroup limits as instances,
+//! [`kappa_local::BuildSandbox`]: the same built-in sandbox and cgroup limits as instances,
 //! with the network, killed at the build timeout), the directory zipped into the
 //! content-addressed archive store, and the package written back with `spec.deployment` and
 //! status `succeeded` and the build log, or status `failed` and the log.

@@ -209,6 +209,11 @@ async fn fetcher(args: FetcherArgs, token: Option<String>) -> anyhow::Result<()>
 }
 
 fn main() -> ExitCode {
+    // The kappa executable is also the sandbox's helper (monitor and init of each instance);
+    // that must run before anything else starts, threads included.
+    if let Some(code) = kappa_sandbox::run_if_requested() {
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let cli = Cli::parse();
     init_tracing(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -28,7 +28,9 @@ use kappa_api::{ApiMetrics, ApiState, Invoker};
 use kappa_archive::ArchiveStore;
 use kappa_core::{EndpointIndex, FunctionId, Provisioner};
 use kappa_executor::{ExecutorApi, ExecutorConfig, PoolManager};
-use kappa_local::{CgroupMode, LocalBackend, LocalConfig, RuntimeRegistry, SandboxMode};
+use kappa_local::{
+    CgroupMode, EgressMode, LocalBackend, LocalConfig, RuntimeRegistry, SandboxMode,
+};
 use kappa_logs::{LogConfig, LogStore};
 use kappa_router::{
     EndpointFeeder, ReadinessGate, RemoteConfig, RemoteProvisioner, Router, RouterConfig,
@@ -145,9 +147,13 @@ pub struct ServerArgs {
     /// Role triggers: the default Redis server of message-queue triggers.
     #[arg(long, env = "KAPPA_REDIS_URL")]
     pub redis_url: Option<String>,
-    /// Sandbox local instances with bubblewrap: auto, bwrap or none.
-    #[arg(long, env = "KAPPA_SANDBOX", default_value = "auto")]
+    /// Isolation of local instances: namespaces (the built-in sandbox; needs root) or none
+    /// (unsandboxed, explicit only).
+    #[arg(long, env = "KAPPA_SANDBOX", default_value = "namespaces")]
     pub sandbox: SandboxMode,
+    /// Network egress of sandboxed local instances: auto (slirp4netns when installed) or off.
+    #[arg(long, env = "KAPPA_EGRESS", default_value = "auto")]
+    pub egress: EgressMode,
     /// Resource limits of local instances through cgroups: auto, v2, v1 or none.
     #[arg(long, env = "KAPPA_CGROUPS", default_value = "auto")]
     pub cgroups: CgroupMode,
@@ -308,6 +314,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                     data_dir: args.data_dir.join("local"),
                     runtimes: RuntimeRegistry::new(runtimes),
                     sandbox: args.sandbox,
+                    helper: Some(std::env::current_exe().context("locating the kappa executable")?),
+                    egress: args.egress,
                     cgroups: args.cgroups,
                     start_timeout: Duration::from_secs(10),
                 },
@@ -316,6 +324,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             )
             .await
             .context("starting the local instance backend")?;
+            if backend.sandboxed() {
+                println!(
+                    "isolation sandboxed (egress {})",
+                    if backend.egress() { "on" } else { "off" }
+                );
+            } else {
+                println!("isolation UNSANDBOXED (--sandbox none)");
+            }
             Arc::new(backend)
         };
         let index = Arc::new(EndpointIndex::new());

@@ -11,7 +11,9 @@ use kappa_api::{ApiState, Invoker, RouteSync};
 use kappa_archive::ArchiveStore;
 use kappa_core::{EndpointIndex, FunctionId};
 use kappa_executor::{ExecutorConfig, PoolManager};
-use kappa_local::{CgroupMode, LocalBackend, LocalConfig, RuntimeRegistry, SandboxMode};
+use kappa_local::{
+    CgroupMode, EgressMode, LocalBackend, LocalConfig, RuntimeRegistry, SandboxMode,
+};
 use kappa_logs::{LogConfig, LogStore};
 use kappa_router::{Router, RouterConfig};
 use kappa_store::{Precondition, RedbStore, Store, StoreError};
@@ -49,9 +51,13 @@ pub struct UpArgs {
     /// Do not deploy the bundled hello example.
     #[arg(long)]
     pub no_example: bool,
-    /// Sandbox instances with bubblewrap: auto (when installed), bwrap (required) or none.
-    #[arg(long, env = "KAPPA_SANDBOX", default_value = "auto")]
+    /// Isolation of functions: namespaces (the built-in sandbox: own namespaces and user per
+    /// instance; needs root) or none (unsandboxed, explicit only).
+    #[arg(long, env = "KAPPA_SANDBOX", default_value = "namespaces")]
     pub sandbox: SandboxMode,
+    /// Network egress of sandboxed functions: auto (through slirp4netns when installed) or off.
+    #[arg(long, env = "KAPPA_EGRESS", default_value = "auto")]
+    pub egress: EgressMode,
     /// Resource limits through cgroups: auto, v2, v1 or none.
     #[arg(long, env = "KAPPA_CGROUPS", default_value = "auto")]
     pub cgroups: CgroupMode,
@@ -116,11 +122,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     );
     let runtimes_dir = install_runtimes(&data_dir)?;
 
+    // The sandbox helper is this executable (see `main`).
+    let helper = std::env::current_exe().context("locating the kappa executable")?;
     let backend = LocalBackend::new(
         LocalConfig {
             data_dir: data_dir.join("local"),
             runtimes: RuntimeRegistry::new(runtimes_dir.clone()),
             sandbox: args.sandbox,
+            helper: Some(helper.clone()),
+            egress: args.egress,
             cgroups: args.cgroups,
             start_timeout: Duration::from_secs(10),
         },
@@ -130,10 +140,25 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     .await
     .context("starting the local instance backend")?;
 
+    let isolation = match (backend.sandboxed(), backend.egress()) {
+        (true, true) => {
+            "sandboxed (own namespaces and user per instance; egress through slirp4netns)"
+        }
+        (true, false) => "sandboxed (own namespaces and user per instance; no egress)",
+        (false, _) => {
+            "UNSANDBOXED: functions run as this user with access to everything it can reach"
+        }
+    };
     // Source packages are built in the same sandbox and limits as instances.
-    let build_sandbox = kappa_local::BuildSandbox::new(args.sandbox, args.cgroups)
-        .await
-        .context("starting the build sandbox")?;
+    let build_sandbox = kappa_local::BuildSandbox::new(
+        args.sandbox,
+        Some(&helper),
+        args.egress,
+        args.cgroups,
+        &data_dir.join("builds-sandbox"),
+    )
+    .await
+    .context("starting the build sandbox")?;
     let builder = kappa_builder::Builder::new(
         kappa_builder::BuilderConfig {
             timeout: Duration::from_secs(args.build_timeout.max(1)),
@@ -256,6 +281,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     );
     println!("  admin   {admin_url}   (/healthz, /readyz, /metrics)");
     println!("  data    {}", data_dir.display());
+    println!("  isolation {isolation}");
     if !args.no_example {
         println!();
         println!("Try it:");

@@ -2,13 +2,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::addr::InstanceAddr;
 use crate::id::FunctionId;
 
 /// Resource limits for one instance.
@@ -41,14 +41,17 @@ pub struct InstanceSpec {
     pub env: BTreeMap<String, String>,
     /// Labels recorded with the instance (for adoption after a restart).
     pub labels: BTreeMap<String, String>,
+    /// Whether the instance may open connections to addresses outside the machine (the
+    /// environment's `egress`); a backend that cannot provide it says so at start.
+    pub egress: bool,
 }
 
 /// A running instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
     pub id: String,
-    /// Where its runtime server listens.
-    pub addr: SocketAddr,
+    /// Where its runtime server is reached.
+    pub addr: InstanceAddr,
     pub labels: BTreeMap<String, String>,
 }
 
@@ -136,6 +139,9 @@ pub struct SpecializeRequest {
     /// the code is loaded (`/secrets/<namespace>/<name>/<key>`, `/configs/...`).
     pub files: Vec<ConfigVolume>,
     pub timeout: Duration,
+    /// Whether the function may open connections to addresses outside the machine; `false`
+    /// takes an instance's egress away before the code is loaded.
+    pub egress: bool,
 }
 
 /// Why an instance process ended.
@@ -199,6 +205,12 @@ pub enum BackendError {
 pub trait Backend: Send + Sync + 'static {
     /// A short name for logs (`local`, `kubernetes`).
     fn name(&self) -> &'static str;
+
+    /// How instances are isolated, as users should read it in an Environment's
+    /// `status.isolation` (for example "unsandboxed"); `None` when there is nothing to say.
+    fn isolation(&self) -> Option<String> {
+        None
+    }
 
     /// Starts a generic instance and returns once its runtime answers `/healthz`.
     async fn create(&self, spec: InstanceSpec) -> Result<Instance, BackendError>;

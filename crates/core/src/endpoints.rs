@@ -9,7 +9,7 @@
 //! - Each function's endpoint list is an immutable `Vec` swapped with `arc-swap`: readers never
 //!   block writers, writers (the pool manager, rarely) copy the list.
 
-use std::net::SocketAddr;
+use crate::addr::InstanceAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -36,7 +36,7 @@ fn now_ms() -> u64 {
 #[derive(Debug)]
 pub struct Endpoint {
     pub instance_id: String,
-    pub addr: SocketAddr,
+    pub addr: InstanceAddr,
     /// The function generation whose code this instance runs.
     pub generation: i64,
     /// Requests it may serve at once (`requestsPerPod`).
@@ -56,13 +56,13 @@ pub struct Endpoint {
 impl Endpoint {
     pub fn new(
         instance_id: impl Into<String>,
-        addr: SocketAddr,
+        addr: impl Into<InstanceAddr>,
         generation: i64,
         capacity: u32,
     ) -> Self {
         Self {
             instance_id: instance_id.into(),
-            addr,
+            addr: addr.into(),
             generation,
             capacity: capacity.max(1),
             in_flight: AtomicU32::new(0),
@@ -360,7 +360,7 @@ impl EndpointIndex {
 mod tests {
     use super::*;
 
-    fn addr() -> SocketAddr {
+    fn addr() -> std::net::SocketAddr {
         "127.0.0.1:1".parse().unwrap()
     }
 

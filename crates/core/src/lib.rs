@@ -14,6 +14,7 @@
 //! This crate deliberately holds no policy: scaling decisions live in the executor, HTTP in the
 //! router.
 
+mod addr;
 mod backend;
 mod deployments;
 mod endpoints;
@@ -21,6 +22,7 @@ mod id;
 mod provision;
 mod readiness;
 
+pub use addr::{InstanceAddr, ParseAddrError};
 pub use backend::{
     Backend, BackendError, ConfigKind, ConfigVolume, ExitReason, Instance, InstanceEvent,
     InstanceSpec, Limits, SpecializeRequest,

@@ -410,9 +410,8 @@ impl PoolManager {
                 if let Some(fs) = st.functions.get_mut(&function)
                     && let Some(instance) = fs.instances.remove(id)
                 {
-                    instance
-                        .endpoint
-                        .set_exit(format!("instance {id} of function {function} {reason}"));
+                    // Just the reason: whoever reports it names the instance and function.
+                    instance.endpoint.set_exit(reason.to_string());
                 }
                 st.total = st.total.saturating_sub(1);
                 drop(st);
@@ -588,6 +587,9 @@ impl PoolManager {
         let mut to_start: Vec<(FunctionId, Arc<Environment>)> = Vec::new();
         let mut to_specialize: Vec<(FunctionId, Arc<Function>)> = Vec::new();
         let mut to_unindex: Vec<(FunctionId, String)> = Vec::new();
+        // Environments whose `status.isolation` does not say what the backend gives.
+        let mut to_mark: Vec<(FunctionId, serde_json::Value)> = Vec::new();
+        let isolation = self.inner.backend.isolation();
         let now = Instant::now();
         {
             let mut guard = self.state();
@@ -603,6 +605,11 @@ impl PoolManager {
                 false
             });
             for (id, env) in &snapshot.environments {
+                if let Some(isolation) = &isolation
+                    && env.status.get("isolation").and_then(|v| v.as_str()) != Some(isolation)
+                {
+                    to_mark.push((id.clone(), env.status.clone()));
+                }
                 let generation = generation_of(&env.metadata);
                 let pool = st.pools.entry(id.clone()).or_insert_with(|| Pool {
                     generation,
@@ -794,6 +801,29 @@ impl PoolManager {
             let this = self.clone();
             tokio::spawn(async move { this.start_warm(env_id, env).await });
         }
+        if let Some(isolation) = isolation {
+            for (env_id, mut status) in to_mark {
+                if !status.is_object() {
+                    status = serde_json::json!({});
+                }
+                status["isolation"] = serde_json::Value::String(isolation.clone());
+                let store = Arc::clone(&self.inner.store);
+                tokio::spawn(async move {
+                    let written = store
+                        .put_status(
+                            Kind::Environment,
+                            &env_id.namespace,
+                            &env_id.name,
+                            status,
+                            Precondition::MustExist,
+                        )
+                        .await;
+                    if let Err(e) = written {
+                        tracing::debug!(environment = %env_id, error = %e, "could not record the environment's isolation");
+                    }
+                });
+            }
+        }
         self.reconcile_deployments(&snapshot);
         for (fid, function) in to_specialize {
             let generation = generation_of(&function.metadata);
@@ -824,6 +854,7 @@ impl PoolManager {
             concurrency: self.inner.config.runtime_concurrency,
             env: BTreeMap::new(),
             labels,
+            egress: env.spec.egress.unwrap_or(true),
         }
     }
 
@@ -1345,6 +1376,7 @@ impl PoolManager {
             env: function.spec.env.clone(),
             files,
             timeout,
+            egress: egress_of(function, &env),
         };
         let outcome =
             tokio::time::timeout(timeout, self.inner.backend.specialize(&instance, &request)).await;
@@ -1502,4 +1534,10 @@ impl Provisioner for PoolManager {
             Err(_) => Err(ProvisionError::Timeout(timeout)),
         }
     }
+}
+
+/// Whether a function may reach addresses outside the machine: its own `egress`, else its
+/// environment's, else yes.
+pub(crate) fn egress_of(function: &Function, env: &Environment) -> bool {
+    function.spec.egress.or(env.spec.egress).unwrap_or(true)
 }

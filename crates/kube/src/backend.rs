@@ -442,7 +442,7 @@ impl Backend for PodBackend {
         match self.wait_ready(&spec.id).await {
             Ok(ip) => Ok(Instance {
                 id: spec.id,
-                addr: SocketAddr::new(ip, RUNTIME_PORT),
+                addr: SocketAddr::new(ip, RUNTIME_PORT).into(),
                 labels,
             }),
             Err(e) => {
@@ -457,9 +457,19 @@ impl Backend for PodBackend {
         instance: &Instance,
         request: &SpecializeRequest,
     ) -> Result<(), BackendError> {
+        // Pods are reached over their IP; the fetcher listens beside the runtime.
+        let ip = instance
+            .addr
+            .tcp()
+            .map(|a| a.ip())
+            .ok_or_else(|| BackendError::Specialize {
+                status: None,
+                message: format!("pod instance {} has no IP address", instance.id),
+                detail: None,
+            })?;
         let url = format!(
             "http://{}/specialize",
-            SocketAddr::new(instance.addr.ip(), self.config.fetcher_port)
+            SocketAddr::new(ip, self.config.fetcher_port)
         );
         let body = fetch_request(
             &self.config.api_url,
@@ -563,7 +573,7 @@ impl Backend for PodBackend {
             match pod_state(&pod) {
                 PodState::Ready(ip) => ready.push(Instance {
                     id,
-                    addr: SocketAddr::new(ip, RUNTIME_PORT),
+                    addr: SocketAddr::new(ip, RUNTIME_PORT).into(),
                     labels: pod.metadata.labels.unwrap_or_default(),
                 }),
                 PodState::Failed(_) | PodState::Ended(_) => dead.push(id),

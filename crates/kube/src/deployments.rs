@@ -232,7 +232,7 @@ fn ready_instance(pod: &Pod) -> Option<ReadyInstance> {
         function,
         instance: Instance {
             id,
-            addr: SocketAddr::new(ip, RUNTIME_PORT),
+            addr: SocketAddr::new(ip, RUNTIME_PORT).into(),
             labels,
         },
         generation,

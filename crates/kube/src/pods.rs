@@ -457,6 +457,7 @@ mod tests {
             concurrency: 64,
             env: BTreeMap::new(),
             labels: BTreeMap::new(),
+            egress: true,
         }
     }
 

@@ -4,10 +4,10 @@
 //! with it and that a new backend on the same data directory cleans up what is left.
 //!
 //! ```text
-//! cargo run -p kappa-local --example hold -- <data-dir> <runtimes-dir> [auto|bwrap|none]
+//! cargo run -p kappa-local --example hold -- <data-dir> <runtimes-dir> [namespaces|none]
 //! ```
 //!
-//! Output, one line each: `mode sandbox=<bwrap|none> cgroups=<v1|v2|none>`,
+//! Output, one line each: `mode sandbox=<namespaces|none> cgroups=<v1|v2|none>`,
 //! `instance <id> <pid> <addr>` twice, then `ready`.
 
 use std::collections::BTreeMap;
@@ -21,15 +21,25 @@ use kappa_core::{Backend, FunctionId, InstanceSpec, Limits};
 use kappa_local::{LocalBackend, LocalConfig, RuntimeRegistry, SandboxMode};
 use kappa_logs::{LogConfig, LogStore};
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // This program is its own sandbox helper.
+    if let Some(code) = kappa_sandbox::run_if_requested() {
+        std::process::exit(code);
+    }
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(hold())
+}
+
+async fn hold() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args_os().skip(1);
     let (Some(data_dir), Some(runtimes_dir)) = (args.next(), args.next()) else {
-        return Err("usage: hold <data-dir> <runtimes-dir> [auto|bwrap|none]".into());
+        return Err("usage: hold <data-dir> <runtimes-dir> [namespaces|none]".into());
     };
     let sandbox: SandboxMode = match args.next() {
         Some(mode) => mode.to_string_lossy().parse()?,
-        None => SandboxMode::Auto,
+        None => SandboxMode::Namespaces,
     };
     let data_dir = PathBuf::from(data_dir);
     let archives = Arc::new(ArchiveStore::open(data_dir.join("archives"), 64 << 20)?);
@@ -39,13 +49,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         RuntimeRegistry::new(runtimes_dir.into()),
     );
     config.sandbox = sandbox;
+    config.helper = Some(std::env::current_exe()?);
     let backend = LocalBackend::new(config, archives, logs).await?;
 
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
         "mode sandbox={} cgroups={}",
-        if backend.sandboxed() { "bwrap" } else { "none" },
+        if backend.sandboxed() {
+            "namespaces"
+        } else {
+            "none"
+        },
         backend
             .cgroup_version()
             .map_or("none".to_owned(), |v| v.to_string())
@@ -67,6 +82,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             concurrency: 1,
             env: BTreeMap::new(),
             labels: BTreeMap::new(),
+            egress: false,
         };
         let instance = backend.create(spec).await?;
         let pid = backend.info(&id).map(|i| i.pid).unwrap_or_default();

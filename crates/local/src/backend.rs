@@ -7,15 +7,15 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use kappa_archive::{ArchiveStore, Extracted};
 use kappa_core::{
-    Backend, BackendError, ConfigKind, ExitReason, Instance, InstanceEvent, InstanceSpec,
-    SpecializeRequest,
+    Backend, BackendError, ConfigKind, ExitReason, Instance, InstanceAddr, InstanceEvent,
+    InstanceSpec, SpecializeRequest,
 };
 use kappa_logs::{InstanceLog, LogStore, LogStream};
 use nix::sys::signal::{Signal, killpg};
@@ -27,13 +27,13 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::cgroup::{CgroupVersion, Cgroups, InstanceCgroup};
-use crate::config::{LocalConfig, SandboxMode};
+use crate::config::{EgressMode, LocalConfig};
 use crate::http;
 use crate::place;
 use crate::procs::{self, INSTANCE_ID_VAR};
 use crate::runtime::{ResolvedRuntime, RuntimeRegistry};
 use crate::sandbox::{
-    self, Bwrap, InstanceDirs, SANDBOX_CONFIGS, SANDBOX_SECRETS, SANDBOX_USERFUNC,
+    self, InstanceDirs, SANDBOX_CONFIGS, SANDBOX_PORT, SANDBOX_SECRETS, SANDBOX_USERFUNC, Sandbox,
 };
 use crate::state::{self, InstanceRecord};
 
@@ -66,11 +66,12 @@ pub(crate) const SECRETS_DIR_VAR: &str = "KAPPA_SECRETS_DIR";
 pub(crate) const CONFIGS_DIR_VAR: &str = "KAPPA_CONFIGS_DIR";
 
 /// The local backend: each instance is a child process running an environment's runtime
-/// server on a free loopback port, sandboxed with bubblewrap when available, limited through
-/// cgroups when available. Cheap to clone.
+/// server, in the built-in sandbox (its own namespaces and user; the runtime listens on port
+/// 8888 of the sandbox's own loopback, reached through the sandbox's connector) unless the
+/// sandbox was switched off explicitly, limited through cgroups when available. Cheap to clone.
 ///
-/// Instances are started from one dedicated thread and carry a parent-death signal
-/// (bubblewrap's `--die-with-parent`, or `setpriv --pdeathsig KILL`): they die when the platform
+/// Instances are started from one dedicated thread and carry a parent-death signal (the
+/// sandbox monitor's, or `setpriv --pdeathsig KILL` unsandboxed): they die when the platform
 /// process dies, however it dies, and also when the last handle to the backend is dropped
 /// without [`Backend::shutdown`]. Call `shutdown` for a graceful stop.
 #[derive(Clone)]
@@ -82,7 +83,7 @@ impl std::fmt::Debug for LocalBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalBackend")
             .field("data_dir", &self.inner.data_dir)
-            .field("sandboxed", &self.inner.bwrap.is_some())
+            .field("sandboxed", &self.inner.sandbox.is_some())
             .field("cgroups", &self.inner.cgroups.version())
             .finish_non_exhaustive()
     }
@@ -93,17 +94,19 @@ impl std::fmt::Debug for LocalBackend {
 pub struct InstanceInfo {
     /// The instance id.
     pub id: String,
-    /// Where its runtime server listens.
-    pub addr: SocketAddr,
-    /// The first process of the instance (bubblewrap when sandboxed), leader of its own
-    /// process group.
+    /// Where its runtime server is reached.
+    pub addr: InstanceAddr,
+    /// The first process of the instance (the sandbox's monitor when sandboxed), leader of its
+    /// own process group.
     pub pid: u32,
     /// `data_dir/instances/<id>`, holding `userfunc/` and `work/`.
     pub dir: PathBuf,
     /// The instance's cgroup directories (empty without cgroups).
     pub cgroups: Vec<PathBuf>,
-    /// Whether it runs inside bubblewrap (its code is then at `/userfunc` inside).
+    /// Whether it runs in the sandbox (its code is then at `/userfunc` inside).
     pub sandboxed: bool,
+    /// The user and group its processes run as, when sandboxed.
+    pub user: Option<(u32, u32)>,
 }
 
 struct Inner {
@@ -113,7 +116,10 @@ struct Inner {
     start_timeout: Duration,
     archives: Arc<ArchiveStore>,
     logs: Arc<LogStore>,
-    bwrap: Option<Bwrap>,
+    /// The built-in sandbox; `None` only when it was switched off explicitly.
+    sandbox: Option<Sandbox>,
+    /// Numbers the sandboxes' connector sockets.
+    next_socket: AtomicU64,
     /// `setpriv`, which gives unsandboxed instances their parent-death signal.
     setpriv: Option<PathBuf>,
     cgroups: Cgroups,
@@ -138,6 +144,13 @@ struct Live {
     cgroup: InstanceCgroup,
     log: InstanceLog,
     sandboxed: bool,
+    /// The sandbox's user and group.
+    user: Option<(u32, u32)>,
+    /// The sandbox's connector socket, removed when the instance ends.
+    socket: Option<PathBuf>,
+    /// The instance's user-mode networking (`slirp4netns`), ended with the instance (and at
+    /// specialization for a function without egress). A std mutex: taken, never awaited.
+    egress: Mutex<Option<Child>>,
     record: InstanceRecord,
     /// Set by `delete`, so the exit line says the stop was deliberate.
     deleting: AtomicBool,
@@ -158,6 +171,8 @@ impl LocalBackend {
             data_dir,
             runtimes,
             sandbox: sandbox_mode,
+            helper,
+            egress,
             cgroups: cgroup_mode,
             start_timeout,
         } = config;
@@ -166,23 +181,26 @@ impl LocalBackend {
             BackendError::Io(format!("cannot create {}: {e}", instances_dir.display()))
         })?;
 
-        let bwrap = match sandbox::detect(sandbox_mode).await {
-            Ok(bwrap) => Some(bwrap),
-            Err(why) if sandbox_mode == SandboxMode::Bwrap => {
-                return Err(BackendError::Start(format!(
-                    "sandbox mode bwrap was requested but bubblewrap is unusable: {why}"
-                )));
-            }
-            Err(why) => {
-                tracing::warn!(reason = %why, "instances are not sandboxed");
+        let sandbox = Sandbox::detect(sandbox_mode, helper.as_deref(), egress, &data_dir)
+            .await
+            .map_err(|why| BackendError::Start(format!("cannot sandbox instances: {why}")))?;
+        // The sandbox's monitor carries its own parent-death signal; setpriv (one more exec per
+        // start) is only needed without it.
+        let setpriv = match &sandbox {
+            Some(sandbox) => {
+                if !sandbox.egress_available() && egress == EgressMode::Auto {
+                    tracing::warn!(
+                        "instances and builds have no network egress: slirp4netns is not installed \
+                         (apt-get install slirp4netns), so sandboxes have a loopback interface only"
+                    );
+                }
                 None
             }
-        };
-        // Bubblewrap's `--die-with-parent` already ties a sandbox to the platform; setpriv
-        // (one more exec per start) is only needed without it.
-        let setpriv = match bwrap {
-            Some(_) => None,
             None => {
+                tracing::warn!(
+                    "instances are UNSANDBOXED (--sandbox none): functions run as the platform's \
+                     own user with access to everything it can reach"
+                );
                 let setpriv = sandbox::detect_setpriv().await;
                 if setpriv.is_none() {
                     tracing::warn!(
@@ -201,7 +219,8 @@ impl LocalBackend {
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         tracing::info!(
             data_dir = %data_dir.display(),
-            sandbox = if bwrap.is_some() { "bwrap" } else { "none" },
+            sandbox = if sandbox.is_some() { "namespaces" } else { "unsandboxed" },
+            egress = sandbox.as_ref().is_some_and(Sandbox::egress_available),
             cgroups = cgroups.version().map_or("none".to_owned(), |v| v.to_string()),
             runtimes = ?runtimes.names(),
             "local backend started"
@@ -214,7 +233,8 @@ impl LocalBackend {
                 start_timeout,
                 archives,
                 logs,
-                bwrap,
+                sandbox,
+                next_socket: AtomicU64::new(0),
                 setpriv,
                 cgroups,
                 live: Mutex::new(HashMap::new()),
@@ -227,9 +247,17 @@ impl LocalBackend {
         })
     }
 
-    /// Whether instances run inside bubblewrap.
+    /// Whether instances run in the sandbox.
     pub fn sandboxed(&self) -> bool {
-        self.inner.bwrap.is_some()
+        self.inner.sandbox.is_some()
+    }
+
+    /// Whether sandboxed instances get network egress.
+    pub fn egress(&self) -> bool {
+        self.inner
+            .sandbox
+            .as_ref()
+            .is_some_and(Sandbox::egress_available)
     }
 
     /// The cgroup hierarchy enforcing limits, if any.
@@ -242,11 +270,12 @@ impl LocalBackend {
         let live = self.inner.live().get(id).cloned()?;
         Some(InstanceInfo {
             id: live.instance.id.clone(),
-            addr: live.instance.addr,
+            addr: live.instance.addr.clone(),
             pid: u32::try_from(live.pid).unwrap_or_default(),
             dir: live.dir.clone(),
             cgroups: live.cgroup.dirs.clone(),
             sandboxed: live.sandboxed,
+            user: live.user,
         })
     }
 }
@@ -255,6 +284,19 @@ impl LocalBackend {
 impl Backend for LocalBackend {
     fn name(&self) -> &'static str {
         "local"
+    }
+
+    fn isolation(&self) -> Option<String> {
+        Some(
+            match &self.inner.sandbox {
+                Some(sandbox) if sandbox.egress_available() => {
+                    "sandboxed: own namespaces and user per instance, egress through slirp4netns"
+                }
+                Some(_) => "sandboxed: own namespaces and user per instance, no egress",
+                None => "unsandboxed: functions run as the platform's user (--sandbox none)",
+            }
+            .to_owned(),
+        )
     }
 
     async fn create(&self, spec: InstanceSpec) -> Result<Instance, BackendError> {
@@ -377,16 +419,22 @@ impl Inner {
             .runtimes
             .resolve(&spec.image, spec.command.as_deref())?;
         let dir = self.instances_dir.join(&spec.id);
-        make_instance_dir(&dir)
+        let user = self.sandbox.as_ref().map(Sandbox::next_user);
+        make_instance_dir(&dir, user)
             .map_err(|e| BackendError::Io(format!("cannot prepare {}: {e}", dir.display())))?;
         guard.dir = Some(dir.clone());
         let log = self.logs.instance(&spec.environment.name, &spec.id);
         let mut attempt = 1;
         loop {
-            let port =
-                free_port().map_err(|e| BackendError::Io(format!("no free loopback port: {e}")))?;
+            // Sandboxed, the runtime has a network namespace of its own: its port is never
+            // taken. Unsandboxed, it shares the host's loopback.
+            let port = match user {
+                Some(_) => SANDBOX_PORT,
+                None => free_port()
+                    .map_err(|e| BackendError::Io(format!("no free loopback port: {e}")))?,
+            };
             match self
-                .start_once(spec, &runtime, port, &dir, &log, guard)
+                .start_once(spec, &runtime, port, user, &dir, &log, guard)
                 .await
             {
                 Ok(instance) => {
@@ -411,11 +459,50 @@ impl Inner {
         }
     }
 
+    /// The runtime's environment: the platform's defaults, the environment's variables, then
+    /// what the platform relies on (set last, so they win).
+    fn runtime_env(
+        spec: &InstanceSpec,
+        port: u16,
+        secrets_dir: &Path,
+        configs_dir: &Path,
+        sandboxed: bool,
+    ) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = vec![
+            ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+            ("LANG".into(), "C.UTF-8".into()),
+            ("PYTHONDONTWRITEBYTECODE".into(), "1".into()),
+            ("PYTHONUNBUFFERED".into(), "1".into()),
+        ];
+        if sandboxed {
+            env.push(("HOME".into(), "/tmp".into()));
+        }
+        env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.extend([
+            ("PORT".into(), port.to_string()),
+            ("RUNTIME_PORT".into(), port.to_string()),
+            ("HOST".into(), "127.0.0.1".into()),
+            ("KAPPA_CONCURRENCY".into(), spec.concurrency.to_string()),
+            (
+                SECRETS_DIR_VAR.into(),
+                secrets_dir.to_string_lossy().into_owned(),
+            ),
+            (
+                CONFIGS_DIR_VAR.into(),
+                configs_dir.to_string_lossy().into_owned(),
+            ),
+            (INSTANCE_ID_VAR.into(), spec.id.clone()),
+        ]);
+        env
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn start_once(
         self: &Arc<Self>,
         spec: &InstanceSpec,
         runtime: &ResolvedRuntime,
         port: u16,
+        user: Option<(u32, u32)>,
         dir: &Path,
         log: &InstanceLog,
         guard: &mut StartGuard,
@@ -436,43 +523,60 @@ impl Inner {
             secrets: &secrets,
             configs: &configs,
         };
-        let argv = match &self.bwrap {
-            Some(bwrap) => bwrap.command(runtime, port, dirs),
-            None => runtime.argv(port, false),
+        let launch = match (&self.sandbox, user) {
+            (Some(sandbox), Some(user)) => {
+                let socket = sandbox.socket_path(self.next_socket.fetch_add(1, Ordering::Relaxed));
+                let env = Self::runtime_env(
+                    spec,
+                    port,
+                    Path::new(SANDBOX_SECRETS),
+                    Path::new(SANDBOX_CONFIGS),
+                    true,
+                );
+                let sandbox_spec = sandbox.instance_spec(
+                    runtime,
+                    dirs,
+                    env,
+                    cgroup.procs_files(),
+                    socket.clone(),
+                    user,
+                );
+                sandbox.command(&sandbox_spec).map(|command| {
+                    let addr = InstanceAddr::Sandbox {
+                        connector: socket.clone(),
+                        port,
+                    };
+                    (command, addr, Some(socket))
+                })
+            }
+            _ => {
+                // Where the function finds its secrets and config maps: without a sandbox the
+                // Fission paths cannot exist, so the instance's own dirs.
+                let env = Self::runtime_env(spec, port, &secrets, &configs, false);
+                let chain = sandbox::launcher(
+                    self.setpriv.as_deref(),
+                    &cgroup.procs_files(),
+                    runtime.argv(port, false),
+                );
+                let mut command = std::process::Command::new(&chain[0]);
+                command.args(&chain[1..]).env_clear().envs(env);
+                let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
+                Ok((command, InstanceAddr::Tcp(addr), None))
+            }
         };
-        // Where the function finds its secrets and config maps: the Fission paths inside the
-        // sandbox; without one, those absolute paths cannot exist, so the instance's own dirs.
-        let (secrets_dir, configs_dir) = if self.bwrap.is_some() {
-            (
-                PathBuf::from(SANDBOX_SECRETS),
-                PathBuf::from(SANDBOX_CONFIGS),
-            )
-        } else {
-            (secrets.clone(), configs.clone())
+        let (mut command, addr, socket) = match launch {
+            Ok(launch) => launch,
+            Err(e) => {
+                guard.clear_attempt();
+                cgroup.remove().await;
+                return Err(fail(BackendError::Start(format!(
+                    "cannot prepare the sandbox: {e}"
+                ))));
+            }
         };
-        let chain = sandbox::launcher(self.setpriv.as_deref(), &cgroup.procs_files(), argv);
-        let Some((program, args)) = chain.split_first() else {
-            // The chain always holds the runtime's argv, which is never empty.
-            guard.clear_attempt();
-            cgroup.remove().await;
-            return Err(fail(BackendError::Start("empty command line".into())));
-        };
-        let mut command = std::process::Command::new(program);
+        let program = PathBuf::from(command.get_program());
         command
-            .args(args)
-            .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("LANG", "C.UTF-8")
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .env("PYTHONUNBUFFERED", "1")
-            .envs(&spec.env)
-            // Set last: the platform relies on these.
-            .env("PORT", port.to_string())
-            .env("RUNTIME_PORT", port.to_string())
-            .env("HOST", "127.0.0.1")
-            .env("KAPPA_CONCURRENCY", spec.concurrency.to_string())
-            .env(SECRETS_DIR_VAR, &secrets_dir)
-            .env(CONFIGS_DIR_VAR, &configs_dir)
+            // The sandbox's helper processes carry the mark too, so a later start finds them.
             .env(INSTANCE_ID_VAR, &spec.id)
             .current_dir(&work)
             .stdin(Stdio::null())
@@ -486,7 +590,7 @@ impl Inner {
                 cgroup.remove().await;
                 return Err(fail(BackendError::Start(format!(
                     "cannot run {}: {e}",
-                    Path::new(program).display()
+                    program.display()
                 ))));
             }
         };
@@ -504,26 +608,48 @@ impl Inner {
             log.spawn_pump(from_tee, LogStream::Stderr);
             tokio::spawn(tee_stderr(stderr, to_log, tail.clone()))
         });
-        let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
-        let sandboxed = self.bwrap.is_some();
+        let sandboxed = user.is_some();
         let signals_via_launcher = sandboxed || runtime.via_shell();
-
-        let deadline = Instant::now() + self.start_timeout;
-        let outcome = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break Err(Some(status)),
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(instance = %spec.id, error = %e, "cannot poll the instance process");
+        // Egress is set up while the runtime starts.
+        let egress = async {
+            match &self.sandbox {
+                Some(sandbox) if spec.egress && sandbox.egress_available() => {
+                    let marker = (INSTANCE_ID_VAR, spec.id.as_str());
+                    sandbox
+                        .start_egress(u32::try_from(pid).unwrap_or_default(), marker)
+                        .await
                 }
+                _ => Ok(None),
             }
-            if http::healthy(addr, HEALTH_CALL_TIMEOUT).await {
-                break Ok(());
+        };
+        let health = async {
+            let deadline = Instant::now() + self.start_timeout;
+            loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => break Err(Some(status)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(instance = %spec.id, error = %e, "cannot poll the instance process");
+                    }
+                }
+                if http::healthy(&addr, HEALTH_CALL_TIMEOUT).await {
+                    break Ok(());
+                }
+                if Instant::now() >= deadline {
+                    break Err(None);
+                }
+                tokio::time::sleep(HEALTH_POLL).await;
             }
-            if Instant::now() >= deadline {
-                break Err(None);
+        };
+        let (outcome, egress) = tokio::join!(health, egress);
+        let egress = match egress {
+            Ok(egress) => egress,
+            Err(why) => {
+                let line = format!("no network egress for this instance: {why}");
+                log.write(LogStream::Platform, &line);
+                tracing::warn!(instance = %spec.id, reason = %why, "no network egress for the instance");
+                None
             }
-            tokio::time::sleep(HEALTH_POLL).await;
         };
         let closed = self.closed.load(Ordering::SeqCst);
         if outcome.is_err() || closed {
@@ -544,11 +670,15 @@ impl Inner {
             guard.clear_attempt();
             cgroup.remove().await;
             let stderr = tail.last_lines(STDERR_TAIL_LINES);
-            let port_taken = mentions_addr_in_use(&stderr) || !port_is_free(port);
+            let port_taken = !sandboxed && (mentions_addr_in_use(&stderr) || !port_is_free(port));
             let stderr_note = if stderr.is_empty() {
-                "it wrote nothing to stderr".to_owned()
+                "it wrote nothing to stderr (its stdout is in the instance's log)".to_owned()
             } else {
                 format!("last lines of its stderr:\n{stderr}")
+            };
+            let listening = match &addr {
+                InstanceAddr::Sandbox { port, .. } => format!("port {port} inside its sandbox"),
+                InstanceAddr::Tcp(addr) => addr.to_string(),
             };
             let error = match (status, closed) {
                 (_, true) => BackendError::Start("the local backend is shutting down".into()),
@@ -559,7 +689,7 @@ impl Inner {
                     exit_reason(status, signals_via_launcher, oom)
                 )),
                 (None, _) => BackendError::Start(format!(
-                    "runtime {} of instance {} did not answer GET /healthz on {addr} within {:?}; {stderr_note}",
+                    "runtime {} of instance {} did not answer GET /healthz on {listening} within {:?}; {stderr_note}",
                     runtime.name(),
                     spec.id,
                     self.start_timeout
@@ -572,7 +702,7 @@ impl Inner {
         guard.clear_attempt();
         let instance = Instance {
             id: spec.id.clone(),
-            addr,
+            addr: addr.clone(),
             labels: spec.labels.clone(),
         };
         let started_at = SystemTime::now()
@@ -596,6 +726,9 @@ impl Inner {
             cgroup,
             log: log.clone(),
             sandboxed,
+            user,
+            socket,
+            egress: Mutex::new(egress),
             record,
             deleting: AtomicBool::new(false),
             done,
@@ -605,10 +738,23 @@ impl Inner {
         log.write(
             LogStream::Platform,
             &format!(
-                "instance {} started: runtime {} on {addr} (pid {pid}, sandbox {}, cgroups {})",
+                "instance {} started: runtime {} on {addr} (pid {pid}, {}, egress {}, cgroups {})",
                 spec.id,
                 runtime.name(),
-                if sandboxed { "bwrap" } else { "none" },
+                match user {
+                    Some((uid, _)) => format!("sandboxed as uid {uid}"),
+                    None => "UNSANDBOXED".to_owned(),
+                },
+                if live
+                    .egress
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .is_some()
+                {
+                    "on"
+                } else {
+                    "off"
+                },
                 self.cgroups
                     .version()
                     .map_or("none".to_owned(), |v| v.to_string()),
@@ -662,10 +808,11 @@ impl Inner {
         if !request.files.is_empty() {
             let dir = live.dir.clone();
             let volumes = request.files.clone();
+            let owner = live.user;
             tokio::task::spawn_blocking(move || {
                 for volume in &volumes {
                     let base = dir.join(volume.kind.dir_name());
-                    place::place_config(&base, volume).map_err(|e| {
+                    place::place_config(&base, volume, owner).map_err(|e| {
                         BackendError::Code(format!(
                             "placing {} {}/{} failed: {e}",
                             volume.kind, volume.namespace, volume.name
@@ -678,6 +825,23 @@ impl Inner {
             .map_err(|e| {
                 BackendError::Code(format!("placing secrets and config maps failed: {e}"))
             })??;
+        }
+        if !request.egress {
+            // A function without egress on an instance that had it: its user-mode networking
+            // ends (and `tap0` with it) before any of the function's code runs.
+            let egress = live
+                .egress
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(mut egress) = egress {
+                let _ = egress.start_kill();
+                let _ = egress.wait().await;
+                live.log.write(
+                    LogStream::Platform,
+                    "network egress switched off for this function",
+                );
+            }
         }
         let filepath = if live.sandboxed {
             Path::new(SANDBOX_USERFUNC).join(&placed)
@@ -695,7 +859,7 @@ impl Inner {
         live.log
             .assign(&request.function.namespace, &request.function.name);
         let call = http::call(
-            instance.addr,
+            &instance.addr,
             ::http::Method::POST,
             "/v2/specialize",
             Some(("application/json", body)),
@@ -810,6 +974,18 @@ async fn watch_exit(
     // Whatever is left of the instance's process group (the group id cannot be reused while
     // any member lives).
     let _ = killpg(Pid::from_raw(live.pid), Signal::SIGKILL);
+    let egress = live
+        .egress
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    if let Some(mut egress) = egress {
+        let _ = egress.start_kill();
+        let _ = egress.wait().await;
+    }
+    if let Some(socket) = &live.socket {
+        let _ = std::fs::remove_file(socket);
+    }
     if let Some(inner) = inner.upgrade() {
         inner.live().remove(&id);
         inner.save_state();
@@ -835,7 +1011,7 @@ async fn watch_exit(
     let _ = done.send(true);
 }
 
-/// Why a process ended. A launcher (bubblewrap, a shell) reports a child killed by signal N as
+/// Why a process ended. A launcher (the sandbox's init, a shell) reports a child killed by signal N as
 /// exit code 128+N; a direct child shows the signal itself.
 fn exit_reason(status: ExitStatus, signals_via_launcher: bool, oom_killed: bool) -> ExitReason {
     if let Some(signal) = status.signal() {
@@ -1030,19 +1206,38 @@ fn check_id(id: &str) -> Result<(), BackendError> {
     }
 }
 
-/// Creates `dir/{userfunc,work}` (mode 0755) and `dir/{secrets,configs}` (0700 and 0750: only
-/// the instance's own user reads them, and only this instance has them bound), replacing
-/// leftovers of the same id.
-fn make_instance_dir(dir: &Path) -> io::Result<()> {
+/// Creates `dir/{userfunc,work,secrets,configs}`, replacing leftovers of the same id.
+///
+/// Sandboxed (`user` set), the instance's user owns `work` (`0700`), `secrets` and `configs`
+/// (`0500`: read and traverse); `userfunc` stays root's with the instance's group allowed to
+/// add files (`01770`, sticky: nothing placed there by the platform can be removed, renamed or,
+/// being root's and read-only, changed by the instance). Unsandboxed, everything is the
+/// platform's own (`0755`, secrets `0700`, configs `0750`).
+fn make_instance_dir(dir: &Path, user: Option<(u32, u32)>) -> io::Result<()> {
+    use std::os::unix::fs::chown;
     place::remove_tree(dir)?;
-    for (sub, mode) in [
-        ("userfunc", 0o755),
-        ("work", 0o755),
-        (ConfigKind::Secret.dir_name(), 0o700),
-        (ConfigKind::ConfigMap.dir_name(), 0o750),
-    ] {
+    let dirs: [(&str, u32, Option<(u32, u32)>); 4] = match user {
+        Some((uid, gid)) => [
+            ("userfunc", 0o1770, Some((0, gid))),
+            ("work", 0o700, Some((uid, gid))),
+            (ConfigKind::Secret.dir_name(), 0o500, Some((uid, gid))),
+            (ConfigKind::ConfigMap.dir_name(), 0o500, Some((uid, gid))),
+        ],
+        None => [
+            ("userfunc", 0o755, None),
+            ("work", 0o755, None),
+            (ConfigKind::Secret.dir_name(), 0o700, None),
+            (ConfigKind::ConfigMap.dir_name(), 0o750, None),
+        ],
+    };
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
+    for (sub, mode, owner) in dirs {
         let path = dir.join(sub);
         std::fs::create_dir_all(&path)?;
+        if let Some((uid, gid)) = owner {
+            chown(&path, Some(uid), Some(gid))?;
+        }
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
     }
     Ok(())
@@ -1113,7 +1308,7 @@ type SpawnJob = Box<dyn FnOnce() + Send>;
 
 /// Starts instance processes from one long-lived thread.
 ///
-/// `PR_SET_PDEATHSIG` (setpriv, bubblewrap's `--die-with-parent`) fires when the *thread* that
+/// `PR_SET_PDEATHSIG` (the sandbox monitor's, setpriv's) fires when the *thread* that
 /// forked the child exits, not the process. Spawning from whichever runtime thread happens to
 /// run `create` would kill an instance when, say, a blocking-pool thread retires. This thread
 /// lives exactly as long as the backend: dropping the backend ends it, which ends its instances.

@@ -1,17 +1,16 @@
 //! Running a package's build command in the same sandbox and limits as instances.
 //!
 //! [`BuildSandbox`] runs one command (`/bin/sh -c <command>`) in a writable build directory
-//! that appears at `/build` inside bubblewrap (when usable), with the same read-only system,
-//! private pid/ipc/uts namespaces and parent-death tie as instances, the environment's memory,
-//! CPU and pids limits through the same cgroup code, and the network allowed (pip and npm need
-//! their registries). Its stdout and stderr are captured together into a bounded tail, and it is
+//! that appears at `/build` inside the built-in sandbox, with the same read-only system,
+//! namespaces, unprivileged user and parent-death tie as instances, the environment's memory,
+//! CPU and pids limits through the same cgroup code, and egress through user-mode networking
+//! when it is available (pip and npm need their registries). Its stdout and stderr are captured together into a bounded tail, and it is
 //! killed (with everything it started) when the build timeout passes.
 //!
 //! It does not know about packages, archives or the store: the builder prepares the directory,
 //! chooses the command and stores what the build left.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::ffi::OsString;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -23,9 +22,9 @@ use nix::sys::signal::Signal;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::cgroup::Cgroups;
-use crate::config::{CgroupMode, SandboxMode};
+use crate::config::{CgroupMode, EgressMode, SandboxMode};
 use crate::procs;
-use crate::sandbox;
+use crate::sandbox::{self, Sandbox};
 
 /// Where the build directory appears inside the sandbox (also `$SRC_PKG` and `$DEPLOY_PKG`).
 pub const SANDBOX_BUILD_DIR: &str = "/build";
@@ -39,10 +38,6 @@ pub const DEFAULT_BUILD_LOG_BYTES: usize = 256 * 1024;
 const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
 /// The longest build id (it names a cgroup).
 const MAX_ID_LEN: usize = 128;
-
-/// Files bound read-only besides what instances get: the user and group databases package
-/// managers look themselves up in.
-const BUILD_FILES: [&str; 2] = ["/etc/passwd", "/etc/group"];
 
 /// One build to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,8 +59,8 @@ pub struct BuildSpec {
     pub limits: Limits,
     /// The build is killed when it runs longer.
     pub timeout: Duration,
-    /// Whether the build may use the network (it shares the host's, as instances do);
-    /// `false` gives it a private network namespace with only a loopback interface.
+    /// Whether the build may reach addresses outside the machine (through user-mode
+    /// networking, when the platform has it); it never reaches the host's own listeners.
     pub network: bool,
     /// How much of the output is kept (the end of it).
     pub max_log_bytes: usize,
@@ -107,8 +102,8 @@ pub struct BuildSandbox {
 }
 
 struct SandboxInner {
-    /// Bubblewrap, when usable.
-    bwrap: Option<PathBuf>,
+    /// The built-in sandbox; `None` only when it was switched off explicitly.
+    sandbox: Option<Sandbox>,
     /// `setpriv`, which ties an unsandboxed build to the platform's life.
     setpriv: Option<PathBuf>,
     cgroups: Cgroups,
@@ -117,45 +112,46 @@ struct SandboxInner {
 impl std::fmt::Debug for BuildSandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BuildSandbox")
-            .field("bwrap", &self.inner.bwrap)
+            .field("sandboxed", &self.inner.sandbox.is_some())
             .field("cgroups", &self.inner.cgroups.version())
             .finish_non_exhaustive()
     }
 }
 
 impl BuildSandbox {
-    /// Detects bubblewrap and cgroups with the same modes as the local backend (`Auto` falls
-    /// back to unsandboxed or unlimited with one warning; explicit modes fail when unusable).
-    pub async fn new(sandbox: SandboxMode, cgroups: CgroupMode) -> Result<Self, BackendError> {
-        let bwrap = match detect_bwrap(sandbox).await {
-            Ok(path) => Some(path),
-            Err(why) if sandbox == SandboxMode::Bwrap => {
-                return Err(BackendError::Start(format!(
-                    "sandbox mode bwrap was requested but bubblewrap is unusable for builds: {why}"
-                )));
-            }
-            Err(why) => {
-                tracing::warn!(reason = %why, "builds are not sandboxed");
-                None
-            }
-        };
-        let setpriv = match bwrap {
+    /// Prepares the build sandbox with the same modes as the local backend (`work_dir` holds
+    /// its root mount point; `helper` is the sandbox helper executable). Fails when the sandbox
+    /// cannot be made, unless it is switched off.
+    pub async fn new(
+        sandbox: SandboxMode,
+        helper: Option<&Path>,
+        egress: EgressMode,
+        cgroups: CgroupMode,
+        work_dir: &Path,
+    ) -> Result<Self, BackendError> {
+        let sandbox = Sandbox::detect(sandbox, helper, egress, work_dir)
+            .await
+            .map_err(|why| BackendError::Start(format!("cannot sandbox builds: {why}")))?;
+        let setpriv = match sandbox {
             Some(_) => None,
-            None => sandbox::detect_setpriv().await,
+            None => {
+                tracing::warn!("builds are UNSANDBOXED (--sandbox none)");
+                sandbox::detect_setpriv().await
+            }
         };
         let cgroups = Cgroups::detect(cgroups)?;
         Ok(Self {
             inner: Arc::new(SandboxInner {
-                bwrap,
+                sandbox,
                 setpriv,
                 cgroups,
             }),
         })
     }
 
-    /// Whether builds run inside bubblewrap.
+    /// Whether builds run in the sandbox.
     pub fn sandboxed(&self) -> bool {
-        self.inner.bwrap.is_some()
+        self.inner.sandbox.is_some()
     }
 
     /// Whether cgroup limits are enforced, and which hierarchy.
@@ -168,7 +164,7 @@ impl BuildSandbox {
     /// build that ran and failed is an `Ok` with [`BuildOutcome::Failed`] or
     /// [`BuildOutcome::TimedOut`].
     ///
-    /// The build's parent-death signal (bubblewrap's `--die-with-parent`, `setpriv`) follows
+    /// The build's parent-death signal (the sandbox monitor's, or `setpriv`'s) follows
     /// the thread that starts it: call this from a task on a runtime worker thread (which lives
     /// as long as the runtime), not from a blocking-pool thread.
     pub async fn run(&self, spec: &BuildSpec) -> Result<BuildOutput, BackendError> {
@@ -183,37 +179,80 @@ impl BuildSandbox {
         let cgroup = inner
             .cgroups
             .create(&format!("build-{}", spec.id), &spec.limits);
-        let argv = match &inner.bwrap {
-            Some(bwrap) => bwrap_argv(bwrap, spec),
-            None => vec!["/bin/sh".into(), "-c".into(), spec.command.clone().into()],
-        };
-        let chain = sandbox::launcher(inner.setpriv.as_deref(), &cgroup.procs_files(), argv);
-        let Some((program, args)) = chain.split_first() else {
-            cgroup.remove().await;
-            return Err(BackendError::Start("empty build command line".into()));
-        };
-        let (build_dir, home) = if inner.bwrap.is_some() {
-            (PathBuf::from(SANDBOX_BUILD_DIR), PathBuf::from("/tmp"))
-        } else {
-            (spec.dir.clone(), std::env::temp_dir())
-        };
         let mut path = String::new();
         for dir in &spec.read_only {
             path.push_str(&dir.join("bin").to_string_lossy());
             path.push(':');
         }
         path.push_str("/usr/local/bin:/usr/bin:/bin");
-        let mut command = std::process::Command::new(program);
+        let (build_dir, home) = if inner.sandbox.is_some() {
+            (PathBuf::from(SANDBOX_BUILD_DIR), PathBuf::from("/tmp"))
+        } else {
+            (spec.dir.clone(), std::env::temp_dir())
+        };
+        let mut env: Vec<(String, String)> = vec![
+            ("LANG".into(), "C.UTF-8".into()),
+            ("PYTHONDONTWRITEBYTECODE".into(), "1".into()),
+        ];
+        env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.extend([
+            ("PATH".into(), path),
+            ("HOME".into(), home.to_string_lossy().into_owned()),
+            ("SRC_PKG".into(), build_dir.to_string_lossy().into_owned()),
+            (
+                "DEPLOY_PKG".into(),
+                build_dir.to_string_lossy().into_owned(),
+            ),
+        ]);
+        let egress_wanted = spec.network
+            && inner
+                .sandbox
+                .as_ref()
+                .is_some_and(Sandbox::egress_available);
+        let command = match &inner.sandbox {
+            Some(sandbox) => {
+                let user = sandbox.next_user();
+                if let Err(e) = chown_tree(&spec.dir, user) {
+                    cgroup.remove().await;
+                    return Err(BackendError::Io(format!(
+                        "cannot hand {} to the build's user: {e}",
+                        spec.dir.display()
+                    )));
+                }
+                let sandbox_spec = sandbox.build_spec(
+                    &spec.dir,
+                    SANDBOX_BUILD_DIR,
+                    &spec.read_only,
+                    &spec.command,
+                    env,
+                    cgroup.procs_files(),
+                    user,
+                    egress_wanted,
+                );
+                sandbox.command(&sandbox_spec)
+            }
+            None => {
+                let chain = sandbox::launcher(
+                    inner.setpriv.as_deref(),
+                    &cgroup.procs_files(),
+                    vec!["/bin/sh".into(), "-c".into(), spec.command.clone().into()],
+                );
+                let mut command = std::process::Command::new(&chain[0]);
+                command.args(&chain[1..]).env_clear().envs(env);
+                Ok(command)
+            }
+        };
+        let mut command = match command {
+            Ok(command) => command,
+            Err(e) => {
+                cgroup.remove().await;
+                return Err(BackendError::Start(format!(
+                    "cannot prepare the build sandbox: {e}"
+                )));
+            }
+        };
+        let program = PathBuf::from(command.get_program());
         command
-            .args(args)
-            .env_clear()
-            .env("LANG", "C.UTF-8")
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .envs(&spec.env)
-            .env("PATH", path)
-            .env("HOME", &home)
-            .env("SRC_PKG", &build_dir)
-            .env("DEPLOY_PKG", &build_dir)
             .current_dir(&spec.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -228,7 +267,7 @@ impl BuildSandbox {
                 cgroup.remove().await;
                 return Err(BackendError::Start(format!(
                     "cannot run {}: {e}",
-                    Path::new(program).display()
+                    program.display()
                 )));
             }
         };
@@ -236,7 +275,25 @@ impl BuildSandbox {
             .id()
             .and_then(|p| i32::try_from(p).ok())
             .unwrap_or_default();
-        tracing::info!(build = %spec.id, pid, sandboxed = inner.bwrap.is_some(), "build started");
+        tracing::info!(build = %spec.id, pid, sandboxed = inner.sandbox.is_some(), "build started");
+        // Egress is set up while the sandbox starts; its init waits for the route. Kept until
+        // the build ends.
+        let _egress = match &inner.sandbox {
+            Some(sandbox) if egress_wanted => {
+                let marker = ("KAPPA_BUILD_ID", spec.id.as_str());
+                match sandbox
+                    .start_egress(u32::try_from(pid).unwrap_or_default(), marker)
+                    .await
+                {
+                    Ok(egress) => egress,
+                    Err(why) => {
+                        tracing::warn!(build = %spec.id, reason = %why, "the build has no network egress");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let tail = Arc::new(Tail::new(spec.max_log_bytes));
         let mut readers = Vec::new();
         if let Some(stdout) = child.stdout.take() {
@@ -291,7 +348,7 @@ impl BuildSandbox {
     }
 }
 
-/// Why a build's process ended. Bubblewrap and the shell report a child killed by signal N as
+/// Why a build's process ended. The sandbox's init and the shell report a child killed by signal N as
 /// exit code 128+N.
 fn exit_reason(status: std::process::ExitStatus, oom_killed: bool) -> ExitReason {
     if let Some(signal) = status.signal() {
@@ -315,74 +372,18 @@ fn exit_reason(status: std::process::ExitStatus, oom_killed: bool) -> ExitReason
     }
 }
 
-/// Finds bubblewrap and checks that a build-shaped sandbox starts.
-async fn detect_bwrap(mode: SandboxMode) -> Result<PathBuf, String> {
-    if mode == SandboxMode::None {
-        return Err("the sandbox mode is none".to_owned());
-    }
-    let program = ["/usr/bin/bwrap", "/bin/bwrap", "/usr/local/bin/bwrap"]
-        .into_iter()
-        .map(PathBuf::from)
-        .chain(
-            std::env::var_os("PATH")
-                .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-                .unwrap_or_default()
-                .into_iter()
-                .map(|dir| dir.join("bwrap")),
-        )
-        .find(|candidate| candidate.is_file())
-        .ok_or_else(|| "bwrap was not found on PATH".to_owned())?;
-    let mut args = system_args(true);
-    args.push("--".into());
-    args.push("/bin/true".into());
-    let output = tokio::process::Command::new(&program)
-        .args(&args)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| format!("could not run {}: {e}", program.display()))?;
-    if output.status.success() {
-        Ok(program)
-    } else {
-        Err(format!(
-            "{} smoke test {}: {}",
-            program.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
-    }
-}
-
-/// The bubblewrap command line of one build.
-fn bwrap_argv(bwrap: &Path, spec: &BuildSpec) -> Vec<OsString> {
-    let mut args = vec![bwrap.as_os_str().to_owned()];
-    args.extend(system_args(spec.network));
-    for dir in &spec.read_only {
-        if dir.is_absolute() && dir.exists() {
-            sandbox::ro_bind(&mut args, dir, dir);
+/// Gives `dir` and everything in it to the build's user.
+fn chown_tree(dir: &Path, (uid, gid): (u32, u32)) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            chown_tree(&entry.path(), (uid, gid))?;
+        } else {
+            std::os::unix::fs::lchown(entry.path(), Some(uid), Some(gid))?;
         }
     }
-    args.push("--bind".into());
-    args.push(spec.dir.clone().into_os_string());
-    args.push(SANDBOX_BUILD_DIR.into());
-    args.push("--chdir".into());
-    args.push(SANDBOX_BUILD_DIR.into());
-    args.push("--".into());
-    args.push("/bin/sh".into());
-    args.push("-c".into());
-    args.push(spec.command.clone().into());
-    args
-}
-
-/// Namespaces, lifetime and the read-only system of a build sandbox: the shape of an
-/// instance's (see `sandbox.rs`), with the network shared unless `network` is false.
-fn system_args(network: bool) -> Vec<OsString> {
-    sandbox::system_args("kappa-build", &BUILD_FILES, network)
+    Ok(())
 }
 
 fn check_id(id: &str) -> Result<(), BackendError> {
@@ -475,10 +476,19 @@ mod tests {
         }
     }
 
+    /// Unsandboxed: these check the runner (output, limits, timeouts); the sandboxed builds
+    /// are tested in `tests/it/`, where the sandbox helper executable exists.
     async fn sandbox() -> BuildSandbox {
-        BuildSandbox::new(SandboxMode::Auto, CgroupMode::Auto)
-            .await
-            .unwrap()
+        let work = tempfile::tempdir().unwrap().keep();
+        BuildSandbox::new(
+            SandboxMode::None,
+            None,
+            EgressMode::Off,
+            CgroupMode::Auto,
+            &work,
+        )
+        .await
+        .unwrap()
     }
 
     #[tokio::test]
@@ -562,26 +572,5 @@ mod tests {
         assert!(sb.run(&s).await.is_err());
         let s = spec(&dir.path().join("missing"), "true");
         assert!(sb.run(&s).await.is_err());
-    }
-
-    #[test]
-    fn sandbox_shape() {
-        let s = spec(Path::new("/d/build"), "make");
-        let args: Vec<String> = bwrap_argv(Path::new("/usr/bin/bwrap"), &s)
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        let joined = args.join(" ");
-        assert!(
-            joined.contains("--bind /d/build /build --chdir /build"),
-            "{joined}"
-        );
-        assert!(joined.contains("--die-with-parent"), "{joined}");
-        assert!(!joined.contains("--unshare-net"), "{joined}");
-        assert!(joined.ends_with("-- /bin/sh -c make"), "{joined}");
-        let mut offline = s.clone();
-        offline.network = false;
-        let args = bwrap_argv(Path::new("/usr/bin/bwrap"), &offline);
-        assert!(args.iter().any(|a| a == "--unshare-net"));
     }
 }

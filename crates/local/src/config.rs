@@ -17,8 +17,13 @@ pub struct LocalConfig {
     pub data_dir: PathBuf,
     /// Maps an environment's image or command to a command line.
     pub runtimes: RuntimeRegistry,
-    /// Whether instances run inside bubblewrap.
+    /// Whether instances and builds run in the built-in sandbox.
     pub sandbox: SandboxMode,
+    /// The executable run as the sandbox helper: the platform's own (`kappa`), whose `main`
+    /// calls `kappa_sandbox::run_if_requested` first. Required unless `sandbox` is `None`.
+    pub helper: Option<PathBuf>,
+    /// Whether sandboxes get egress.
+    pub egress: EgressMode,
     /// Which cgroup hierarchy enforces the instances' limits.
     pub cgroups: CgroupMode,
     /// How long an instance may take to answer `/healthz` after it was started.
@@ -31,24 +36,38 @@ impl LocalConfig {
         Self {
             data_dir: data_dir.into(),
             runtimes,
-            sandbox: SandboxMode::Auto,
+            sandbox: SandboxMode::Namespaces,
+            helper: None,
+            egress: EgressMode::Auto,
             cgroups: CgroupMode::Auto,
             start_timeout: DEFAULT_START_TIMEOUT,
         }
     }
 }
 
-/// Whether instances are sandboxed with bubblewrap.
+/// Whether instances and builds run in Kappa's built-in sandbox.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SandboxMode {
-    /// Use bubblewrap if it is found on `PATH` and a smoke test passes; otherwise run
-    /// unsandboxed (with one warning).
+    /// The built-in sandbox (`kappa_sandbox`): own mount, network, pid, ipc, uts and cgroup
+    /// namespaces and an unprivileged user per instance. Starting fails when it cannot be
+    /// made: isolation never fails open.
+    #[default]
+    Namespaces,
+    /// Plain child processes of the platform, as its own user, with nothing between functions
+    /// and the host: every start line and `kappa env get` say "unsandboxed". Only ever chosen
+    /// explicitly.
+    None,
+}
+
+/// Whether sandboxed instances and builds can reach addresses outside the machine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EgressMode {
+    /// Through user-mode networking (`slirp4netns`) when it is installed; without it, no egress,
+    /// said once at start.
     #[default]
     Auto,
-    /// Bubblewrap is required: starting the backend fails if it is unusable.
-    Bwrap,
-    /// Plain child processes.
-    None,
+    /// Never: every sandbox has a loopback interface only.
+    Off,
 }
 
 /// Which cgroup hierarchy enforces memory, CPU and pids limits.
@@ -79,15 +98,39 @@ impl FromStr for SandboxMode {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
-            "auto" => Ok(Self::Auto),
-            "bwrap" | "bubblewrap" => Ok(Self::Bwrap),
-            "none" | "off" => Ok(Self::None),
+            "namespaces" => Ok(Self::Namespaces),
+            "none" => Ok(Self::None),
             _ => Err(ParseModeError {
                 what: "sandbox",
                 value: s.to_owned(),
-                expected: "auto, bwrap, none",
+                expected: "namespaces, none",
             }),
         }
+    }
+}
+
+impl FromStr for EgressMode {
+    type Err = ParseModeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "off" | "none" => Ok(Self::Off),
+            _ => Err(ParseModeError {
+                what: "egress",
+                value: s.to_owned(),
+                expected: "auto, off",
+            }),
+        }
+    }
+}
+
+impl fmt::Display for EgressMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Off => "off",
+        })
     }
 }
 
@@ -112,8 +155,7 @@ impl FromStr for CgroupMode {
 impl fmt::Display for SandboxMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Self::Auto => "auto",
-            Self::Bwrap => "bwrap",
+            Self::Namespaces => "namespaces",
             Self::None => "none",
         })
     }
@@ -136,7 +178,7 @@ mod tests {
 
     #[test]
     fn modes_parse_and_print() {
-        for mode in [SandboxMode::Auto, SandboxMode::Bwrap, SandboxMode::None] {
+        for mode in [SandboxMode::Namespaces, SandboxMode::None] {
             assert_eq!(mode.to_string().parse::<SandboxMode>(), Ok(mode));
         }
         for mode in [
@@ -147,10 +189,14 @@ mod tests {
         ] {
             assert_eq!(mode.to_string().parse::<CgroupMode>(), Ok(mode));
         }
-        let err = "docker".parse::<SandboxMode>().unwrap_err();
+        for mode in [EgressMode::Auto, EgressMode::Off] {
+            assert_eq!(mode.to_string().parse::<EgressMode>(), Ok(mode));
+        }
+        // bubblewrap is gone: the sandbox is built in, and the old names say so by failing.
+        let err = "bwrap".parse::<SandboxMode>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown sandbox mode \"docker\" (expected one of: auto, bwrap, none)"
+            "unknown sandbox mode \"bwrap\" (expected one of: namespaces, none)"
         );
     }
 }

@@ -1,9 +1,11 @@
 //! Kappa's local instance backend: [`LocalBackend`] implements [`kappa_core::Backend`] with one
-//! child process per runtime instance — an environment's runtime server on a free loopback
-//! port, sandboxed with bubblewrap when it is usable (private pid/ipc/uts namespaces, a read-only
-//! system, the code at `/userfunc` read-only, a writable `/work`), with memory, CPU and pids
-//! limits through cgroups v2 or v1 when the host allows it, and output captured into the
-//! instance's log.
+//! child process per runtime instance — an environment's runtime server in the built-in sandbox
+//! (`kappa_sandbox`: its own mount, network, pid, ipc, uts and cgroup namespaces, an
+//! unprivileged user of its own, a read-only system, the code at `/userfunc` unchangeable by
+//! it, a writable `/work`, egress through user-mode networking when installed), reached only
+//! through the sandbox's connector; with memory, CPU and pids limits through cgroups v2 or v1
+//! when the host allows it, and output captured into the instance's log. Without the sandbox
+//! (`--sandbox none`, explicit only) instances are plain processes on a free loopback port.
 //!
 //! It owns the instances' processes, directories (`data_dir/instances/<id>/`), cgroups and
 //! state file (`data_dir/instances.json`), and guarantees that none of them outlive the
@@ -31,5 +33,7 @@ pub use build::{
     DEFAULT_BUILD_TIMEOUT, SANDBOX_BUILD_DIR,
 };
 pub use cgroup::CgroupVersion;
-pub use config::{CgroupMode, DEFAULT_START_TIMEOUT, LocalConfig, ParseModeError, SandboxMode};
+pub use config::{
+    CgroupMode, DEFAULT_START_TIMEOUT, EgressMode, LocalConfig, ParseModeError, SandboxMode,
+};
 pub use runtime::{BuiltInRuntime, ResolvedRuntime, RuntimeRegistry};

@@ -47,8 +47,13 @@ pub(crate) fn place_file(source: &Path, name: &str, userfunc: &Path) -> io::Resu
 /// Writes `volume` under `base/<namespace>/<name>/` (`base` is the instance's `secrets` or
 /// `configs` directory), one file per key, replacing an earlier placement of it. Namespace, name
 /// and keys must be plain path components (the API checks them; this checks again). Errors name
-/// the volume and key, never a value.
-pub(crate) fn place_config(base: &Path, volume: &ConfigVolume) -> io::Result<()> {
+/// the volume and key, never a value. With an `owner` (a sandboxed instance's user and group),
+/// the files and directories placed are the owner's, so that user alone reads them.
+pub(crate) fn place_config(
+    base: &Path,
+    volume: &ConfigVolume,
+    owner: Option<(u32, u32)>,
+) -> io::Result<()> {
     for part in [&volume.namespace, &volume.name] {
         if !is_plain_name(part) {
             return Err(io::Error::new(
@@ -90,6 +95,13 @@ pub(crate) fn place_config(base: &Path, volume: &ConfigVolume) -> io::Result<()>
             .open(dir.join(key))?;
         file.write_all(value)?;
         file.sync_all()?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+        }
+    }
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
+        std::os::unix::fs::chown(&ns_dir, Some(uid), Some(gid))?;
     }
     fs::set_permissions(&dir, fs::Permissions::from_mode(dir_mode))?;
     fs::set_permissions(&ns_dir, fs::Permissions::from_mode(dir_mode))
@@ -214,14 +226,14 @@ mod tests {
             name: "db".into(),
             entries: [("password".to_string(), b"hunter2".to_vec())].into(),
         };
-        place_config(&base, &volume).unwrap();
+        place_config(&base, &volume, None).unwrap();
         let file = base.join("default/db/password");
         assert_eq!(fs::read(&file).unwrap(), b"hunter2");
         assert_eq!(mode(&file), 0o400);
         assert_eq!(mode(&base.join("default/db")), 0o500);
         // Placing again replaces the whole volume.
         volume.entries = [("user".to_string(), b"admin".to_vec())].into();
-        place_config(&base, &volume).unwrap();
+        place_config(&base, &volume, None).unwrap();
         assert!(!file.exists());
         assert_eq!(fs::read(base.join("default/db/user")).unwrap(), b"admin");
 
@@ -233,7 +245,7 @@ mod tests {
             name: "app".into(),
             entries: [("mode".to_string(), b"fast".to_vec())].into(),
         };
-        place_config(&configs, &config).unwrap();
+        place_config(&configs, &config, None).unwrap();
         assert_eq!(mode(&configs.join("default/app/mode")), 0o440);
 
         for bad in ["..", "a/b", ""] {
@@ -241,7 +253,7 @@ mod tests {
                 entries: [(bad.to_string(), b"x".to_vec())].into(),
                 ..config.clone()
             };
-            assert!(place_config(&configs, &evil).is_err(), "{bad:?}");
+            assert!(place_config(&configs, &evil, None).is_err(), "{bad:?}");
         }
         remove_tree(tmp.path()).unwrap();
     }

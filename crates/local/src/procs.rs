@@ -53,10 +53,11 @@ pub(crate) fn descendants(root: i32) -> Vec<i32> {
 
 /// Sends `signal` to the instance whose first process is `root` (its own process group leader).
 ///
-/// `spare_root`: the root is bubblewrap, which would answer SIGTERM by dying and taking the
-/// sandbox down with SIGKILL; a graceful stop signals what runs inside instead, and bubblewrap
-/// exits with the runtime's status. `--new-session` puts the sandbox in its own session, so the
-/// process group alone does not reach it: descendants are found through `/proc`.
+/// `spare_root`: the root is the sandbox's monitor, which stays to report the payload's status;
+/// a graceful stop signals what runs inside instead (the sandbox's init ignores signals from
+/// outside its namespace unless it has a handler, so only the payload acts on it), and the monitor
+/// exits with the runtime's status. A process may leave the group (`setsid`), so descendants
+/// are found through `/proc` too.
 pub(crate) fn signal_tree(root: i32, signal: Signal, spare_root: bool) {
     let below = descendants(root);
     if !spare_root || below.is_empty() {

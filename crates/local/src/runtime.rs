@@ -212,7 +212,7 @@ impl ResolvedRuntime {
         }
     }
 
-    /// Whether the exit status comes through a launcher (bubblewrap or a shell) that reports a
+    /// Whether the exit status comes through a launcher (the sandbox's init or a shell) that reports a
     /// child killed by signal N as exit code 128+N.
     pub(crate) fn via_shell(&self) -> bool {
         matches!(self, Self::Command(_))

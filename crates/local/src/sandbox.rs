@@ -1,10 +1,22 @@
-//! Bubblewrap sandboxing and the launcher chain that starts an instance process.
+//! The instances' and builds' sandbox: what `kappa_sandbox` is asked to build for them, the
+//! user each runs as, and user-mode networking for their egress.
+//!
+//! Every sandbox gets the same read-only system (`/usr`, the system directories, a few files
+//! of `/etc`), fresh `/proc`, `/dev` and `/tmp`, its own network namespace with only a loopback
+//! interface (plus a `tap0` to user-mode networking when egress is on), and an unprivileged
+//! user of its own. See `docs/security.md` for the threat model.
 
-use std::ffi::OsString;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
-use crate::config::SandboxMode;
+use kappa_sandbox::{Mount, SandboxSpec};
+use tokio::process::Child;
+use tokio::time::Instant;
+
+use crate::config::{EgressMode, SandboxMode};
 use crate::runtime::{ResolvedRuntime, SANDBOX_RUNTIME_DIR, command_paths};
 
 /// Where an instance's code directory appears inside the sandbox.
@@ -15,19 +27,8 @@ pub(crate) const SANDBOX_WORK: &str = "/work";
 pub(crate) const SANDBOX_SECRETS: &str = "/secrets";
 /// Where an instance's config maps appear inside the sandbox (read-only).
 pub(crate) const SANDBOX_CONFIGS: &str = "/configs";
-
-/// The host directories of one instance that the sandbox binds.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct InstanceDirs<'a> {
-    /// The code, read-only at `/userfunc`.
-    pub(crate) userfunc: &'a Path,
-    /// The writable working directory, `/work`.
-    pub(crate) work: &'a Path,
-    /// The instance's own secrets, read-only at `/secrets`.
-    pub(crate) secrets: &'a Path,
-    /// The instance's own config maps, read-only at `/configs`.
-    pub(crate) configs: &'a Path,
-}
+/// The port a runtime listens on inside its sandbox (its own network namespace: never taken).
+pub(crate) const SANDBOX_PORT: u16 = 8888;
 
 /// Host directories (or symlinks to them) that make up the sandbox's read-only system.
 const SYSTEM_DIRS: [&str; 4] = ["/lib", "/lib64", "/bin", "/sbin"];
@@ -41,162 +42,342 @@ const SYSTEM_FILES: [&str; 6] = [
     "/etc/hosts",
     "/etc/nsswitch.conf",
 ];
+/// The first uid (and gid) given to sandboxes; each sandbox gets the next one, modulo
+/// [`USER_COUNT`]. Far above any user a distribution creates.
+const FIRST_USER: u32 = 3_000_000;
+/// How many distinct users sandboxes cycle through.
+const USER_COUNT: u32 = 1_000_000;
+/// How long a start waits for the sandbox's network namespace to exist before setting up
+/// egress, and then for the default route to appear.
+const EGRESS_SETUP: Duration = Duration::from_secs(3);
+/// The longest Unix socket path (`sun_path` holds 108 bytes with the terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
 
-/// A usable bubblewrap.
-#[derive(Debug, Clone)]
-pub(crate) struct Bwrap {
-    program: PathBuf,
+/// The built-in sandbox, ready to start instances and builds.
+#[derive(Debug)]
+pub(crate) struct Sandbox {
+    /// The executable run as the sandbox helper.
+    helper: PathBuf,
+    /// The empty directory each sandbox assembles its root on (in its own mount namespace).
+    root: PathBuf,
+    /// The connectors' directory, `0700`: only the platform's user can open the sockets.
+    sockets: PathBuf,
+    /// `slirp4netns`, when instances get egress.
+    slirp: Option<PathBuf>,
+    /// The next user offset, for [`Sandbox::next_user`].
+    next_user: AtomicU32,
 }
 
-/// Finds a usable bubblewrap unless `mode` is `None`; the error says why there is none.
-pub(crate) async fn detect(mode: SandboxMode) -> Result<Bwrap, String> {
-    if mode == SandboxMode::None {
-        return Err("the sandbox mode is none".to_owned());
+/// The host directories of one instance that the sandbox binds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct InstanceDirs<'a> {
+    /// The code, at `/userfunc`: owned by root, the instance may add files but never change
+    /// or remove the code placed there (sticky, and the code files are root's and read-only).
+    pub(crate) userfunc: &'a Path,
+    /// The writable working directory, `/work`.
+    pub(crate) work: &'a Path,
+    /// The instance's own secrets, read-only at `/secrets`.
+    pub(crate) secrets: &'a Path,
+    /// The instance's own config maps, read-only at `/configs`.
+    pub(crate) configs: &'a Path,
+}
+
+impl Sandbox {
+    /// Checks that sandboxes can be made here (root, the helper, a smoke test) and prepares the
+    /// shared directories under `data_dir`. The error says why not.
+    pub(crate) async fn detect(
+        mode: SandboxMode,
+        helper: Option<&Path>,
+        egress: EgressMode,
+        data_dir: &Path,
+    ) -> Result<Option<Self>, String> {
+        if mode == SandboxMode::None {
+            return Ok(None);
+        }
+        if !nix::unistd::geteuid().is_root() {
+            return Err(
+                "the sandbox gives every instance its own user and namespaces, which needs the \
+                 platform to run as root; run it as root, or pass --sandbox none to run \
+                 functions unsandboxed as your own user"
+                    .to_owned(),
+            );
+        }
+        let helper = helper
+            .ok_or_else(|| "no sandbox helper executable was configured".to_owned())?
+            .to_path_buf();
+        let root = data_dir.join("sandbox-root");
+        let sockets = data_dir.join("sockets");
+        prepare_dir(&root, 0o755).map_err(|e| format!("{}: {e}", root.display()))?;
+        // Leftover sockets of an earlier run go; only this platform's user may open new ones.
+        let _ = crate::place::remove_tree(&sockets);
+        prepare_dir(&sockets, 0o700).map_err(|e| format!("{}: {e}", sockets.display()))?;
+        let probe = sockets.join(format!("c{}", u64::MAX));
+        if probe.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(format!(
+                "the data directory {} is too long for the sandbox's Unix sockets (at most {} bytes \
+                 for {}); use a shorter --data-dir",
+                data_dir.display(),
+                MAX_SOCKET_PATH,
+                probe.display()
+            ));
+        }
+        let slirp = match egress {
+            EgressMode::Off => None,
+            EgressMode::Auto => on_path("slirp4netns"),
+        };
+        let sandbox = Self {
+            helper,
+            root,
+            sockets,
+            slirp,
+            next_user: AtomicU32::new(0),
+        };
+        sandbox.smoke_test().await?;
+        Ok(Some(sandbox))
     }
-    let program = find_on_path("bwrap").ok_or_else(|| "bwrap was not found on PATH".to_owned())?;
-    let bwrap = Bwrap { program };
-    bwrap.smoke_test().await?;
-    Ok(bwrap)
-}
 
-impl Bwrap {
-    /// Runs `/bin/true` in a sandbox shaped like an instance's.
-    async fn smoke_test(&self) -> Result<(), String> {
-        let mut args = common_args();
-        args.push("--".into());
-        args.push("/bin/true".into());
-        let output = tokio::process::Command::new(&self.program)
-            .args(&args)
+    /// Whether sandboxes can get egress (user-mode networking is installed and not switched off).
+    pub(crate) fn egress_available(&self) -> bool {
+        self.slirp.is_some()
+    }
+
+    /// The connector socket path of the sandbox numbered `n`.
+    pub(crate) fn socket_path(&self, n: u64) -> PathBuf {
+        self.sockets.join(format!("c{n}"))
+    }
+
+    /// A user and group for one more sandbox.
+    pub(crate) fn next_user(&self) -> (u32, u32) {
+        let offset = self.next_user.fetch_add(1, Ordering::Relaxed) % USER_COUNT;
+        let id = FIRST_USER + offset;
+        (id, id)
+    }
+
+    /// The spec of an instance's sandbox.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn instance_spec(
+        &self,
+        runtime: &ResolvedRuntime,
+        dirs: InstanceDirs<'_>,
+        env: Vec<(String, String)>,
+        cgroup_procs: Vec<PathBuf>,
+        connector: PathBuf,
+        user: (u32, u32),
+    ) -> SandboxSpec {
+        let mut mounts = system_mounts(&[]);
+        if let ResolvedRuntime::BuiltIn(b) = runtime {
+            mounts.push(Mount::read_only(&b.dir, SANDBOX_RUNTIME_DIR));
+            if let Some(prefix) = &b.interpreter_prefix {
+                mounts.push(Mount::read_only(prefix, prefix));
+            }
+        }
+        mounts.push(Mount::writable(dirs.userfunc, SANDBOX_USERFUNC));
+        mounts.push(Mount::writable(dirs.work, SANDBOX_WORK));
+        mounts.push(Mount::read_only(dirs.secrets, SANDBOX_SECRETS));
+        mounts.push(Mount::read_only(dirs.configs, SANDBOX_CONFIGS));
+        if let ResolvedRuntime::Command(command) = runtime {
+            for path in command_paths(command) {
+                mounts.push(Mount::read_only(&path, &path));
+            }
+        }
+        SandboxSpec {
+            hostname: "kappa".to_owned(),
+            root: self.root.clone(),
+            mounts,
+            symlinks: system_symlinks(),
+            cgroup_procs,
+            connector: Some(connector),
+            user: Some(user),
+            argv: runtime
+                .argv(SANDBOX_PORT, true)
+                .into_iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
+            env,
+            cwd: PathBuf::from(SANDBOX_WORK),
+            wait_for_route_ms: None,
+        }
+    }
+
+    /// The spec of a build's sandbox: the system, `read_only` host directories at the same
+    /// path, `dir` writable at `build_dir`, and `command` run by `/bin/sh -c`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn build_spec(
+        &self,
+        dir: &Path,
+        build_dir: &str,
+        read_only: &[PathBuf],
+        command: &str,
+        env: Vec<(String, String)>,
+        cgroup_procs: Vec<PathBuf>,
+        user: (u32, u32),
+        egress: bool,
+    ) -> SandboxSpec {
+        let mut mounts = system_mounts(&["/etc/passwd", "/etc/group"]);
+        for path in read_only {
+            if path.is_absolute() && path.exists() {
+                mounts.push(Mount::read_only(path, path));
+            }
+        }
+        mounts.push(Mount::writable(dir, build_dir));
+        SandboxSpec {
+            hostname: "kappa-build".to_owned(),
+            root: self.root.clone(),
+            mounts,
+            symlinks: system_symlinks(),
+            cgroup_procs,
+            connector: None,
+            user: Some(user),
+            argv: vec!["/bin/sh".into(), "-c".into(), command.to_owned()],
+            env,
+            cwd: PathBuf::from(build_dir),
+            wait_for_route_ms: egress.then_some(EGRESS_SETUP.as_millis() as u64),
+        }
+    }
+
+    /// The command that starts a sandbox (stdio and process group are the caller's).
+    pub(crate) fn command(&self, spec: &SandboxSpec) -> io::Result<std::process::Command> {
+        kappa_sandbox::helper::command(&self.helper, spec)
+    }
+
+    /// Gives the sandbox whose monitor is `pid` egress through user-mode networking: waits for
+    /// its network namespace, starts `slirp4netns` on it (marked with `marker`, so a later start
+    /// finds it if the platform dies) and waits for the default route. `None` when egress is
+    /// unavailable or could not be set up (said in the returned message).
+    pub(crate) async fn start_egress(
+        &self,
+        pid: u32,
+        marker: (&str, &str),
+    ) -> Result<Option<Child>, String> {
+        let Some(slirp) = &self.slirp else {
+            return Ok(None);
+        };
+        let deadline = Instant::now() + EGRESS_SETUP;
+        let own = std::fs::read_link("/proc/self/ns/net").map_err(|e| e.to_string())?;
+        let ns = format!("/proc/{pid}/ns/net");
+        loop {
+            match std::fs::read_link(&ns) {
+                Ok(link) if link != own => break,
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(format!(
+                        "the sandbox ended before its network was set up: {e}"
+                    ));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err("the sandbox's network namespace did not appear".to_owned());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let child = tokio::process::Command::new(slirp)
+            .args(["--configure", "--mtu=65520", "--disable-host-loopback"])
+            .arg(pid.to_string())
+            .arg("tap0")
             .env_clear()
-            .env("PATH", "/usr/bin:/bin")
+            .env(marker.0, marker.1)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", slirp.display()))?;
+        let route = format!("/proc/{pid}/net/route");
+        loop {
+            if std::fs::read_to_string(&route).is_ok_and(|r| has_default_route(&r)) {
+                return Ok(Some(child));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{} did not configure the sandbox's network within {EGRESS_SETUP:?}",
+                    slirp.display()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Runs `/bin/true` in an instance-shaped sandbox.
+    async fn smoke_test(&self) -> Result<(), String> {
+        let spec = SandboxSpec {
+            hostname: "kappa".to_owned(),
+            root: self.root.clone(),
+            mounts: system_mounts(&[]),
+            symlinks: system_symlinks(),
+            cgroup_procs: Vec::new(),
+            connector: None,
+            user: Some(self.next_user()),
+            argv: vec!["/bin/true".to_owned()],
+            env: vec![("PATH".to_owned(), "/usr/bin:/bin".to_owned())],
+            cwd: PathBuf::from("/"),
+            wait_for_route_ms: None,
+        };
+        let command = self
+            .command(&spec)
+            .map_err(|e| format!("preparing the sandbox smoke test: {e}"))?;
+        let output = tokio::process::Command::from(command)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .output()
             .await
-            .map_err(|e| format!("could not run {}: {e}", self.program.display()))?;
+            .map_err(|e| {
+                format!(
+                    "could not run the sandbox helper {}: {e}",
+                    self.helper.display()
+                )
+            })?;
         if output.status.success() {
             Ok(())
         } else {
             Err(format!(
-                "{} smoke test {}: {}",
-                self.program.display(),
+                "the sandbox smoke test failed ({}): {}",
                 output.status,
                 String::from_utf8_lossy(&output.stderr).trim()
             ))
         }
     }
-
-    /// The bubblewrap command line that runs `runtime` with the instance directories `dirs`
-    /// (host paths). Secrets and config maps are bound empty at start; the files the host
-    /// writes into them at specialization appear inside, read-only, like the code.
-    pub(crate) fn command(
-        &self,
-        runtime: &ResolvedRuntime,
-        port: u16,
-        dirs: InstanceDirs<'_>,
-    ) -> Vec<OsString> {
-        let InstanceDirs {
-            userfunc,
-            work,
-            secrets,
-            configs,
-        } = dirs;
-        let mut args = vec![self.program.clone().into_os_string()];
-        args.extend(common_args());
-        match runtime {
-            ResolvedRuntime::BuiltIn(b) => {
-                ro_bind(&mut args, &b.dir, Path::new(SANDBOX_RUNTIME_DIR));
-                if let Some(prefix) = &b.interpreter_prefix {
-                    ro_bind(&mut args, prefix, prefix);
-                }
-            }
-            ResolvedRuntime::Command(_) => {}
-        }
-        // Read-only inside; the host still writes the code into it at specialization.
-        ro_bind(&mut args, userfunc, Path::new(SANDBOX_USERFUNC));
-        args.push("--bind".into());
-        args.push(work.into());
-        args.push(SANDBOX_WORK.into());
-        ro_bind(&mut args, secrets, Path::new(SANDBOX_SECRETS));
-        ro_bind(&mut args, configs, Path::new(SANDBOX_CONFIGS));
-        // After `/work` and `/tmp`, so that a server under a host path of that name stays
-        // visible (bubblewrap creates the mount point inside the instance's own directory).
-        if let ResolvedRuntime::Command(command) = runtime {
-            for path in command_paths(command) {
-                ro_bind(&mut args, &path, &path);
-            }
-        }
-        args.push("--chdir".into());
-        args.push(SANDBOX_WORK.into());
-        args.push("--".into());
-        args.extend(runtime.argv(port, true));
-        args
-    }
 }
 
-/// Namespaces, lifetime and the read-only system, shared by instances and the smoke test.
-/// There is deliberately no network namespace: the runtime listens on the host's loopback.
-fn common_args() -> Vec<OsString> {
-    system_args("kappa", &[], true)
+fn prepare_dir(dir: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
 }
 
-/// The read-only system every sandbox (instances, builds) starts from: new pid/ipc/uts
-/// namespaces, death with the parent, `/usr` and the system directories and `files` (when
-/// present) read-only, fresh `/proc`, `/dev` and `/tmp`; the network is shared unless
-/// `share_network` is false.
-pub(crate) fn system_args(
-    hostname: &str,
-    extra_files: &[&str],
-    share_network: bool,
-) -> Vec<OsString> {
-    let mut args: Vec<OsString> = [
-        "--unshare-pid",
-        "--unshare-ipc",
-        "--unshare-uts",
-        "--die-with-parent",
-        "--new-session",
-        "--hostname",
-        hostname,
-        "--ro-bind",
-        "/usr",
-        "/usr",
-    ]
-    .into_iter()
-    .map(OsString::from)
-    .collect();
-    if !share_network {
-        args.push("--unshare-net".into());
-    }
+/// The read-only system every sandbox starts from: `/usr`, the system directories that are
+/// real directories, and the system files (plus `extra_files`) that exist.
+fn system_mounts(extra_files: &[&str]) -> Vec<Mount> {
+    let mut mounts = vec![Mount::read_only("/usr", "/usr")];
     for dir in SYSTEM_DIRS {
         let path = Path::new(dir);
-        match std::fs::read_link(path) {
-            Ok(target) => {
-                args.push("--symlink".into());
-                args.push(target.into_os_string());
-                args.push(dir.into());
-            }
-            Err(_) if path.is_dir() => ro_bind(&mut args, path, path),
-            Err(_) => {}
+        if std::fs::read_link(path).is_err() && path.is_dir() {
+            mounts.push(Mount::read_only(path, path));
         }
     }
     for file in SYSTEM_FILES.iter().chain(extra_files) {
         let path = Path::new(file);
         if path.exists() {
-            ro_bind(&mut args, path, path);
+            mounts.push(Mount::read_only(path, path));
         }
     }
-    for arg in ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"] {
-        args.push(arg.into());
-    }
-    args
+    mounts
 }
 
-pub(crate) fn ro_bind(args: &mut Vec<OsString>, host: &Path, inside: &Path) {
-    args.push("--ro-bind".into());
-    args.push(host.into());
-    args.push(inside.into());
+/// The system directories that are symlinks on the host (merged `/usr`), as the same links.
+fn system_symlinks() -> Vec<(PathBuf, PathBuf)> {
+    SYSTEM_DIRS
+        .iter()
+        .filter_map(|dir| Some((std::fs::read_link(dir).ok()?, PathBuf::from(dir))))
+        .collect()
+}
+
+fn has_default_route(routes: &str) -> bool {
+    routes
+        .lines()
+        .skip(1)
+        .any(|line| line.split_whitespace().nth(1) == Some("00000000"))
 }
 
 /// `setpriv` when it supports `--pdeathsig`, so an unsandboxed instance dies with the platform.
@@ -215,8 +396,16 @@ pub(crate) async fn detect_setpriv() -> Option<PathBuf> {
     status.success().then_some(program)
 }
 
+/// Finds `program` on the platform's `PATH` only (so a test, or an operator, can hide an
+/// optional program by leaving it off `PATH`).
+fn on_path(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
 /// Finds `program` in the standard system directories, then on the platform's `PATH`.
-fn find_on_path(program: &str) -> Option<PathBuf> {
+pub(crate) fn find_on_path(program: &str) -> Option<PathBuf> {
     let standard = ["/usr/bin", "/bin", "/usr/local/bin", "/usr/sbin", "/sbin"]
         .into_iter()
         .map(PathBuf::from);
@@ -230,16 +419,18 @@ fn find_on_path(program: &str) -> Option<PathBuf> {
 }
 
 /// The shell snippet that moves itself into each cgroup given before `--`, then `exec`s the rest
-/// of its arguments: the runtime is inside its cgroups before its first instruction, without
-/// any code between fork and exec in the platform.
-const JOIN_CGROUPS: &str = r#"while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do echo $$ 2>/dev/null >"$1" || echo "kappa: could not join cgroup $1" >&2; shift; done; shift; exec "$@""#;
+/// of its arguments (unsandboxed instances and builds; the sandbox's monitor joins its cgroups
+/// itself).
+const JOIN_CGROUPS: &str = r#"while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do echo $$ 2>/dev/null >"$1" || { echo "kappa: could not join cgroup $1" >&2; exit 125; }; shift; done; shift; exec "$@""#;
 
-/// The full launcher chain: `[setpriv --pdeathsig KILL --] [sh -c <join> procs... --] argv`.
+/// The launcher chain of an unsandboxed process: `[setpriv --pdeathsig KILL --] [sh -c <join>
+/// procs... --] argv`.
 pub(crate) fn launcher(
     setpriv: Option<&Path>,
     cgroup_procs: &[PathBuf],
-    argv: Vec<OsString>,
-) -> Vec<OsString> {
+    argv: Vec<std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    use std::ffi::OsString;
     let mut out = Vec::with_capacity(argv.len() + cgroup_procs.len() + 8);
     if let Some(setpriv) = setpriv {
         out.push(setpriv.as_os_str().to_owned());
@@ -256,6 +447,8 @@ pub(crate) fn launcher(
 
 #[cfg(test)]
 mod tests {
+    use std::ffi::OsString;
+
     use super::*;
 
     #[test]
@@ -299,39 +492,24 @@ mod tests {
     }
 
     #[test]
-    fn bwrap_command_binds_code_read_only_and_work_writable() {
-        let bwrap = Bwrap {
-            program: PathBuf::from("/usr/bin/bwrap"),
+    fn system_mounts_are_read_only_and_include_usr() {
+        let mounts = system_mounts(&["/etc/passwd"]);
+        assert_eq!(mounts[0], Mount::read_only("/usr", "/usr"));
+        assert!(mounts.iter().all(|m| !m.writable));
+        assert!(mounts.iter().any(|m| m.target == Path::new("/etc/passwd")));
+    }
+
+    #[test]
+    fn users_are_unprivileged_and_distinct() {
+        let sandbox = Sandbox {
+            helper: PathBuf::from("/x"),
+            root: PathBuf::from("/r"),
+            sockets: PathBuf::from("/s"),
+            slirp: None,
+            next_user: AtomicU32::new(0),
         };
-        let runtime = ResolvedRuntime::Command("exec server".into());
-        let args = bwrap.command(
-            &runtime,
-            9000,
-            InstanceDirs {
-                userfunc: Path::new("/d/userfunc"),
-                work: Path::new("/d/work"),
-                secrets: Path::new("/d/secrets"),
-                configs: Path::new("/d/configs"),
-            },
-        );
-        let joined: Vec<String> = args
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        let joined = joined.join(" ");
-        assert!(
-            joined.contains("--ro-bind /d/userfunc /userfunc"),
-            "{joined}"
-        );
-        assert!(
-            joined.contains(
-                "--bind /d/work /work --ro-bind /d/secrets /secrets --ro-bind /d/configs /configs"
-            ),
-            "{joined}"
-        );
-        assert!(joined.contains("--chdir /work"), "{joined}");
-        assert!(joined.contains("--die-with-parent"), "{joined}");
-        assert!(!joined.contains("--unshare-net"), "{joined}");
-        assert!(joined.ends_with("-- /bin/sh -c exec server"), "{joined}");
+        let (a, _) = sandbox.next_user();
+        let (b, gid) = sandbox.next_user();
+        assert!(a >= FIRST_USER && b == a + 1 && gid == b);
     }
 }

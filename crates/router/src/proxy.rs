@@ -457,7 +457,7 @@ async fn forward(
     let mut may_retry = true;
     loop {
         let endpoint = Arc::clone(permit.endpoint());
-        let pool = inner.upstreams.pool(endpoint.addr);
+        let pool = inner.upstreams.pool(&endpoint.addr);
         let mut fresh_only = false;
         let attempt = loop {
             let Some(mut req) = request.take() else {
@@ -485,7 +485,7 @@ async fn forward(
                 },
             };
             if !req.headers().contains_key(HOST)
-                && let Ok(host) = HeaderValue::from_str(&endpoint.addr.to_string())
+                && let Ok(host) = HeaderValue::from_str(&endpoint.addr.authority())
             {
                 req.headers_mut().insert(HOST, host);
             }

@@ -23,10 +23,9 @@
 //! index, which admission reads lock-free as before.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use kappa_core::{Endpoint, EndpointIndex, FunctionId, Readiness};
+use kappa_core::{Endpoint, EndpointIndex, FunctionId, InstanceAddr, Readiness};
 
 /// What the pod watcher last said about an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +113,7 @@ impl ReadinessGate {
         &self,
         function: &FunctionId,
         instance_id: &str,
-        addr: SocketAddr,
+        addr: InstanceAddr,
         generation: i64,
         capacity: u32,
     ) -> FeedAdded {
@@ -133,7 +132,12 @@ impl ReadinessGate {
         {
             self.index.remove(&old.function, instance_id);
         }
-        let endpoint = Arc::new(Endpoint::new(instance_id, addr, generation, capacity));
+        let endpoint = Arc::new(Endpoint::new(
+            instance_id,
+            addr.clone(),
+            generation,
+            capacity,
+        ));
         if !held_out {
             // Replaces an endpoint of the same instance id in the function's list.
             self.index.insert(function, Arc::clone(&endpoint));
@@ -272,8 +276,8 @@ mod tests {
         FunctionId::new("default", "hello")
     }
 
-    fn addr(port: u16) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], port))
+    fn addr(port: u16) -> InstanceAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)).into()
     }
 
     fn gate() -> ReadinessGate {
@@ -431,7 +435,7 @@ mod tests {
             .into_iter()
             .find(|e| e.instance_id == "a")
             .unwrap();
-        assert_eq!((a.addr, a.generation), (addr(3), 2));
+        assert_eq!((a.addr.clone(), a.generation), (addr(3), 2));
         assert_eq!(ids(&gate), ["a", "b"]);
 
         // Changed while its pod is not ready: the old one leaves the index too.

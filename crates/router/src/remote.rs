@@ -22,13 +22,12 @@
 //! router does not depend on the pool manager; the tests run both against each other.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt as _;
-use kappa_core::{EndpointIndex, FunctionId, Provision, ProvisionError, Provisioner};
+use kappa_core::{EndpointIndex, FunctionId, InstanceAddr, Provision, ProvisionError, Provisioner};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -488,7 +487,7 @@ impl EndpointFeeder {
                 generation,
                 capacity,
             } => {
-                let Ok(addr) = address.parse::<SocketAddr>() else {
+                let Ok(addr) = address.parse::<InstanceAddr>() else {
                     tracing::warn!(instance = %instance_id, %address, "ignoring an endpoint with an unreadable address");
                     return;
                 };

@@ -5,14 +5,13 @@
 //! step, and `try_send_request` hands the request back when it was not written. That is what
 //! makes the one retry safe.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use kappa_core::InstanceAddr;
 use tokio::time::Instant;
 
 use crate::body::RequestBody;
@@ -27,7 +26,7 @@ const READY_TIMEOUT: Duration = Duration::from_millis(500);
 /// Every instance's pool. A `DashMap` keyed by address: looked up once per request (a sharded
 /// read lock), written when an instance is first used or swept.
 pub(crate) struct Upstreams {
-    pools: DashMap<SocketAddr, Arc<EndpointPool>>,
+    pools: DashMap<InstanceAddr, Arc<EndpointPool>>,
     max_idle: usize,
 }
 
@@ -40,14 +39,14 @@ impl Upstreams {
     }
 
     /// The pool of the instance at `addr`.
-    pub fn pool(&self, addr: SocketAddr) -> Arc<EndpointPool> {
-        if let Some(pool) = self.pools.get(&addr) {
+    pub fn pool(&self, addr: &InstanceAddr) -> Arc<EndpointPool> {
+        if let Some(pool) = self.pools.get(addr) {
             return Arc::clone(pool.value());
         }
         Arc::clone(
             self.pools
-                .entry(addr)
-                .or_insert_with(|| Arc::new(EndpointPool::new(addr, self.max_idle)))
+                .entry(addr.clone())
+                .or_insert_with(|| Arc::new(EndpointPool::new(addr.clone(), self.max_idle)))
                 .value(),
         )
     }
@@ -63,10 +62,10 @@ impl Upstreams {
     }
 
     /// Idle connections per instance address (for `/debug/endpoints`).
-    pub fn idle_counts(&self) -> Vec<(SocketAddr, usize)> {
+    pub fn idle_counts(&self) -> Vec<(InstanceAddr, usize)> {
         self.pools
             .iter()
-            .map(|p| (*p.key(), p.value().len()))
+            .map(|p| (p.key().clone(), p.value().len()))
             .collect()
     }
 }
@@ -78,7 +77,7 @@ struct Idle {
 
 /// Idle connections to one instance.
 pub(crate) struct EndpointPool {
-    pub addr: SocketAddr,
+    pub addr: InstanceAddr,
     /// A plain mutex: held only to push or pop, never across an `.await`.
     idle: Mutex<Vec<Idle>>,
     max_idle: usize,
@@ -96,7 +95,7 @@ pub(crate) enum ConnectError {
 }
 
 impl EndpointPool {
-    fn new(addr: SocketAddr, max_idle: usize) -> Self {
+    fn new(addr: InstanceAddr, max_idle: usize) -> Self {
         Self {
             addr,
             idle: Mutex::new(Vec::new()),
@@ -157,17 +156,20 @@ impl EndpointPool {
         }
     }
 
-    /// Opens a new connection (TCP_NODELAY) and spawns its connection task.
+    /// Opens a new connection (TCP_NODELAY; to a sandboxed instance through its sandbox's
+    /// connector, see `kappa_sandbox::connector`) and spawns its connection task.
     pub async fn connect(&self) -> Result<SendRequest<RequestBody>, ConnectError> {
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
-            .await
-            .map_err(|_| ConnectError::Timeout)??;
-        stream.set_nodelay(true)?;
+        let stream = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            kappa_sandbox::connector::connect(&self.addr),
+        )
+        .await
+        .map_err(|_| ConnectError::Timeout)??;
         let (sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
             .map_err(ConnectError::Handshake)?;
-        let addr = self.addr;
+        let addr = self.addr.clone();
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%addr, %error, "upstream connection ended with an error");

@@ -39,6 +39,12 @@ pub struct EnvironmentSpec {
     /// ignored by the local backend.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
+    /// Whether the environment's instances may open connections to addresses outside the
+    /// machine (absent: yes, where the platform provides egress). They never reach the
+    /// platform's or the host's own listeners either way. Local backend; on Kubernetes,
+    /// egress is a NetworkPolicy matter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<bool>,
 }
 
 /// A Kubernetes toleration, passed through to the environment's pods as is.
@@ -126,6 +132,7 @@ impl Default for EnvironmentSpec {
             keeparchive: false,
             node_selector: BTreeMap::new(),
             tolerations: Vec::new(),
+            egress: None,
         }
     }
 }

@@ -112,6 +112,11 @@ pub struct FunctionSpec {
     /// Overrides the environment's resources for this function's instances.
     #[serde(default, skip_serializing_if = "Resources::is_empty")]
     pub resources: Resources,
+    /// Whether the function may open connections to addresses outside the machine (absent:
+    /// its environment's `egress`). `false` takes egress away from the instance before the
+    /// code is loaded. Local backend; on Kubernetes, egress is a NetworkPolicy matter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<bool>,
 }
 
 fn default_max_scale() -> u32 {
@@ -158,6 +163,7 @@ impl FunctionSpec {
             secrets: Vec::new(),
             configmaps: Vec::new(),
             resources: Resources::default(),
+            egress: None,
         }
     }
 }

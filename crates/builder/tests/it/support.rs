@@ -27,10 +27,18 @@ impl Env {
         std::fs::create_dir_all(runtimes_dir.join("python")).unwrap();
         std::fs::write(runtimes_dir.join("python/server.py"), "").unwrap();
         let archives = Arc::new(ArchiveStore::open(dir.path().join("archives"), 64 << 20).unwrap());
+        // Unsandboxed: these tests check the builder; sandboxed builds are tested with the
+        // sandbox helper in kappa-local's tests and through `kappa up` in the system tests.
         let sandbox = Arc::new(
-            BuildSandbox::new(SandboxMode::Auto, CgroupMode::Auto)
-                .await
-                .unwrap(),
+            BuildSandbox::new(
+                SandboxMode::None,
+                None,
+                kappa_local::EgressMode::Off,
+                CgroupMode::Auto,
+                &dir.path().join("sandbox"),
+            )
+            .await
+            .unwrap(),
         );
         let env = Self {
             runtimes: RuntimeRegistry::new(runtimes_dir),

@@ -74,6 +74,10 @@ pub struct EnvFlags {
     /// Keep deployment archives as files instead of extracting them (e.g. JVM jars).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub keeparchive: Option<bool>,
+    /// Whether instances may open connections to addresses outside the machine (local sandbox;
+    /// default true where the platform provides egress).
+    #[arg(long, value_name = "BOOL")]
+    pub egress: Option<bool>,
 }
 
 impl EnvFlags {
@@ -110,6 +114,9 @@ impl EnvFlags {
         }
         if let Some(keep) = self.keeparchive {
             spec.keeparchive = keep;
+        }
+        if let Some(egress) = self.egress {
+            spec.egress = Some(egress);
         }
     }
 }

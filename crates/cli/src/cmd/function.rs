@@ -133,6 +133,10 @@ pub struct FnSettings {
     /// update, the list given replaces the function's config maps).
     #[arg(long = "configmap", value_name = "NAME")]
     pub configmaps: Vec<String>,
+    /// Whether the function may open connections to addresses outside the machine (local
+    /// sandbox; default: its environment's).
+    #[arg(long, value_name = "BOOL")]
+    pub egress: Option<bool>,
     #[command(flatten)]
     pub resources: ResourceFlags,
 }
@@ -165,6 +169,9 @@ impl FnSettings {
         }
         if let Some(v) = self.specializationtimeout {
             spec.specialization_timeout = v;
+        }
+        if let Some(v) = self.egress {
+            spec.egress = Some(v);
         }
         for (k, v) in &self.envvars {
             spec.env.insert(k.clone(), v.clone());

@@ -474,6 +474,7 @@ impl PoolManager {
                 env: function.spec.env.clone(),
                 files,
                 timeout,
+                egress: super::egress_of(function, &env),
             },
             replicas,
             grace: Duration::from_secs(function.spec.function_timeout)

@@ -154,7 +154,7 @@ fn ready_of(f: &FunctionId, pod: &Pod) -> ReadyInstance {
         function: f.clone(),
         instance: Instance {
             id: pod.id.clone(),
-            addr: pod.addr,
+            addr: pod.addr.into(),
             labels: Default::default(),
         },
         generation: pod.generation,

@@ -77,7 +77,7 @@ impl Backend for FakeBackend {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let instance = Instance {
             id: spec.id.clone(),
-            addr,
+            addr: addr.into(),
             labels: spec.labels.clone(),
         };
         self.calls.lock().unwrap().created.push(spec);

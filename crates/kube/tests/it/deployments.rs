@@ -72,6 +72,7 @@ fn spec(revision: &str, replicas: u32) -> DeploymentSpec {
                 entries: BTreeMap::from([("password".to_string(), b"hunter2".to_vec())]),
             }],
             timeout: Duration::from_secs(60),
+            egress: true,
         },
         replicas,
         grace: Duration::from_secs(75),

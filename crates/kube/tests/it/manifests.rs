@@ -25,6 +25,7 @@ pub fn instance_spec(id: &str) -> InstanceSpec {
         concurrency: 64,
         env: BTreeMap::from([("LOG_LEVEL".into(), "debug".into())]),
         labels: BTreeMap::new(),
+        egress: true,
     }
 }
 

@@ -146,6 +146,7 @@ fn request(sha: &str, entrypoint: &str) -> SpecializeRequest {
             entries: BTreeMap::from([("password".to_string(), b"hunter2".to_vec())]),
         }],
         timeout: Duration::from_secs(30),
+        egress: true,
     }
 }
 
@@ -175,7 +176,7 @@ async fn specialize_through_the_fetcher_runs_the_function_and_labels_the_pod() {
     let backend = PodBackend::new(client, cfg, None);
     let instance = Instance {
         id: "python-spec000001".into(),
-        addr: SocketAddr::from(([127, 0, 0, 1], runtime.port)),
+        addr: SocketAddr::from(([127, 0, 0, 1], runtime.port)).into(),
         labels: BTreeMap::new(),
     };
     backend
@@ -248,7 +249,7 @@ async fn fetch_failures_and_import_errors_keep_their_cause() {
     let backend = PodBackend::new(client, cfg, None);
     let instance = Instance {
         id: "python-fail000001".into(),
-        addr: SocketAddr::from(([127, 0, 0, 1], runtime.port)),
+        addr: SocketAddr::from(([127, 0, 0, 1], runtime.port)).into(),
         labels: BTreeMap::new(),
     };
 

@@ -18,7 +18,13 @@ async fn create_specialize_invoke_delete() {
     let id = spec.id.clone();
     let instance = h.backend.create(spec).await.expect("instance starts");
     assert_eq!(instance.id, id);
-    assert!(instance.addr.ip().is_loopback());
+    // Sandboxed: reached only through the sandbox's connector, on the runtime's own port.
+    let (connector, port) = instance.addr.sandbox().expect("a sandboxed address");
+    assert!(
+        connector.starts_with(h.data_dir().join("sockets")),
+        "{connector:?}"
+    );
+    assert_eq!(port, 8888);
     assert_eq!(instance.labels["environment"], "python");
     assert_eq!(h.backend.list().await.unwrap(), vec![instance.clone()]);
     let info = h.backend.info(&id).expect("info");
@@ -26,23 +32,24 @@ async fn create_specialize_invoke_delete() {
     let recorded = state_instances(&h.data_dir());
     assert_eq!(recorded.len(), 1);
     assert_eq!(recorded[0]["id"], id.as_str());
-    assert_eq!(recorded[0]["port"], instance.addr.port());
+    assert_eq!(recorded[0]["port"], port);
 
     // The generic instance answers /healthz (create waited for it).
-    assert_eq!(get(instance.addr, "/healthz").await.unwrap().0, 200);
+    assert_eq!(get(&instance.addr, "/healthz").await.unwrap().0, 200);
 
     h.specialize_dir(&instance, &python_testdata(), "envvar.main")
         .await;
-    let (status, body) = get(instance.addr, "/?name=GREETING").await.unwrap();
+    let (status, body) = get(&instance.addr, "/?name=GREETING").await.unwrap();
     assert_eq!((status, body.as_str()), (200, "hi there"));
     // The platform's own environment never reaches the instance; the platform's variables do.
-    assert_eq!(get(instance.addr, "/?name=HOME").await.unwrap().0, 404);
-    let (_, instance_var) = get(instance.addr, "/?name=KAPPA_INSTANCE_ID")
+    assert_eq!(get(&instance.addr, "/?name=USER").await.unwrap().0, 404);
+    assert_eq!(get(&instance.addr, "/?name=HOME").await.unwrap().1, "/tmp");
+    let (_, instance_var) = get(&instance.addr, "/?name=KAPPA_INSTANCE_ID")
         .await
         .unwrap();
     assert_eq!(instance_var, id);
-    let (_, port_var) = get(instance.addr, "/?name=PORT").await.unwrap();
-    assert_eq!(port_var, instance.addr.port().to_string());
+    let (_, port_var) = get(&instance.addr, "/?name=PORT").await.unwrap();
+    assert_eq!(port_var, port.to_string());
 
     // A second specialization is refused by the runtime, and says so.
     let sha = h.put_dir(&python_testdata()).await;
@@ -131,7 +138,7 @@ async fn single_file_archive_is_placed_under_its_name() {
     let info = h.backend.info(&instance.id).expect("info");
     assert!(info.dir.join("userfunc/hello.py").is_file());
     assert_eq!(
-        get(instance.addr, "/").await.unwrap(),
+        get(&instance.addr, "/").await.unwrap(),
         (200, "Hello, world!\n".to_owned())
     );
     h.backend.shutdown(Duration::from_secs(1)).await;
@@ -199,7 +206,7 @@ async fn crash_gives_an_exit_event_with_its_code() {
     h.specialize_dir(&instance, &python_testdata(), "crash.main")
         .await;
     // The request dies with the process.
-    let _ = get(instance.addr, "/?how=exit&code=3").await;
+    let _ = get(&instance.addr, "/?how=exit&code=3").await;
     let reason = exit_of(&mut events, &instance.id).await;
     assert_eq!(reason.code, Some(3), "{reason:?}");
     assert_eq!(reason.signal, None);
@@ -215,7 +222,7 @@ async fn crash_gives_an_exit_event_with_its_code() {
     let killed = h.create("kill", Limits::default()).await;
     h.specialize_dir(&killed, &python_testdata(), "crash.main")
         .await;
-    let _ = get(killed.addr, "/?how=kill").await;
+    let _ = get(&killed.addr, "/?how=kill").await;
     let reason = exit_of(&mut events, &killed.id).await;
     assert_eq!((reason.code, reason.signal), (None, Some(9)), "{reason:?}");
     h.backend.shutdown(Duration::from_secs(1)).await;
@@ -275,7 +282,7 @@ async fn explicit_command_runs_a_runtime_server() {
     )
     .await;
     assert_eq!(
-        get(instance.addr, "/").await.unwrap(),
+        get(&instance.addr, "/").await.unwrap(),
         (200, "Hello, world!\n".to_owned())
     );
     h.backend.shutdown(Duration::from_secs(1)).await;
@@ -321,7 +328,14 @@ async fn shutdown_stops_everything_and_refuses_new_instances() {
 
 #[tokio::test]
 async fn taken_port_is_retried_with_another() {
-    let h = Harness::new("taken_port_is_retried_with_another").await;
+    // Unsandboxed: instances share the host's loopback. (A sandboxed runtime has a network
+    // namespace of its own, where its port is never taken.)
+    let h = Harness::with(
+        "taken_port_is_retried_with_another",
+        kappa_local::SandboxMode::None,
+        kappa_local::CgroupMode::Auto,
+    )
+    .await;
     let server = repo_root()
         .join("functions/runtimes/python/server.py")
         .canonicalize()
@@ -335,7 +349,7 @@ async fn taken_port_is_retried_with_another() {
         server.display()
     ));
     let instance = h.backend.create(spec).await.expect("second attempt starts");
-    assert_eq!(get(instance.addr, "/healthz").await.unwrap().0, 200);
+    assert_eq!(get(&instance.addr, "/healthz").await.unwrap().0, 200);
     let lines = h
         .logs
         .read_pool("python", &kappa_logs::ReadOptions::default())

@@ -47,7 +47,7 @@ async fn memory_hog_is_oom_killed() {
     }
     h.specialize_dir(&instance, &python_testdata(), "memhog.main")
         .await;
-    let result = get(instance.addr, "/?mb=256").await;
+    let result = get(&instance.addr, "/?mb=256").await;
     assert!(
         !matches!(&result, Ok((200, _))),
         "allocating 256 MiB under a 64 MiB limit succeeded: {result:?}"
@@ -80,7 +80,7 @@ async fn pids_limit_stops_a_process_storm() {
     }
     h.specialize_dir(&instance, &probe_fixtures(), "forkbomb.main")
         .await;
-    let (status, body) = get(instance.addr, "/").await.expect("forkbomb answers");
+    let (status, body) = get(&instance.addr, "/").await.expect("forkbomb answers");
     assert_eq!(status, 200, "{body}");
     eprintln!("forkbomb: {body}");
     let result: serde_json::Value = serde_json::from_str(&body).expect("JSON");
@@ -95,7 +95,7 @@ async fn pids_limit_stops_a_process_storm() {
     );
     // The instance survives its own storm.
     assert_eq!(
-        get(instance.addr, "/healthz").await.expect("healthz").0,
+        get(&instance.addr, "/healthz").await.expect("healthz").0,
         200
     );
     h.backend.shutdown(Duration::from_secs(1)).await;

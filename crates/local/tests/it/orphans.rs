@@ -29,7 +29,8 @@ async fn new_backend(data_dir: &std::path::Path) -> LocalBackend {
     let archives =
         Arc::new(ArchiveStore::open(data_dir.join("archives"), 1 << 20).expect("archives"));
     let logs = Arc::new(LogStore::open(data_dir.join("logs"), LogConfig::default()).expect("logs"));
-    let config = LocalConfig::new(data_dir.join("local"), RuntimeRegistry::new(runtimes_dir()));
+    let mut config = LocalConfig::new(data_dir.join("local"), RuntimeRegistry::new(runtimes_dir()));
+    config.helper = Some(crate::support::helper());
     LocalBackend::new(config, archives, logs)
         .await
         .expect("backend starts")
@@ -37,7 +38,7 @@ async fn new_backend(data_dir: &std::path::Path) -> LocalBackend {
 
 #[tokio::test]
 async fn killed_platform_leaves_no_instance_behind() {
-    killed_platform_leaves_nothing("killed_platform_leaves_no_instance_behind", "auto").await;
+    killed_platform_leaves_nothing("killed_platform_leaves_no_instance_behind", "namespaces").await;
 }
 
 /// Without the sandbox, `setpriv --pdeathsig` is what ends the instances.
@@ -155,7 +156,7 @@ async fn restart_kills_recorded_processes_but_never_a_recycled_pid() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("local");
     std::fs::create_dir_all(data_dir.join("instances/orphan-1/work")).unwrap();
-    // An instance process that outlived its platform (as without setpriv or bubblewrap)...
+    // An instance process that outlived its platform (as without setpriv or the sandbox)...
     let mut orphan = std::process::Command::new("/bin/sleep")
         .arg("300")
         .env("KAPPA_INSTANCE_ID", "orphan-1")

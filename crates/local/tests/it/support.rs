@@ -1,7 +1,6 @@
 //! Shared helpers: a backend over temporary stores, fixtures, a plain HTTP client, waiting.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +11,8 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use kappa_archive::{ArchiveStore, pack_dir};
 use kappa_core::{
-    Backend, ExitReason, FunctionId, InstanceEvent, InstanceSpec, Limits, SpecializeRequest,
+    Backend, ExitReason, FunctionId, InstanceAddr, InstanceEvent, InstanceSpec, Limits,
+    SpecializeRequest,
 };
 use kappa_local::{CgroupMode, LocalBackend, LocalConfig, RuntimeRegistry, SandboxMode};
 use kappa_logs::{LogConfig, LogStore};
@@ -39,6 +39,11 @@ pub fn probe_fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/probe")
 }
 
+/// The sandbox helper executable built with this crate.
+pub fn helper() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_kappa-sandbox"))
+}
+
 pub fn is_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
@@ -58,7 +63,7 @@ pub struct Harness {
 
 impl Harness {
     pub async fn new(test: &str) -> Self {
-        Self::with(test, SandboxMode::Auto, CgroupMode::Auto).await
+        Self::with(test, SandboxMode::Namespaces, CgroupMode::Auto).await
     }
 
     pub async fn with(test: &str, sandbox: SandboxMode, cgroups: CgroupMode) -> Self {
@@ -82,13 +87,18 @@ impl Harness {
             dir.path().join("local"),
             RuntimeRegistry::new(runtimes_dir()),
         );
+        config.helper = Some(helper());
         adjust(&mut config);
         let backend = LocalBackend::new(config, archives.clone(), logs.clone())
             .await
             .expect("local backend starts");
         eprintln!(
             "{test}: local backend with sandbox={} cgroups={}",
-            if backend.sandboxed() { "bwrap" } else { "none" },
+            if backend.sandboxed() {
+                "namespaces"
+            } else {
+                "none"
+            },
             backend
                 .cgroup_version()
                 .map_or("none".to_owned(), |v| v.to_string())
@@ -148,6 +158,7 @@ pub fn spec(prefix: &str, limits: Limits) -> InstanceSpec {
         concurrency: 2,
         env: BTreeMap::new(),
         labels: BTreeMap::from([("environment".to_owned(), "python".to_owned())]),
+        egress: true,
     }
 }
 
@@ -161,12 +172,13 @@ pub fn request(sha: &str, entry: &str, filename: Option<&str>) -> SpecializeRequ
         env: BTreeMap::new(),
         files: Vec::new(),
         timeout: Duration::from_secs(10),
+        egress: true,
     }
 }
 
 /// `GET path` with a plain hyper client; `Err` when the connection fails or breaks.
-pub async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let stream = tokio::net::TcpStream::connect(addr)
+pub async fn get(addr: &InstanceAddr, path: &str) -> Result<(u16, String), String> {
+    let stream = kappa_sandbox::connector::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -174,7 +186,7 @@ pub async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> 
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     let request = http::Request::get(path)
-        .header(http::header::HOST, addr.to_string())
+        .header(http::header::HOST, addr.authority())
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
     let response = tokio::time::timeout(Duration::from_secs(30), sender.send_request(request))

@@ -49,6 +49,8 @@ impl Roles {
                 data_dir: dir.path().join("local"),
                 runtimes: RuntimeRegistry::new(runtimes),
                 sandbox: SandboxMode::None,
+                helper: None,
+                egress: kappa_local::EgressMode::Off,
                 cgroups: CgroupMode::None,
                 start_timeout: Duration::from_secs(20),
             },
