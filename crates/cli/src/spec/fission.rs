@@ -644,3 +644,67 @@ fn time_trigger(f: &mut Fields<'_>, spec: &mut Map<String, Value>) -> Uploads {
     }
     Vec::new()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::spec::load::split_documents;
+
+    fn convert_text(text: &str) -> Result<Converted, Vec<Problem>> {
+        let doc = split_documents(Path::new("f.yaml"), text).remove(0);
+        let value: Value = serde_norway::from_str(&doc.text).unwrap();
+        convert(&value, &doc)
+    }
+
+    #[test]
+    fn functions_map_fission_defaults_and_spellings() {
+        let c = convert_text(
+            "apiVersion: fission.io/v1\nkind: Function\nmetadata:\n  name: f\nspec:\n  Concurrency: 50\n  environment:\n    name: python\n  package:\n    packageref:\n      name: p\n  retainPods: 2\n  functionTimeout: 0\n  InvokeStrategy:\n    ExecutionStrategy:\n      ExecutorType: poolmgr\n      MaxScale: 0\n",
+        )
+        .ok()
+        .unwrap();
+        let (kind, value, _) = c.object.unwrap();
+        assert_eq!(kind, Kind::Function);
+        assert_eq!(value["spec"]["concurrency"], 50);
+        assert_eq!(value["spec"]["minScale"], 2);
+        assert!(value["spec"].get("functionTimeout").is_none());
+        assert!(value["spec"].get("maxScale").is_none());
+    }
+
+    #[test]
+    fn triggers_take_the_deprecated_method_and_refuse_ingress() {
+        let c = convert_text(
+            "apiVersion: fission.io/v1\nkind: HTTPTrigger\nmetadata:\n  name: r\nspec:\n  method: POST\n  relativeurl: /x\n  functionref:\n    name: f\n    type: name\n",
+        )
+        .ok()
+        .unwrap();
+        assert_eq!(c.object.unwrap().1["spec"]["methods"], json!(["POST"]));
+        let problems = convert_text(
+            "apiVersion: fission.io/v1\nkind: HTTPTrigger\nmetadata:\n  name: r\nspec:\n  relativeurl: /x\n  createingress: true\n  functionref:\n    name: f\n",
+        )
+        .err()
+        .unwrap();
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0]
+                .message
+                .starts_with("spec.createingress: is not supported"),
+            "{problems:?}"
+        );
+        assert_eq!(problems[0].at.line, 7);
+    }
+
+    #[test]
+    fn archive_urls_name_uploads() {
+        let c = convert_text(
+            "apiVersion: fission.io/v1\nkind: Package\nmetadata:\n  name: p\nspec:\n  environment:\n    name: python\n  source:\n    checksum: {}\n  deployment:\n    type: url\n    url: archive://code\n    checksum: {}\n",
+        )
+        .ok()
+        .unwrap();
+        let (_, value, uploads) = c.object.unwrap();
+        assert_eq!(uploads, vec![("spec.deployment", "code".to_string())]);
+        assert!(value["spec"].get("source").is_none());
+    }
+}
