@@ -15,8 +15,6 @@ const MAX_FILES: usize = 100_000;
 pub struct Built {
     pub bytes: Vec<u8>,
     pub sha256: String,
-    /// The files it holds (relative paths), for `--watch`.
-    pub files: Vec<PathBuf>,
     /// For a single-file archive (not a zip), the name the file is placed under.
     pub filename: Option<String>,
 }
@@ -36,10 +34,9 @@ pub fn root_of(upload: &ArchiveUpload, specdir: &Path) -> PathBuf {
     }
 }
 
-/// Zips what `upload` selects: every included file (directories recursively) minus the
-/// excluded ones, under its path relative to the root. When that is one file, it is used as
-/// is (Fission does the same): a zip as the archive, any other file as a single-file archive.
-pub fn build(upload: &ArchiveUpload, specdir: &Path) -> anyhow::Result<Built> {
+/// The files `upload` selects: every included file (directories recursively) minus the
+/// excluded ones; returns the root and their paths relative to it, sorted.
+pub fn select(upload: &ArchiveUpload, specdir: &Path) -> anyhow::Result<(PathBuf, Vec<String>)> {
     let root = root_of(upload, specdir);
     let what = || format!("ArchiveUploadSpec {:?} ({})", upload.name, upload.at);
     let excludes: Vec<glob::Pattern> = upload
@@ -71,6 +68,15 @@ pub fn build(upload: &ArchiveUpload, specdir: &Path) -> anyhow::Result<Built> {
     if files.is_empty() {
         bail!("{}: every included file is excluded", what());
     }
+    Ok((root, files))
+}
+
+/// Zips what `upload` selects (see [`select`]) under the paths relative to the root. When that
+/// is one file, it is used as is (Fission does the same): a zip as the archive, any other file
+/// as a single-file archive.
+pub fn build(upload: &ArchiveUpload, specdir: &Path) -> anyhow::Result<Built> {
+    let what = || format!("ArchiveUploadSpec {:?} ({})", upload.name, upload.at);
+    let (root, files) = select(upload, specdir)?;
     // One file is sent as it is, as Fission does: a zip is the archive, any other file is a
     // single-file archive placed under its own name (so a runtime loads it as `--code` would).
     let single = (files.len() == 1).then(|| root.join(&files[0]));
@@ -93,7 +99,6 @@ pub fn build(upload: &ArchiveUpload, specdir: &Path) -> anyhow::Result<Built> {
     Ok(Built {
         sha256: kappa_archive::sha256_hex(&bytes),
         bytes,
-        files: files.iter().map(|f| root.join(f)).collect(),
         filename,
     })
 }
@@ -192,20 +197,13 @@ mod tests {
         std::fs::write(dir.path().join("src/a.py"), "a").unwrap();
         std::fs::write(dir.path().join("src/sub/b.py"), "b").unwrap();
         std::fs::write(dir.path().join("src/sub/c.txt"), "c").unwrap();
-        let built = build(&upload(&["src/*"], &["src/sub/*.txt"]), &specs).unwrap();
-        let names: Vec<_> = built
-            .files
-            .iter()
-            .map(|f| {
-                f.strip_prefix(dir.path().canonicalize().unwrap())
-                    .unwrap()
-                    .to_path_buf()
-            })
-            .collect();
+        let (_, names) = select(&upload(&["src/*"], &["src/sub/*.txt"]), &specs).unwrap();
         assert_eq!(
             names,
-            vec![PathBuf::from("src/a.py"), PathBuf::from("src/sub/b.py")]
+            vec!["src/a.py".to_string(), "src/sub/b.py".to_string()]
         );
+        let built = build(&upload(&["src/*"], &["src/sub/*.txt"]), &specs).unwrap();
+        assert_eq!(built.filename, None);
         // Deterministic: the same files give the same digest.
         let again = build(&upload(&["src/*"], &["src/sub/*.txt"]), &specs).unwrap();
         assert_eq!(built.sha256, again.sha256);

@@ -782,8 +782,8 @@ fn fingerprint(args: &ApplyArgs) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
     if let Ok(set) = load::read_dir(&args.dir.specdir, args.dir.specignore.as_deref()) {
         paths.extend(set.files.iter().cloned());
         for upload in set.uploads.values() {
-            if let Ok(b) = archive::build(upload, &set.dir) {
-                paths.extend(b.files);
+            if let Ok((root, files)) = archive::select(upload, &set.dir) {
+                paths.extend(files.iter().map(|f| root.join(f)));
             }
         }
     }
