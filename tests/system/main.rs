@@ -12,4 +12,5 @@ mod isolation;
 mod restart;
 mod roles;
 mod runtimes;
+mod spec;
 mod triggers;

@@ -121,8 +121,27 @@ async fn require(
     ))
 }
 
+/// Refuses a runtime the backend cannot run (see [`crate::RuntimeCheck`]).
+pub(crate) fn check_runtime(state: &ApiState, spec: &EnvironmentSpec) -> Result<(), ApiError> {
+    match &state.runtime_check {
+        Some(check) => check
+            .check(&spec.runtime.image, spec.runtime.command.as_deref())
+            .map_err(|message| ApiError::invalid("spec.runtime.image", message)),
+        None => Ok(()),
+    }
+}
+
 #[async_trait]
 impl Admit for EnvironmentSpec {
+    async fn admit(
+        state: &ApiState,
+        object: &mut Resource<Self>,
+        _old: Option<&Resource<Self>>,
+    ) -> Result<Admitted, ApiError> {
+        check_runtime(state, &object.spec)?;
+        Ok(Admitted::default())
+    }
+
     async fn dependents(
         state: &ApiState,
         namespace: &str,

@@ -5,6 +5,8 @@
 //! - CRUD of Environments, Packages, Functions and HttpTriggers under `/v1/{plural}`, with
 //!   field-level validation and referential checks (a function's environment and package exist,
 //!   two triggers never claim one route, an environment in use is not deleted);
+//! - applying several writes as one change (`/v1/batch`, `batch.rs`: every object at its old
+//!   or its new version when the request returns);
 //! - moving literal package archives into the archive store, so the store never holds blobs;
 //! - keeping secret values in the store: every response and watch event carrying a Secret is
 //!   redacted (`redact.rs`), and no error message quotes a value;
@@ -18,6 +20,7 @@
 
 mod admit;
 mod archives;
+mod batch;
 mod error;
 mod extract;
 mod invoke;
@@ -42,7 +45,7 @@ use tower_http::trace::TraceLayer;
 pub use archives::collect_unused_archives;
 pub use error::ApiError;
 pub use metrics::ApiMetrics;
-pub use state::{ApiState, ArchiveGc, DEFAULT_BOOKMARK_INTERVAL, Invoker, RouteSync};
+pub use state::{ApiState, ArchiveGc, DEFAULT_BOOKMARK_INTERVAL, Invoker, RouteSync, RuntimeCheck};
 
 /// Largest resource body (JSON or YAML) the API reads: 4 MiB. Archives have their own limit,
 /// the archive store's.
@@ -56,6 +59,7 @@ pub fn app(state: ApiState) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/v1/info", get(ops::info))
         .route("/v1/watch", get(watch::watch))
+        .route("/v1/batch", axum::routing::post(batch::batch))
         .route(
             "/v1/archives",
             get(archives::list)

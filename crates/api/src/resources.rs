@@ -20,7 +20,7 @@ use kappa_types::{
 };
 use serde_json::{Value, json};
 
-use crate::admit::Admit;
+use crate::admit::{Admit, Admitted};
 use crate::error::ApiError;
 use crate::extract::{
     Params, body_bytes, body_object, default_reference_namespaces, path_name, settle_namespace,
@@ -174,7 +174,7 @@ async fn create(
 }
 
 /// Parses, settles the namespace and validates a resource body.
-fn parse_resource<S: Admit>(
+pub(crate) fn parse_resource<S: Admit>(
     mut value: Value,
     query_ns: Option<&str>,
 ) -> Result<Resource<S>, ApiError> {
@@ -218,10 +218,20 @@ async fn create_typed<S: Admit>(
     value: Value,
     query_ns: Option<&str>,
 ) -> Result<StoredObject, ApiError> {
-    let mut object = parse_resource::<S>(value, query_ns)?;
+    let object = parse_resource::<S>(value, query_ns)?;
+    let _write = state.write_lock.lock().await;
+    let (stored, _admitted) = create_locked(state, object).await?;
+    Ok(stored)
+}
+
+/// Creates a parsed, validated resource. The caller holds the write lock. The [`Admitted`]
+/// returned undoes the admission's side effects if a later step (of a batch) fails.
+pub(crate) async fn create_locked<S: Admit>(
+    state: &ApiState,
+    mut object: Resource<S>,
+) -> Result<(StoredObject, Admitted), ApiError> {
     let namespace = object.metadata.namespace.clone();
     let name = object.metadata.name.clone();
-    let _write = state.write_lock.lock().await;
     if state.store.get(S::KIND, &namespace, &name).await?.is_some() {
         return Err(ApiError::from(StoreError::AlreadyExists {
             kind: S::KIND,
@@ -237,7 +247,7 @@ async fn create_typed<S: Admit>(
         .put(object.to_json(), Precondition::MustNotExist)
         .await
     {
-        Ok(stored) => Ok(stored),
+        Ok(stored) => Ok((stored, admitted)),
         Err(e) => {
             admitted.roll_back(state).await;
             Err(e.into())
@@ -255,7 +265,7 @@ pub(crate) fn decode_stored<S: Spec>(object: &StoredObject) -> Result<Resource<S
     })
 }
 
-fn precondition_from(
+pub(crate) fn precondition_from(
     resource_version: Option<&str>,
     field: &str,
 ) -> Result<Precondition, ApiError> {
@@ -310,7 +320,7 @@ async fn replace_typed<S: Admit>(
     value: Value,
     query_ns: Option<&str>,
 ) -> Result<StoredObject, ApiError> {
-    let mut object = parse_resource::<S>(value, query_ns)?;
+    let object = parse_resource::<S>(value, query_ns)?;
     if object.metadata.name != name {
         return Err(ApiError::invalid(
             "metadata.name",
@@ -320,12 +330,25 @@ async fn replace_typed<S: Admit>(
             ),
         ));
     }
+    let _write = state.write_lock.lock().await;
+    let (stored, _admitted) = replace_locked(state, object).await?;
+    Ok(stored)
+}
+
+/// Replaces a parsed, validated resource (its `metadata.resourceVersion`, when set, is a
+/// precondition). The caller holds the write lock. The [`Admitted`] returned undoes the
+/// admission's side effects if a later step (of a batch) fails.
+pub(crate) async fn replace_locked<S: Admit>(
+    state: &ApiState,
+    mut object: Resource<S>,
+) -> Result<(StoredObject, Admitted), ApiError> {
     let namespace = object.metadata.namespace.clone();
+    let name = object.metadata.name.clone();
+    let name = name.as_str();
     let precondition = precondition_from(
         object.metadata.resource_version.as_deref(),
         "metadata.resourceVersion",
     )?;
-    let _write = state.write_lock.lock().await;
     let Some(old_stored) = state.store.get(S::KIND, &namespace, name).await? else {
         return Err(not_found(S::KIND, &namespace, name));
     };
@@ -354,7 +377,7 @@ async fn replace_typed<S: Admit>(
         Some(status) => {
             let status = serde_json::to_value(status)
                 .map_err(|e| ApiError::Internal(format!("encoding status: {e}")))?;
-            Ok(state
+            let stored = state
                 .store
                 .put_status(
                     S::KIND,
@@ -363,9 +386,10 @@ async fn replace_typed<S: Admit>(
                     status,
                     Precondition::ResourceVersion(stored.resource_version),
                 )
-                .await?)
+                .await?;
+            Ok((stored, admitted))
         }
-        None => Ok(stored),
+        None => Ok((stored, admitted)),
     }
 }
 
@@ -384,21 +408,38 @@ async fn delete(
         None => Precondition::MustExist,
     };
     let _write = state.write_lock.lock().await;
-    if state.store.get(kind, &namespace, &name).await?.is_none() {
-        return Err(not_found(kind, &namespace, &name));
+    let mut deleted = delete_locked(&state, kind, &namespace, &name, force, precondition).await?;
+    tracing::info!(kind = %kind, namespace = %namespace, name = %name, resource_version = deleted.resource_version, force, "deleted");
+    state.settle(kind, deleted.resource_version).await;
+    redact(&mut deleted.value);
+    Ok(Json(deleted.value).into_response())
+}
+
+/// Deletes `kind` `namespace/name` unless something uses it (and `force` is not set). The
+/// caller holds the write lock.
+pub(crate) async fn delete_locked(
+    state: &ApiState,
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+    force: bool,
+    precondition: Precondition,
+) -> Result<StoredObject, ApiError> {
+    if state.store.get(kind, namespace, name).await?.is_none() {
+        return Err(not_found(kind, namespace, name));
     }
     if !force {
         let users = match kind {
-            Kind::Environment => EnvironmentSpec::dependents(&state, &namespace, &name).await?,
-            Kind::Package => PackageSpec::dependents(&state, &namespace, &name).await?,
-            Kind::Function => FunctionSpec::dependents(&state, &namespace, &name).await?,
-            Kind::HttpTrigger => HttpTriggerSpec::dependents(&state, &namespace, &name).await?,
+            Kind::Environment => EnvironmentSpec::dependents(state, namespace, name).await?,
+            Kind::Package => PackageSpec::dependents(state, namespace, name).await?,
+            Kind::Function => FunctionSpec::dependents(state, namespace, name).await?,
+            Kind::HttpTrigger => HttpTriggerSpec::dependents(state, namespace, name).await?,
             Kind::MessageQueueTrigger => {
-                MessageQueueTriggerSpec::dependents(&state, &namespace, &name).await?
+                MessageQueueTriggerSpec::dependents(state, namespace, name).await?
             }
-            Kind::TimeTrigger => TimeTriggerSpec::dependents(&state, &namespace, &name).await?,
-            Kind::Secret => SecretSpec::dependents(&state, &namespace, &name).await?,
-            Kind::ConfigMap => ConfigMapSpec::dependents(&state, &namespace, &name).await?,
+            Kind::TimeTrigger => TimeTriggerSpec::dependents(state, namespace, name).await?,
+            Kind::Secret => SecretSpec::dependents(state, namespace, name).await?,
+            Kind::ConfigMap => ConfigMapSpec::dependents(state, namespace, name).await?,
         };
         if !users.is_empty() {
             return Err(ApiError::conflict(
@@ -410,14 +451,10 @@ async fn delete(
             ));
         }
     }
-    let mut deleted = state
+    Ok(state
         .store
-        .delete(kind, &namespace, &name, precondition)
-        .await?;
-    tracing::info!(kind = %kind, namespace = %namespace, name = %name, resource_version = deleted.resource_version, force, "deleted");
-    state.settle(kind, deleted.resource_version).await;
-    redact(&mut deleted.value);
-    Ok(Json(deleted.value).into_response())
+        .delete(kind, namespace, name, precondition)
+        .await?)
 }
 
 /// Fields a status body may carry besides `status`: the whole object, as returned by a GET, may

@@ -28,6 +28,15 @@ pub trait RouteSync: Send + Sync + 'static {
     async fn wait_applied(&self, version: u64);
 }
 
+/// Whether this platform's backend can run an Environment's runtime. `kappa up` plugs the
+/// local runtime registry in, so an image the local backend cannot start is refused when the
+/// Environment is written, naming `spec.runtime.image`; without one any image is accepted (on
+/// Kubernetes an image runs as it is).
+pub trait RuntimeCheck: Send + Sync + 'static {
+    /// `Err` with what is wrong and what is expected.
+    fn check(&self, image: &str, command: Option<&str>) -> Result<(), String>;
+}
+
 #[async_trait]
 pub trait Invoker: Send + Sync + 'static {
     /// Invokes `function` with `request`, whose URI is already rewritten to the function's own
@@ -52,6 +61,8 @@ pub struct ApiState {
     pub invoker: Option<Arc<dyn Invoker>>,
     /// Awaited after trigger and function writes; `None` returns at once.
     pub route_sync: Option<Arc<dyn RouteSync>>,
+    /// Checks Environments' runtimes against the backend; `None` accepts any image.
+    pub runtime_check: Option<Arc<dyn RuntimeCheck>>,
     /// The bearer token every route but `/healthz`, `/readyz` and (unless
     /// [`ApiState::metrics_need_token`]) `/metrics` requires; `None` disables authentication.
     pub token: Option<TokenCheck>,
@@ -105,6 +116,7 @@ impl ApiState {
             logs,
             invoker: None,
             route_sync: None,
+            runtime_check: None,
             token: None,
             metrics_need_token: false,
             router_url: None,
@@ -139,6 +151,12 @@ impl ApiState {
     /// Sends test invocations through `invoker`.
     pub fn with_invoker(mut self, invoker: Arc<dyn Invoker>) -> Self {
         self.invoker = Some(invoker);
+        self
+    }
+
+    /// Refuses Environments whose runtime `check` says the backend cannot run.
+    pub fn with_runtime_check(mut self, check: Arc<dyn RuntimeCheck>) -> Self {
+        self.runtime_check = Some(check);
         self
     }
 

@@ -24,7 +24,7 @@ mod store;
 
 pub use error::ArchiveError;
 pub use extract::{ExtractLimits, check_zip, extract_zip};
-pub use pack::{pack_dir, pack_file};
+pub use pack::{pack_dir, pack_file, pack_files};
 pub use store::{ArchiveInfo, ArchiveStore, DEFAULT_FILENAME, Extracted};
 
 use sha2::{Digest, Sha256};

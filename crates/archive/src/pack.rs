@@ -57,6 +57,25 @@ pub fn pack_file(path: &Path) -> Result<Vec<u8>, ArchiveError> {
     finish(zip)
 }
 
+/// Zips the regular files `files` (paths relative to `root`, `/`-separated) under those
+/// names, in the order given, with their unix modes and the zip epoch as timestamp; the caller
+/// sorts the list so the output is deterministic.
+pub fn pack_files(root: &Path, files: &[String]) -> Result<Vec<u8>, ArchiveError> {
+    let mut zip = ZipWriter::new(Cursor::new(Vec::new()));
+    for rel in files {
+        let path = root.join(rel);
+        let meta = fs::metadata(&path).map_err(at(&path))?;
+        if !meta.is_file() {
+            return Err(ArchiveError::File {
+                path,
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+            });
+        }
+        add_file(&mut zip, &path, rel, &meta)?;
+    }
+    finish(zip)
+}
+
 fn options() -> SimpleFileOptions {
     SimpleFileOptions::default()
         .compression_method(CompressionMethod::Deflated)

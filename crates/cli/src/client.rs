@@ -385,6 +385,61 @@ impl Client {
         Ok(body.items)
     }
 
+    /// `GET /v1/{plural}?allNamespaces=true`: the items of every namespace (JSON).
+    pub async fn list_all_raw(&self, kind: Kind) -> Result<Vec<serde_json::Value>, ClientError> {
+        #[derive(Deserialize)]
+        struct ListBody {
+            #[serde(default)]
+            items: Vec<serde_json::Value>,
+        }
+        let rb = self
+            .request(Method::GET, &self.resource_path(kind, None))
+            .query(&[("allNamespaces", "true")]);
+        let body: ListBody = self.json(rb).await?;
+        Ok(body.items)
+    }
+
+    /// `POST /v1/batch[?dryRun=true]`: applies `operations` as one change (every object at its
+    /// old or its new version afterwards); returns the API's `results`.
+    pub async fn batch(
+        &self,
+        operations: Vec<serde_json::Value>,
+        dry_run: bool,
+    ) -> Result<Vec<serde_json::Value>, ClientError> {
+        #[derive(Deserialize)]
+        struct BatchBody {
+            #[serde(default)]
+            results: Vec<serde_json::Value>,
+        }
+        // No `namespace`: every object and delete of a batch names its own.
+        let mut query = Vec::new();
+        if dry_run {
+            query.push(("dryRun", "true"));
+        }
+        let rb = self
+            .request(Method::POST, "/v1/batch")
+            .query(&query)
+            .json(&serde_json::json!({ "operations": operations }));
+        let body: BatchBody = self.json(rb).await?;
+        Ok(body.results)
+    }
+
+    /// `HEAD /v1/archives/{sha256}`: whether the archive store holds it.
+    pub async fn archive_exists(&self, sha256: &str) -> Result<bool, ClientError> {
+        let rb = self
+            .request(
+                Method::HEAD,
+                &format!("/v1/archives/{}", encode_segment(sha256)),
+            )
+            .timeout(REQUEST_TIMEOUT);
+        let response = self.send(rb).await?;
+        match response.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(error_from_response(response).await),
+        }
+    }
+
     /// `GET /v1/{plural}/{name}` as it came (JSON).
     pub async fn get_raw(&self, kind: Kind, name: &str) -> Result<serde_json::Value, ClientError> {
         let rb = self

@@ -1,7 +1,7 @@
 //! `kappa`: the command-line tool of the Kappa serverless platform.
 //!
 //! Owns the Fission-like verbs over the API server's HTTP/JSON API (`env`, `fn`, `route`, `pkg`,
-//! `version`), where to find the platform (`--api-url`/`KAPPA_API_URL`, else
+//! `spec`, `version`), where to find the platform (`--api-url`/`KAPPA_API_URL`, else
 //! `<data-dir>/client.json` written by `kappa up`), output formats and exit codes
 //! (0 ok, 1 refused or failed, 2 usage, 3 platform unreachable). `kappa up` (the whole platform
 //! in one process) lives in [`up`]. The CLI deliberately holds no state of its own and never
@@ -14,6 +14,7 @@ mod cmd;
 mod code;
 mod output;
 mod server;
+mod spec;
 mod up;
 
 use std::path::PathBuf;
@@ -127,6 +128,9 @@ enum Command {
     Archive(cmd::archive::ArchiveCommand),
     /// Print a shell completion script: `source <(kappa completion bash)`.
     Completion(CompletionArgs),
+    /// Declarative deployment: apply a directory of YAML specs (Kappa's or Fission's format).
+    #[command(subcommand)]
+    Spec(spec::SpecCommand),
     /// Print the client's and the server's versions.
     Version,
     /// Run the fetcher of a Kubernetes function pod (its second container; see kappa-kube).
@@ -328,6 +332,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Timetrigger(c) => cmd::timetrigger::run(ctx, c).await,
         Command::Secret(c) => cmd::secret::run(&ctx()?, c).await,
         Command::Configmap(c) => cmd::configmap::run(&ctx()?, c).await,
+        Command::Spec(c) => spec::run(ctx, c).await,
         Command::Version => version(&connect, &g.namespace, output).await,
         Command::Fetcher(args) => fetcher(args, g.token.clone()).await,
     }

@@ -172,7 +172,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         Arc::clone(&store),
         Arc::clone(&archives),
         Arc::new(build_sandbox),
-        RuntimeRegistry::new(runtimes_dir),
+        RuntimeRegistry::new(runtimes_dir.clone()),
     )
     .context("starting the package builder")?;
 
@@ -219,6 +219,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .with_invoker(Arc::new(RouterInvoker(router.clone())))
         .with_route_sync(Arc::new(RouterInvoker(router.clone())))
         .with_router_url(router_url.clone())
+        .with_runtime_check(Arc::new(LocalRuntimes(RuntimeRegistry::new(runtimes_dir))))
         .with_archive_gc(kappa_api::ArchiveGc::default());
 
     let shutdown = CancellationToken::new();
@@ -529,5 +530,21 @@ impl kappa_triggers::Invoke for RouterInvoker {
         request: http::Request<axum::body::Body>,
     ) -> http::Response<axum::body::Body> {
         self.0.invoke(function, request).await
+    }
+}
+
+/// The API's runtime check for the local backend: an Environment must name a built-in runtime
+/// (or give a command), since only those can start here.
+struct LocalRuntimes(RuntimeRegistry);
+
+impl kappa_api::RuntimeCheck for LocalRuntimes {
+    fn check(&self, image: &str, command: Option<&str>) -> Result<(), String> {
+        if command.is_some_and(|c| !c.trim().is_empty()) || self.0.builtin_for(image).is_some() {
+            return Ok(());
+        }
+        Err(format!(
+            "{image:?} is not a runtime the local backend runs: expected one of the built-in runtimes ({}), a Fission image named after one (fission/python-env), or spec.runtime.command",
+            self.0.names().join(", ")
+        ))
     }
 }

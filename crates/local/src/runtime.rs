@@ -120,6 +120,16 @@ impl RuntimeRegistry {
         self.builtins.iter().map(|b| b.name).collect()
     }
 
+    /// The built-in runtime `image` names (as [`RuntimeRegistry::resolve`] matches it), without
+    /// looking for its interpreter; `None` when it names none.
+    pub fn builtin_for(&self, image: &str) -> Option<&'static str> {
+        let key = image_key(image);
+        self.builtins
+            .iter()
+            .find(|b| matches_builtin(b.name, &key))
+            .map(|b| b.name)
+    }
+
     /// Resolves an environment's runtime. An explicit, non-empty `command` wins; otherwise
     /// `image` must name a built-in runtime, an alias (`python3`, `python-env`, `node`, ...) or
     /// a Fission image whose last path component starts with the runtime's name

@@ -31,6 +31,19 @@ impl Kind {
         Kind::ConfigMap,
     ];
 
+    /// Every kind, each after the kinds its objects may reference (a Function after its
+    /// Environment, Package, Secrets and ConfigMaps; triggers after their Function).
+    pub const ALL_BY_DEPENDENCY: [Kind; 8] = [
+        Kind::Secret,
+        Kind::ConfigMap,
+        Kind::Environment,
+        Kind::Package,
+        Kind::Function,
+        Kind::HttpTrigger,
+        Kind::MessageQueueTrigger,
+        Kind::TimeTrigger,
+    ];
+
     /// The `kind` field value.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod archives;
+mod batch;
 mod config;
 mod invoke;
 mod protocol;

@@ -25,6 +25,9 @@ pub enum EnvCommand {
 /// `env create`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EnvCreate {
+    /// Write the YAML into specs/ (for `kappa spec apply`) instead of creating it.
+    #[arg(long)]
+    pub spec: bool,
     /// The environment's name.
     #[arg(long)]
     pub name: String,
@@ -154,6 +157,9 @@ pub async fn run(ctx: &Ctx, command: EnvCommand) -> anyhow::Result<()> {
             };
             args.flags.apply(&mut spec);
             let env: Environment = ctx.resource(&args.name, spec);
+            if args.spec {
+                return crate::spec::write_spec(&env);
+            }
             let created = super::create(ctx, &env).await?;
             super::report(ctx, Kind::Environment, &args.name, "created", &created)
         }

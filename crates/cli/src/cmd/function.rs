@@ -195,6 +195,9 @@ impl FnSettings {
 /// `fn create`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct FnCreate {
+    /// Write the YAML into specs/ (for `kappa spec apply`) instead of creating it.
+    #[arg(long)]
+    pub spec: bool,
     /// The function's name.
     #[arg(long)]
     pub name: String,
@@ -410,6 +413,9 @@ async fn create(ctx: &Ctx, args: FnCreate) -> anyhow::Result<()> {
     } else {
         None
     };
+    if args.spec {
+        return write_spec(ctx, &args, &env, &function, route.as_ref());
+    }
     if ctx
         .client
         .find::<FunctionSpec>(name)
@@ -582,6 +588,48 @@ async fn delete(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
     super::report(ctx, Kind::Function, name, "deleted", &deleted)?;
     delete_owned_routes(ctx, name).await?;
     delete_owned_package(ctx, name, &current.spec.package.packageref.name).await
+}
+
+/// `fn create --spec`: the function, its package (with ArchiveUploadSpecs for the code flags)
+/// unless `--pkg` names one, and its route, into `specs/function-<name>.yaml`.
+fn write_spec(
+    ctx: &Ctx,
+    args: &FnCreate,
+    env: &str,
+    function: &kappa_types::Resource<FunctionSpec>,
+    route: Option<&HttpTrigger>,
+) -> anyhow::Result<()> {
+    let mut docs = Vec::new();
+    if args.code.pkg.is_none() {
+        let spec = PackageSpec {
+            environment: NamedRef {
+                name: env.to_string(),
+                namespace: ctx.namespace().to_string(),
+            },
+            buildcmd: args.buildcmd.clone().filter(|c| !c.trim().is_empty()),
+            ..PackageSpec::default()
+        };
+        docs.extend(crate::spec::package_docs(
+            ctx.resource(&function.spec.package.packageref.name, spec),
+            args.code.code.as_deref(),
+            args.code.src.as_deref(),
+            args.code.deploy.as_deref(),
+        )?);
+    }
+    docs.push(crate::spec::resource_doc(function)?);
+    if let Some(route) = route {
+        docs.push(crate::spec::resource_doc(route)?);
+    }
+    let file = crate::spec::write_documents(
+        std::path::Path::new(crate::spec::SPEC_DIR),
+        &format!("function-{}", function.metadata.name),
+        &docs,
+    )?;
+    crate::output::print_stdout(&format!(
+        "function '{}' written to {} (apply it with `kappa spec apply`)\n",
+        function.metadata.name,
+        file.display()
+    ))
 }
 
 /// Deletes the routes `fn create --url/--prefix` made for `function`.

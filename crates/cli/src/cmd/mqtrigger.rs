@@ -28,6 +28,9 @@ pub enum MqtCommand {
 /// `mqtrigger create`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MqtCreate {
+    /// Write the YAML into specs/ (for `kappa spec apply`) instead of creating it.
+    #[arg(long)]
+    pub spec: bool,
     /// The trigger's name [default: <function>-<6 random hex>].
     #[arg(long)]
     pub name: Option<String>,
@@ -142,6 +145,9 @@ pub async fn run(ctx: &Ctx, command: MqtCommand) -> anyhow::Result<()> {
             };
             super::check_name(&name)?;
             let trigger: MessageQueueTrigger = ctx.resource(&name, spec_of(&args));
+            if args.spec {
+                return crate::spec::write_spec(&trigger);
+            }
             let created = super::create(ctx, &trigger).await?;
             super::report(ctx, Kind::MessageQueueTrigger, &name, "created", &created)
         }
@@ -248,6 +254,7 @@ mod tests {
             maxconcurrency: 8,
             metadata: vec![("url".into(), "nats://127.0.0.1:4222".into())],
             secret: None,
+            spec: false,
         };
         let s = spec_of(&args);
         s.validate().unwrap();

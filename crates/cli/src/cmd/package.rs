@@ -42,6 +42,9 @@ pub enum PkgCommand {
 /// `pkg create`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PkgCreate {
+    /// Write the YAML into specs/ (for `kappa spec apply`) instead of creating it.
+    #[arg(long)]
+    pub spec: bool,
     /// The package's name [default: <file name>-<6 random hex>].
     #[arg(long)]
     pub name: Option<String>,
@@ -180,6 +183,31 @@ pub async fn run(ctx: &Ctx, command: PkgCommand, dest: Option<&str>) -> anyhow::
                 }
             };
             super::check_name(&name)?;
+            if args.spec {
+                let spec = PackageSpec {
+                    environment: NamedRef {
+                        name: args.env.clone(),
+                        namespace: ctx.namespace().to_string(),
+                    },
+                    buildcmd: args.buildcmd.clone().filter(|c| !c.trim().is_empty()),
+                    ..PackageSpec::default()
+                };
+                let docs = crate::spec::package_docs(
+                    ctx.resource(&name, spec),
+                    paths.code.as_deref(),
+                    paths.src.as_deref(),
+                    paths.deploy.as_deref(),
+                )?;
+                let file = crate::spec::write_documents(
+                    std::path::Path::new(crate::spec::SPEC_DIR),
+                    &format!("package-{name}"),
+                    &docs,
+                )?;
+                return crate::output::print_stdout(&format!(
+                    "package '{name}' written to {}\n",
+                    file.display()
+                ));
+            }
             let build = wants_build(ctx, &args.env, &paths, args.buildcmd.as_deref()).await?;
             let code = package_code(&ctx.client, &paths, build).await?;
             let mut spec = PackageSpec {

@@ -26,6 +26,9 @@ pub enum RouteCommand {
 /// `route create`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RouteCreate {
+    /// Write the YAML into specs/ (for `kappa spec apply`) instead of creating it.
+    #[arg(long)]
+    pub spec: bool,
     /// The route's name [default: <function>-<6 random hex>].
     #[arg(long)]
     pub name: Option<String>,
@@ -147,6 +150,9 @@ pub async fn run(ctx: &Ctx, command: RouteCommand) -> anyhow::Result<()> {
                 args.host.as_deref(),
             );
             let route: HttpTrigger = ctx.resource(&name, spec);
+            if args.spec {
+                return crate::spec::write_spec(&route);
+            }
             let created = super::create(ctx, &route).await?;
             super::report(ctx, Kind::HttpTrigger, &name, "created", &created)
         }

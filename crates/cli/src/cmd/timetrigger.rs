@@ -28,6 +28,9 @@ pub enum TtCommand {
 /// `timetrigger create`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TtCreate {
+    /// Write the YAML into specs/ (for `kappa spec apply`) instead of creating it.
+    #[arg(long)]
+    pub spec: bool,
     /// The trigger's name [default: <function>-<6 random hex>].
     #[arg(long)]
     pub name: Option<String>,
@@ -114,6 +117,9 @@ pub async fn run(
                 subpath: normalize_subpath(&args.subpath),
             };
             let trigger: TimeTrigger = ctx.resource(&name, spec);
+            if args.spec {
+                return crate::spec::write_spec(&trigger);
+            }
             let created = super::create(&ctx, &trigger).await?;
             super::report(&ctx, Kind::TimeTrigger, &name, "created", &created)
         }

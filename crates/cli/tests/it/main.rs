@@ -9,4 +9,5 @@ mod functions;
 mod invoke_logs;
 mod packages;
 mod routes;
+mod spec;
 mod support;
