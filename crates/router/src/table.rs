@@ -673,6 +673,42 @@ mod tests {
         );
     }
 
+    /// Found by the fuzz target (`table/fuzz.rs`): a more specific route for other methods hid
+    /// a less specific route for the request's method in the same tier.
+    #[test]
+    fn a_route_for_other_methods_hides_nothing() {
+        let table = build(&[
+            trigger("root", "1", |s| s.prefix = Some("/".into())),
+            trigger("api", "2", |s| {
+                s.prefix = Some("/a/".into());
+                s.methods = vec!["POST".into()];
+            }),
+            trigger("user", "3", |s| {
+                s.relativeurl = Some("/u/{id}".into());
+                s.methods = vec!["DELETE".into()];
+            }),
+            trigger("me", "4", |s| s.relativeurl = Some("/u/me".into())),
+        ]);
+        assert_eq!(
+            found(&table, None, Method::GET, "/a/x").as_deref(),
+            Some("default/root")
+        );
+        assert_eq!(
+            found(&table, None, Method::POST, "/a/x").as_deref(),
+            Some("default/api")
+        );
+        assert_eq!(
+            found(&table, None, Method::DELETE, "/u/me").as_deref(),
+            Some("default/user")
+        );
+        match table.lookup(None, &Method::PUT, "/u/me") {
+            Lookup::MethodNotAllowed(allow) => {
+                assert_eq!(allow, vec![Method::DELETE, Method::GET]);
+            }
+            _ => panic!("expected 405"),
+        }
+    }
+
     #[test]
     fn conflicts_skip_the_later_trigger() {
         let table = build(&[
