@@ -429,10 +429,6 @@ impl RouteTable {
         'insert: for (tier, pattern) in &patterns {
             for m in &methods {
                 let key = (*tier, m.clone(), pattern.clone());
-                if routes.patterns.contains_key(&key) {
-                    // The trigger's own patterns repeat (a prefix's exact forms); routed once.
-                    continue;
-                }
                 let tree = routes.trees.entry((*tier, m.clone())).or_default();
                 match tree.insert(pattern.clone(), Arc::clone(&target)) {
                     Ok(()) => {

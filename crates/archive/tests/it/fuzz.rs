@@ -415,7 +415,7 @@ fn check_tree(dest: &Path, want: &BTreeMap<Vec<String>, Want>) {
 fn check_case(case: &Case) {
     let count = usize::from(case.count % 6).min(case.entries.len());
     let mut bytes = build_zip(&case.entries[..count]);
-    let intact = case.corrupt % 4 != 0 || case.flips.is_empty() || bytes.is_empty();
+    let intact = !case.corrupt.is_multiple_of(4) || case.flips.is_empty() || bytes.is_empty();
     if !intact {
         for (offset, mask) in case.flips.iter().take(4) {
             let i = usize::from(*offset) % bytes.len();
