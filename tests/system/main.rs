@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod builds;
+mod chaos;
 mod config;
 mod errors;
 mod examples;

@@ -4,9 +4,11 @@
 //! Invariants:
 //! - Built only by the watcher task, never on the request path; requests read it through an
 //!   `ArcSwap` without locking.
-//! - Lookup cost does not depend on the number of routes: per host, one radix tree (`matchit`)
-//!   for exact paths and templates and one for prefixes; a host-specific route wins over a
-//!   host-less one, an exact or template route over a prefix, a longer prefix over a shorter one.
+//! - Lookup cost does not depend on the number of routes: per host and method, one radix tree
+//!   (`matchit`) for exact paths and templates and one for prefixes; among the routes that accept
+//!   the request's method, a host-specific route wins over a host-less one, an exact or template
+//!   route over a prefix, a longer prefix over a shorter one (a route for other methods never
+//!   hides one for this method). `table/fuzz.rs` checks this against a reference matcher.
 //! - Every entry carries what the request path needs of its function (id, generation, timeout,
 //!   cached endpoint list and metric handles) so a request makes no further lookups.
 //! - Conflicting triggers never fail the build: the later one (by creation time, then
@@ -149,32 +151,17 @@ pub(crate) struct RouteTarget {
     pub choice: Choice,
 }
 
-struct Node {
-    methods: Vec<(Method, Arc<RouteTarget>)>,
-}
-
 /// The routes of one host (or of every host).
+///
+/// One radix tree per tier (0: exact paths and templates, 1: prefixes) and method, so a request
+/// is matched only against routes that accept its method: a more specific route for other
+/// methods never hides a less specific one for this method (`POST /api/` does not turn
+/// `GET /api/x` away from a `GET /` prefix route).
 #[derive(Default)]
 struct HostRoutes {
-    exact: matchit::Router<usize>,
-    prefix: matchit::Router<usize>,
-    nodes: Vec<Node>,
-    /// Pattern → node, per tier (0 exact, 1 prefix); build-time only.
-    patterns: [HashMap<String, usize>; 2],
-}
-
-impl HostRoutes {
-    fn router(&self, tier: usize) -> &matchit::Router<usize> {
-        if tier == 0 { &self.exact } else { &self.prefix }
-    }
-
-    fn router_mut(&mut self, tier: usize) -> &mut matchit::Router<usize> {
-        if tier == 0 {
-            &mut self.exact
-        } else {
-            &mut self.prefix
-        }
-    }
+    trees: HashMap<(usize, Method), matchit::Router<Arc<RouteTarget>>>,
+    /// (tier, method, pattern) → trigger that routes it; build-time only, for conflict messages.
+    patterns: HashMap<(usize, Method, String), Arc<str>>,
 }
 
 /// The result of a lookup.
@@ -326,7 +313,7 @@ impl RouteTable {
             table.routes.push(info);
         }
         for routes in std::iter::once(&mut table.any_host).chain(table.by_host.values_mut()) {
-            routes.patterns = Default::default();
+            routes.patterns = HashMap::new();
         }
         table
     }
@@ -443,97 +430,91 @@ impl RouteTable {
 
         // Check every pattern first, so a trigger is added whole or not at all.
         for (tier, pattern) in &patterns {
-            if let Some(&node) = routes.patterns[*tier].get(pattern)
-                && let Some((m, other)) = routes.nodes[node]
-                    .methods
-                    .iter()
-                    .find(|(m, _)| methods.contains(m))
-            {
-                return Err(format!(
-                    "{m} {pattern} is already routed by trigger {}",
-                    other.trigger
-                ));
+            for m in &methods {
+                if let Some(other) = routes.patterns.get(&(*tier, m.clone(), pattern.clone())) {
+                    return Err(format!(
+                        "{m} {pattern} is already routed by trigger {other}"
+                    ));
+                }
             }
         }
-        let nodes_before = routes.nodes.len();
-        let mut inserted: Vec<(usize, String)> = Vec::new();
+        let mut inserted: Vec<(usize, Method, String)> = Vec::new();
         let mut conflict = None;
-        for (tier, pattern) in &patterns {
-            if routes.patterns[*tier].contains_key(pattern) {
-                continue;
-            }
-            let node = routes.nodes.len();
-            match routes.router_mut(*tier).insert(pattern.clone(), node) {
-                Ok(()) => {
-                    routes.nodes.push(Node {
-                        methods: Vec::new(),
-                    });
-                    routes.patterns[*tier].insert(pattern.clone(), node);
-                    inserted.push((*tier, pattern.clone()));
-                }
-                Err(e) => {
-                    conflict = Some(format!("path {pattern} conflicts with another route: {e}"));
-                    break;
+        'insert: for (tier, pattern) in &patterns {
+            for m in &methods {
+                let key = (*tier, m.clone(), pattern.clone());
+                let tree = routes.trees.entry((*tier, m.clone())).or_default();
+                match tree.insert(pattern.clone(), Arc::clone(&target)) {
+                    Ok(()) => {
+                        routes
+                            .patterns
+                            .insert(key.clone(), Arc::clone(&target.trigger));
+                        inserted.push(key);
+                    }
+                    Err(e) => {
+                        conflict = Some(format!("{m} {pattern} conflicts with another route: {e}"));
+                        break 'insert;
+                    }
                 }
             }
         }
         if let Some(reason) = conflict {
-            for (tier, pattern) in inserted {
-                routes.router_mut(tier).remove(pattern.clone());
-                routes.patterns[tier].remove(&pattern);
-            }
-            routes.nodes.truncate(nodes_before);
-            return Err(reason);
-        }
-        for (tier, pattern) in &patterns {
-            if let Some(&node) = routes.patterns[*tier].get(pattern) {
-                for m in &methods {
-                    routes.nodes[node]
-                        .methods
-                        .push((m.clone(), Arc::clone(&target)));
+            for (tier, m, pattern) in inserted {
+                if let Some(tree) = routes.trees.get_mut(&(tier, m.clone())) {
+                    tree.remove(pattern.clone());
                 }
+                routes.patterns.remove(&(tier, m, pattern));
             }
+            return Err(reason);
         }
         Ok(())
     }
 
-    /// Finds the route for a request.
+    /// Finds the route for a request: the most specific route that accepts its method, looking
+    /// at the request's host before every host and, within each, at exact paths and templates
+    /// before prefixes. When no route accepts the method, the methods of the routes whose path
+    /// matches (405), or none (404).
     pub fn lookup<'t, 'p>(
         &'t self,
         host: Option<&str>,
         method: &Method,
         path: &'p str,
     ) -> Lookup<'t, 'p> {
-        let mut allowed: Vec<Method> = Vec::new();
         let host_routes = match host {
             Some(h) if !self.by_host.is_empty() => self.by_host.get(normalize_host(h).as_ref()),
             _ => None,
         };
-        for routes in host_routes
-            .into_iter()
-            .chain(std::iter::once(&self.any_host))
-        {
+        let groups = || {
+            host_routes
+                .into_iter()
+                .chain(std::iter::once(&self.any_host))
+        };
+        for routes in groups() {
             for tier in 0..2 {
-                let Ok(m) = routes.router(tier).at(path) else {
+                let Some(tree) = routes.trees.get(&(tier, method.clone())) else {
                     continue;
                 };
-                let node = &routes.nodes[*m.value];
-                if let Some((_, target)) = node.methods.iter().find(|(m, _)| m == method) {
+                if let Ok(m) = tree.at(path) {
                     return Lookup::Found {
-                        target,
+                        target: m.value,
                         params: m.params,
                     };
                 }
-                for (m, _) in &node.methods {
-                    if !allowed.contains(m) {
-                        allowed.push(m.clone());
-                    }
+            }
+        }
+        // Not routed for this method: which methods would be (only on a 404 or 405).
+        let mut allowed: Vec<Method> = Vec::new();
+        for routes in groups() {
+            for ((_, m), tree) in &routes.trees {
+                if !allowed.contains(m) && tree.at(path).is_ok() {
+                    allowed.push(m.clone());
                 }
             }
         }
         if allowed.is_empty() {
             Lookup::NotFound
         } else {
+            allowed.sort_by(|a, b| a.as_str().cmp(b.as_str()));
             Lookup::MethodNotAllowed(allowed)
         }
     }
@@ -553,6 +534,9 @@ impl RouteTable {
         self.functions.values()
     }
 }
+
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {
@@ -698,6 +682,42 @@ mod tests {
             found(&table, Some("api.example.com"), Method::POST, "/x").as_deref(),
             Some("default/post")
         );
+    }
+
+    /// Found by the fuzz target (`table/fuzz.rs`): a more specific route for other methods hid
+    /// a less specific route for the request's method in the same tier.
+    #[test]
+    fn a_route_for_other_methods_hides_nothing() {
+        let table = build(&[
+            trigger("root", "1", |s| s.prefix = Some("/".into())),
+            trigger("api", "2", |s| {
+                s.prefix = Some("/a/".into());
+                s.methods = vec!["POST".into()];
+            }),
+            trigger("user", "3", |s| {
+                s.relativeurl = Some("/u/{id}".into());
+                s.methods = vec!["DELETE".into()];
+            }),
+            trigger("me", "4", |s| s.relativeurl = Some("/u/me".into())),
+        ]);
+        assert_eq!(
+            found(&table, None, Method::GET, "/a/x").as_deref(),
+            Some("default/root")
+        );
+        assert_eq!(
+            found(&table, None, Method::POST, "/a/x").as_deref(),
+            Some("default/api")
+        );
+        assert_eq!(
+            found(&table, None, Method::DELETE, "/u/me").as_deref(),
+            Some("default/user")
+        );
+        match table.lookup(None, &Method::PUT, "/u/me") {
+            Lookup::MethodNotAllowed(allow) => {
+                assert_eq!(allow, vec![Method::DELETE, Method::GET]);
+            }
+            _ => panic!("expected 405"),
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod extract;
+mod fuzz;
 mod pack;
 mod store;
 mod support;
