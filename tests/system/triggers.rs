@@ -456,7 +456,11 @@ fn bad_trigger_specs_are_refused() {
         "--mqtype",
         "kafka",
     ]);
-    assert!(err.contains("spec.messageQueueType"), "{err}");
+    // The CLI refuses it before the API does, naming its flag and the supported types.
+    assert!(
+        err.contains("--mqtype") && err.contains("nats-jetstream") && err.contains("redis"),
+        "{err}"
+    );
 
     // The server's own refusals (not only the CLI's checks).
     for (body, field) in [

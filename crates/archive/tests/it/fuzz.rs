@@ -492,7 +492,21 @@ fn any_upload_is_stored_and_placed_safely() {
             let root = tempfile::tempdir().unwrap();
             let store = ArchiveStore::open(root.path().join("store"), 1 << 20).unwrap();
             rt.block_on(async {
-                let info = store.put_bytes(&upload).await.unwrap();
+                // A zip (by its magic) that breaks the extraction rules, or is corrupt, is
+                // refused when it is stored; nothing is kept of it.
+                let info = match store.put_bytes(&upload).await {
+                    Ok(info) => info,
+                    Err(e) => {
+                        assert!(
+                            upload.starts_with(b"PK"),
+                            "a non-zip upload was refused: {e}"
+                        );
+                        let blobs = root.path().join("store/blobs");
+                        let kept = std::fs::read_dir(&blobs).map_or(0, |d| d.count());
+                        assert_eq!(kept, 0, "a refused upload left a blob");
+                        return;
+                    }
+                };
                 assert_eq!(info.size, upload.len() as u64);
                 let result = store.extracted(&info.sha256, filename.as_deref()).await;
                 let real_root = std::fs::canonicalize(root.path()).unwrap();
@@ -522,6 +536,9 @@ fn any_upload_is_stored_and_placed_safely() {
                     let ok = rel == Path::new("store")
                         || rel.starts_with("store/blobs")
                         || rel.starts_with("store/tmp")
+                        // The extraction's manifest (the cache's tamper check).
+                        || rel == Path::new("store/manifests")
+                        || rel == Path::new("store/manifests").join(&info.sha256)
                         || rel == Path::new("store/extracted")
                         || rel.starts_with(Path::new("store/extracted").join(&info.sha256));
                     assert!(ok, "unexpected path {}", rel.display());
