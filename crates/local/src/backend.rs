@@ -829,14 +829,7 @@ impl Inner {
         if !request.egress {
             // A function without egress on an instance that had it: its user-mode networking
             // ends (and `tap0` with it) before any of the function's code runs.
-            let egress = live
-                .egress
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
-            if let Some(mut egress) = egress {
-                let _ = egress.start_kill();
-                let _ = egress.wait().await;
+            if live.end_egress().await {
                 live.log.write(
                     LogStream::Platform,
                     "network egress switched off for this function",
@@ -952,6 +945,23 @@ impl Inner {
     }
 }
 
+impl Live {
+    /// Ends the instance's user-mode networking, if it has any; whether it had.
+    async fn end_egress(&self) -> bool {
+        let egress = self
+            .egress
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(mut egress) = egress else {
+            return false;
+        };
+        let _ = egress.start_kill();
+        let _ = egress.wait().await;
+        true
+    }
+}
+
 /// Waits for an instance's process, then records why it ended, cleans up and tells subscribers.
 async fn watch_exit(
     inner: Weak<Inner>,
@@ -974,15 +984,7 @@ async fn watch_exit(
     // Whatever is left of the instance's process group (the group id cannot be reused while
     // any member lives).
     let _ = killpg(Pid::from_raw(live.pid), Signal::SIGKILL);
-    let egress = live
-        .egress
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take();
-    if let Some(mut egress) = egress {
-        let _ = egress.start_kill();
-        let _ = egress.wait().await;
-    }
+    live.end_egress().await;
     if let Some(socket) = &live.socket {
         let _ = std::fs::remove_file(socket);
     }
