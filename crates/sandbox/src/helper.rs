@@ -245,6 +245,18 @@ fn build_root(spec: &SandboxSpec) -> Result<(), SetupError> {
     )
     .context(|| format!("mounting the root tmpfs on {}", root.display()))?;
     let inside = |path: &Path| -> PathBuf { root.join(path.strip_prefix("/").unwrap_or(path)) };
+    // `/tmp` first: a bind beneath it (a server under a host `/tmp/...` path named by an
+    // environment's command) then stays visible on top of the sandbox's own `/tmp`.
+    let tmp = inside(Path::new("/tmp"));
+    fs::create_dir_all(&tmp).context(|| "creating /tmp".into())?;
+    mount(
+        Some("tmpfs"),
+        &tmp,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )
+    .context(|| "mounting /tmp".into())?;
     let mut read_only = Vec::new();
     for m in &spec.mounts {
         let target = inside(&m.target);
@@ -301,16 +313,6 @@ fn build_root(spec: &SandboxSpec) -> Result<(), SetupError> {
     )
     .context(|| "mounting /proc".into())?;
     build_dev(&inside(Path::new("/dev")))?;
-    let tmp = inside(Path::new("/tmp"));
-    fs::create_dir_all(&tmp).context(|| "creating /tmp".into())?;
-    mount(
-        Some("tmpfs"),
-        &tmp,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=1777"),
-    )
-    .context(|| "mounting /tmp".into())?;
     chdir(root).context(|| format!("entering {}", root.display()))?;
     pivot_root(".", ".").context(|| "pivoting into the sandbox root".into())?;
     umount2(".", MntFlags::MNT_DETACH).context(|| "detaching the host's root".into())?;
