@@ -212,6 +212,7 @@ fn init(spec: &SandboxSpec) -> Result<i32, SetupError> {
     if let Some((uid, gid)) = spec.user {
         // std drops the supplementary groups too when it changes the user as root.
         payload.uid(uid).gid(gid);
+        give_pipes(uid, gid)?;
     }
     let payload = payload
         .spawn()
@@ -228,6 +229,31 @@ fn init(spec: &SandboxSpec) -> Result<i32, SetupError> {
             Err(e) => return Err(SetupError::new("waiting for the payload", e.into())),
         }
     }
+}
+
+/// Hands the output pipes the platform reads (stdout, stderr) to the payload's user, so that
+/// it can open them again by name (`/dev/stderr`, `/proc/self/fd/2`), as nginx does. Only pipes:
+/// a device or file inherited as stdio is never re-owned.
+fn give_pipes(uid: u32, gid: u32) -> Result<(), SetupError> {
+    use std::os::fd::AsFd;
+    let out = std::io::stdout();
+    let err = std::io::stderr();
+    for (name, fd) in [("stdout", out.as_fd()), ("stderr", err.as_fd())] {
+        let stat = rustix::fs::fstat(fd).map_err(io::Error::from);
+        let is_pipe = stat.as_ref().is_ok_and(|s| {
+            rustix::fs::FileType::from_raw_mode(s.st_mode) == rustix::fs::FileType::Fifo
+        });
+        if is_pipe {
+            rustix::fs::fchown(
+                fd,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+            )
+            .map_err(io::Error::from)
+            .context(|| format!("handing the {name} pipe to the payload's user"))?;
+        }
+    }
+    Ok(())
 }
 
 /// Assembles the root file system on a tmpfs at `spec.root` and pivots into it.

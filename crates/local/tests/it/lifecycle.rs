@@ -275,7 +275,8 @@ async fn explicit_command_runs_a_runtime_server() {
     let mut spec = spec("cmd", Limits::default());
     spec.image = "my-own-runtime".into();
     spec.command = Some(format!(
-        "exec /usr/bin/python3 {} --port \"$PORT\"",
+        // Opening its stderr by name works too (nginx does), though the platform made the pipe.
+        "echo starting > /dev/stderr && exec /usr/bin/python3 {} --port \"$PORT\"",
         server.display()
     ));
     let instance = h
