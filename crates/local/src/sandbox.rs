@@ -64,9 +64,11 @@ pub(crate) struct Sandbox {
     sockets: PathBuf,
     /// `slirp4netns`, when instances get egress.
     slirp: Option<PathBuf>,
-    /// The next user offset, for [`Sandbox::next_user`].
-    next_user: AtomicU32,
 }
+
+/// The next user offset, for [`Sandbox::next_user`]: one counter for the whole process, so
+/// that instances and builds (each with a `Sandbox` of their own) never share a user.
+static NEXT_USER: AtomicU32 = AtomicU32::new(0);
 
 /// The host directories of one instance that the sandbox binds.
 #[derive(Debug, Clone, Copy)]
@@ -130,7 +132,6 @@ impl Sandbox {
             root,
             sockets,
             slirp,
-            next_user: AtomicU32::new(0),
         };
         sandbox.smoke_test().await?;
         Ok(Some(sandbox))
@@ -148,7 +149,7 @@ impl Sandbox {
 
     /// A user and group for one more sandbox.
     pub(crate) fn next_user(&self) -> (u32, u32) {
-        let offset = self.next_user.fetch_add(1, Ordering::Relaxed) % USER_COUNT;
+        let offset = NEXT_USER.fetch_add(1, Ordering::Relaxed) % USER_COUNT;
         let id = FIRST_USER + offset;
         (id, id)
     }
@@ -292,7 +293,9 @@ impl Sandbox {
             .map_err(|e| format!("cannot run {}: {e}", slirp.display()))?;
         let route = format!("/proc/{pid}/net/route");
         loop {
-            if std::fs::read_to_string(&route).is_ok_and(|r| has_default_route(&r)) {
+            if std::fs::read_to_string(&route)
+                .is_ok_and(|r| kappa_sandbox::helper::has_default_route(&r))
+            {
                 return Ok(Some(child));
             }
             if Instant::now() >= deadline {
@@ -379,13 +382,6 @@ fn system_symlinks() -> Vec<(PathBuf, PathBuf)> {
         .iter()
         .filter_map(|dir| Some((std::fs::read_link(dir).ok()?, PathBuf::from(dir))))
         .collect()
-}
-
-fn has_default_route(routes: &str) -> bool {
-    routes
-        .lines()
-        .skip(1)
-        .any(|line| line.split_whitespace().nth(1) == Some("00000000"))
 }
 
 /// `setpriv` when it supports `--pdeathsig`, so an unsandboxed instance dies with the platform.
@@ -514,10 +510,9 @@ mod tests {
             root: PathBuf::from("/r"),
             sockets: PathBuf::from("/s"),
             slirp: None,
-            next_user: AtomicU32::new(0),
         };
         let (a, _) = sandbox.next_user();
         let (b, gid) = sandbox.next_user();
-        assert!(a >= FIRST_USER && b == a + 1 && gid == b);
+        assert!(a >= FIRST_USER && b != a && b >= FIRST_USER && gid == b);
     }
 }

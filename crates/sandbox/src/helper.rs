@@ -410,7 +410,8 @@ fn wait_for_default_route(limit: Duration) {
     eprintln!("kappa sandbox: no network egress after {limit:?}; starting without it");
 }
 
-fn has_default_route(routes: &str) -> bool {
+/// Whether a `/proc/<pid>/net/route` table has a default route (destination `00000000`).
+pub fn has_default_route(routes: &str) -> bool {
     routes
         .lines()
         .skip(1)
