@@ -168,6 +168,14 @@ struct FetcherArgs {
         default_value = "http://127.0.0.1:8888"
     )]
     runtime_url: String,
+    /// The token `POST /specialize` requires (the pool manager puts each pod's own in its
+    /// fetcher container). Needed unless --specialize-from is given.
+    #[arg(
+        long = "fetcher-token",
+        env = "KAPPA_FETCHER_TOKEN",
+        hide_env_values = true
+    )]
+    fetcher_token: Option<String>,
     /// Largest archive accepted, in bytes.
     #[arg(long, env = "KAPPA_FETCHER_MAX_ARCHIVE_BYTES", default_value_t = 512 << 20)]
     max_archive_bytes: u64,
@@ -200,6 +208,7 @@ async fn fetcher(args: FetcherArgs, token: Option<String>) -> anyhow::Result<()>
         configs: args.configs,
         runtime_url: args.runtime_url.trim_end_matches('/').to_string(),
         api_token: token,
+        specialize_token: kappa_core::TokenCheck::optional(args.fetcher_token.as_deref()),
         max_archive_bytes: args.max_archive_bytes,
         ..kappa_kube::fetcher::FetcherConfig::in_pod()
     };

@@ -33,14 +33,16 @@ use kube::{Client, Error as KubeError};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::fetcher::{FETCHER_PORT, FetchFiles, FetchRequest, RUNTIME_PORT, runtime_error};
+use crate::fetcher::{
+    FETCHER_PORT, FetchFiles, FetchRequest, RUNTIME_PORT, pod_fetcher_token, runtime_error,
+};
 use crate::pods::{
     ANNOTATION_ARCHIVE, LABEL_MANAGED_BY, LABEL_ROLE, Placement, PodTemplate, ROLE_POOL,
     ROLE_SPECIALIZED, pool_pod, specialized_labels,
 };
 
-/// Configuration of the pod backend.
-#[derive(Debug, Clone)]
+/// Configuration of the pod backend (its `Debug` leaves the tokens out).
+#[derive(Clone)]
 pub struct PodBackendConfig {
     /// Shared shape of the pods.
     pub template: PodTemplate,
@@ -49,6 +51,10 @@ pub struct PodBackendConfig {
     pub api_url: String,
     /// Bearer token the fetcher sends with the download (the API token).
     pub api_token: Option<String>,
+    /// Key of each pod's fetcher token ([`pod_fetcher_token`]): the platform token, so every
+    /// pool manager replica (and a restarted one) derives the same tokens for the pods it
+    /// adopts. The default is random, which suits one process's lifetime (tests).
+    pub fetcher_key: String,
     /// How long a new pod may take to become Ready (image pull included).
     pub ready_timeout: Duration,
     /// How often a starting pod is polled.
@@ -65,12 +71,32 @@ impl Default for PodBackendConfig {
             template: PodTemplate::default(),
             api_url: "http://kappa-api:8080".into(),
             api_token: None,
+            fetcher_key: random_key(),
             ready_timeout: Duration::from_secs(300),
             poll_interval: Duration::from_millis(250),
             delete_on_shutdown: false,
             fetcher_port: FETCHER_PORT,
         }
     }
+}
+
+impl std::fmt::Debug for PodBackendConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodBackendConfig")
+            .field("template", &self.template)
+            .field("api_url", &self.api_url)
+            .field("ready_timeout", &self.ready_timeout)
+            .field("poll_interval", &self.poll_interval)
+            .field("delete_on_shutdown", &self.delete_on_shutdown)
+            .field("fetcher_port", &self.fetcher_port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// 32 random bytes in hex: a fetcher key for a backend given none.
+fn random_key() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Instances as Kubernetes pods.
@@ -432,7 +458,8 @@ impl Backend for PodBackend {
 
     async fn create(&self, spec: InstanceSpec) -> Result<Instance, BackendError> {
         let placement = environment_placement(self.store.as_deref(), &spec.environment).await;
-        let pod = pool_pod(&self.config.template, &spec, &placement);
+        let token = pod_fetcher_token(&self.config.fetcher_key, &spec.id);
+        let pod = pool_pod(&self.config.template, &spec, &placement, &token);
         let labels = pod.metadata.labels.clone().unwrap_or_default();
         self.pods
             .create(&PostParams::default(), &pod)
@@ -479,6 +506,7 @@ impl Backend for PodBackend {
         let response = self
             .http
             .post(&url)
+            .bearer_auth(pod_fetcher_token(&self.config.fetcher_key, &instance.id))
             .json(&body)
             .timeout(request.timeout)
             .send()

@@ -12,6 +12,13 @@
 //! 4. calls the runtime's `POST http://127.0.0.1:8888/v2/specialize` with
 //!    `{"filepath", "functionName", "env"}`, so Fission environment images work unchanged.
 //!
+//! `/specialize` needs `Authorization: Bearer <token>` with the pod's own fetcher token
+//! ([`FETCHER_TOKEN_ENV`] in the fetcher container alone, derived by [`pod_fetcher_token`] from
+//! the platform token and the pod's name, so the pool manager can recompute it for pods it
+//! adopts and no pod's token opens another pod). A fetcher with no token refuses every
+//! `/specialize`: anything that reaches a pod's port 8000 (another function's pod, on a
+//! cluster whose CNI does not enforce NetworkPolicies) cannot place its own code in it.
+//!
 //! It also serves `GET /healthz` (the fetcher is up) and `GET /readyz` (the runtime next to it
 //! answers `GET /healthz` with anything but a 5xx), the pod's probes. A pod is specialized once: a second
 //! `/specialize` is refused with 409.
@@ -20,7 +27,7 @@
 //! [`Startup`]): the fetcher reads a [`FetchRequest`] from the file (a Secret mounted into the
 //! fetcher alone), waits for the runtime, and runs the same fetch, place and specialize steps
 //! on its own; `/readyz` answers ready only once that succeeded, and `/specialize` is refused
-//! (409). Transient failures (the runtime not up yet, a download connection error or 5xx) are
+//! (401 without a token, as these pods have none; 409 with one). Transient failures (the runtime not up yet, a download connection error or 5xx) are
 //! retried with backoff up to [`Startup::retry_for`]; a definitive one (sha256 mismatch, an
 //! unsafe archive, the runtime refusing the code) or running out of time writes the message to
 //! the termination log and ends the fetcher with an error, so Kubernetes restarts the container
@@ -40,13 +47,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use futures::StreamExt;
+use hmac::{Hmac, KeyInit as _, Mac as _};
 use kappa_archive::{DEFAULT_FILENAME, ExtractLimits, extract_zip};
+use kappa_core::TokenCheck;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -58,6 +67,20 @@ use tokio_util::sync::CancellationToken;
 pub const FETCHER_PORT: u16 = 8000;
 /// The runtime's port in a function pod (Fission's).
 pub const RUNTIME_PORT: u16 = 8888;
+/// The fetcher container's variable holding its pod's token for `/specialize`.
+pub const FETCHER_TOKEN_ENV: &str = "KAPPA_FETCHER_TOKEN";
+
+/// The token the fetcher of pod `pod` accepts on `/specialize`: HMAC-SHA256 of the pod's name
+/// keyed with `key` (the platform token), in hex. Deterministic, so a restarted pool manager
+/// recomputes it for the pods it adopts; one pod's token says nothing about another's.
+pub fn pod_fetcher_token(key: &str, pod: &str) -> String {
+    // HMAC takes keys of any length, so this cannot fail.
+    let mut mac = <Hmac<Sha256>>::new_from_slice(key.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+    mac.update(b"kappa-fetcher\0");
+    mac.update(pod.as_bytes());
+    hex(&mac.finalize().into_bytes())
+}
 
 /// What the pool manager sends to `POST /specialize`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +156,9 @@ pub struct FetcherConfig {
     pub runtime_url: String,
     /// Token used for downloads when a request carries none.
     pub api_token: Option<String>,
+    /// The token `/specialize` requires ([`FETCHER_TOKEN_ENV`]); `None` refuses every
+    /// `/specialize` (start-up mode needs none).
+    pub specialize_token: Option<TokenCheck>,
     /// Largest archive accepted, in bytes.
     pub max_archive_bytes: u64,
     /// Limits applied while extracting.
@@ -150,6 +176,7 @@ impl FetcherConfig {
             configs: PathBuf::from("/configs"),
             runtime_url: format!("http://127.0.0.1:{RUNTIME_PORT}"),
             api_token: None,
+            specialize_token: None,
             max_archive_bytes: 512 << 20,
             extract_limits: ExtractLimits::default(),
             timeout: Duration::from_secs(300),
@@ -169,6 +196,9 @@ pub enum FetchError {
     /// The pod specializes itself from its start-up request: `/specialize` is not for it.
     #[error("this instance specializes itself from its start-up request")]
     SelfSpecializing,
+    /// `/specialize` without the pod's fetcher token (or on a fetcher that has none).
+    #[error("{0}")]
+    Unauthorized(String),
     /// The archive could not be downloaded; `transient` when trying again may succeed (a
     /// connection error, a timeout, a 5xx or 429 answer).
     #[error("downloading the archive failed: {message}")]
@@ -210,6 +240,7 @@ impl FetchError {
     fn status(&self) -> StatusCode {
         match self {
             FetchError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            FetchError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             FetchError::AlreadySpecialized(_) | FetchError::SelfSpecializing => {
                 StatusCode::CONFLICT
             }
@@ -229,6 +260,7 @@ impl FetchError {
     fn code(&self) -> &'static str {
         match self {
             FetchError::BadRequest(_) => "invalid",
+            FetchError::Unauthorized(_) => "unauthorized",
             FetchError::AlreadySpecialized(_) | FetchError::SelfSpecializing => "conflict",
             FetchError::Download { .. } => "download_failed",
             FetchError::Checksum { .. } => "checksum_mismatch",
@@ -297,6 +329,11 @@ pub enum RunError {
     /// Binding the listener or serving failed.
     #[error("serving the fetcher")]
     Serve(#[source] std::io::Error),
+    /// A pool pod's fetcher (no start-up request) was started without its token.
+    #[error(
+        "the fetcher needs its pod's token in {FETCHER_TOKEN_ENV} to accept /specialize (the pool manager sets it in the pods it creates)"
+    )]
+    NoToken,
     /// The start-up specialization failed definitively, or transient failures outlasted
     /// [`Startup::retry_for`]; the message is in the termination log.
     #[error("specializing from the start-up request {}", path.display())]
@@ -410,6 +447,7 @@ pub async fn run(
     tracing::info!(addr = %local, userfunc = %config.userfunc.display(), specialize_from = ?startup.as_ref().map(|s| s.request_file.display().to_string()), "fetcher listening");
     match startup {
         Some(startup) => serve_startup(listener, config, startup, shutdown).await,
+        None if config.specialize_token.is_none() => Err(RunError::NoToken),
         None => serve(listener, config, shutdown)
             .await
             .map_err(RunError::Serve),
@@ -622,8 +660,25 @@ async fn readyz(State(state): State<Arc<FetcherState>>) -> Response {
 
 async fn specialize(
     State(state): State<Arc<FetcherState>>,
-    Json(request): Json<FetchRequest>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, FetchError> {
+    let Some(check) = &state.config.specialize_token else {
+        return Err(FetchError::Unauthorized(format!(
+            "this fetcher has no token ({FETCHER_TOKEN_ENV}) and accepts no /specialize"
+        )));
+    };
+    check
+        .verify(
+            headers
+                .get(header::AUTHORIZATION)
+                .map(axum::http::HeaderValue::as_bytes),
+        )
+        .map_err(|e| FetchError::Unauthorized(e.to_string()))?;
+    // Parsed only once the caller is known to be the pool manager.
+    let request: FetchRequest = serde_json::from_slice(&body).map_err(|e| {
+        FetchError::BadRequest(format!("the request body is not a fetch request: {e}"))
+    })?;
     if state.self_specializing {
         return Err(
             match state.specialized.try_lock().ok().and_then(|s| s.clone()) {

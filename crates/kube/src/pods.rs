@@ -28,7 +28,7 @@ use kappa_core::{DeploymentSpec, FunctionId, InstanceSpec, Limits};
 use kappa_types::{Resources, Toleration};
 use serde_json::{Value, json};
 
-use crate::fetcher::{FETCHER_PORT, RUNTIME_PORT};
+use crate::fetcher::{FETCHER_PORT, FETCHER_TOKEN_ENV, RUNTIME_PORT};
 
 /// Label on everything Kappa creates (`kappa`).
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
@@ -227,8 +227,9 @@ fn container_security(run_as_user: i64) -> Value {
 
 /// How a pod gets its code.
 enum Start<'a> {
-    /// Warm and generic: the pool manager specializes it through the fetcher's `/specialize`.
-    Pool,
+    /// Warm and generic: the pool manager specializes it through the fetcher's `/specialize`,
+    /// authenticated with the pod's `fetcher_token` (see [`crate::fetcher::pod_fetcher_token`]).
+    Pool { fetcher_token: &'a str },
     /// Specializes itself on start from the request in the Secret `secret`.
     SelfSpecialize { secret: &'a str },
 }
@@ -312,7 +313,14 @@ fn pod_spec(
         json!({"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}),
     ];
     let restart_policy = match start {
-        Start::Pool => "Never",
+        Start::Pool { fetcher_token } => {
+            // In the fetcher's environment only: the runtime container (the function) never
+            // sees it.
+            if let Some(env) = fetcher["env"].as_array_mut() {
+                env.push(json!({"name": FETCHER_TOKEN_ENV, "value": fetcher_token}));
+            }
+            "Never"
+        }
         Start::SelfSpecialize { secret } => {
             // The request carries Secret values and the API token: the fetcher alone mounts it.
             fetcher["args"] = json!([
@@ -385,8 +393,20 @@ fn pod_spec(
 }
 
 /// The warm pod for `spec`: the runtime container plus the fetcher, labelled for adoption.
-pub fn pool_pod(template: &PodTemplate, spec: &InstanceSpec, placement: &Placement) -> Pod {
-    let pod_spec = pod_spec(template, spec, placement, spec.grace, &Start::Pool);
+/// `fetcher_token` is the token its fetcher accepts on `/specialize`.
+pub fn pool_pod(
+    template: &PodTemplate,
+    spec: &InstanceSpec,
+    placement: &Placement,
+    fetcher_token: &str,
+) -> Pod {
+    let pod_spec = pod_spec(
+        template,
+        spec,
+        placement,
+        spec.grace,
+        &Start::Pool { fetcher_token },
+    );
     let pod = json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -463,7 +483,12 @@ mod tests {
 
     #[test]
     fn pool_pods_are_locked_down_and_labelled() {
-        let pod = pool_pod(&PodTemplate::default(), &spec(), &Placement::default());
+        let pod = pool_pod(
+            &PodTemplate::default(),
+            &spec(),
+            &Placement::default(),
+            "fetcher-token",
+        );
         let json = serde_json::to_value(&pod).unwrap();
         assert_eq!(json["metadata"]["name"], "python-0123456789");
         assert_eq!(json["metadata"]["labels"][LABEL_ROLE], ROLE_POOL);
@@ -482,5 +507,15 @@ mod tests {
         assert_eq!(containers[0]["resources"]["limits"]["memory"], "268435456");
         assert_eq!(containers[0]["resources"]["limits"]["cpu"], "500m");
         assert_eq!(containers[1]["command"][1], "fetcher");
+        // The fetcher token is in the fetcher's environment, never in the runtime's.
+        let has_token = |c: &serde_json::Value| {
+            c["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == FETCHER_TOKEN_ENV && e["value"] == "fetcher-token")
+        };
+        assert!(has_token(&containers[1]));
+        assert!(!has_token(&containers[0]));
     }
 }

@@ -14,6 +14,9 @@ use serde_json::{Value, json};
 use super::manifests::instance_spec;
 use super::mock::{FakeApi, Reply, status, write_manifest};
 
+/// The key of the pods' fetcher tokens in [`config`].
+pub const FETCHER_KEY: &str = "platform-key";
+
 pub fn config() -> PodBackendConfig {
     PodBackendConfig {
         template: PodTemplate {
@@ -24,6 +27,7 @@ pub fn config() -> PodBackendConfig {
         },
         api_url: "http://kappa-api.kappa:8080".into(),
         api_token: Some("token-1".into()),
+        fetcher_key: FETCHER_KEY.into(),
         ready_timeout: Duration::from_secs(30),
         poll_interval: Duration::from_millis(5),
         ..PodBackendConfig::default()

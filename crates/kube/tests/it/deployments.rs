@@ -974,14 +974,15 @@ async fn the_fetcher_specializes_on_start_and_again_after_a_runtime_restart() {
 
     wait_readyz(fetcher.port, 200).await;
     assert_eq!(invoke(runtime_port).await, "hello on start, hi");
-    // A pool manager may not specialize it again.
+    // Nothing may specialize it again: it has no fetcher token, so every /specialize is
+    // refused before anything else.
     let refused = reqwest::Client::new()
         .post(format!("http://127.0.0.1:{}/specialize", fetcher.port))
         .json(&json!({"archiveUrl": "http://x/", "sha256": sha, "entrypoint": "hello.main"}))
         .send()
         .await
         .unwrap();
-    assert_eq!(refused.status().as_u16(), 409);
+    assert_eq!(refused.status().as_u16(), 401);
 
     // The kubelet restarts the runtime container: it comes back generic, and the fetcher
     // specializes it again (not ready meanwhile).

@@ -52,7 +52,12 @@ fn pool_pod_with_placement_serialises() {
         service_account: Some("kappa-function".into()),
         ..PodTemplate::default()
     };
-    let pod = pool_pod(&template, &instance_spec("python-placed0001"), &placement);
+    let pod = pool_pod(
+        &template,
+        &instance_spec("python-placed0001"),
+        &placement,
+        &kappa_kube::fetcher::pod_fetcher_token("key", "python-placed0001"),
+    );
     let json = serde_json::to_value(&pod).unwrap();
     assert_eq!(json["spec"]["nodeSelector"]["kappa.dev/pool"], "functions");
     assert_eq!(json["spec"]["tolerations"][0]["key"], "dedicated");

@@ -14,16 +14,17 @@ use std::time::Duration;
 use axum::extract::Path as UrlPath;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
+use kappa_core::TokenCheck;
 use kappa_core::{
     Backend, BackendError, ConfigKind, ConfigVolume, FunctionId, Instance, SpecializeRequest,
 };
 use kappa_kube::PodBackend;
-use kappa_kube::fetcher::{FetcherConfig, serve};
+use kappa_kube::fetcher::{FetcherConfig, RunError, pod_fetcher_token, serve};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use super::backend::config;
+use super::backend::{FETCHER_KEY, config};
 use super::mock::{FakeApi, Reply, eventually, status};
 
 pub(super) fn zip_of(files: &[(&str, &str)]) -> Vec<u8> {
@@ -115,7 +116,8 @@ async fn python_runtime() -> Runtime {
     panic!("the python runtime did not come up on port {port}");
 }
 
-async fn fetcher(runtime_port: u16, dir: &Path) -> u16 {
+/// A fetcher in front of the runtime on `runtime_port` that accepts the token of pod `pod`.
+async fn fetcher(runtime_port: u16, dir: &Path, pod: &str) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let config = FetcherConfig {
@@ -124,6 +126,7 @@ async fn fetcher(runtime_port: u16, dir: &Path) -> u16 {
         configs: dir.join("configs"),
         runtime_url: format!("http://127.0.0.1:{runtime_port}"),
         api_token: None,
+        specialize_token: Some(TokenCheck::new(&pod_fetcher_token(FETCHER_KEY, pod))),
         timeout: Duration::from_secs(30),
         ..FetcherConfig::in_pod()
     };
@@ -160,7 +163,7 @@ async fn specialize_through_the_fetcher_runs_the_function_and_labels_the_pod() {
     let archives = archive_server(archive).await;
     let mut runtime = python_runtime().await;
     let dir = tempfile::tempdir().unwrap();
-    let fetcher_port = fetcher(runtime.port, dir.path()).await;
+    let fetcher_port = fetcher(runtime.port, dir.path(), "python-spec000001").await;
 
     let (client, api) = FakeApi::start(|r| match r.method.as_str() {
         "PATCH" => Reply::Json(
@@ -241,7 +244,7 @@ async fn fetch_failures_and_import_errors_keep_their_cause() {
     let archives = archive_server(archive).await;
     let mut runtime = python_runtime().await;
     let dir = tempfile::tempdir().unwrap();
-    let fetcher_port = fetcher(runtime.port, dir.path()).await;
+    let fetcher_port = fetcher(runtime.port, dir.path(), "python-fail000001").await;
     let (client, api) = FakeApi::start(|_| status(405, "MethodNotAllowed", "unexpected"));
     let mut cfg = config();
     cfg.api_url = format!("http://{archives}");
@@ -278,4 +281,102 @@ async fn fetch_failures_and_import_errors_keep_their_cause() {
     // Nothing was labelled.
     eventually("no kube request", || api.requests().is_empty()).await;
     runtime.child.kill().await.unwrap();
+}
+
+/// Anything that reaches a warm pod's port 8000 without that pod's token (another function's
+/// pod, on a cluster whose CNI ignores NetworkPolicies) is refused before the body is read,
+/// and nothing is placed: the runtime stays generic and the real pool manager can still use it.
+#[tokio::test]
+async fn specialize_without_the_pods_token_is_refused_and_changes_nothing() {
+    let archive = zip_of(&[("evil.py", "def main():\n    return 'hijacked'\n")]);
+    let sha = sha256(&archive);
+    let archives = archive_server(archive).await;
+    let mut runtime = python_runtime().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pod = "python-tok000001";
+    let fetcher_port = fetcher(runtime.port, dir.path(), pod).await;
+    let url = format!("http://127.0.0.1:{fetcher_port}/specialize");
+    let body = json!({
+        "archiveUrl": format!("http://{archives}/v1/archives/{sha}"),
+        "sha256": sha,
+        "entrypoint": "evil.main",
+    });
+    let http = reqwest::Client::new();
+    let other_pod = pod_fetcher_token(FETCHER_KEY, "python-other00001");
+    let platform_token = FETCHER_KEY.to_string();
+    for auth in [
+        None,
+        Some(other_pod),
+        Some(platform_token),
+        Some(String::new()),
+    ] {
+        let mut request = http.post(&url).json(&body);
+        if let Some(token) = &auth {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "with {auth:?}");
+        let error: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "unauthorized", "{error}");
+    }
+    // Not even a malformed body gets past the token check.
+    let response = http.post(&url).body("{").send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(
+        std::fs::read_dir(dir.path().join("userfunc")).map_or(true, |mut d| d.next().is_none()),
+        "nothing may be placed"
+    );
+
+    // The pool manager, with the pod's own token, specializes it with the real code.
+    let real = zip_of(&[("hello.py", "def main():\n    return 'the real one'\n")]);
+    let real_sha = sha256(&real);
+    let real_archives = archive_server(real).await;
+    let (client, _api) = FakeApi::start(move |r| match r.method.as_str() {
+        "PATCH" => Reply::Json(
+            200,
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": "fns"}}),
+        ),
+        _ => status(405, "MethodNotAllowed", "unexpected"),
+    });
+    let mut cfg = config();
+    cfg.api_url = format!("http://{real_archives}");
+    cfg.fetcher_port = fetcher_port;
+    let backend = PodBackend::new(client, cfg, None);
+    let instance = Instance {
+        id: pod.into(),
+        addr: SocketAddr::from(([127, 0, 0, 1], runtime.port)).into(),
+        labels: BTreeMap::new(),
+    };
+    backend
+        .specialize(&instance, &request(&real_sha, "hello.main"))
+        .await
+        .unwrap();
+    let answer = reqwest::get(format!("http://127.0.0.1:{}/", runtime.port))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(answer, "the real one");
+    runtime.child.kill().await.unwrap();
+}
+
+/// A pool pod's fetcher started without its token refuses to start, naming the variable.
+#[tokio::test]
+async fn a_pool_fetcher_without_a_token_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = FetcherConfig {
+        userfunc: dir.path().join("userfunc"),
+        ..FetcherConfig::in_pod()
+    };
+    let err = kappa_kube::fetcher::run(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        config,
+        None,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, RunError::NoToken), "{err:?}");
+    assert!(err.to_string().contains("KAPPA_FETCHER_TOKEN"), "{err}");
 }

@@ -241,7 +241,7 @@ async fn leftover(server: &FakeApiServer, id: &str, function: Option<&str>, stat
         env_generation: 1,
         ..instance_spec(id)
     };
-    let mut pod = pool_pod(&config().template, &spec, &Placement::default());
+    let mut pod = pool_pod(&config().template, &spec, &Placement::default(), "token");
     if let Some(function) = function {
         let labels = pod.metadata.labels.get_or_insert_default();
         labels.extend(specialized_labels(&FunctionId::new("default", function), 1));
