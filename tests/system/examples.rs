@@ -203,3 +203,53 @@ fn update_sends_new_requests_to_new_code() {
         assert_eq!(p.get("/greet").text(), "v2");
     }
 }
+
+/// `kappa fn pods` / `kappa env pods` (Fission's verbs) list the pool manager's instances: the
+/// function's specialized one with its requests, the environment's warm pool beside it.
+#[test]
+fn fn_pods_and_env_pods_list_the_instances() {
+    let p = Platform::start();
+    p.python_env(&["--poolsize", "2"]);
+    p.deploy("hello", "examples/hello/hello.py", "/hello", &[]);
+    assert_eq!(p.get("/hello").status, 200);
+    assert_eq!(p.get("/hello").status, 200);
+
+    let pods = p.ok(&["fn", "pods", "hello"]);
+    let lines: Vec<&str> = pods.lines().collect();
+    assert!(lines[0].starts_with("NAME"), "{pods}");
+    assert_eq!(lines.len(), 2, "one specialized instance:\n{pods}");
+    assert!(lines[1].contains("ready"), "{pods}");
+    assert!(lines[1].contains("hello"), "{pods}");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&p.ok(&["fn", "pods", "hello", "-o", "json"])).unwrap();
+    let items = json.as_array().unwrap();
+    assert_eq!(items.len(), 1, "{json}");
+    assert_eq!(items[0]["function"]["name"], "hello");
+    assert_eq!(items[0]["environment"]["name"], "python");
+    assert_eq!(items[0]["state"], "ready");
+    assert_eq!(items[0]["served"], 2);
+    let specialized = items[0]["id"].as_str().unwrap().to_string();
+
+    // The environment's list has the specialized instance and the refilled warm pool.
+    let env = eventually(Duration::from_secs(30), "the pool refilled", || {
+        let json: serde_json::Value =
+            serde_json::from_str(&p.ok(&["env", "pods", "--name", "python", "-o", "json"])).ok()?;
+        let items = json.as_array()?.clone();
+        (items.iter().filter(|i| i["state"] == "warm").count() == 2).then_some(items)
+    });
+    assert!(
+        env.iter().any(|i| i["id"] == specialized.as_str()),
+        "{env:?}"
+    );
+    assert!(
+        env.iter()
+            .filter(|i| i["state"] == "warm")
+            .all(|i| i.get("function").is_none()),
+        "{env:?}"
+    );
+
+    // Unknown names are errors naming the object.
+    let err = p.fails(&["fn", "pods", "nope"]);
+    assert!(err.contains("nope") && err.contains("not found"), "{err}");
+}

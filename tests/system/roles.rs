@@ -161,6 +161,10 @@ fn roles_serve_a_function_with_the_router_using_the_executor_over_http() {
     // `kappa fn test` goes API -> router in this process.
     let out = s.ok(&["fn", "test", "--name", "hello"]);
     assert!(out.contains("Hello, world!"), "{out}");
+    // `kappa fn pods` goes API -> pool manager.
+    let pods = s.ok(&["fn", "pods", "hello", "-o", "json"]);
+    let pods: serde_json::Value = serde_json::from_str(&pods).unwrap();
+    assert_eq!(pods[0]["state"], "ready", "{pods}");
 
     // One admin listener reports every role's metrics.
     let metrics = http(s.admin, "GET", "/metrics", &[], b"").unwrap().text();

@@ -23,6 +23,7 @@ mod archives;
 mod batch;
 mod error;
 mod extract;
+mod instances;
 mod invoke;
 mod logs;
 mod metrics;
@@ -74,6 +75,14 @@ pub fn app(state: ApiState) -> Router {
                 .delete(archives::delete),
         )
         .route("/v1/functions/{name}/logs", get(logs::logs))
+        .route(
+            "/v1/functions/{name}/instances",
+            get(instances::of_function),
+        )
+        .route(
+            "/v1/environments/{name}/instances",
+            get(instances::of_environment),
+        )
         .route(
             "/v1/functions/{name}/invoke",
             any(invoke::invoke).layer(DefaultBodyLimit::disable()),

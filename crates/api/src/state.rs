@@ -59,6 +59,8 @@ pub struct ApiState {
     pub logs: Arc<LogStore>,
     /// Sends test invocations; `None` answers `503 unavailable`.
     pub invoker: Option<Arc<dyn Invoker>>,
+    /// Lists the pool manager's instances (`.../instances`); `None` answers `503 unavailable`.
+    pub instances: Option<Arc<dyn kappa_core::InstanceLister>>,
     /// Awaited after trigger and function writes; `None` returns at once.
     pub route_sync: Option<Arc<dyn RouteSync>>,
     /// Checks Environments' runtimes against the backend; `None` accepts any image.
@@ -115,6 +117,7 @@ impl ApiState {
             archives,
             logs,
             invoker: None,
+            instances: None,
             route_sync: None,
             runtime_check: None,
             token: None,
@@ -151,6 +154,13 @@ impl ApiState {
     /// Sends test invocations through `invoker`.
     pub fn with_invoker(mut self, invoker: Arc<dyn Invoker>) -> Self {
         self.invoker = Some(invoker);
+        self
+    }
+
+    /// Answers `GET /v1/functions/{name}/instances` and `/v1/environments/{name}/instances`
+    /// from `lister` (the pool manager, in process or over the executor's API).
+    pub fn with_instances(mut self, lister: Arc<dyn kappa_core::InstanceLister>) -> Self {
+        self.instances = Some(lister);
         self
     }
 

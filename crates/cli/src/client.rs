@@ -448,6 +448,26 @@ impl Client {
         self.json(rb).await
     }
 
+    /// `GET /v1/{functions|environments}/{name}/instances`: the pool manager's instances of
+    /// one function or environment.
+    pub async fn instances(
+        &self,
+        kind: Kind,
+        name: &str,
+    ) -> Result<Vec<kappa_core::InstanceInfo>, ClientError> {
+        #[derive(Deserialize)]
+        struct ListBody {
+            #[serde(default)]
+            items: Vec<kappa_core::InstanceInfo>,
+        }
+        let path = format!("{}/instances", self.resource_path(kind, Some(name)));
+        let rb = self
+            .request(Method::GET, &path)
+            .query(&[("namespace", self.namespace.as_str())]);
+        let body: ListBody = self.json(rb).await?;
+        Ok(body.items)
+    }
+
     /// `GET /v1/{plural}`, typed.
     pub async fn list<S: Spec>(&self) -> Result<Vec<Resource<S>>, ClientError> {
         self.list_raw(S::KIND)

@@ -281,6 +281,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 template,
                 api_url,
                 api_token: Some(token.clone()),
+                fetcher_key: token.clone(),
                 ..kappa_kube::PodBackendConfig::default()
             };
             let function_deployments = Arc::new(kappa_kube::KubeDeployments::new(
@@ -366,7 +367,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             Arc::new(manager.clone()),
             Arc::clone(&index),
             Some(token.clone()),
-        );
+        )
+        .with_instances(Arc::new(manager.clone()));
         {
             let manager = manager.clone();
             // Functions are custom resources only with the Kubernetes store: then the
@@ -564,6 +566,18 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         }
         if let Some(router) = &router_handle {
             state = state.with_route_sync(Arc::new(LocalInvoker(router.clone())));
+        }
+        // `fn pods` / `env pods`: the pool manager in this process, or the executor's API.
+        match (&local_executor, &args.executor_url) {
+            (Some((manager, _)), _) => state = state.with_instances(Arc::new(manager.clone())),
+            (None, Some(url)) => {
+                state = state.with_instances(Arc::new(
+                    HttpInstances::new(url, &token).context("--executor-url")?,
+                ));
+            }
+            (None, None) => tracing::warn!(
+                "no executor in this process and no --executor-url: `kappa fn pods` will answer 503"
+            ),
         }
         if let Some(url) = &args.router_url {
             state = state.with_router_url(url.clone());
@@ -960,6 +974,62 @@ impl kappa_api::RouteSync for LocalInvoker {
     }
 }
 
+/// Lists the pool manager's instances through the executor's API (`GET /v1/instances`).
+struct HttpInstances {
+    client: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl HttpInstances {
+    fn new(base: &str, token: &str) -> anyhow::Result<Self> {
+        let parsed =
+            reqwest::Url::parse(base).with_context(|| format!("{base:?} is not a valid URL"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            bail!("{base:?} must be an http:// or https:// URL");
+        }
+        Ok(Self {
+            client: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(10))
+                .build()
+                .context("creating the HTTP client")?,
+            url: format!("{}/v1/instances", base.trim_end_matches('/')),
+            token: token.to_string(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl kappa_core::InstanceLister for HttpInstances {
+    async fn instances(&self) -> Result<Vec<kappa_core::InstanceInfo>, String> {
+        #[derive(serde::Deserialize)]
+        struct List {
+            items: Vec<kappa_core::InstanceInfo>,
+        }
+        let response = self
+            .client
+            .get(&self.url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| format!("the executor at {} did not answer: {e}", self.url))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(format!(
+                "the executor at {} answered {status}: {body}",
+                self.url
+            ));
+        }
+        response
+            .json::<List>()
+            .await
+            .map(|l| l.items)
+            .map_err(|e| format!("the executor at {} sent an unreadable list: {e}", self.url))
+    }
+}
+
 /// Invokes through a router's internal listener
 /// (`/internal/v1/functions/<ns>/<name>/invoke/<path>`), streaming both bodies.
 struct HttpInvoker {
@@ -1058,6 +1128,63 @@ mod tests {
         }
         let argv = ["kappa", "--role", "router"].iter().chain(flags);
         <Cli as clap::Parser>::try_parse_from(argv).unwrap().args
+    }
+
+    /// The API role's lister of instances against a real executor API over HTTP.
+    #[tokio::test]
+    async fn instances_are_listed_over_the_executors_api() {
+        struct Two;
+        #[async_trait::async_trait]
+        impl kappa_core::InstanceLister for Two {
+            async fn instances(&self) -> Result<Vec<kappa_core::InstanceInfo>, String> {
+                Ok(vec![kappa_core::InstanceInfo {
+                    id: "python-1".into(),
+                    environment: Some(FunctionId::new("default", "python")),
+                    function: None,
+                    state: kappa_core::InstanceState::Warm,
+                    generation: None,
+                    in_flight: 0,
+                    capacity: 0,
+                    served: 0,
+                    address: "sandbox:8888:/x".into(),
+                }])
+            }
+        }
+        struct Never;
+        #[async_trait::async_trait]
+        impl Provisioner for Never {
+            async fn provision(
+                &self,
+                _: &FunctionId,
+                _: i64,
+            ) -> Result<kappa_core::Provision, kappa_core::ProvisionError> {
+                Ok(kappa_core::Provision::AtCapacity)
+            }
+        }
+        let api = ExecutorApi::new(
+            Arc::new(Never),
+            Arc::new(EndpointIndex::new()),
+            Some("secret".into()),
+        )
+        .with_instances(Arc::new(Two));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, api.app()).await });
+
+        let lister = HttpInstances::new(&url, "secret").unwrap();
+        let items = kappa_core::InstanceLister::instances(&lister)
+            .await
+            .unwrap();
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].id, "python-1");
+        assert_eq!(items[0].state, kappa_core::InstanceState::Warm);
+
+        let wrong = HttpInstances::new(&url, "not-the-token").unwrap();
+        let err = kappa_core::InstanceLister::instances(&wrong)
+            .await
+            .unwrap_err();
+        assert!(err.contains("401"), "{err}");
+        assert!(HttpInstances::new("ftp://x", "t").is_err());
     }
 
     #[tokio::test]

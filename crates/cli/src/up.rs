@@ -217,6 +217,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .with_token(token.clone())
         .with_metrics_need_token(args.metrics_need_token)
         .with_invoker(Arc::new(RouterInvoker(router.clone())))
+        .with_instances(Arc::new(manager.clone()))
         .with_route_sync(Arc::new(RouterInvoker(router.clone())))
         .with_router_url(router_url.clone())
         .with_runtime_check(Arc::new(LocalRuntimes(RuntimeRegistry::new(runtimes_dir))))

@@ -10,6 +10,8 @@
 //!   Deployment per `newdeploy` function), whose instances specialize themselves on start.
 //! - [`Readiness`]: instances' readiness as a watcher of their pods sees it, which the router's
 //!   endpoint index honours alongside the pool manager's feed.
+//! - [`InstanceLister`]: the pool manager's list of its instances ([`InstanceInfo`], the wire
+//!   format of the executor's `GET /v1/instances`), for `kappa fn pods` and `kappa env pods`.
 //! - [`TokenCheck`]: the one constant-time check of the platform's bearer token, which every
 //!   listener that requires it uses.
 //!
@@ -22,6 +24,7 @@ mod backend;
 mod deployments;
 mod endpoints;
 mod id;
+mod instances;
 mod provision;
 mod readiness;
 
@@ -36,5 +39,6 @@ pub use deployments::{
 };
 pub use endpoints::{Endpoint, EndpointIndex, FunctionEndpoints, Permit};
 pub use id::FunctionId;
+pub use instances::{InstanceInfo, InstanceLister, InstanceState};
 pub use provision::{Provision, ProvisionError, Provisioner};
 pub use readiness::Readiness;

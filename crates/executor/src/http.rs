@@ -25,7 +25,7 @@
 //! manager as it is.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use axum::Json;
@@ -37,7 +37,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use kappa_core::{
-    Endpoint, EndpointIndex, FunctionId, Provision, ProvisionError, Provisioner, TokenCheck,
+    Endpoint, EndpointIndex, FunctionId, InstanceLister, Provision, ProvisionError, Provisioner,
+    TokenCheck,
 };
 use kappa_types::ErrorBody;
 use serde::{Deserialize, Serialize};
@@ -370,6 +371,8 @@ pub struct ExecutorApi {
 
 struct ApiInner {
     provisioner: Arc<dyn Provisioner>,
+    /// Answers `GET /v1/instances` (unset: 404, this executor lists nothing).
+    lister: OnceLock<Arc<dyn InstanceLister>>,
     index: Arc<EndpointIndex>,
     feed: Feed,
     /// Per router replica, the slots it holds. A std mutex: only synchronous bookkeeping.
@@ -400,6 +403,7 @@ impl ExecutorApi {
         Self {
             inner: Arc::new(ApiInner {
                 provisioner,
+                lister: OnceLock::new(),
                 index: Arc::clone(&index),
                 feed: Feed {
                     index,
@@ -414,12 +418,20 @@ impl ExecutorApi {
         }
     }
 
+    /// The API with `GET /v1/instances` answered from `lister` (the pool manager; the first
+    /// one given stays).
+    pub fn with_instances(self, lister: Arc<dyn InstanceLister>) -> Self {
+        let _ = self.inner.lister.set(lister);
+        self
+    }
+
     /// The axum application (for `oneshot` tests or callers that serve it themselves; they
     /// must also run [`ExecutorApi::run`]).
     pub fn app(&self) -> axum::Router {
         let authed = axum::Router::new()
             .route("/v1/provision", post(provision))
             .route("/v1/endpoints", get(endpoints))
+            .route("/v1/instances", get(instances))
             .route("/v1/usage", post(usage))
             .route_layer(middleware::from_fn_with_state(self.clone(), require_token));
         axum::Router::new()
@@ -654,6 +666,27 @@ async fn provision(
 struct EndpointsQuery {
     #[serde(default)]
     watch: bool,
+}
+
+/// `GET /v1/instances`: `{"items": [InstanceInfo...]}`.
+async fn instances(State(api): State<ExecutorApi>) -> Response {
+    let Some(lister) = api.inner.lister.get() else {
+        return plain_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "this executor does not list its instances".into(),
+            None,
+        );
+    };
+    match lister.instances().await {
+        Ok(items) => Json(serde_json::json!({ "items": items })).into_response(),
+        Err(message) => plain_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            message,
+            None,
+        ),
+    }
 }
 
 async fn endpoints(

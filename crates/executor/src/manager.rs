@@ -11,8 +11,8 @@ use base64::Engine as _;
 use kappa_archive::ArchiveStore;
 use kappa_core::{
     Backend, BackendError, ConfigKind, ConfigVolume, Deployments, Endpoint, EndpointIndex,
-    ExitReason, FunctionId, Instance, InstanceEvent, InstanceSpec, Limits, Provision,
-    ProvisionError, Provisioner, SpecializeRequest,
+    ExitReason, FunctionId, Instance, InstanceEvent, InstanceInfo, InstanceLister, InstanceSpec,
+    InstanceState, Limits, Provision, ProvisionError, Provisioner, SpecializeRequest,
 };
 use kappa_store::{Precondition, Store};
 use kappa_types::{
@@ -293,6 +293,75 @@ impl PoolManager {
         st.functions.clear();
         st.owners.clear();
         st.total = 0;
+    }
+
+    /// Every instance this pool manager holds: warm ones per environment, those being
+    /// specialized and the specialized ones per function (`kappa fn pods`, `kappa env pods`).
+    pub fn instances(&self) -> Vec<InstanceInfo> {
+        let environment_of = |fid: &FunctionId| {
+            self.inner
+                .cache
+                .function(fid)
+                .map(|f| FunctionId::new(&f.spec.environment.namespace, &f.spec.environment.name))
+        };
+        let st = self.state();
+        let mut list = Vec::with_capacity(st.total);
+        for (env, pool) in &st.pools {
+            for instance in &pool.warm {
+                list.push(InstanceInfo {
+                    id: instance.id.clone(),
+                    environment: Some(env.clone()),
+                    function: None,
+                    state: InstanceState::Warm,
+                    generation: None,
+                    in_flight: 0,
+                    capacity: 0,
+                    served: 0,
+                    address: instance.addr.to_string(),
+                });
+            }
+        }
+        for (id, owner) in &st.owners {
+            if let Owner::Specializing(fid) = owner {
+                list.push(InstanceInfo {
+                    id: id.clone(),
+                    environment: environment_of(fid),
+                    function: Some(fid.clone()),
+                    state: InstanceState::Specializing,
+                    generation: None,
+                    in_flight: 0,
+                    capacity: 0,
+                    served: 0,
+                    address: String::new(),
+                });
+            }
+        }
+        for (fid, function) in &st.functions {
+            let environment = environment_of(fid);
+            for (id, instance) in &function.instances {
+                let endpoint = &instance.endpoint;
+                list.push(InstanceInfo {
+                    id: id.clone(),
+                    environment: environment.clone(),
+                    function: Some(fid.clone()),
+                    state: if endpoint.is_draining() {
+                        InstanceState::Draining
+                    } else {
+                        InstanceState::Ready
+                    },
+                    generation: Some(endpoint.generation),
+                    in_flight: endpoint.in_flight(),
+                    capacity: endpoint.capacity,
+                    served: endpoint.served(),
+                    address: endpoint.addr.to_string(),
+                });
+            }
+        }
+        drop(st);
+        list.sort_by(|a, b| {
+            (&a.function, &a.environment, &a.id).cmp(&(&b.function, &b.environment, &b.id))
+        });
+        list
     }
 
     /// A JSON view of pools and instances, for debugging endpoints.
@@ -1482,6 +1551,13 @@ impl PoolManager {
         {
             tracing::debug!(function = %fid, error = %e, "could not record the function's status");
         }
+    }
+}
+
+#[async_trait]
+impl InstanceLister for PoolManager {
+    async fn instances(&self) -> Result<Vec<InstanceInfo>, String> {
+        Ok(PoolManager::instances(self))
     }
 }
 

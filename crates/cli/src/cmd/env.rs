@@ -20,6 +20,9 @@ pub enum EnvCommand {
     /// Delete an environment (refused while functions use it, unless --force).
     #[command(alias = "rm")]
     Delete(DeleteArgs),
+    /// List the environment's instances: its warm pool and those specialized for its functions.
+    #[command(alias = "instances")]
+    Pods(NameArg),
 }
 
 /// `env create`.
@@ -176,6 +179,7 @@ pub async fn run(ctx: &Ctx, command: EnvCommand) -> anyhow::Result<()> {
             super::report(ctx, Kind::Environment, &args.name, "updated", &updated)
         }
         EnvCommand::Delete(args) => super::delete(ctx, Kind::Environment, &args).await,
+        EnvCommand::Pods(name) => super::pods(ctx, Kind::Environment, &name).await,
     }
 }
 

@@ -43,6 +43,9 @@ pub enum FnCommand {
     /// Print a function's logs.
     #[command(alias = "log")]
     Logs(FnLogs),
+    /// List the function's instances (specialized, being specialized or draining).
+    #[command(alias = "instances")]
+    Pods(NameArg),
 }
 
 /// Where a function's code comes from (at most one).
@@ -294,6 +297,7 @@ pub async fn run(ctx: &Ctx, command: FnCommand) -> anyhow::Result<()> {
         FnCommand::Delete(name) => delete(ctx, name.get()?).await,
         FnCommand::Test(args) => test(ctx, args).await,
         FnCommand::Logs(args) => logs(ctx, args).await,
+        FnCommand::Pods(name) => super::pods(ctx, Kind::Function, &name).await,
     }
 }
 

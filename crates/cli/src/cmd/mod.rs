@@ -74,6 +74,56 @@ impl NameArg {
     }
 }
 
+/// `fn pods NAME` / `env pods NAME`: the instances the pool manager holds for one function or
+/// environment (Fission's verb; Kappa's instances are processes locally, pods on Kubernetes).
+pub async fn pods(ctx: &Ctx, kind: Kind, name: &NameArg) -> anyhow::Result<()> {
+    let name = name.get()?;
+    let items = ctx
+        .client
+        .instances(kind, name)
+        .await
+        .with_context(|| format!("listing the instances of {} '{name}'", noun(kind)))?;
+    match ctx.output.unwrap_or(OutputFormat::Table) {
+        OutputFormat::Table => output::print_stdout(&instance_table(&items).to_string()),
+        format => output::print_value(format, &serde_json::to_value(&items)?),
+    }
+}
+
+/// NAME, STATE, FUNCTION, ENV, GENERATION, IN-FLIGHT, SERVED, ADDRESS.
+pub fn instance_table(items: &[kappa_core::InstanceInfo]) -> Table {
+    let mut t = Table::new(&[
+        "NAME",
+        "STATE",
+        "FUNCTION",
+        "ENV",
+        "GENERATION",
+        "IN-FLIGHT",
+        "SERVED",
+        "ADDRESS",
+    ]);
+    for i in items {
+        t.row(vec![
+            i.id.clone(),
+            i.state.to_string(),
+            output::or_dash(i.function.as_ref().map(|f| f.name.clone())),
+            output::or_dash(i.environment.as_ref().map(|e| e.name.clone())),
+            output::or_dash(i.generation),
+            if i.capacity == 0 {
+                "-".to_string()
+            } else {
+                format!("{}/{}", i.in_flight, i.capacity)
+            },
+            i.served.to_string(),
+            if i.address.is_empty() {
+                "-".to_string()
+            } else {
+                i.address.clone()
+            },
+        ]);
+    }
+    t
+}
+
 /// `delete NAME [--force]`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DeleteArgs {
