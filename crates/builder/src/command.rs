@@ -81,21 +81,46 @@ pub fn choose(
             .filter(|c| !c.is_empty())
             .map(str::to_owned)
     };
-    if let Some(command) = given(buildcmd) {
+    for (command, source) in [
+        (given(buildcmd), CommandSource::Package),
+        (given(builder_command), CommandSource::Environment),
+    ] {
+        let Some(command) = command else { continue };
+        if let Some(built_in) = fission_build(&command, runtime, dir) {
+            return Some(BuildCommand { source, ..built_in });
+        }
         return Some(BuildCommand {
             command,
-            source: CommandSource::Package,
-            read_only: interpreter_prefix(runtime),
-        });
-    }
-    if let Some(command) = given(builder_command) {
-        return Some(BuildCommand {
-            command,
-            source: CommandSource::Environment,
+            source,
             read_only: interpreter_prefix(runtime),
         });
     }
     default_command(runtime?, dir)
+}
+
+/// Fission's builder images carry a `build` script, their default builder command, which
+/// installs `requirements.txt` (Python) or `package.json` (Node.js) into the source and copies
+/// it to `$DEPLOY_PKG`. For a built-in runtime, `build` is that: the runtime's default build,
+/// or nothing to do without a manifest (the source is deployed as it is). `None` for any other
+/// command, or for a runtime Kappa does not build itself.
+fn fission_build(
+    command: &str,
+    runtime: Option<&ResolvedRuntime>,
+    dir: &Path,
+) -> Option<BuildCommand> {
+    let runtime @ ResolvedRuntime::BuiltIn(builtin) = runtime? else {
+        return None;
+    };
+    if command != "build" || !matches!(builtin.name, "python" | "nodejs") {
+        return None;
+    }
+    Some(
+        default_command(runtime, dir).unwrap_or_else(|| BuildCommand {
+            command: "echo 'kappa: build: no requirements.txt or package.json; deploying the source as it is'".into(),
+            source: CommandSource::Default,
+            read_only: interpreter_prefix(Some(runtime)),
+        }),
+    )
 }
 
 /// The runtime's default build for the source in `dir`: Python with `requirements.txt` runs
@@ -183,6 +208,30 @@ mod tests {
             "{}",
             c.command
         );
+    }
+
+    #[test]
+    fn fissions_build_script_is_the_runtimes_own_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = python();
+        // No manifest: nothing to install, the source is deployed as it is.
+        let c = choose(None, Some("build"), Some(&rt), dir.path()).unwrap();
+        assert_eq!(c.source, CommandSource::Environment);
+        assert!(c.command.starts_with("echo "), "{}", c.command);
+        std::fs::write(dir.path().join("requirements.txt"), "six\n").unwrap();
+        let c = choose(Some(" build "), None, Some(&rt), dir.path()).unwrap();
+        assert_eq!(c.source, CommandSource::Package);
+        assert!(
+            c.command.contains("-m pip install -r requirements.txt"),
+            "{}",
+            c.command
+        );
+        // Another command, or a runtime Kappa does not build, keeps the command as given.
+        let c = choose(Some("build --fast"), None, Some(&rt), dir.path()).unwrap();
+        assert_eq!(c.command, "build --fast");
+        let command = ResolvedRuntime::Command("exec server".into());
+        let c = choose(Some("build"), None, Some(&command), dir.path()).unwrap();
+        assert_eq!(c.command, "build");
     }
 
     #[test]
