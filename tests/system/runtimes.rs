@@ -302,3 +302,129 @@ fn a_fission_python_function_runs_unchanged() {
         },
     );
 }
+
+/// Copies the directory `from` into `to`, recursively.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Fission's Python and Node.js environment servers as `--command` environments, with their
+/// files outside the instance, as `docs/fission.md` describes: stand-ins that listen on TCP 8888
+/// only, have no `/healthz`, log to stdout, import from their own directory and from their
+/// dependencies (a virtual environment named only by its interpreter inside a wrapper script,
+/// `node_modules`), and write `state.json` into `/userfunc`. The sandbox binds what the
+/// commands name (the wrapper's directory, what it execs, the venv) and nothing else.
+#[test]
+fn fission_environment_servers_run_as_command_environments() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let p = Platform::start();
+    let standin = repo_root().join("functions/testdata/fission-standin");
+    let dir = tempfile::Builder::new()
+        .prefix("kappa-fission-env-")
+        .tempdir()
+        .unwrap();
+    let root = dir.path();
+    copy_tree(&standin.join("python"), &root.join("fission-python"));
+    copy_tree(&standin.join("nodejs"), &root.join("fission-nodejs"));
+    // The server's dependency lives in a virtual environment, as `pip install` would put it.
+    let venv = root.join("venv");
+    let made = std::process::Command::new("python3")
+        .args(["-m", "venv", "--without-pip"])
+        .arg(&venv)
+        .status()
+        .unwrap();
+    assert!(made.success(), "python3 -m venv (python3-venv) works");
+    let site = std::fs::read_dir(venv.join("lib"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("site-packages");
+    std::fs::write(site.join("standin_dep.py"), "NAME = 'dep-from-venv'\n").unwrap();
+    let wrapper = root.join("bin/start-fission-python");
+    std::fs::create_dir_all(wrapper.parent().unwrap()).unwrap();
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec {} {}\n",
+            venv.join("bin/python").display(),
+            root.join("fission-python/server.py").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Readable by the instances' users, as a runtime installed under /opt would be.
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    p.ok(&[
+        "env",
+        "create",
+        "--name",
+        "fission-py",
+        "--command",
+        &wrapper.display().to_string(),
+        "--version",
+        "2",
+    ]);
+    p.ok(&[
+        "fn",
+        "create",
+        "--name",
+        "standin-py",
+        "--env",
+        "fission-py",
+        "--code",
+        &function_path("testdata/fission-standin/userfunc/hello.py"),
+        "--entrypoint",
+        "hello.main",
+    ]);
+    route(&p, "standin-py", "/standin-py");
+    let r = p.get("/standin-py");
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), p.log());
+    assert_eq!(
+        r.text(),
+        "hello from a Fission-style Python server (dep-from-venv)"
+    );
+    let logs = p.ok(&["fn", "logs", "standin-py"]);
+    assert!(
+        logs.contains("specialized hello.main"),
+        "stdout is the log: {logs}"
+    );
+
+    let node_command = format!("node {}", root.join("fission-nodejs/server.js").display());
+    p.ok(&[
+        "env",
+        "create",
+        "--name",
+        "fission-node",
+        "--command",
+        &node_command,
+    ]);
+    p.ok(&[
+        "fn",
+        "create",
+        "--name",
+        "standin-node",
+        "--env",
+        "fission-node",
+        "--code",
+        &function_path("testdata/fission-standin/userfunc/hello.js"),
+    ]);
+    route(&p, "standin-node", "/standin-node");
+    let r = p.get("/standin-node");
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), p.log());
+    assert_eq!(
+        r.text(),
+        "hello from a Fission-style Node.js server (standin-dep)"
+    );
+}

@@ -277,34 +277,169 @@ fn install_prefix(real: &Path) -> Option<PathBuf> {
     (prefix != Path::new("/")).then(|| prefix.to_path_buf())
 }
 
-/// Absolute paths named in an explicit command that exist on the host outside the directories
-/// the sandbox binds anyway; the sandbox binds them read-only at the same path so that a runtime
-/// server given by path (a Fission server checked out somewhere) is visible. Exactly the named
-/// paths are bound: a server that needs the files beside it should name its directory
-/// (`cd /opt/runtime && exec python3 server.py`).
-pub(crate) fn command_paths(command: &str) -> Vec<PathBuf> {
-    const ALWAYS_THERE: [&str; 7] = ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/proc", "/dev"];
-    let mut paths: Vec<PathBuf> = Vec::new();
-    for token in command.split_whitespace() {
-        let token =
-            token.trim_matches(|c| c == '"' || c == '\'' || c == ';' || c == '&' || c == '|');
-        if !token.starts_with('/') || token == "/" || token.contains('$') {
-            continue;
-        }
-        let path = PathBuf::from(token);
-        if ALWAYS_THERE.iter().any(|p| path.starts_with(p)) || !path.exists() {
-            continue;
-        }
-        // A top-level directory (`/tmp`, `/home`, `/etc`...) is never exposed wholesale: it
-        // would hand the host's files to the instance (and hide the sandbox's own `/tmp`).
-        if path.is_dir() && path.components().count() <= 2 {
-            continue;
-        }
-        if !paths.contains(&path) {
-            paths.push(path);
+/// The host paths an explicit command needs inside the sandbox, which binds each read-only at
+/// the same path, so a command works the same with and without the sandbox:
+///
+/// - every absolute path the command names that exists outside the directories the sandbox has
+///   anyway (`/usr`, `/bin`, ...), including the values of `VAR=/path` and `--flag=/path`
+///   (colon-separated lists too, e.g. `PYTHONPATH=/a:/b`);
+/// - for a script (a file starting with `#!`, or named `.sh`, `.py`, `.js`, `.mjs`, `.cjs`), its
+///   whole directory, which holds what it imports (Fission's `server.py` and its modules, a
+///   Node.js server's `node_modules`), and the paths the script itself names, two levels deep
+///   (a wrapper script that `exec`s a server elsewhere);
+/// - for an interpreter inside a Python virtual environment (`/opt/venv/bin/python`), the
+///   environment's directory (its `pyvenv.cfg` and `lib/`, or it starts without its packages);
+/// - for a symbolic link, what it points to.
+///
+/// Never bound: top-level directories (`/tmp`, `/home`, `/etc`...: they would hand the host's
+/// files to the instance), home directories themselves (`/home/<user>`), and anything under
+/// `deny` (the platform's own data directory). Nested paths collapse into the outermost one.
+pub(crate) fn command_paths(command: &str, deny: &[&Path]) -> Vec<PathBuf> {
+    let mut found = Paths {
+        deny,
+        paths: Vec::new(),
+    };
+    found.scan(command, 0);
+    let mut paths = found.paths;
+    // Outermost first, and nothing inside a directory already bound.
+    paths.sort_by_key(|p| p.components().count());
+    let mut kept: Vec<PathBuf> = Vec::new();
+    for path in paths {
+        if !kept.iter().any(|k| path.starts_with(k)) {
+            kept.push(path);
         }
     }
-    paths
+    kept
+}
+
+/// How deep [`command_paths`] follows scripts naming scripts.
+const MAX_SCRIPT_DEPTH: u8 = 2;
+/// The most of a script [`command_paths`] reads.
+const MAX_SCRIPT_BYTES: u64 = 256 * 1024;
+
+struct Paths<'a> {
+    deny: &'a [&'a Path],
+    paths: Vec<PathBuf>,
+}
+
+impl Paths<'_> {
+    fn scan(&mut self, text: &str, depth: u8) {
+        for token in text.split(|c: char| c.is_whitespace() || c == '`' || c == '(' || c == ')') {
+            let token =
+                token.trim_matches(|c| matches!(c, '"' | '\'' | ';' | '&' | '|' | '<' | '>' | ','));
+            // `VAR=/path`, `--flag=/path`: the value; `A=/x:/y`: each of the list.
+            let value = match token.split_once('=') {
+                Some((name, value)) if !name.starts_with('/') => value,
+                _ => token,
+            };
+            for candidate in value.split(':') {
+                self.consider(candidate, depth);
+            }
+        }
+    }
+
+    /// Whether the sandbox may bind `p`: not a directory it has anyway, not a top-level or home
+    /// directory, nothing under `deny`.
+    fn bindable(&self, p: &Path) -> bool {
+        const ALWAYS_THERE: [&str; 7] =
+            ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/proc", "/dev"];
+        let depth = p.components().count();
+        let excluded = ALWAYS_THERE.iter().any(|a| p.starts_with(a))
+            || depth <= 2
+            || (p.starts_with("/home") && depth == 3)
+            || self.deny.iter().any(|d| p.starts_with(d));
+        !excluded
+    }
+
+    /// Adds `p` when it may be bound and is not there yet.
+    fn add(&mut self, p: &Path) {
+        if self.bindable(p) && !self.paths.iter().any(|q| q == p) {
+            self.paths.push(p.to_path_buf());
+        }
+    }
+
+    fn consider(&mut self, candidate: &str, depth: u8) {
+        if !candidate.starts_with('/') || candidate == "/" || candidate.contains('$') {
+            return;
+        }
+        let path = PathBuf::from(candidate);
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            return;
+        };
+        if meta.file_type().is_symlink()
+            && let Ok(target) = std::fs::canonicalize(&path)
+        {
+            // An interpreter outside `/usr` (`/opt/node/bin/node`, pyenv's python) needs its
+            // whole installation, not only its executable.
+            let target = install_prefix(&target).unwrap_or(target);
+            self.add(&target);
+            self.venv_of(&target);
+        }
+        if !self.bindable(&path) || self.paths.contains(&path) {
+            return;
+        }
+        self.venv_of(&path);
+        if !(path.is_file() && is_script(&path)) {
+            self.paths.push(path);
+            return;
+        }
+        if let Some(dir) = path.parent() {
+            self.add(dir);
+        }
+        self.paths.push(path.clone());
+        if depth < MAX_SCRIPT_DEPTH
+            && let Some(text) = read_prefix(&path)
+        {
+            self.scan(&text, depth + 1);
+        }
+    }
+
+    /// Binds the Python virtual environment `path` is in (its interpreter, or a file of it),
+    /// and the installation of the interpreter it was made from (`home = /opt/py/bin` in its
+    /// `pyvenv.cfg`), whose standard library it uses.
+    fn venv_of(&mut self, path: &Path) {
+        let Some(dir) = path
+            .ancestors()
+            .skip(1)
+            .take_while(|d| d.components().count() > 2)
+            .find(|d| d.join("pyvenv.cfg").is_file())
+        else {
+            return;
+        };
+        self.add(dir);
+        let home = std::fs::read_to_string(dir.join("pyvenv.cfg"))
+            .ok()
+            .and_then(|text| {
+                text.lines().find_map(|line| {
+                    let (key, value) = line.split_once('=')?;
+                    (key.trim() == "home").then(|| PathBuf::from(value.trim()))
+                })
+            });
+        if let Some(prefix) = home
+            .and_then(|h| std::fs::canonicalize(h.join("python3")).ok())
+            .and_then(|python| install_prefix(&python))
+        {
+            self.add(&prefix);
+        }
+    }
+}
+
+/// Whether `path` is a script: it starts with `#!`, or its extension says so.
+fn is_script(path: &Path) -> bool {
+    let by_name = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e, "sh" | "py" | "js" | "mjs" | "cjs"));
+    by_name || read_prefix(path).is_some_and(|t| t.starts_with("#!"))
+}
+
+/// The first [`MAX_SCRIPT_BYTES`] of `path` as text, if it is text.
+fn read_prefix(path: &Path) -> Option<String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).ok()?;
+    let mut bytes = Vec::new();
+    file.take(MAX_SCRIPT_BYTES).read_to_end(&mut bytes).ok()?;
+    String::from_utf8(bytes).ok()
 }
 
 #[cfg(test)]
@@ -440,18 +575,65 @@ mod tests {
     #[test]
     fn command_paths_keep_existing_absolute_paths_only() {
         let dir = tempfile::tempdir().unwrap();
-        let server = dir.path().join("server.py");
-        std::fs::write(&server, "").unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::write(data.join("client.json"), "{}").unwrap();
+        let config = dir.path().join("server.conf");
+        std::fs::write(&config, "").unwrap();
         let command = format!(
-            "/usr/bin/python3 '{}' --port $PORT /does/not/exist",
-            server.display()
+            "/usr/bin/nginx -c '{}' --port $PORT /does/not/exist {}/client.json",
+            config.display(),
+            data.display()
         );
-        assert_eq!(command_paths(&command), vec![server]);
+        assert_eq!(command_paths(&command, &[data.as_path()]), vec![config]);
     }
 
     #[test]
-    fn command_paths_never_expose_top_level_directories() {
-        assert!(command_paths("nginx -p /tmp -c /etc/nginx/nginx.conf -g 'x' /home").len() <= 1);
-        assert!(!command_paths("nginx -p /tmp").contains(&PathBuf::from("/tmp")));
+    fn command_paths_never_expose_top_level_or_home_directories() {
+        let paths = command_paths(
+            "nginx -p /tmp -c /etc/nginx/nginx.conf -g 'x' /home /root",
+            &[],
+        );
+        for top in ["/tmp", "/home", "/root", "/etc"] {
+            assert!(!paths.contains(&PathBuf::from(top)), "{paths:?}");
+        }
+    }
+
+    #[test]
+    fn scripts_bring_their_directory_and_what_they_name() {
+        let dir = tempfile::tempdir().unwrap();
+        // A Fission-style server directory and a wrapper elsewhere that execs its venv python.
+        let server = dir.path().join("fission-python");
+        std::fs::create_dir(&server).unwrap();
+        std::fs::write(server.join("server.py"), "import userfunc\n").unwrap();
+        let venv = dir.path().join("venv");
+        std::fs::create_dir_all(venv.join("bin")).unwrap();
+        std::fs::create_dir_all(venv.join("lib")).unwrap();
+        std::fs::write(venv.join("pyvenv.cfg"), "home = /usr/bin\n").unwrap();
+        std::os::unix::fs::symlink("/usr/bin/python3", venv.join("bin/python")).unwrap();
+        let wrappers = dir.path().join("wrappers");
+        std::fs::create_dir(&wrappers).unwrap();
+        let wrapper = wrappers.join("start");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexec {}/bin/python {}/server.py\n",
+                venv.display(),
+                server.display()
+            ),
+        )
+        .unwrap();
+        let extra = dir.path().join("extra-lib");
+        std::fs::create_dir(&extra).unwrap();
+        let command = format!(
+            "PYTHONPATH={}:/nonexistent USERFUNCVOL=/userfunc exec {}",
+            extra.display(),
+            wrapper.display()
+        );
+        let mut paths = command_paths(&command, &[]);
+        paths.sort();
+        let mut expected = vec![extra, server, venv, wrappers];
+        expected.sort();
+        assert_eq!(paths, expected);
     }
 }

@@ -64,6 +64,8 @@ pub(crate) struct Sandbox {
     sockets: PathBuf,
     /// `slirp4netns`, when instances get egress.
     slirp: Option<PathBuf>,
+    /// The platform's data directory: never bound into a sandbox, whatever a command names.
+    private: PathBuf,
 }
 
 /// The next user offset, for [`Sandbox::next_user`]: one counter for the whole process, so
@@ -132,6 +134,7 @@ impl Sandbox {
             root,
             sockets,
             slirp,
+            private: data_dir.parent().unwrap_or(data_dir).to_path_buf(),
         };
         sandbox.smoke_test().await?;
         Ok(Some(sandbox))
@@ -177,7 +180,7 @@ impl Sandbox {
         mounts.push(Mount::read_only(dirs.secrets, SANDBOX_SECRETS));
         mounts.push(Mount::read_only(dirs.configs, SANDBOX_CONFIGS));
         if let ResolvedRuntime::Command(command) = runtime {
-            for path in command_paths(command) {
+            for path in command_paths(command, &[self.private.as_path()]) {
                 mounts.push(Mount::read_only(&path, &path));
             }
         }
@@ -510,6 +513,7 @@ mod tests {
             root: PathBuf::from("/r"),
             sockets: PathBuf::from("/s"),
             slirp: None,
+            private: PathBuf::from("/p"),
         };
         let (a, _) = sandbox.next_user();
         let (b, gid) = sandbox.next_user();
