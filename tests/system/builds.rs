@@ -75,17 +75,17 @@ fn python_dependency_is_installed_by_the_build() {
 
 #[test]
 fn nodejs_dependency_is_installed_by_npm() {
-    if !repo_root()
-        .join("functions/runtimes/nodejs/server.js")
-        .is_file()
-    {
-        eprintln!("skipped: the Node.js runtime (functions/runtimes/nodejs/server.js) is missing");
-        return;
-    }
-    if which("node").is_none() || which("npm").is_none() {
-        eprintln!("skipped: node or npm is not installed (scripts/install-deps.sh installs them)");
-        return;
-    }
+    // A missing prerequisite fails the test: it must never pass without running.
+    assert!(
+        repo_root()
+            .join("functions/runtimes/nodejs/server.js")
+            .is_file(),
+        "the Node.js runtime (functions/runtimes/nodejs/server.js) is missing"
+    );
+    assert!(
+        which("node").is_some() && which("npm").is_some(),
+        "node or npm is not installed (scripts/install-deps.sh installs them)"
+    );
     let p = Platform::start();
     p.ok(&["env", "create", "--name", "nodejs", "--image", "nodejs"]);
     let src = p.data_dir.path().join("node-src");

@@ -267,7 +267,23 @@ fn exhausted_capacity_gives_429_with_retry_after() {
         },
     );
     let queued = slow("0");
-    std::thread::sleep(Duration::from_millis(300));
+    // Wait until the second request is in the function's queue (its only place).
+    eventually(
+        Duration::from_secs(10),
+        "the second request to be queued",
+        || {
+            let auth = format!("Bearer {}", p.token());
+            let m = crate::harness::http(
+                p.admin,
+                "GET",
+                "/debug/endpoints",
+                &[("authorization", &auth)],
+                b"",
+            )
+            .ok()?;
+            m.text().contains("\"waiting\":1").then_some(())
+        },
+    );
     let rejected = p.get("/slow?s=0");
     assert_eq!(rejected.status, 429, "{}", rejected.text());
     assert!(rejected.header("retry-after").is_some());

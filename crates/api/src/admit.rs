@@ -616,7 +616,7 @@ impl Admit for TimeTriggerSpec {
         _old: Option<&Resource<Self>>,
     ) -> Result<Admitted, ApiError> {
         // The full parse the scheduler does (the spec's validation only checks the shape).
-        kappa_triggers::Schedule::parse(&object.spec.cron)
+        kappa_types::Schedule::parse(&object.spec.cron)
             .map_err(|e| ApiError::invalid("spec.cron", e.to_string()))?;
         let namespace = object.metadata.namespace.clone();
         require(

@@ -134,33 +134,23 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
-/// Parses `60s`, `500ms`, `2m`, `1h` or a bare number of seconds.
+/// Parses `60s`, `500ms`, `2m`, `1h` or a bare number of seconds (at most 24h), with the
+/// units of `kappa_types::parse_duration`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration: expected e.g. 60s, 500ms, 2m"))?;
-    let secs = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?}: expected ms, s, m or h"
-            ));
-        }
-    };
-    if !(secs.is_finite() && secs > 0.0 && secs <= 86_400.0) {
+    let bare = !text.is_empty() && text.chars().all(|c| c.is_ascii_digit() || c == '.');
+    let parsed = if bare {
+        kappa_types::parse_duration(&format!("{text}s"))
+    } else {
+        kappa_types::parse_duration(text)
+    }
+    .map_err(|e| e.to_string())?;
+    if parsed.is_zero() || parsed > Duration::from_secs(86_400) {
         return Err(format!(
             "{text:?} is out of range: expected more than 0 and at most 24h"
         ));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(parsed)
 }
 
 /// `-` for an empty cell.

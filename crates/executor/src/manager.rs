@@ -83,6 +83,8 @@ struct Inner {
     deployments: OnceLock<Arc<dyn Deployments>>,
     /// Woken when a deployment instance becomes ready or fails, for misses waiting on one.
     deployment_changed: tokio::sync::Notify,
+    /// Reconcile passes completed (see [`PoolManager::reconcile_passes`]).
+    passes: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -238,6 +240,7 @@ impl PoolManager {
                 shutdown: CancellationToken::new(),
                 deployments: OnceLock::new(),
                 deployment_changed: tokio::sync::Notify::new(),
+                passes: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -273,6 +276,9 @@ impl PoolManager {
         loop {
             let changed = self.inner.cache.changed.notified();
             self.reconcile().await;
+            self.inner
+                .passes
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = changed => {}
@@ -293,6 +299,13 @@ impl PoolManager {
         st.functions.clear();
         st.owners.clear();
         st.total = 0;
+    }
+
+    /// How many reconcile passes have completed. A pass that completes after this value was
+    /// read began after it too only from the second one on: wait for `read + 2` to know that a
+    /// whole pass saw what happened before the read (tests waiting for "nothing changed").
+    pub fn reconcile_passes(&self) -> u64 {
+        self.inner.passes.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Every instance this pool manager holds: warm ones per environment, those being

@@ -7,15 +7,15 @@
 //! - the broker-independent [`Dispatcher`] (at-least-once delivery: a message is acknowledged
 //!   only after a 2xx and the publish of the response, or after the error topic took it;
 //!   retries with exponential backoff and jitter; bounded parallelism per trigger);
-//! - the time trigger [`Schedule`] (5 or 6 cron fields, descriptors, `@every`) and its worker,
-//!   which fires once per scheduled time, also across restarts;
+//! - the time trigger worker, which fires once per scheduled time (`kappa_types::Schedule`),
+//!   also across restarts;
 //! - the [`TriggerManager`], which runs one worker per trigger in the store and reports each
 //!   trigger's state in its status;
 //! - the [`TriggerMetrics`] (messages by result, processing time, time-trigger fires,
 //!   consumers), registered in the caller's Prometheus registry.
 //!
 //! Deliberately not here: validation of the trigger resources (`kappa-types`, plus the full cron
-//! parse at admission in `kappa-api`, which calls [`Schedule::parse`]), the invocation itself
+//! parse at admission in `kappa-api` with `kappa_types::Schedule`), the invocation itself
 //! (the router, behind [`Invoke`]), and leader election between several platform replicas
 //! (one process runs the triggers locally).
 
@@ -25,8 +25,7 @@ pub mod manager;
 pub mod metrics;
 pub mod nats;
 pub mod redis;
-pub mod schedule;
-mod status;
+pub mod status;
 pub mod testkit;
 mod timer;
 
@@ -39,5 +38,4 @@ pub use manager::{
     DEFAULT_NATS_URL, DEFAULT_REDIS_URL, ManagerConfig, TriggerManager, consumer_spec, durable_name,
 };
 pub use metrics::TriggerMetrics;
-pub use schedule::{Schedule, ScheduleError, parse_duration};
 pub use status::{ERROR, PENDING, READY};

@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::Invoke;
 use crate::metrics::{FireResult, TriggerMetrics};
-use crate::schedule::Schedule;
 use crate::status::{self, StatusWriter};
+use kappa_types::Schedule;
 
 /// What the worker needs besides the trigger.
 pub(crate) struct TimerContext {

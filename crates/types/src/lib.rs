@@ -1,6 +1,7 @@
 //! Kappa's resource model: Environment, Package, Function and HttpTrigger, in the shape the
 //! Kubernetes CRDs have (`apiVersion: kappa.dev/v1`, `kind`, `metadata`, `spec`, `status`),
-//! with defaults and validation that names the offending field.
+//! with defaults and validation that names the offending field, and the time trigger
+//! [`Schedule`] (parsed where triggers are admitted, listed and fired).
 //!
 //! This crate owns the *meaning* of a resource. It deliberately does no IO and knows nothing of
 //! HTTP servers, tokio, storage or Kubernetes: the store, the API server and the CRD wrappers
@@ -15,6 +16,7 @@ mod kind;
 mod meta;
 mod package;
 mod quantity;
+mod schedule;
 mod trigger;
 pub mod validate;
 
@@ -35,6 +37,7 @@ pub use package::{
     PackageSpec, PackageStatus, is_sha256_hex,
 };
 pub use quantity::{parse_cpu_millis, parse_memory_bytes};
+pub use schedule::{Schedule, ScheduleError, parse_duration};
 pub use trigger::{FunctionReference, FunctionReferenceType, HttpTriggerSpec};
 pub use validate::ValidationError;
 

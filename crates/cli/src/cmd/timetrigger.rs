@@ -154,7 +154,7 @@ pub async fn run(
 /// The next `round` fire times of `cron` after now, one RFC 3339 (UTC) time per line.
 fn show_schedule(args: &TtShow) -> anyhow::Result<()> {
     let schedule =
-        kappa_triggers::Schedule::parse(&args.cron).map_err(|e| usage(format!("--cron: {e}")))?;
+        kappa_types::Schedule::parse(&args.cron).map_err(|e| usage(format!("--cron: {e}")))?;
     if args.round == 0 || args.round > 1000 {
         return Err(usage("--round must be between 1 and 1000"));
     }

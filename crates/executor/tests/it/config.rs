@@ -59,8 +59,8 @@ async fn a_changed_secret_rolls_the_instances_and_new_requests_get_the_new_value
     let old = h.index.endpoints(&f)[0].clone();
     // A request in flight on the old instance keeps it until it ends.
     let permit = h.index.get(&f).unwrap().try_admit(generation).unwrap();
-    // Not rolled by itself: its own configuration is current.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Not rolled by itself: its own configuration is current (a whole reconcile pass saw it).
+    h.whole_pass().await;
     assert!(!old.is_draining());
 
     h.secret("db", &[("password", "new")]).await;
@@ -98,7 +98,7 @@ async fn a_changed_secret_rolls_the_instances_and_new_requests_get_the_new_value
     })
     .await;
     // The new instance stays: it has the current configuration.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.whole_pass().await;
     assert_eq!(h.index.endpoints(&f).len(), 1);
     assert!(!h.index.endpoints(&f)[0].is_draining());
 

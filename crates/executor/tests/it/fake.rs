@@ -200,6 +200,16 @@ impl Harness {
         }
     }
 
+    /// Waits until a whole reconcile pass ran after this call (the pool manager saw everything
+    /// done before it): the wait for "nothing happened", instead of a sleep.
+    pub async fn whole_pass(&self) {
+        let start = self.manager.reconcile_passes();
+        eventually(Duration::from_secs(5), "a whole reconcile pass", || {
+            self.manager.reconcile_passes() >= start + 2
+        })
+        .await;
+    }
+
     pub async fn env(&self, name: &str, poolsize: u32) {
         let env = Environment::new(
             name,
