@@ -242,7 +242,13 @@ fn main() -> ExitCode {
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     let cli = Cli::parse();
-    init_tracing(&cli);
+    let telemetry = match init_tracing(&cli) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -253,13 +259,23 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    drop(runtime);
+    // Flushes the last batched spans (the exporter's client runs on its own thread).
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => report_error(&e),
     }
 }
 
-fn init_tracing(cli: &Cli) {
+/// Logging to stderr, plus OpenTelemetry trace export for the servers (`up`, `server`) when the
+/// `OTEL_*` variables name an endpoint (`kappa_telemetry`, docs/observability.md).
+fn init_tracing(cli: &Cli) -> Result<Option<kappa_telemetry::Telemetry>, kappa_telemetry::TelemetryError> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     // `kappa up` is a server: it logs at info by default. Commands are quiet unless -v.
     let base = match (&cli.command, cli.global.verbose) {
         (Command::Up(_), 0) => "info",
@@ -272,11 +288,25 @@ fn init_tracing(cli: &Cli) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(base));
-    // A second initialisation (e.g. by `up`) is harmless: the first one wins.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .try_init();
+        .with_filter(filter);
+    let service = match &cli.command {
+        Command::Up(_) => Some("kappa"),
+        Command::Server(_) => Some("kappa-server"),
+        _ => None,
+    };
+    let otel = match service {
+        Some(service) => kappa_telemetry::init(service)?,
+        None => None,
+    };
+    let (layer, telemetry) = match otel {
+        Some((layer, telemetry)) => (Some(layer), Some(telemetry)),
+        None => (None, None),
+    };
+    // A second initialisation (e.g. by `up`) is harmless: the first one wins.
+    let _ = tracing_subscriber::registry().with(fmt).with(layer).try_init();
+    Ok(telemetry)
 }
 
 /// Whether `-o` names a file for this command (Fission's `-o FILE` of the download verbs)

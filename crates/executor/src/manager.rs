@@ -23,6 +23,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::cache::{Cache, ConfigRef};
 use crate::metrics::{Metrics, ResultLabels};
@@ -505,14 +506,40 @@ impl PoolManager {
     }
 
     fn update_gauges(&self) {
-        let st = self.state();
-        let warm: usize = st.pools.values().map(|p| p.warm.len()).sum();
-        let specialized: usize = st.functions.values().map(|f| f.instances.len()).sum();
-        self.inner.metrics.warm_instances.set(warm as i64);
-        self.inner
-            .metrics
-            .specialized_instances
-            .set(specialized as i64);
+        use crate::metrics::{EnvLabels, FunctionLabels};
+        let (warm, functions) = {
+            let st = self.state();
+            let warm: Vec<(EnvLabels, i64)> = st
+                .pools
+                .iter()
+                .map(|(env, pool)| {
+                    (
+                        EnvLabels {
+                            namespace: env.namespace.to_string(),
+                            environment: env.name.to_string(),
+                        },
+                        pool.warm.len() as i64,
+                    )
+                })
+                .collect();
+            let functions: Vec<(FunctionLabels, i64, i64)> = st
+                .functions
+                .iter()
+                .filter(|(_, f)| !f.instances.is_empty() || !f.inflight.is_empty())
+                .map(|(fid, f)| {
+                    (
+                        FunctionLabels {
+                            namespace: fid.namespace.to_string(),
+                            function: fid.name.to_string(),
+                        },
+                        f.instances.len() as i64,
+                        f.inflight.len() as i64,
+                    )
+                })
+                .collect();
+            (warm, functions)
+        };
+        self.inner.metrics.set_instances(warm, functions);
     }
 
     // ---- adoption --------------------------------------------------------------------------
@@ -1329,44 +1356,55 @@ impl PoolManager {
             done: rx.clone(),
         });
         drop(st);
+        self.update_gauges();
         let this = self.clone();
         let fid = fid.clone();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let result = this.specialize_new(&fid, &function, generation).await;
-            let label = match &result {
-                Ok(()) => "ok",
-                Err(ProvisionError::Timeout(_)) => "timeout",
-                Err(_) => "failed",
-            };
-            this.inner
-                .metrics
-                .specializations
-                .get_or_create(&ResultLabels { result: label })
-                .inc();
-            this.inner
-                .metrics
-                .specialize_seconds
-                .observe(started.elapsed().as_secs_f64());
-            {
-                let mut st = this.state();
-                if let Some(fs) = st.functions.get_mut(&fid) {
-                    fs.inflight.retain(|i| i.id != id);
-                    match &result {
-                        Ok(()) => fs.failure = None,
-                        Err(error) => {
-                            fs.fail(generation, error.clone());
+        // The spans of the specialization (take, start, specialize) join the trace of the
+        // request that started it.
+        let span = if kappa_telemetry::enabled() {
+            kappa_telemetry::span!("specialization", kappa.function = %fid, kappa.generation = generation, kappa.instance.id = tracing::field::Empty)
+        } else {
+            tracing::Span::none()
+        };
+        tokio::spawn(
+            async move {
+                let started = Instant::now();
+                let result = this.specialize_new(&fid, &function, generation).await;
+                let label = match &result {
+                    Ok(()) => "ok",
+                    Err(ProvisionError::Timeout(_)) => "timeout",
+                    Err(_) => "failed",
+                };
+                this.inner
+                    .metrics
+                    .specializations
+                    .get_or_create(&ResultLabels { result: label })
+                    .inc();
+                this.inner
+                    .metrics
+                    .specialize_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                {
+                    let mut st = this.state();
+                    if let Some(fs) = st.functions.get_mut(&fid) {
+                        fs.inflight.retain(|i| i.id != id);
+                        match &result {
+                            Ok(()) => fs.failure = None,
+                            Err(error) => {
+                                fs.fail(generation, error.clone());
+                            }
                         }
                     }
                 }
+                if let Err(e) = &result {
+                    tracing::warn!(function = %fid, error = %e, "specialization failed");
+                    this.record_error(&fid, Some(e.to_string())).await;
+                }
+                let _ = tx.send(Some(result));
+                this.update_gauges();
             }
-            if let Err(e) = &result {
-                tracing::warn!(function = %fid, error = %e, "specialization failed");
-                this.record_error(&fid, Some(e.to_string())).await;
-            }
-            let _ = tx.send(Some(result));
-            this.update_gauges();
-        });
+            .instrument(span),
+        );
         Some(rx)
     }
 
@@ -1409,11 +1447,26 @@ impl PoolManager {
         let env_generation = generation_of(&env.metadata);
         let dedicated = function.spec.executor_type == ExecutorType::Newdeploy
             || !function.spec.resources.is_empty();
+        let traced = kappa_telemetry::enabled();
+        let taken = Instant::now();
         let warm = if dedicated {
             None
         } else {
             self.take_warm(&env_id, env_generation, fid)
         };
+        if let Some(instance) = &warm {
+            self.inner
+                .metrics
+                .phase(fid, "take", taken.elapsed().as_secs_f64());
+            if traced {
+                let span = kappa_telemetry::span!(
+                    "take from pool",
+                    kappa.environment = %env_id,
+                    kappa.instance.id = %instance.id,
+                );
+                drop(span);
+            }
+        }
         let instance = match warm {
             Some(instance) => {
                 // Refill the pool in the background.
@@ -1433,7 +1486,30 @@ impl PoolManager {
                 }
                 let resources = function.spec.resources.or(&env.spec.resources);
                 let spec = self.instance_spec(&env_id, &env, &resources);
-                match self.inner.backend.create(spec).await {
+                let start_span = if traced {
+                    kappa_telemetry::span!(
+                        "start instance",
+                        kappa.environment = %env_id,
+                        kappa.instance.id = tracing::field::Empty,
+                    )
+                } else {
+                    tracing::Span::none()
+                };
+                let starting = Instant::now();
+                let created = self
+                    .inner
+                    .backend
+                    .create(spec)
+                    .instrument(start_span.clone())
+                    .await;
+                self.inner
+                    .metrics
+                    .phase(fid, "start", starting.elapsed().as_secs_f64());
+                if let Ok(instance) = &created {
+                    start_span.record("kappa.instance.id", instance.id.as_str());
+                }
+                drop(start_span);
+                match created {
                     Ok(instance) => {
                         self.state()
                             .owners
@@ -1460,8 +1536,30 @@ impl PoolManager {
             timeout,
             egress: egress_of(function, &env),
         };
-        let outcome =
-            tokio::time::timeout(timeout, self.inner.backend.specialize(&instance, &request)).await;
+        if traced {
+            tracing::Span::current().record("kappa.instance.id", instance.id.as_str());
+        }
+        let specialize_span = if traced {
+            kappa_telemetry::span!("specialize", kappa.instance.id = %instance.id, otel.status_code = tracing::field::Empty)
+        } else {
+            tracing::Span::none()
+        };
+        let specializing = Instant::now();
+        let outcome = tokio::time::timeout(
+            timeout,
+            self.inner
+                .backend
+                .specialize(&instance, &request)
+                .instrument(specialize_span.clone()),
+        )
+        .await;
+        self.inner
+            .metrics
+            .phase(fid, "specialize", specializing.elapsed().as_secs_f64());
+        if !matches!(outcome, Ok(Ok(()))) {
+            specialize_span.record("otel.status_code", "ERROR");
+        }
+        drop(specialize_span);
         let error = match outcome {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e),
