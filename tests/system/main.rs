@@ -10,6 +10,7 @@ mod errors;
 mod examples;
 mod harness;
 mod isolation;
+mod observability;
 mod restart;
 mod roles;
 mod runtimes;

@@ -273,7 +273,10 @@ fn main() -> ExitCode {
 
 /// Logging to stderr, plus OpenTelemetry trace export for the servers (`up`, `server`) when the
 /// `OTEL_*` variables name an endpoint (`kappa_telemetry`, docs/observability.md).
-fn init_tracing(cli: &Cli) -> Result<Option<kappa_telemetry::Telemetry>, kappa_telemetry::TelemetryError> {
+fn init_tracing(
+    cli: &Cli,
+) -> Result<Option<kappa_telemetry::Telemetry>, kappa_telemetry::TelemetryError> {
+    use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     // `kappa up` is a server: it logs at info by default. Commands are quiet unless -v.
@@ -305,7 +308,10 @@ fn init_tracing(cli: &Cli) -> Result<Option<kappa_telemetry::Telemetry>, kappa_t
         None => (None, None),
     };
     // A second initialisation (e.g. by `up`) is harmless: the first one wins.
-    let _ = tracing_subscriber::registry().with(fmt).with(layer).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(layer)
+        .try_init();
     Ok(telemetry)
 }
 
