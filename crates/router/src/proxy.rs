@@ -83,9 +83,9 @@ fn record_function(entry: &FunctionEntry, method: &Method, route: Option<&str>) 
     span.record("kappa.function.namespace", &*entry.id.namespace);
     if let Some(route) = route {
         span.record("http.route", route);
-        span.record("otel.name", format!("{method} {route}").as_str());
+        kappa_telemetry::set_name(&span, format!("{method} {route}"));
     } else {
-        span.record("otel.name", format!("invoke {}", entry.id).as_str());
+        kappa_telemetry::set_name(&span, format!("invoke {}", entry.id));
     }
 }
 

@@ -332,6 +332,15 @@ pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
     TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
 }
 
+/// Renames `span` (the OpenTelemetry span's name; recording `otel.name` has no effect once the
+/// span's context was read, as [`set_parent`] and [`trace_id`] do).
+pub fn set_name(span: &tracing::Span, name: String) {
+    if span.is_disabled() {
+        return;
+    }
+    span.context().span().update_name(name);
+}
+
 /// `span`'s trace id in hex, for log lines and error bodies.
 pub fn trace_id(span: &tracing::Span) -> Option<String> {
     if span.is_disabled() {
