@@ -244,6 +244,9 @@ pub struct UsageReport {
     /// A stable name of the replica (its pod name).
     pub replica: String,
     pub instances: Vec<InstanceUsage>,
+    /// The replica's request outcomes per function since it started (canaries sum them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub functions: Vec<kappa_core::FunctionOutcome>,
 }
 
 /// One instance in a [`UsageReport`].
@@ -361,6 +364,8 @@ impl Feed {
 struct Replica {
     seen: Instant,
     held: HashMap<String, Vec<kappa_core::Permit>>,
+    /// The replica's latest request outcomes per function (cumulative).
+    outcomes: HashMap<FunctionId, (u64, u64)>,
 }
 
 /// The pool manager's HTTP API. Cheap to clone.
@@ -479,6 +484,14 @@ impl ExecutorApi {
         result
     }
 
+    /// The request outcomes of `function` summed over every router replica reporting now.
+    pub fn outcome(&self, function: &FunctionId) -> (u64, u64) {
+        self.usage()
+            .values()
+            .filter_map(|r| r.outcomes.get(function))
+            .fold((0, 0), |(r, f), (r2, f2)| (r + r2, f + f2))
+    }
+
     /// Router replicas currently reporting usage.
     pub fn replicas(&self) -> usize {
         self.usage().len()
@@ -514,8 +527,15 @@ impl ExecutorApi {
         let replica = usage.entry(report.replica).or_insert_with(|| Replica {
             seen: Instant::now(),
             held: HashMap::new(),
+            outcomes: HashMap::new(),
         });
         replica.seen = Instant::now();
+        for o in report.functions {
+            replica.outcomes.insert(
+                FunctionId::new(o.namespace, o.function),
+                (o.requests, o.failures),
+            );
+        }
         let mut next: HashMap<String, Vec<kappa_core::Permit>> = HashMap::new();
         for instance in report.instances {
             let mut permits = replica
@@ -968,6 +988,7 @@ mod tests {
         index.insert(&f, Arc::clone(&e));
         let report = |replica: &str, in_flight: u32| UsageReport {
             replica: replica.into(),
+            functions: Vec::new(),
             instances: vec![InstanceUsage {
                 instance_id: "i1".into(),
                 in_flight,
@@ -982,6 +1003,7 @@ mod tests {
         assert_eq!(e.in_flight(), 1, "b still holds the one slot it got");
         api.apply_usage(UsageReport {
             replica: "b".into(),
+            functions: Vec::new(),
             instances: vec![],
         });
         assert_eq!(e.in_flight(), 0);
@@ -990,6 +1012,7 @@ mod tests {
         let served = e.served();
         api.apply_usage(UsageReport {
             replica: "a".into(),
+            functions: Vec::new(),
             instances: vec![InstanceUsage {
                 instance_id: "i1".into(),
                 in_flight: 0,
@@ -1013,6 +1036,7 @@ mod tests {
         index.insert(&f, Arc::clone(&e));
         api.apply_usage(UsageReport {
             replica: "a".into(),
+            functions: Vec::new(),
             instances: vec![InstanceUsage {
                 instance_id: "i1".into(),
                 in_flight: 1,
@@ -1024,5 +1048,11 @@ mod tests {
         api.expire_replicas();
         assert_eq!(e.in_flight(), 0);
         assert_eq!(api.replicas(), 0);
+    }
+}
+
+impl kappa_core::OutcomeSource for ExecutorApi {
+    fn outcome(&self, function: &FunctionId) -> (u64, u64) {
+        ExecutorApi::outcome(self, function)
     }
 }

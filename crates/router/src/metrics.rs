@@ -36,6 +36,8 @@ pub(crate) struct Metrics {
     pub duration: Histogram,
     pub queue_rejections: Counter,
     pub inflight: Gauge,
+    /// Requests and failures per function (and kept version), read by the canary controller.
+    pub outcomes: Arc<kappa_core::Outcomes>,
 }
 
 impl Metrics {
@@ -79,6 +81,7 @@ impl Metrics {
             duration,
             queue_rejections,
             inflight,
+            outcomes: Arc::new(kappa_core::Outcomes::new()),
         }
     }
 
@@ -111,6 +114,8 @@ pub(crate) struct FunctionMetrics {
     /// The `code="200"` series, by far the most frequent: created on first use.
     ok: OnceLock<Counter>,
     cold: OnceLock<Counter>,
+    /// This function's outcome counters (canaries), resolved on first use.
+    outcome: OnceLock<Arc<kappa_core::Outcome>>,
 }
 
 impl FunctionMetrics {
@@ -120,6 +125,7 @@ impl FunctionMetrics {
             function: Arc::from(function),
             ok: OnceLock::new(),
             cold: OnceLock::new(),
+            outcome: OnceLock::new(),
         }
     }
 
@@ -133,6 +139,14 @@ impl FunctionMetrics {
 
     /// Counts one answered request with status `code`.
     pub fn count(&self, metrics: &Metrics, code: u16) {
+        self.outcome
+            .get_or_init(|| {
+                metrics.outcomes.entry(&kappa_core::FunctionId::new(
+                    &*self.namespace,
+                    &*self.function,
+                ))
+            })
+            .record(code);
         if code == 200 {
             self.ok
                 .get_or_init(|| metrics.requests.get_or_create(&self.labels(200)).clone())
