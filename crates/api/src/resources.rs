@@ -305,6 +305,9 @@ async fn replace(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    if kind == Kind::FunctionVersion {
+        return Err(crate::versions::read_only());
+    }
     let name = name_param(name)?;
     let query_ns = Params::parse(&uri, &["namespace"])?.explicit_namespace()?;
     let body = body_bytes(body)?;
@@ -418,6 +421,9 @@ async fn delete(
     name: Result<Path<String>, PathRejection>,
     uri: Uri,
 ) -> Result<Response, ApiError> {
+    if kind == Kind::FunctionVersion {
+        return Err(crate::versions::read_only());
+    }
     let name = name_param(name)?;
     let params = Params::parse(&uri, &["namespace", "force", "resourceVersion"])?;
     let namespace = params.namespace()?;
@@ -497,6 +503,9 @@ async fn put_status(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    if kind == Kind::FunctionVersion {
+        return Err(crate::versions::read_only());
+    }
     let name = name_param(name)?;
     let namespace = Params::parse(&uri, &["namespace"])?.namespace()?;
     let body = body_bytes(body)?;
