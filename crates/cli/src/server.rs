@@ -1137,6 +1137,23 @@ fn unavailable(message: &str) -> http::Response<axum::body::Body> {
     response
 }
 
+/// What the canary controller measures in the executor role: the sum of the router replicas'
+/// reports, plus the router in this process (set once it exists).
+struct CanarySource {
+    executor: ExecutorApi,
+    local: Arc<std::sync::OnceLock<Arc<kappa_core::Outcomes>>>,
+}
+
+impl kappa_core::OutcomeSource for CanarySource {
+    fn outcome(&self, function: &kappa_core::FunctionId) -> (u64, u64) {
+        let (r, f) = self.executor.outcome(function);
+        let (lr, lf) = self.local.get().map_or((0, 0), |o| {
+            kappa_core::OutcomeSource::outcome(o.as_ref(), function)
+        });
+        (r + lr, f + lf)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1246,22 +1263,5 @@ mod tests {
         )
         .unwrap();
         assert!(path.exists());
-    }
-}
-
-/// What the canary controller measures in the executor role: the sum of the router replicas'
-/// reports, plus the router in this process (set once it exists).
-struct CanarySource {
-    executor: ExecutorApi,
-    local: Arc<std::sync::OnceLock<Arc<kappa_core::Outcomes>>>,
-}
-
-impl kappa_core::OutcomeSource for CanarySource {
-    fn outcome(&self, function: &kappa_core::FunctionId) -> (u64, u64) {
-        let (r, f) = self.executor.outcome(function);
-        let (lr, lf) = self.local.get().map_or((0, 0), |o| {
-            kappa_core::OutcomeSource::outcome(o.as_ref(), function)
-        });
-        (r + lr, f + lf)
     }
 }

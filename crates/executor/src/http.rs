@@ -799,6 +799,12 @@ async fn usage(
     StatusCode::NO_CONTENT.into_response()
 }
 
+impl kappa_core::OutcomeSource for ExecutorApi {
+    fn outcome(&self, function: &FunctionId) -> (u64, u64) {
+        ExecutorApi::outcome(self, function)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -1048,11 +1054,5 @@ mod tests {
         api.expire_replicas();
         assert_eq!(e.in_flight(), 0);
         assert_eq!(api.replicas(), 0);
-    }
-}
-
-impl kappa_core::OutcomeSource for ExecutorApi {
-    fn outcome(&self, function: &FunctionId) -> (u64, u64) {
-        ExecutorApi::outcome(self, function)
     }
 }

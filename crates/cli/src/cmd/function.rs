@@ -876,39 +876,6 @@ pub fn table(items: &[kappa_types::Function]) -> Table {
     t
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn log_lines() {
-        let line = LogLine {
-            timestamp: "2026-11-30T12:00:00.123456Z".into(),
-            instance: "abc".into(),
-            stream: "stdout".into(),
-            message: "hello".into(),
-        };
-        assert_eq!(
-            format_log_line(&line),
-            "2026-11-30T12:00:00.123456Z [abc] stdout: hello"
-        );
-    }
-
-    #[test]
-    fn settings_apply_only_what_is_given() {
-        let mut spec = FunctionSpec::new("python", "p", "");
-        FnSettings {
-            concurrency: Some(5),
-            envvars: vec![("A".into(), "1".into())],
-            ..FnSettings::default()
-        }
-        .apply(&mut spec);
-        assert_eq!(spec.concurrency, 5);
-        assert_eq!(spec.function_timeout, 60);
-        assert_eq!(spec.env.get("A").map(String::as_str), Some("1"));
-    }
-}
-
 /// `fn history`: the kept versions, oldest first, the current one marked.
 async fn history(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
     let (current, versions) = ctx.client.versions(name).await?;
@@ -963,5 +930,38 @@ async fn rollback(ctx: &Ctx, args: &FnRollback) -> anyhow::Result<()> {
         _ => output::print_stdout(&format!(
             "function '{name}' rolled back to version {version}\n"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines() {
+        let line = LogLine {
+            timestamp: "2026-11-30T12:00:00.123456Z".into(),
+            instance: "abc".into(),
+            stream: "stdout".into(),
+            message: "hello".into(),
+        };
+        assert_eq!(
+            format_log_line(&line),
+            "2026-11-30T12:00:00.123456Z [abc] stdout: hello"
+        );
+    }
+
+    #[test]
+    fn settings_apply_only_what_is_given() {
+        let mut spec = FunctionSpec::new("python", "p", "");
+        FnSettings {
+            concurrency: Some(5),
+            envvars: vec![("A".into(), "1".into())],
+            ..FnSettings::default()
+        }
+        .apply(&mut spec);
+        assert_eq!(spec.concurrency, 5);
+        assert_eq!(spec.function_timeout, 60);
+        assert_eq!(spec.env.get("A").map(String::as_str), Some("1"));
     }
 }
