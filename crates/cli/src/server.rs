@@ -485,7 +485,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             index,
             provisioner,
         );
-        let _ = local_outcomes.set(router.outcomes());
+        // Canaries see this router's counts: through its usage reports when it has a remote
+        // executor, else directly (the executor role in this process reads them).
+        if feeder.is_none() {
+            let _ = local_outcomes.set(router.outcomes());
+        }
         let feeder = feeder.map(|f| f.with_outcomes(router.outcomes()));
         let public = bind(args.router_addr, "router").await?;
         let internal = bind(args.router_admin_addr, "router internal").await?;

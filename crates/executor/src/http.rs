@@ -982,6 +982,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn outcomes_are_summed_over_replicas() {
+        let api = ExecutorApi::new(
+            Arc::new(Fixed(Ok(Provision::Added))),
+            Arc::new(EndpointIndex::new()),
+            None,
+        );
+        let v2 = FunctionId::new("default", "hello.v2");
+        let report = |replica: &str, requests: u64, failures: u64| UsageReport {
+            replica: replica.into(),
+            instances: Vec::new(),
+            functions: vec![kappa_core::FunctionOutcome {
+                namespace: "default".into(),
+                function: "hello.v2".into(),
+                requests,
+                failures,
+            }],
+        };
+        api.apply_usage(report("a", 10, 2));
+        api.apply_usage(report("b", 5, 5));
+        assert_eq!(api.outcome(&v2), (15, 7));
+        // Counters are cumulative: a later report replaces the replica's earlier one.
+        api.apply_usage(report("a", 12, 2));
+        assert_eq!(api.outcome(&v2), (17, 7));
+        assert_eq!(api.outcome(&FunctionId::new("default", "hello")), (0, 0));
+    }
+
+    #[tokio::test]
     async fn usage_reports_hold_slots_per_replica() {
         let index = Arc::new(EndpointIndex::new());
         let api = ExecutorApi::new(
