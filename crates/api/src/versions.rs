@@ -388,9 +388,16 @@ pub(crate) async fn rollback(
         ));
     };
     let package = decode_stored::<PackageSpec>(&pkg_stored)?;
-    let same_code = package.spec.deployment == target.spec.deployment
-        && package.spec.source == target.spec.source
-        && package.spec.buildcmd == target.spec.buildcmd;
+    // A version recorded while its source was being built has no deployment of its own: the
+    // package's build of that same source is its deployment.
+    let same_source =
+        package.spec.source == target.spec.source && package.spec.buildcmd == target.spec.buildcmd;
+    let deployment = match &target.spec.deployment {
+        Some(d) => Some(d.clone()),
+        None if same_source => package.spec.deployment.clone(),
+        None => None,
+    };
+    let same_code = package.spec.deployment == deployment && same_source;
     let mut restored_package = None;
     let mut package_rv = pkg_stored.resource_version.to_string();
     if !same_code {
@@ -417,7 +424,7 @@ pub(crate) async fn rollback(
             ));
         }
         let mut new_package = package.clone();
-        new_package.spec.deployment = target.spec.deployment.clone();
+        new_package.spec.deployment = deployment;
         new_package.spec.source = target.spec.source.clone();
         new_package.spec.buildcmd = target.spec.buildcmd.clone();
         new_package.metadata.resource_version = Some(pkg_stored.resource_version.to_string());

@@ -66,18 +66,21 @@ impl FunctionVersionSpec {
             s.package.packageref.resourceversion = None;
             s
         };
-        strip(&self.snapshot) == strip(&other.snapshot)
-            && self.deployment == other.deployment
-            && self.source == other.source
-            && self.buildcmd == other.buildcmd
+        strip(&self.snapshot) == strip(&other.snapshot) && self.same_code(other)
+    }
+
+    /// Whether both run the same code. A version recorded while its source was being built has
+    /// no deployment yet: the build of the same source counts as the same code.
+    fn same_code(&self, other: &FunctionVersionSpec) -> bool {
+        let deployments = self.deployment == other.deployment
+            || (self.source.is_some() && (self.deployment.is_none() || other.deployment.is_none()));
+        deployments && self.source == other.source && self.buildcmd == other.buildcmd
     }
 
     /// The fields that differ between `before` and `self` (`code`, `spec.env`, ...).
     pub fn changes_from(&self, before: &FunctionVersionSpec) -> Vec<String> {
         let mut changes = Vec::new();
-        if self.deployment != before.deployment
-            || self.source != before.source
-            || self.buildcmd != before.buildcmd
+        if !self.same_code(before)
             || self.snapshot.package.packageref.name != before.snapshot.package.packageref.name
         {
             changes.push("code".to_string());
@@ -254,5 +257,14 @@ mod tests {
         v2.snapshot.env.insert("A".into(), "1".into());
         assert!(!v2.same_content(&v1));
         assert_eq!(v2.changes_from(&v1), ["code", "spec.env"]);
+        // Recorded while its source was being built, then built: the same code.
+        let src = Some(Archive::stored(&"c".repeat(64), None));
+        let (mut building, mut built) = (v1.clone(), v1.clone());
+        building.source = src.clone();
+        building.deployment = None;
+        built.source = src;
+        assert!(built.same_content(&building));
+        built.source = Some(Archive::stored(&"d".repeat(64), None));
+        assert!(!built.same_content(&building));
     }
 }
