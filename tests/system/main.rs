@@ -16,3 +16,4 @@ mod roles;
 mod runtimes;
 mod spec;
 mod triggers;
+mod versions;

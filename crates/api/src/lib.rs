@@ -32,6 +32,7 @@ mod ops;
 mod redact;
 mod resources;
 mod state;
+mod versions;
 mod watch;
 
 use axum::Router;
@@ -75,6 +76,11 @@ pub fn app(state: ApiState) -> Router {
                 .delete(archives::delete),
         )
         .route("/v1/functions/{name}/logs", get(logs::logs))
+        .route("/v1/functions/{name}/versions", get(versions::list))
+        .route(
+            "/v1/functions/{name}/rollback",
+            axum::routing::post(versions::rollback),
+        )
         .route(
             "/v1/functions/{name}/instances",
             get(instances::of_function),

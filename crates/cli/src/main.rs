@@ -114,6 +114,10 @@ enum Command {
         alias = "messagequeuetrigger"
     )]
     Mqtrigger(cmd::mqtrigger::MqtCommand),
+    /// Canary rollouts: shift a route's traffic to a new function step by step, rolled back
+    /// automatically when it fails too often.
+    #[command(subcommand)]
+    Canary(cmd::canary::CanaryCommand),
     /// Time triggers: cron schedules that invoke functions.
     #[command(subcommand, name = "timetrigger", alias = "tt", alias = "timer")]
     Timetrigger(cmd::timetrigger::TtCommand),
@@ -375,6 +379,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Completion(args) => completion(args.shell),
         Command::Mqtrigger(c) => cmd::mqtrigger::run(&ctx()?, c).await,
         Command::Timetrigger(c) => cmd::timetrigger::run(ctx, c).await,
+        Command::Canary(c) => cmd::canary::run(&ctx()?, c).await,
         Command::Secret(c) => cmd::secret::run(&ctx()?, c).await,
         Command::Configmap(c) => cmd::configmap::run(&ctx()?, c).await,
         Command::Spec(c) => spec::run(ctx, c).await,

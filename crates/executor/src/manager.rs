@@ -1034,6 +1034,21 @@ impl PoolManager {
         if let Some(f) = self.inner.cache.function(fid) {
             return Ok(f);
         }
+        // A kept version (`hello.v3`) just recorded and not yet seen by the watch.
+        if kappa_types::parse_version_object_name(&fid.name).is_some() {
+            let obj = self
+                .inner
+                .store
+                .get(Kind::FunctionVersion, &fid.namespace, &fid.name)
+                .await
+                .map_err(|e| ProvisionError::Unavailable(e.to_string()))?
+                .ok_or_else(|| ProvisionError::FunctionNotFound(fid.clone()))?;
+            return crate::cache::version_as_function(obj.value)
+                .map(|(f, _)| Arc::new(f))
+                .ok_or_else(|| {
+                    ProvisionError::Unavailable(format!("function version {fid} is unreadable"))
+                });
+        }
         // Just created and not yet seen by the watch: read it.
         let obj = self
             .inner
@@ -1071,6 +1086,60 @@ impl PoolManager {
         Ok((env_id, Arc::new(env)))
     }
 
+    /// For a kept version (`hello.v3`), the package as it was at that version. `None` for a
+    /// function, and for a version recorded while its source package was still being built
+    /// whose package still holds that source (the build's result is then the live package's).
+    async fn version_package(
+        &self,
+        function: &Function,
+    ) -> Result<Option<Package>, ProvisionError> {
+        let name = &function.metadata.name;
+        if kappa_types::parse_version_object_name(name).is_none() {
+            return Ok(None);
+        }
+        let id = FunctionId::new(&function.metadata.namespace, name);
+        let package = match self.inner.cache.version_package(&id) {
+            Some(p) => (*p).clone(),
+            None => {
+                let obj = self
+                    .inner
+                    .store
+                    .get(Kind::FunctionVersion, &id.namespace, &id.name)
+                    .await
+                    .map_err(|e| ProvisionError::Unavailable(e.to_string()))?
+                    .ok_or_else(|| ProvisionError::FunctionNotFound(id.clone()))?;
+                crate::cache::version_as_function(obj.value)
+                    .map(|(_, p)| p)
+                    .ok_or_else(|| {
+                        ProvisionError::Unavailable(format!("function version {id} is unreadable"))
+                    })?
+            }
+        };
+        if package.spec.deployment.is_some() {
+            return Ok(Some(package));
+        }
+        let live = self
+            .inner
+            .store
+            .get(
+                Kind::Package,
+                &package.metadata.namespace,
+                &package.metadata.name,
+            )
+            .await
+            .map_err(|e| ProvisionError::Unavailable(e.to_string()))?
+            .and_then(|o| Package::from_json(o.value).ok());
+        match live {
+            Some(live) if live.spec.source == package.spec.source => Ok(None),
+            _ => Err(ProvisionError::Package {
+                name: format!("{}/{}", package.metadata.namespace, package.metadata.name),
+                reason: format!(
+                    "version {name} was recorded while its source was being built, and the package has been changed since: its build result is not kept"
+                ),
+            }),
+        }
+    }
+
     /// The package's deployment archive in the archive store: (sha256, single-file name).
     async fn resolve_archive(
         &self,
@@ -1105,66 +1174,72 @@ impl PoolManager {
             .saturating_sub(Duration::from_secs(1))
             .max(Duration::from_millis(500));
         let deadline = Instant::now() + wait;
-        let package = loop {
-            let obj = self
-                .inner
-                .store
-                .get(Kind::Package, &pref.namespace, &pref.name)
-                .await
-                .map_err(|e| ProvisionError::Unavailable(e.to_string()))?
-                .ok_or_else(|| package_error("it does not exist".into()))?;
-            let version = obj.resource_version;
-            let package = Package::from_json(obj.value)
-                .map_err(|e| package_error(format!("unreadable: {e}")))?;
-            let status = package.status.buildstatus;
-            if status == BuildStatus::Failed {
-                return Err(package_error(format!(
-                    "its build failed (`kappa pkg info {}` shows the whole log); the end of the build log:\n{}",
-                    pref.name,
-                    log_tail(&package.status.buildlog)
-                )));
-            }
-            let building = matches!(status, BuildStatus::Pending | BuildStatus::Running)
-                && package.spec.deployment.is_none();
-            if !building {
-                break package;
-            }
-            // Wait for the package to change, then look again.
-            let mut events = self.inner.store.watch(&[Kind::Package], Some(version));
-            let changed = tokio::time::timeout_at(deadline, async {
-                while let Some(event) = futures::StreamExt::next(&mut events).await {
-                    match event {
-                        Ok(e)
-                            if e.object.namespace == pref.namespace
-                                && e.object.name == pref.name =>
-                        {
-                            return true;
-                        }
-                        Ok(_) => {}
-                        // History gone or the watch failed: read the package again.
-                        Err(_) => return false,
-                    }
-                }
-                false
-            })
-            .await;
-            match changed {
-                Ok(true) => {}
-                // The watch ended without news: read again after a pause.
-                Ok(false) => tokio::time::sleep(Duration::from_millis(100)).await,
-                Err(_) => {
-                    let status = if status == BuildStatus::Running {
-                        "running"
-                    } else {
-                        "pending"
-                    };
-                    return Err(ProvisionError::Unavailable(format!(
-                        "package {}/{} is still being built (build status {status} after waiting {} s): retry when `kappa pkg info {}` shows succeeded",
-                        pref.namespace,
+        // A kept version runs the code it had then, whatever the package holds now.
+        let version_package = self.version_package(function).await?;
+        let package = if let Some(package) = version_package {
+            package
+        } else {
+            loop {
+                let obj = self
+                    .inner
+                    .store
+                    .get(Kind::Package, &pref.namespace, &pref.name)
+                    .await
+                    .map_err(|e| ProvisionError::Unavailable(e.to_string()))?
+                    .ok_or_else(|| package_error("it does not exist".into()))?;
+                let version = obj.resource_version;
+                let package = Package::from_json(obj.value)
+                    .map_err(|e| package_error(format!("unreadable: {e}")))?;
+                let status = package.status.buildstatus;
+                if status == BuildStatus::Failed {
+                    return Err(package_error(format!(
+                        "its build failed (`kappa pkg info {}` shows the whole log); the end of the build log:\n{}",
                         pref.name,
-                        wait.as_secs(),
-                        pref.name
+                        log_tail(&package.status.buildlog)
                     )));
+                }
+                let building = matches!(status, BuildStatus::Pending | BuildStatus::Running)
+                    && package.spec.deployment.is_none();
+                if !building {
+                    break package;
+                }
+                // Wait for the package to change, then look again.
+                let mut events = self.inner.store.watch(&[Kind::Package], Some(version));
+                let changed = tokio::time::timeout_at(deadline, async {
+                    while let Some(event) = futures::StreamExt::next(&mut events).await {
+                        match event {
+                            Ok(e)
+                                if e.object.namespace == pref.namespace
+                                    && e.object.name == pref.name =>
+                            {
+                                return true;
+                            }
+                            Ok(_) => {}
+                            // History gone or the watch failed: read the package again.
+                            Err(_) => return false,
+                        }
+                    }
+                    false
+                })
+                .await;
+                match changed {
+                    Ok(true) => {}
+                    // The watch ended without news: read again after a pause.
+                    Ok(false) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    Err(_) => {
+                        let status = if status == BuildStatus::Running {
+                            "running"
+                        } else {
+                            "pending"
+                        };
+                        return Err(ProvisionError::Unavailable(format!(
+                            "package {}/{} is still being built (build status {status} after waiting {} s): retry when `kappa pkg info {}` shows succeeded",
+                            pref.namespace,
+                            pref.name,
+                            wait.as_secs(),
+                            pref.name
+                        )));
+                    }
                 }
             }
         };
@@ -1647,6 +1722,10 @@ impl PoolManager {
 
     /// Writes (or clears) the function's `status.lastError` so `kappa fn get` shows it.
     async fn record_error(&self, fid: &FunctionId, error: Option<String>) {
+        // A kept version is immutable: its errors reach the caller only.
+        if kappa_types::parse_version_object_name(&fid.name).is_some() {
+            return;
+        }
         let status = serde_json::json!({ "lastError": error });
         if let Err(e) = self
             .inner

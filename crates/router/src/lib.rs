@@ -200,6 +200,12 @@ impl Router {
             .map(axum::body::Body::new)
     }
 
+    /// Requests and failures this router answered per function and kept version (what the
+    /// canary controller measures; also sent with usage reports in cluster mode).
+    pub fn outcomes(&self) -> Arc<kappa_core::Outcomes> {
+        Arc::clone(&self.inner.metrics.outcomes)
+    }
+
     /// The router's metrics in the Prometheus text format.
     pub fn metrics_text(&self) -> String {
         self.inner.metrics.encode()

@@ -80,6 +80,8 @@ pub(crate) struct Metrics {
     pub fission_calls: Family<FissionLabels, Counter>,
     pub fission_errors: Family<FissionLabels, Counter>,
     pub fission_duration: Family<FissionLabels, Histogram, fn() -> Histogram>,
+    /// Requests and failures per function (and kept version), read by the canary controller.
+    pub outcomes: Arc<kappa_core::Outcomes>,
 }
 
 impl Metrics {
@@ -169,6 +171,7 @@ impl Metrics {
             fission_calls,
             fission_errors,
             fission_duration,
+            outcomes: Arc::new(kappa_core::Outcomes::new()),
         }
     }
 
@@ -204,6 +207,8 @@ pub(crate) struct FunctionMetrics {
     duration: OnceLock<Histogram>,
     /// The Fission series of the first route, method and status 200 seen: the usual case.
     fission_ok: OnceLock<FissionHot>,
+    /// This function's outcome counters (canaries), resolved on first use.
+    outcome: OnceLock<Arc<kappa_core::Outcome>>,
 }
 
 struct FissionHot {
@@ -222,6 +227,7 @@ impl FunctionMetrics {
             cold: OnceLock::new(),
             duration: OnceLock::new(),
             fission_ok: OnceLock::new(),
+            outcome: OnceLock::new(),
         }
     }
 
@@ -307,7 +313,15 @@ impl FunctionMetrics {
     }
 
     /// Counts one answered request with status `code`.
-    fn count(&self, metrics: &Metrics, code: u16) {
+    pub fn count(&self, metrics: &Metrics, code: u16) {
+        self.outcome
+            .get_or_init(|| {
+                metrics.outcomes.entry(&kappa_core::FunctionId::new(
+                    &*self.namespace,
+                    &*self.function,
+                ))
+            })
+            .record(code);
         if code == 200 {
             self.ok
                 .get_or_init(|| metrics.requests.get_or_create(&self.labels(200)).clone())

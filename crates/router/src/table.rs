@@ -354,7 +354,10 @@ impl RouteTable {
             }
         }
 
-        let fn_id = |name: &str| FunctionId::new(t.namespace.clone(), name);
+        // `hello@3` routes to version 3's own entry (`hello.v3`).
+        let fn_id = |name: &str| {
+            FunctionId::new(t.namespace.clone(), kappa_types::function_ref_target(name))
+        };
         let choice = match spec.functionref.kind {
             FunctionReferenceType::Name => {
                 info.functions.push((spec.functionref.name.clone(), 1));
