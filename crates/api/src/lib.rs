@@ -24,6 +24,7 @@ mod batch;
 mod error;
 mod extract;
 mod instances;
+mod invocations;
 mod invoke;
 mod logs;
 mod metrics;
@@ -75,6 +76,11 @@ pub fn app(state: ApiState) -> Router {
                 .delete(archives::delete),
         )
         .route("/v1/functions/{name}/logs", get(logs::logs))
+        .route(
+            "/v1/functions/{name}/invocations",
+            get(invocations::of_function),
+        )
+        .route("/v1/invocations/{id}", get(invocations::get_one))
         .route(
             "/v1/functions/{name}/instances",
             get(instances::of_function),

@@ -166,6 +166,7 @@ async fn create(
         Kind::ConfigMap => {
             create_typed::<ConfigMapSpec>(&state, value, query_ns.as_deref()).await?
         }
+        Kind::Invocation => return Err(crate::invocations::not_a_resource()),
     };
     tracing::info!(kind = %kind, namespace = %stored.namespace, name = %stored.name, resource_version = stored.resource_version, "created");
     state.settle(kind, stored.resource_version).await;
@@ -307,6 +308,7 @@ async fn replace(
         Kind::TimeTrigger => replace_typed::<TimeTriggerSpec>(&state, &name, value, q).await?,
         Kind::Secret => replace_typed::<SecretSpec>(&state, &name, value, q).await?,
         Kind::ConfigMap => replace_typed::<ConfigMapSpec>(&state, &name, value, q).await?,
+        Kind::Invocation => return Err(crate::invocations::not_a_resource()),
     };
     tracing::info!(kind = %kind, namespace = %stored.namespace, name = %stored.name, resource_version = stored.resource_version, "replaced");
     state.settle(kind, stored.resource_version).await;
@@ -440,6 +442,7 @@ pub(crate) async fn delete_locked(
             Kind::TimeTrigger => TimeTriggerSpec::dependents(state, namespace, name).await?,
             Kind::Secret => SecretSpec::dependents(state, namespace, name).await?,
             Kind::ConfigMap => ConfigMapSpec::dependents(state, namespace, name).await?,
+            Kind::Invocation => Vec::new(),
         };
         if !users.is_empty() {
             return Err(ApiError::conflict(
@@ -513,6 +516,7 @@ async fn put_status(
         Kind::TimeTrigger => normalise_status::<TimeTriggerSpec>(status)?,
         Kind::Secret => normalise_status::<SecretSpec>(status)?,
         Kind::ConfigMap => normalise_status::<ConfigMapSpec>(status)?,
+        Kind::Invocation => return Err(crate::invocations::not_a_resource()),
     };
     let mut stored = state
         .store

@@ -194,14 +194,41 @@ pub struct MessageQueueTriggerCrdSpec(pub kappa_types::MessageQueueTriggerSpec);
 )]
 pub struct TimeTriggerCrdSpec(pub kappa_types::TimeTriggerSpec);
 
+/// `spec` of the `Invocation` CRD: exactly [`kappa_types::InvocationSpec`]. Written by the
+/// router or the API server when they accept an asynchronous invocation, and by the
+/// asynchronous worker (status) as it runs it.
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+#[kube(
+    group = "kappa.dev",
+    version = "v1",
+    kind = "Invocation",
+    root = "InvocationCrd",
+    namespaced,
+    status = "kappa_types::InvocationStatus",
+    shortname = "inv",
+    category = "kappa",
+    doc = "An accepted asynchronous invocation of a function and its outcome",
+    printcolumn(name = "Function", type_ = "string", json_path = ".spec.function"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Attempts", type_ = "integer", json_path = ".status.attempts"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+pub struct InvocationCrdSpec(pub kappa_types::InvocationSpec);
+
 /// The kinds stored as CRDs (every [`Kind`] but Secret and ConfigMap).
-pub const CRD_KINDS: [Kind; 6] = [
+pub const CRD_KINDS: [Kind; 7] = [
     Kind::Environment,
     Kind::Package,
     Kind::Function,
     Kind::HttpTrigger,
     Kind::MessageQueueTrigger,
     Kind::TimeTrigger,
+    Kind::Invocation,
 ];
 
 /// The CRD of a kind, or `None` for Secret and ConfigMap (native Kubernetes objects).
@@ -213,6 +240,7 @@ pub fn crd_of(kind: Kind) -> Option<CustomResourceDefinition> {
         Kind::HttpTrigger => HttpTriggerCrd::crd(),
         Kind::MessageQueueTrigger => MessageQueueTriggerCrd::crd(),
         Kind::TimeTrigger => TimeTriggerCrd::crd(),
+        Kind::Invocation => InvocationCrd::crd(),
         Kind::Secret | Kind::ConfigMap => return None,
     })
 }
@@ -241,7 +269,7 @@ mod tests {
     #[test]
     fn crds_have_the_kappa_shape() {
         let crds = all_crds();
-        assert_eq!(crds.len(), 6);
+        assert_eq!(crds.len(), 7);
         for (file, crd) in &crds {
             assert!(file.ends_with(".kappa.dev.yaml"), "{file}");
             assert_eq!(crd.spec.group, GROUP);

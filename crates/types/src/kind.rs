@@ -16,6 +16,10 @@ pub enum Kind {
     TimeTrigger,
     Secret,
     ConfigMap,
+    /// An accepted asynchronous invocation and its outcome: runtime state, not desired state,
+    /// so it is in none of the lists below (no CRUD routes, no specs); see
+    /// [`Kind::STORED`].
+    Invocation,
 }
 
 impl Kind {
@@ -29,6 +33,19 @@ impl Kind {
         Kind::TimeTrigger,
         Kind::Secret,
         Kind::ConfigMap,
+    ];
+
+    /// Every kind the store holds: [`Kind::ALL`] plus the runtime records (invocations).
+    pub const STORED: [Kind; 9] = [
+        Kind::Environment,
+        Kind::Package,
+        Kind::Function,
+        Kind::HttpTrigger,
+        Kind::MessageQueueTrigger,
+        Kind::TimeTrigger,
+        Kind::Secret,
+        Kind::ConfigMap,
+        Kind::Invocation,
     ];
 
     /// Every kind, each after the kinds its objects may reference (a Function after its
@@ -55,6 +72,7 @@ impl Kind {
             Kind::TimeTrigger => "TimeTrigger",
             Kind::Secret => "Secret",
             Kind::ConfigMap => "ConfigMap",
+            Kind::Invocation => "Invocation",
         }
     }
 
@@ -69,6 +87,7 @@ impl Kind {
             Kind::TimeTrigger => "timetriggers",
             Kind::Secret => "secrets",
             Kind::ConfigMap => "configmaps",
+            Kind::Invocation => "invocations",
         }
     }
 
@@ -88,7 +107,7 @@ impl FromStr for Kind {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Kind::ALL
+        Kind::STORED
             .into_iter()
             .find(|k| k.as_str() == s || k.plural() == s)
             .ok_or_else(|| format!("unknown kind {s:?}"))

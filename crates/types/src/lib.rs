@@ -12,6 +12,7 @@ mod environment;
 mod error;
 mod events;
 mod function;
+mod invocation;
 mod kind;
 mod meta;
 mod package;
@@ -29,6 +30,11 @@ pub use events::{
 };
 pub use function::{
     ExecutorType, FunctionPackageRef, FunctionSpec, FunctionStatus, NamedRef, PackageRef,
+};
+pub use invocation::{
+    ASYNC_BODY_LIMIT, ASYNC_ID_HEADER, AttemptRecord, DeadLetter, FUNCTION_LABEL,
+    INVOCATION_TYPE_HEADER, InvocationHeader, InvocationLease, InvocationPhase, InvocationResponse,
+    InvocationSpec, InvocationStatus, is_invocation_id,
 };
 pub use kind::Kind;
 pub use meta::{API_VERSION, DEFAULT_NAMESPACE, ObjectMeta, Resource, Spec};
@@ -57,3 +63,5 @@ pub type TimeTrigger = Resource<TimeTriggerSpec>;
 pub type Secret = Resource<SecretSpec>;
 /// A ConfigMap: key/values placed for the instances of functions that reference it.
 pub type ConfigMap = Resource<ConfigMapSpec>;
+/// An Invocation: an accepted asynchronous invocation of a function and its outcome.
+pub type Invocation = Resource<InvocationSpec>;

@@ -176,6 +176,7 @@ pub fn noun(kind: Kind) -> &'static str {
         Kind::TimeTrigger => "time trigger",
         Kind::Secret => "secret",
         Kind::ConfigMap => "config map",
+        Kind::Invocation => "invocation",
     }
 }
 
