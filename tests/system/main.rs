@@ -14,4 +14,5 @@ mod restart;
 mod roles;
 mod runtimes;
 mod spec;
+mod traffic;
 mod triggers;

@@ -8,7 +8,9 @@
 //!   closes, so an open socket counts toward `requestsPerPod`;
 //! - the upstream connection never returns to the keep-alive pool (it is no longer HTTP);
 //! - with no byte either way for [`crate::RouterConfig::upgrade_idle_timeout`], both sides are
-//!   closed.
+//!   closed;
+//! - the instance's end of stream ends the connection (after what it sent reached the client);
+//!   the client's end of stream is passed on to the instance, which may still answer.
 //!
 //! Any other answer to an upgrade request is an ordinary response.
 
@@ -22,7 +24,7 @@ use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderMap, HeaderValue};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::time::Instant;
 
 use crate::body::Lease;
@@ -73,16 +75,47 @@ pub(crate) fn splice(
             }
         };
         let activity = Arc::new(Activity::new());
-        let mut client = Tracked::new(TokioIo::new(client), Arc::clone(&activity));
-        let mut upstream = Tracked::new(TokioIo::new(upstream), Arc::clone(&activity));
-        let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+        let client = Tracked::new(TokioIo::new(client), Arc::clone(&activity));
+        let upstream = Tracked::new(TokioIo::new(upstream), Arc::clone(&activity));
+        let (mut client_read, mut client_write) = tokio::io::split(client);
+        let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
+        // Client to instance: at the client's end of stream, the instance's write side is shut
+        // down and the instance may still answer.
+        let up = async {
+            let copied = tokio::io::copy(&mut client_read, &mut upstream_write).await;
+            let _ = upstream_write.shutdown().await;
+            copied
+        };
+        // Instance to client: the instance's end of stream ends the connection (a function
+        // that closed its socket is done with it, even if the client has not closed yet).
+        let down = async {
+            let copied = tokio::io::copy(&mut upstream_read, &mut client_write).await;
+            let _ = client_write.shutdown().await;
+            copied
+        };
+        let copy = async {
+            tokio::pin!(up);
+            tokio::pin!(down);
+            let mut up_done = false;
+            loop {
+                tokio::select! {
+                    result = &mut up, if !up_done => {
+                        up_done = true;
+                        if result.is_err() {
+                            return result;
+                        }
+                    }
+                    result = &mut down => return result,
+                }
+            }
+        };
         tokio::pin!(copy);
         loop {
             let deadline = activity.last() + idle;
             tokio::select! {
                 result = &mut copy => {
                     match result {
-                        Ok((up, down)) => tracing::debug!(%function, up, down, "upgraded connection closed"),
+                        Ok(down) => tracing::debug!(%function, down, "upgraded connection closed"),
                         Err(error) => tracing::debug!(%function, %error, "upgraded connection ended with an error"),
                     }
                     break;
