@@ -324,3 +324,160 @@ fn server_sent_events_stream_through_the_router() {
     }
     assert!(String::from_utf8_lossy(&got).contains("data: second"));
 }
+
+/// Every invocation of `function` as (id, phase, attempts, deadLetter).
+fn invocations(p: &Platform, function: &str) -> Vec<(String, String, u64, String)> {
+    let r = p.api("GET", &format!("/v1/functions/{function}/invocations"), b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["metadata"]["name"].as_str().unwrap().to_string(),
+                i["status"]["phase"]
+                    .as_str()
+                    .unwrap_or("pending")
+                    .to_string(),
+                i["status"]["attempts"].as_u64().unwrap_or(0),
+                i["status"]["deadLetter"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn async_invocations_survive_a_kill_and_failures_are_dead_lettered() {
+    let nats = crate::triggers::Nats::start();
+    nats.watch("kappa.dead");
+    let url = nats.url();
+    let mut p = Platform::start_with(&["--no-example", "--nats-url", &url]);
+    p.python_env(&[]);
+    let code = function_path("testdata/python/async_work.py");
+    p.ok(&[
+        "fn",
+        "create",
+        "--name",
+        "work",
+        "--env",
+        "python",
+        "--code",
+        &code,
+        "--entrypoint",
+        "async_work.main",
+        "--retries",
+        "1",
+        "--dead-letter-topic",
+        "kappa.dead",
+    ]);
+    p.ok(&[
+        "route",
+        "create",
+        "--name",
+        "work",
+        "--function",
+        "work",
+        "--url",
+        "/work",
+        "--method",
+        "POST",
+    ]);
+
+    // 1,000 accepted invocations, one in ten failing; the platform is killed with SIGKILL
+    // half-way (while the worker is running the first half) and started again.
+    const TOTAL: usize = 1000;
+    let mut accepted: Vec<(String, bool)> = Vec::new();
+    let mut i = 0;
+    let mut killed = false;
+    while accepted.len() < TOTAL {
+        if accepted.len() == TOTAL / 2 && !killed {
+            killed = true;
+            p.kill9();
+            p.restart();
+        }
+        let fails = i % 10 == 0;
+        let body = if fails {
+            format!("fail-{i}")
+        } else {
+            format!("ok-{i}")
+        };
+        i += 1;
+        let Ok(r) = http(
+            p.router,
+            "POST",
+            "/work",
+            &[("X-Kappa-Invocation-Type", "async")],
+            body.as_bytes(),
+        ) else {
+            continue;
+        };
+        if r.status != 202 {
+            continue;
+        }
+        let id = r.json()["invocationId"].as_str().unwrap().to_string();
+        assert_eq!(r.header("x-kappa-invocation-id"), Some(id.as_str()));
+        accepted.push((id, fails));
+    }
+
+    // Every accepted id ends in a recorded outcome.
+    let finished = eventually(
+        Duration::from_secs(300),
+        "every invocation to finish",
+        || {
+            let all = invocations(&p, "work");
+            let done = all
+                .iter()
+                .filter(|(_, phase, _, _)| phase == "succeeded" || phase == "deadlettered")
+                .count();
+            (done >= TOTAL).then_some(all)
+        },
+    );
+    let by_id: std::collections::HashMap<_, _> = finished
+        .iter()
+        .map(|(id, phase, attempts, dead)| (id.clone(), (phase.clone(), *attempts, dead.clone())))
+        .collect();
+    let mut failed = HashSet::new();
+    for (id, fails) in &accepted {
+        let (phase, attempts, dead) = by_id
+            .get(id)
+            .unwrap_or_else(|| panic!("accepted invocation {id} was lost"));
+        if *fails {
+            assert_eq!(phase, "deadlettered", "{id}");
+            assert!(*attempts >= 2, "{id}: retried once ({attempts} attempts)");
+            assert_eq!(dead, "nats-jetstream:kappa.dead", "{id}");
+            failed.insert(id.clone());
+        } else {
+            assert_eq!(phase, "succeeded", "{id}");
+        }
+    }
+
+    // Failures after the retry are on the dead-letter topic (at least once each).
+    eventually(
+        Duration::from_secs(60),
+        "the dead letters on the topic",
+        || {
+            let seen: HashSet<String> = nats
+                .got("kappa.dead")
+                .iter()
+                .filter_map(|(headers, _)| headers.get("x-kappa-invocation-id").cloned())
+                .collect();
+            failed.is_subset(&seen).then_some(())
+        },
+    );
+    let sample = nats.got("kappa.dead");
+    let (headers, body) = &sample[0];
+    assert!(String::from_utf8_lossy(body).starts_with("fail-"));
+    assert_eq!(
+        headers.get("x-kappa-status").map(String::as_str),
+        Some("500")
+    );
+
+    // The CLI shows them.
+    let (id, _) = accepted.iter().find(|(_, fails)| *fails).unwrap();
+    let shown = p.ok(&["fn", "invocation", id]);
+    assert!(shown.contains("phase: deadlettered"), "{shown}");
+    assert!(shown.contains("failing on purpose"), "{shown}");
+    let listed = p.ok(&["fn", "invocations", "work", "--limit", "5"]);
+    assert_eq!(listed.lines().count(), 6, "{listed}");
+}
