@@ -101,9 +101,7 @@ pub(crate) fn splice(
                 tokio::select! {
                     result = &mut up, if !up_done => {
                         up_done = true;
-                        if result.is_err() {
-                            return result;
-                        }
+                        result?;
                     }
                     result = &mut down => return result,
                 }

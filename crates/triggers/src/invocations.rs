@@ -295,8 +295,8 @@ impl AsyncWorker {
     /// Deletes a finished invocation past retention (its version as the precondition).
     async fn expire(&self, object: &StoredObject, status: &InvocationStatus, now: DateTime<Utc>) {
         let finished = status.finished_at.as_deref().and_then(parse_time);
-        if finished.is_some_and(|at| at + to_chrono(self.config.retention) <= now) {
-            if let Err(error) = self
+        if finished.is_some_and(|at| at + to_chrono(self.config.retention) <= now)
+            && let Err(error) = self
                 .store
                 .delete(
                     Kind::Invocation,
@@ -305,9 +305,8 @@ impl AsyncWorker {
                     Precondition::ResourceVersion(object.resource_version),
                 )
                 .await
-            {
-                tracing::debug!(invocation = %object.name, %error, "deleting an expired invocation failed");
-            }
+        {
+            tracing::debug!(invocation = %object.name, %error, "deleting an expired invocation failed");
         }
     }
 
