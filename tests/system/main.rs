@@ -15,5 +15,6 @@ mod restart;
 mod roles;
 mod runtimes;
 mod spec;
+mod traffic;
 mod triggers;
 mod versions;

@@ -14,7 +14,7 @@ use kappa_triggers::testkit::NatsServer;
 use crate::harness::{Platform, eventually, function_path, http};
 
 /// A message read back: its headers (lower-case names) and body.
-type Received = (HashMap<String, String>, Bytes);
+pub(crate) type Received = (HashMap<String, String>, Bytes);
 
 /// A NATS server and a client in the test, collecting what arrives on the watched subjects.
 pub(crate) struct Nats {

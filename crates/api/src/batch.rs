@@ -161,6 +161,7 @@ macro_rules! by_kind {
             Kind::ConfigMap => $f::<ConfigMapSpec>($($arg),*).await,
             Kind::CanaryConfig => $f::<kappa_types::CanaryConfigSpec>($($arg),*).await,
             Kind::FunctionVersion => $f::<kappa_types::FunctionVersionSpec>($($arg),*).await,
+            Kind::Invocation => Err(crate::invocations::not_a_resource()),
         }
     };
 }

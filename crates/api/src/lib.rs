@@ -24,6 +24,7 @@ mod batch;
 mod error;
 mod extract;
 mod instances;
+mod invocations;
 mod invoke;
 mod logs;
 mod metrics;
@@ -81,6 +82,11 @@ pub fn app(state: ApiState) -> Router {
             "/v1/functions/{name}/rollback",
             axum::routing::post(versions::rollback),
         )
+        .route(
+            "/v1/functions/{name}/invocations",
+            get(invocations::of_function),
+        )
+        .route("/v1/invocations/{id}", get(invocations::get_one))
         .route(
             "/v1/functions/{name}/instances",
             get(instances::of_function),

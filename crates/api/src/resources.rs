@@ -177,6 +177,7 @@ async fn create(
         Kind::FunctionVersion => {
             create_typed::<FunctionVersionSpec>(&state, value, query_ns.as_deref()).await?
         }
+        Kind::Invocation => return Err(crate::invocations::not_a_resource()),
     };
     tracing::info!(kind = %kind, namespace = %stored.namespace, name = %stored.name, resource_version = stored.resource_version, "created");
     state.settle(kind, stored.resource_version).await;
@@ -328,6 +329,7 @@ async fn replace(
         Kind::FunctionVersion => {
             replace_typed::<FunctionVersionSpec>(&state, &name, value, q).await?
         }
+        Kind::Invocation => return Err(crate::invocations::not_a_resource()),
     };
     tracing::info!(kind = %kind, namespace = %stored.namespace, name = %stored.name, resource_version = stored.resource_version, "replaced");
     state.settle(kind, stored.resource_version).await;
@@ -470,6 +472,7 @@ pub(crate) async fn delete_locked(
             Kind::ConfigMap => ConfigMapSpec::dependents(state, namespace, name).await?,
             Kind::CanaryConfig => CanaryConfigSpec::dependents(state, namespace, name).await?,
             Kind::FunctionVersion => Vec::new(),
+            Kind::Invocation => Vec::new(),
         };
         if !users.is_empty() {
             return Err(ApiError::conflict(
@@ -552,6 +555,7 @@ async fn put_status(
         Kind::ConfigMap => normalise_status::<ConfigMapSpec>(status)?,
         Kind::CanaryConfig => normalise_status::<CanaryConfigSpec>(status)?,
         Kind::FunctionVersion => return Err(crate::versions::read_only()),
+        Kind::Invocation => return Err(crate::invocations::not_a_resource()),
     };
     let mut stored = state
         .store

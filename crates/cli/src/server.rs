@@ -176,6 +176,13 @@ pub struct ServerArgs {
     /// Seconds to drain in-flight requests and stop instances on shutdown.
     #[arg(long, env = "KAPPA_SHUTDOWN_GRACE", default_value_t = 10)]
     pub shutdown_grace: u64,
+    /// Role triggers: how long finished asynchronous invocations are kept.
+    #[arg(long, env = "KAPPA_ASYNC_RETENTION", default_value = "24h", value_parser = crate::output::parse_duration)]
+    pub async_retention: Duration,
+    /// Role router: an upgraded (WebSocket) connection with no byte either way for this long
+    /// is closed.
+    #[arg(long, env = "KAPPA_UPGRADE_IDLE_TIMEOUT", default_value = "10m", value_parser = crate::output::parse_duration)]
+    pub upgrade_idle_timeout: Duration,
 }
 
 /// Readiness of one role, flipped once it serves.
@@ -479,6 +486,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 max_body_bytes: args.max_body_mb << 20,
                 internal_token: Some(token.clone()),
                 metrics_need_token: args.metrics_need_token,
+                upgrade_idle_timeout: args.upgrade_idle_timeout,
                 ..RouterConfig::default()
             },
             Arc::clone(&store),
@@ -653,19 +661,36 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             Some(metrics) => manager.with_registered_metrics(metrics),
             None => manager,
         };
-        let leadership = elect(
-            kube_client.as_ref(),
-            "kappa-triggers",
-            &replica_name(&args),
-            &shutdown,
-        );
+        let replica = replica_name(&args);
+        let worker = Arc::new(kappa_triggers::AsyncWorker::new(
+            kappa_triggers::AsyncConfig {
+                node: replica.clone(),
+                retention: args.async_retention,
+                nats_url: args
+                    .nats_url
+                    .clone()
+                    .unwrap_or_else(|| kappa_triggers::DEFAULT_NATS_URL.into()),
+                redis_url: args
+                    .redis_url
+                    .clone()
+                    .unwrap_or_else(|| kappa_triggers::DEFAULT_REDIS_URL.into()),
+                ..kappa_triggers::AsyncConfig::default()
+            },
+            Arc::clone(&store),
+            Arc::new(TriggerInvoker(Arc::clone(invoker))),
+            Arc::new(kappa_triggers::DefaultConnector),
+        ));
+        let leadership = elect(kube_client.as_ref(), "kappa-triggers", &replica, &shutdown);
         let token = shutdown.clone();
         tasks.push((
             "trigger workers",
             tokio::spawn(async move {
                 // One replica consumes and fires schedules at a time: never twice per schedule.
                 if let Some(work) = led(leadership, token, "trigger workers").await {
+                    // The asynchronous invocation worker runs beside them, under the same lease.
+                    let async_worker = tokio::spawn(worker.run(work.clone()));
                     manager.run(work).await;
+                    let _ = async_worker.await;
                 }
             }),
         ));

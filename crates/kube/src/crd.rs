@@ -242,8 +242,34 @@ pub struct FunctionVersionCrdSpec(pub kappa_types::FunctionVersionSpec);
 )]
 pub struct CanaryConfigCrdSpec(pub kappa_types::CanaryConfigSpec);
 
+/// `spec` of the `Invocation` CRD: exactly [`kappa_types::InvocationSpec`]. Written by the
+/// router or the API server when they accept an asynchronous invocation, and by the
+/// asynchronous worker (status) as it runs it.
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+#[kube(
+    group = "kappa.dev",
+    version = "v1",
+    kind = "Invocation",
+    root = "InvocationCrd",
+    namespaced,
+    status = "kappa_types::InvocationStatus",
+    shortname = "inv",
+    category = "kappa",
+    doc = "An accepted asynchronous invocation of a function and its outcome",
+    printcolumn(name = "Function", type_ = "string", json_path = ".spec.function"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Attempts", type_ = "integer", json_path = ".status.attempts"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+pub struct InvocationCrdSpec(pub kappa_types::InvocationSpec);
+
 /// The kinds stored as CRDs (every [`Kind`] but Secret and ConfigMap).
-pub const CRD_KINDS: [Kind; 8] = [
+pub const CRD_KINDS: [Kind; 9] = [
     Kind::Environment,
     Kind::Package,
     Kind::Function,
@@ -252,6 +278,7 @@ pub const CRD_KINDS: [Kind; 8] = [
     Kind::TimeTrigger,
     Kind::FunctionVersion,
     Kind::CanaryConfig,
+    Kind::Invocation,
 ];
 
 /// The CRD of a kind, or `None` for Secret and ConfigMap (native Kubernetes objects).
@@ -265,6 +292,7 @@ pub fn crd_of(kind: Kind) -> Option<CustomResourceDefinition> {
         Kind::TimeTrigger => TimeTriggerCrd::crd(),
         Kind::FunctionVersion => FunctionVersionCrd::crd(),
         Kind::CanaryConfig => CanaryConfigCrd::crd(),
+        Kind::Invocation => InvocationCrd::crd(),
         Kind::Secret | Kind::ConfigMap => return None,
     })
 }
@@ -293,7 +321,7 @@ mod tests {
     #[test]
     fn crds_have_the_kappa_shape() {
         let crds = all_crds();
-        assert_eq!(crds.len(), 8);
+        assert_eq!(crds.len(), 9);
         for (file, crd) in &crds {
             assert!(file.ends_with(".kappa.dev.yaml"), "{file}");
             assert_eq!(crd.spec.group, GROUP);

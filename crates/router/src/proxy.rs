@@ -422,9 +422,16 @@ pub(crate) async fn handle(
     async move {
         let (mut parts, body) = request.into_parts();
         let method = method_label(&parts.method);
+        let upgrade = crate::upgrade::requested(&parts.headers);
+        let asynchronous = crate::asyncinv::requested(&parts.headers);
         let routed = check_head(&parts).and_then(|()| {
             strip_headers(&mut parts.headers, true);
             route(&inner, &mut parts)
+        });
+        // An upgrade keeps its two headers, and the client's side of it goes to `forward`.
+        let upgrade = upgrade.and_then(|protocol| {
+            crate::upgrade::restore(&mut parts.headers, protocol);
+            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
         });
         let response = match routed {
             Err(failure) => {
@@ -442,12 +449,25 @@ pub(crate) async fn handle(
                     full,
                     Some(&peer),
                 );
-                let body = RequestBody::incoming(body, inner.config.max_body_bytes);
-                let response =
-                    match forward(&inner, &entry, parts, body, &invocation_id, inflight).await {
-                        Ok(response) => response,
-                        Err(failure) => failure.into_response(&invocation_id, &inner.retry_after),
-                    };
+                let forwarded = if asynchronous {
+                    crate::asyncinv::accept(&inner, &entry, parts, body, &invocation_id).await
+                } else {
+                    let body = RequestBody::incoming(body, inner.config.max_body_bytes);
+                    let forwarded = forward(
+                        &inner,
+                        &entry,
+                        parts,
+                        body,
+                        &invocation_id,
+                        inflight,
+                        upgrade,
+                    );
+                    forwarded.await
+                };
+                let response = match forwarded {
+                    Ok(response) => response,
+                    Err(failure) => failure.into_response(&invocation_id, &inner.retry_after),
+                };
                 entry.metrics.answered(
                     &inner.metrics,
                     response.status().as_u16(),
@@ -522,7 +542,8 @@ pub(crate) async fn invoke(
                 set_invocation_headers(&mut parts.headers, &entry, &invocation_id, full, None);
                 let body = RequestBody::axum(body, inner.config.max_body_bytes);
                 let response =
-                    match forward(inner, &entry, parts, body, &invocation_id, inflight).await {
+                    match forward(inner, &entry, parts, body, &invocation_id, inflight, None).await
+                    {
                         Ok(response) => response,
                         Err(failure) => failure.into_response(&invocation_id, &inner.retry_after),
                     };
@@ -605,7 +626,9 @@ enum Attempt {
 }
 
 /// Admits the request and sends it to an instance; returns the instance's response head with a
-/// streaming body, or the failure to answer with.
+/// streaming body, or the failure to answer with. With `upgrade` (the client's side of an
+/// upgrade request), a `101` from the instance splices the two connections
+/// ([`crate::upgrade::splice`]).
 async fn forward(
     inner: &Inner,
     entry: &Arc<FunctionEntry>,
@@ -613,6 +636,7 @@ async fn forward(
     body: RequestBody,
     invocation_id: &HeaderValue,
     inflight: InflightGuard,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Result<Response<ResponseBody>, Failure> {
     if !entry.exists {
         return Err(Failure::new(
@@ -712,7 +736,43 @@ async fn forward(
         }
         drop(upstream);
         match attempt {
-            Attempt::Response(response, conn) => {
+            Attempt::Response(mut response, conn) => {
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    let protocol = crate::upgrade::requested(response.headers());
+                    let (Some(client), Some(protocol)) = (upgrade, protocol) else {
+                        return Err(Failure::new(
+                            StatusCode::BAD_GATEWAY,
+                            "instance_failed",
+                            format!(
+                                "instance {} of function {} switched protocols without an upgrade being asked for",
+                                endpoint.instance_id, entry.id
+                            ),
+                        ));
+                    };
+                    let upstream = hyper::upgrade::on(&mut response);
+                    let (mut head, _) = response.into_parts();
+                    strip_headers(&mut head.headers, false);
+                    crate::upgrade::restore(&mut head.headers, protocol);
+                    head.headers
+                        .insert(INVOCATION_ID.clone(), invocation_id.clone());
+                    let lease = Lease {
+                        permit,
+                        conn,
+                        pool,
+                        inflight,
+                    };
+                    crate::upgrade::splice(
+                        client,
+                        upstream,
+                        lease,
+                        inner.config.upgrade_idle_timeout,
+                        entry.id.to_string(),
+                    );
+                    return Ok(Response::from_parts(
+                        head,
+                        ResponseBody::full(bytes::Bytes::new()),
+                    ));
+                }
                 let (mut head, body) = response.into_parts();
                 strip_headers(&mut head.headers, false);
                 head.headers

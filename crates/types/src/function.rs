@@ -124,6 +124,13 @@ pub struct FunctionSpec {
         skip_serializing_if = "is_default_version_limit"
     )]
     pub version_limit: u32,
+    /// Asynchronous invocations: attempts after the first failed one (exponential back-off).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Asynchronous invocations: where they go after their last failed attempt (absent: they
+    /// stay in the store, dead-lettered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<crate::invocation::DeadLetter>,
 }
 
 fn default_version_limit() -> u32 {
@@ -133,6 +140,9 @@ fn is_default_version_limit(limit: &u32) -> bool {
     *limit == crate::version::DEFAULT_VERSION_LIMIT
 }
 
+fn default_retries() -> u32 {
+    2
+}
 fn default_max_scale() -> u32 {
     1
 }
@@ -179,6 +189,8 @@ impl FunctionSpec {
             resources: Resources::default(),
             egress: None,
             version_limit: default_version_limit(),
+            retries: default_retries(),
+            dead_letter: None,
         }
     }
 }
@@ -252,6 +264,10 @@ impl Spec for FunctionSpec {
             c.validate(&format!("spec.configmaps[{i}]"))?;
         }
         validate::in_range("spec.versionLimit", self.version_limit, 1, 100)?;
+        validate::in_range("spec.retries", self.retries, 0, 100)?;
+        if let Some(dead_letter) = &self.dead_letter {
+            dead_letter.validate("spec.deadLetter")?;
+        }
         self.resources.validate("spec.resources")
     }
 }

@@ -18,6 +18,10 @@ pub enum Kind {
     ConfigMap,
     FunctionVersion,
     CanaryConfig,
+    /// An accepted asynchronous invocation and its outcome: runtime state, not desired state,
+    /// so it is in none of the lists below (no CRUD routes, no specs); see
+    /// [`Kind::STORED`].
+    Invocation,
 }
 
 impl Kind {
@@ -33,6 +37,21 @@ impl Kind {
         Kind::ConfigMap,
         Kind::FunctionVersion,
         Kind::CanaryConfig,
+    ];
+
+    /// Every kind the store holds: [`Kind::ALL`] plus the runtime records (invocations).
+    pub const STORED: [Kind; 11] = [
+        Kind::Environment,
+        Kind::Package,
+        Kind::Function,
+        Kind::HttpTrigger,
+        Kind::MessageQueueTrigger,
+        Kind::TimeTrigger,
+        Kind::Secret,
+        Kind::ConfigMap,
+        Kind::FunctionVersion,
+        Kind::CanaryConfig,
+        Kind::Invocation,
     ];
 
     /// Every kind, each after the kinds its objects may reference (a Function after its
@@ -63,6 +82,7 @@ impl Kind {
             Kind::ConfigMap => "ConfigMap",
             Kind::FunctionVersion => "FunctionVersion",
             Kind::CanaryConfig => "CanaryConfig",
+            Kind::Invocation => "Invocation",
         }
     }
 
@@ -79,6 +99,7 @@ impl Kind {
             Kind::ConfigMap => "configmaps",
             Kind::FunctionVersion => "functionversions",
             Kind::CanaryConfig => "canaryconfigs",
+            Kind::Invocation => "invocations",
         }
     }
 
@@ -98,7 +119,7 @@ impl FromStr for Kind {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Kind::ALL
+        Kind::STORED
             .into_iter()
             .find(|k| k.as_str() == s || k.plural() == s)
             .ok_or_else(|| format!("unknown kind {s:?}"))

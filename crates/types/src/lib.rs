@@ -13,6 +13,7 @@ mod environment;
 mod error;
 mod events;
 mod function;
+mod invocation;
 mod kind;
 mod meta;
 mod package;
@@ -34,6 +35,11 @@ pub use events::{
 };
 pub use function::{
     ExecutorType, FunctionPackageRef, FunctionSpec, FunctionStatus, NamedRef, PackageRef,
+};
+pub use invocation::{
+    ASYNC_BODY_LIMIT, ASYNC_ID_HEADER, AttemptRecord, DeadLetter, FUNCTION_LABEL,
+    INVOCATION_TYPE_HEADER, InvocationHeader, InvocationLease, InvocationPhase, InvocationResponse,
+    InvocationSpec, InvocationStatus, is_invocation_id,
 };
 pub use kind::Kind;
 pub use meta::{API_VERSION, DEFAULT_NAMESPACE, ObjectMeta, Resource, Spec};
@@ -71,3 +77,5 @@ pub type ConfigMap = Resource<ConfigMapSpec>;
 pub type FunctionVersion = Resource<FunctionVersionSpec>;
 /// A CanaryConfig: a gradual, automatically rolled back shift of a route's traffic.
 pub type CanaryConfig = Resource<CanaryConfigSpec>;
+/// An Invocation: an accepted asynchronous invocation of a function and its outcome.
+pub type Invocation = Resource<InvocationSpec>;

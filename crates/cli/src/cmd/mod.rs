@@ -179,6 +179,7 @@ pub fn noun(kind: Kind) -> &'static str {
         Kind::ConfigMap => "config map",
         Kind::FunctionVersion => "function version",
         Kind::CanaryConfig => "canary",
+        Kind::Invocation => "invocation",
     }
 }
 
