@@ -10,6 +10,7 @@ mod errors;
 mod examples;
 mod harness;
 mod isolation;
+mod kafka;
 mod restart;
 mod roles;
 mod runtimes;

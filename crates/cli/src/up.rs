@@ -92,6 +92,10 @@ pub struct UpArgs {
     /// The Redis server of message-queue triggers without `metadata.url`.
     #[arg(long, env = "KAPPA_REDIS_URL", default_value = kappa_triggers::DEFAULT_REDIS_URL)]
     pub redis_url: String,
+    /// The Kafka cluster of message-queue triggers without `metadata.bootstrapServers`:
+    /// `kafka://host:port[,host:port...]` (or `host:port,...`).
+    #[arg(long, env = "KAPPA_KAFKA_URL", default_value = kappa_triggers::DEFAULT_KAFKA_URL)]
+    pub kafka_url: String,
 }
 
 /// The default data directory: `$HOME/.kappa`.
@@ -251,6 +255,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             kappa_triggers::ManagerConfig {
                 nats_url: args.nats_url.clone(),
                 redis_url: args.redis_url.clone(),
+                kafka_url: args.kafka_url.clone(),
                 ..kappa_triggers::ManagerConfig::default()
             },
             Arc::clone(&store),
