@@ -12,10 +12,11 @@
       default built-in sandbox (reached only through its connector), so the cost of isolation
       on a warm request and on a cold start is printed side by side.
   (d) message queue: messages per second through a trivial Python function via NATS JetStream
-      (a message-queue trigger with a response topic) at maxConcurrency 1 and 64.
+      and via Kafka (a `tansu` broker), a message-queue trigger with a response topic, at
+      maxConcurrency 1 and 64.
 
 Usage: scripts/bench.sh [--quick]   (builds the release binary, then runs this script)
-Needs: nginx, wrk, nats-server (scripts/install-deps.sh installs them). Uses free loopback ports
+Needs: nginx, wrk, nats-server, tansu (scripts/install-deps.sh installs them). Uses free loopback ports
 only. `--mq-only` runs only (d).
 """
 
@@ -28,6 +29,7 @@ import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -253,34 +255,141 @@ class RawNats:
         return times
 
 
+TANSU = shutil.which("tansu") or os.path.expanduser("~/.cargo/bin/tansu")
+
+
+def _crc32c_table():
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+CRC32C = _crc32c_table()
+
+
+def crc32c(data):
+    c = 0xFFFFFFFF
+    for b in data:
+        c = CRC32C[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+
+
+def zigzag(n):
+    """A Kafka varint (zigzag-encoded)."""
+    v = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        if v:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+class RawKafka:
+    """A minimal Kafka producer (Produce v3, one record batch v2 per request, partition 0) so the
+    benchmark needs no Python Kafka library."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.correlation = 0
+
+    def _recv(self, n):
+        buf = b""
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise OSError("Kafka connection closed")
+            buf += chunk
+        return buf
+
+    def produce(self, topic, payloads):
+        now = int(time.time() * 1000)
+        records = bytearray()
+        for i, p in enumerate(payloads):
+            body = (b"\x00" + zigzag(0) + zigzag(i) + zigzag(-1) + zigzag(len(p)) + p + zigzag(0))
+            records += zigzag(len(body)) + body
+        after_crc = (struct.pack(">hiqqqhii", 0, len(payloads) - 1, now, now, -1, -1, -1, len(payloads))
+                     + bytes(records))
+        batch_tail = struct.pack(">ibI", -1, 2, crc32c(after_crc)) + after_crc
+        batch = struct.pack(">qi", 0, len(batch_tail)) + batch_tail
+        name = topic.encode()
+        self.correlation += 1
+        body = (struct.pack(">hhih", 0, 3, self.correlation, 5) + b"bench"
+                + struct.pack(">hhii", -1, -1, 30000, 1) + struct.pack(">h", len(name)) + name
+                + struct.pack(">iii", 1, 0, len(batch)) + batch)
+        self.sock.sendall(struct.pack(">i", len(body)) + body)
+        size = struct.unpack(">i", self._recv(4))[0]
+        reply = self._recv(size)
+        # correlation id, 1 topic (name), 1 partition: index, error code
+        name_len = struct.unpack(">h", reply[8:10])[0]
+        error = struct.unpack(">h", reply[10 + name_len + 4 + 4:10 + name_len + 4 + 4 + 2])[0]
+        if error != 0:
+            raise OSError(f"producing to {topic}: Kafka error code {error}")
+
+
+def settled_ok(kappa, trigger):
+    """`kappa_triggers_messages_total{result="ok"}` of `trigger` (namespace default)."""
+    status, body = http_get(kappa.api, "/metrics")
+    if status != 200:
+        return 0
+    text = body.decode() if isinstance(body, bytes) else body
+    for line in text.splitlines():
+        if (line.startswith("kappa_triggers_messages_total{") and f'trigger="default/{trigger}"' in line
+                and 'result="ok"' in line):
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
+
+
 def bench_mq(quick):
-    """(d): messages per second through a trivial function at maxConcurrency 1 and 64."""
+    """(d): messages per second through a trivial function at maxConcurrency 1 and 64, through
+    NATS JetStream and through Kafka (tansu), in the same run."""
     if not os.path.exists(NATS_SERVER):
         sys.exit("missing nats-server: run scripts/install-deps.sh")
+    if not os.path.exists(TANSU):
+        sys.exit("missing tansu: run scripts/install-deps.sh")
     workdir = tempfile.mkdtemp(prefix="kappa-bench-mq-")
-    nats_port = free_port()
+    nats_port, kafka_port = free_port(), free_port()
     nats = subprocess.Popen([NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(nats_port),
                              "-sd", os.path.join(workdir, "js")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    listener = f"tcp://127.0.0.1:{kafka_port}"
+    kafka = subprocess.Popen([TANSU, "broker", "--listener-url", listener, "--advertised-listener-url",
+                              listener, "--storage-engine", "memory://tansu/"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = {}
     kappa = None
     try:
         wait_for("nats-server", lambda: socket.create_connection(("127.0.0.1", nats_port)).close() or True)
-        kappa = Kappa(workdir, ["--nats-url", f"nats://127.0.0.1:{nats_port}"])
+        wait_for("tansu", lambda: socket.create_connection(("127.0.0.1", kafka_port)).close() or True)
+        kappa = Kappa(workdir, ["--nats-url", f"nats://127.0.0.1:{nats_port}",
+                                "--kafka-url", f"kafka://127.0.0.1:{kafka_port}"])
         code = os.path.join(ROOT, "functions", "testdata", "python", "mq.py")
         kappa.cli("env", "create", "--name", "python", "--image", "python", "--poolsize", "3")
         kappa.cli("fn", "create", "--name", "echo", "--env", "python", "--code", code,
                   "--entrypoint", "mq.echo", "--rpp", "16", "--concurrency", "4")
         n = 1000 if quick else 5000
-        for conc in (1, 64):
-            name = f"bench{conc}"
-            kappa.cli("mqt", "create", "--name", name, "--function", "echo", "--topic", f"{name}-in",
-                      "--resptopic", f"{name}-out", "--maxconcurrency", str(conc))
+        warm = 200
+
+        def trigger(name, mqtype, conc):
+            kappa.cli("mqt", "create", "--name", name, "--function", "echo", "--mqtype", mqtype,
+                      "--topic", f"{name}-in", "--resptopic", f"{name}-out", "--maxconcurrency", str(conc))
             wait_for(f"trigger {name}", lambda: json.loads(kappa.cli("mqt", "get", name, "-o", "json"))
                      ["status"].get("state") == "ready")
+
+        for conc in (1, 64):
+            # JetStream: the rate at which replies arrive on the response subject.
+            name = f"bench{conc}"
+            trigger(name, "nats-jetstream", conc)
             sub, pub = RawNats(nats_port), RawNats(nats_port)
             sub.subscribe(f"{name}-out")
-            warm = 200
             pub.publish_many(f"{name}-in", [b'{"warm":%d}' % i for i in range(warm)])
             if len(sub.count(warm)) < warm:
                 sys.exit(f"warm-up of {name} did not complete")
@@ -289,84 +398,37 @@ def bench_mq(quick):
             times = sub.count(n)
             if len(times) < n:
                 sys.exit(f"{name}: only {len(times)} of {n} replies")
-            results[conc] = n / (times[-1] - t0)
+            results[("NATS JetStream", conc)] = n / (times[-1] - t0)
+
+            # Kafka: the rate at which messages are settled (reply produced to respTopic and
+            # acknowledged by the broker, then the message counted `ok`).
+            name = f"kbench{conc}"
+            trigger(name, "kafka", conc)
+            producer = RawKafka(kafka_port)
+            producer.produce(f"{name}-in", [b'{"warm":%d}' % i for i in range(warm)])
+            wait_for(f"warm-up of {name}", lambda: settled_ok(kappa, name) >= warm, limit=300)
+            t0 = time.monotonic()
+            for chunk in range(0, n, 1000):
+                producer.produce(f"{name}-in", [b'{"id":%d}' % i for i in range(chunk, min(n, chunk + 1000))])
+            deadline = time.monotonic() + 300
+            while settled_ok(kappa, name) < warm + n:
+                if time.monotonic() > deadline:
+                    sys.exit(f"{name}: only {settled_ok(kappa, name) - warm} of {n} settled")
+                time.sleep(0.005)
+            results[("Kafka (tansu)", conc)] = n / (time.monotonic() - t0)
     finally:
         if kappa:
             kappa.stop()
-        nats.terminate()
-        nats.wait()
+        for proc in (nats, kafka):
+            proc.terminate()
+            proc.wait()
         shutil.rmtree(workdir, ignore_errors=True)
-    print(f"(d) message queue: a trivial Python function via NATS JetStream, {n} messages, "
-          "request and reply (respTopic), at least once")
-    print(f"{'maxConcurrency':<22}{'messages/s':>12}")
-    for conc, rate in results.items():
-        print(f"{conc:<22}{rate:>12,.0f}")
+    print(f"(d) message queue: a trivial Python function, {n} messages, request and reply (respTopic), "
+          "at least once")
+    print(f"{'broker':<18}{'maxConcurrency':<16}{'messages/s':>12}")
+    for (broker, conc), rate in results.items():
+        print(f"{broker:<18}{conc:<16}{rate:>12,.0f}")
     print("(aim: >= 5,000 messages/s)")
-
-
-def bench_platform(mode, workdir, seconds, cold_n):
-    """Sections (a)-(c) against one `kappa up --sandbox <mode>`; the direct and nginx baselines
-    only where the upstream has a host port (unsandboxed)."""
-    kappa = Kappa(workdir, extra=["--sandbox", mode])
-    proxy = None
-    out = {"a32": {}, "a1": {}}
-    try:
-        # ---- (a) proxy throughput: an nginx upstream run as a Kappa function ----------------
-        conf = os.path.join(workdir, "upstream.conf.tmpl")
-        with open(conf, "w") as f:
-            f.write(NGINX_UPSTREAM)
-        # The instance's working directory is its own writable scratch space.
-        command = (f"sed \"s/\\$PORT/$PORT/g\" {conf} > up.conf && "
-                   f"exec {NGINX} -c \"$PWD/up.conf\" -p \"$PWD\" -g 'daemon off;'")
-        kappa.cli("env", "create", "--name", "static", "--image", "static", "--command", command, "--poolsize", "1")
-        kappa.cli("fn", "create", "--name", "upstream", "--env", "static", "--code", conf,
-                  "--concurrency", "1", "--rpp", "10000")
-        kappa.cli("route", "create", "--url", "/up", "--function", "upstream")
-        wait_for("the upstream function", lambda: http_get(kappa.router, "/up")[0] == 200)
-        targets = {}
-        if mode == "none":
-            up_port = wait_for("the upstream instance address", lambda: kappa.instance_port("upstream"))
-            proxy_port = free_port()
-            proxy_conf = os.path.join(workdir, "nginx-proxy.conf")
-            with open(proxy_conf, "w") as f:
-                f.write(nginx_proxy_conf(proxy_port, up_port, workdir))
-            proxy = subprocess.Popen([NGINX, "-c", proxy_conf, "-p", workdir, "-g", "daemon off;"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            wait_for("nginx proxy", lambda: http_get(proxy_port, "/up")[0] == 200)
-            targets["direct to upstream"] = f"http://127.0.0.1:{up_port}/up"
-            targets["nginx proxy_pass"] = f"http://127.0.0.1:{proxy_port}/up"
-        targets["kappa router"] = f"http://127.0.0.1:{kappa.router}/up"
-        for name, url in targets.items():
-            wrk(url, 32, 1)  # warm up connections
-            out["a32"][name] = wrk(url, 32, seconds)
-            out["a1"][name] = wrk(url, 1, seconds, threads=1)
-
-        # ---- (b) cold starts -------------------------------------------------------------
-        hello = os.path.join(ROOT, "functions", "examples", "hello", "hello.py")
-        kappa.cli("env", "create", "--name", "python", "--image", "python", "--poolsize", "3")
-        kappa.cli("env", "create", "--name", "python0", "--image", "python", "--poolsize", "0")
-        for i in range(cold_n):
-            for env in ("python", "python0"):
-                name = f"c{env[-1] if env.endswith('0') else 'w'}{i}"
-                kappa.cli("fn", "create", "--name", name, "--env", env, "--code", hello)
-                kappa.cli("route", "create", "--url", f"/{name}", "--function", name)
-        time.sleep(2)  # let the warm pool fill
-        out["warm_pool"], out["no_pool"] = [], []
-        for i in range(cold_n):
-            out["warm_pool"].append(first_request_ms(kappa.router, f"/cw{i}"))
-            time.sleep(0.5)  # let the pool refill
-            out["no_pool"].append(first_request_ms(kappa.router, f"/c0{i}"))
-
-        # ---- (c) warm requests -----------------------------------------------------------
-        out["warm_router"] = wrk(f"http://127.0.0.1:{kappa.router}/cw0", 1, seconds, threads=1)
-        py_port = kappa.instance_port("cw0")
-        out["warm_direct"] = wrk(f"http://127.0.0.1:{py_port}/", 1, seconds, threads=1) if py_port else None
-    finally:
-        if proxy:
-            proxy.terminate()
-            proxy.wait()
-        kappa.stop()
-    return out
 
 
 def main():

@@ -20,3 +20,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
   "${sudo_cmd[@]}" apt-get update -qq
   "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# tansu: a Kafka-protocol broker written in Rust, which the Kafka trigger tests start (no
+# Apache Kafka package is in the registries these machines reach). The tests look for it on
+# PATH, then in ~/.cargo/bin.
+if ! command -v tansu >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/tansu" ]; then
+  echo "installing tansu (Kafka-protocol broker for the Kafka tests) with cargo install; this takes several minutes"
+  cargo install --locked tansu --features dynostore
+fi

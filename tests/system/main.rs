@@ -11,6 +11,7 @@ mod examples;
 mod harness;
 mod isolation;
 mod observability;
+mod kafka;
 mod restart;
 mod roles;
 mod runtimes;

@@ -454,11 +454,14 @@ fn bad_trigger_specs_are_refused() {
         "--topic",
         "t",
         "--mqtype",
-        "kafka",
+        "rabbitmq",
     ]);
     // The CLI refuses it before the API does, naming its flag and the supported types.
     assert!(
-        err.contains("--mqtype") && err.contains("nats-jetstream") && err.contains("redis"),
+        err.contains("--mqtype")
+            && err.contains("nats-jetstream")
+            && err.contains("redis")
+            && err.contains("kafka"),
         "{err}"
     );
 
@@ -483,7 +486,7 @@ fn bad_trigger_specs_are_refused() {
             "spec.topic",
         ),
         (
-            r#"{"metadata":{"name":"bad"},"spec":{"messageQueueType":"kafka","topic":"t","functionref":{"type":"name","name":"tick"}}}"#,
+            r#"{"metadata":{"name":"bad"},"spec":{"messageQueueType":"rabbitmq","topic":"t","functionref":{"type":"name","name":"tick"}}}"#,
             "spec.messageQueueType",
         ),
     ] {

@@ -151,6 +151,10 @@ pub struct ServerArgs {
     /// Role triggers: the default Redis server of message-queue triggers.
     #[arg(long, env = "KAPPA_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Role triggers: the default Kafka cluster of message-queue triggers
+    /// (`kafka://host:port[,host:port...]`).
+    #[arg(long, env = "KAPPA_KAFKA_URL")]
+    pub kafka_url: Option<String>,
     /// Isolation of local instances: namespaces (the built-in sandbox; needs root) or none
     /// (unsandboxed, explicit only).
     #[arg(long, env = "KAPPA_SANDBOX", default_value = "namespaces")]
@@ -651,6 +655,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         }
         if let Some(url) = &args.redis_url {
             config.redis_url = url.clone();
+        }
+        if let Some(url) = &args.kafka_url {
+            config.kafka_url = url.clone();
         }
         let manager = kappa_triggers::TriggerManager::new(
             config,

@@ -98,6 +98,10 @@ pub struct UpArgs {
     /// An upgraded (WebSocket) connection with no byte either way for this long is closed.
     #[arg(long, env = "KAPPA_UPGRADE_IDLE_TIMEOUT", default_value = "10m", value_parser = crate::output::parse_duration)]
     pub upgrade_idle_timeout: Duration,
+    /// The Kafka cluster of message-queue triggers without `metadata.bootstrapServers`:
+    /// `kafka://host:port[,host:port...]` (or `host:port,...`).
+    #[arg(long, env = "KAPPA_KAFKA_URL", default_value = kappa_triggers::DEFAULT_KAFKA_URL)]
+    pub kafka_url: String,
 }
 
 /// The default data directory: `$HOME/.kappa`.
@@ -267,6 +271,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             kappa_triggers::ManagerConfig {
                 nats_url: args.nats_url.clone(),
                 redis_url: args.redis_url.clone(),
+                kafka_url: args.kafka_url.clone(),
                 ..kappa_triggers::ManagerConfig::default()
             },
             Arc::clone(&store),

@@ -41,9 +41,10 @@ pub type Header = (String, String);
 /// What to consume, derived from a MessageQueueTrigger.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerSpec {
-    /// `kappa-<namespace>-<trigger>`: the durable consumer (NATS) or consumer group (Redis).
+    /// `kappa-<namespace>-<trigger>`: the durable consumer (NATS) or consumer group (Redis,
+    /// Kafka).
     pub durable_name: String,
-    /// The subject (NATS) or stream key (Redis).
+    /// The subject (NATS), stream key (Redis) or topic (Kafka).
     pub topic: String,
     /// Most messages delivered and not yet settled at once (a message waiting for its
     /// redelivery after a nak counts too). 1 keeps the order.
@@ -60,7 +61,8 @@ pub struct ConsumerSpec {
 pub struct Message {
     /// The subject or stream key it was received on.
     pub topic: String,
-    /// Its id on the broker (JetStream stream sequence, Redis entry id).
+    /// Its id on the broker (JetStream stream sequence, Redis entry id, Kafka
+    /// `<partition>:<offset>`).
     pub id: String,
     /// Its headers.
     pub headers: Vec<Header>,
@@ -137,7 +139,7 @@ pub trait Broker: Send + Sync {
     async fn remove(&self, spec: &ConsumerSpec) -> Result<(), BrokerError>;
 }
 
-/// Opens broker connections by type (`nats-jetstream`, `redis`) and URL.
+/// Opens broker connections by type (`nats-jetstream`, `redis`, `kafka`) and URL.
 #[async_trait]
 pub trait Connector: Send + Sync {
     /// Connects to the broker of `mq_type` at `url`.
@@ -148,7 +150,7 @@ pub trait Connector: Send + Sync {
     ) -> Result<std::sync::Arc<dyn Broker>, BrokerError>;
 }
 
-/// The real brokers: NATS JetStream and Redis Streams.
+/// The real brokers: NATS JetStream, Redis Streams and Kafka.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DefaultConnector;
 
@@ -165,6 +167,9 @@ impl Connector for DefaultConnector {
             )),
             "redis" => Ok(std::sync::Arc::new(
                 crate::redis::RedisBroker::connect(url).await?,
+            )),
+            "kafka" => Ok(std::sync::Arc::new(
+                crate::kafka::KafkaBroker::connect(url).await?,
             )),
             other => Err(BrokerError::Config(format!(
                 "message queue type {other:?} is not supported: expected one of {}",

@@ -1,9 +1,10 @@
-//! Event triggers: message-queue triggers (NATS JetStream, Redis Streams) and time triggers
+//! Event triggers: message-queue triggers (NATS JetStream, Redis Streams, Kafka) and time triggers
 //! (cron), which invoke functions through the router.
 //!
 //! Owns:
 //! - the [`Broker`] seam (consume with explicit settle operations — ack, nak with a delay,
-//!   term — and publish), with [`nats::NatsBroker`] and [`redis::RedisBroker`];
+//!   term — and publish), with [`nats::NatsBroker`], [`redis::RedisBroker`] and
+//!   [`kafka::KafkaBroker`];
 //! - the broker-independent [`Dispatcher`] (at-least-once delivery: a message is acknowledged
 //!   only after a 2xx and the publish of the response, or after the error topic took it;
 //!   retries with exponential backoff and jitter; bounded parallelism per trigger);
@@ -22,6 +23,7 @@
 pub mod broker;
 pub mod dispatch;
 pub mod invocations;
+pub mod kafka;
 pub mod manager;
 pub mod metrics;
 pub mod nats;
@@ -37,7 +39,8 @@ pub use broker::{
 pub use dispatch::{Backoff, DispatchConfig, Dispatcher, Invoke, Target};
 pub use invocations::{AsyncConfig, AsyncWorker};
 pub use manager::{
-    DEFAULT_NATS_URL, DEFAULT_REDIS_URL, ManagerConfig, TriggerManager, consumer_spec, durable_name,
+    DEFAULT_KAFKA_URL, DEFAULT_NATS_URL, DEFAULT_REDIS_URL, ManagerConfig, TriggerManager,
+    consumer_spec, durable_name,
 };
 pub use metrics::TriggerMetrics;
 pub use status::{ERROR, PENDING, READY};

@@ -35,6 +35,8 @@ pub struct ManagerConfig {
     pub nats_url: String,
     /// The Redis server of triggers without `metadata.url`.
     pub redis_url: String,
+    /// The Kafka cluster of triggers without `metadata.bootstrapServers` (or `brokers`, `url`).
+    pub kafka_url: String,
     /// How messages are dispatched.
     pub dispatch: DispatchConfig,
     /// Delays between attempts to connect to a broker.
@@ -45,12 +47,15 @@ pub struct ManagerConfig {
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 /// `redis://127.0.0.1:6379`.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// `kafka://127.0.0.1:9092`.
+pub const DEFAULT_KAFKA_URL: &str = "kafka://127.0.0.1:9092";
 
 impl Default for ManagerConfig {
     fn default() -> Self {
         Self {
             nats_url: DEFAULT_NATS_URL.into(),
             redis_url: DEFAULT_REDIS_URL.into(),
+            kafka_url: DEFAULT_KAFKA_URL.into(),
             dispatch: DispatchConfig::default(),
             reconnect: Backoff {
                 initial: Duration::from_secs(1),
@@ -237,9 +242,10 @@ impl TriggerManager {
                 .secret
                 .as_ref()
                 .and_then(|s| seen.secret_urls.get(&(ns.clone(), s.clone())).cloned())
-                .or_else(|| t.spec.metadata.get("url").cloned())
+                .or_else(|| broker_url_of(&t.spec))
                 .unwrap_or_else(|| match t.spec.message_queue_type.as_str() {
                     "redis" => self.config.redis_url.clone(),
+                    "kafka" => self.config.kafka_url.clone(),
                     _ => self.config.nats_url.clone(),
                 });
             plans.insert(
@@ -464,6 +470,19 @@ impl TriggerManager {
     }
 }
 
+/// The broker URL a trigger's `metadata` names: `url`, or for Kafka Fission's and KEDA's
+/// `bootstrapServers` (or `brokers`), `host:port[,host:port...]`.
+fn broker_url_of(spec: &MessageQueueTriggerSpec) -> Option<String> {
+    let keys: &[&str] = match spec.message_queue_type.as_str() {
+        "kafka" => &["bootstrapServers", "brokers", "url"],
+        _ => &["url"],
+    };
+    keys.iter()
+        .find_map(|k| spec.metadata.get(*k))
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+}
+
 /// What identifies a trigger's consumer on the broker.
 fn consumer_identity(plan: &Plan) -> Option<(String, String, String, Option<String>)> {
     match plan {
@@ -471,7 +490,10 @@ fn consumer_identity(plan: &Plan) -> Option<(String, String, String, Option<Stri
             spec.message_queue_type.clone(),
             url.clone(),
             spec.topic.clone(),
-            spec.metadata.get("stream").cloned(),
+            spec.metadata
+                .get("stream")
+                .or_else(|| spec.metadata.get("consumerGroup"))
+                .cloned(),
         )),
         Plan::Timer { .. } => None,
     }

@@ -1,7 +1,9 @@
-//! For tests (this crate's, and the system tests): a real `nats-server -js` or `redis-server`
-//! on a free loopback port with temporary storage, stopped (killed) when dropped.
+//! For tests (this crate's, and the system tests): a real `nats-server -js`, `redis-server` or
+//! Kafka-protocol broker (`tansu`) on a free loopback port with temporary storage, stopped
+//! (killed) when dropped.
 //!
-//! `scripts/install-deps.sh` installs both (Debian packages `nats-server`, `redis-server`).
+//! `scripts/install-deps.sh` installs them (Debian packages `nats-server`, `redis-server`;
+//! `cargo install tansu`).
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -192,5 +194,61 @@ impl RedisServer {
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.0.port)
+    }
+}
+
+/// Where `tansu` is: on `PATH`, else in `~/.cargo/bin` (where `cargo install` puts it).
+pub fn tansu_binary() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| d.join("tansu"));
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .map(|d| d.join("bin").join("tansu"));
+    on_path.chain(cargo_home).find(|p| p.is_file())
+}
+
+/// A Kafka-protocol broker (`tansu broker`, in-memory storage) on a free port.
+#[derive(Debug)]
+pub struct KafkaServer(pub Server);
+
+impl KafkaServer {
+    /// Starts one; `Ok(None)` (after printing why) when `tansu` is not installed and
+    /// `KAPPA_REQUIRE_KAFKA` is unset, so that a machine without it skips the Kafka tests. With
+    /// `KAPPA_REQUIRE_KAFKA` set (CI), a missing `tansu` is an error.
+    pub fn start_or_skip(test: &str) -> io::Result<Option<Self>> {
+        let Some(program) = tansu_binary() else {
+            if std::env::var_os("KAPPA_REQUIRE_KAFKA").is_some_and(|v| !v.is_empty()) {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "tansu is not installed and KAPPA_REQUIRE_KAFKA is set (run scripts/install-deps.sh)",
+                ));
+            }
+            eprintln!(
+                "skipping {test}: tansu (a Kafka-protocol broker) is not installed; run scripts/install-deps.sh, or set KAPPA_REQUIRE_KAFKA=1 to fail instead"
+            );
+            return Ok(None);
+        };
+        let port = free_port()?;
+        let dir = tempfile::Builder::new().prefix("kappa-kafka-").tempdir()?;
+        let listener = format!("tcp://127.0.0.1:{port}");
+        let args = vec![
+            "broker".into(),
+            "--listener-url".into(),
+            listener.clone(),
+            "--advertised-listener-url".into(),
+            listener,
+            "--storage-engine".into(),
+            "memory://tansu/".into(),
+        ];
+        Server::spawn(program, args, dir, port).map(|s| Some(Self(s)))
+    }
+
+    /// `kafka://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("kafka://127.0.0.1:{}", self.0.port)
     }
 }

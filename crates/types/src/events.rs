@@ -11,7 +11,7 @@ use crate::trigger::{FunctionReference, FunctionReferenceType};
 use crate::validate::{self, ValidationError};
 
 /// Brokers Kappa can consume from.
-pub const MESSAGE_QUEUE_TYPES: [&str; 2] = ["nats-jetstream", "redis"];
+pub const MESSAGE_QUEUE_TYPES: [&str; 3] = ["nats-jetstream", "redis", "kafka"];
 
 /// Desired state of a MessageQueueTrigger (field names follow Fission's).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,9 +20,9 @@ pub const MESSAGE_QUEUE_TYPES: [&str; 2] = ["nats-jetstream", "redis"];
 pub struct MessageQueueTriggerSpec {
     /// The function each message is POSTed to (by name).
     pub functionref: FunctionReference,
-    /// `nats-jetstream` or `redis` (Redis Streams).
+    /// `nats-jetstream`, `redis` (Redis Streams) or `kafka`.
     pub message_queue_type: String,
-    /// The subject (NATS) or stream key (Redis) to consume.
+    /// The subject (NATS), stream key (Redis) or topic (Kafka) to consume.
     pub topic: String,
     /// Where a successful response body is published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -40,7 +40,7 @@ pub struct MessageQueueTriggerSpec {
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: u32,
     /// Connection settings, e.g. `url` (`nats://127.0.0.1:4222`, `redis://127.0.0.1:6379`),
-    /// `stream`, `consumer`.
+    /// `stream`, `consumer`; for Kafka `bootstrapServers`, `consumerGroup`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
     /// A Secret with the broker's credentials.
@@ -103,8 +103,7 @@ fn name_ref(path: &str, functionref: &FunctionReference) -> Result<(), Validatio
 
 /// Message-queue types Fission knows (its KEDA connectors and legacy consumers) that Kappa has
 /// no broker for.
-const FISSION_ONLY_MESSAGE_QUEUE_TYPES: [&str; 8] = [
-    "kafka",
+const FISSION_ONLY_MESSAGE_QUEUE_TYPES: [&str; 7] = [
     "aws-sqs-queue",
     "aws-kinesis-stream",
     "gcp-pubsub",
@@ -117,7 +116,7 @@ const FISSION_ONLY_MESSAGE_QUEUE_TYPES: [&str; 8] = [
 /// Why `mqtype` is refused, naming the types Kappa supports: one message for the API, the CLI
 /// and specs.
 pub fn unsupported_message_queue_type(mqtype: &str) -> String {
-    let supported = "nats-jetstream (NATS JetStream) or redis (Redis Streams)";
+    let supported = "nats-jetstream (NATS JetStream), redis (Redis Streams) or kafka";
     if FISSION_ONLY_MESSAGE_QUEUE_TYPES.contains(&mqtype) {
         format!(
             "{mqtype:?} is a Fission message-queue type that Kappa does not support: expected {supported}"
@@ -285,16 +284,21 @@ mod tests {
         mqt().validate().unwrap();
         let mut t = mqt();
         t.message_queue_type = "kafka".into();
+        t.validate().unwrap();
+        t.message_queue_type = "rabbitmq".into();
         let e = t.validate().unwrap_err();
         assert_eq!(e.field, "spec.messageQueueType");
         assert!(
-            e.message
-                .contains("\"kafka\" is a Fission message-queue type that Kappa does not support"),
+            e.message.contains(
+                "\"rabbitmq\" is a Fission message-queue type that Kappa does not support"
+            ),
             "{}",
             e.message
         );
         assert!(
-            e.message.contains("nats-jetstream") && e.message.contains("redis"),
+            e.message.contains("nats-jetstream")
+                && e.message.contains("redis")
+                && e.message.contains("kafka"),
             "{}",
             e.message
         );

@@ -37,11 +37,11 @@ pub struct MqtCreate {
     /// The function each message is POSTed to.
     #[arg(long)]
     pub function: String,
-    /// The broker: nats-jetstream or redis (Redis Streams); Fission's other types (kafka, ...)
-    /// are refused.
+    /// The broker: nats-jetstream, redis (Redis Streams) or kafka; Fission's other types
+    /// (rabbitmq, aws-sqs-queue, ...) are refused.
     #[arg(long, default_value = "nats-jetstream")]
     pub mqtype: String,
-    /// The subject (NATS) or stream key (Redis) to consume.
+    /// The subject (NATS), stream key (Redis) or topic (Kafka) to consume.
     #[arg(long)]
     pub topic: String,
     /// Where successful response bodies are published.
@@ -77,7 +77,7 @@ pub struct MqtUpdate {
     /// The function each message is POSTed to.
     #[arg(long)]
     pub function: Option<String>,
-    /// The subject (NATS) or stream key (Redis) to consume.
+    /// The subject (NATS), stream key (Redis) or topic (Kafka) to consume.
     #[arg(long)]
     pub topic: Option<String>,
     /// Where successful response bodies are published ("" for nowhere).

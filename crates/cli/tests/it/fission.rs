@@ -64,16 +64,17 @@ fn unsupported_message_queue_types_are_named() {
         "--function",
         "f",
         "--mqtype",
-        "kafka",
+        "rabbitmq",
         "--topic",
         "t",
     ]);
     run.code(2);
     assert!(
         run.stderr.contains(
-            "--mqtype: \"kafka\" is a Fission message-queue type that Kappa does not support"
+            "--mqtype: \"rabbitmq\" is a Fission message-queue type that Kappa does not support"
         ) && run.stderr.contains("nats-jetstream")
-            && run.stderr.contains("redis"),
+            && run.stderr.contains("redis")
+            && run.stderr.contains("kafka"),
         "{}",
         run.stderr
     );
@@ -81,7 +82,7 @@ fn unsupported_message_queue_types_are_named() {
     let body = serde_json::json!({
         "apiVersion": "kappa.dev/v1", "kind": "MessageQueueTrigger",
         "metadata": {"name": "k", "namespace": "default"},
-        "spec": {"functionref": {"type": "name", "name": "f"}, "messageQueueType": "kafka", "topic": "t"}
+        "spec": {"functionref": {"type": "name", "name": "f"}, "messageQueueType": "rabbitmq", "topic": "t"}
     });
     let (status, answer) = p.block_on(async {
         let r = reqwest::Client::new()

@@ -215,7 +215,7 @@ spec:
   functionref:
     name: bye
     type: name
-  messageQueueType: kafka
+  messageQueueType: rabbitmq
   topic: orders
   mqtkind: keda
 ---
@@ -281,7 +281,7 @@ spec:
             line("kind: CanaryConfig", 0)
         ),
         format!(
-            "bad.yaml:{} (document 3): error: spec.messageQueueType: \"kafka\"",
+            "bad.yaml:{} (document 3): error: spec.messageQueueType: \"rabbitmq\"",
             line("messageQueueType", 0)
         ),
         format!(
