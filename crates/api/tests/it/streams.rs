@@ -14,9 +14,10 @@ async fn watch_replays_from_a_version_then_streams_new_events() {
     api.create("environments", env("python")).await; // 1
     api.create("packages", package("hello", "python", b"x"))
         .await; // 2
+    // 3 is the function's first version (a FunctionVersion), written just before it.
     api.create("functions", function("hello", "python", "hello"))
-        .await; // 3
-    api.create("environments", env("node")).await; // 4
+        .await; // 4
+    api.create("environments", env("node")).await; // 5
     let server = api.serve().await;
     let client = reqwest::Client::new();
 
@@ -28,7 +29,7 @@ async fn watch_replays_from_a_version_then_streams_new_events() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "application/x-ndjson");
     let mut lines = Lines::new(response);
-    // The package (2) is filtered out; the replay ends with a bookmark at the version the watch
+    // The package (2) and the version (3) are filtered out; the replay ends with a bookmark at the version the watch
     // started from.
     let e = lines.next().await;
     assert_eq!(
@@ -36,13 +37,13 @@ async fn watch_replays_from_a_version_then_streams_new_events() {
         (Some("Added"), Some("Function")),
         "{e}"
     );
-    assert_eq!(e["object"]["metadata"]["resourceVersion"], "3");
+    assert_eq!(e["object"]["metadata"]["resourceVersion"], "4");
     let e = lines.next().await;
     assert_eq!(e["object"]["metadata"]["name"], "node", "{e}");
     let b = lines.next().await;
     assert_eq!(
         b,
-        serde_json::json!({"type": "Bookmark", "resourceVersion": "4"})
+        serde_json::json!({"type": "Bookmark", "resourceVersion": "5"})
     );
 
     // Live events follow.

@@ -370,6 +370,15 @@ fn comparable(kind: Kind, value: &Value) -> Value {
     {
         p.remove("resourceversion");
     }
+    // The platform's current-version annotation is not the spec's to set.
+    if kind == Kind::Function
+        && let Some(a) = v["metadata"]["annotations"].as_object_mut()
+    {
+        a.remove(kappa_types::VERSION_ANNOTATION);
+        if a.is_empty() {
+            v["metadata"]["annotations"] = Value::Null;
+        }
+    }
     json!({
         "spec": v["spec"],
         "labels": v["metadata"]["labels"],

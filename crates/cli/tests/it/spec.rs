@@ -277,8 +277,8 @@ spec:
             line("allowedFunctionsPerContainer", 0)
         ),
         format!(
-            "bad.yaml:{} (document 2): error: kind CanaryConfig is not supported",
-            line("kind: CanaryConfig", 0)
+            "bad.yaml:{} (document 2): error: spec.newfunction: missing",
+            line("trigger: hello", 0) - 1
         ),
         format!(
             "bad.yaml:{} (document 3): error: spec.messageQueueType: \"rabbitmq\"",
@@ -300,7 +300,7 @@ spec:
             "bad.yaml:{} (document 4): error: Function f: package default/missing-pkg (spec.package.packageref) is not defined in the specs",
             line("name: f", 0)
         ),
-        "has 7 errors".to_string(),
+        "has 8 errors".to_string(),
     ] {
         assert!(err.contains(&expected), "{expected:?} missing in:\n{err}");
     }
