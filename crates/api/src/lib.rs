@@ -31,6 +31,7 @@ mod middleware;
 mod ops;
 mod redact;
 mod resources;
+mod route_keys;
 mod state;
 mod watch;
 
@@ -134,6 +135,11 @@ pub async fn serve(
             shutdown.clone(),
         ))
     });
+    let route_keys = tokio::spawn(route_keys::run(
+        std::sync::Arc::clone(&state.route_keys),
+        std::sync::Arc::clone(&state.store),
+        shutdown.clone(),
+    ));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "API server listening");
     }
@@ -148,5 +154,6 @@ pub async fn serve(
     if let Some(gc) = gc {
         gc.abort();
     }
+    route_keys.abort();
     served
 }

@@ -247,7 +247,10 @@ pub(crate) async fn create_locked<S: Admit>(
         .put(object.to_json(), Precondition::MustNotExist)
         .await
     {
-        Ok(stored) => Ok((stored, admitted)),
+        Ok(stored) => {
+            state.route_keys.record(&stored, false);
+            Ok((stored, admitted))
+        }
         Err(e) => {
             admitted.roll_back(state).await;
             Err(e.into())
@@ -367,7 +370,10 @@ pub(crate) async fn replace_locked<S: Admit>(
     let admitted = S::admit(state, &mut object, Some(&old)).await?;
     clear_store_metadata(&mut object);
     let stored = match state.store.put(object.to_json(), precondition).await {
-        Ok(stored) => stored,
+        Ok(stored) => {
+            state.route_keys.record(&stored, false);
+            stored
+        }
         Err(e) => {
             admitted.roll_back(state).await;
             return Err(e.into());
@@ -451,10 +457,12 @@ pub(crate) async fn delete_locked(
             ));
         }
     }
-    Ok(state
+    let deleted = state
         .store
         .delete(kind, namespace, name, precondition)
-        .await?)
+        .await?;
+    state.route_keys.record(&deleted, true);
+    Ok(deleted)
 }
 
 /// Fields a status body may carry besides `status`: the whole object, as returned by a GET, may
