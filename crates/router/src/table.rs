@@ -277,7 +277,8 @@ pub(crate) struct RouteTable {
     /// Every trigger, by `namespace/name`.
     triggers: imbl::HashMap<Arc<str>, TriggerState>,
     /// Function → the triggers naming it, so a function change re-targets only those.
-    users: imbl::HashMap<FunctionId, imbl::HashSet<Arc<str>>>,
+    /// (A small slice per function: most functions have one or two triggers.)
+    users: imbl::HashMap<FunctionId, Arc<[Arc<str>]>>,
     /// The triggers not routed, in precedence order: retried when a route goes away.
     skipped: imbl::OrdSet<Order>,
 }
@@ -432,7 +433,7 @@ impl RouteTable {
         let Some(users) = self.users.get(id).cloned() else {
             return;
         };
-        for key in users {
+        for key in users.iter().cloned() {
             let Some(state) = self.triggers.get(&key).cloned() else {
                 continue;
             };
@@ -464,7 +465,12 @@ impl RouteTable {
         let record = Arc::new(record);
         for f in record.spec.functionref.function_names() {
             let id = FunctionId::new(record.namespace.clone(), f);
-            self.users.entry(id).or_default().insert(Arc::clone(&key));
+            let mut names: Vec<Arc<str>> =
+                self.users.get(&id).map(|u| u.to_vec()).unwrap_or_default();
+            if !names.contains(&key) {
+                names.push(Arc::clone(&key));
+            }
+            self.users.insert(id, Arc::from(names));
         }
         self.triggers.insert(
             Arc::clone(&key),
@@ -488,9 +494,11 @@ impl RouteTable {
         }
         for f in old.record.spec.functionref.function_names() {
             let id = FunctionId::new(old.record.namespace.clone(), f);
-            if let Some(users) = self.users.get_mut(&id) {
-                users.remove(key);
-                if users.is_empty() {
+            if let Some(users) = self.users.get(&id) {
+                let rest: Vec<Arc<str>> = users.iter().filter(|n| *n != key).cloned().collect();
+                if !rest.is_empty() {
+                    self.users.insert(id, Arc::from(rest));
+                } else {
                     self.users.remove(&id);
                     self.missing.remove(&id);
                 }
