@@ -376,9 +376,11 @@ def watch_latency_ms(api, route_body):
     api.call("POST", "/v1/httptriggers", route_body)
     name = route_body["metadata"]["name"]
     while True:
-        line = resp.fp.readline()
+        line = resp.readline()
         if not line:
             sys.exit("the watch stream ended")
+        if not line.strip():
+            continue
         event = json.loads(line)
         if event.get("object", {}).get("metadata", {}).get("name") == name:
             elapsed = (time.perf_counter() - t0) * 1000
@@ -432,6 +434,7 @@ def bench_scale(n, seconds):
         rss1 = rss_kib(kappa.proc.pid)
         route_ms = [api.timed("POST", "/v1/httptriggers", route_body(i)) for i in range(10, n)]
         rss2 = rss_kib(kappa.proc.pid)
+        print(f"  (created {n} functions and {n} routes; measuring)", file=sys.stderr, flush=True)
         k = max(1, min(100, len(route_ms) // 10))
         out["fn_create_first"], out["fn_create_last"] = median(fn_ms[:k]), median(fn_ms[-k:])
         out["route_create_first"], out["route_create_last"] = median(route_ms[:k]), median(route_ms[-k:])

@@ -433,22 +433,22 @@ impl RouteTable {
         let Some(users) = self.users.get(id).cloned() else {
             return;
         };
-        for key in users.iter().cloned() {
-            let Some(state) = self.triggers.get(&key).cloned() else {
+        for key in users.iter() {
+            let Some(state) = self.triggers.get(key).cloned() else {
                 continue;
             };
             let Some(old) = &state.routed else {
                 continue;
             };
-            self.unroute(&key, old);
+            self.unroute(key, old);
             match self.compile(&state.record, index) {
                 Ok(compiled) => {
                     let compiled = Arc::new(compiled);
                     self.route(&compiled);
-                    self.set(&key, &state.record, Some(compiled), None);
+                    self.set(key, &state.record, Some(compiled), None);
                 }
                 // Compiling depends on the trigger alone, which did not change.
-                Err(reason) => self.set(&key, &state.record, None, Some(Arc::from(reason))),
+                Err(reason) => self.set(key, &state.record, None, Some(Arc::from(reason))),
             }
         }
     }
