@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Kappa's benchmark: prints Kappa's figures side by side with baselines measured in the same run.
 
-  (a) proxy throughput and latency: wrk through the Kappa router, through nginx `proxy_pass`, and
+  (a) proxy throughput and latency: wrk through the Kappa router, through nginx `proxy_pass`,
+      through HAProxy (`http-reuse always`, 2 threads), and
       directly to the same upstream (an nginx instance run *as a Kappa function*, fast enough that
       the proxy is the bottleneck);
   (b) first-request latency of never-invoked Python functions with a warm pool and with
@@ -14,10 +15,14 @@
   (d) message queue: messages per second through a trivial Python function via NATS JetStream
       and via Kafka (a `tansu` broker), a message-queue trigger with a response topic, at
       maxConcurrency 1 and 64.
+  (e) routes at scale: N functions and N routes created through the API (N = 10,000, or
+      $KAPPA_BENCH_ROUTES; 1,000 with --quick): the time to create one at the start and at the
+      end, the platform's RSS per function and per route, list and watch times, and the first
+      and last route loaded with wrk next to the same route at 10 routes.
 
 Usage: scripts/bench.sh [--quick]   (builds the release binary, then runs this script)
-Needs: nginx, wrk, nats-server, tansu (scripts/install-deps.sh installs them). Uses free loopback ports
-only. `--mq-only` runs only (d).
+Needs: nginx, haproxy, wrk, nats-server, tansu (scripts/install-deps.sh and bench.sh install
+them). Uses free loopback ports only. `--mq-only` runs only (d), `--scale-only` only (e).
 """
 
 import argparse
@@ -38,6 +43,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KAPPA = os.environ.get("KAPPA_BIN") or os.path.join(ROOT, "target", "release", "kappa")
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 # The interpreter the local backend runs the Python runtime with (so the baseline is the same).
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else (shutil.which("python3") or "python3")
@@ -170,6 +176,26 @@ http {{
     }}
   }}
 }}
+"""
+
+
+def haproxy_conf(listen, upstream_port):
+    """HAProxy in front of the same upstream: 2 threads, server connections kept and shared
+    between client connections (`http-reuse always`)."""
+    return f"""global
+  nbthread 2
+  maxconn 8192
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend bench
+  bind 127.0.0.1:{listen}
+  default_backend fn
+backend fn
+  server up 127.0.0.1:{upstream_port} maxconn 64
 """
 
 
@@ -431,20 +457,250 @@ def bench_mq(quick):
     print("(aim: >= 5,000 messages/s)")
 
 
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+
+
+class Api:
+    """A keep-alive client of the Kappa API (the token from the data directory)."""
+
+    def __init__(self, kappa):
+        with open(os.path.join(kappa.data, "token")) as f:
+            self.headers = {"Authorization": f"Bearer {f.read().strip()}",
+                            "Content-Type": "application/json"}
+        self.port = kappa.api
+        self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+
+    def call(self, method, path, body=None):
+        self.conn.request(method, path, body=None if body is None else json.dumps(body),
+                          headers=self.headers)
+        resp = self.conn.getresponse()
+        data = resp.read()
+        if resp.status >= 300:
+            sys.exit(f"{method} {path} answered {resp.status}: {data[:500]!r}")
+        return json.loads(data) if data else None
+
+    def timed(self, method, path, body=None):
+        t0 = time.perf_counter()
+        self.call(method, path, body)
+        return (time.perf_counter() - t0) * 1000
+
+
+def template(obj):
+    """A stored resource as a body to create another one from (metadata: name only)."""
+    body = {k: v for k, v in obj.items() if k not in ("status", "metadata")}
+    body["metadata"] = {"name": obj["metadata"]["name"]}
+    return body
+
+
+def watch_latency_ms(api, route_body):
+    """Time from sending a create to its event on a watch stream opened just before."""
+    conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=60)
+    conn.request("GET", "/v1/watch?kinds=HttpTrigger", headers=api.headers)
+    resp = conn.getresponse()
+    t0 = time.perf_counter()
+    api.call("POST", "/v1/httptriggers", route_body)
+    name = route_body["metadata"]["name"]
+    while True:
+        line = resp.readline()
+        if not line:
+            sys.exit("the watch stream ended")
+        if not line.strip():
+            continue
+        event = json.loads(line)
+        if event.get("object", {}).get("metadata", {}).get("name") == name:
+            elapsed = (time.perf_counter() - t0) * 1000
+            conn.close()
+            return elapsed
+
+
+def bench_scale(n, seconds):
+    """(e): N functions and N routes created through the API: creation time at the start and
+    the end, the platform's RSS per function and per route, list and watch times, and the
+    first and last route loaded with wrk next to the same figures at 10 routes."""
+    workdir = tempfile.mkdtemp(prefix="kappa-bench-scale-")
+    kappa = Kappa(workdir, extra=["--sandbox", "none"])
+    out = {"n": n}
+    try:
+        conf = os.path.join(workdir, "upstream.conf.tmpl")
+        with open(conf, "w") as f:
+            f.write(NGINX_UPSTREAM)
+        command = (f"sed \"s/\\$PORT/$PORT/g\" {conf} > up.conf && "
+                   f"exec {NGINX} -c \"$PWD/up.conf\" -p \"$PWD\" -g 'daemon off;'")
+        kappa.cli("env", "create", "--name", "static", "--image", "static", "--command", command,
+                  "--poolsize", "2")
+        kappa.cli("fn", "create", "--name", "f0", "--env", "static", "--code", conf,
+                  "--concurrency", "1", "--rpp", "10000")
+        kappa.cli("route", "create", "--name", "r0", "--url", "/r/0", "--function", "f0")
+        api = Api(kappa)
+        fn = template(api.call("GET", "/v1/functions/f0"))
+        route = template(api.call("GET", "/v1/httptriggers/r0"))
+
+        def fn_body(i):
+            return dict(fn, metadata={"name": f"f{i}"})
+
+        def route_body(i, name=None):
+            body = json.loads(json.dumps(route))
+            body["metadata"] = {"name": name or f"r{i}"}
+            body["spec"]["relativeurl"] = f"/r/{i}"
+            body["spec"]["functionref"]["name"] = f"f{i}"
+            return body
+
+        # The 10-route figures.
+        for i in range(1, 10):
+            api.call("POST", "/v1/functions", fn_body(i))
+            api.call("POST", "/v1/httptriggers", route_body(i))
+        wait_for("route /r/0", lambda: http_get(kappa.router, "/r/0")[0] == 200)
+        wrk(f"http://127.0.0.1:{kappa.router}/r/0", 32, 1)
+        out["at10"] = {"a32": wrk(f"http://127.0.0.1:{kappa.router}/r/0", 32, seconds),
+                       "a1": wrk(f"http://127.0.0.1:{kappa.router}/r/0", 1, seconds, threads=1)}
+
+        rss0 = rss_kib(kappa.proc.pid)
+        fn_ms = [api.timed("POST", "/v1/functions", fn_body(i)) for i in range(10, n)]
+        rss1 = rss_kib(kappa.proc.pid)
+        route_ms = [api.timed("POST", "/v1/httptriggers", route_body(i)) for i in range(10, n)]
+        rss2 = rss_kib(kappa.proc.pid)
+        print(f"  (created {n} functions and {n} routes; measuring)", file=sys.stderr, flush=True)
+        k = max(1, min(100, len(route_ms) // 10))
+        out["fn_create_first"], out["fn_create_last"] = median(fn_ms[:k]), median(fn_ms[-k:])
+        out["route_create_first"], out["route_create_last"] = median(route_ms[:k]), median(route_ms[-k:])
+        out["route_create_total_s"] = sum(route_ms) / 1000
+        out["fn_create_total_s"] = sum(fn_ms) / 1000
+        created = max(1, n - 10)
+        out["rss_per_fn_kib"] = (rss1 - rss0) / created
+        out["rss_per_route_kib"] = (rss2 - rss1) / created
+        out["rss_mib"] = rss2 / 1024
+        out["list_routes_ms"] = median([api.timed("GET", "/v1/httptriggers") for _ in range(3)])
+        out["list_fns_ms"] = median([api.timed("GET", "/v1/functions") for _ in range(3)])
+        out["watch_ms"] = median([watch_latency_ms(api, dict(route_body(0, f"w{j}"),
+                                                             spec=dict(route_body(0)["spec"], relativeurl=f"/w/{j}")))
+                                  for j in range(5)])
+        last = n - 1
+        for label, path in (("first", "/r/0"), ("last", f"/r/{last}")):
+            url = f"http://127.0.0.1:{kappa.router}{path}"
+            wait_for(f"route {path}", lambda: http_get(kappa.router, path)[0] == 200)
+            wrk(url, 32, 1)
+            out[label] = {"a32": wrk(url, 32, seconds), "a1": wrk(url, 1, seconds, threads=1)}
+    finally:
+        kappa.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    print(f"(e) routes at scale: {n} functions and {n} routes created through the API "
+          "(one nginx-upstream function behind each route)")
+    print(f"  create one function: {out['fn_create_first']:.2f} ms at the start, "
+          f"{out['fn_create_last']:.2f} ms at the end ({out['fn_create_total_s']:.1f} s in all)")
+    print(f"  create one route:    {out['route_create_first']:.2f} ms at the start, "
+          f"{out['route_create_last']:.2f} ms at the end ({out['route_create_total_s']:.1f} s in all; "
+          "aim: <= 2 ms, flat)")
+    print(f"  platform RSS: {out['rss_per_fn_kib']:.2f} KiB per function, "
+          f"{out['rss_per_route_kib']:.2f} KiB per route (aim: <= 1 KiB), {out['rss_mib']:.0f} MiB in all")
+    print(f"  list {n} routes: {out['list_routes_ms']:.0f} ms, list {n} functions: {out['list_fns_ms']:.0f} ms; "
+          f"a route create seen on a watch: {out['watch_ms']:.2f} ms")
+    print(f"  {'route':<22}{'32 conns req/s':>16}{'vs 10 routes':>14}{'1 conn p50':>13}{'vs 10 routes':>14}")
+    base = out["at10"]
+    for label, r in (("first, at 10 routes", base), (f"first, at {n}", out["first"]), (f"last, at {n}", out["last"])):
+        print(f"  {label:<22}{r['a32']['rps']:>16,.0f}{r['a32']['rps'] / base['a32']['rps']:>13.2f}x"
+              f"{r['a1']['p50_us']:>11.0f}us{r['a1']['p50_us'] / base['a1']['p50_us']:>13.2f}x")
+    print("  (aim: p50 <= 1.1x the 10-route figure)")
+    return out
+
+
+def bench_platform(mode, workdir, seconds, cold_n):
+    """Sections (a)-(c) against one `kappa up --sandbox <mode>`; the direct and nginx baselines
+    only where the upstream has a host port (unsandboxed)."""
+    kappa = Kappa(workdir, extra=["--sandbox", mode])
+    proxy = haproxy = None
+    out = {"a32": {}, "a1": {}}
+    try:
+        # ---- (a) proxy throughput: an nginx upstream run as a Kappa function ----------------
+        conf = os.path.join(workdir, "upstream.conf.tmpl")
+        with open(conf, "w") as f:
+            f.write(NGINX_UPSTREAM)
+        # The instance's working directory is its own writable scratch space.
+        command = (f"sed \"s/\\$PORT/$PORT/g\" {conf} > up.conf && "
+                   f"exec {NGINX} -c \"$PWD/up.conf\" -p \"$PWD\" -g 'daemon off;'")
+        kappa.cli("env", "create", "--name", "static", "--image", "static", "--command", command, "--poolsize", "1")
+        kappa.cli("fn", "create", "--name", "upstream", "--env", "static", "--code", conf,
+                  "--concurrency", "1", "--rpp", "10000")
+        kappa.cli("route", "create", "--url", "/up", "--function", "upstream")
+        wait_for("the upstream function", lambda: http_get(kappa.router, "/up")[0] == 200)
+        targets = {}
+        if mode == "none":
+            up_port = wait_for("the upstream instance address", lambda: kappa.instance_port("upstream"))
+            proxy_port = free_port()
+            proxy_conf = os.path.join(workdir, "nginx-proxy.conf")
+            with open(proxy_conf, "w") as f:
+                f.write(nginx_proxy_conf(proxy_port, up_port, workdir))
+            proxy = subprocess.Popen([NGINX, "-c", proxy_conf, "-p", workdir, "-g", "daemon off;"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_for("nginx proxy", lambda: http_get(proxy_port, "/up")[0] == 200)
+            ha_port = free_port()
+            ha_conf = os.path.join(workdir, "haproxy.cfg")
+            with open(ha_conf, "w") as f:
+                f.write(haproxy_conf(ha_port, up_port))
+            haproxy = subprocess.Popen([HAPROXY, "-f", ha_conf, "-db"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_for("haproxy", lambda: http_get(ha_port, "/up")[0] == 200)
+            targets["direct to upstream"] = f"http://127.0.0.1:{up_port}/up"
+            targets["nginx proxy_pass"] = f"http://127.0.0.1:{proxy_port}/up"
+            targets["haproxy (http-reuse always)"] = f"http://127.0.0.1:{ha_port}/up"
+        targets["kappa router"] = f"http://127.0.0.1:{kappa.router}/up"
+        for name, url in targets.items():
+            wrk(url, 32, 1)  # warm up connections
+            out["a32"][name] = wrk(url, 32, seconds)
+            out["a1"][name] = wrk(url, 1, seconds, threads=1)
+
+        # ---- (b) cold starts -------------------------------------------------------------
+        hello = os.path.join(ROOT, "functions", "examples", "hello", "hello.py")
+        kappa.cli("env", "create", "--name", "python", "--image", "python", "--poolsize", "3")
+        kappa.cli("env", "create", "--name", "python0", "--image", "python", "--poolsize", "0")
+        for i in range(cold_n):
+            for env in ("python", "python0"):
+                name = f"c{env[-1] if env.endswith('0') else 'w'}{i}"
+                kappa.cli("fn", "create", "--name", name, "--env", env, "--code", hello)
+                kappa.cli("route", "create", "--url", f"/{name}", "--function", name)
+        time.sleep(2)  # let the warm pool fill
+        out["warm_pool"], out["no_pool"] = [], []
+        for i in range(cold_n):
+            out["warm_pool"].append(first_request_ms(kappa.router, f"/cw{i}"))
+            time.sleep(0.5)  # let the pool refill
+            out["no_pool"].append(first_request_ms(kappa.router, f"/c0{i}"))
+
+        # ---- (c) warm requests -----------------------------------------------------------
+        out["warm_router"] = wrk(f"http://127.0.0.1:{kappa.router}/cw0", 1, seconds, threads=1)
+        py_port = kappa.instance_port("cw0")
+        out["warm_direct"] = wrk(f"http://127.0.0.1:{py_port}/", 1, seconds, threads=1) if py_port else None
+    finally:
+        for p in (proxy, haproxy):
+            if p:
+                p.terminate()
+                p.wait()
+        kappa.stop()
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="shorter runs (for a smoke check)")
     ap.add_argument("--mq-only", action="store_true", help="only the message queue section (d)")
+    ap.add_argument("--scale-only", action="store_true", help="only the routes-at-scale section (e)")
     args = ap.parse_args()
+    # Functions and routes the scale section creates (KAPPA_BENCH_ROUTES shrinks it).
+    scale_n = int(os.environ.get("KAPPA_BENCH_ROUTES", "1000" if args.quick else "10000"))
     if args.mq_only:
         bench_mq(args.quick)
         return
     seconds = 3 if args.quick else 10
+    if args.scale_only:
+        bench_scale(scale_n, seconds)
+        return
     cold_n = 5 if args.quick else 20
 
-    for tool in (KAPPA, NGINX, WRK):
+    for tool in (KAPPA, NGINX, WRK, HAPROXY):
         if not os.path.exists(tool):
-            sys.exit(f"missing {tool}: run scripts/bench.sh (it builds kappa and installs nginx and wrk)")
+            sys.exit(f"missing {tool}: run scripts/bench.sh (it builds kappa and installs nginx, "
+                     "haproxy and wrk)")
 
     workdir = tempfile.mkdtemp(prefix="kappa-bench-")
     runs = {}
@@ -477,6 +733,8 @@ def main():
               f"{r1['p50_us']:>11.0f}us{r1['p99_us']:>8.0f}us{added50:>12}{added99:>12}")
     ratio = plain["a32"]["kappa router"]["rps"] / plain["a32"]["nginx proxy_pass"]["rps"]
     print(f"router throughput / nginx throughput at 32 connections: {ratio:.2f}x (aim: >= 1.2x)")
+    ratio = plain["a32"]["kappa router"]["rps"] / plain["a32"]["haproxy (http-reuse always)"]["rps"]
+    print(f"router throughput / haproxy throughput at 32 connections: {ratio:.2f}x (aim: >= 1.2x)")
     print()
     print(f"(b) first request of a never-invoked Python function (n={cold_n}, client-measured, ms)")
     print(f"{'case':<56}{'median':>10}{'p90':>10}")
@@ -509,6 +767,8 @@ def main():
     shutil.rmtree(workdir, ignore_errors=True)
     print()
     bench_mq(args.quick)
+    print()
+    bench_scale(scale_n, seconds)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ use kappa_types::{
 use crate::error::ApiError;
 use crate::redact::REDACTED;
 use crate::resources::decode_stored;
+use crate::route_keys::{Clash, RouteKey};
 use crate::state::ApiState;
 
 /// Base64 as users write it: standard alphabet, padding optional.
@@ -506,69 +507,6 @@ async fn config_users(
     Ok(users)
 }
 
-/// What a trigger's route is matched on: host (lower case, port ignored; `*` for any), path
-/// (parameter names ignored: `/users/{id}` and `/users/{uid}` are the same route) and methods.
-#[derive(Debug, PartialEq, Eq)]
-struct RouteKey {
-    host: String,
-    path: String,
-    methods: Vec<String>,
-}
-
-impl RouteKey {
-    fn of(spec: &HttpTriggerSpec) -> Self {
-        let host = match &spec.host {
-            None => "*".to_string(),
-            Some(h) => {
-                let h = h.to_ascii_lowercase();
-                match h.rsplit_once(':') {
-                    Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => {
-                        name.to_string()
-                    }
-                    _ => h,
-                }
-            }
-        };
-        let raw = spec
-            .prefix
-            .as_deref()
-            .or(spec.relativeurl.as_deref())
-            .unwrap_or("/");
-        let path = raw
-            .split('/')
-            .map(
-                |seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                    Some(inner) if inner.starts_with('*') => "{*}",
-                    Some(_) => "{}",
-                    None => seg,
-                },
-            )
-            .collect::<Vec<_>>()
-            .join("/");
-        let methods = spec
-            .effective_methods()
-            .into_iter()
-            .map(|m| m.to_ascii_uppercase())
-            .collect();
-        Self {
-            host,
-            path,
-            methods,
-        }
-    }
-
-    /// The first method both keys serve on the same host and path.
-    fn overlap(&self, other: &RouteKey) -> Option<&str> {
-        if self.host != other.host || self.path != other.path {
-            return None;
-        }
-        self.methods
-            .iter()
-            .find(|m| other.methods.contains(m))
-            .map(String::as_str)
-    }
-}
-
 #[async_trait]
 impl Admit for HttpTriggerSpec {
     async fn admit(
@@ -585,33 +523,45 @@ impl Admit for HttpTriggerSpec {
             crate::versions::require_function_ref(state, &namespace, function, field).await?;
         }
         let key = RouteKey::of(&object.spec);
-        for other in list_typed::<HttpTriggerSpec>(state, None).await? {
-            if other.metadata.namespace == namespace && other.metadata.name == object.metadata.name
-            {
-                continue;
-            }
-            if let Some(method) = key.overlap(&RouteKey::of(&other.spec)) {
-                let field = if object.spec.prefix.is_some() {
-                    "spec.prefix"
-                } else {
-                    "spec.relativeurl"
-                };
-                let host = object.spec.host.as_deref().unwrap_or("any host");
-                return Err(ApiError::conflict(
-                    Some(field),
-                    format!(
-                        "route {method} {} on {host} is already served by httptrigger {}/{}",
-                        object
-                            .spec
-                            .prefix
-                            .as_deref()
-                            .or(object.spec.relativeurl.as_deref())
-                            .unwrap_or("/"),
-                        other.metadata.namespace,
-                        other.metadata.name
-                    ),
-                ));
-            }
+        let name = &object.metadata.name;
+        let clash = match state.route_keys.check(&key, &namespace, name) {
+            Some(clash) => clash,
+            // The index is not loaded yet: read every trigger.
+            None => list_typed::<HttpTriggerSpec>(state, None)
+                .await?
+                .into_iter()
+                .filter(|o| !(o.metadata.namespace == namespace && o.metadata.name == *name))
+                .find_map(|o| {
+                    let method = key.overlap(&RouteKey::of(&o.spec))?.to_string();
+                    Some(Clash {
+                        namespace: o.metadata.namespace,
+                        name: o.metadata.name,
+                        method,
+                    })
+                }),
+        };
+        if let Some(other) = clash {
+            let field = if object.spec.prefix.is_some() {
+                "spec.prefix"
+            } else {
+                "spec.relativeurl"
+            };
+            let host = object.spec.host.as_deref().unwrap_or("any host");
+            return Err(ApiError::conflict(
+                Some(field),
+                format!(
+                    "route {} {} on {host} is already served by httptrigger {}/{}",
+                    other.method,
+                    object
+                        .spec
+                        .prefix
+                        .as_deref()
+                        .or(object.spec.relativeurl.as_deref())
+                        .unwrap_or("/"),
+                    other.namespace,
+                    other.name
+                ),
+            ));
         }
         Ok(Admitted::default())
     }
@@ -809,32 +759,7 @@ pub(crate) async fn archive_users(state: &ApiState, sha256: &str) -> Result<Vec<
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use kappa_types::FunctionReference;
-
     use super::*;
-
-    fn trigger(host: Option<&str>, url: &str, methods: &[&str]) -> HttpTriggerSpec {
-        HttpTriggerSpec {
-            host: host.map(str::to_string),
-            relativeurl: Some(url.into()),
-            methods: methods.iter().map(|m| m.to_string()).collect(),
-            functionref: FunctionReference::name("f"),
-            ..HttpTriggerSpec::default()
-        }
-    }
-
-    #[test]
-    fn route_keys_overlap() {
-        let a = RouteKey::of(&trigger(None, "/users/{id}", &[]));
-        let b = RouteKey::of(&trigger(None, "/users/{uid}", &["GET", "POST"]));
-        assert_eq!(a.overlap(&b), Some("GET"));
-        let c = RouteKey::of(&trigger(None, "/users/{id}", &["POST"]));
-        assert_eq!(a.overlap(&c), None);
-        let d = RouteKey::of(&trigger(Some("Example.com:8080"), "/users/{id}", &[]));
-        let e = RouteKey::of(&trigger(Some("example.com"), "/users/{x}", &[]));
-        assert_eq!(d.overlap(&e), Some("GET"));
-        assert_eq!(a.overlap(&d), None);
-    }
 
     #[test]
     fn secrets_fold_string_data_and_check_base64() {

@@ -32,6 +32,7 @@ mod middleware;
 mod ops;
 mod redact;
 mod resources;
+mod route_keys;
 mod state;
 mod versions;
 mod watch;
@@ -146,6 +147,11 @@ pub async fn serve(
             shutdown.clone(),
         ))
     });
+    let route_keys = tokio::spawn(route_keys::run(
+        std::sync::Arc::clone(&state.route_keys),
+        std::sync::Arc::clone(&state.store),
+        shutdown.clone(),
+    ));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "API server listening");
     }
@@ -160,5 +166,6 @@ pub async fn serve(
     if let Some(gc) = gc {
         gc.abort();
     }
+    route_keys.abort();
     served
 }

@@ -261,6 +261,7 @@ pub(crate) async fn create_locked<S: Admit>(
     {
         Ok(stored) => {
             S::after_write(state, &object).await;
+            state.route_keys.record(&stored, false);
             Ok((stored, admitted))
         }
         Err(e) => {
@@ -390,7 +391,10 @@ pub(crate) async fn replace_locked<S: Admit>(
     let admitted = S::admit(state, &mut object, Some(&old)).await?;
     clear_store_metadata(&mut object);
     let stored = match state.store.put(object.to_json(), precondition).await {
-        Ok(stored) => stored,
+        Ok(stored) => {
+            state.route_keys.record(&stored, false);
+            stored
+        }
         Err(e) => {
             admitted.roll_back(state).await;
             return Err(e.into());
@@ -491,6 +495,7 @@ pub(crate) async fn delete_locked(
     if kind == Kind::Function {
         crate::versions::delete_all(state, namespace, name).await;
     }
+    state.route_keys.record(&deleted, true);
     Ok(deleted)
 }
 

@@ -88,6 +88,8 @@ pub struct ApiState {
     /// How often unused archives are collected, and how old an unused one must be; `None`
     /// keeps every archive.
     pub archive_gc: Option<ArchiveGc>,
+    /// The HttpTrigger routes admission checks against (kept by [`crate::serve`]).
+    pub(crate) route_keys: Arc<crate::route_keys::RouteKeys>,
 }
 
 /// The collection of archives no Package uses (see `collect_unused_archives`).
@@ -128,6 +130,7 @@ impl ApiState {
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
             shutdown: CancellationToken::new(),
             archive_gc: None,
+            route_keys: Arc::default(),
         }
     }
 

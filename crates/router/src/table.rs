@@ -14,8 +14,8 @@
 //! - Conflicting triggers never fail the build: the later one (by creation time, then
 //!   namespace/name) is skipped with a warning and shown as skipped in `/debug/routes`.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
@@ -25,8 +25,12 @@ use serde::Serialize;
 
 use crate::metrics::FunctionMetrics;
 
+mod index;
+
+use index::{Leaf, MethodSet, Seg, Tree, Values, literal_shape, template_shape};
+
 /// Name of the catch-all parameter prefix routes use internally (never exposed as a header).
-const PREFIX_REST: &str = "{*kappa_prefix_rest}";
+const PREFIX_REST: &str = "kappa_prefix_rest";
 
 /// A function as the request path needs it.
 pub(crate) struct FunctionEntry {
@@ -154,24 +158,39 @@ pub(crate) struct RouteTarget {
     pub choice: Choice,
 }
 
-/// The routes of one host (or of every host).
-///
-/// One radix tree per tier (0: exact paths and templates, 1: prefixes) and method, so a request
-/// is matched only against routes that accept its method: a more specific route for other
-/// methods never hides a less specific one for this method (`POST /api/` does not turn
-/// `GET /api/x` away from a `GET /` prefix route).
-#[derive(Default)]
-struct HostRoutes {
-    trees: HashMap<(usize, Method), matchit::Router<Arc<RouteTarget>>>,
-    /// (tier, method, pattern) → trigger that routes it; build-time only, for conflict messages.
-    patterns: HashMap<(usize, Method, String), Arc<str>>,
+/// The trees of one host (or of every host): index 0 holds exact paths and templates, 1 the
+/// prefixes' catch-all routes. One tree per tier serves every method: a lookup skips routes
+/// that do not accept the request's method, so a more specific route for other methods never
+/// hides a less specific one for this method (`POST /api/` does not turn `GET /api/x` away
+/// from a `GET /` prefix route).
+type Tiers = [Tree<Arc<RouteTarget>>; 2];
+
+/// The parameters of a match, named by the route's pattern.
+pub(crate) struct Params<'t, 'p> {
+    names: &'t [Box<str>],
+    values: Values<'p>,
+}
+
+impl<'t, 'p> Params<'t, 'p> {
+    /// `(name, value)` pairs in the pattern's order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'t str, &'p str)> + '_ {
+        self.names
+            .iter()
+            .map(|n| &**n)
+            .zip(self.values.iter().copied())
+    }
+
+    #[cfg(test)]
+    pub fn get(&self, name: &str) -> Option<&'p str> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
 }
 
 /// The result of a lookup.
 pub(crate) enum Lookup<'t, 'p> {
     Found {
         target: &'t Arc<RouteTarget>,
-        params: matchit::Params<'t, 'p>,
+        params: Params<'t, 'p>,
     },
     /// The path matched but not the method: the methods that would.
     MethodNotAllowed(Vec<Method>),
@@ -198,13 +217,73 @@ pub(crate) struct RouteInfo {
     pub skipped: Option<String>,
 }
 
-/// The immutable route table.
+/// A trigger's place in the precedence order: creation time, then namespace, then name.
+#[derive(Clone)]
+struct Order(Arc<TriggerRecord>);
+
+impl Order {
+    fn key(&self) -> (&str, &str, &str) {
+        (&self.0.creation, &self.0.namespace, &self.0.name)
+    }
+}
+
+impl PartialEq for Order {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+impl Eq for Order {}
+impl PartialOrd for Order {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Order {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+/// One route of a trigger: tier, shape and parameter names.
+type Pattern = (usize, Vec<Seg>, Arc<[Box<str>]>);
+
+/// A trigger compiled into routes.
+struct Compiled {
+    host: Option<Arc<str>>,
+    methods: MethodSet,
+    /// (tier, shape, parameter names) of each route the trigger adds.
+    patterns: Vec<Pattern>,
+    target: Arc<RouteTarget>,
+}
+
+/// What the table holds of one trigger.
+#[derive(Clone)]
+struct TriggerState {
+    record: Arc<TriggerRecord>,
+    /// Set while the trigger is routed.
+    routed: Option<Arc<Compiled>>,
+    /// Why it is not routed (`None` while routed or not yet placed).
+    skipped: Option<Arc<str>>,
+}
+
+/// The route table: a persistent value. Requests read one version through an `ArcSwap`; the
+/// watcher clones the current one (cheap: every part is shared), applies a store change to
+/// the clone (O(log n) plus the nodes on the touched routes' paths) and swaps it in.
+#[derive(Clone)]
 pub(crate) struct RouteTable {
-    any_host: HostRoutes,
-    by_host: HashMap<String, HostRoutes>,
+    any_host: Tiers,
+    by_host: imbl::HashMap<Arc<str>, Tiers>,
     /// Every function in the store, for direct invocation.
-    functions: HashMap<FunctionId, Arc<FunctionEntry>>,
-    routes: Vec<RouteInfo>,
+    functions: imbl::HashMap<FunctionId, Arc<FunctionEntry>>,
+    /// Entries for functions that triggers name but the store does not have (404 on request).
+    missing: imbl::HashMap<FunctionId, Arc<FunctionEntry>>,
+    /// Every trigger, by `namespace/name`.
+    triggers: imbl::HashMap<Arc<str>, TriggerState>,
+    /// Function → the triggers naming it, so a function change re-targets only those.
+    /// (A small slice per function: most functions have one or two triggers.)
+    users: imbl::HashMap<FunctionId, Arc<[Arc<str>]>>,
+    /// The triggers not routed, in precedence order: retried when a route goes away.
+    skipped: imbl::OrdSet<Order>,
 }
 
 /// Lower-cases a host and strips its port (`Example.com:8080` → `example.com`, `[::1]:80` → `[::1]`).
@@ -221,10 +300,6 @@ pub(crate) fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-fn escape(path: &str) -> String {
-    path.replace('{', "{{").replace('}', "}}")
-}
-
 /// A path parameter of a template and the headers that carry its value to the function.
 pub(crate) struct TemplateParam {
     pub name: Box<str>,
@@ -235,17 +310,15 @@ pub(crate) struct TemplateParam {
 }
 
 /// The `{name}` / `{*name}` parameters of a template, in order.
-fn template_params(template: &str) -> Vec<TemplateParam> {
-    template
-        .split('/')
-        .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
-        .map(|inner| inner.strip_prefix('*').unwrap_or(inner))
+fn template_params(names: &[Box<str>]) -> Vec<TemplateParam> {
+    names
+        .iter()
         .filter_map(|name| {
             let kappa = HeaderName::from_bytes(format!("x-kappa-params-{name}").as_bytes()).ok()?;
             let fission =
                 HeaderName::from_bytes(format!("x-fission-params-{name}").as_bytes()).ok()?;
             Some(TemplateParam {
-                name: Box::from(name),
+                name: name.clone(),
                 kappa,
                 fission,
             })
@@ -253,19 +326,35 @@ fn template_params(template: &str) -> Vec<TemplateParam> {
         .collect()
 }
 
+static NO_NAMES: LazyLock<Arc<[Box<str>]>> = LazyLock::new(|| Arc::from(Vec::new()));
+static PREFIX_NAMES: LazyLock<Arc<[Box<str>]>> =
+    LazyLock::new(|| Arc::from(vec![Box::from(PREFIX_REST)]));
+
+/// A change to apply, as the watcher reads it from the store.
+pub(crate) enum Change {
+    Trigger(Box<TriggerRecord>),
+    /// `(namespace, name)`.
+    TriggerGone(String, String),
+    Function(FunctionRecord),
+    FunctionGone(FunctionId),
+}
+
 impl RouteTable {
     /// A table with no routes and no functions.
     pub fn empty() -> Self {
         Self {
-            any_host: HostRoutes::default(),
-            by_host: HashMap::new(),
-            functions: HashMap::new(),
-            routes: Vec::new(),
+            any_host: Tiers::default(),
+            by_host: imbl::HashMap::new(),
+            functions: imbl::HashMap::new(),
+            missing: imbl::HashMap::new(),
+            triggers: imbl::HashMap::new(),
+            users: imbl::HashMap::new(),
+            skipped: imbl::OrdSet::new(),
         }
     }
 
-    /// Builds the table. `previous` lends its function entries when unchanged (keeping their
-    /// cached metric handles).
+    /// Builds a table from a full list (after a fresh list of the store). `previous` lends its
+    /// function entries when unchanged (keeping their cached metric handles).
     pub fn build<'a>(
         triggers: impl IntoIterator<Item = &'a TriggerRecord>,
         functions: impl IntoIterator<Item = &'a FunctionRecord>,
@@ -289,61 +378,316 @@ impl RouteTable {
             };
             table.functions.insert(f.id.clone(), entry);
         }
-
         let mut triggers: Vec<&TriggerRecord> = triggers.into_iter().collect();
         triggers.sort_by(|a, b| {
             (&a.creation, &a.namespace, &a.name).cmp(&(&b.creation, &b.namespace, &b.name))
         });
-        let mut missing: HashMap<FunctionId, Arc<FunctionEntry>> = HashMap::new();
+        // In precedence order each trigger only meets older ones: nothing is displaced.
         for t in triggers {
-            let mut info = RouteInfo {
-                trigger: format!("{}/{}", t.namespace, t.name),
-                host: t.spec.host.clone(),
-                relativeurl: t.spec.relativeurl.clone(),
-                prefix: t.spec.prefix.clone(),
-                keep_prefix: t.spec.keep_prefix,
-                methods: t.spec.effective_methods(),
-                functions: Vec::new(),
-                skipped: None,
-            };
-            match table.add_trigger(t, &mut info, &mut missing, index) {
-                Ok(()) => {}
-                Err(reason) => {
-                    tracing::warn!(trigger = %info.trigger, %reason, "http trigger skipped");
-                    info.skipped = Some(reason);
-                }
-            }
-            table.routes.push(info);
-        }
-        for routes in std::iter::once(&mut table.any_host).chain(table.by_host.values_mut()) {
-            routes.patterns = HashMap::new();
+            table.apply(Change::Trigger(Box::new(t.clone())), index);
         }
         table
     }
 
-    fn function_entry(
+    /// Applies one store change, touching only the routes it concerns.
+    pub fn apply(&mut self, change: Change, index: &EndpointIndex) {
+        match change {
+            Change::Trigger(record) => self.upsert_trigger(*record, index),
+            Change::TriggerGone(namespace, name) => {
+                let key: Arc<str> = Arc::from(format!("{namespace}/{name}"));
+                let mut queue = BTreeSet::new();
+                if let Some(old) = self.triggers.remove(&key) {
+                    self.forget(&key, &old, &mut queue);
+                }
+                self.settle(queue, index);
+            }
+            Change::Function(f) => self.upsert_function(f, index),
+            Change::FunctionGone(id) => {
+                if self.functions.remove(&id).is_some() {
+                    self.retarget(&id, index);
+                }
+            }
+        }
+    }
+
+    fn upsert_function(&mut self, f: FunctionRecord, index: &EndpointIndex) {
+        if self
+            .functions
+            .get(&f.id)
+            .is_some_and(|e| e.same_as(true, f.generation, f.timeout_s, f.spec_timeout_s))
+        {
+            return;
+        }
+        let entry = Arc::new(FunctionEntry::new(
+            f.id.clone(),
+            true,
+            f.generation,
+            f.timeout_s,
+            f.spec_timeout_s,
+            index,
+        ));
+        self.functions.insert(f.id.clone(), entry);
+        self.missing.remove(&f.id);
+        self.retarget(&f.id, index);
+    }
+
+    /// Rebuilds the targets of the routed triggers naming `id` (same routes, new entry).
+    fn retarget(&mut self, id: &FunctionId, index: &EndpointIndex) {
+        let Some(users) = self.users.get(id).cloned() else {
+            return;
+        };
+        for key in users.iter() {
+            let Some(state) = self.triggers.get(key).cloned() else {
+                continue;
+            };
+            let Some(old) = &state.routed else {
+                continue;
+            };
+            self.unroute(key, old);
+            match self.compile(&state.record, index) {
+                Ok(compiled) => {
+                    let compiled = Arc::new(compiled);
+                    self.route(&compiled);
+                    self.set(key, &state.record, Some(compiled), None);
+                }
+                // Compiling depends on the trigger alone, which did not change.
+                Err(reason) => self.set(key, &state.record, None, Some(Arc::from(reason))),
+            }
+        }
+    }
+
+    fn upsert_trigger(&mut self, record: TriggerRecord, index: &EndpointIndex) {
+        let key: Arc<str> = Arc::from(format!("{}/{}", record.namespace, record.name));
+        let mut queue = BTreeSet::new();
+        if let Some(old) = self.triggers.get(&key).cloned() {
+            if *old.record == record {
+                return;
+            }
+            self.forget(&key, &old, &mut queue);
+        }
+        let record = Arc::new(record);
+        for f in record.spec.functionref.function_names() {
+            let id = FunctionId::new(record.namespace.clone(), f);
+            let mut names: Vec<Arc<str>> =
+                self.users.get(&id).map(|u| u.to_vec()).unwrap_or_default();
+            if !names.contains(&key) {
+                names.push(Arc::clone(&key));
+            }
+            self.users.insert(id, Arc::from(names));
+        }
+        self.triggers.insert(
+            Arc::clone(&key),
+            TriggerState {
+                record: Arc::clone(&record),
+                routed: None,
+                skipped: None,
+            },
+        );
+        queue.insert(Order(record));
+        self.settle(queue, index);
+    }
+
+    /// Takes a trigger's routes and references out; queues the triggers its routes kept out.
+    fn forget(&mut self, key: &Arc<str>, old: &TriggerState, queue: &mut BTreeSet<Order>) {
+        let order = Order(Arc::clone(&old.record));
+        self.skipped.remove(&order);
+        if let Some(compiled) = &old.routed {
+            self.unroute(key, compiled);
+            self.queue_skipped_after(&order, queue);
+        }
+        for f in old.record.spec.functionref.function_names() {
+            let id = FunctionId::new(old.record.namespace.clone(), f);
+            if let Some(users) = self.users.get(&id) {
+                let rest: Vec<Arc<str>> = users.iter().filter(|n| *n != key).cloned().collect();
+                if !rest.is_empty() {
+                    self.users.insert(id, Arc::from(rest));
+                } else {
+                    self.users.remove(&id);
+                    self.missing.remove(&id);
+                }
+            }
+        }
+    }
+
+    fn queue_skipped_after(&self, order: &Order, queue: &mut BTreeSet<Order>) {
+        use std::ops::Bound;
+        for s in self
+            .skipped
+            .range((Bound::Excluded(order.clone()), Bound::Unbounded))
+        {
+            queue.insert(s.clone());
+        }
+    }
+
+    /// Places the queued triggers, oldest first, as a full build would: a trigger is routed
+    /// when none of its routes conflicts with a routed older trigger; newer routed triggers it
+    /// conflicts with are taken out and placed again after it.
+    fn settle(&mut self, mut queue: BTreeSet<Order>, index: &EndpointIndex) {
+        while let Some(order) = queue.pop_first() {
+            let key: Arc<str> = Arc::from(format!("{}/{}", order.0.namespace, order.0.name));
+            let Some(state) = self.triggers.get(&key).cloned() else {
+                continue;
+            };
+            if state.routed.is_some() || !Arc::ptr_eq(&state.record, &order.0) {
+                continue;
+            }
+            let compiled = match self.compile(&state.record, index) {
+                Ok(c) => c,
+                Err(reason) => {
+                    self.skip(&key, &state.record, reason);
+                    continue;
+                }
+            };
+            let (older, newer) = self.conflicts(&key, &order, &compiled);
+            if let Some(reason) = older {
+                self.skip(&key, &state.record, reason);
+                continue;
+            }
+            for other in newer {
+                let Some(o) = self.triggers.get(&other).cloned() else {
+                    continue;
+                };
+                if let Some(c) = &o.routed {
+                    self.unroute(&other, c);
+                    self.set(&other, &o.record, None, None);
+                    let o_order = Order(Arc::clone(&o.record));
+                    self.queue_skipped_after(&o_order, &mut queue);
+                    queue.insert(o_order);
+                }
+            }
+            let compiled = Arc::new(compiled);
+            self.route(&compiled);
+            self.skipped.remove(&order);
+            self.set(&key, &state.record, Some(compiled), None);
+        }
+    }
+
+    fn skip(&mut self, key: &Arc<str>, record: &Arc<TriggerRecord>, reason: String) {
+        tracing::warn!(trigger = %key, %reason, "http trigger skipped");
+        self.skipped.insert(Order(Arc::clone(record)));
+        self.set(key, record, None, Some(Arc::from(reason)));
+    }
+
+    fn set(
+        &mut self,
+        key: &Arc<str>,
+        record: &Arc<TriggerRecord>,
+        routed: Option<Arc<Compiled>>,
+        skipped: Option<Arc<str>>,
+    ) {
+        self.triggers.insert(
+            Arc::clone(key),
+            TriggerState {
+                record: Arc::clone(record),
+                routed,
+                skipped,
+            },
+        );
+    }
+
+    /// The first conflict with an older routed trigger (as a reason), and the newer routed
+    /// triggers that conflict.
+    fn conflicts(
         &self,
-        id: FunctionId,
-        missing: &mut HashMap<FunctionId, Arc<FunctionEntry>>,
-        index: &EndpointIndex,
-    ) -> Arc<FunctionEntry> {
+        key: &Arc<str>,
+        order: &Order,
+        c: &Compiled,
+    ) -> (Option<String>, Vec<Arc<str>>) {
+        let Some(tiers) = self.tiers(c.host.as_deref()) else {
+            return (None, Vec::new());
+        };
+        let mut newer: Vec<Arc<str>> = Vec::new();
+        for (tier, shape, _) in &c.patterns {
+            for (other, common) in tiers[*tier].conflicts(shape, &c.methods) {
+                if other.trigger == *key {
+                    continue;
+                }
+                let Some(o) = self.triggers.get(&other.trigger) else {
+                    continue;
+                };
+                if Order(Arc::clone(&o.record)) < *order {
+                    let path = order
+                        .0
+                        .spec
+                        .prefix
+                        .as_deref()
+                        .or(order.0.spec.relativeurl.as_deref())
+                        .unwrap_or("/");
+                    return (
+                        Some(format!(
+                            "{common} {path} conflicts with a route of trigger {}",
+                            other.trigger
+                        )),
+                        Vec::new(),
+                    );
+                }
+                if !newer.contains(&other.trigger) {
+                    newer.push(Arc::clone(&other.trigger));
+                }
+            }
+        }
+        (None, newer)
+    }
+
+    fn tiers(&self, host: Option<&str>) -> Option<&Tiers> {
+        match host {
+            None => Some(&self.any_host),
+            Some(h) => self.by_host.get(h),
+        }
+    }
+
+    fn route(&mut self, c: &Compiled) {
+        let tiers = match &c.host {
+            None => &mut self.any_host,
+            Some(h) => self.by_host.entry(Arc::clone(h)).or_default(),
+        };
+        for (tier, shape, names) in &c.patterns {
+            tiers[*tier].insert(
+                shape,
+                Arc::new(Leaf {
+                    methods: c.methods.clone(),
+                    names: Arc::clone(names),
+                    value: Arc::clone(&c.target),
+                }),
+            );
+        }
+    }
+
+    fn unroute(&mut self, key: &Arc<str>, c: &Compiled) {
+        let tiers = match &c.host {
+            None => &mut self.any_host,
+            Some(h) => match self.by_host.get_mut(h) {
+                Some(t) => t,
+                None => return,
+            },
+        };
+        for (tier, shape, _) in &c.patterns {
+            tiers[*tier].remove(shape, &|t: &Arc<RouteTarget>| t.trigger == *key);
+        }
+        if let Some(h) = &c.host
+            && self
+                .by_host
+                .get(h)
+                .is_some_and(|t| t.iter().all(Tree::is_empty))
+        {
+            self.by_host.remove(h);
+        }
+    }
+
+    fn function_entry(&mut self, id: FunctionId, index: &EndpointIndex) -> Arc<FunctionEntry> {
         if let Some(entry) = self.functions.get(&id) {
             return Arc::clone(entry);
         }
-        Arc::clone(
-            missing
-                .entry(id.clone())
-                .or_insert_with(|| Arc::new(FunctionEntry::new(id, false, 0, 60, 120, index))),
-        )
+        if let Some(entry) = self.missing.get(&id) {
+            return Arc::clone(entry);
+        }
+        let entry = Arc::new(FunctionEntry::new(id.clone(), false, 0, 60, 120, index));
+        self.missing.insert(id, Arc::clone(&entry));
+        entry
     }
 
-    fn add_trigger(
-        &mut self,
-        t: &TriggerRecord,
-        info: &mut RouteInfo,
-        missing: &mut HashMap<FunctionId, Arc<FunctionEntry>>,
-        index: &EndpointIndex,
-    ) -> Result<(), String> {
+    /// Compiles a trigger into its routes (an `Err` is why it cannot be routed at all).
+    fn compile(&mut self, t: &TriggerRecord, index: &EndpointIndex) -> Result<Compiled, String> {
         let spec = &t.spec;
         let mut methods = Vec::new();
         for m in spec.effective_methods() {
@@ -360,19 +704,17 @@ impl RouteTable {
         };
         let choice = match spec.functionref.kind {
             FunctionReferenceType::Name => {
-                info.functions.push((spec.functionref.name.clone(), 1));
-                Choice::One(self.function_entry(fn_id(&spec.functionref.name), missing, index))
+                Choice::One(self.function_entry(fn_id(&spec.functionref.name), index))
             }
             FunctionReferenceType::FunctionWeights => {
                 let mut total = 0u32;
                 let mut entries = Vec::new();
                 for (name, weight) in &spec.functionref.functionweights {
-                    info.functions.push((name.clone(), *weight));
                     if *weight == 0 {
                         continue;
                     }
                     total = total.saturating_add(*weight);
-                    entries.push((total, self.function_entry(fn_id(name), missing, index)));
+                    entries.push((total, self.function_entry(fn_id(name), index)));
                 }
                 let Some(last) = entries.last().map(|(_, e)| Arc::clone(e)) else {
                     return Err(
@@ -387,18 +729,22 @@ impl RouteTable {
             }
         };
 
-        // (tier, matchit pattern): tier 0 holds exact paths and templates, tier 1 prefixes.
         let (mode, patterns) = match (&spec.prefix, &spec.relativeurl) {
             (Some(prefix), _) => {
                 if !prefix.starts_with('/') {
                     return Err(format!("spec.prefix: {prefix:?} must start with '/'"));
                 }
                 let base = prefix.trim_end_matches('/');
-                let mut patterns = vec![(0, escape(prefix))];
+                let with_slash = format!("{base}/");
+                let mut patterns = vec![(0, literal_shape(prefix), NO_NAMES.clone())];
                 if !prefix.ends_with('/') {
-                    patterns.push((0, escape(&format!("{base}/"))));
+                    patterns.push((0, literal_shape(&with_slash), NO_NAMES.clone()));
                 }
-                patterns.push((1, format!("{}/{PREFIX_REST}", escape(base))));
+                let mut rest = literal_shape(&with_slash);
+                if let Some(last) = rest.last_mut() {
+                    *last = Seg::CatchAll;
+                }
+                patterns.push((1, rest, PREFIX_NAMES.clone()));
                 let strip = (!spec.keep_prefix && !base.is_empty()).then(|| Box::from(base));
                 (PathMode::Prefix { strip }, patterns)
             }
@@ -406,12 +752,14 @@ impl RouteTable {
                 if !url.starts_with('/') {
                     return Err(format!("spec.relativeurl: {url:?} must start with '/'"));
                 }
-                (
-                    PathMode::Template {
-                        params: template_params(url),
-                    },
-                    vec![(0, url.clone())],
-                )
+                let (shape, names) = template_shape(url);
+                let params = template_params(&names);
+                let names: Arc<[Box<str>]> = if names.is_empty() {
+                    NO_NAMES.clone()
+                } else {
+                    Arc::from(names)
+                };
+                (PathMode::Template { params }, vec![(0, shape, names)])
             }
             (None, None) => {
                 return Err("spec.relativeurl: expected a relativeurl or a prefix".into());
@@ -423,63 +771,23 @@ impl RouteTable {
             (None, Some(url)) => Arc::from(url.as_str()),
             (None, None) => Arc::from(""),
         };
-        let target = Arc::new(RouteTarget {
-            trigger: Arc::from(info.trigger.as_str()),
-            route,
-            mode,
-            choice,
-        });
-
         let host = spec
             .host
             .as_deref()
-            .map(|h| normalize_host(h).into_owned())
-            .filter(|h| !h.is_empty());
-        let routes = match host {
-            Some(h) => self.by_host.entry(h).or_default(),
-            None => &mut self.any_host,
-        };
-
-        // Check every pattern first, so a trigger is added whole or not at all.
-        for (tier, pattern) in &patterns {
-            for m in &methods {
-                if let Some(other) = routes.patterns.get(&(*tier, m.clone(), pattern.clone())) {
-                    return Err(format!(
-                        "{m} {pattern} is already routed by trigger {other}"
-                    ));
-                }
-            }
-        }
-        let mut inserted: Vec<(usize, Method, String)> = Vec::new();
-        let mut conflict = None;
-        'insert: for (tier, pattern) in &patterns {
-            for m in &methods {
-                let key = (*tier, m.clone(), pattern.clone());
-                let tree = routes.trees.entry((*tier, m.clone())).or_default();
-                match tree.insert(pattern.clone(), Arc::clone(&target)) {
-                    Ok(()) => {
-                        routes
-                            .patterns
-                            .insert(key.clone(), Arc::clone(&target.trigger));
-                        inserted.push(key);
-                    }
-                    Err(e) => {
-                        conflict = Some(format!("{m} {pattern} conflicts with another route: {e}"));
-                        break 'insert;
-                    }
-                }
-            }
-        }
-        if let Some(reason) = conflict {
-            for (tier, m, pattern) in inserted {
-                if let Some(tree) = routes.trees.get_mut(&(tier, m.clone())) {
-                    tree.remove(pattern.clone());
-                }
-                routes.patterns.remove(&(tier, m, pattern));
-            }
-            return Err(reason);
-        }
-        Ok(())
+            .map(normalize_host)
+            .filter(|h| !h.is_empty())
+            .map(|h| Arc::from(h.as_ref()));
+        Ok(Compiled {
+            host,
+            methods: MethodSet::from_methods(&methods),
+            patterns,
+            target: Arc::new(RouteTarget {
+                trigger: Arc::from(format!("{}/{}", t.namespace, t.name)),
+                route,
+                mode,
+                choice,
+            }),
+        })
     }
 
     /// Finds the route for a request: the most specific route that accepts its method, looking
@@ -501,26 +809,24 @@ impl RouteTable {
                 .into_iter()
                 .chain(std::iter::once(&self.any_host))
         };
-        for routes in groups() {
-            for tier in 0..2 {
-                let Some(tree) = routes.trees.get(&(tier, method.clone())) else {
-                    continue;
-                };
-                if let Ok(m) = tree.at(path) {
+        for tiers in groups() {
+            for tree in tiers {
+                if let Some((leaf, values)) = tree.find(method, path) {
                     return Lookup::Found {
-                        target: m.value,
-                        params: m.params,
+                        target: &leaf.value,
+                        params: Params {
+                            names: &leaf.names,
+                            values,
+                        },
                     };
                 }
             }
         }
         // Not routed for this method: which methods would be (only on a 404 or 405).
         let mut allowed: Vec<Method> = Vec::new();
-        for routes in groups() {
-            for ((_, m), tree) in &routes.trees {
-                if !allowed.contains(m) && tree.at(path).is_ok() {
-                    allowed.push(m.clone());
-                }
+        for tiers in groups() {
+            for tree in tiers {
+                tree.methods_at(path, &mut allowed);
             }
         }
         if allowed.is_empty() {
@@ -536,9 +842,41 @@ impl RouteTable {
         self.functions.get(id)
     }
 
-    /// Every trigger with its status, for `/debug/routes`.
-    pub fn routes(&self) -> &[RouteInfo] {
-        &self.routes
+    /// How many triggers the table holds (routed or not).
+    pub fn trigger_count(&self) -> usize {
+        self.triggers.len()
+    }
+
+    /// Every trigger with its status, in precedence order, for `/debug/routes`.
+    pub fn routes(&self) -> Vec<RouteInfo> {
+        let mut states: Vec<&TriggerState> = self.triggers.values().collect();
+        states.sort_by(|a, b| Order(Arc::clone(&a.record)).cmp(&Order(Arc::clone(&b.record))));
+        states
+            .into_iter()
+            .map(|s| {
+                let t = &s.record;
+                let spec = &t.spec;
+                let functions = match spec.functionref.kind {
+                    FunctionReferenceType::Name => vec![(spec.functionref.name.clone(), 1)],
+                    FunctionReferenceType::FunctionWeights => spec
+                        .functionref
+                        .functionweights
+                        .iter()
+                        .map(|(n, w)| (n.clone(), *w))
+                        .collect(),
+                };
+                RouteInfo {
+                    trigger: format!("{}/{}", t.namespace, t.name),
+                    host: spec.host.clone(),
+                    relativeurl: spec.relativeurl.clone(),
+                    prefix: spec.prefix.clone(),
+                    keep_prefix: spec.keep_prefix,
+                    methods: spec.effective_methods(),
+                    functions,
+                    skipped: s.skipped.as_deref().map(str::to_owned),
+                }
+            })
+            .collect()
     }
 
     /// Every function the store has.
@@ -750,9 +1088,9 @@ mod tests {
         );
         let skipped: Vec<_> = table
             .routes()
-            .iter()
+            .into_iter()
             .filter(|r| r.skipped.is_some())
-            .map(|r| r.trigger.as_str())
+            .map(|r| r.trigger)
             .collect();
         assert_eq!(skipped, ["default/b-second", "default/param2"]);
     }

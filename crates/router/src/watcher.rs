@@ -1,12 +1,14 @@
-//! Keeps the route table in step with the store: list, then watch from the listed resource
-//! version; after a burst of changes (debounced) rebuild the whole table off the request path
-//! and swap it in. `Gone`, a failed or ended watch all lead to a fresh list.
+//! Keeps the route table in step with the store: list and build the table, then watch from the
+//! listed resource version; each burst of changes (debounced) is applied to a copy of the
+//! current table, one entry per change (the table is persistent: the copy shares every
+//! untouched part), and the copy is swapped in. `Gone`, a failed or ended watch all lead to a
+//! fresh list.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use kappa_core::FunctionId;
 use kappa_store::{EventType, StoreError, StoredObject, WatchEvent};
 use kappa_types::{HttpTrigger, Kind};
@@ -14,21 +16,22 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::Inner;
-use crate::table::{FunctionRecord, RouteTable, TriggerRecord};
+use crate::table::{Change, FunctionRecord, RouteTable, TriggerRecord};
 
-/// Changes arriving within this window after the first are applied in one rebuild.
-const DEBOUNCE: Duration = Duration::from_millis(10);
+/// The most changes applied to one copy of the table (those already received when the first
+/// arrives): a burst costs one swap, not one per change.
+const MAX_BATCH: usize = 1024;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 type Key = (String, String);
 
-/// The watcher's copy of the store's triggers and functions, with their resource versions.
+/// The resource versions of the store's triggers and functions the table holds (their
+/// content lives in the table), so replayed events are recognised.
 #[derive(Default)]
 pub(crate) struct Cache {
-    /// `None` marks a trigger that could not be parsed (kept for its resource version).
-    triggers: HashMap<Key, (u64, Option<TriggerRecord>)>,
-    functions: HashMap<Key, (u64, FunctionRecord)>,
+    triggers: HashMap<Key, u64>,
+    functions: HashMap<Key, u64>,
     /// The highest store version listed or received: the table built from this cache reflects
     /// every trigger and function write up to it.
     seen: u64,
@@ -77,23 +80,29 @@ pub(crate) fn parse_function(obj: &StoredObject) -> FunctionRecord {
 }
 
 impl Cache {
-    /// Replaces the cache with a fresh list; returns the version to watch from.
-    async fn relist(&mut self, store: &dyn kappa_store::Store) -> Result<u64, StoreError> {
+    /// Lists the store afresh: fills the cache and returns the records to build the table
+    /// from and the version to watch from.
+    async fn relist(
+        &mut self,
+        store: &dyn kappa_store::Store,
+    ) -> Result<(u64, Vec<TriggerRecord>, Vec<FunctionRecord>), StoreError> {
         let triggers = store.list(Kind::HttpTrigger, None).await?;
         let functions = store.list(Kind::Function, None).await?;
         let versions = store.list(Kind::FunctionVersion, None).await?;
         self.triggers.clear();
         self.functions.clear();
+        let mut trigger_records = Vec::with_capacity(triggers.items.len());
+        let mut function_records = Vec::with_capacity(functions.items.len());
         for obj in triggers.items {
             let key = (obj.namespace.clone(), obj.name.clone());
-            let rv = obj.resource_version;
-            self.triggers.insert(key, (rv, parse_trigger(obj)));
+            self.triggers.insert(key, obj.resource_version);
+            trigger_records.extend(parse_trigger(obj));
         }
         // Function names are DNS labels and version names have a dot: one map holds both.
         for obj in functions.items.into_iter().chain(versions.items) {
             let key = (obj.namespace.clone(), obj.name.clone());
-            self.functions
-                .insert(key, (obj.resource_version, parse_function(&obj)));
+            self.functions.insert(key, obj.resource_version);
+            function_records.push(parse_function(&obj));
         }
         // Watching from the oldest of the listed versions replays a few changes already seen;
         // `apply` ignores anything not newer than what it holds.
@@ -102,89 +111,92 @@ impl Cache {
             .min(functions.resource_version)
             .min(versions.resource_version);
         self.seen = since;
-        Ok(since)
+        Ok((since, trigger_records, function_records))
     }
 
-    /// Applies one change; returns whether anything changed.
-    fn apply(&mut self, event: WatchEvent) -> bool {
+    /// Reads one change; `None` when it is a replay or of another kind.
+    fn apply(&mut self, event: WatchEvent) -> Option<Change> {
         let obj = event.object;
         let rv = obj.resource_version;
         self.seen = self.seen.max(rv);
         let key = (obj.namespace.clone(), obj.name.clone());
-        match obj.kind {
-            Kind::HttpTrigger => {
-                if self.triggers.get(&key).is_some_and(|(held, _)| *held >= rv) {
-                    return false;
-                }
-                match event.event_type {
-                    EventType::Deleted => self.triggers.remove(&key).is_some(),
-                    EventType::Added | EventType::Modified => {
-                        self.triggers.insert(key, (rv, parse_trigger(obj)));
-                        true
+        let held = match obj.kind {
+            Kind::HttpTrigger => &mut self.triggers,
+            Kind::Function | Kind::FunctionVersion => &mut self.functions,
+            _ => return None,
+        };
+        if held.get(&key).is_some_and(|v| *v >= rv) {
+            return None;
+        }
+        match event.event_type {
+            EventType::Deleted => {
+                held.remove(&key)?;
+                Some(match obj.kind {
+                    Kind::Function | Kind::FunctionVersion => {
+                        Change::FunctionGone(FunctionId::new(key.0, key.1))
                     }
-                }
+                    _ => Change::TriggerGone(key.0, key.1),
+                })
             }
-            Kind::Function | Kind::FunctionVersion => {
-                if self
-                    .functions
-                    .get(&key)
-                    .is_some_and(|(held, _)| *held >= rv)
-                {
-                    return false;
-                }
-                match event.event_type {
-                    EventType::Deleted => self.functions.remove(&key).is_some(),
-                    EventType::Added | EventType::Modified => {
-                        let record = parse_function(&obj);
-                        let changed = self
-                            .functions
-                            .get(&key)
-                            .is_none_or(|(_, old)| *old != record);
-                        self.functions.insert(key, (rv, record));
-                        changed
-                    }
-                }
+            EventType::Added | EventType::Modified => {
+                held.insert(key.clone(), rv);
+                Some(match obj.kind {
+                    Kind::Function | Kind::FunctionVersion => Change::Function(parse_function(&obj)),
+                    // A trigger the router cannot read is not routed.
+                    _ => match parse_trigger(obj) {
+                        Some(t) => Change::Trigger(Box::new(t)),
+                        None => Change::TriggerGone(key.0, key.1),
+                    },
+                })
             }
-            _ => false,
         }
     }
 }
 
-/// Rebuilds the table on the blocking pool (it is O(routes)) and swaps it in. `None` only if
-/// the build panicked: the previous table stays and the caller lists again.
-async fn rebuild(inner: &Arc<Inner>, cache: Cache) -> Option<Cache> {
-    let previous = inner.table.load_full();
-    let index = Arc::clone(&inner.index);
-    let started = Instant::now();
+/// Builds the table from a fresh list (O(routes), on the blocking pool) and swaps it in.
+/// `false` only if the build panicked: the previous table stays and the caller lists again.
+async fn rebuild(
+    inner: &Arc<Inner>,
+    triggers: Vec<TriggerRecord>,
+    functions: Vec<FunctionRecord>,
+) -> bool {
+    let inner = Arc::clone(inner);
     let built = tokio::task::spawn_blocking(move || {
-        let table = RouteTable::build(
-            cache.triggers.values().filter_map(|(_, t)| t.as_ref()),
-            cache.functions.values().map(|(_, f)| f),
-            &previous,
-            &index,
+        let previous = inner.table.load_full();
+        let started = Instant::now();
+        let table = RouteTable::build(&triggers, &functions, &previous, &inner.index);
+        tracing::debug!(
+            triggers = table.trigger_count(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "route table built"
         );
-        (cache, table)
+        inner.table.store(Arc::new(table));
     })
     .await;
-    match built {
-        Ok((cache, table)) => {
-            tracing::debug!(
-                routes = table.routes().len(),
-                elapsed_us = started.elapsed().as_micros() as u64,
-                "route table rebuilt"
-            );
-            inner.table.store(Arc::new(table));
-            Some(cache)
-        }
-        Err(error) => {
-            tracing::error!(%error, "route table rebuild failed; keeping the previous table");
-            None
-        }
+    if let Err(error) = &built {
+        tracing::error!(%error, "route table build failed; keeping the previous table");
     }
+    built.is_ok()
+}
+
+/// Applies a burst of changes to a copy of the current table and swaps it in.
+fn apply(inner: &Arc<Inner>, changes: Vec<Change>) {
+    let started = Instant::now();
+    let count = changes.len();
+    let mut table = RouteTable::clone(&inner.table.load());
+    for change in changes {
+        table.apply(change, &inner.index);
+    }
+    inner.table.store(Arc::new(table));
+    tracing::debug!(
+        changes = count,
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "route table updated"
+    );
 }
 
 enum Next {
-    Changed(bool),
+    Changed(Option<Change>),
     Relist,
 }
 
@@ -227,15 +239,15 @@ pub(crate) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
                 continue;
             }
         };
-        let Some(rebuilt) = rebuild(&inner, std::mem::take(&mut cache)).await else {
+        let (since, triggers, functions) = since;
+        if !rebuild(&inner, triggers, functions).await {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
             continue;
-        };
-        cache = rebuilt;
+        }
         inner.applied.send_replace(cache.seen);
         inner.ready.send_replace(true);
 
@@ -249,20 +261,18 @@ pub(crate) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
                 _ = shutdown.cancelled() => return,
                 item = stream.next() => item,
             };
-            let mut changed = match handle(&mut cache, item) {
-                Next::Changed(changed) => changed,
+            let mut changes: Vec<Change> = match handle(&mut cache, item) {
+                Next::Changed(change) => change.into_iter().collect(),
                 Next::Relist => break 'watch,
             };
-            let deadline = Instant::now() + DEBOUNCE;
+            // Whatever else has already arrived goes into the same copy of the table.
             let mut relist = false;
-            loop {
-                let item = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep_until(deadline) => break,
-                    item = stream.next() => item,
+            for _ in 0..MAX_BATCH {
+                let Some(item) = stream.next().now_or_never() else {
+                    break;
                 };
                 match handle(&mut cache, item) {
-                    Next::Changed(c) => changed |= c,
+                    Next::Changed(change) => changes.extend(change),
                     Next::Relist => {
                         relist = true;
                         break;
@@ -272,11 +282,8 @@ pub(crate) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
             if relist {
                 break 'watch;
             }
-            if changed {
-                match rebuild(&inner, std::mem::take(&mut cache)).await {
-                    Some(rebuilt) => cache = rebuilt,
-                    None => break 'watch,
-                }
+            if !changes.is_empty() {
+                apply(&inner, changes);
             }
             inner.applied.send_replace(cache.seen);
         }
@@ -315,22 +322,29 @@ mod tests {
             event_type: EventType::Added,
             object: o,
         };
-        assert!(cache.apply(added(function("a", 5, 1))));
+        assert!(cache.apply(added(function("a", 5, 1))).is_some());
         assert!(
-            !cache.apply(added(function("a", 5, 1))),
+            cache.apply(added(function("a", 5, 1))).is_none(),
             "same version twice"
         );
-        assert!(!cache.apply(added(function("a", 4, 1))), "older version");
-        assert!(cache.apply(WatchEvent {
+        assert!(
+            cache.apply(added(function("a", 4, 1))).is_none(),
+            "older version"
+        );
+        let Some(Change::Function(record)) = cache.apply(WatchEvent {
             event_type: EventType::Modified,
-            object: function("a", 6, 2)
-        }));
-        let (_, record) = &cache.functions[&("default".to_string(), "a".to_string())];
+            object: function("a", 6, 2),
+        }) else {
+            panic!("expected a function change");
+        };
         assert_eq!((record.generation, record.timeout_s), (2, 2));
-        assert!(cache.apply(WatchEvent {
-            event_type: EventType::Deleted,
-            object: function("a", 7, 2)
-        }));
+        assert!(matches!(
+            cache.apply(WatchEvent {
+                event_type: EventType::Deleted,
+                object: function("a", 7, 2)
+            }),
+            Some(Change::FunctionGone(_))
+        ));
         assert!(cache.functions.is_empty());
     }
 }

@@ -17,7 +17,10 @@ use http::Method;
 use kappa_core::{EndpointIndex, FunctionId};
 use kappa_types::{FunctionReference, HttpTriggerSpec, Spec};
 
-use super::{FunctionRecord, Lookup, PathMode, RouteTable, TriggerRecord};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use super::{Change, FunctionRecord, Lookup, PathMode, RouteTable, TriggerRecord};
 
 /// How long the target runs in an ordinary test run (`BOLERO_RANDOM_TEST_TIME_MS` overrides).
 const TEST_TIME: Duration = Duration::from_secs(3);
@@ -441,4 +444,245 @@ fn route_table_agrees_with_the_reference_matcher() {
         .with_type::<Case>()
         .with_test_time(TEST_TIME)
         .for_each(check_case);
+}
+
+// ---- the table at scale, built one change at a time ----
+
+/// A seeded random trigger: literals from a wider pool than the fuzz target's, so thousands of
+/// triggers mostly route (some still collide, to exercise precedence and displacement).
+fn scale_spec(rng: &mut StdRng) -> HttpTriggerSpec {
+    let segs: Vec<String> = (0..rng.random_range(1..5))
+        .map(|_| match rng.random_range(0..10) {
+            0 => format!("{{{}}}", pick(&PARAMS, rng.random_range(0..3))),
+            1 => String::new(),
+            2 => pick(&LITERALS, rng.random_range(0..6)).to_owned(),
+            _ => format!("s{}", rng.random_range(0..40)),
+        })
+        .collect();
+    let is_prefix = rng.random_range(0..4) == 0;
+    let mut segs = segs;
+    if is_prefix {
+        for s in &mut segs {
+            if s.starts_with('{') {
+                *s = "p".into();
+            }
+        }
+    } else if rng.random_range(0..8) == 0 {
+        segs.push("{*rest}".into());
+    }
+    let path = render_path(&segs, rng.random_range(0..4) == 0);
+    let methods: u8 = rng.random_range(0..16);
+    HttpTriggerSpec {
+        host: pick(&HOSTS, rng.random_range(0..7)).map(str::to_owned),
+        relativeurl: (!is_prefix).then(|| path.clone()),
+        prefix: is_prefix.then_some(path),
+        keep_prefix: rng.random_range(0..2) == 0,
+        methods: METHODS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| methods & (1 << i) != 0)
+            .map(|(_, m)| m.to_string())
+            .collect(),
+        functionref: FunctionReference::name(format!("f{}", rng.random_range(0..5))),
+    }
+}
+
+/// A request path near the routes: a route's path with its parameters filled in, cut short,
+/// extended or with one segment changed.
+fn scale_request(
+    rng: &mut StdRng,
+    triggers: &[TriggerRecord],
+) -> (Option<&'static str>, Method, String) {
+    let t = &triggers[rng.random_range(0..triggers.len())];
+    let path = t
+        .spec
+        .prefix
+        .as_deref()
+        .or(t.spec.relativeurl.as_deref())
+        .unwrap_or("/");
+    let mut segs: Vec<String> = path
+        .split('/')
+        .skip(1)
+        .map(|s| {
+            if s.starts_with('{') {
+                pick(&VALUES, rng.random_range(0..5)).to_owned()
+            } else {
+                s.to_owned()
+            }
+        })
+        .collect();
+    match rng.random_range(0..5) {
+        0 => {
+            segs.pop();
+        }
+        1 => segs.push(format!("s{}", rng.random_range(0..40))),
+        2 => {
+            let i = rng.random_range(0..segs.len().max(1));
+            if let Some(s) = segs.get_mut(i) {
+                *s = pick(&VALUES, rng.random_range(0..5)).to_owned();
+            }
+        }
+        _ => {}
+    }
+    (
+        pick(&HOSTS, rng.random_range(0..7)),
+        METHODS[rng.random_range(0..4)].clone(),
+        format!("/{}", segs.join("/")),
+    )
+}
+
+/// Thousands of triggers applied one change at a time, in random order (so older triggers
+/// arrive after newer ones they conflict with), then some removed and some replaced: the table
+/// equals a full build of the final set, and its lookups equal the reference matcher's.
+#[test]
+fn incremental_table_at_scale_agrees_with_a_full_build_and_the_reference() {
+    const TRIGGERS: usize = 6_000;
+    const REQUESTS: usize = 3_000;
+    let mut rng = StdRng::seed_from_u64(0x006b_6170_7061);
+    let index = EndpointIndex::new();
+    let functions: Vec<FunctionRecord> = (0..4)
+        .map(|i| FunctionRecord {
+            id: FunctionId::new("default", format!("f{i}")),
+            generation: 1,
+            timeout_s: 60,
+            spec_timeout_s: 120,
+        })
+        .collect();
+    let mut triggers: Vec<TriggerRecord> = (0..TRIGGERS)
+        .map(|i| TriggerRecord {
+            namespace: if i % 3 == 0 { "ns-a" } else { "default" }.into(),
+            name: format!("t{i}"),
+            // Ties on purpose: precedence falls back to namespace and name.
+            creation: format!("{:05}", rng.random_range(0..TRIGGERS as u32)),
+            spec: scale_spec(&mut rng),
+        })
+        .filter(|t| t.spec.validate().is_ok())
+        .collect();
+
+    let mut table = RouteTable::empty();
+    for f in &functions {
+        table.apply(Change::Function(f.clone()), &index);
+    }
+    let mut order: Vec<usize> = (0..triggers.len()).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.random_range(0..=i));
+    }
+    for &i in &order {
+        table.apply(Change::Trigger(Box::new(triggers[i].clone())), &index);
+    }
+    // Remove a fifth, replace a tenth (new spec, same creation time), add function f4 that
+    // some triggers named while it was missing, and remove f0.
+    let mut kept = Vec::new();
+    for (i, mut t) in triggers.drain(..).enumerate() {
+        match i % 10 {
+            0 | 5 => table.apply(
+                Change::TriggerGone(t.namespace.clone(), t.name.clone()),
+                &index,
+            ),
+            3 => {
+                t.spec = scale_spec(&mut rng);
+                if t.spec.validate().is_ok() {
+                    table.apply(Change::Trigger(Box::new(t.clone())), &index);
+                    kept.push(t);
+                } else {
+                    table.apply(
+                        Change::TriggerGone(t.namespace.clone(), t.name.clone()),
+                        &index,
+                    );
+                }
+            }
+            _ => kept.push(t),
+        }
+    }
+    let triggers = kept;
+    let f4 = FunctionRecord {
+        id: FunctionId::new("default", "f4"),
+        generation: 1,
+        timeout_s: 60,
+        spec_timeout_s: 120,
+    };
+    table.apply(Change::Function(f4.clone()), &index);
+    table.apply(
+        Change::FunctionGone(FunctionId::new("default", "f0")),
+        &index,
+    );
+    let mut final_functions = functions[1..].to_vec();
+    final_functions.push(f4);
+
+    let full = RouteTable::build(&triggers, &final_functions, &RouteTable::empty(), &index);
+    let status = |t: &RouteTable| -> Vec<(String, bool)> {
+        t.routes()
+            .into_iter()
+            .map(|r| (r.trigger, r.skipped.is_none()))
+            .collect()
+    };
+    let incremental = status(&table);
+    let built = status(&full);
+    let differ: Vec<_> = incremental
+        .iter()
+        .zip(&built)
+        .filter(|(a, b)| a != b)
+        .map(|(a, b)| {
+            let t = triggers
+                .iter()
+                .find(|t| format!("{}/{}", t.namespace, t.name) == a.0)
+                .map(|t| (&t.creation, &t.spec));
+            format!("{a:?} vs {b:?}: {t:?}")
+        })
+        .collect();
+    assert!(
+        incremental.len() == built.len() && differ.is_empty(),
+        "incremental and full build route the same triggers ({} vs {}): {differ:#?}",
+        incremental.len(),
+        built.len()
+    );
+    let routed = incremental.iter().filter(|(_, r)| *r).count();
+    assert!(routed >= 2_000, "only {routed} triggers routed");
+
+    // Function entries follow the store: f0 is missing, f4 exists.
+    for t in &triggers {
+        let name = &t.spec.functionref.name;
+        if let Lookup::Found { target, .. } = table.lookup(
+            t.spec.host.as_deref(),
+            &Method::from_bytes(t.spec.effective_methods()[0].as_bytes()).expect("valid"),
+            "/",
+        ) && target.trigger.ends_with(&format!("/{}", t.name))
+        {
+            let exists = t.namespace == "default" && name != "f0";
+            assert_eq!(
+                target.choice.pick().exists,
+                exists,
+                "{}/{name}",
+                t.namespace
+            );
+        }
+    }
+
+    let mut routes: Vec<RefRoute> = Vec::new();
+    let mut by_order: Vec<&TriggerRecord> = triggers.iter().collect();
+    by_order.sort_by(|a, b| {
+        (&a.creation, &a.namespace, &a.name).cmp(&(&b.creation, &b.namespace, &b.name))
+    });
+    for (t, (name, ok)) in by_order.iter().zip(&incremental) {
+        assert_eq!(*name, format!("{}/{}", t.namespace, t.name));
+        if *ok {
+            routes.extend(ref_routes(name, &t.spec));
+        }
+    }
+    let mut found = 0;
+    for _ in 0..REQUESTS {
+        let (host, method, path) = scale_request(&mut rng, &triggers);
+        let want = ref_lookup(&routes, host, &method, &path);
+        found += usize::from(matches!(want, RefOutcome::Found { .. }));
+        assert_eq!(
+            table_lookup(&table, host, &method, &path),
+            want,
+            "{method} {path} (host {host:?})"
+        );
+        assert_eq!(table_lookup(&full, host, &method, &path), want);
+    }
+    assert!(
+        found > REQUESTS / 4,
+        "only {found} requests matched a route"
+    );
 }
