@@ -19,10 +19,14 @@
       $KAPPA_BENCH_ROUTES; 1,000 with --quick): the time to create one at the start and at the
       end, the platform's RSS per function and per route, list and watch times, and the first
       and last route loaded with wrk next to the same route at 10 routes.
+  (f) tracing: router throughput (32 connections) and warm-request latency (1 connection) to
+      the nginx upstream function with traces off, and exported (OTLP/HTTP to a local sink that
+      discards them) with the sampler at 100% and at 1%, side by side.
 
 Usage: scripts/bench.sh [--quick]   (builds the release binary, then runs this script)
 Needs: nginx, haproxy, wrk, nats-server, tansu (scripts/install-deps.sh and bench.sh install
-them). Uses free loopback ports only. `--mq-only` runs only (d), `--scale-only` only (e).
+them). Uses free loopback ports only. `--mq-only` runs only (d), `--scale-only` only (e), `--tracing-only`
+only (f).
 """
 
 import argparse
@@ -79,11 +83,11 @@ def http_get(port, path, headers=None, timeout=30):
 
 
 class Kappa:
-    def __init__(self, workdir, extra=()):
+    def __init__(self, workdir, extra=(), env=None):
         self.data = os.path.join(workdir, "kappa-data")
         self.router, self.api, self.admin = free_port(), free_port(), free_port()
         self.log = open(os.path.join(workdir, "kappa-up.log"), "w")
-        env = dict(os.environ, RUST_LOG="warn")
+        env = dict(os.environ, RUST_LOG="warn", **(env or {}))
         self.proc = subprocess.Popen(
             [KAPPA, "up", "--no-example", "--data-dir", self.data,
              "--router-addr", f"127.0.0.1:{self.router}", "--api-addr", f"127.0.0.1:{self.api}",
@@ -604,6 +608,83 @@ def bench_scale(n, seconds):
               f"{r['a1']['p50_us']:>11.0f}us{r['a1']['p50_us'] / base['a1']['p50_us']:>13.2f}x")
     print("  (aim: p50 <= 1.1x the 10-route figure)")
     return out
+class OtlpSink:
+    """A local OTLP/HTTP receiver that reads and discards every export (`POST /v1/traces`)."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(n)
+                sink.exports += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.exports = 0
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+
+
+def bench_tracing(seconds):
+    """(f): the nginx upstream function through the router with traces off and on."""
+    results = {}
+    for label, sampler in (("traces off", None), ("traces on, sampler 100%", "1"),
+                           ("traces on, sampler 1%", "0.01")):
+        workdir = tempfile.mkdtemp(prefix="kappa-bench-tracing-")
+        sink = OtlpSink() if sampler else None
+        env = {}
+        if sink:
+            env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.port}",
+                   "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                   "OTEL_TRACES_SAMPLER_ARG": sampler}
+        kappa = Kappa(workdir, extra=["--sandbox", "none"], env=env)
+        try:
+            conf = os.path.join(workdir, "upstream.conf.tmpl")
+            with open(conf, "w") as f:
+                f.write(NGINX_UPSTREAM)
+            command = (f"sed \"s/\\$PORT/$PORT/g\" {conf} > up.conf && "
+                       f"exec {NGINX} -c \"$PWD/up.conf\" -p \"$PWD\" -g 'daemon off;'")
+            kappa.cli("env", "create", "--name", "static", "--image", "static", "--command", command,
+                      "--poolsize", "1")
+            kappa.cli("fn", "create", "--name", "upstream", "--env", "static", "--code", conf,
+                      "--concurrency", "1", "--rpp", "10000")
+            kappa.cli("route", "create", "--url", "/up", "--function", "upstream")
+            wait_for("the upstream function", lambda: http_get(kappa.router, "/up")[0] == 200)
+            url = f"http://127.0.0.1:{kappa.router}/up"
+            wrk(url, 32, 1)
+            r32 = wrk(url, 32, seconds)
+            r1 = wrk(url, 1, seconds, threads=1)
+            time.sleep(1.5)
+            results[label] = (r32, r1, sink.exports if sink else 0)
+        finally:
+            kappa.stop()
+            if sink:
+                sink.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
+    print("(f) tracing: the nginx upstream function through the router, unsandboxed, keep-alive")
+    print(f"{'case':<28}{'32 conns req/s':>16}{'p50':>10}{'p99':>10}{'1 conn p50':>13}{'p99':>10}{'OTLP exports':>14}")
+    for label, (r32, r1, exports) in results.items():
+        print(f"{label:<28}{r32['rps']:>16,.0f}{r32['p50_us']:>8.0f}us{r32['p99_us']:>8.0f}us"
+              f"{r1['p50_us']:>11.0f}us{r1['p99_us']:>8.0f}us{exports:>14}")
+    off = results["traces off"][0]["rps"]
+    for label in ("traces on, sampler 100%", "traces on, sampler 1%"):
+        print(f"throughput, {label} / traces off: {results[label][0]['rps'] / off:.2f}x")
 
 
 def bench_platform(mode, workdir, seconds, cold_n):
@@ -685,6 +766,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="shorter runs (for a smoke check)")
     ap.add_argument("--mq-only", action="store_true", help="only the message queue section (d)")
     ap.add_argument("--scale-only", action="store_true", help="only the routes-at-scale section (e)")
+    ap.add_argument("--tracing-only", action="store_true", help="only the tracing section (f)")
     args = ap.parse_args()
     # Functions and routes the scale section creates (KAPPA_BENCH_ROUTES shrinks it).
     scale_n = int(os.environ.get("KAPPA_BENCH_ROUTES", "1000" if args.quick else "10000"))
@@ -694,6 +776,9 @@ def main():
     seconds = 3 if args.quick else 10
     if args.scale_only:
         bench_scale(scale_n, seconds)
+        return
+    if args.tracing_only:
+        bench_tracing(seconds)
         return
     cold_n = 5 if args.quick else 20
 
@@ -769,6 +854,8 @@ def main():
     bench_mq(args.quick)
     print()
     bench_scale(scale_n, seconds)
+    print()
+    bench_tracing(seconds)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,16 @@ app.kubernetes.io/component: {{ .component }}
     secretKeyRef:
       name: {{ include "kappa.tokenSecretName" .root }}
       key: {{ include "kappa.tokenSecretKey" .root }}
+{{- with .root.Values.tracing.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+- name: OTEL_SERVICE_NAME
+  value: {{ printf "kappa-%s" $.role | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ $.root.Values.tracing.sampler | quote }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ $.root.Values.tracing.samplerArg | quote }}
+{{- end }}
 - name: RUST_LOG
   value: {{ .root.Values.logLevel | quote }}
 {{- end -}}

@@ -395,3 +395,29 @@ test('KAPPA_MAX_BODY_BYTES answers 413', async (t) => {
   assert.equal(r.status, 413);
   assert.equal((await rt.request('POST', '/', { body: 'x'.repeat(5), agent: false })).status, 200);
 });
+
+test('trace context: traceparent, traceId, childTraceparent; trace ids in error lines', async (t) => {
+  const d = tmpdir(t, {
+    'fn.js': `module.exports = async (context) => {
+  const r = context.request;
+  if (r.headers['x-fail']) throw new Error('boom');
+  return { body: { tp: r.traceparent ?? null, trace: r.traceId ?? null, child: r.childTraceparent() ?? null } };
+};`,
+  });
+  const rt = await specialized(t, d, 'fn');
+  const tp = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01';
+  const v = JSON.parse((await rt.request('GET', '/', { headers: { traceparent: tp } })).body);
+  assert.equal(v.tp, tp);
+  assert.equal(v.trace, '0af7651916cd43dd8448eb211c80319c');
+  const child = v.child.split('-');
+  assert.deepEqual([child[0], child[1], child[3]], ['00', v.trace, '01']);
+  assert.notEqual(child[2], 'b7ad6b7169203331');
+  assert.equal(child[2].length, 16);
+  for (const bad of ['junk', `00-${'0'.repeat(32)}-b7ad6b7169203331-01`]) {
+    const w = JSON.parse((await rt.request('GET', '/', { headers: { traceparent: bad } })).body);
+    assert.deepEqual(w, { tp: null, trace: null, child: null });
+  }
+  const f = await rt.request('GET', '/', { headers: { traceparent: tp, 'x-fail': '1', 'X-Kappa-Invocation-Id': 'inv-7' } });
+  assert.equal(f.status, 500);
+  await waitFor('the error line', () => rt.stderr.includes('(invocation inv-7, trace 0af7651916cd43dd8448eb211c80319c)'));
+});

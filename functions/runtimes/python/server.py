@@ -1682,6 +1682,37 @@ def _valid_traceparent(tp):
     return tp
 
 
+def _request_traceparent(self):
+    return _valid_traceparent(self.headers.get("traceparent"))
+
+
+def _request_trace_id(self):
+    tp = _request_traceparent(self)
+    return tp[3:35] if tp else None
+
+
+def _request_child_traceparent(self):
+    tp = _request_traceparent(self)
+    if not tp:
+        return None
+    return "00-%s-%s-%s" % (tp[3:35], os.urandom(8).hex(), tp[53:55])
+
+
+def _add_trace_helpers(cls):
+    """The real Flask's request class gets the stand-in's trace helpers (traceparent, trace_id,
+    child_traceparent()), so functions use them with either."""
+    if cls is None:
+        return
+    for name, value in (("traceparent", property(_request_traceparent)),
+                        ("trace_id", property(_request_trace_id)),
+                        ("child_traceparent", _request_child_traceparent)):
+        if not hasattr(cls, name):
+            try:
+                setattr(cls, name, value)
+            except (AttributeError, TypeError):
+                pass
+
+
 def _trace_note(hdrs):
     """ " (invocation ID, trace TRACEID)" for log lines, from the request headers."""
     inv = tp = None
@@ -1898,6 +1929,7 @@ class _RealFlaskLoader:
         try:
             self._loader.exec_module(module)
             app = _new_flask_app(module, "kappa_function")
+            _add_trace_helpers(getattr(module, "Request", None))
         except Exception as e:
             for name in [n for n in sys.modules if n.startswith("flask.")]:
                 del sys.modules[name]

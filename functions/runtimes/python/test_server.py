@@ -267,6 +267,47 @@ def can_connect(port):
         return False
 
 
+class TestTraceContext(RuntimeTestCase):
+    def test_traceparent_helpers(self):
+        d, mod = self.module("""
+            import json
+            from flask import request
+
+            def main():
+                return json.dumps({"tp": request.traceparent, "trace": request.trace_id,
+                                   "child": request.child_traceparent()})
+            """)
+        rt = self.specialized(d, mod + ".main")
+        tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        r, body = rt.request("GET", "/", headers={"traceparent": tp})
+        self.assertEqual(r.status, 200, body)
+        v = json.loads(body)
+        self.assertEqual(v["tp"], tp)
+        self.assertEqual(v["trace"], "0af7651916cd43dd8448eb211c80319c")
+        child = v["child"].split("-")
+        self.assertEqual((child[0], child[1], child[3]), ("00", v["trace"], "01"))
+        self.assertNotEqual(child[2], "b7ad6b7169203331")
+        self.assertEqual(len(child[2]), 16)
+        for bad in ("", "junk", "00-" + "0" * 32 + "-b7ad6b7169203331-01",
+                    "00-0af7651916cd43dd8448eb211c80319c-zzzzzzzzzzzzzzzz-01"):
+            r, body = rt.request("GET", "/", headers={"traceparent": bad} if bad else {})
+            self.assertEqual(json.loads(body), {"tp": None, "trace": None, "child": None}, bad)
+
+    def test_error_lines_carry_invocation_and_trace(self):
+        d, mod = self.module("""
+            def main():
+                raise ValueError("boom")
+            """)
+        rt = self.specialized(d, mod + ".main")
+        tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        r, _ = rt.request("GET", "/", headers={"traceparent": tp, "X-Kappa-Invocation-Id": "inv-9"})
+        self.assertEqual(r.status, 500)
+        deadline = time.monotonic() + 10
+        while "trace 0af7651916cd43dd8448eb211c80319c" not in rt.logs() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertIn("(invocation inv-9, trace 0af7651916cd43dd8448eb211c80319c)", rt.logs())
+
+
 class TestSpecialize(RuntimeTestCase):
     def test_directory_mode(self):
         rt = self.specialized(os.path.join(EXAMPLES, "hello"), "hello.main")
