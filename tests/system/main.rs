@@ -15,3 +15,4 @@ mod roles;
 mod runtimes;
 mod spec;
 mod triggers;
+mod ui;

@@ -252,6 +252,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 
     // ---- executor ---------------------------------------------------------------------------
     let mut local_executor: Option<(PoolManager, Arc<EndpointIndex>)> = None;
+    // The routers' request history the executor in this process collects (`/v1/stats`).
+    let mut executor_stats: Option<Arc<kappa_executor::stats::ReplicaStats>> = None;
     if has(Role::Executor) {
         let (Some(archives), Some(logs)) = (&archives, &logs) else {
             bail!("the executor role needs the archive and log stores");
@@ -369,6 +371,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             Some(token.clone()),
         )
         .with_instances(Arc::new(manager.clone()));
+        executor_stats = Some(api.stats());
         {
             let manager = manager.clone();
             // Functions are custom resources only with the Kubernetes store: then the
@@ -466,6 +469,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             index,
             provisioner,
         );
+        // A replica fed by a remote executor sends it its request history.
+        let feeder = feeder.map(|f| f.with_stats(router.stats()));
         let public = bind(args.router_addr, "router").await?;
         let internal = bind(args.router_admin_addr, "router internal").await?;
         bound.push(("router", public.local_addr()?));
@@ -578,6 +583,26 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             (None, None) => tracing::warn!(
                 "no executor in this process and no --executor-url: `kappa fn pods` will answer 503"
             ),
+        }
+        // `/v1/stats` and the dashboard: the executor's sum of the router replicas' reports
+        // (in process or over its API), plus a router here that reports to no one.
+        let mut sources: Vec<Arc<dyn kappa_core::StatsSource>> = Vec::new();
+        match (&executor_stats, &args.executor_url) {
+            (Some(stats), _) => sources.push(Arc::clone(stats) as Arc<dyn kappa_core::StatsSource>),
+            (None, Some(url)) => sources.push(Arc::new(
+                crate::stats::HttpStats::new(url, &token).context("--executor-url")?,
+            )),
+            (None, None) => {}
+        }
+        if let (Some(router), None) = (&router_handle, &args.executor_url) {
+            sources.push(router.stats());
+        }
+        if sources.is_empty() {
+            tracing::warn!(
+                "no router or executor in this process and no --executor-url: `/v1/stats` will answer 503"
+            );
+        } else {
+            state = state.with_stats(Arc::new(crate::stats::Combined(sources)));
         }
         if let Some(url) = &args.router_url {
             state = state.with_router_url(url.clone());

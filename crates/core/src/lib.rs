@@ -12,6 +12,9 @@
 //!   endpoint index honours alongside the pool manager's feed.
 //! - [`InstanceLister`]: the pool manager's list of its instances ([`InstanceInfo`], the wire
 //!   format of the executor's `GET /v1/instances`), for `kappa fn pods` and `kappa env pods`.
+//! - [`StatsRegistry`]: the bounded in-memory history of how each function was called (per
+//!   minute for an hour, and its last invocations) that the router records and the API
+//!   server's dashboard reads, through [`StatsSource`].
 //! - [`TokenCheck`]: the one constant-time check of the platform's bearer token, which every
 //!   listener that requires it uses.
 //!
@@ -27,6 +30,7 @@ mod id;
 mod instances;
 mod provision;
 mod readiness;
+pub mod stats;
 
 pub use addr::{InstanceAddr, ParseAddrError};
 pub use auth::{AuthError, TokenCheck};
@@ -42,3 +46,4 @@ pub use id::FunctionId;
 pub use instances::{InstanceInfo, InstanceLister, InstanceState};
 pub use provision::{Provision, ProvisionError, Provisioner};
 pub use readiness::Readiness;
+pub use stats::{StatsRegistry, StatsSnapshot, StatsSource};

@@ -15,6 +15,9 @@
 //!   report, which keeps idle reaping and draining (both read the executor's in-flight counts)
 //!   correct. A replica that stops reporting for [`REPLICA_TTL`] is forgotten.
 //!
+//! - `POST /v1/stats` `{replica, snapshot}` and `GET /v1/stats`: the routers' request
+//!   history, summed over replicas for the API server's dashboard (`stats.rs`).
+//!
 //! Every route but `/healthz` requires `Authorization: Bearer <token>` when a token is set.
 //!
 //! The feed is computed by diffing the index (every [`FEED_INTERVAL`], and at once after a
@@ -379,6 +382,8 @@ struct ApiInner {
     usage: Mutex<HashMap<String, Replica>>,
     /// The bearer token every route but `/healthz` requires (`None`: no authentication).
     token: Option<TokenCheck>,
+    /// Each router replica's last request history (`/v1/stats`).
+    stats: Arc<crate::stats::ReplicaStats>,
     /// Cancelled when [`ExecutorApi::run`] ends: watch streams end with it.
     streams: CancellationToken,
 }
@@ -413,6 +418,7 @@ impl ExecutorApi {
                 },
                 usage: Mutex::new(HashMap::new()),
                 token: TokenCheck::optional(token.as_deref()),
+                stats: Arc::new(crate::stats::ReplicaStats::new()),
                 streams: CancellationToken::new(),
             }),
         }
@@ -433,6 +439,14 @@ impl ExecutorApi {
             .route("/v1/endpoints", get(endpoints))
             .route("/v1/instances", get(instances))
             .route("/v1/usage", post(usage))
+            .route(
+                "/v1/stats",
+                get(stats_sum)
+                    .post(stats_report)
+                    .layer(axum::extract::DefaultBodyLimit::max(
+                        crate::stats::MAX_STATS_BODY,
+                    )),
+            )
             .route_layer(middleware::from_fn_with_state(self.clone(), require_token));
         axum::Router::new()
             .route("/healthz", get(|| async { "ok" }))
@@ -477,6 +491,11 @@ impl ExecutorApi {
             .await;
         runner.abort();
         result
+    }
+
+    /// The routers' request history this API collects (for an API server in this process).
+    pub fn stats(&self) -> Arc<crate::stats::ReplicaStats> {
+        Arc::clone(&self.inner.stats)
     }
 
     /// Router replicas currently reporting usage.
@@ -776,6 +795,39 @@ async fn usage(
         );
     }
     api.apply_usage(report);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// `GET /v1/stats`: the sum of the router replicas' request histories.
+async fn stats_sum(State(api): State<ExecutorApi>) -> Response {
+    Json(api.inner.stats.sum()).into_response()
+}
+
+/// `POST /v1/stats`: one router replica's request history.
+async fn stats_report(
+    State(api): State<ExecutorApi>,
+    body: Result<Json<crate::stats::StatsReport>, JsonRejection>,
+) -> Response {
+    let Json(report) = match body {
+        Ok(body) => body,
+        Err(e) => {
+            return plain_error(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!("the stats report is not valid: {}", e.body_text()),
+                None,
+            );
+        }
+    };
+    if report.replica.is_empty() {
+        return plain_error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "replica must not be empty".into(),
+            Some("replica"),
+        );
+    }
+    api.inner.stats.apply(report);
     StatusCode::NO_CONTENT.into_response()
 }
 

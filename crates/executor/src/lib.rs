@@ -33,6 +33,7 @@ mod cache;
 pub mod http;
 mod manager;
 mod metrics;
+pub mod stats;
 
 pub use http::ExecutorApi;
 pub use manager::{ExecutorConfig, PoolManager};

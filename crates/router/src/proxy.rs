@@ -379,6 +379,7 @@ pub(crate) async fn handle(
                 entry
                     .metrics
                     .count(&inner.metrics, response.status().as_u16());
+                record_stats(&inner, &entry, response.status(), start, &invocation_id);
                 response
             }
         };
@@ -391,6 +392,22 @@ pub(crate) async fn handle(
     }
     .instrument(span)
     .await
+}
+
+/// Records an answered request in the dashboard's history ([`kappa_core::StatsRegistry`]).
+fn record_stats(
+    inner: &Inner,
+    entry: &FunctionEntry,
+    status: StatusCode,
+    start: Instant,
+    invocation_id: &HeaderValue,
+) {
+    inner.stats.record(
+        &entry.id,
+        status.as_u16(),
+        start.elapsed(),
+        invocation_id.as_bytes(),
+    );
 }
 
 /// Invokes a function directly (no trigger): see [`crate::Router::invoke`].
@@ -432,6 +449,7 @@ pub(crate) async fn invoke(
                 entry
                     .metrics
                     .count(&inner.metrics, response.status().as_u16());
+                record_stats(&inner, &entry, response.status(), start, &invocation_id);
                 response
             }
         };
@@ -741,6 +759,7 @@ async fn admit_slow(inner: &Inner, entry: &Arc<FunctionEntry>) -> Result<Permit,
         return Ok(permit);
     }
     entry.metrics.count_cold_start(&inner.metrics);
+    inner.stats.cold_start(id);
     let bound = entry.specialization_timeout + entry.timeout;
     match tokio::time::timeout(bound, provision(inner, id, generation)).await {
         Err(_) => {
