@@ -31,7 +31,7 @@ function h(tag, attrs, ...children) {
     else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
     else el.setAttribute(k, v === true ? "" : String(v));
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === undefined || c === null || c === false) continue;
     el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -41,7 +41,7 @@ function h(tag, attrs, ...children) {
 function svg(tag, attrs, ...children) {
   const el = document.createElementNS(SVG_NS, tag);
   for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, String(v));
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c !== undefined && c !== null) el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
   return el;
@@ -274,12 +274,11 @@ function chart(series) {
       svg("rect", { class: "err", x, y: height - bottom - e, width: Math.max(1, bar - 2), height: e }),
     ];
   });
-  return svg("svg", { class: "chart", viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: "none", role: "img", "aria-label": "requests per minute" },
-    svg("line", { class: "axis", x1: 0, x2: width, y1: height - bottom + 0.5, y2: height - bottom + 0.5 }),
-    bars,
-    svg("text", { x: 0, y: height - 4 }, "-60 min"),
-    svg("text", { x: width, y: height - 4, "text-anchor": "end" }, "now"),
-    svg("text", { x: 2, y: top + 2 }, `${max}/min`),
+  return h("div", {},
+    svg("svg", { class: "chart", viewBox: `0 0 ${width} ${height - bottom}`, preserveAspectRatio: "none", role: "img", "aria-label": "requests per minute" },
+      svg("line", { class: "axis", x1: 0, x2: width, y1: height - bottom - 0.5, y2: height - bottom - 0.5 }),
+      bars),
+    h("div", { class: "chart-axis" }, h("span", {}, "60 min ago"), h("span", {}, `max ${max}/min`), h("span", {}, "now")),
   );
 }
 
@@ -300,7 +299,7 @@ function configPanel(fn, pkg) {
     h("h2", {}, "Configuration"),
     kv([
       ["Environment", s.environment?.name],
-      ["Package", pkg ? h("span", {}, `${s.package.packageref.name} `, build ? badge(build, build === "succeeded" ? "ok" : build === "failed" ? "bad" : "info") : "") : s.package?.packageref?.name],
+      ["Package", pkg ? h("span", {}, `${s.package.packageref.name} `, build && build !== "none" ? badge(build, build === "succeeded" ? "ok" : build === "failed" ? "bad" : "info") : "") : s.package?.packageref?.name],
       ["Entry point", s.package?.functionName || "(default)"],
       ["Executor", s.executorType],
       ["Scale", `${s.minScale ?? 0} – ${s.maxScale}`],
@@ -517,7 +516,7 @@ async function environmentsPage() {
           ["Pool size", e.spec.poolsize],
           ["Resources", resources(e.spec.resources)],
           ["Functions", users.length ? h("span", {}, users.map((f, j) => [j ? ", " : "", h("a", { href: fnLink(ns, f.metadata.name) }, f.metadata.name)])) : "none"],
-        )),
+        ]),
         items && items.length ? h("details", {}, h("summary", {}, `${items.length} instances`), instancesTable(items)) : "",
       );
     })));

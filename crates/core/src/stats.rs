@@ -153,9 +153,9 @@ impl MinuteBucket {
     }
 }
 
-/// One slot of the recent-invocations ring, a sequence lock over atomics: the writer makes
-/// `seq` odd, writes, makes it even again; a reader keeps what it read only when `seq` was the
-/// same even number before and after.
+/// One slot of the recent-invocations ring, a sequence lock over atomics: the writer of the
+/// `n`th invocation makes `seq` odd (`2n + 1`), writes, makes it even (`2n + 2`); a reader
+/// keeps what it read only when `seq` was the same even number before and after.
 struct Slot {
     seq: AtomicU64,
     time_ms: AtomicU64,
@@ -223,8 +223,8 @@ impl FunctionStats {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         // The remainder is below RECENT.
         let slot = &self.ring[(n % RECENT as u64) as usize];
-        let seq = slot.seq.load(Ordering::Relaxed);
-        slot.seq.store(seq | 1, Ordering::Relaxed);
+        // Odd while writing; `2n + 2` once written, which also orders the ring.
+        slot.seq.store(2 * n + 1, Ordering::Relaxed);
         std::sync::atomic::fence(Ordering::Release);
         let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX >> 16);
         slot.time_ms.store(
@@ -238,7 +238,7 @@ impl FunctionStats {
             u64::from(status) | (micros.min(u64::MAX >> 16) << 16),
             Ordering::Relaxed,
         );
-        slot.seq.store((seq | 1) + 1, Ordering::Release);
+        slot.seq.store(2 * n + 2, Ordering::Release);
     }
 
     /// Records one request that had to wait for a new instance, at `now`.
@@ -261,7 +261,7 @@ impl FunctionStats {
             .filter(|m| m.requests > 0 || m.cold_starts > 0)
             .collect();
         minutes.sort_by_key(|m| m.minute);
-        let mut recent: Vec<InvocationRecord> = self
+        let mut recent: Vec<(u64, InvocationRecord)> = self
             .ring
             .iter()
             .filter_map(|slot| {
@@ -277,20 +277,22 @@ impl FunctionStats {
                 if slot.seq.load(Ordering::Relaxed) != before {
                     return None;
                 }
-                Some(InvocationRecord {
+                let record = InvocationRecord {
                     invocation_id: format!("{id:032x}"),
                     time_ms,
                     // The low 16 bits.
                     status: (sd & 0xffff) as u16,
                     duration_us: sd >> 16,
-                })
+                };
+                Some((before, record))
             })
             .collect();
-        recent.sort_by(|a, b| b.time_ms.cmp(&a.time_ms));
+        // Newest first, in the order they were recorded (several may share a millisecond).
+        recent.sort_by(|a, b| b.0.cmp(&a.0));
         FunctionSnapshot {
             function,
             minutes,
-            recent,
+            recent: recent.into_iter().map(|(_, r)| r).collect(),
         }
     }
 }
@@ -585,6 +587,7 @@ impl FunctionSnapshot {
         }
         self.minutes.sort_by_key(|m| m.minute);
         self.recent.extend(other.recent);
+        // Stable: each replica's own order stands among invocations of one millisecond.
         self.recent.sort_by(|a, b| b.time_ms.cmp(&a.time_ms));
         self.recent.truncate(RECENT);
     }
