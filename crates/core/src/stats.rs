@@ -288,7 +288,7 @@ impl FunctionStats {
             })
             .collect();
         // Newest first, in the order they were recorded (several may share a millisecond).
-        recent.sort_by(|a, b| b.0.cmp(&a.0));
+        recent.sort_by_key(|r| std::cmp::Reverse(r.0));
         FunctionSnapshot {
             function,
             minutes,
@@ -588,7 +588,7 @@ impl FunctionSnapshot {
         self.minutes.sort_by_key(|m| m.minute);
         self.recent.extend(other.recent);
         // Stable: each replica's own order stands among invocations of one millisecond.
-        self.recent.sort_by(|a, b| b.time_ms.cmp(&a.time_ms));
+        self.recent.sort_by_key(|r| std::cmp::Reverse(r.time_ms));
         self.recent.truncate(RECENT);
     }
 }

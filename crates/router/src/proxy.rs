@@ -449,7 +449,7 @@ pub(crate) async fn invoke(
                 entry
                     .metrics
                     .count(&inner.metrics, response.status().as_u16());
-                record_stats(&inner, &entry, response.status(), start, &invocation_id);
+                record_stats(inner, &entry, response.status(), start, &invocation_id);
                 response
             }
         };
