@@ -4,7 +4,7 @@
 # Idempotent; needs root (or sudo) only when something is missing.
 set -euo pipefail
 
-packages=(slirp4netns python3 python3-pip nodejs nginx-light wrk hyperfine python3-venv unzip nats-server redis-server)
+packages=(slirp4netns python3 python3-pip nodejs nginx-light wrk hyperfine python3-venv unzip nats-server redis-server chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -19,4 +19,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   "${sudo_cmd[@]}" apt-get update -qq
   "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The web dashboard's browser test (tests/ui) drives Chromium with playwright-core from npm,
+# pinned by tests/ui/package-lock.json; installed again only when the lock file is newer than
+# what npm installed.
+ui_dir="$(cd "$(dirname "$0")/.." && pwd)/tests/ui"
+if [ -f "$ui_dir/package-lock.json" ] && ! [ "$ui_dir/node_modules/.package-lock.json" -nt "$ui_dir/package-lock.json" ]; then
+  echo "installing tests/ui (npm ci)"
+  (cd "$ui_dir" && npm ci --no-audit --no-fund --loglevel=error)
 fi
