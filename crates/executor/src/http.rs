@@ -863,6 +863,49 @@ mod tests {
         (status, value)
     }
 
+    #[tokio::test]
+    async fn stats_of_router_replicas_are_summed() {
+        let index = Arc::new(EndpointIndex::new());
+        let api = ExecutorApi::new(
+            Arc::new(Fixed(Ok(Provision::Added))),
+            index,
+            Some("t".into()),
+        );
+        let hello = FunctionId::new("default", "hello");
+        let report = |replica: &str, status: u16| {
+            let stats = kappa_core::StatsRegistry::new();
+            stats.record(&hello, status, Duration::from_millis(5), b"");
+            serde_json::json!({"replica": replica, "snapshot": stats.snapshot()})
+        };
+        let post = |body: serde_json::Value, token: &str| {
+            HttpRequest::post("/v1/stats")
+                .header("authorization", format!("Bearer {token}"))
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap()
+        };
+        let (status, _) = call(api.app(), post(report("r1", 200), "wrong")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        for (replica, code) in [("r1", 200), ("r2", 500), ("r1", 200)] {
+            let (status, body) = call(api.app(), post(report(replica, code), "t")).await;
+            assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+        }
+        let (status, body) = call(api.app(), post(report("", 200), "t")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"]["field"], "replica");
+
+        let get = HttpRequest::get("/v1/stats")
+            .header("authorization", "Bearer t")
+            .body(Body::empty())
+            .unwrap();
+        let (status, body) = call(api.app(), get).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let sum: kappa_core::StatsSnapshot = serde_json::from_value(body).unwrap();
+        // r1's second report replaced its first: one request each from r1 and r2.
+        let summary = sum.function(&hello).unwrap().summary(sum.minute, 60);
+        assert_eq!((summary.requests, summary.errors), (2, 1));
+    }
+
     fn provision_req(token: Option<&str>) -> HttpRequest<Body> {
         let mut b = HttpRequest::post("/v1/provision").header("content-type", "application/json");
         if let Some(t) = token {
