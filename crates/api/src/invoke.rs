@@ -50,9 +50,16 @@ pub(crate) async fn invoke(
     let Some((raw_name, function_path)) = split_path(uri.path()) else {
         return Err(ApiError::NotFound(format!("no route for {}", uri.path())));
     };
-    // Names are DNS-1123 labels, so a valid one needs no percent-decoding.
-    path_name(raw_name)?;
-    let name = raw_name.to_string();
+    // Names are DNS-1123 labels (a version `hello@3`, also written `hello%403`), so a valid
+    // one needs no further percent-decoding.
+    let raw_name = raw_name.replace("%40", "@");
+    let version = raw_name.contains('@');
+    if version {
+        kappa_types::validate_function_ref("name", &raw_name)?;
+    } else {
+        path_name(&raw_name)?;
+    }
+    let name = kappa_types::function_ref_target(&raw_name);
     // Only `namespace` is the API's; every other parameter is the function's.
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(uri.query().unwrap_or(""))
         .map_err(|e| ApiError::malformed(format!("malformed query string: {e}")))?;
@@ -79,14 +86,14 @@ pub(crate) async fn invoke(
                 .into(),
         ));
     };
-    if state
-        .store
-        .get(Kind::Function, &namespace, &name)
-        .await?
-        .is_none()
-    {
+    let kind = if version {
+        Kind::FunctionVersion
+    } else {
+        Kind::Function
+    };
+    if state.store.get(kind, &namespace, &name).await?.is_none() {
         return Err(ApiError::NotFound(format!(
-            "Function {namespace}/{name} not found"
+            "{kind} {namespace}/{raw_name} not found"
         )));
     }
     let query = function_query(uri.query());

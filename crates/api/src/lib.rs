@@ -36,6 +36,7 @@ mod resources;
 mod state;
 mod stats;
 mod ui;
+mod versions;
 mod watch;
 
 use axum::Router;
@@ -81,6 +82,11 @@ pub fn app(state: ApiState) -> Router {
         .route("/v1/functions/{name}/logs", get(logs::logs))
         .route("/v1/stats", get(stats::all))
         .route("/v1/functions/{name}/stats", get(stats::of_function))
+        .route("/v1/functions/{name}/versions", get(versions::list))
+        .route(
+            "/v1/functions/{name}/rollback",
+            axum::routing::post(versions::rollback),
+        )
         .route(
             "/v1/functions/{name}/instances",
             get(instances::of_function),

@@ -254,6 +254,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let mut local_executor: Option<(PoolManager, Arc<EndpointIndex>)> = None;
     // The routers' request history the executor in this process collects (`/v1/stats`).
     let mut executor_stats: Option<Arc<kappa_executor::stats::ReplicaStats>> = None;
+    // The router in this process, if any, for the canary controller (set when it is built).
+    let local_outcomes: Arc<std::sync::OnceLock<Arc<kappa_core::Outcomes>>> =
+        Arc::new(std::sync::OnceLock::new());
     if has(Role::Executor) {
         let (Some(archives), Some(logs)) = (&archives, &logs) else {
             bail!("the executor role needs the archive and log stores");
@@ -394,18 +397,34 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 &replica_name(&args),
                 &shutdown,
             );
+            // Canaries measure what every router replica reports to this executor, plus the
+            // router in this process when there is one (it reports nothing).
+            let canaries = kappa_executor::CanaryController::new(
+                Arc::clone(&store),
+                Arc::new(CanarySource {
+                    executor: api.clone(),
+                    local: Arc::clone(&local_outcomes),
+                }),
+            );
             let token = shutdown.clone();
             tasks.push((
                 "pool manager",
                 tokio::spawn(async move {
                     // One pool manager acts at a time: two would fight over the same pods. The
-                    // finalizer controller deletes pods too, so it runs under the same lease.
+                    // finalizer controller deletes pods too, so it runs under the same lease,
+                    // as does the canary controller (one writer of the routes it shifts).
                     if let Some(work) = led(leadership, token.clone(), "pool manager").await {
                         match finalizer {
                             Some(finalizer) => {
-                                tokio::join!(manager.run(work.clone(), grace), finalizer.run(work));
+                                tokio::join!(
+                                    manager.run(work.clone(), grace),
+                                    finalizer.run(work.clone()),
+                                    canaries.run(work)
+                                );
                             }
-                            None => manager.run(work, grace).await,
+                            None => {
+                                tokio::join!(manager.run(work.clone(), grace), canaries.run(work));
+                            }
                         }
                     }
                 }),
@@ -469,8 +488,16 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             index,
             provisioner,
         );
-        // A replica fed by a remote executor sends it its request history.
-        let feeder = feeder.map(|f| f.with_stats(router.stats()));
+        // Canaries see this router's counts: through its usage reports when it has a remote
+        // executor, else directly (the executor role in this process reads them).
+        if feeder.is_none() {
+            let _ = local_outcomes.set(router.outcomes());
+        }
+        // A replica fed by a remote executor sends it its request history too.
+        let feeder = feeder.map(|f| {
+            f.with_outcomes(router.outcomes())
+                .with_stats(router.stats())
+        });
         let public = bind(args.router_addr, "router").await?;
         let internal = bind(args.router_admin_addr, "router internal").await?;
         bound.push(("router", public.local_addr()?));
@@ -1139,6 +1166,23 @@ fn unavailable(message: &str) -> http::Response<axum::body::Body> {
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// What the canary controller measures in the executor role: the sum of the router replicas'
+/// reports, plus the router in this process (set once it exists).
+struct CanarySource {
+    executor: ExecutorApi,
+    local: Arc<std::sync::OnceLock<Arc<kappa_core::Outcomes>>>,
+}
+
+impl kappa_core::OutcomeSource for CanarySource {
+    fn outcome(&self, function: &kappa_core::FunctionId) -> (u64, u64) {
+        let (r, f) = self.executor.outcome(function);
+        let (lr, lf) = self.local.get().map_or((0, 0), |o| {
+            kappa_core::OutcomeSource::outcome(o.as_ref(), function)
+        });
+        (r + lr, f + lf)
+    }
 }
 
 #[cfg(test)]

@@ -235,6 +235,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         let token = shutdown.clone();
         tokio::spawn(async move { builder.run(token).await })
     };
+    // Canaries measure this process's router.
+    let canary_task = {
+        let controller = kappa_executor::CanaryController::new(
+            Arc::clone(&store),
+            router.outcomes() as Arc<dyn kappa_core::OutcomeSource>,
+        );
+        let token = shutdown.clone();
+        tokio::spawn(async move { controller.run(token).await })
+    };
     let router_task = {
         let router = router.clone();
         let token = shutdown.clone();
@@ -305,6 +314,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     shutdown.cancel();
     let stop = async {
         let _ = triggers_task.await;
+        let _ = canary_task.await;
         let _ = router_task.await;
         let _ = api_task.await;
         let _ = manager_task.await;

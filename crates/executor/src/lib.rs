@@ -30,10 +30,12 @@
 //! It deliberately knows nothing of HTTP routing or of how instances run.
 
 mod cache;
+mod canary;
 pub mod http;
 mod manager;
 mod metrics;
 pub mod stats;
 
+pub use canary::CanaryController;
 pub use http::ExecutorApi;
 pub use manager::{ExecutorConfig, PoolManager};

@@ -209,6 +209,12 @@ impl Router {
         Arc::clone(&self.inner.stats)
     }
 
+    /// Requests and failures this router answered per function and kept version (what the
+    /// canary controller measures; also sent with usage reports in cluster mode).
+    pub fn outcomes(&self) -> Arc<kappa_core::Outcomes> {
+        Arc::clone(&self.inner.metrics.outcomes)
+    }
+
     /// The router's metrics in the Prometheus text format.
     pub fn metrics_text(&self) -> String {
         self.inner.metrics.encode()

@@ -333,6 +333,9 @@ enum FeedEvent {
 struct UsageReport<'a> {
     replica: &'a str,
     instances: Vec<InstanceUsage>,
+    /// This replica's request outcomes per function so far (the canary controller sums them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    functions: Vec<kappa_core::FunctionOutcome>,
 }
 
 #[derive(Debug, Serialize)]
@@ -355,6 +358,8 @@ pub struct EndpointFeeder {
     synced: watch::Sender<bool>,
     /// This replica's request history, sent to the executor for the API's dashboard.
     stats: Option<Arc<kappa_core::StatsRegistry>>,
+    /// This replica's request outcomes, sent with each usage report when set.
+    outcomes: Option<Arc<kappa_core::Outcomes>>,
 }
 
 /// Why one feed connection ended.
@@ -391,7 +396,15 @@ impl EndpointFeeder {
             gate,
             synced,
             stats: None,
+            outcomes: None,
         })
+    }
+
+    /// Sends `outcomes` (the router's, [`crate::Router::outcomes`]) with every usage report, so
+    /// the executor's canary controller sees this replica's requests.
+    pub fn with_outcomes(mut self, outcomes: Arc<kappa_core::Outcomes>) -> Self {
+        self.outcomes = Some(outcomes);
+        self
     }
 
     /// Also sends `stats` (the router's request history, `Router::stats`) to the executor
@@ -619,6 +632,11 @@ impl EndpointFeeder {
             let report = UsageReport {
                 replica: &self.config.replica,
                 instances,
+                functions: self
+                    .outcomes
+                    .as_ref()
+                    .map(|o| o.snapshot())
+                    .unwrap_or_default(),
             };
             let request = self
                 .client

@@ -117,6 +117,20 @@ pub struct FunctionSpec {
     /// code is loaded. Local backend; on Kubernetes, egress is a NetworkPolicy matter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<bool>,
+    /// How many versions (`kappa fn history`) are kept; older ones are collected unless a route
+    /// or canary names them.
+    #[serde(
+        default = "default_version_limit",
+        skip_serializing_if = "is_default_version_limit"
+    )]
+    pub version_limit: u32,
+}
+
+fn default_version_limit() -> u32 {
+    crate::version::DEFAULT_VERSION_LIMIT
+}
+fn is_default_version_limit(limit: &u32) -> bool {
+    *limit == crate::version::DEFAULT_VERSION_LIMIT
 }
 
 fn default_max_scale() -> u32 {
@@ -164,6 +178,7 @@ impl FunctionSpec {
             configmaps: Vec::new(),
             resources: Resources::default(),
             egress: None,
+            version_limit: default_version_limit(),
         }
     }
 }
@@ -236,6 +251,7 @@ impl Spec for FunctionSpec {
         for (i, c) in self.configmaps.iter().enumerate() {
             c.validate(&format!("spec.configmaps[{i}]"))?;
         }
+        validate::in_range("spec.versionLimit", self.version_limit, 1, 100)?;
         self.resources.validate("spec.resources")
     }
 }

@@ -16,11 +16,13 @@ pub enum Kind {
     TimeTrigger,
     Secret,
     ConfigMap,
+    FunctionVersion,
+    CanaryConfig,
 }
 
 impl Kind {
     /// Every kind, in the order the CLI lists them.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Environment,
         Kind::Package,
         Kind::Function,
@@ -29,19 +31,23 @@ impl Kind {
         Kind::TimeTrigger,
         Kind::Secret,
         Kind::ConfigMap,
+        Kind::FunctionVersion,
+        Kind::CanaryConfig,
     ];
 
     /// Every kind, each after the kinds its objects may reference (a Function after its
     /// Environment, Package, Secrets and ConfigMaps; triggers after their Function).
-    pub const ALL_BY_DEPENDENCY: [Kind; 8] = [
+    pub const ALL_BY_DEPENDENCY: [Kind; 10] = [
         Kind::Secret,
         Kind::ConfigMap,
         Kind::Environment,
         Kind::Package,
         Kind::Function,
+        Kind::FunctionVersion,
         Kind::HttpTrigger,
         Kind::MessageQueueTrigger,
         Kind::TimeTrigger,
+        Kind::CanaryConfig,
     ];
 
     /// The `kind` field value.
@@ -55,6 +61,8 @@ impl Kind {
             Kind::TimeTrigger => "TimeTrigger",
             Kind::Secret => "Secret",
             Kind::ConfigMap => "ConfigMap",
+            Kind::FunctionVersion => "FunctionVersion",
+            Kind::CanaryConfig => "CanaryConfig",
         }
     }
 
@@ -69,6 +77,8 @@ impl Kind {
             Kind::TimeTrigger => "timetriggers",
             Kind::Secret => "secrets",
             Kind::ConfigMap => "configmaps",
+            Kind::FunctionVersion => "functionversions",
+            Kind::CanaryConfig => "canaryconfigs",
         }
     }
 

@@ -7,6 +7,7 @@
 //! HTTP servers, tokio, storage or Kubernetes: the store, the API server and the CRD wrappers
 //! convert to and from these types at their edges.
 
+mod canary;
 mod config;
 mod environment;
 mod error;
@@ -19,7 +20,11 @@ mod quantity;
 mod schedule;
 mod trigger;
 pub mod validate;
+mod version;
 
+pub use canary::{
+    CanaryConfigSpec, CanaryConfigStatus, CanaryInterval, CanaryPhase, CanaryStep, next_step,
+};
 pub use config::{CONFIG_DATA_LIMIT, ConfigMapSpec, SecretSpec, validate_config_key};
 pub use environment::{Builder, EnvironmentSpec, ResourceList, Resources, Runtime, Toleration};
 pub use error::{ErrorBody, ErrorDetail};
@@ -40,6 +45,11 @@ pub use quantity::{parse_cpu_millis, parse_memory_bytes};
 pub use schedule::{Schedule, ScheduleError, parse_duration};
 pub use trigger::{FunctionReference, FunctionReferenceType, HttpTriggerSpec};
 pub use validate::ValidationError;
+pub use version::{
+    DEFAULT_VERSION_LIMIT, FunctionVersionSpec, VERSION_ANNOTATION, VERSION_FUNCTION_LABEL,
+    function_ref_target, parse_version_object_name, parse_version_ref, validate_function_ref,
+    version_object_name, versions_to_collect,
+};
 
 /// An Environment: a runtime (and optionally a builder) functions run in.
 pub type Environment = Resource<EnvironmentSpec>;
@@ -57,3 +67,7 @@ pub type TimeTrigger = Resource<TimeTriggerSpec>;
 pub type Secret = Resource<SecretSpec>;
 /// A ConfigMap: key/values placed for the instances of functions that reference it.
 pub type ConfigMap = Resource<ConfigMapSpec>;
+/// A FunctionVersion: an immutable numbered snapshot of a function (written by the platform).
+pub type FunctionVersion = Resource<FunctionVersionSpec>;
+/// A CanaryConfig: a gradual, automatically rolled back shift of a route's traffic.
+pub type CanaryConfig = Resource<CanaryConfigSpec>;

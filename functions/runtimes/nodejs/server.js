@@ -442,6 +442,24 @@ function isJsonType(ct) {
   return main === 'application/json' || main.endsWith('+json');
 }
 
+/** `tp` when it is a version-00 W3C traceparent with non-zero ids, else undefined. */
+function validTraceparent(tp) {
+  if (typeof tp !== 'string') return undefined;
+  const m = /^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})/i.exec(tp);
+  if (!m || /^0+$/.test(m[1]) || /^0+$/.test(m[2])) return undefined;
+  return m[0].toLowerCase();
+}
+
+/** " (invocation ID, trace TRACEID)" for log lines. */
+function traceNote(req) {
+  const parts = [];
+  const inv = req.headers['x-kappa-invocation-id'];
+  if (inv) parts.push(`invocation ${inv}`);
+  const tp = validTraceparent(req.headers.traceparent);
+  if (tp) parts.push(`trace ${tp.slice(3, 35)}`);
+  return parts.length ? ` (${parts.join(', ')})` : '';
+}
+
 /** The `context.request` object handed to the function. */
 function makeRequest(req, body) {
   const url = req.url;
@@ -463,6 +481,21 @@ function makeRequest(req, body) {
     params,
     functionName: req.headers['x-kappa-function-name'],
     invocationId: req.headers['x-kappa-invocation-id'],
+    /** The W3C trace context of this invocation (`traceparent`), or undefined. */
+    traceparent: validTraceparent(req.headers.traceparent),
+    get traceId() {
+      return this.traceparent ? this.traceparent.slice(3, 35) : undefined;
+    },
+    /**
+     * A `traceparent` for a span of the function's own, child of the invocation's: the same
+     * trace id and flags, a new span id; undefined without a trace context.
+     */
+    childTraceparent() {
+      const tp = this.traceparent;
+      if (!tp) return undefined;
+      const { randomBytes } = require('node:crypto');
+      return `00-${tp.slice(3, 35)}-${randomBytes(8).toString('hex')}-${tp.slice(53, 55)}`;
+    },
     get(name) {
       return req.headers[String(name).toLowerCase()];
     },
@@ -555,7 +588,7 @@ function sendStream(res, body) {
       // Mid-stream: the status is gone; end without the last chunk so the client sees a
       // truncated response, not a complete one.
       const [msg, tb] = describe(err);
-      log(`kappa: function error while streaming (invocation ${res.req.headers['x-kappa-invocation-id'] || '-'}): ${msg}\n${tb}`);
+      log(`kappa: function error while streaming${traceNote(res.req)}: ${msg}\n${tb}`);
       res.destroy();
       resolve();
     });
@@ -616,7 +649,7 @@ async function invoke(req, res, body) {
       return;
     }
     const [msg, tb] = describe(e);
-    log(`kappa: function error${inv ? ` (invocation ${inv})` : ''}: ${msg}\n${tb}`);
+    log(`kappa: function error${traceNote(req)}: ${msg}\n${tb}`);
     sendError(res, 500, 'function_error', msg, tb, inv);
   } finally {
     sem.release();

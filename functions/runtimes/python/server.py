@@ -1059,6 +1059,25 @@ class Request:
         return self.headers.get("X-Kappa-Invocation-Id")
 
     @property
+    def traceparent(self):
+        """The W3C trace context of this invocation (`traceparent` header), or None."""
+        return _valid_traceparent(self.headers.get("traceparent"))
+
+    @property
+    def trace_id(self):
+        tp = self.traceparent
+        return tp[3:35] if tp else None
+
+    def child_traceparent(self):
+        """A `traceparent` for a span of the function's own, child of the invocation's: the
+        same trace id and flags, a new span id. Send it downstream (and report the span
+        under that id); None when the invocation carries no trace context."""
+        tp = self.traceparent
+        if not tp:
+            return None
+        return "00-%s-%s-%s" % (tp[3:35], os.urandom(8).hex(), tp[53:55])
+
+    @property
     def environ(self):
         """A WSGI environ for this request (built on first use)."""
         e = self._environ
@@ -1649,6 +1668,37 @@ def _log(text):
         pass
 
 
+def _valid_traceparent(tp):
+    """`tp` when it is a version-00 W3C traceparent with non-zero ids, else None."""
+    if not tp or len(tp) < 55 or tp[:3] != "00-" or tp[35] != "-" or tp[52] != "-":
+        return None
+    tp = tp[:55].lower()
+    try:
+        int(tp[3:35], 16), int(tp[36:52], 16), int(tp[53:55], 16)
+    except ValueError:
+        return None
+    if tp[3:35] == "0" * 32 or tp[36:52] == "0" * 16:
+        return None
+    return tp
+
+
+def _trace_note(hdrs):
+    """ " (invocation ID, trace TRACEID)" for log lines, from the request headers."""
+    inv = tp = None
+    for k, v in hdrs:
+        lk = k.lower()
+        if lk == "x-kappa-invocation-id":
+            inv = v
+        elif lk == "traceparent":
+            tp = _valid_traceparent(v)
+    parts = []
+    if inv:
+        parts.append("invocation %s" % inv)
+    if tp:
+        parts.append("trace %s" % tp[3:35])
+    return " (%s)" % ", ".join(parts) if parts else ""
+
+
 def _invocation_id(hdrs):
     for k, v in hdrs:
         if len(k) == 21 and k.lower() == "x-kappa-invocation-id":
@@ -1659,7 +1709,7 @@ def _invocation_id(hdrs):
 def _function_error(e, hdrs, ka, head_only, http10):
     msg, tb = _describe(e)
     inv = _invocation_id(hdrs)
-    _log("kappa: function error%s: %s\n%s" % (" (invocation %s)" % inv if inv else "", msg, tb))
+    _log("kappa: function error%s: %s\n%s" % (_trace_note(hdrs), msg, tb))
     return _error_response(500, "function_error", msg, ka, head_only, http10, tb, inv)
 
 
@@ -1792,9 +1842,8 @@ def _send_stream(sock, status, hstr, stream, first, is_async, req, hdrs, ka, hea
                 c = _chunk_bytes(c)
             except BaseException as e:
                 msg, tb = _describe(e)
-                inv = _invocation_id(hdrs)
                 _log("kappa: function error while streaming%s: %s\n%s" % (
-                    " (invocation %s)" % inv if inv else "", msg, tb))
+                    _trace_note(hdrs), msg, tb))
                 return False  # end the response abruptly: the client sees it incomplete
             if c:
                 sock.sendall((b"%x\r\n" % len(c) + c + b"\r\n") if chunked else c)

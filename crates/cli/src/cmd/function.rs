@@ -46,6 +46,21 @@ pub enum FnCommand {
     /// List the function's instances (specialized, being specialized or draining).
     #[command(alias = "instances")]
     Pods(NameArg),
+    /// List the function's kept versions: number, time, code checksum, what changed.
+    #[command(alias = "versions")]
+    History(NameArg),
+    /// Make an earlier version current again (new requests run it, old instances drain).
+    Rollback(FnRollback),
+}
+
+/// `fn rollback`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FnRollback {
+    #[command(flatten)]
+    pub name: NameArg,
+    /// The version to make current [default: the newest kept version before the current one].
+    #[arg(long)]
+    pub to: Option<u32>,
 }
 
 /// Where a function's code comes from (at most one).
@@ -298,6 +313,8 @@ pub async fn run(ctx: &Ctx, command: FnCommand) -> anyhow::Result<()> {
         FnCommand::Test(args) => test(ctx, args).await,
         FnCommand::Logs(args) => logs(ctx, args).await,
         FnCommand::Pods(name) => super::pods(ctx, Kind::Function, &name).await,
+        FnCommand::History(name) => history(ctx, name.get()?).await,
+        FnCommand::Rollback(args) => rollback(ctx, &args).await,
     }
 }
 
@@ -857,6 +874,63 @@ pub fn table(items: &[kappa_types::Function]) -> Table {
         ]);
     }
     t
+}
+
+/// `fn history`: the kept versions, oldest first, the current one marked.
+async fn history(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
+    let (current, versions) = ctx.client.versions(name).await?;
+    if let Some(format @ (OutputFormat::Json | OutputFormat::Yaml)) = ctx.output {
+        let items: Vec<serde_json::Value> = versions.iter().map(|v| v.to_json()).collect();
+        return output::print_value(
+            format,
+            &serde_json::json!({"function": name, "current": current, "items": items}),
+        );
+    }
+    let mut t = Table::new(&[
+        "VERSION", "CURRENT", "CREATED", "AGE", "CHECKSUM", "CHANGES",
+    ]);
+    for v in &versions {
+        let created = v.metadata.creation_timestamp.clone().unwrap_or_default();
+        t.row(vec![
+            v.spec.version.to_string(),
+            if current == Some(v.spec.version) {
+                "*".to_string()
+            } else {
+                String::new()
+            },
+            created.clone(),
+            age(v.metadata.creation_timestamp.as_deref()),
+            v.spec
+                .checksum()
+                .map_or("-".to_string(), |c| c.chars().take(12).collect()),
+            if v.spec.changes.is_empty() {
+                "-".to_string()
+            } else {
+                v.spec.changes.join(",")
+            },
+        ]);
+    }
+    output::print_stdout(&t.to_string())
+}
+
+/// `fn rollback`: version N (default: the one before the current) becomes current.
+async fn rollback(ctx: &Ctx, args: &FnRollback) -> anyhow::Result<()> {
+    let name = args.name.get()?;
+    let function = ctx.client.rollback(name, args.to).await?;
+    let version = function
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(kappa_types::VERSION_ANNOTATION))
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("?")
+        .to_string();
+    match ctx.output {
+        Some(format @ (OutputFormat::Json | OutputFormat::Yaml)) => {
+            output::print_value(format, &function)
+        }
+        _ => output::print_stdout(&format!(
+            "function '{name}' rolled back to version {version}\n"
+        )),
+    }
 }
 
 #[cfg(test)]

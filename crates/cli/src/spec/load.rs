@@ -508,6 +508,8 @@ fn add_typed(
         Kind::TimeTrigger => check::<TimeTriggerSpec>(value),
         Kind::Secret => check::<SecretSpec>(value),
         Kind::ConfigMap => check::<ConfigMapSpec>(value),
+        Kind::CanaryConfig => check::<kappa_types::CanaryConfigSpec>(value),
+        Kind::FunctionVersion => check::<kappa_types::FunctionVersionSpec>(value),
     };
     match checked {
         Ok(value) => {
