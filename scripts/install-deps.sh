@@ -4,7 +4,7 @@
 # Idempotent; needs root (or sudo) only when something is missing.
 set -euo pipefail
 
-packages=(slirp4netns python3 python3-pip nodejs nginx-light wrk hyperfine python3-venv unzip nats-server redis-server)
+packages=(slirp4netns python3 python3-pip nodejs nginx-light wrk hyperfine python3-venv unzip nats-server redis-server chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -27,4 +27,12 @@ fi
 if ! command -v tansu >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/tansu" ]; then
   echo "installing tansu (Kafka-protocol broker for the Kafka tests) with cargo install; this takes several minutes"
   cargo install --locked tansu --features dynostore
+fi
+# The web dashboard's browser test (tests/ui) drives Chromium with playwright-core from npm,
+# pinned by tests/ui/package-lock.json; installed again only when the lock file is newer than
+# what npm installed.
+ui_dir="$(cd "$(dirname "$0")/.." && pwd)/tests/ui"
+if [ -f "$ui_dir/package-lock.json" ] && ! [ "$ui_dir/node_modules/.package-lock.json" -nt "$ui_dir/package-lock.json" ]; then
+  echo "installing tests/ui (npm ci)"
+  (cd "$ui_dir" && npm ci --no-audit --no-fund --loglevel=error)
 fi

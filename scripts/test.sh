@@ -26,6 +26,9 @@ python3 -m unittest discover -s functions/runtimes/python -p 'test_*.py'
 echo "== binary runtime tests"
 python3 -m unittest discover -s functions/runtimes/binary -p 'test_*.py'
 
+echo "== web dashboard script syntax"
+node --check --input-type=module < crates/api/ui/app.js
+
 echo "== node.js runtime tests"
 node --test functions/runtimes/nodejs/test_server.js
 

@@ -18,4 +18,5 @@ mod runtimes;
 mod spec;
 mod traffic;
 mod triggers;
+mod ui;
 mod versions;

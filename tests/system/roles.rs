@@ -166,6 +166,32 @@ fn roles_serve_a_function_with_the_router_using_the_executor_over_http() {
     let pods: serde_json::Value = serde_json::from_str(&pods).unwrap();
     assert_eq!(pods[0]["state"], "ready", "{pods}");
 
+    // The request history reaches the API through the executor: the router replica reports
+    // it there over HTTP, as it would from another pod.
+    let auth = format!("Bearer {TOKEN}");
+    let stats = eventually(
+        Duration::from_secs(30),
+        "the router's history at the API",
+        || {
+            let r = http(s.api, "GET", "/v1/stats", &[("Authorization", &auth)], b"").ok()?;
+            let v: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
+            let item = v["items"]
+                .as_array()?
+                .iter()
+                .find(|i| i["name"] == "hello")?
+                .clone();
+            (item["requests"].as_u64()? >= 2).then_some(item)
+        },
+    );
+    assert_eq!(stats["errors"], 0, "{stats}");
+    assert_eq!(
+        stats["lastInvocation"]["invocationId"]
+            .as_str()
+            .map(str::len),
+        Some(32),
+        "{stats}"
+    );
+
     // One admin listener reports every role's metrics.
     let metrics = http(s.admin, "GET", "/metrics", &[], b"").unwrap().text();
     assert!(

@@ -12,6 +12,8 @@
 //!   redacted (`redact.rs`), and no error message quotes a value;
 //! - archive upload/download (`/v1/archives`), the watch stream (`/v1/watch`), function logs
 //!   (`/v1/functions/{name}/logs`) and test invocations (`/v1/functions/{name}/invoke`);
+//! - the request history of the last hour (`/v1/stats`, `stats.rs`) and the web dashboard at
+//!   `/ui` (`ui.rs`, assets embedded in the binary);
 //! - bearer-token authentication, the JSON error shape, request ids, tracing and metrics.
 //!
 //! It deliberately does not run functions, build packages or reconcile anything: it only
@@ -34,6 +36,8 @@ mod redact;
 mod resources;
 mod route_keys;
 mod state;
+mod stats;
+mod ui;
 mod versions;
 mod watch;
 
@@ -78,6 +82,8 @@ pub fn app(state: ApiState) -> Router {
                 .delete(archives::delete),
         )
         .route("/v1/functions/{name}/logs", get(logs::logs))
+        .route("/v1/stats", get(stats::all))
+        .route("/v1/functions/{name}/stats", get(stats::of_function))
         .route("/v1/functions/{name}/versions", get(versions::list))
         .route(
             "/v1/functions/{name}/rollback",
@@ -104,7 +110,7 @@ pub fn app(state: ApiState) -> Router {
             "/v1/functions/{name}/invoke/{*path}",
             any(invoke::invoke).layer(DefaultBodyLimit::disable()),
         );
-    let routes = resources::routes(routes).fallback(middleware::fallback);
+    let routes = ui::routes(resources::routes(routes)).fallback(middleware::fallback);
 
     // Every cross-cutting concern, outermost first.
     let layers = ServiceBuilder::new()

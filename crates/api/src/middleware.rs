@@ -14,8 +14,10 @@ use crate::error::ApiError;
 use crate::invoke::Passthrough;
 use crate::state::ApiState;
 
-/// Paths served without a token: probes have none.
-const OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+/// Paths served without a token: probes have none, and the dashboard's page and assets
+/// (`/ui`, `/ui/...`; they hold no data, the page asks for the token and sends it on every
+/// API call it makes).
+const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/"];
 
 /// Requires the configured bearer token ([`kappa_core::TokenCheck`]) on every path but
 /// [`OPEN_PATHS`] and, unless [`ApiState::metrics_need_token`], `/metrics` (scrapers often have
@@ -25,7 +27,10 @@ pub(crate) async fn auth(State(state): State<ApiState>, request: Request, next: 
         return next.run(request).await;
     };
     let path = request.uri().path();
-    if OPEN_PATHS.contains(&path) || (path == "/metrics" && !state.metrics_need_token) {
+    if OPEN_PATHS.contains(&path)
+        || crate::ui::is_ui_path(path)
+        || (path == "/metrics" && !state.metrics_need_token)
+    {
         return next.run(request).await;
     }
     let authorization = request

@@ -61,6 +61,9 @@ pub struct ApiState {
     pub invoker: Option<Arc<dyn Invoker>>,
     /// Lists the pool manager's instances (`.../instances`); `None` answers `503 unavailable`.
     pub instances: Option<Arc<dyn kappa_core::InstanceLister>>,
+    /// The routers' request history (`/v1/stats`, the dashboard); `None` answers `503
+    /// unavailable`.
+    pub stats: Option<Arc<dyn kappa_core::StatsSource>>,
     /// Awaited after trigger and function writes; `None` returns at once.
     pub route_sync: Option<Arc<dyn RouteSync>>,
     /// Checks Environments' runtimes against the backend; `None` accepts any image.
@@ -120,6 +123,7 @@ impl ApiState {
             logs,
             invoker: None,
             instances: None,
+            stats: None,
             route_sync: None,
             runtime_check: None,
             token: None,
@@ -164,6 +168,13 @@ impl ApiState {
     /// from `lister` (the pool manager, in process or over the executor's API).
     pub fn with_instances(mut self, lister: Arc<dyn kappa_core::InstanceLister>) -> Self {
         self.instances = Some(lister);
+        self
+    }
+
+    /// Answers `GET /v1/stats` and `/v1/functions/{name}/stats` from `source` (the router's
+    /// history in process, or the executor's sum of every router replica's).
+    pub fn with_stats(mut self, source: Arc<dyn kappa_core::StatsSource>) -> Self {
+        self.stats = Some(source);
         self
     }
 

@@ -15,6 +15,7 @@ mod code;
 mod output;
 mod server;
 mod spec;
+mod stats;
 mod up;
 
 use std::path::PathBuf;

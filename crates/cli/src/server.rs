@@ -263,6 +263,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 
     // ---- executor ---------------------------------------------------------------------------
     let mut local_executor: Option<(PoolManager, Arc<EndpointIndex>)> = None;
+    // The routers' request history the executor in this process collects (`/v1/stats`).
+    let mut executor_stats: Option<Arc<kappa_executor::stats::ReplicaStats>> = None;
     // The router in this process, if any, for the canary controller (set when it is built).
     let local_outcomes: Arc<std::sync::OnceLock<Arc<kappa_core::Outcomes>>> =
         Arc::new(std::sync::OnceLock::new());
@@ -383,6 +385,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             Some(token.clone()),
         )
         .with_instances(Arc::new(manager.clone()));
+        executor_stats = Some(api.stats());
         {
             let manager = manager.clone();
             // Functions are custom resources only with the Kubernetes store: then the
@@ -502,7 +505,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         if feeder.is_none() {
             let _ = local_outcomes.set(router.outcomes());
         }
-        let feeder = feeder.map(|f| f.with_outcomes(router.outcomes()));
+        // A replica fed by a remote executor sends it its request history too.
+        let feeder = feeder.map(|f| {
+            f.with_outcomes(router.outcomes())
+                .with_stats(router.stats())
+        });
         let public = bind(args.router_addr, "router").await?;
         let internal = bind(args.router_admin_addr, "router internal").await?;
         bound.push(("router", public.local_addr()?));
@@ -615,6 +622,26 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             (None, None) => tracing::warn!(
                 "no executor in this process and no --executor-url: `kappa fn pods` will answer 503"
             ),
+        }
+        // `/v1/stats` and the dashboard: the executor's sum of the router replicas' reports
+        // (in process or over its API), plus a router here that reports to no one.
+        let mut sources: Vec<Arc<dyn kappa_core::StatsSource>> = Vec::new();
+        match (&executor_stats, &args.executor_url) {
+            (Some(stats), _) => sources.push(Arc::clone(stats) as Arc<dyn kappa_core::StatsSource>),
+            (None, Some(url)) => sources.push(Arc::new(
+                crate::stats::HttpStats::new(url, &token).context("--executor-url")?,
+            )),
+            (None, None) => {}
+        }
+        if let (Some(router), None) = (&router_handle, &args.executor_url) {
+            sources.push(router.stats());
+        }
+        if sources.is_empty() {
+            tracing::warn!(
+                "no router or executor in this process and no --executor-url: `/v1/stats` will answer 503"
+            );
+        } else {
+            state = state.with_stats(Arc::new(crate::stats::Combined(sources)));
         }
         if let Some(url) = &args.router_url {
             state = state.with_router_url(url.clone());

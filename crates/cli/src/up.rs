@@ -229,6 +229,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .with_metrics_need_token(args.metrics_need_token)
         .with_invoker(Arc::new(RouterInvoker(router.clone())))
         .with_instances(Arc::new(manager.clone()))
+        .with_stats(router.stats())
         .with_route_sync(Arc::new(RouterInvoker(router.clone())))
         .with_router_url(router_url.clone())
         .with_runtime_check(Arc::new(LocalRuntimes(RuntimeRegistry::new(runtimes_dir))))
@@ -325,6 +326,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         "  api     {api_url}   (token and URL in {})",
         data_dir.join("client.json").display()
     );
+    println!("  dashboard {api_url}/ui   (sign in with the token)");
     println!("  admin   {admin_url}   (/healthz, /readyz, /metrics)");
     println!("  data    {}", data_dir.display());
     println!("  isolation {isolation}");

@@ -12,6 +12,9 @@
 //!   endpoint index honours alongside the pool manager's feed.
 //! - [`InstanceLister`]: the pool manager's list of its instances ([`InstanceInfo`], the wire
 //!   format of the executor's `GET /v1/instances`), for `kappa fn pods` and `kappa env pods`.
+//! - [`StatsRegistry`]: the bounded in-memory history of how each function was called (per
+//!   minute for an hour, and its last invocations) that the router records and the API
+//!   server's dashboard reads, through [`StatsSource`].
 //! - [`TokenCheck`]: the one constant-time check of the platform's bearer token, which every
 //!   listener that requires it uses.
 //!
@@ -28,6 +31,7 @@ mod instances;
 mod outcomes;
 mod provision;
 mod readiness;
+pub mod stats;
 
 pub use addr::{InstanceAddr, ParseAddrError};
 pub use auth::{AuthError, TokenCheck};
@@ -44,3 +48,4 @@ pub use instances::{InstanceInfo, InstanceLister, InstanceState};
 pub use outcomes::{FunctionOutcome, Outcome, OutcomeSource, Outcomes};
 pub use provision::{Provision, ProvisionError, Provisioner};
 pub use readiness::Readiness;
+pub use stats::{StatsRegistry, StatsSnapshot, StatsSource};

@@ -15,6 +15,9 @@
 //!   report, which keeps idle reaping and draining (both read the executor's in-flight counts)
 //!   correct. A replica that stops reporting for [`REPLICA_TTL`] is forgotten.
 //!
+//! - `POST /v1/stats` `{replica, snapshot}` and `GET /v1/stats`: the routers' request
+//!   history, summed over replicas for the API server's dashboard (`stats.rs`).
+//!
 //! Every route but `/healthz` requires `Authorization: Bearer <token>` when a token is set.
 //!
 //! The feed is computed by diffing the index (every [`FEED_INTERVAL`], and at once after a
@@ -384,6 +387,8 @@ struct ApiInner {
     usage: Mutex<HashMap<String, Replica>>,
     /// The bearer token every route but `/healthz` requires (`None`: no authentication).
     token: Option<TokenCheck>,
+    /// Each router replica's last request history (`/v1/stats`).
+    stats: Arc<crate::stats::ReplicaStats>,
     /// Cancelled when [`ExecutorApi::run`] ends: watch streams end with it.
     streams: CancellationToken,
 }
@@ -418,6 +423,7 @@ impl ExecutorApi {
                 },
                 usage: Mutex::new(HashMap::new()),
                 token: TokenCheck::optional(token.as_deref()),
+                stats: Arc::new(crate::stats::ReplicaStats::new()),
                 streams: CancellationToken::new(),
             }),
         }
@@ -438,6 +444,14 @@ impl ExecutorApi {
             .route("/v1/endpoints", get(endpoints))
             .route("/v1/instances", get(instances))
             .route("/v1/usage", post(usage))
+            .route(
+                "/v1/stats",
+                get(stats_sum)
+                    .post(stats_report)
+                    .layer(axum::extract::DefaultBodyLimit::max(
+                        crate::stats::MAX_STATS_BODY,
+                    )),
+            )
             .route_layer(middleware::from_fn_with_state(self.clone(), require_token));
         axum::Router::new()
             .route("/healthz", get(|| async { "ok" }))
@@ -482,6 +496,11 @@ impl ExecutorApi {
             .await;
         runner.abort();
         result
+    }
+
+    /// The routers' request history this API collects (for an API server in this process).
+    pub fn stats(&self) -> Arc<crate::stats::ReplicaStats> {
+        Arc::clone(&self.inner.stats)
     }
 
     /// The request outcomes of `function` summed over every router replica reporting now.
@@ -799,6 +818,39 @@ async fn usage(
     StatusCode::NO_CONTENT.into_response()
 }
 
+/// `GET /v1/stats`: the sum of the router replicas' request histories.
+async fn stats_sum(State(api): State<ExecutorApi>) -> Response {
+    Json(api.inner.stats.sum()).into_response()
+}
+
+/// `POST /v1/stats`: one router replica's request history.
+async fn stats_report(
+    State(api): State<ExecutorApi>,
+    body: Result<Json<crate::stats::StatsReport>, JsonRejection>,
+) -> Response {
+    let Json(report) = match body {
+        Ok(body) => body,
+        Err(e) => {
+            return plain_error(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!("the stats report is not valid: {}", e.body_text()),
+                None,
+            );
+        }
+    };
+    if report.replica.is_empty() {
+        return plain_error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "replica must not be empty".into(),
+            Some("replica"),
+        );
+    }
+    api.inner.stats.apply(report);
+    StatusCode::NO_CONTENT.into_response()
+}
+
 impl kappa_core::OutcomeSource for ExecutorApi {
     fn outcome(&self, function: &FunctionId) -> (u64, u64) {
         ExecutorApi::outcome(self, function)
@@ -835,6 +887,49 @@ mod tests {
             .unwrap();
         let value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
         (status, value)
+    }
+
+    #[tokio::test]
+    async fn stats_of_router_replicas_are_summed() {
+        let index = Arc::new(EndpointIndex::new());
+        let api = ExecutorApi::new(
+            Arc::new(Fixed(Ok(Provision::Added))),
+            index,
+            Some("t".into()),
+        );
+        let hello = FunctionId::new("default", "hello");
+        let report = |replica: &str, status: u16| {
+            let stats = kappa_core::StatsRegistry::new();
+            stats.record(&hello, status, Duration::from_millis(5), b"");
+            serde_json::json!({"replica": replica, "snapshot": stats.snapshot()})
+        };
+        let post = |body: serde_json::Value, token: &str| {
+            HttpRequest::post("/v1/stats")
+                .header("authorization", format!("Bearer {token}"))
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap()
+        };
+        let (status, _) = call(api.app(), post(report("r1", 200), "wrong")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        for (replica, code) in [("r1", 200), ("r2", 500), ("r1", 200)] {
+            let (status, body) = call(api.app(), post(report(replica, code), "t")).await;
+            assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+        }
+        let (status, body) = call(api.app(), post(report("", 200), "t")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"]["field"], "replica");
+
+        let get = HttpRequest::get("/v1/stats")
+            .header("authorization", "Bearer t")
+            .body(Body::empty())
+            .unwrap();
+        let (status, body) = call(api.app(), get).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let sum: kappa_core::StatsSnapshot = serde_json::from_value(body).unwrap();
+        // r1's second report replaced its first: one request each from r1 and r2.
+        let summary = sum.function(&hello).unwrap().summary(sum.minute, 60);
+        assert_eq!((summary.requests, summary.errors), (2, 1));
     }
 
     fn provision_req(token: Option<&str>) -> HttpRequest<Body> {

@@ -34,6 +34,7 @@ mod canary;
 pub mod http;
 mod manager;
 mod metrics;
+pub mod stats;
 
 pub use canary::CanaryController;
 pub use http::ExecutorApi;

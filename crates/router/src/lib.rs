@@ -127,6 +127,8 @@ pub(crate) struct Inner {
     pub(crate) retry_after: http::HeaderValue,
     /// The check of [`RouterConfig::internal_token`].
     pub(crate) token: Option<kappa_core::TokenCheck>,
+    /// Every function's last hour of requests, for the dashboard (`Router::stats`).
+    pub(crate) stats: Arc<kappa_core::StatsRegistry>,
 }
 
 impl Router {
@@ -157,6 +159,7 @@ impl Router {
                 metrics,
                 retry_after,
                 token,
+                stats: Arc::new(kappa_core::StatsRegistry::new()),
             }),
         }
     }
@@ -203,6 +206,12 @@ impl Router {
         proxy::invoke(&self.inner, function, request)
             .await
             .map(axum::body::Body::new)
+    }
+
+    /// The per-function request history this router records (for the API's `/v1/stats` and
+    /// the dashboard, and in cluster mode the executor's sum of every replica's).
+    pub fn stats(&self) -> Arc<kappa_core::StatsRegistry> {
+        Arc::clone(&self.inner.stats)
     }
 
     /// Requests and failures this router answered per function and kept version (what the

@@ -475,6 +475,7 @@ pub(crate) async fn handle(
                     &route,
                     method,
                 );
+                record_stats(&inner, &entry, response.status(), start, &invocation_id);
                 response
             }
         };
@@ -490,6 +491,22 @@ pub(crate) async fn handle(
     }
     .instrument(span)
     .await
+}
+
+/// Records an answered request in the dashboard's history ([`kappa_core::StatsRegistry`]).
+fn record_stats(
+    inner: &Inner,
+    entry: &FunctionEntry,
+    status: StatusCode,
+    start: Instant,
+    invocation_id: &HeaderValue,
+) {
+    inner.stats.record(
+        &entry.id,
+        status.as_u16(),
+        start.elapsed(),
+        invocation_id.as_bytes(),
+    );
 }
 
 /// Invokes a function directly (no trigger): see [`crate::Router::invoke`].
@@ -555,6 +572,7 @@ pub(crate) async fn invoke(
                     NO_ROUTE.get_or_init(|| Arc::from("")),
                     method,
                 );
+                record_stats(inner, &entry, response.status(), start, &invocation_id);
                 response
             }
         };
@@ -940,6 +958,7 @@ async fn admit_slow(inner: &Inner, entry: &Arc<FunctionEntry>) -> Result<Permit,
         return Ok(permit);
     }
     entry.metrics.count_cold_start(&inner.metrics);
+    inner.stats.cold_start(&entry.id);
     let started = Instant::now();
     let span = if kappa_telemetry::enabled() {
         tracing::Span::current().record("faas.coldstart", true);

@@ -55,6 +55,9 @@ pub struct RemoteConfig {
     pub replica: String,
     /// How often usage is reported.
     pub usage_interval: Duration,
+    /// How often this replica's request history is sent (`POST /v1/stats`), when the feeder
+    /// has one ([`EndpointFeeder::with_stats`]).
+    pub stats_interval: Duration,
     /// Upper bound on one provision call (the executor enforces the function's own
     /// specialization timeout; this only guards against a hung connection).
     pub provision_timeout: Duration,
@@ -70,6 +73,7 @@ impl RemoteConfig {
             token: None,
             replica: replica.into(),
             usage_interval: Duration::from_secs(1),
+            stats_interval: Duration::from_secs(5),
             provision_timeout: Duration::from_secs(600),
             connect_timeout: Duration::from_secs(5),
         }
@@ -352,6 +356,8 @@ pub struct EndpointFeeder {
     /// `true` once the first full endpoint list was applied (readiness). A `watch` channel so
     /// callers can await it.
     synced: watch::Sender<bool>,
+    /// This replica's request history, sent to the executor for the API's dashboard.
+    stats: Option<Arc<kappa_core::StatsRegistry>>,
     /// This replica's request outcomes, sent with each usage report when set.
     outcomes: Option<Arc<kappa_core::Outcomes>>,
 }
@@ -389,6 +395,7 @@ impl EndpointFeeder {
             config,
             gate,
             synced,
+            stats: None,
             outcomes: None,
         })
     }
@@ -397,6 +404,13 @@ impl EndpointFeeder {
     /// the executor's canary controller sees this replica's requests.
     pub fn with_outcomes(mut self, outcomes: Arc<kappa_core::Outcomes>) -> Self {
         self.outcomes = Some(outcomes);
+        self
+    }
+
+    /// Also sends `stats` (the router's request history, `Router::stats`) to the executor
+    /// every [`RemoteConfig::stats_interval`], which sums every replica's for the API server.
+    pub fn with_stats(mut self, stats: Arc<kappa_core::StatsRegistry>) -> Self {
+        self.stats = Some(stats);
         self
     }
 
@@ -426,6 +440,11 @@ impl EndpointFeeder {
             let token = shutdown.clone();
             tokio::spawn(async move { this.report_usage(token).await })
         };
+        let stats_reporter = self.stats.clone().map(|stats| {
+            let this = self.clone();
+            let token = shutdown.clone();
+            tokio::spawn(async move { this.report_stats(stats, token).await })
+        });
         let mut backoff = BACKOFF_MIN;
         loop {
             let started = Instant::now();
@@ -446,6 +465,9 @@ impl EndpointFeeder {
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
         reporter.abort();
+        if let Some(stats_reporter) = stats_reporter {
+            stats_reporter.abort();
+        }
     }
 
     /// One connection: list, then changes, until it fails.
@@ -544,6 +566,41 @@ impl EndpointFeeder {
                 self.synced.send_replace(true);
             }
             FeedEvent::Heartbeat => {}
+        }
+    }
+
+    /// Sends this replica's request history every `stats_interval` (the whole last hour each
+    /// time, so a lost report loses nothing).
+    async fn report_stats(
+        &self,
+        stats: Arc<kappa_core::StatsRegistry>,
+        shutdown: CancellationToken,
+    ) {
+        let url = format!("{}/v1/stats", self.config.executor_url);
+        let mut tick = tokio::time::interval(self.config.stats_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let report = serde_json::json!({
+                "replica": self.config.replica,
+                "snapshot": stats.snapshot(),
+            });
+            let request = self
+                .client
+                .post(&url)
+                .timeout(self.config.stats_interval.max(Duration::from_secs(5)))
+                .json(&report);
+            match with_token(request, self.config.token.as_deref())
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => {}
+                Ok(r) => tracing::debug!(status = %r.status(), "stats report refused"),
+                Err(e) => tracing::debug!(error = %e, "stats report failed"),
+            }
         }
     }
 

@@ -6,6 +6,7 @@
 mod archives;
 mod batch;
 mod config;
+mod dashboard;
 mod invoke;
 mod protocol;
 mod resources;
