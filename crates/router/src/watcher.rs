@@ -141,7 +141,9 @@ impl Cache {
             EventType::Added | EventType::Modified => {
                 held.insert(key.clone(), rv);
                 Some(match obj.kind {
-                    Kind::Function | Kind::FunctionVersion => Change::Function(parse_function(&obj)),
+                    Kind::Function | Kind::FunctionVersion => {
+                        Change::Function(parse_function(&obj))
+                    }
                     // A trigger the router cannot read is not routed.
                     _ => match parse_trigger(obj) {
                         Some(t) => Change::Trigger(Box::new(t)),
