@@ -35,4 +35,4 @@ mod manager;
 mod metrics;
 
 pub use http::ExecutorApi;
-pub use manager::{ExecutorConfig, PoolManager};
+pub use manager::{AdaptiveConfig, ExecutorConfig, PoolManager};
