@@ -61,8 +61,7 @@ fn warm(h: &Harness, env: &str) -> usize {
         .instances()
         .iter()
         .filter(|i| {
-            i.state == InstanceState::Warm
-                && i.environment.as_ref().is_some_and(|e| e.name == env)
+            i.state == InstanceState::Warm && i.environment.as_ref().is_some_and(|e| e.name == env)
         })
         .count()
 }
@@ -125,7 +124,12 @@ async fn the_pool_grows_after_misses_and_shrinks_when_quiet() {
     assert_eq!(status["reason"], "demand", "{status}");
     assert!(status["size"].as_u64().unwrap() >= 6, "{status}");
     assert!(
-        metric(&h, "kappa_executor_pool_size{environment=\"default/python\"}").unwrap() >= 6.0
+        metric(
+            &h,
+            "kappa_executor_pool_size{environment=\"default/python\"}"
+        )
+        .unwrap()
+            >= 6.0
     );
     assert_eq!(
         metric(
@@ -135,7 +139,10 @@ async fn the_pool_grows_after_misses_and_shrinks_when_quiet() {
         Some(1.0)
     );
     // Each function's keep-alive is published (its idletimeout until idle gaps are seen).
-    let f0 = format!("kappa_executor_keepalive_seconds{{function=\"{}\"}}", functions[0]);
+    let f0 = format!(
+        "kappa_executor_keepalive_seconds{{function=\"{}\"}}",
+        functions[0]
+    );
     eventually(Duration::from_secs(5), "the keep-alive metric", || {
         metric(&h, &f0).is_some()
     })
@@ -169,12 +176,16 @@ async fn a_fixed_poolsize_pins_and_the_budget_bounds_adaptive_pools() {
     env(&h, "auto", 0, true).await;
     burst(&h, "fixed", "x", 5).await;
     burst(&h, "auto", "y", 6).await;
-    eventually(Duration::from_secs(5), "the adaptive pool cut by the budget", || {
-        metric(
-            &h,
-            "kappa_executor_pool_size_reason{environment=\"default/auto\",reason=\"budget\"}",
-        ) == Some(1.0)
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the adaptive pool cut by the budget",
+        || {
+            metric(
+                &h,
+                "kappa_executor_pool_size_reason{environment=\"default/auto\",reason=\"budget\"}",
+            ) == Some(1.0)
+        },
+    )
     .await;
     eventually(Duration::from_secs(5), "both pools filled", || {
         warm(&h, "auto") == 3 && warm(&h, "fixed") == 2
@@ -188,7 +199,10 @@ async fn a_fixed_poolsize_pins_and_the_budget_bounds_adaptive_pools() {
     // A fixed pool has no adaptive status, and its size is poolsize whatever the demand.
     assert!(pool_status(&h, "fixed").await.is_null());
     assert_eq!(
-        metric(&h, "kappa_executor_pool_size{environment=\"default/fixed\"}"),
+        metric(
+            &h,
+            "kappa_executor_pool_size{environment=\"default/fixed\"}"
+        ),
         Some(2.0)
     );
     assert_eq!(
