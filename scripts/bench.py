@@ -115,7 +115,8 @@ class Kappa:
     def metrics(self):
         with open(os.path.join(self.data, "token")) as f:
             token = f.read().strip()
-        status, body = http_get(self.admin, "/metrics", {"Authorization": f"Bearer {token}"})
+        # The API server's /metrics carries the pool manager's metrics.
+        status, body = http_get(self.api, "/metrics", {"Authorization": f"Bearer {token}"})
         if status != 200:
             sys.exit(f"GET /metrics answered {status}")
         return body.decode()
@@ -317,13 +318,15 @@ def bench_mq(quick):
 
 
 # (e): the trace. Environments are bursty one at a time (a phase each); every burst is BURST
-# concurrent first requests, one to each of BURST functions never invoked before, and bursts
-# are IDLE_GAP seconds apart. Deterministic: the same trace for both pool policies.
+# concurrent first requests, one to each of BURST functions never invoked before; bursts are
+# IDLE_GAP seconds apart, phases PHASE_GAP (about two demand half-lives). Deterministic: the
+# same trace for both pool policies.
 POOL_ENVS = 3
-POOL_PHASES = 2          # each environment's phase comes this many times, in turn
-BURSTS_PER_PHASE = 3
+POOL_PHASES = 1          # each environment's phase comes this many times, in turn
+BURSTS_PER_PHASE = 4
 BURST = 6
 IDLE_GAP = 4.0
+PHASE_GAP = 60.0
 POOL_SIZE = 2            # the fixed pools' poolsize, and where the adaptive ones start
 POOL_MEMORY_MI = 64      # each environment's memory limit
 POOL_BUDGET_MI = POOL_ENVS * POOL_SIZE * POOL_MEMORY_MI  # what the fixed pools hold
@@ -371,7 +374,9 @@ def bench_pools(policy, workdir):
         time.sleep(3)  # the pools fill
         before = metric_sum(kappa.metrics(), "kappa_executor_pool_takes_total", result="miss")
         with concurrent.futures.ThreadPoolExecutor(BURST) as pool:
-            for e, names in trace:
+            for k, (e, names) in enumerate(trace):
+                if k and trace[k - 1][0] != e:
+                    time.sleep(PHASE_GAP - IDLE_GAP)
                 out["latency"] += list(pool.map(lambda n: first_request_ms(kappa.router, f"/{n}"), names))
                 time.sleep(IDLE_GAP)
                 text = kappa.metrics()
@@ -390,7 +395,8 @@ def report_pools(runs):
     requests = sum(len(names) for _, names in trace)
     print(f"(e) adaptive warm pools: a replayed bursty trace, {len(trace)} bursts of {BURST} concurrent "
           f"first requests ({requests} requests), {POOL_ENVS} environments bursty one at a time "
-          f"({BURSTS_PER_PHASE} bursts each, {POOL_PHASES} rounds), {IDLE_GAP:.0f} s idle gaps; "
+          f"({BURSTS_PER_PHASE} bursts each, {POOL_PHASES} round(s)), {IDLE_GAP:.0f} s idle gaps, "
+          f"{PHASE_GAP:.0f} s between environments; "
           f"pool memory budget {POOL_BUDGET_MI} MiB ({POOL_MEMORY_MI} MiB per instance) for both")
     print(f"{'pools':<34}{'cold starts':>12}{'first request p50':>20}{'p90':>10}")
     for label, run in runs.items():

@@ -13,8 +13,8 @@
 //!   to its share of the memory budget.
 //! - **Budget.** Fixed pools (`poolsize`) are pinned and counted first; what is left is shared
 //!   by the adaptive pools: each gets its `min` while they fit, then instances are handed out
-//!   one at a time to the pool whose target is the least met (the smallest fraction), while one
-//!   more of its instances fits.
+//!   one at a time to the pool with the largest unmet target (the most recent, largest demand),
+//!   while one more of its instances fits.
 //! - **Keep-alive.** Per function of an adaptive environment, the idle gaps before its
 //!   requests (the last 64). With at least 8, the keep-alive is 1.1 × their 99th percentile
 //!   plus a margin (the reconcile interval, the resolution gaps are measured at), between
@@ -47,7 +47,7 @@ pub struct AdaptiveConfig {
 impl Default for AdaptiveConfig {
     fn default() -> Self {
         Self {
-            half_life: Duration::from_secs(60),
+            half_life: Duration::from_secs(30),
             default_refill: Duration::from_secs(1),
             min_refill: Duration::from_millis(50),
             keepalive_min: Duration::from_secs(10),
@@ -288,18 +288,14 @@ pub fn decide(pools: &[PoolInput], budget: Option<u64>) -> Vec<PoolDecision> {
             given[i] += 1;
         }
     }
-    // Then one instance at a time to the least met target that still fits.
+    // Then one instance at a time to the largest unmet target that still fits (ties: the
+    // larger target).
     loop {
         let next = adaptive
             .iter()
             .copied()
             .filter(|i| given[*i] < decisions[*i].bounded && pools[*i].memory <= left)
-            .min_by(|a, b| {
-                let met = |i: usize| f64::from(given[i]) / f64::from(decisions[i].bounded.max(1));
-                met(*a)
-                    .total_cmp(&met(*b))
-                    .then(decisions[*b].bounded.cmp(&decisions[*a].bounded))
-            });
+            .max_by_key(|i| (decisions[*i].bounded - given[*i], decisions[*i].bounded));
         let Some(i) = next else { break };
         left -= pools[i].memory;
         given[i] += 1;
