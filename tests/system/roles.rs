@@ -272,3 +272,92 @@ fn misconfigured_roles_fail_fast_with_the_reason() {
     let err = run(&["--role", "ingress", "--token", TOKEN]);
     assert!(err.contains("ingress"), "{err}");
 }
+
+/// In cluster mode the canary controller (executor role) measures what the router replica
+/// reports with its usage reports: a canary to a version that fails half its requests rolls
+/// back by itself.
+#[test]
+fn roles_canary_rolls_back_on_usage_reports() {
+    let s = Server::start();
+    s.ok(&["env", "create", "--name", "python", "--image", "python"]);
+    let dir = tempfile::tempdir().unwrap();
+    let code = dir.path().join("shop.py");
+    std::fs::write(&code, "def main():\n    return 'v1'\n").unwrap();
+    let code = code.to_str().unwrap().to_string();
+    s.ok(&[
+        "fn", "create", "--name", "shop", "--env", "python", "--code", &code,
+    ]);
+    s.ok(&[
+        "route",
+        "create",
+        "--name",
+        "shop",
+        "--url",
+        "/shop",
+        "--function",
+        "shop@1",
+    ]);
+    std::fs::write(
+        &code,
+        "import itertools\n_n = itertools.count()\n\ndef main():\n    if next(_n) % 2:\n        return 'v2 failed', 500\n    return 'v2'\n",
+    )
+    .unwrap();
+    s.ok(&["fn", "update", "--name", "shop", "--code", &code]);
+    eventually(Duration::from_secs(30), "GET /shop", || {
+        let r = http(s.router, "GET", "/shop", &[], b"").ok()?;
+        (r.text() == "v1").then_some(())
+    });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let router = s.router;
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let _ = http(router, "GET", "/shop", &[], b"");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        })
+        .collect();
+    s.ok(&[
+        "canary",
+        "create",
+        "--name",
+        "shop-v2",
+        "--trigger",
+        "shop",
+        "--newfunction",
+        "shop@2",
+        "--oldfunction",
+        "shop@1",
+        "--increment-step",
+        "25",
+        "--increment-interval",
+        "2s",
+    ]);
+    let status = eventually(Duration::from_secs(60), "the canary to end", || {
+        let c: serde_json::Value =
+            serde_json::from_str(&s.ok(&["canary", "get", "shop-v2", "-o", "json"])).ok()?;
+        let st = c["status"].clone();
+        (st["status"] == "failed" || st["status"] == "succeeded").then_some(st)
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert_eq!(status["status"], "failed", "{status}\n{}", s.log());
+    let last = status["intervals"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    let (requests, failures) = (
+        last["requests"].as_u64().unwrap(),
+        last["failures"].as_u64().unwrap(),
+    );
+    assert!(requests > 0 && failures * 100 > requests * 10, "{status}");
+    let r = http(s.router, "GET", "/shop", &[], b"").unwrap();
+    assert_eq!(r.text(), "v1");
+}

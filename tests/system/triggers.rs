@@ -14,10 +14,10 @@ use kappa_triggers::testkit::NatsServer;
 use crate::harness::{Platform, eventually, function_path, http};
 
 /// A message read back: its headers (lower-case names) and body.
-type Received = (HashMap<String, String>, Bytes);
+pub(crate) type Received = (HashMap<String, String>, Bytes);
 
 /// A NATS server and a client in the test, collecting what arrives on the watched subjects.
-struct Nats {
+pub(crate) struct Nats {
     server: NatsServer,
     rt: tokio::runtime::Runtime,
     client: NatsBroker,
@@ -25,7 +25,7 @@ struct Nats {
 }
 
 impl Nats {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self::with_server(NatsServer::start().expect("nats-server (run scripts/install-deps.sh)"))
     }
 
@@ -44,12 +44,12 @@ impl Nats {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         self.server.url()
     }
 
     /// Collects every message published to `subject` from now on.
-    fn watch(&self, subject: &str) {
+    pub(crate) fn watch(&self, subject: &str) {
         let client = self.client.client().clone();
         let got = Arc::clone(&self.got);
         let subject = subject.to_string();
@@ -83,7 +83,7 @@ impl Nats {
         });
     }
 
-    fn got(&self, subject: &str) -> Vec<Received> {
+    pub(crate) fn got(&self, subject: &str) -> Vec<Received> {
         self.got
             .lock()
             .unwrap()
@@ -92,7 +92,7 @@ impl Nats {
             .unwrap_or_default()
     }
 
-    fn publish(&self, subject: &str, body: &str, headers: &[(&str, &str)]) {
+    pub(crate) fn publish(&self, subject: &str, body: &str, headers: &[(&str, &str)]) {
         let headers: Vec<(String, String)> = headers
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -107,7 +107,7 @@ impl Nats {
 }
 
 /// Waits until the trigger reports `ready` (its consumer exists on the server).
-fn wait_ready(p: &Platform, kind: &str, name: &str) {
+pub(crate) fn wait_ready(p: &Platform, kind: &str, name: &str) {
     eventually(Duration::from_secs(30), "the trigger to be ready", || {
         let out = p.cli(&[kind, "get", name, "-o", "json"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;

@@ -30,11 +30,27 @@ pub(crate) const BASE64: GeneralPurpose = GeneralPurpose::new(
 pub(crate) struct Admitted {
     /// Archives this admission added to the archive store (literals moved there).
     new_blobs: Vec<String>,
+    /// Function versions this admission recorded, as (namespace, stored name).
+    pub(crate) new_versions: Vec<(String, String)>,
 }
 
 impl Admitted {
     /// Removes what the admission added. Best effort: a failure leaves an unreferenced blob.
     pub(crate) async fn roll_back(self, state: &ApiState) {
+        for (namespace, name) in self.new_versions {
+            if let Err(e) = state
+                .store
+                .delete(
+                    Kind::FunctionVersion,
+                    &namespace,
+                    &name,
+                    kappa_store::Precondition::MustExist,
+                )
+                .await
+            {
+                tracing::warn!(version = %name, error = %e, "removing a function version after a failed write");
+            }
+        }
         for sha in self.new_blobs {
             if let Err(e) = state.archives.delete(&sha).await {
                 tracing::warn!(sha256 = %sha, error = %e, "removing an archive after a failed write");
@@ -75,6 +91,10 @@ pub(crate) trait Admit: Spec {
         Self::Status::default()
     }
 
+    /// Runs after the resource was written (create or replace). Best effort: a failure is
+    /// logged, the write stands.
+    async fn after_write(_state: &ApiState, _object: &Resource<Self>) {}
+
     /// A status to write after a replace, when the new spec changes it.
     fn status_after_update(_old: &Resource<Self>, _new: &Resource<Self>) -> Option<Self::Status> {
         None
@@ -83,7 +103,7 @@ pub(crate) trait Admit: Spec {
 
 /// Every readable resource of a kind, in one namespace or all. Unreadable ones are skipped
 /// with a warning: they cannot reference anything anyone could rely on.
-async fn list_typed<S: Spec>(
+pub(crate) async fn list_typed<S: Spec>(
     state: &ApiState,
     namespace: Option<&str>,
 ) -> Result<Vec<Resource<S>>, ApiError> {
@@ -102,7 +122,7 @@ async fn list_typed<S: Spec>(
 }
 
 /// Fails with `invalid` naming `field` unless `kind` `namespace/name` exists.
-async fn require(
+pub(crate) async fn require(
     state: &ApiState,
     kind: Kind,
     namespace: &str,
@@ -392,7 +412,7 @@ impl Admit for FunctionSpec {
     async fn admit(
         state: &ApiState,
         object: &mut Resource<Self>,
-        _old: Option<&Resource<Self>>,
+        old: Option<&Resource<Self>>,
     ) -> Result<Admitted, ApiError> {
         let env = &object.spec.environment;
         require(
@@ -432,7 +452,19 @@ impl Admit for FunctionSpec {
             )
             .await?;
         }
-        Ok(Admitted::default())
+        let mut admitted = Admitted::default();
+        if let Some(created) = crate::versions::record(state, object, old).await? {
+            admitted.new_versions.push(created);
+        }
+        Ok(admitted)
+    }
+
+    async fn after_write(state: &ApiState, object: &Resource<Self>) {
+        if let Err(e) =
+            crate::versions::collect(state, &object.metadata.namespace, &object.metadata.name).await
+        {
+            tracing::warn!(function = %object.metadata.name, error = %e, "collecting old function versions failed");
+        }
     }
 }
 
@@ -550,7 +582,7 @@ impl Admit for HttpTriggerSpec {
             FunctionReferenceType::FunctionWeights => "spec.functionref.functionweights",
         };
         for function in object.spec.functionref.function_names() {
-            require(state, Kind::Function, &namespace, function, field).await?;
+            crate::versions::require_function_ref(state, &namespace, function, field).await?;
         }
         let key = RouteKey::of(&object.spec);
         for other in list_typed::<HttpTriggerSpec>(state, None).await? {
@@ -724,13 +756,23 @@ impl Admit for ConfigMapSpec {
 pub(crate) async fn archives_in_use(
     state: &ApiState,
 ) -> Result<std::collections::HashSet<String>, ApiError> {
-    Ok(list_typed::<PackageSpec>(state, None)
+    let mut used: std::collections::HashSet<String> = list_typed::<PackageSpec>(state, None)
         .await?
         .iter()
         .flat_map(|p| [&p.spec.source, &p.spec.deployment])
         .flatten()
         .filter_map(|a| a.stored_sha256().map(str::to_owned))
-        .collect())
+        .collect();
+    // A kept function version keeps its code.
+    used.extend(
+        list_typed::<kappa_types::FunctionVersionSpec>(state, None)
+            .await?
+            .iter()
+            .flat_map(|v| [&v.spec.source, &v.spec.deployment])
+            .flatten()
+            .filter_map(|a| a.stored_sha256().map(str::to_owned)),
+    );
+    Ok(used)
 }
 
 pub(crate) async fn archive_users(state: &ApiState, sha256: &str) -> Result<Vec<String>, ApiError> {
@@ -744,6 +786,23 @@ pub(crate) async fn archive_users(state: &ApiState, sha256: &str) -> Result<Vec<
                 .any(|a| a.stored_sha256() == Some(sha256))
         })
         .map(|p| format!("package {}/{}", p.metadata.namespace, p.metadata.name))
+        .chain(
+            list_typed::<kappa_types::FunctionVersionSpec>(state, None)
+                .await?
+                .into_iter()
+                .filter(|v| {
+                    [&v.spec.source, &v.spec.deployment]
+                        .into_iter()
+                        .flatten()
+                        .any(|a| a.stored_sha256() == Some(sha256))
+                })
+                .map(|v| {
+                    format!(
+                        "function version {}/{}@{}",
+                        v.metadata.namespace, v.spec.function, v.spec.version
+                    )
+                }),
+        )
         .collect())
 }
 

@@ -159,6 +159,9 @@ macro_rules! by_kind {
             Kind::TimeTrigger => $f::<TimeTriggerSpec>($($arg),*).await,
             Kind::Secret => $f::<SecretSpec>($($arg),*).await,
             Kind::ConfigMap => $f::<ConfigMapSpec>($($arg),*).await,
+            Kind::CanaryConfig => $f::<kappa_types::CanaryConfigSpec>($($arg),*).await,
+            Kind::FunctionVersion => $f::<kappa_types::FunctionVersionSpec>($($arg),*).await,
+            Kind::Invocation => Err(crate::invocations::not_a_resource()),
         }
     };
 }

@@ -1,4 +1,5 @@
-//! `ANY /v1/functions/{name}/invoke[/{*path}]`: a test invocation through the [`crate::Invoker`].
+//! `ANY /v1/functions/{name}/invoke[/{*path}]`: a test invocation through the [`crate::Invoker`],
+//! or with `?async=true` an asynchronous one (stored, answered `202`: [`crate::invocations`]).
 
 use axum::extract::{Request, State};
 use axum::response::Response;
@@ -28,7 +29,8 @@ fn split_path(path: &str) -> Option<(&str, &str)> {
     Some((name, if rest.is_empty() { "/" } else { rest }))
 }
 
-/// The query without the API's own `namespace` parameter, other pairs kept byte for byte.
+/// The query without the API's own `namespace` and `async` parameters, other pairs kept byte
+/// for byte.
 fn function_query(query: Option<&str>) -> String {
     query
         .unwrap_or("")
@@ -36,7 +38,7 @@ fn function_query(query: Option<&str>) -> String {
         .filter(|pair| !pair.is_empty())
         .filter(|pair| {
             let key = pair.split('=').next().unwrap_or("");
-            key != "namespace"
+            key != "namespace" && key != "async"
         })
         .collect::<Vec<_>>()
         .join("&")
@@ -50,9 +52,16 @@ pub(crate) async fn invoke(
     let Some((raw_name, function_path)) = split_path(uri.path()) else {
         return Err(ApiError::NotFound(format!("no route for {}", uri.path())));
     };
-    // Names are DNS-1123 labels, so a valid one needs no percent-decoding.
-    path_name(raw_name)?;
-    let name = raw_name.to_string();
+    // Names are DNS-1123 labels (a version `hello@3`, also written `hello%403`), so a valid
+    // one needs no further percent-decoding.
+    let raw_name = raw_name.replace("%40", "@");
+    let version = raw_name.contains('@');
+    if version {
+        kappa_types::validate_function_ref("name", &raw_name)?;
+    } else {
+        path_name(&raw_name)?;
+    }
+    let name = kappa_types::function_ref_target(&raw_name);
     // Only `namespace` is the API's; every other parameter is the function's.
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(uri.query().unwrap_or(""))
         .map_err(|e| ApiError::malformed(format!("malformed query string: {e}")))?;
@@ -73,20 +82,42 @@ pub(crate) async fn invoke(
         }
         (None, _) => DEFAULT_NAMESPACE.to_string(),
     };
-    let Some(invoker) = state.invoker.clone() else {
+    let asynchronous = match pairs
+        .iter()
+        .filter(|(k, _)| k == "async")
+        .map(|(_, v)| v.as_str())
+        .collect::<Vec<_>>()[..]
+    {
+        [] | ["false"] | ["0"] => false,
+        ["true"] | ["1"] | [""] => true,
+        [other] => {
+            return Err(ApiError::invalid(
+                "async",
+                format!("query parameter \"async\" is {other:?}: expected true or false"),
+            ));
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "async",
+                "query parameter \"async\" is repeated",
+            ));
+        }
+    };
+    let invoker = state.invoker.clone();
+    if invoker.is_none() && !asynchronous {
         return Err(ApiError::Unavailable(
             "test invocation is not available: this API server has no invoker (router) configured"
                 .into(),
         ));
+    }
+    let kind = if version {
+        Kind::FunctionVersion
+    } else {
+        Kind::Function
     };
-    if state
-        .store
-        .get(Kind::Function, &namespace, &name)
-        .await?
-        .is_none()
-    {
+    if state.store.get(kind, &namespace, &name).await?.is_none() {
         return Err(ApiError::NotFound(format!(
-            "Function {namespace}/{name} not found"
+            "{kind} {namespace}/{raw_name} not found"
         )));
     }
     let query = function_query(uri.query());
@@ -101,6 +132,12 @@ pub(crate) async fn invoke(
     *request.uri_mut() = http::Uri::from(path_and_query);
     // The API's token is for the API, never for the function.
     request.headers_mut().remove(header::AUTHORIZATION);
+    if asynchronous {
+        return crate::invocations::accept(&state, &namespace, &name, request).await;
+    }
+    let Some(invoker) = invoker else {
+        return Err(ApiError::Unavailable("no invoker".into()));
+    };
     let function = FunctionId::new(namespace, name);
     tracing::debug!(function = %function, path = %target, "test invocation");
     let mut response = invoker.invoke(function, request).await;
@@ -134,6 +171,7 @@ mod tests {
     fn namespace_is_removed_from_the_query() {
         assert_eq!(function_query(Some("namespace=x&a=1&b=%20")), "a=1&b=%20");
         assert_eq!(function_query(Some("namespace=x")), "");
+        assert_eq!(function_query(Some("async=true&a=1")), "a=1");
         assert_eq!(function_query(None), "");
     }
 }

@@ -24,6 +24,7 @@ mod batch;
 mod error;
 mod extract;
 mod instances;
+mod invocations;
 mod invoke;
 mod logs;
 mod metrics;
@@ -32,6 +33,7 @@ mod ops;
 mod redact;
 mod resources;
 mod state;
+mod versions;
 mod watch;
 
 use axum::Router;
@@ -75,6 +77,16 @@ pub fn app(state: ApiState) -> Router {
                 .delete(archives::delete),
         )
         .route("/v1/functions/{name}/logs", get(logs::logs))
+        .route("/v1/functions/{name}/versions", get(versions::list))
+        .route(
+            "/v1/functions/{name}/rollback",
+            axum::routing::post(versions::rollback),
+        )
+        .route(
+            "/v1/functions/{name}/invocations",
+            get(invocations::of_function),
+        )
+        .route("/v1/invocations/{id}", get(invocations::get_one))
         .route(
             "/v1/functions/{name}/instances",
             get(instances::of_function),

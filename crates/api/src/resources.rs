@@ -15,8 +15,9 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode, Uri};
 use kappa_store::{Precondition, StoreError, StoredObject};
 use kappa_types::{
-    API_VERSION, ConfigMapSpec, EnvironmentSpec, FunctionSpec, HttpTriggerSpec, Kind,
-    MessageQueueTriggerSpec, PackageSpec, Resource, SecretSpec, Spec, TimeTriggerSpec,
+    API_VERSION, CanaryConfigSpec, ConfigMapSpec, EnvironmentSpec, FunctionSpec,
+    FunctionVersionSpec, HttpTriggerSpec, Kind, MessageQueueTriggerSpec, PackageSpec, Resource,
+    SecretSpec, Spec, TimeTriggerSpec,
 };
 use serde_json::{Value, json};
 
@@ -126,7 +127,11 @@ async fn get_one(
     name: Result<Path<String>, PathRejection>,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let name = name_param(name)?;
+    let name = if kind == Kind::FunctionVersion {
+        crate::versions::version_name_param(name)?
+    } else {
+        name_param(name)?
+    };
     let namespace = Params::parse(&uri, &["namespace"])?.namespace()?;
     match state.store.get(kind, &namespace, &name).await? {
         Some(mut object) => {
@@ -166,6 +171,13 @@ async fn create(
         Kind::ConfigMap => {
             create_typed::<ConfigMapSpec>(&state, value, query_ns.as_deref()).await?
         }
+        Kind::CanaryConfig => {
+            create_typed::<CanaryConfigSpec>(&state, value, query_ns.as_deref()).await?
+        }
+        Kind::FunctionVersion => {
+            create_typed::<FunctionVersionSpec>(&state, value, query_ns.as_deref()).await?
+        }
+        Kind::Invocation => return Err(crate::invocations::not_a_resource()),
     };
     tracing::info!(kind = %kind, namespace = %stored.namespace, name = %stored.name, resource_version = stored.resource_version, "created");
     state.settle(kind, stored.resource_version).await;
@@ -247,7 +259,10 @@ pub(crate) async fn create_locked<S: Admit>(
         .put(object.to_json(), Precondition::MustNotExist)
         .await
     {
-        Ok(stored) => Ok((stored, admitted)),
+        Ok(stored) => {
+            S::after_write(state, &object).await;
+            Ok((stored, admitted))
+        }
         Err(e) => {
             admitted.roll_back(state).await;
             Err(e.into())
@@ -291,6 +306,9 @@ async fn replace(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    if kind == Kind::FunctionVersion {
+        return Err(crate::versions::read_only());
+    }
     let name = name_param(name)?;
     let query_ns = Params::parse(&uri, &["namespace"])?.explicit_namespace()?;
     let body = body_bytes(body)?;
@@ -307,6 +325,11 @@ async fn replace(
         Kind::TimeTrigger => replace_typed::<TimeTriggerSpec>(&state, &name, value, q).await?,
         Kind::Secret => replace_typed::<SecretSpec>(&state, &name, value, q).await?,
         Kind::ConfigMap => replace_typed::<ConfigMapSpec>(&state, &name, value, q).await?,
+        Kind::CanaryConfig => replace_typed::<CanaryConfigSpec>(&state, &name, value, q).await?,
+        Kind::FunctionVersion => {
+            replace_typed::<FunctionVersionSpec>(&state, &name, value, q).await?
+        }
+        Kind::Invocation => return Err(crate::invocations::not_a_resource()),
     };
     tracing::info!(kind = %kind, namespace = %stored.namespace, name = %stored.name, resource_version = stored.resource_version, "replaced");
     state.settle(kind, stored.resource_version).await;
@@ -373,6 +396,7 @@ pub(crate) async fn replace_locked<S: Admit>(
             return Err(e.into());
         }
     };
+    S::after_write(state, &object).await;
     match S::status_after_update(&old, &object) {
         Some(status) => {
             let status = serde_json::to_value(status)
@@ -399,6 +423,9 @@ async fn delete(
     name: Result<Path<String>, PathRejection>,
     uri: Uri,
 ) -> Result<Response, ApiError> {
+    if kind == Kind::FunctionVersion {
+        return Err(crate::versions::read_only());
+    }
     let name = name_param(name)?;
     let params = Params::parse(&uri, &["namespace", "force", "resourceVersion"])?;
     let namespace = params.namespace()?;
@@ -425,6 +452,9 @@ pub(crate) async fn delete_locked(
     force: bool,
     precondition: Precondition,
 ) -> Result<StoredObject, ApiError> {
+    if kind == Kind::FunctionVersion {
+        return Err(crate::versions::read_only());
+    }
     if state.store.get(kind, namespace, name).await?.is_none() {
         return Err(not_found(kind, namespace, name));
     }
@@ -440,6 +470,9 @@ pub(crate) async fn delete_locked(
             Kind::TimeTrigger => TimeTriggerSpec::dependents(state, namespace, name).await?,
             Kind::Secret => SecretSpec::dependents(state, namespace, name).await?,
             Kind::ConfigMap => ConfigMapSpec::dependents(state, namespace, name).await?,
+            Kind::CanaryConfig => CanaryConfigSpec::dependents(state, namespace, name).await?,
+            Kind::FunctionVersion => Vec::new(),
+            Kind::Invocation => Vec::new(),
         };
         if !users.is_empty() {
             return Err(ApiError::conflict(
@@ -451,10 +484,14 @@ pub(crate) async fn delete_locked(
             ));
         }
     }
-    Ok(state
+    let deleted = state
         .store
         .delete(kind, namespace, name, precondition)
-        .await?)
+        .await?;
+    if kind == Kind::Function {
+        crate::versions::delete_all(state, namespace, name).await;
+    }
+    Ok(deleted)
 }
 
 /// Fields a status body may carry besides `status`: the whole object, as returned by a GET, may
@@ -469,6 +506,9 @@ async fn put_status(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    if kind == Kind::FunctionVersion {
+        return Err(crate::versions::read_only());
+    }
     let name = name_param(name)?;
     let namespace = Params::parse(&uri, &["namespace"])?.namespace()?;
     let body = body_bytes(body)?;
@@ -513,6 +553,9 @@ async fn put_status(
         Kind::TimeTrigger => normalise_status::<TimeTriggerSpec>(status)?,
         Kind::Secret => normalise_status::<SecretSpec>(status)?,
         Kind::ConfigMap => normalise_status::<ConfigMapSpec>(status)?,
+        Kind::CanaryConfig => normalise_status::<CanaryConfigSpec>(status)?,
+        Kind::FunctionVersion => return Err(crate::versions::read_only()),
+        Kind::Invocation => return Err(crate::invocations::not_a_resource()),
     };
     let mut stored = state
         .store

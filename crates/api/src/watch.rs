@@ -179,7 +179,14 @@ impl Watcher {
             match item {
                 Some(Ok(event)) => {
                     self.last_seen = self.last_seen.max(event.object.resource_version);
-                    if self.kinds.is_empty() || self.kinds.contains(&event.object.kind) {
+                    let wanted = if self.kinds.is_empty() {
+                        // "Every kind" is every resource kind: invocation records only when
+                        // asked for by name.
+                        event.object.kind != Kind::Invocation
+                    } else {
+                        self.kinds.contains(&event.object.kind)
+                    };
+                    if wanted {
                         return Some(event_line(&event));
                     }
                 }

@@ -626,6 +626,87 @@ impl Client {
         self.send_ok(rb).await
     }
 
+    /// `GET /v1/functions/{name}/versions`: the current version number and the kept versions,
+    /// oldest first.
+    pub async fn versions(
+        &self,
+        function: &str,
+    ) -> Result<(Option<u32>, Vec<kappa_types::FunctionVersion>), ClientError> {
+        #[derive(Deserialize)]
+        struct VersionsBody {
+            #[serde(default)]
+            current: Option<u32>,
+            #[serde(default)]
+            items: Vec<serde_json::Value>,
+        }
+        let rb = self
+            .request(
+                Method::GET,
+                &format!("/v1/functions/{}/versions", encode_segment(function)),
+            )
+            .query(&[("namespace", self.namespace.as_str())]);
+        let body: VersionsBody = self.json(rb).await?;
+        let items = body
+            .items
+            .into_iter()
+            .map(typed::<kappa_types::FunctionVersionSpec>)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((body.current, items))
+    }
+
+    /// `POST /v1/functions/{name}/rollback[?to=N]`: the function after the rollback.
+    pub async fn rollback(
+        &self,
+        function: &str,
+        to: Option<u32>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let mut query = vec![("namespace", self.namespace.clone())];
+        if let Some(to) = to {
+            query.push(("to", to.to_string()));
+        }
+        let rb = self
+            .request(
+                Method::POST,
+                &format!("/v1/functions/{}/rollback", encode_segment(function)),
+            )
+            .query(&query);
+        self.json(rb).await
+    }
+
+    /// `GET /v1/functions/{name}/invocations`: the function's asynchronous invocations,
+    /// newest first (without their request bodies).
+    pub async fn invocations(
+        &self,
+        function: &str,
+        limit: Option<u64>,
+    ) -> Result<Vec<serde_json::Value>, ClientError> {
+        #[derive(Deserialize)]
+        struct ListBody {
+            #[serde(default)]
+            items: Vec<serde_json::Value>,
+        }
+        let path = format!("/v1/functions/{}/invocations", encode_segment(function));
+        let mut rb = self
+            .request(Method::GET, &path)
+            .query(&[("namespace", self.namespace.as_str())]);
+        if let Some(limit) = limit {
+            rb = rb.query(&[("limit", limit)]);
+        }
+        let body: ListBody = self.json(rb).await?;
+        Ok(body.items)
+    }
+
+    /// `GET /v1/invocations/{id}`: one asynchronous invocation with its outcome.
+    pub async fn invocation(&self, id: &str) -> Result<serde_json::Value, ClientError> {
+        let rb = self
+            .request(
+                Method::GET,
+                &format!("/v1/invocations/{}", encode_segment(id)),
+            )
+            .query(&[("namespace", self.namespace.as_str())]);
+        self.json(rb).await
+    }
+
     /// `ANY /v1/functions/{name}/invoke[/{subpath}]`: the function's response, whatever its
     /// status (the caller decides what a non-2xx means).
     pub async fn invoke(&self, function: &str, call: Invocation) -> Result<Response, ClientError> {

@@ -114,6 +114,10 @@ enum Command {
         alias = "messagequeuetrigger"
     )]
     Mqtrigger(cmd::mqtrigger::MqtCommand),
+    /// Canary rollouts: shift a route's traffic to a new function step by step, rolled back
+    /// automatically when it fails too often.
+    #[command(subcommand)]
+    Canary(cmd::canary::CanaryCommand),
     /// Time triggers: cron schedules that invoke functions.
     #[command(subcommand, name = "timetrigger", alias = "tt", alias = "timer")]
     Timetrigger(cmd::timetrigger::TtCommand),
@@ -242,7 +246,13 @@ fn main() -> ExitCode {
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     let cli = Cli::parse();
-    init_tracing(&cli);
+    let telemetry = match init_tracing(&cli) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -253,13 +263,26 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    drop(runtime);
+    // Flushes the last batched spans (the exporter's client runs on its own thread).
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => report_error(&e),
     }
 }
 
-fn init_tracing(cli: &Cli) {
+/// Logging to stderr, plus OpenTelemetry trace export for the servers (`up`, `server`) when the
+/// `OTEL_*` variables name an endpoint (`kappa_telemetry`, docs/observability.md).
+fn init_tracing(
+    cli: &Cli,
+) -> Result<Option<kappa_telemetry::Telemetry>, kappa_telemetry::TelemetryError> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     // `kappa up` is a server: it logs at info by default. Commands are quiet unless -v.
     let base = match (&cli.command, cli.global.verbose) {
         (Command::Up(_), 0) => "info",
@@ -272,11 +295,28 @@ fn init_tracing(cli: &Cli) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(base));
-    // A second initialisation (e.g. by `up`) is harmless: the first one wins.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_filter(filter);
+    let service = match &cli.command {
+        Command::Up(_) => Some("kappa"),
+        Command::Server(_) => Some("kappa-server"),
+        _ => None,
+    };
+    let otel = match service {
+        Some(service) => kappa_telemetry::init(service)?,
+        None => None,
+    };
+    let (layer, telemetry) = match otel {
+        Some((layer, telemetry)) => (Some(layer), Some(telemetry)),
+        None => (None, None),
+    };
+    // A second initialisation (e.g. by `up`) is harmless: the first one wins.
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(layer)
         .try_init();
+    Ok(telemetry)
 }
 
 /// Whether `-o` names a file for this command (Fission's `-o FILE` of the download verbs)
@@ -339,6 +379,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Completion(args) => completion(args.shell),
         Command::Mqtrigger(c) => cmd::mqtrigger::run(&ctx()?, c).await,
         Command::Timetrigger(c) => cmd::timetrigger::run(ctx, c).await,
+        Command::Canary(c) => cmd::canary::run(&ctx()?, c).await,
         Command::Secret(c) => cmd::secret::run(&ctx()?, c).await,
         Command::Configmap(c) => cmd::configmap::run(&ctx()?, c).await,
         Command::Spec(c) => spec::run(ctx, c).await,

@@ -181,6 +181,13 @@ pub struct ServerArgs {
     /// Seconds to drain in-flight requests and stop instances on shutdown.
     #[arg(long, env = "KAPPA_SHUTDOWN_GRACE", default_value_t = 10)]
     pub shutdown_grace: u64,
+    /// Role triggers: how long finished asynchronous invocations are kept.
+    #[arg(long, env = "KAPPA_ASYNC_RETENTION", default_value = "24h", value_parser = crate::output::parse_duration)]
+    pub async_retention: Duration,
+    /// Role router: an upgraded (WebSocket) connection with no byte either way for this long
+    /// is closed.
+    #[arg(long, env = "KAPPA_UPGRADE_IDLE_TIMEOUT", default_value = "10m", value_parser = crate::output::parse_duration)]
+    pub upgrade_idle_timeout: Duration,
 }
 
 /// Readiness of one role, flipped once it serves.
@@ -257,6 +264,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 
     // ---- executor ---------------------------------------------------------------------------
     let mut local_executor: Option<(PoolManager, Arc<EndpointIndex>)> = None;
+    // The router in this process, if any, for the canary controller (set when it is built).
+    let local_outcomes: Arc<std::sync::OnceLock<Arc<kappa_core::Outcomes>>> =
+        Arc::new(std::sync::OnceLock::new());
     if has(Role::Executor) {
         let (Some(archives), Some(logs)) = (&archives, &logs) else {
             bail!("the executor role needs the archive and log stores");
@@ -397,18 +407,34 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 &replica_name(&args),
                 &shutdown,
             );
+            // Canaries measure what every router replica reports to this executor, plus the
+            // router in this process when there is one (it reports nothing).
+            let canaries = kappa_executor::CanaryController::new(
+                Arc::clone(&store),
+                Arc::new(CanarySource {
+                    executor: api.clone(),
+                    local: Arc::clone(&local_outcomes),
+                }),
+            );
             let token = shutdown.clone();
             tasks.push((
                 "pool manager",
                 tokio::spawn(async move {
                     // One pool manager acts at a time: two would fight over the same pods. The
-                    // finalizer controller deletes pods too, so it runs under the same lease.
+                    // finalizer controller deletes pods too, so it runs under the same lease,
+                    // as does the canary controller (one writer of the routes it shifts).
                     if let Some(work) = led(leadership, token.clone(), "pool manager").await {
                         match finalizer {
                             Some(finalizer) => {
-                                tokio::join!(manager.run(work.clone(), grace), finalizer.run(work));
+                                tokio::join!(
+                                    manager.run(work.clone(), grace),
+                                    finalizer.run(work.clone()),
+                                    canaries.run(work)
+                                );
                             }
-                            None => manager.run(work, grace).await,
+                            None => {
+                                tokio::join!(manager.run(work.clone(), grace), canaries.run(work));
+                            }
                         }
                     }
                 }),
@@ -466,12 +492,19 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 max_body_bytes: args.max_body_mb << 20,
                 internal_token: Some(token.clone()),
                 metrics_need_token: args.metrics_need_token,
+                upgrade_idle_timeout: args.upgrade_idle_timeout,
                 ..RouterConfig::default()
             },
             Arc::clone(&store),
             index,
             provisioner,
         );
+        // Canaries see this router's counts: through its usage reports when it has a remote
+        // executor, else directly (the executor role in this process reads them).
+        if feeder.is_none() {
+            let _ = local_outcomes.set(router.outcomes());
+        }
+        let feeder = feeder.map(|f| f.with_outcomes(router.outcomes()));
         let public = bind(args.router_addr, "router").await?;
         let internal = bind(args.router_admin_addr, "router internal").await?;
         bound.push(("router", public.local_addr()?));
@@ -634,19 +667,36 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             Some(metrics) => manager.with_registered_metrics(metrics),
             None => manager,
         };
-        let leadership = elect(
-            kube_client.as_ref(),
-            "kappa-triggers",
-            &replica_name(&args),
-            &shutdown,
-        );
+        let replica = replica_name(&args);
+        let worker = Arc::new(kappa_triggers::AsyncWorker::new(
+            kappa_triggers::AsyncConfig {
+                node: replica.clone(),
+                retention: args.async_retention,
+                nats_url: args
+                    .nats_url
+                    .clone()
+                    .unwrap_or_else(|| kappa_triggers::DEFAULT_NATS_URL.into()),
+                redis_url: args
+                    .redis_url
+                    .clone()
+                    .unwrap_or_else(|| kappa_triggers::DEFAULT_REDIS_URL.into()),
+                ..kappa_triggers::AsyncConfig::default()
+            },
+            Arc::clone(&store),
+            Arc::new(TriggerInvoker(Arc::clone(invoker))),
+            Arc::new(kappa_triggers::DefaultConnector),
+        ));
+        let leadership = elect(kube_client.as_ref(), "kappa-triggers", &replica, &shutdown);
         let token = shutdown.clone();
         tasks.push((
             "trigger workers",
             tokio::spawn(async move {
                 // One replica consumes and fires schedules at a time: never twice per schedule.
                 if let Some(work) = led(leadership, token, "trigger workers").await {
+                    // The asynchronous invocation worker runs beside them, under the same lease.
+                    let async_worker = tokio::spawn(worker.run(work.clone()));
                     manager.run(work).await;
+                    let _ = async_worker.await;
                 }
             }),
         ));
@@ -1120,6 +1170,23 @@ fn unavailable(message: &str) -> http::Response<axum::body::Body> {
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// What the canary controller measures in the executor role: the sum of the router replicas'
+/// reports, plus the router in this process (set once it exists).
+struct CanarySource {
+    executor: ExecutorApi,
+    local: Arc<std::sync::OnceLock<Arc<kappa_core::Outcomes>>>,
+}
+
+impl kappa_core::OutcomeSource for CanarySource {
+    fn outcome(&self, function: &kappa_core::FunctionId) -> (u64, u64) {
+        let (r, f) = self.executor.outcome(function);
+        let (lr, lf) = self.local.get().map_or((0, 0), |o| {
+            kappa_core::OutcomeSource::outcome(o.as_ref(), function)
+        });
+        (r + lr, f + lf)
+    }
 }
 
 #[cfg(test)]

@@ -97,6 +97,12 @@ pub struct UpArgs {
     /// The Redis server of message-queue triggers without `metadata.url`.
     #[arg(long, env = "KAPPA_REDIS_URL", default_value = kappa_triggers::DEFAULT_REDIS_URL)]
     pub redis_url: String,
+    /// How long finished asynchronous invocations (and their outcomes) are kept.
+    #[arg(long, env = "KAPPA_ASYNC_RETENTION", default_value = "24h", value_parser = crate::output::parse_duration)]
+    pub async_retention: Duration,
+    /// An upgraded (WebSocket) connection with no byte either way for this long is closed.
+    #[arg(long, env = "KAPPA_UPGRADE_IDLE_TIMEOUT", default_value = "10m", value_parser = crate::output::parse_duration)]
+    pub upgrade_idle_timeout: Duration,
 }
 
 /// The default data directory: `$HOME/.kappa`.
@@ -202,6 +208,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             max_body_bytes: args.max_body_mb << 20,
             internal_token: Some(token.clone()),
             metrics_need_token: args.metrics_need_token,
+            upgrade_idle_timeout: args.upgrade_idle_timeout,
             ..RouterConfig::default()
         },
         Arc::clone(&store),
@@ -240,6 +247,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         let token = shutdown.clone();
         tokio::spawn(async move { builder.run(token).await })
     };
+    // Canaries measure this process's router.
+    let canary_task = {
+        let controller = kappa_executor::CanaryController::new(
+            Arc::clone(&store),
+            router.outcomes() as Arc<dyn kappa_core::OutcomeSource>,
+        );
+        let token = shutdown.clone();
+        tokio::spawn(async move { controller.run(token).await })
+    };
     let router_task = {
         let router = router.clone();
         let token = shutdown.clone();
@@ -265,6 +281,24 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .with_registered_metrics(trigger_metrics);
         let token = shutdown.clone();
         tokio::spawn(async move { triggers.run(token).await })
+    };
+    // Asynchronous invocations: one process per data directory, so a lease held by an earlier
+    // process of this node ("local") is taken over at once after a restart.
+    let async_task = {
+        let worker = Arc::new(kappa_triggers::AsyncWorker::new(
+            kappa_triggers::AsyncConfig {
+                node: "local".into(),
+                retention: args.async_retention,
+                nats_url: args.nats_url.clone(),
+                redis_url: args.redis_url.clone(),
+                ..kappa_triggers::AsyncConfig::default()
+            },
+            Arc::clone(&store),
+            Arc::new(RouterInvoker(router.clone())),
+            Arc::new(kappa_triggers::DefaultConnector),
+        ));
+        let token = shutdown.clone();
+        tokio::spawn(async move { worker.run(token).await })
     };
     if !args.no_example {
         deploy_example(store.as_ref(), &archives)
@@ -309,6 +343,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     shutdown.cancel();
     let stop = async {
         let _ = triggers_task.await;
+        let _ = canary_task.await;
+        let _ = async_task.await;
         let _ = router_task.await;
         let _ = api_task.await;
         let _ = manager_task.await;

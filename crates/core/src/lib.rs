@@ -25,6 +25,7 @@ mod deployments;
 mod endpoints;
 mod id;
 mod instances;
+mod outcomes;
 mod provision;
 mod readiness;
 
@@ -40,5 +41,6 @@ pub use deployments::{
 pub use endpoints::{Endpoint, EndpointIndex, FunctionEndpoints, Permit};
 pub use id::FunctionId;
 pub use instances::{InstanceInfo, InstanceLister, InstanceState};
+pub use outcomes::{FunctionOutcome, Outcome, OutcomeSource, Outcomes};
 pub use provision::{Provision, ProvisionError, Provisioner};
 pub use readiness::Readiness;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use kappa_core::{ConfigKind, FunctionId};
 use kappa_store::{EventType, Store, StoreError};
-use kappa_types::{Environment, Function, Kind};
+use kappa_types::{Environment, Function, FunctionVersion, Kind, Package};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -27,7 +27,11 @@ pub(crate) struct Cache {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Snapshot {
     pub(crate) environments: HashMap<FunctionId, Arc<Environment>>,
+    /// Functions, and the kept versions of functions as functions of their own (`hello.v3`,
+    /// see [`version_as_function`]).
     pub(crate) functions: HashMap<FunctionId, Arc<Function>>,
+    /// The code of each kept version (`hello.v3`), as the package it had then.
+    pub(crate) version_packages: HashMap<FunctionId, Arc<Package>>,
     /// The resource version of every Secret and ConfigMap (values stay in the store).
     pub(crate) configs: HashMap<ConfigRef, u64>,
     /// Every change of a watched kind up to this store resource version is applied.
@@ -73,6 +77,16 @@ impl Cache {
             .cloned()
     }
 
+    /// The package a kept version (`hello.v3`) runs, as it was at that version.
+    pub(crate) fn version_package(&self, id: &FunctionId) -> Option<Arc<Package>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .version_packages
+            .get(id)
+            .cloned()
+    }
+
     pub(crate) fn environment(&self, id: &FunctionId) -> Option<Arc<Environment>> {
         self.inner
             .lock()
@@ -87,6 +101,7 @@ impl Cache {
         let kinds = [
             Kind::Environment,
             Kind::Function,
+            Kind::FunctionVersion,
             Kind::Secret,
             Kind::ConfigMap,
         ];
@@ -139,11 +154,13 @@ impl Cache {
     async fn relist(&self, store: &dyn Store) -> Result<u64, StoreError> {
         let envs = store.list(Kind::Environment, None).await?;
         let fns = store.list(Kind::Function, None).await?;
+        let versions = store.list(Kind::FunctionVersion, None).await?;
         let secrets = store.list(Kind::Secret, None).await?;
         let configmaps = store.list(Kind::ConfigMap, None).await?;
         let version = envs
             .resource_version
             .min(fns.resource_version)
+            .min(versions.resource_version)
             .min(secrets.resource_version)
             .min(configmaps.resource_version);
         let mut snapshot = Snapshot {
@@ -174,6 +191,13 @@ impl Cache {
                 snapshot
                     .functions
                     .insert(FunctionId::new(obj.namespace, obj.name), Arc::new(f));
+            }
+        }
+        for obj in versions.items {
+            if let Some((f, p)) = version_as_function(obj.value) {
+                let id = FunctionId::new(obj.namespace, obj.name);
+                snapshot.functions.insert(id.clone(), Arc::new(f));
+                snapshot.version_packages.insert(id, Arc::new(p));
             }
         }
         *self.inner.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;
@@ -224,7 +248,50 @@ impl Cache {
                     tracing::warn!(function = %id, error = %e, "ignoring unreadable function")
                 }
             },
+            (Kind::FunctionVersion, EventType::Deleted) => {
+                inner.functions.remove(&id);
+                inner.version_packages.remove(&id);
+            }
+            (Kind::FunctionVersion, _) => match version_as_function(value) {
+                Some((f, p)) => {
+                    inner.functions.insert(id.clone(), Arc::new(f));
+                    inner.version_packages.insert(id, Arc::new(p));
+                }
+                None => tracing::warn!(version = %id, "ignoring unreadable function version"),
+            },
             _ => {}
         }
     }
+}
+
+/// A kept version (`hello.v3`) as a function of its own, named like the version, running the
+/// version's snapshot, and the package its code was in at that version. Versions keep no
+/// instances when idle (`minScale` 0): only traffic pinned to them starts some.
+pub(crate) fn version_as_function(value: serde_json::Value) -> Option<(Function, Package)> {
+    let version = match FunctionVersion::from_json(value) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %e, "unreadable function version");
+            return None;
+        }
+    };
+    let mut spec = version.spec.snapshot.clone();
+    spec.min_scale = 0;
+    let mut function = Function::new(&version.metadata.name, spec);
+    function.metadata.namespace = version.metadata.namespace.clone();
+    function.metadata.uid = version.metadata.uid.clone();
+    function.metadata.generation = Some(version.metadata.generation.unwrap_or(1));
+    function.metadata.creation_timestamp = version.metadata.creation_timestamp.clone();
+    let pref = &version.spec.snapshot.package.packageref;
+    let mut package = Package::new(
+        &pref.name,
+        kappa_types::PackageSpec {
+            environment: version.spec.snapshot.environment.clone(),
+            source: version.spec.source.clone(),
+            deployment: version.spec.deployment.clone(),
+            buildcmd: version.spec.buildcmd.clone(),
+        },
+    );
+    package.metadata.namespace = pref.namespace.clone();
+    Some((function, package))
 }

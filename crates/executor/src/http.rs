@@ -244,6 +244,9 @@ pub struct UsageReport {
     /// A stable name of the replica (its pod name).
     pub replica: String,
     pub instances: Vec<InstanceUsage>,
+    /// The replica's request outcomes per function since it started (canaries sum them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub functions: Vec<kappa_core::FunctionOutcome>,
 }
 
 /// One instance in a [`UsageReport`].
@@ -361,6 +364,8 @@ impl Feed {
 struct Replica {
     seen: Instant,
     held: HashMap<String, Vec<kappa_core::Permit>>,
+    /// The replica's latest request outcomes per function (cumulative).
+    outcomes: HashMap<FunctionId, (u64, u64)>,
 }
 
 /// The pool manager's HTTP API. Cheap to clone.
@@ -479,6 +484,14 @@ impl ExecutorApi {
         result
     }
 
+    /// The request outcomes of `function` summed over every router replica reporting now.
+    pub fn outcome(&self, function: &FunctionId) -> (u64, u64) {
+        self.usage()
+            .values()
+            .filter_map(|r| r.outcomes.get(function))
+            .fold((0, 0), |(r, f), (r2, f2)| (r + r2, f + f2))
+    }
+
     /// Router replicas currently reporting usage.
     pub fn replicas(&self) -> usize {
         self.usage().len()
@@ -514,8 +527,15 @@ impl ExecutorApi {
         let replica = usage.entry(report.replica).or_insert_with(|| Replica {
             seen: Instant::now(),
             held: HashMap::new(),
+            outcomes: HashMap::new(),
         });
         replica.seen = Instant::now();
+        for o in report.functions {
+            replica.outcomes.insert(
+                FunctionId::new(o.namespace, o.function),
+                (o.requests, o.failures),
+            );
+        }
         let mut next: HashMap<String, Vec<kappa_core::Permit>> = HashMap::new();
         for instance in report.instances {
             let mut permits = replica
@@ -779,6 +799,12 @@ async fn usage(
     StatusCode::NO_CONTENT.into_response()
 }
 
+impl kappa_core::OutcomeSource for ExecutorApi {
+    fn outcome(&self, function: &FunctionId) -> (u64, u64) {
+        ExecutorApi::outcome(self, function)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -956,6 +982,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn outcomes_are_summed_over_replicas() {
+        let api = ExecutorApi::new(
+            Arc::new(Fixed(Ok(Provision::Added))),
+            Arc::new(EndpointIndex::new()),
+            None,
+        );
+        let v2 = FunctionId::new("default", "hello.v2");
+        let report = |replica: &str, requests: u64, failures: u64| UsageReport {
+            replica: replica.into(),
+            instances: Vec::new(),
+            functions: vec![kappa_core::FunctionOutcome {
+                namespace: "default".into(),
+                function: "hello.v2".into(),
+                requests,
+                failures,
+            }],
+        };
+        api.apply_usage(report("a", 10, 2));
+        api.apply_usage(report("b", 5, 5));
+        assert_eq!(api.outcome(&v2), (15, 7));
+        // Counters are cumulative: a later report replaces the replica's earlier one.
+        api.apply_usage(report("a", 12, 2));
+        assert_eq!(api.outcome(&v2), (17, 7));
+        assert_eq!(api.outcome(&FunctionId::new("default", "hello")), (0, 0));
+    }
+
+    #[tokio::test]
     async fn usage_reports_hold_slots_per_replica() {
         let index = Arc::new(EndpointIndex::new());
         let api = ExecutorApi::new(
@@ -968,6 +1021,7 @@ mod tests {
         index.insert(&f, Arc::clone(&e));
         let report = |replica: &str, in_flight: u32| UsageReport {
             replica: replica.into(),
+            functions: Vec::new(),
             instances: vec![InstanceUsage {
                 instance_id: "i1".into(),
                 in_flight,
@@ -982,6 +1036,7 @@ mod tests {
         assert_eq!(e.in_flight(), 1, "b still holds the one slot it got");
         api.apply_usage(UsageReport {
             replica: "b".into(),
+            functions: Vec::new(),
             instances: vec![],
         });
         assert_eq!(e.in_flight(), 0);
@@ -990,6 +1045,7 @@ mod tests {
         let served = e.served();
         api.apply_usage(UsageReport {
             replica: "a".into(),
+            functions: Vec::new(),
             instances: vec![InstanceUsage {
                 instance_id: "i1".into(),
                 in_flight: 0,
@@ -1013,6 +1069,7 @@ mod tests {
         index.insert(&f, Arc::clone(&e));
         api.apply_usage(UsageReport {
             replica: "a".into(),
+            functions: Vec::new(),
             instances: vec![InstanceUsage {
                 instance_id: "i1".into(),
                 in_flight: 1,

@@ -30,9 +30,11 @@
 //! It deliberately knows nothing of HTTP routing or of how instances run.
 
 mod cache;
+mod canary;
 pub mod http;
 mod manager;
 mod metrics;
 
+pub use canary::CanaryController;
 pub use http::ExecutorApi;
 pub use manager::{AdaptiveConfig, ExecutorConfig, PoolManager};

@@ -27,6 +27,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::cache::{Cache, ConfigRef};
 use crate::metrics::{Metrics, ResultLabels};
@@ -522,14 +523,40 @@ impl PoolManager {
     }
 
     fn update_gauges(&self) {
-        let st = self.state();
-        let warm: usize = st.pools.values().map(|p| p.warm.len()).sum();
-        let specialized: usize = st.functions.values().map(|f| f.instances.len()).sum();
-        self.inner.metrics.warm_instances.set(warm as i64);
-        self.inner
-            .metrics
-            .specialized_instances
-            .set(specialized as i64);
+        use crate::metrics::{EnvLabels, FunctionLabels};
+        let (warm, functions) = {
+            let st = self.state();
+            let warm: Vec<(EnvLabels, i64)> = st
+                .pools
+                .iter()
+                .map(|(env, pool)| {
+                    (
+                        EnvLabels {
+                            namespace: env.namespace.to_string(),
+                            environment: env.name.to_string(),
+                        },
+                        pool.warm.len() as i64,
+                    )
+                })
+                .collect();
+            let functions: Vec<(FunctionLabels, i64, i64)> = st
+                .functions
+                .iter()
+                .filter(|(_, f)| !f.instances.is_empty() || !f.inflight.is_empty())
+                .map(|(fid, f)| {
+                    (
+                        FunctionLabels {
+                            namespace: fid.namespace.to_string(),
+                            function: fid.name.to_string(),
+                        },
+                        f.instances.len() as i64,
+                        f.inflight.len() as i64,
+                    )
+                })
+                .collect();
+            (warm, functions)
+        };
+        self.inner.metrics.set_instances(warm, functions);
     }
 
     // ---- adoption --------------------------------------------------------------------------
@@ -1039,6 +1066,21 @@ impl PoolManager {
         if let Some(f) = self.inner.cache.function(fid) {
             return Ok(f);
         }
+        // A kept version (`hello.v3`) just recorded and not yet seen by the watch.
+        if kappa_types::parse_version_object_name(&fid.name).is_some() {
+            let obj = self
+                .inner
+                .store
+                .get(Kind::FunctionVersion, &fid.namespace, &fid.name)
+                .await
+                .map_err(|e| ProvisionError::Unavailable(e.to_string()))?
+                .ok_or_else(|| ProvisionError::FunctionNotFound(fid.clone()))?;
+            return crate::cache::version_as_function(obj.value)
+                .map(|(f, _)| Arc::new(f))
+                .ok_or_else(|| {
+                    ProvisionError::Unavailable(format!("function version {fid} is unreadable"))
+                });
+        }
         // Just created and not yet seen by the watch: read it.
         let obj = self
             .inner
@@ -1076,6 +1118,60 @@ impl PoolManager {
         Ok((env_id, Arc::new(env)))
     }
 
+    /// For a kept version (`hello.v3`), the package as it was at that version. `None` for a
+    /// function, and for a version recorded while its source package was still being built
+    /// whose package still holds that source (the build's result is then the live package's).
+    async fn version_package(
+        &self,
+        function: &Function,
+    ) -> Result<Option<Package>, ProvisionError> {
+        let name = &function.metadata.name;
+        if kappa_types::parse_version_object_name(name).is_none() {
+            return Ok(None);
+        }
+        let id = FunctionId::new(&function.metadata.namespace, name);
+        let package = match self.inner.cache.version_package(&id) {
+            Some(p) => (*p).clone(),
+            None => {
+                let obj = self
+                    .inner
+                    .store
+                    .get(Kind::FunctionVersion, &id.namespace, &id.name)
+                    .await
+                    .map_err(|e| ProvisionError::Unavailable(e.to_string()))?
+                    .ok_or_else(|| ProvisionError::FunctionNotFound(id.clone()))?;
+                crate::cache::version_as_function(obj.value)
+                    .map(|(_, p)| p)
+                    .ok_or_else(|| {
+                        ProvisionError::Unavailable(format!("function version {id} is unreadable"))
+                    })?
+            }
+        };
+        if package.spec.deployment.is_some() {
+            return Ok(Some(package));
+        }
+        let live = self
+            .inner
+            .store
+            .get(
+                Kind::Package,
+                &package.metadata.namespace,
+                &package.metadata.name,
+            )
+            .await
+            .map_err(|e| ProvisionError::Unavailable(e.to_string()))?
+            .and_then(|o| Package::from_json(o.value).ok());
+        match live {
+            Some(live) if live.spec.source == package.spec.source => Ok(None),
+            _ => Err(ProvisionError::Package {
+                name: format!("{}/{}", package.metadata.namespace, package.metadata.name),
+                reason: format!(
+                    "version {name} was recorded while its source was being built, and the package has been changed since: its build result is not kept"
+                ),
+            }),
+        }
+    }
+
     /// The package's deployment archive in the archive store: (sha256, single-file name).
     async fn resolve_archive(
         &self,
@@ -1110,66 +1206,72 @@ impl PoolManager {
             .saturating_sub(Duration::from_secs(1))
             .max(Duration::from_millis(500));
         let deadline = Instant::now() + wait;
-        let package = loop {
-            let obj = self
-                .inner
-                .store
-                .get(Kind::Package, &pref.namespace, &pref.name)
-                .await
-                .map_err(|e| ProvisionError::Unavailable(e.to_string()))?
-                .ok_or_else(|| package_error("it does not exist".into()))?;
-            let version = obj.resource_version;
-            let package = Package::from_json(obj.value)
-                .map_err(|e| package_error(format!("unreadable: {e}")))?;
-            let status = package.status.buildstatus;
-            if status == BuildStatus::Failed {
-                return Err(package_error(format!(
-                    "its build failed (`kappa pkg info {}` shows the whole log); the end of the build log:\n{}",
-                    pref.name,
-                    log_tail(&package.status.buildlog)
-                )));
-            }
-            let building = matches!(status, BuildStatus::Pending | BuildStatus::Running)
-                && package.spec.deployment.is_none();
-            if !building {
-                break package;
-            }
-            // Wait for the package to change, then look again.
-            let mut events = self.inner.store.watch(&[Kind::Package], Some(version));
-            let changed = tokio::time::timeout_at(deadline, async {
-                while let Some(event) = futures::StreamExt::next(&mut events).await {
-                    match event {
-                        Ok(e)
-                            if e.object.namespace == pref.namespace
-                                && e.object.name == pref.name =>
-                        {
-                            return true;
-                        }
-                        Ok(_) => {}
-                        // History gone or the watch failed: read the package again.
-                        Err(_) => return false,
-                    }
-                }
-                false
-            })
-            .await;
-            match changed {
-                Ok(true) => {}
-                // The watch ended without news: read again after a pause.
-                Ok(false) => tokio::time::sleep(Duration::from_millis(100)).await,
-                Err(_) => {
-                    let status = if status == BuildStatus::Running {
-                        "running"
-                    } else {
-                        "pending"
-                    };
-                    return Err(ProvisionError::Unavailable(format!(
-                        "package {}/{} is still being built (build status {status} after waiting {} s): retry when `kappa pkg info {}` shows succeeded",
-                        pref.namespace,
+        // A kept version runs the code it had then, whatever the package holds now.
+        let version_package = self.version_package(function).await?;
+        let package = if let Some(package) = version_package {
+            package
+        } else {
+            loop {
+                let obj = self
+                    .inner
+                    .store
+                    .get(Kind::Package, &pref.namespace, &pref.name)
+                    .await
+                    .map_err(|e| ProvisionError::Unavailable(e.to_string()))?
+                    .ok_or_else(|| package_error("it does not exist".into()))?;
+                let version = obj.resource_version;
+                let package = Package::from_json(obj.value)
+                    .map_err(|e| package_error(format!("unreadable: {e}")))?;
+                let status = package.status.buildstatus;
+                if status == BuildStatus::Failed {
+                    return Err(package_error(format!(
+                        "its build failed (`kappa pkg info {}` shows the whole log); the end of the build log:\n{}",
                         pref.name,
-                        wait.as_secs(),
-                        pref.name
+                        log_tail(&package.status.buildlog)
                     )));
+                }
+                let building = matches!(status, BuildStatus::Pending | BuildStatus::Running)
+                    && package.spec.deployment.is_none();
+                if !building {
+                    break package;
+                }
+                // Wait for the package to change, then look again.
+                let mut events = self.inner.store.watch(&[Kind::Package], Some(version));
+                let changed = tokio::time::timeout_at(deadline, async {
+                    while let Some(event) = futures::StreamExt::next(&mut events).await {
+                        match event {
+                            Ok(e)
+                                if e.object.namespace == pref.namespace
+                                    && e.object.name == pref.name =>
+                            {
+                                return true;
+                            }
+                            Ok(_) => {}
+                            // History gone or the watch failed: read the package again.
+                            Err(_) => return false,
+                        }
+                    }
+                    false
+                })
+                .await;
+                match changed {
+                    Ok(true) => {}
+                    // The watch ended without news: read again after a pause.
+                    Ok(false) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    Err(_) => {
+                        let status = if status == BuildStatus::Running {
+                            "running"
+                        } else {
+                            "pending"
+                        };
+                        return Err(ProvisionError::Unavailable(format!(
+                            "package {}/{} is still being built (build status {status} after waiting {} s): retry when `kappa pkg info {}` shows succeeded",
+                            pref.namespace,
+                            pref.name,
+                            wait.as_secs(),
+                            pref.name
+                        )));
+                    }
                 }
             }
         };
@@ -1361,44 +1463,55 @@ impl PoolManager {
             done: rx.clone(),
         });
         drop(st);
+        self.update_gauges();
         let this = self.clone();
         let fid = fid.clone();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let result = this.specialize_new(&fid, &function, generation).await;
-            let label = match &result {
-                Ok(()) => "ok",
-                Err(ProvisionError::Timeout(_)) => "timeout",
-                Err(_) => "failed",
-            };
-            this.inner
-                .metrics
-                .specializations
-                .get_or_create(&ResultLabels { result: label })
-                .inc();
-            this.inner
-                .metrics
-                .specialize_seconds
-                .observe(started.elapsed().as_secs_f64());
-            {
-                let mut st = this.state();
-                if let Some(fs) = st.functions.get_mut(&fid) {
-                    fs.inflight.retain(|i| i.id != id);
-                    match &result {
-                        Ok(()) => fs.failure = None,
-                        Err(error) => {
-                            fs.fail(generation, error.clone());
+        // The spans of the specialization (take, start, specialize) join the trace of the
+        // request that started it.
+        let span = if kappa_telemetry::enabled() {
+            kappa_telemetry::span!("specialization", kappa.function = %fid, kappa.generation = generation, kappa.instance.id = tracing::field::Empty)
+        } else {
+            tracing::Span::none()
+        };
+        tokio::spawn(
+            async move {
+                let started = Instant::now();
+                let result = this.specialize_new(&fid, &function, generation).await;
+                let label = match &result {
+                    Ok(()) => "ok",
+                    Err(ProvisionError::Timeout(_)) => "timeout",
+                    Err(_) => "failed",
+                };
+                this.inner
+                    .metrics
+                    .specializations
+                    .get_or_create(&ResultLabels { result: label })
+                    .inc();
+                this.inner
+                    .metrics
+                    .specialize_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                {
+                    let mut st = this.state();
+                    if let Some(fs) = st.functions.get_mut(&fid) {
+                        fs.inflight.retain(|i| i.id != id);
+                        match &result {
+                            Ok(()) => fs.failure = None,
+                            Err(error) => {
+                                fs.fail(generation, error.clone());
+                            }
                         }
                     }
                 }
+                if let Err(e) = &result {
+                    tracing::warn!(function = %fid, error = %e, "specialization failed");
+                    this.record_error(&fid, Some(e.to_string())).await;
+                }
+                let _ = tx.send(Some(result));
+                this.update_gauges();
             }
-            if let Err(e) = &result {
-                tracing::warn!(function = %fid, error = %e, "specialization failed");
-                this.record_error(&fid, Some(e.to_string())).await;
-            }
-            let _ = tx.send(Some(result));
-            this.update_gauges();
-        });
+            .instrument(span),
+        );
         Some(rx)
     }
 
@@ -1441,6 +1554,8 @@ impl PoolManager {
         let env_generation = generation_of(&env.metadata);
         let dedicated = function.spec.executor_type == ExecutorType::Newdeploy
             || !function.spec.resources.is_empty();
+        let traced = kappa_telemetry::enabled();
+        let taken = Instant::now();
         let warm = if dedicated {
             None
         } else {
@@ -1448,6 +1563,19 @@ impl PoolManager {
             self.note_take(&env_id, &env, warm.is_some());
             warm
         };
+        if let Some(instance) = &warm {
+            self.inner
+                .metrics
+                .phase(fid, "take", taken.elapsed().as_secs_f64());
+            if traced {
+                let span = kappa_telemetry::span!(
+                    "take from pool",
+                    kappa.environment = %env_id,
+                    kappa.instance.id = %instance.id,
+                );
+                drop(span);
+            }
+        }
         let instance = match warm {
             Some(instance) => {
                 // Refill the pool in the background.
@@ -1467,7 +1595,30 @@ impl PoolManager {
                 }
                 let resources = function.spec.resources.or(&env.spec.resources);
                 let spec = self.instance_spec(&env_id, &env, &resources);
-                match self.inner.backend.create(spec).await {
+                let start_span = if traced {
+                    kappa_telemetry::span!(
+                        "start instance",
+                        kappa.environment = %env_id,
+                        kappa.instance.id = tracing::field::Empty,
+                    )
+                } else {
+                    tracing::Span::none()
+                };
+                let starting = Instant::now();
+                let created = self
+                    .inner
+                    .backend
+                    .create(spec)
+                    .instrument(start_span.clone())
+                    .await;
+                self.inner
+                    .metrics
+                    .phase(fid, "start", starting.elapsed().as_secs_f64());
+                if let Ok(instance) = &created {
+                    start_span.record("kappa.instance.id", instance.id.as_str());
+                }
+                drop(start_span);
+                match created {
                     Ok(instance) => {
                         self.state()
                             .owners
@@ -1494,8 +1645,30 @@ impl PoolManager {
             timeout,
             egress: egress_of(function, &env),
         };
-        let outcome =
-            tokio::time::timeout(timeout, self.inner.backend.specialize(&instance, &request)).await;
+        if traced {
+            tracing::Span::current().record("kappa.instance.id", instance.id.as_str());
+        }
+        let specialize_span = if traced {
+            kappa_telemetry::span!("specialize", kappa.instance.id = %instance.id, otel.status_code = tracing::field::Empty)
+        } else {
+            tracing::Span::none()
+        };
+        let specializing = Instant::now();
+        let outcome = tokio::time::timeout(
+            timeout,
+            self.inner
+                .backend
+                .specialize(&instance, &request)
+                .instrument(specialize_span.clone()),
+        )
+        .await;
+        self.inner
+            .metrics
+            .phase(fid, "specialize", specializing.elapsed().as_secs_f64());
+        if !matches!(outcome, Ok(Ok(()))) {
+            specialize_span.record("otel.status_code", "ERROR");
+        }
+        drop(specialize_span);
         let error = match outcome {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e),
@@ -1583,6 +1756,10 @@ impl PoolManager {
 
     /// Writes (or clears) the function's `status.lastError` so `kappa fn get` shows it.
     async fn record_error(&self, fid: &FunctionId, error: Option<String>) {
+        // A kept version is immutable: its errors reach the caller only.
+        if kappa_types::parse_version_object_name(&fid.name).is_some() {
+            return;
+        }
         let status = serde_json::json!({ "lastError": error });
         if let Err(e) = self
             .inner

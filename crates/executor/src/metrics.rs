@@ -1,5 +1,8 @@
 //! The pool manager's Prometheus metrics.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -14,7 +17,7 @@ pub(crate) struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct EnvLabels {
+pub(crate) struct PoolEnvLabels {
     /// `namespace/name`.
     pub(crate) environment: String,
 }
@@ -44,30 +47,69 @@ pub(crate) struct FnReasonLabels {
     pub(crate) reason: &'static str,
 }
 
+/// An environment's series (its pool of warm instances).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct EnvLabels {
+    pub(crate) namespace: String,
+    pub(crate) environment: String,
+}
+
+/// A function's series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct FunctionLabels {
+    pub(crate) namespace: String,
+    pub(crate) function: String,
+}
+
+/// A cold start's phase: `take` (a warm instance from the pool), `start` (a new instance, when
+/// the pool had none or the function needs its own) or `specialize` (code placed and loaded).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PhaseLabels {
+    pub(crate) namespace: String,
+    pub(crate) function: String,
+    pub(crate) phase: &'static str,
+}
+
+fn phase_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// The instance gauges' current label sets, so series of removed functions and environments go.
+#[derive(Debug, Default)]
+struct Seen {
+    envs: HashSet<EnvLabels>,
+    functions: HashSet<FunctionLabels>,
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct Metrics {
     /// Specializations by outcome (`ok`, `failed`, `timeout`).
     pub(crate) specializations: Family<ResultLabels, Counter>,
     /// Seconds from taking an instance to its endpoint being in the index.
     pub(crate) specialize_seconds: Histogram,
-    /// Warm generic instances ready in all pools.
-    pub(crate) warm_instances: Gauge,
-    /// Specialized instances.
-    pub(crate) specialized_instances: Gauge,
+    /// Warm generic instances ready, per environment.
+    pub(crate) warm_instances: Family<EnvLabels, Gauge>,
+    /// Specialized instances, per function.
+    pub(crate) specialized_instances: Family<FunctionLabels, Gauge>,
+    /// Specializations under way, per function.
+    pub(crate) starting_instances: Family<FunctionLabels, Gauge>,
+    /// Cold-start phases, per function.
+    pub(crate) cold_start_phase_seconds: Family<PhaseLabels, Histogram, fn() -> Histogram>,
     /// Instances that ended without being asked to.
     pub(crate) unexpected_exits: Counter,
     /// The pool size chosen per environment.
-    pub(crate) pool_size: Family<EnvLabels, Gauge>,
+    pub(crate) pool_size: Family<PoolEnvLabels, Gauge>,
     /// 1 for the reason of each environment's pool size, 0 for the others.
     pub(crate) pool_reason: Family<EnvReasonLabels, Gauge>,
     /// Specializations that took from an environment's pool: `hit` or `miss` (a cold start).
     pub(crate) pool_takes: Family<TakeLabels, Counter>,
     /// The measured time to start a warm instance, per environment.
-    pub(crate) pool_refill_seconds: Family<EnvLabels, Gauge<f64, AtomicU64>>,
+    pub(crate) pool_refill_seconds: Family<PoolEnvLabels, Gauge<f64, AtomicU64>>,
     /// The keep-alive chosen per function of an adaptive environment.
     pub(crate) keepalive_seconds: Family<FnLabels, Gauge>,
     /// 1 for the reason of each function's keep-alive, 0 for the others.
     pub(crate) keepalive_reason: Family<FnReasonLabels, Gauge>,
+    seen: Arc<Mutex<Seen>>,
 }
 
 impl Metrics {
@@ -75,8 +117,10 @@ impl Metrics {
         let m = Self {
             specializations: Family::default(),
             specialize_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
-            warm_instances: Gauge::default(),
-            specialized_instances: Gauge::default(),
+            warm_instances: Family::default(),
+            specialized_instances: Family::default(),
+            starting_instances: Family::default(),
+            cold_start_phase_seconds: Family::new_with_constructor(phase_histogram),
             unexpected_exits: Counter::default(),
             pool_size: Family::default(),
             pool_reason: Family::default(),
@@ -84,6 +128,7 @@ impl Metrics {
             pool_refill_seconds: Family::default(),
             keepalive_seconds: Family::default(),
             keepalive_reason: Family::default(),
+            seen: Arc::default(),
         };
         let r = registry.sub_registry_with_prefix("kappa_executor");
         r.register(
@@ -98,13 +143,23 @@ impl Metrics {
         );
         r.register(
             "warm_instances",
-            "Warm generic instances ready",
+            "Warm generic instances ready, by environment",
             m.warm_instances.clone(),
         );
         r.register(
             "specialized_instances",
-            "Specialized instances",
+            "Specialized instances, by function",
             m.specialized_instances.clone(),
+        );
+        r.register(
+            "starting_instances",
+            "Specializations under way, by function",
+            m.starting_instances.clone(),
+        );
+        r.register(
+            "cold_start_phase_seconds",
+            "Time of each phase of a cold start (take, start, specialize), by function",
+            m.cold_start_phase_seconds.clone(),
         );
         r.register(
             "unexpected_exits",
@@ -142,5 +197,49 @@ impl Metrics {
             m.keepalive_reason.clone(),
         );
         m
+    }
+
+    /// Sets the instance gauges to these counts and removes the series of environments and
+    /// functions no longer listed.
+    pub(crate) fn set_instances(
+        &self,
+        warm: Vec<(EnvLabels, i64)>,
+        functions: Vec<(FunctionLabels, i64, i64)>,
+    ) {
+        let mut seen = match self.seen.lock() {
+            Ok(seen) => seen,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let envs: HashSet<EnvLabels> = warm.iter().map(|(l, _)| l.clone()).collect();
+        for gone in seen.envs.difference(&envs) {
+            self.warm_instances.remove(gone);
+        }
+        for (labels, n) in warm {
+            self.warm_instances.get_or_create(&labels).set(n);
+        }
+        let fns: HashSet<FunctionLabels> = functions.iter().map(|(l, _, _)| l.clone()).collect();
+        for gone in seen.functions.difference(&fns) {
+            self.specialized_instances.remove(gone);
+            self.starting_instances.remove(gone);
+        }
+        for (labels, specialized, starting) in functions {
+            self.specialized_instances
+                .get_or_create(&labels)
+                .set(specialized);
+            self.starting_instances.get_or_create(&labels).set(starting);
+        }
+        seen.envs = envs;
+        seen.functions = fns;
+    }
+
+    /// Records one cold-start phase of `function`.
+    pub(crate) fn phase(&self, function: &kappa_core::FunctionId, phase: &'static str, secs: f64) {
+        self.cold_start_phase_seconds
+            .get_or_create(&PhaseLabels {
+                namespace: function.namespace.to_string(),
+                function: function.name.to_string(),
+                phase,
+            })
+            .observe(secs);
     }
 }

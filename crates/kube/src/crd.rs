@@ -194,14 +194,91 @@ pub struct MessageQueueTriggerCrdSpec(pub kappa_types::MessageQueueTriggerSpec);
 )]
 pub struct TimeTriggerCrdSpec(pub kappa_types::TimeTriggerSpec);
 
+/// `spec` of the `FunctionVersion` CRD: exactly [`kappa_types::FunctionVersionSpec`].
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+#[kube(
+    group = "kappa.dev",
+    version = "v1",
+    kind = "FunctionVersion",
+    root = "FunctionVersionCrd",
+    namespaced,
+    status = "OpaqueStatus",
+    shortname = "fnver",
+    category = "kappa",
+    doc = "An immutable numbered snapshot of a function's spec and code (written by the platform)",
+    printcolumn(name = "Function", type_ = "string", json_path = ".spec.function"),
+    printcolumn(name = "Version", type_ = "integer", json_path = ".spec.version"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+pub struct FunctionVersionCrdSpec(pub kappa_types::FunctionVersionSpec);
+
+/// `spec` of the `CanaryConfig` CRD: exactly [`kappa_types::CanaryConfigSpec`].
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+#[kube(
+    group = "kappa.dev",
+    version = "v1",
+    kind = "CanaryConfig",
+    root = "CanaryConfigCrd",
+    namespaced,
+    status = "kappa_types::CanaryConfigStatus",
+    shortname = "canary",
+    category = "kappa",
+    doc = "A gradual shift of a route's traffic to a new function, rolled back on failures",
+    printcolumn(name = "Trigger", type_ = "string", json_path = ".spec.trigger"),
+    printcolumn(name = "New", type_ = "string", json_path = ".spec.newfunction"),
+    printcolumn(name = "Status", type_ = "string", json_path = ".status.status"),
+    printcolumn(name = "Weight", type_ = "integer", json_path = ".status.weight"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+pub struct CanaryConfigCrdSpec(pub kappa_types::CanaryConfigSpec);
+
+/// `spec` of the `Invocation` CRD: exactly [`kappa_types::InvocationSpec`]. Written by the
+/// router or the API server when they accept an asynchronous invocation, and by the
+/// asynchronous worker (status) as it runs it.
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+#[kube(
+    group = "kappa.dev",
+    version = "v1",
+    kind = "Invocation",
+    root = "InvocationCrd",
+    namespaced,
+    status = "kappa_types::InvocationStatus",
+    shortname = "inv",
+    category = "kappa",
+    doc = "An accepted asynchronous invocation of a function and its outcome",
+    printcolumn(name = "Function", type_ = "string", json_path = ".spec.function"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Attempts", type_ = "integer", json_path = ".status.attempts"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+pub struct InvocationCrdSpec(pub kappa_types::InvocationSpec);
+
 /// The kinds stored as CRDs (every [`Kind`] but Secret and ConfigMap).
-pub const CRD_KINDS: [Kind; 6] = [
+pub const CRD_KINDS: [Kind; 9] = [
     Kind::Environment,
     Kind::Package,
     Kind::Function,
     Kind::HttpTrigger,
     Kind::MessageQueueTrigger,
     Kind::TimeTrigger,
+    Kind::FunctionVersion,
+    Kind::CanaryConfig,
+    Kind::Invocation,
 ];
 
 /// The CRD of a kind, or `None` for Secret and ConfigMap (native Kubernetes objects).
@@ -213,6 +290,9 @@ pub fn crd_of(kind: Kind) -> Option<CustomResourceDefinition> {
         Kind::HttpTrigger => HttpTriggerCrd::crd(),
         Kind::MessageQueueTrigger => MessageQueueTriggerCrd::crd(),
         Kind::TimeTrigger => TimeTriggerCrd::crd(),
+        Kind::FunctionVersion => FunctionVersionCrd::crd(),
+        Kind::CanaryConfig => CanaryConfigCrd::crd(),
+        Kind::Invocation => InvocationCrd::crd(),
         Kind::Secret | Kind::ConfigMap => return None,
     })
 }
@@ -241,7 +321,7 @@ mod tests {
     #[test]
     fn crds_have_the_kappa_shape() {
         let crds = all_crds();
-        assert_eq!(crds.len(), 6);
+        assert_eq!(crds.len(), 9);
         for (file, crd) in &crds {
             assert!(file.ends_with(".kappa.dev.yaml"), "{file}");
             assert_eq!(crd.spec.group, GROUP);

@@ -781,6 +781,12 @@ impl Inner {
             .get(&instance.id)
             .cloned()
             .ok_or_else(|| BackendError::NotFound(instance.id.clone()))?;
+        // Spans measured by their lifetime (docs/observability.md).
+        let place_span = if kappa_telemetry::enabled() {
+            kappa_telemetry::span!("place code", kappa.instance.id = %instance.id)
+        } else {
+            tracing::Span::none()
+        };
         let extracted = self
             .archives
             .extracted(&request.archive_sha256, request.filename.as_deref())
@@ -826,6 +832,7 @@ impl Inner {
                 BackendError::Code(format!("placing secrets and config maps failed: {e}"))
             })??;
         }
+        drop(place_span);
         if !request.egress {
             // A function without egress on an instance that had it: its user-mode networking
             // ends (and `tap0` with it) before any of the function's code runs.
@@ -851,6 +858,11 @@ impl Inner {
         // to the function, so `kappa fn logs` shows why a specialization failed.
         live.log
             .assign(&request.function.namespace, &request.function.name);
+        let _runtime_span = if kappa_telemetry::enabled() {
+            kappa_telemetry::span!("runtime specialize", kappa.instance.id = %instance.id)
+        } else {
+            tracing::Span::none()
+        };
         let call = http::call(
             &instance.addr,
             ::http::Method::POST,

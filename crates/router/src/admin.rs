@@ -203,6 +203,8 @@ async fn internal_invoke(
             );
         }
     }
+    // `hello@3` (or its id `hello.v3`) invokes a kept version of `hello`.
+    let name = kappa_types::function_ref_target(&name);
     router
         .invoke(FunctionId::new(namespace, name), request)
         .await

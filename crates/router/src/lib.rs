@@ -25,6 +25,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod admin;
+mod asyncinv;
 mod body;
 mod error;
 mod metrics;
@@ -33,6 +34,7 @@ pub mod readiness;
 pub mod remote;
 mod server;
 mod table;
+mod upgrade;
 mod upstream;
 mod watcher;
 
@@ -68,6 +70,8 @@ pub struct RouterConfig {
     /// `/metrics` of the admin listener requires the token too (off by default, so scrapers
     /// without it keep working).
     pub metrics_need_token: bool,
+    /// An upgraded (WebSocket) connection with no byte either way for this long is closed.
+    pub upgrade_idle_timeout: Duration,
 }
 
 /// How long in-flight requests may take to finish once shutdown was requested.
@@ -83,6 +87,7 @@ impl Default for RouterConfig {
             retry_after_secs: 1,
             internal_token: None,
             metrics_need_token: false,
+            upgrade_idle_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -198,6 +203,12 @@ impl Router {
         proxy::invoke(&self.inner, function, request)
             .await
             .map(axum::body::Body::new)
+    }
+
+    /// Requests and failures this router answered per function and kept version (what the
+    /// canary controller measures; also sent with usage reports in cluster mode).
+    pub fn outcomes(&self) -> Arc<kappa_core::Outcomes> {
+        Arc::clone(&self.inner.metrics.outcomes)
     }
 
     /// The router's metrics in the Prometheus text format.

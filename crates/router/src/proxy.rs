@@ -21,7 +21,7 @@ use tracing::Instrument;
 use crate::Inner;
 use crate::body::{Lease, RequestBody, RequestBodyError, ResponseBody};
 use crate::error::Failure;
-use crate::metrics::InflightGuard;
+use crate::metrics::{InflightGuard, method_label};
 use crate::table::{FunctionEntry, Lookup, PathMode};
 
 pub(crate) static INVOCATION_ID: HeaderName = HeaderName::from_static("x-kappa-invocation-id");
@@ -44,6 +44,59 @@ const REASK_INTERVAL: Duration = Duration::from_millis(400);
 const REASK_JITTER_MS: u64 = 200;
 /// How long a failed request waits for the backend's report of why its instance ended.
 const EXIT_REPORT_WAIT: Duration = Duration::from_millis(500);
+
+/// The request's server span (FaaS and HTTP semantic conventions), continuing the caller's
+/// W3C trace context; only called when traces are exported.
+fn server_span(
+    name: &'static str,
+    trigger: &'static str,
+    invocation_id: &HeaderValue,
+    method: &Method,
+    headers: &HeaderMap,
+) -> tracing::Span {
+    let span = kappa_telemetry::span!(
+        "request",
+        otel.name = name,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        faas.trigger = trigger,
+        faas.invocation_id = invocation_id.to_str().unwrap_or_default(),
+        faas.name = tracing::field::Empty,
+        faas.coldstart = tracing::field::Empty,
+        kappa.function.namespace = tracing::field::Empty,
+        http.route = tracing::field::Empty,
+        http.request.method = method.as_str(),
+        http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    kappa_telemetry::set_parent(&span, headers);
+    if let Some(id) = kappa_telemetry::trace_id(&span) {
+        span.record("trace_id", id.as_str());
+    }
+    span
+}
+
+/// Records the function (and route) the current request span serves.
+fn record_function(entry: &FunctionEntry, method: &Method, route: Option<&str>) {
+    let span = tracing::Span::current();
+    span.record("faas.name", &*entry.id.name);
+    span.record("kappa.function.namespace", &*entry.id.namespace);
+    if let Some(route) = route {
+        span.record("http.route", route);
+        kappa_telemetry::set_name(&span, format!("{method} {route}"));
+    } else {
+        kappa_telemetry::set_name(&span, format!("invoke {}", entry.id));
+    }
+}
+
+/// Records the answer's status on the current request span.
+fn record_status(status: StatusCode) {
+    let span = tracing::Span::current();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+}
 
 /// 128 random bits in hex.
 fn new_invocation_id() -> HeaderValue {
@@ -199,7 +252,11 @@ fn origin_form(uri: &Uri) -> Uri {
 
 /// Matches a public request to a function and rewrites it for the function (URI, parameter
 /// headers); returns the function and the original path and query for `X-Kappa-Full-Url`.
-fn route(inner: &Inner, parts: &mut Parts) -> Result<(Arc<FunctionEntry>, HeaderValue), Failure> {
+#[allow(clippy::type_complexity)]
+fn route(
+    inner: &Inner,
+    parts: &mut Parts,
+) -> Result<(Arc<FunctionEntry>, HeaderValue, Arc<str>), Failure> {
     let table = inner.table.load();
     let host = match parts.headers.get(HOST) {
         Some(h) => h.to_str().ok(),
@@ -256,7 +313,7 @@ fn route(inner: &Inner, parts: &mut Parts) -> Result<(Arc<FunctionEntry>, Header
             };
             let full = full_url(&parts.uri);
             parts.uri = uri;
-            Ok((entry, full))
+            Ok((entry, full, Arc::clone(&target.route)))
         }
     }
 }
@@ -345,24 +402,46 @@ pub(crate) async fn handle(
     let start = Instant::now();
     let inflight = InflightGuard::new(&inner.metrics);
     let invocation_id = new_invocation_id();
-    let span = tracing::debug_span!(
-        "request",
-        invocation_id = ?invocation_id,
-        method = %request.method(),
-        path = %request.uri().path(),
-    );
+    let traced = kappa_telemetry::enabled();
+    let span = if traced {
+        server_span(
+            "request",
+            "http",
+            &invocation_id,
+            request.method(),
+            request.headers(),
+        )
+    } else {
+        tracing::debug_span!(
+            "request",
+            invocation_id = ?invocation_id,
+            method = %request.method(),
+            path = %request.uri().path(),
+        )
+    };
     async move {
         let (mut parts, body) = request.into_parts();
+        let method = method_label(&parts.method);
+        let upgrade = crate::upgrade::requested(&parts.headers);
+        let asynchronous = crate::asyncinv::requested(&parts.headers);
         let routed = check_head(&parts).and_then(|()| {
             strip_headers(&mut parts.headers, true);
             route(&inner, &mut parts)
+        });
+        // An upgrade keeps its two headers, and the client's side of it goes to `forward`.
+        let upgrade = upgrade.and_then(|protocol| {
+            crate::upgrade::restore(&mut parts.headers, protocol);
+            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
         });
         let response = match routed {
             Err(failure) => {
                 inner.metrics.count_unrouted(failure.status.as_u16());
                 failure.into_response(&invocation_id, &inner.retry_after)
             }
-            Ok((entry, full)) => {
+            Ok((entry, full, route)) => {
+                if traced {
+                    record_function(&entry, &parts.method, Some(&route));
+                }
                 set_invocation_headers(
                     &mut parts.headers,
                     &entry,
@@ -370,15 +449,32 @@ pub(crate) async fn handle(
                     full,
                     Some(&peer),
                 );
-                let body = RequestBody::incoming(body, inner.config.max_body_bytes);
-                let response =
-                    match forward(&inner, &entry, parts, body, &invocation_id, inflight).await {
-                        Ok(response) => response,
-                        Err(failure) => failure.into_response(&invocation_id, &inner.retry_after),
-                    };
-                entry
-                    .metrics
-                    .count(&inner.metrics, response.status().as_u16());
+                let forwarded = if asynchronous {
+                    crate::asyncinv::accept(&inner, &entry, parts, body, &invocation_id).await
+                } else {
+                    let body = RequestBody::incoming(body, inner.config.max_body_bytes);
+                    let forwarded = forward(
+                        &inner,
+                        &entry,
+                        parts,
+                        body,
+                        &invocation_id,
+                        inflight,
+                        upgrade,
+                    );
+                    forwarded.await
+                };
+                let response = match forwarded {
+                    Ok(response) => response,
+                    Err(failure) => failure.into_response(&invocation_id, &inner.retry_after),
+                };
+                entry.metrics.answered(
+                    &inner.metrics,
+                    response.status().as_u16(),
+                    start.elapsed().as_secs_f64(),
+                    &route,
+                    method,
+                );
                 response
             }
         };
@@ -386,6 +482,9 @@ pub(crate) async fn handle(
             .metrics
             .duration
             .observe(start.elapsed().as_secs_f64());
+        if traced {
+            record_status(response.status());
+        }
         tracing::debug!(status = response.status().as_u16(), "answered");
         response
     }
@@ -402,7 +501,21 @@ pub(crate) async fn invoke(
     let start = Instant::now();
     let inflight = InflightGuard::new(&inner.metrics);
     let invocation_id = new_invocation_id();
-    let span = tracing::debug_span!("invoke", invocation_id = ?invocation_id, function = %function);
+    let traced = kappa_telemetry::enabled();
+    let span = if traced {
+        // A trigger worker's call carries its message's or fire's span as `traceparent`.
+        let headers = request.headers();
+        let trigger = if headers.contains_key("x-kappa-topic") {
+            "pubsub"
+        } else if headers.contains_key("x-kappa-timer-name") {
+            "timer"
+        } else {
+            "other"
+        };
+        server_span("invoke", trigger, &invocation_id, request.method(), headers)
+    } else {
+        tracing::debug_span!("invoke", invocation_id = ?invocation_id, function = %function)
+    };
     async move {
         let entry = match inner.table.load().function(&function) {
             Some(entry) => Some(Arc::clone(entry)),
@@ -419,19 +532,29 @@ pub(crate) async fn invoke(
             }
             Ok(entry) => {
                 let (mut parts, body) = request.into_parts();
+                if traced {
+                    record_function(&entry, &parts.method, None);
+                }
+                let method = method_label(&parts.method);
                 strip_headers(&mut parts.headers, false);
                 let full = full_url(&parts.uri);
                 parts.uri = origin_form(&parts.uri);
                 set_invocation_headers(&mut parts.headers, &entry, &invocation_id, full, None);
                 let body = RequestBody::axum(body, inner.config.max_body_bytes);
                 let response =
-                    match forward(inner, &entry, parts, body, &invocation_id, inflight).await {
+                    match forward(inner, &entry, parts, body, &invocation_id, inflight, None).await
+                    {
                         Ok(response) => response,
                         Err(failure) => failure.into_response(&invocation_id, &inner.retry_after),
                     };
-                entry
-                    .metrics
-                    .count(&inner.metrics, response.status().as_u16());
+                static NO_ROUTE: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+                entry.metrics.answered(
+                    &inner.metrics,
+                    response.status().as_u16(),
+                    start.elapsed().as_secs_f64(),
+                    NO_ROUTE.get_or_init(|| Arc::from("")),
+                    method,
+                );
                 response
             }
         };
@@ -439,6 +562,9 @@ pub(crate) async fn invoke(
             .metrics
             .duration
             .observe(start.elapsed().as_secs_f64());
+        if traced {
+            record_status(response.status());
+        }
         response
     }
     .instrument(span)
@@ -500,7 +626,9 @@ enum Attempt {
 }
 
 /// Admits the request and sends it to an instance; returns the instance's response head with a
-/// streaming body, or the failure to answer with.
+/// streaming body, or the failure to answer with. With `upgrade` (the client's side of an
+/// upgrade request), a `101` from the instance splices the two connections
+/// ([`crate::upgrade::splice`]).
 async fn forward(
     inner: &Inner,
     entry: &Arc<FunctionEntry>,
@@ -508,6 +636,7 @@ async fn forward(
     body: RequestBody,
     invocation_id: &HeaderValue,
     inflight: InflightGuard,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Result<Response<ResponseBody>, Failure> {
     if !entry.exists {
         return Err(Failure::new(
@@ -531,6 +660,20 @@ async fn forward(
     loop {
         let endpoint = Arc::clone(permit.endpoint());
         let pool = inner.upstreams.pool(&endpoint.addr);
+        // The call to the instance, up to its response head; its context is what the
+        // instance receives as `traceparent`.
+        let upstream = if kappa_telemetry::enabled() {
+            kappa_telemetry::span!(
+                "upstream",
+                otel.kind = "client",
+                otel.status_code = tracing::field::Empty,
+                kappa.instance.id = %endpoint.instance_id,
+                server.address = %endpoint.addr,
+                http.response.status_code = tracing::field::Empty,
+            )
+        } else {
+            tracing::Span::none()
+        };
         let mut fresh_only = false;
         let attempt = loop {
             let Some(mut req) = request.take() else {
@@ -562,6 +705,7 @@ async fn forward(
             {
                 req.headers_mut().insert(HOST, host);
             }
+            kappa_telemetry::inject(&upstream, req.headers_mut());
             match tokio::time::timeout_at(deadline, conn.try_send_request(req)).await {
                 Ok(Ok(response)) => break Attempt::Response(response, conn),
                 Ok(Err(mut error)) => match error.take_message() {
@@ -580,8 +724,55 @@ async fn forward(
                 Err(_) => break Attempt::Timeout,
             }
         };
+        if !upstream.is_disabled() {
+            match &attempt {
+                Attempt::Response(response, _) => {
+                    upstream.record("http.response.status_code", response.status().as_u16());
+                }
+                _ => {
+                    upstream.record("otel.status_code", "ERROR");
+                }
+            }
+        }
+        drop(upstream);
         match attempt {
-            Attempt::Response(response, conn) => {
+            Attempt::Response(mut response, conn) => {
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    let protocol = crate::upgrade::requested(response.headers());
+                    let (Some(client), Some(protocol)) = (upgrade, protocol) else {
+                        return Err(Failure::new(
+                            StatusCode::BAD_GATEWAY,
+                            "instance_failed",
+                            format!(
+                                "instance {} of function {} switched protocols without an upgrade being asked for",
+                                endpoint.instance_id, entry.id
+                            ),
+                        ));
+                    };
+                    let upstream = hyper::upgrade::on(&mut response);
+                    let (mut head, _) = response.into_parts();
+                    strip_headers(&mut head.headers, false);
+                    crate::upgrade::restore(&mut head.headers, protocol);
+                    head.headers
+                        .insert(INVOCATION_ID.clone(), invocation_id.clone());
+                    let lease = Lease {
+                        permit,
+                        conn,
+                        pool,
+                        inflight,
+                    };
+                    crate::upgrade::splice(
+                        client,
+                        upstream,
+                        lease,
+                        inner.config.upgrade_idle_timeout,
+                        entry.id.to_string(),
+                    );
+                    return Ok(Response::from_parts(
+                        head,
+                        ResponseBody::full(bytes::Bytes::new()),
+                    ));
+                }
                 let (mut head, body) = response.into_parts();
                 strip_headers(&mut head.headers, false);
                 head.headers
@@ -699,6 +890,9 @@ async fn failed_exchange(
 /// anyone), otherwise through [`admit_slow`].
 async fn admit(inner: &Inner, entry: &Arc<FunctionEntry>) -> Result<Permit, Failure> {
     if let Some(permit) = entry.endpoints.try_admit(entry.generation) {
+        if kappa_telemetry::enabled() {
+            tracing::Span::current().record("faas.coldstart", false);
+        }
         return Ok(permit);
     }
     // Boxed so the rarely used slow path does not grow every request's future.
@@ -714,7 +908,13 @@ async fn provision(
 ) -> Result<Provision, ProvisionError> {
     let provisioner = Arc::clone(&inner.provisioner);
     let function = id.clone();
-    tokio::spawn(async move { provisioner.provision(&function, generation).await })
+    // The pool manager's spans (take from the pool, start, specialize) nest under this one.
+    let span = if kappa_telemetry::enabled() {
+        kappa_telemetry::span!("provision", otel.kind = "client", kappa.function = %id, kappa.generation = generation)
+    } else {
+        tracing::Span::none()
+    };
+    tokio::spawn(async move { provisioner.provision(&function, generation).await }.instrument(span))
         .await
         .unwrap_or_else(|join| {
             Err(ProvisionError::Unavailable(format!(
@@ -736,11 +936,32 @@ async fn admit_slow(inner: &Inner, entry: &Arc<FunctionEntry>) -> Result<Permit,
             live
         }
     };
-    let mut generation = entry.generation;
-    if let Some(permit) = endpoints.try_admit(generation) {
+    if let Some(permit) = endpoints.try_admit(entry.generation) {
         return Ok(permit);
     }
     entry.metrics.count_cold_start(&inner.metrics);
+    let started = Instant::now();
+    let span = if kappa_telemetry::enabled() {
+        tracing::Span::current().record("faas.coldstart", true);
+        kappa_telemetry::span!("admission", kappa.function = %id)
+    } else {
+        tracing::Span::none()
+    };
+    let result = admit_cold(inner, entry, endpoints).instrument(span).await;
+    entry
+        .metrics
+        .cold_start_seconds(&inner.metrics, started.elapsed().as_secs_f64());
+    result
+}
+
+/// The cold part of [`admit_slow`]: provision, then wait in the queue.
+async fn admit_cold(
+    inner: &Inner,
+    entry: &Arc<FunctionEntry>,
+    endpoints: Arc<kappa_core::FunctionEndpoints>,
+) -> Result<Permit, Failure> {
+    let id = &entry.id;
+    let generation = entry.generation;
     let bound = entry.specialization_timeout + entry.timeout;
     match tokio::time::timeout(bound, provision(inner, id, generation)).await {
         Err(_) => {
@@ -771,6 +992,28 @@ async fn admit_slow(inner: &Inner, entry: &Arc<FunctionEntry>) -> Result<Permit,
         )
         .retry_after());
     };
+    let queued = Instant::now();
+    let _wait = if kappa_telemetry::enabled() {
+        kappa_telemetry::span!("queue wait", kappa.function = %id)
+    } else {
+        tracing::Span::none()
+    };
+    let result = wait_in_queue(inner, entry, &endpoints, generation).await;
+    entry
+        .metrics
+        .queue_wait_seconds(&inner.metrics, queued.elapsed().as_secs_f64());
+    result
+}
+
+/// Waits for a free slot on one of the function's instances, asking the provisioner again now
+/// and then.
+async fn wait_in_queue(
+    inner: &Inner,
+    entry: &Arc<FunctionEntry>,
+    endpoints: &Arc<kappa_core::FunctionEndpoints>,
+    mut generation: i64,
+) -> Result<Permit, Failure> {
+    let id = &entry.id;
     let deadline = Instant::now() + entry.timeout;
     let no_capacity = || {
         Failure::new(

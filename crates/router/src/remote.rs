@@ -329,6 +329,9 @@ enum FeedEvent {
 struct UsageReport<'a> {
     replica: &'a str,
     instances: Vec<InstanceUsage>,
+    /// This replica's request outcomes per function so far (the canary controller sums them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    functions: Vec<kappa_core::FunctionOutcome>,
 }
 
 #[derive(Debug, Serialize)]
@@ -349,6 +352,8 @@ pub struct EndpointFeeder {
     /// `true` once the first full endpoint list was applied (readiness). A `watch` channel so
     /// callers can await it.
     synced: watch::Sender<bool>,
+    /// This replica's request outcomes, sent with each usage report when set.
+    outcomes: Option<Arc<kappa_core::Outcomes>>,
 }
 
 /// Why one feed connection ended.
@@ -384,7 +389,15 @@ impl EndpointFeeder {
             config,
             gate,
             synced,
+            outcomes: None,
         })
+    }
+
+    /// Sends `outcomes` (the router's, [`crate::Router::outcomes`]) with every usage report, so
+    /// the executor's canary controller sees this replica's requests.
+    pub fn with_outcomes(mut self, outcomes: Arc<kappa_core::Outcomes>) -> Self {
+        self.outcomes = Some(outcomes);
+        self
     }
 
     /// The gate this feeder writes the index through.
@@ -562,6 +575,11 @@ impl EndpointFeeder {
             let report = UsageReport {
                 replica: &self.config.replica,
                 instances,
+                functions: self
+                    .outcomes
+                    .as_ref()
+                    .map(|o| o.snapshot())
+                    .unwrap_or_default(),
             };
             let request = self
                 .client

@@ -102,7 +102,10 @@ pub(crate) async fn serve(
                 async move { Ok::<_, Infallible>(proxy::handle(inner, peer_ip, request).await) }
             })
         };
-        let connection = http.serve_connection(TokioIo::new(stream), service);
+        // With upgrades: a `101` hands the connection to the splice (`crate::upgrade`).
+        let connection = http
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
         let shutdown = shutdown.clone();
         let force = force.clone();
         connections.spawn(async move {

@@ -147,6 +147,9 @@ impl Choice {
 pub(crate) struct RouteTarget {
     /// `namespace/name` of the trigger, for logs.
     pub trigger: Arc<str>,
+    /// The route as written (`/users/{id}`, or a prefix as `/api/*`): the `http.route` span
+    /// attribute and the `path` label of the Fission-compatible metrics (bounded by triggers).
+    pub route: Arc<str>,
     pub mode: PathMode,
     pub choice: Choice,
 }
@@ -351,7 +354,10 @@ impl RouteTable {
             }
         }
 
-        let fn_id = |name: &str| FunctionId::new(t.namespace.clone(), name);
+        // `hello@3` routes to version 3's own entry (`hello.v3`).
+        let fn_id = |name: &str| {
+            FunctionId::new(t.namespace.clone(), kappa_types::function_ref_target(name))
+        };
         let choice = match spec.functionref.kind {
             FunctionReferenceType::Name => {
                 info.functions.push((spec.functionref.name.clone(), 1));
@@ -412,8 +418,14 @@ impl RouteTable {
             }
         };
 
+        let route: Arc<str> = match (&spec.prefix, &spec.relativeurl) {
+            (Some(prefix), _) => Arc::from(format!("{}/*", prefix.trim_end_matches('/'))),
+            (None, Some(url)) => Arc::from(url.as_str()),
+            (None, None) => Arc::from(""),
+        };
         let target = Arc::new(RouteTarget {
             trigger: Arc::from(info.trigger.as_str()),
+            route,
             mode,
             choice,
         });

@@ -171,7 +171,9 @@ impl EndpointPool {
             .map_err(ConnectError::Handshake)?;
         let addr = self.addr.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            // With upgrades, a `101` hands the connection over to the splice
+            // (`crate::upgrade`) instead of ending it; such a connection is never pooled.
+            if let Err(error) = connection.with_upgrades().await {
                 tracing::debug!(%addr, %error, "upstream connection ended with an error");
             }
         });

@@ -50,11 +50,18 @@ fn parse_trigger(obj: StoredObject) -> Option<TriggerRecord> {
     }
 }
 
-/// Reads only the fields the router needs, leniently (defaults as in `FunctionSpec`).
+/// Reads only the fields the router needs, leniently (defaults as in `FunctionSpec`). A
+/// FunctionVersion (`hello.v3`) is read as the function it snapshots, under its own name: the
+/// id routes pinned to `hello@3` resolve to.
 pub(crate) fn parse_function(obj: &StoredObject) -> FunctionRecord {
     let v = &obj.value;
-    let num = |ptr: &str, default: u64| {
-        v.pointer(ptr)
+    let spec = if obj.kind == Kind::FunctionVersion {
+        "/spec/snapshot"
+    } else {
+        "/spec"
+    };
+    let num = |field: &str, default: u64| {
+        v.pointer(&format!("{spec}{field}"))
             .and_then(serde_json::Value::as_u64)
             .unwrap_or(default)
     };
@@ -64,8 +71,8 @@ pub(crate) fn parse_function(obj: &StoredObject) -> FunctionRecord {
             .pointer("/metadata/generation")
             .and_then(serde_json::Value::as_i64)
             .unwrap_or(0),
-        timeout_s: num("/spec/functionTimeout", 60),
-        spec_timeout_s: num("/spec/specializationTimeout", 120),
+        timeout_s: num("/functionTimeout", 60),
+        spec_timeout_s: num("/specializationTimeout", 120),
     }
 }
 
@@ -74,6 +81,7 @@ impl Cache {
     async fn relist(&mut self, store: &dyn kappa_store::Store) -> Result<u64, StoreError> {
         let triggers = store.list(Kind::HttpTrigger, None).await?;
         let functions = store.list(Kind::Function, None).await?;
+        let versions = store.list(Kind::FunctionVersion, None).await?;
         self.triggers.clear();
         self.functions.clear();
         for obj in triggers.items {
@@ -81,14 +89,18 @@ impl Cache {
             let rv = obj.resource_version;
             self.triggers.insert(key, (rv, parse_trigger(obj)));
         }
-        for obj in functions.items {
+        // Function names are DNS labels and version names have a dot: one map holds both.
+        for obj in functions.items.into_iter().chain(versions.items) {
             let key = (obj.namespace.clone(), obj.name.clone());
             self.functions
                 .insert(key, (obj.resource_version, parse_function(&obj)));
         }
-        // Watching from the older of the two versions replays a few changes already seen;
+        // Watching from the oldest of the listed versions replays a few changes already seen;
         // `apply` ignores anything not newer than what it holds.
-        let since = triggers.resource_version.min(functions.resource_version);
+        let since = triggers
+            .resource_version
+            .min(functions.resource_version)
+            .min(versions.resource_version);
         self.seen = since;
         Ok(since)
     }
@@ -112,7 +124,7 @@ impl Cache {
                     }
                 }
             }
-            Kind::Function => {
+            Kind::Function | Kind::FunctionVersion => {
                 if self
                     .functions
                     .get(&key)
@@ -227,9 +239,10 @@ pub(crate) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
         inner.applied.send_replace(cache.seen);
         inner.ready.send_replace(true);
 
-        let mut stream = inner
-            .store
-            .watch(&[Kind::HttpTrigger, Kind::Function], Some(since));
+        let mut stream = inner.store.watch(
+            &[Kind::HttpTrigger, Kind::Function, Kind::FunctionVersion],
+            Some(since),
+        );
         let watch_started = Instant::now();
         'watch: loop {
             let item = tokio::select! {

@@ -140,6 +140,8 @@ pub struct Target {
     pub max_concurrency: u32,
     /// The function's timeout: an invocation without an answer after it (plus a margin) fails.
     pub invoke_timeout: Duration,
+    /// OpenTelemetry's `messaging.system` of the broker (`nats`, `redis`).
+    pub messaging_system: String,
 }
 
 impl Target {
@@ -156,6 +158,10 @@ impl Target {
             content_type: trigger.spec.content_type.clone(),
             max_concurrency: trigger.spec.max_concurrency.max(1),
             invoke_timeout: function_timeout + Duration::from_secs(5),
+            messaging_system: match trigger.spec.message_queue_type.as_str() {
+                "nats-jetstream" => "nats".into(),
+                other => other.into(),
+            },
         }
     }
 }
@@ -320,8 +326,40 @@ impl Dispatcher {
         result
     }
 
-    /// Invokes the function with one message and settles it.
+    /// Invokes the function with one message and settles it; with traces exported, in a
+    /// span of its own continuing the context found in the message's headers.
     pub async fn handle(&self, delivery: Delivery) {
+        if !kappa_telemetry::enabled() {
+            return self.settle(delivery).await;
+        }
+        let t = &self.inner.target;
+        let message = &delivery.message;
+        let span = kappa_telemetry::span!(
+            "message",
+            otel.name = format!("process {}", message.topic),
+            otel.kind = "consumer",
+            otel.status_code = tracing::field::Empty,
+            faas.trigger = "pubsub",
+            faas.name = &*t.function.name,
+            kappa.function.namespace = &*t.function.namespace,
+            kappa.trigger = %self.inner.label,
+            messaging.system = t.messaging_system.as_str(),
+            messaging.operation.type = "process",
+            messaging.destination.name = message.topic.as_str(),
+            messaging.message.id = message.id.as_str(),
+            messaging.consumer.group.name = t.trigger.as_str(),
+            kappa.delivery.attempt = message.attempt,
+            kappa.result = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        kappa_telemetry::set_parent_from_pairs(&span, &message.headers);
+        if let Some(id) = kappa_telemetry::trace_id(&span) {
+            span.record("trace_id", id.as_str());
+        }
+        self.settle(delivery).instrument(span).await;
+    }
+
+    async fn settle(&self, delivery: Delivery) {
         let started = std::time::Instant::now();
         let (message, settle) = delivery.into_parts();
         let t = &self.inner.target;
@@ -396,6 +434,13 @@ impl Dispatcher {
                 MessageResult::SettleFailed
             }
         };
+        if kappa_telemetry::enabled() {
+            let span = tracing::Span::current();
+            span.record("kappa.result", result.label());
+            if result != MessageResult::Ok {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
         self.metrics
             .message(&self.inner.label, result, started.elapsed().as_secs_f64());
     }
@@ -445,6 +490,10 @@ impl Dispatcher {
         }
         if let Ok(v) = HeaderValue::from_str(&t.content_type) {
             headers.insert(CONTENT_TYPE, v);
+        }
+        // The message's span (when traces are exported) is the invocation's parent.
+        if kappa_telemetry::enabled() {
+            kappa_telemetry::inject(&tracing::Span::current(), headers);
         }
         request
     }

@@ -21,6 +21,7 @@
 
 pub mod broker;
 pub mod dispatch;
+pub mod invocations;
 pub mod manager;
 pub mod metrics;
 pub mod nats;
@@ -34,6 +35,7 @@ pub use broker::{
     Settle, Subscription,
 };
 pub use dispatch::{Backoff, DispatchConfig, Dispatcher, Invoke, Target};
+pub use invocations::{AsyncConfig, AsyncWorker};
 pub use manager::{
     DEFAULT_NATS_URL, DEFAULT_REDIS_URL, ManagerConfig, TriggerManager, consumer_spec, durable_name,
 };

@@ -41,7 +41,7 @@ pub(crate) enum MessageResult {
 }
 
 impl MessageResult {
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::Ok => "ok",
             Self::Retried => "retried",
@@ -69,7 +69,7 @@ pub(crate) enum FireResult {
 }
 
 impl FireResult {
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::Ok => "ok",
             Self::Failed => "failed",

@@ -21,6 +21,8 @@ use kappa_core::FunctionId;
 use kappa_types::{Kind, TimeTrigger};
 use tokio_util::sync::CancellationToken;
 
+use tracing::Instrument as _;
+
 use crate::dispatch::Invoke;
 use crate::metrics::{FireResult, TriggerMetrics};
 use crate::status::{self, StatusWriter};
@@ -121,7 +123,27 @@ pub(crate) async fn run(
             continue;
         }
         last_fired = Some(next);
-        let request = request(&trigger, next);
+        let mut request = request(&trigger, next);
+        // One span per fire (when traces are exported), the invocation's parent.
+        let span = if kappa_telemetry::enabled() {
+            let span = kappa_telemetry::span!(
+                "timer",
+                otel.name = format!("fire {label}"),
+                otel.kind = "producer",
+                otel.status_code = tracing::field::Empty,
+                faas.trigger = "timer",
+                faas.name = &*function.name,
+                kappa.function.namespace = &*function.namespace,
+                faas.cron = trigger.spec.cron.as_str(),
+                faas.time = status::rfc3339(next).as_str(),
+                kappa.trigger = label.as_str(),
+                http.response.status_code = tracing::field::Empty,
+            );
+            kappa_telemetry::inject(&span, request.headers_mut());
+            span
+        } else {
+            tracing::Span::none()
+        };
         let invoker = Arc::clone(&ctx.invoker);
         let function = function.clone();
         let outcome = Arc::clone(&outcome);
@@ -167,9 +189,18 @@ pub(crate) async fn run(
                         )
                     }
                 };
+                if kappa_telemetry::enabled() {
+                    let span = tracing::Span::current();
+                    if let Ok(s) = &result {
+                        span.record("http.response.status_code", s.as_u16());
+                    }
+                    if fire != FireResult::Ok {
+                        span.record("otel.status_code", "ERROR");
+                    }
+                }
                 metrics.fired(&label, fire);
                 *outcome.lock().unwrap_or_else(PoisonError::into_inner) = text;
-            }),
+            }.instrument(span)),
         ));
     }
 }

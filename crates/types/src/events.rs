@@ -74,7 +74,7 @@ pub struct TriggerStatus {
     pub last_fired_time: Option<String>,
 }
 
-fn topic_name(field: &str, value: &str) -> Result<(), ValidationError> {
+pub(crate) fn topic_name(field: &str, value: &str) -> Result<(), ValidationError> {
     validate::non_empty(field, value)?;
     let ok = value.len() <= 255
         && value.chars().all(|c| {

@@ -117,8 +117,32 @@ pub struct FunctionSpec {
     /// code is loaded. Local backend; on Kubernetes, egress is a NetworkPolicy matter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<bool>,
+    /// How many versions (`kappa fn history`) are kept; older ones are collected unless a route
+    /// or canary names them.
+    #[serde(
+        default = "default_version_limit",
+        skip_serializing_if = "is_default_version_limit"
+    )]
+    pub version_limit: u32,
+    /// Asynchronous invocations: attempts after the first failed one (exponential back-off).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Asynchronous invocations: where they go after their last failed attempt (absent: they
+    /// stay in the store, dead-lettered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<crate::invocation::DeadLetter>,
 }
 
+fn default_version_limit() -> u32 {
+    crate::version::DEFAULT_VERSION_LIMIT
+}
+fn is_default_version_limit(limit: &u32) -> bool {
+    *limit == crate::version::DEFAULT_VERSION_LIMIT
+}
+
+fn default_retries() -> u32 {
+    2
+}
 fn default_max_scale() -> u32 {
     1
 }
@@ -164,6 +188,9 @@ impl FunctionSpec {
             configmaps: Vec::new(),
             resources: Resources::default(),
             egress: None,
+            version_limit: default_version_limit(),
+            retries: default_retries(),
+            dead_letter: None,
         }
     }
 }
@@ -235,6 +262,11 @@ impl Spec for FunctionSpec {
         }
         for (i, c) in self.configmaps.iter().enumerate() {
             c.validate(&format!("spec.configmaps[{i}]"))?;
+        }
+        validate::in_range("spec.versionLimit", self.version_limit, 1, 100)?;
+        validate::in_range("spec.retries", self.retries, 0, 100)?;
+        if let Some(dead_letter) = &self.dead_letter {
+            dead_letter.validate("spec.deadLetter")?;
         }
         self.resources.validate("spec.resources")
     }

@@ -16,11 +16,17 @@ pub enum Kind {
     TimeTrigger,
     Secret,
     ConfigMap,
+    FunctionVersion,
+    CanaryConfig,
+    /// An accepted asynchronous invocation and its outcome: runtime state, not desired state,
+    /// so it is in none of the lists below (no CRUD routes, no specs); see
+    /// [`Kind::STORED`].
+    Invocation,
 }
 
 impl Kind {
     /// Every kind, in the order the CLI lists them.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Environment,
         Kind::Package,
         Kind::Function,
@@ -29,19 +35,38 @@ impl Kind {
         Kind::TimeTrigger,
         Kind::Secret,
         Kind::ConfigMap,
+        Kind::FunctionVersion,
+        Kind::CanaryConfig,
+    ];
+
+    /// Every kind the store holds: [`Kind::ALL`] plus the runtime records (invocations).
+    pub const STORED: [Kind; 11] = [
+        Kind::Environment,
+        Kind::Package,
+        Kind::Function,
+        Kind::HttpTrigger,
+        Kind::MessageQueueTrigger,
+        Kind::TimeTrigger,
+        Kind::Secret,
+        Kind::ConfigMap,
+        Kind::FunctionVersion,
+        Kind::CanaryConfig,
+        Kind::Invocation,
     ];
 
     /// Every kind, each after the kinds its objects may reference (a Function after its
     /// Environment, Package, Secrets and ConfigMaps; triggers after their Function).
-    pub const ALL_BY_DEPENDENCY: [Kind; 8] = [
+    pub const ALL_BY_DEPENDENCY: [Kind; 10] = [
         Kind::Secret,
         Kind::ConfigMap,
         Kind::Environment,
         Kind::Package,
         Kind::Function,
+        Kind::FunctionVersion,
         Kind::HttpTrigger,
         Kind::MessageQueueTrigger,
         Kind::TimeTrigger,
+        Kind::CanaryConfig,
     ];
 
     /// The `kind` field value.
@@ -55,6 +80,9 @@ impl Kind {
             Kind::TimeTrigger => "TimeTrigger",
             Kind::Secret => "Secret",
             Kind::ConfigMap => "ConfigMap",
+            Kind::FunctionVersion => "FunctionVersion",
+            Kind::CanaryConfig => "CanaryConfig",
+            Kind::Invocation => "Invocation",
         }
     }
 
@@ -69,6 +97,9 @@ impl Kind {
             Kind::TimeTrigger => "timetriggers",
             Kind::Secret => "secrets",
             Kind::ConfigMap => "configmaps",
+            Kind::FunctionVersion => "functionversions",
+            Kind::CanaryConfig => "canaryconfigs",
+            Kind::Invocation => "invocations",
         }
     }
 
@@ -88,7 +119,7 @@ impl FromStr for Kind {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Kind::ALL
+        Kind::STORED
             .into_iter()
             .find(|k| k.as_str() == s || k.plural() == s)
             .ok_or_else(|| format!("unknown kind {s:?}"))

@@ -7,11 +7,13 @@
 //! HTTP servers, tokio, storage or Kubernetes: the store, the API server and the CRD wrappers
 //! convert to and from these types at their edges.
 
+mod canary;
 mod config;
 mod environment;
 mod error;
 mod events;
 mod function;
+mod invocation;
 mod kind;
 mod meta;
 mod package;
@@ -19,7 +21,11 @@ mod quantity;
 mod schedule;
 mod trigger;
 pub mod validate;
+mod version;
 
+pub use canary::{
+    CanaryConfigSpec, CanaryConfigStatus, CanaryInterval, CanaryPhase, CanaryStep, next_step,
+};
 pub use config::{CONFIG_DATA_LIMIT, ConfigMapSpec, SecretSpec, validate_config_key};
 pub use environment::{
     Builder, DEFAULT_POOL_MAX, EnvironmentSpec, PoolMode, PoolPolicy, ResourceList, Resources,
@@ -33,6 +39,11 @@ pub use events::{
 pub use function::{
     ExecutorType, FunctionPackageRef, FunctionSpec, FunctionStatus, NamedRef, PackageRef,
 };
+pub use invocation::{
+    ASYNC_BODY_LIMIT, ASYNC_ID_HEADER, AttemptRecord, DeadLetter, FUNCTION_LABEL,
+    INVOCATION_TYPE_HEADER, InvocationHeader, InvocationLease, InvocationPhase, InvocationResponse,
+    InvocationSpec, InvocationStatus, is_invocation_id,
+};
 pub use kind::Kind;
 pub use meta::{API_VERSION, DEFAULT_NAMESPACE, ObjectMeta, Resource, Spec};
 pub use package::{
@@ -43,6 +54,11 @@ pub use quantity::{parse_cpu_millis, parse_memory_bytes};
 pub use schedule::{Schedule, ScheduleError, parse_duration};
 pub use trigger::{FunctionReference, FunctionReferenceType, HttpTriggerSpec};
 pub use validate::ValidationError;
+pub use version::{
+    DEFAULT_VERSION_LIMIT, FunctionVersionSpec, VERSION_ANNOTATION, VERSION_FUNCTION_LABEL,
+    function_ref_target, parse_version_object_name, parse_version_ref, validate_function_ref,
+    version_object_name, versions_to_collect,
+};
 
 /// An Environment: a runtime (and optionally a builder) functions run in.
 pub type Environment = Resource<EnvironmentSpec>;
@@ -60,3 +76,9 @@ pub type TimeTrigger = Resource<TimeTriggerSpec>;
 pub type Secret = Resource<SecretSpec>;
 /// A ConfigMap: key/values placed for the instances of functions that reference it.
 pub type ConfigMap = Resource<ConfigMapSpec>;
+/// A FunctionVersion: an immutable numbered snapshot of a function (written by the platform).
+pub type FunctionVersion = Resource<FunctionVersionSpec>;
+/// A CanaryConfig: a gradual, automatically rolled back shift of a route's traffic.
+pub type CanaryConfig = Resource<CanaryConfigSpec>;
+/// An Invocation: an accepted asynchronous invocation of a function and its outcome.
+pub type Invocation = Resource<InvocationSpec>;

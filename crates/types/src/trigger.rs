@@ -55,7 +55,7 @@ impl FunctionReference {
     pub fn validate(&self, path: &str) -> Result<(), ValidationError> {
         match self.kind {
             FunctionReferenceType::Name => {
-                validate::dns1123_label(&format!("{path}.name"), &self.name)
+                crate::version::validate_function_ref(&format!("{path}.name"), &self.name)
             }
             FunctionReferenceType::FunctionWeights => {
                 if self.functionweights.is_empty() {
@@ -66,7 +66,10 @@ impl FunctionReference {
                 }
                 let mut total = 0u64;
                 for (name, weight) in &self.functionweights {
-                    validate::dns1123_label(&format!("{path}.functionweights"), name)?;
+                    crate::version::validate_function_ref(
+                        &format!("{path}.functionweights"),
+                        name,
+                    )?;
                     total += u64::from(*weight);
                 }
                 if total == 0 {

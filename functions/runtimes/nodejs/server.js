@@ -442,6 +442,24 @@ function isJsonType(ct) {
   return main === 'application/json' || main.endsWith('+json');
 }
 
+/** `tp` when it is a version-00 W3C traceparent with non-zero ids, else undefined. */
+function validTraceparent(tp) {
+  if (typeof tp !== 'string') return undefined;
+  const m = /^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})/i.exec(tp);
+  if (!m || /^0+$/.test(m[1]) || /^0+$/.test(m[2])) return undefined;
+  return m[0].toLowerCase();
+}
+
+/** " (invocation ID, trace TRACEID)" for log lines. */
+function traceNote(req) {
+  const parts = [];
+  const inv = req.headers['x-kappa-invocation-id'];
+  if (inv) parts.push(`invocation ${inv}`);
+  const tp = validTraceparent(req.headers.traceparent);
+  if (tp) parts.push(`trace ${tp.slice(3, 35)}`);
+  return parts.length ? ` (${parts.join(', ')})` : '';
+}
+
 /** The `context.request` object handed to the function. */
 function makeRequest(req, body) {
   const url = req.url;
@@ -463,6 +481,21 @@ function makeRequest(req, body) {
     params,
     functionName: req.headers['x-kappa-function-name'],
     invocationId: req.headers['x-kappa-invocation-id'],
+    /** The W3C trace context of this invocation (`traceparent`), or undefined. */
+    traceparent: validTraceparent(req.headers.traceparent),
+    get traceId() {
+      return this.traceparent ? this.traceparent.slice(3, 35) : undefined;
+    },
+    /**
+     * A `traceparent` for a span of the function's own, child of the invocation's: the same
+     * trace id and flags, a new span id; undefined without a trace context.
+     */
+    childTraceparent() {
+      const tp = this.traceparent;
+      if (!tp) return undefined;
+      const { randomBytes } = require('node:crypto');
+      return `00-${tp.slice(3, 35)}-${randomBytes(8).toString('hex')}-${tp.slice(53, 55)}`;
+    },
     get(name) {
       return req.headers[String(name).toLowerCase()];
     },
@@ -555,7 +588,7 @@ function sendStream(res, body) {
       // Mid-stream: the status is gone; end without the last chunk so the client sees a
       // truncated response, not a complete one.
       const [msg, tb] = describe(err);
-      log(`kappa: function error while streaming (invocation ${res.req.headers['x-kappa-invocation-id'] || '-'}): ${msg}\n${tb}`);
+      log(`kappa: function error while streaming${traceNote(res.req)}: ${msg}\n${tb}`);
       res.destroy();
       resolve();
     });
@@ -616,11 +649,280 @@ async function invoke(req, res, body) {
       return;
     }
     const [msg, tb] = describe(e);
-    log(`kappa: function error${inv ? ` (invocation ${inv})` : ''}: ${msg}\n${tb}`);
+    log(`kappa: function error${traceNote(req)}: ${msg}\n${tb}`);
     sendError(res, 500, 'function_error', msg, tb, inv);
   } finally {
     sem.release();
   }
+}
+
+// ------------------------------------------------------------------------------------------
+// WebSockets (RFC 6455, standard library only)
+//
+// A WebSocket upgrade request calls the function as Fission's Node.js environment does:
+// `module.exports = async (ws, clients) => { ws.on('message', (data) => ws.send(data)); }`.
+// `ws` is a small subset of the `ws` package's WebSocket: send(data), close(code, reason),
+// ping(data), terminate(), readyState (and the OPEN/CLOSED... constants), `request` (the
+// handshake request, as `context.request`), events 'message' (data, isBinary; text frames as
+// strings, binary frames as Buffers), 'close' (code, reason), 'ping', 'pong', 'error'.
+// `clients` is the Set of this instance's open sockets. The connection holds one of the
+// KAPPA_CONCURRENCY slots until it closes.
+
+const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
+const WS_MAX_MESSAGE = MAX_BODY || 16 * 1024 * 1024;
+const wsClients = new Set();
+let WebSocketConnection = null;
+
+function wsClass() {
+  if (WebSocketConnection !== null) return WebSocketConnection;
+  const { EventEmitter } = require('node:events');
+  const STATES = { CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3 };
+  class Conn extends EventEmitter {
+    constructor(socket, request) {
+      super();
+      this.socket = socket;
+      this.request = request;
+      this.readyState = STATES.OPEN;
+      this.buf = Buffer.alloc(0);
+      this.fragments = null; // [opcode, chunks, size] of a fragmented message
+      this.closeSent = false;
+      socket.on('data', (chunk) => this.onData(chunk));
+      socket.on('end', () => this.finish(1006, ''));
+      socket.on('close', () => this.finish(1006, ''));
+      socket.on('error', (e) => {
+        if (this.listenerCount('error') > 0) this.emit('error', e);
+      });
+    }
+
+    frame(opcode, payload) {
+      const len = payload.length;
+      let head;
+      if (len < 126) {
+        head = Buffer.from([0x80 | opcode, len]);
+      } else if (len < 65536) {
+        head = Buffer.alloc(4);
+        head[0] = 0x80 | opcode;
+        head[1] = 126;
+        head.writeUInt16BE(len, 2);
+      } else {
+        head = Buffer.alloc(10);
+        head[0] = 0x80 | opcode;
+        head[1] = 127;
+        head.writeBigUInt64BE(BigInt(len), 2);
+      }
+      return Buffer.concat([head, payload]);
+    }
+
+    send(data, options, cb) {
+      if (typeof options === 'function') {
+        cb = options;
+        options = undefined;
+      }
+      if (this.readyState !== STATES.OPEN) {
+        const err = new Error('WebSocket is not open');
+        if (cb) cb(err);
+        return;
+      }
+      let opcode = 0x2;
+      let payload;
+      if (typeof data === 'string') {
+        opcode = 0x1;
+        payload = Buffer.from(data, 'utf8');
+      } else if (Buffer.isBuffer(data)) {
+        payload = data;
+      } else if (data instanceof ArrayBuffer || ArrayBuffer.isView(data)) {
+        payload = Buffer.from(data.buffer || data, data.byteOffset || 0, data.byteLength);
+      } else {
+        opcode = 0x1;
+        payload = Buffer.from(String(data), 'utf8');
+      }
+      if (options && options.binary === false) opcode = 0x1;
+      if (options && options.binary === true) opcode = 0x2;
+      this.socket.write(this.frame(opcode, payload), cb);
+    }
+
+    ping(data) {
+      if (this.readyState === STATES.OPEN) this.socket.write(this.frame(0x9, Buffer.from(data || '')));
+    }
+
+    close(code, reason) {
+      if (this.readyState >= STATES.CLOSING) return;
+      this.readyState = STATES.CLOSING;
+      this.sendClose(code === undefined ? 1000 : code, reason || '');
+      // The peer answers with its own close frame; do not wait for it forever.
+      setTimeout(() => this.socket.destroy(), 5000).unref();
+    }
+
+    terminate() {
+      this.socket.destroy();
+    }
+
+    sendClose(code, reason) {
+      if (this.closeSent) return;
+      this.closeSent = true;
+      const r = Buffer.from(String(reason), 'utf8');
+      const payload = Buffer.alloc(2 + r.length);
+      payload.writeUInt16BE(code, 0);
+      r.copy(payload, 2);
+      this.socket.write(this.frame(0x8, payload));
+    }
+
+    fail(code, reason) {
+      this.sendClose(code, reason);
+      this.readyState = STATES.CLOSING;
+      this.socket.end();
+      this.finish(code, reason);
+    }
+
+    finish(code, reason) {
+      if (this.readyState === STATES.CLOSED) return;
+      this.readyState = STATES.CLOSED;
+      wsClients.delete(this);
+      this.socket.destroy();
+      this.emit('close', code, Buffer.from(reason));
+    }
+
+    onData(chunk) {
+      this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk;
+      for (;;) {
+        const b = this.buf;
+        if (b.length < 2) return;
+        const fin = (b[0] & 0x80) !== 0;
+        const opcode = b[0] & 0x0f;
+        const masked = (b[1] & 0x80) !== 0;
+        let len = b[1] & 0x7f;
+        let off = 2;
+        if (len === 126) {
+          if (b.length < 4) return;
+          len = b.readUInt16BE(2);
+          off = 4;
+        } else if (len === 127) {
+          if (b.length < 10) return;
+          const big = b.readBigUInt64BE(2);
+          if (big > BigInt(WS_MAX_MESSAGE)) return this.fail(1009, 'message too big');
+          len = Number(big);
+          off = 10;
+        }
+        if (!masked) return this.fail(1002, 'client frames must be masked');
+        if (len > WS_MAX_MESSAGE) return this.fail(1009, 'message too big');
+        if (b.length < off + 4 + len) return;
+        const mask = b.subarray(off, off + 4);
+        const payload = Buffer.from(b.subarray(off + 4, off + 4 + len));
+        for (let i = 0; i < len; i++) payload[i] ^= mask[i & 3];
+        this.buf = b.subarray(off + 4 + len);
+        if (this.onFrame(fin, opcode, payload) === false) return;
+      }
+    }
+
+    onFrame(fin, opcode, payload) {
+      if (opcode === 0x8) {
+        const code = payload.length >= 2 ? payload.readUInt16BE(0) : 1005;
+        const reason = payload.length > 2 ? payload.subarray(2).toString('utf8') : '';
+        this.sendClose(code === 1005 ? 1000 : code, '');
+        this.readyState = STATES.CLOSING;
+        this.socket.end();
+        this.finish(code, reason);
+        return false;
+      }
+      if (opcode === 0x9) {
+        if (this.readyState === STATES.OPEN) this.socket.write(this.frame(0xa, payload));
+        this.emit('ping', payload);
+        return true;
+      }
+      if (opcode === 0xa) {
+        this.emit('pong', payload);
+        return true;
+      }
+      if (opcode === 0x1 || opcode === 0x2) {
+        if (this.fragments !== null) return this.fail(1002, 'new message inside a fragmented one');
+        if (!fin) {
+          this.fragments = [opcode, [payload], payload.length];
+          return true;
+        }
+        this.deliver(opcode, payload);
+        return true;
+      }
+      if (opcode === 0x0) {
+        if (this.fragments === null) return this.fail(1002, 'continuation without a message');
+        this.fragments[1].push(payload);
+        this.fragments[2] += payload.length;
+        if (this.fragments[2] > WS_MAX_MESSAGE) return this.fail(1009, 'message too big');
+        if (fin) {
+          const [op, chunks, size] = this.fragments;
+          this.fragments = null;
+          this.deliver(op, Buffer.concat(chunks, size));
+        }
+        return true;
+      }
+      return this.fail(1002, `unknown opcode ${opcode}`);
+    }
+
+    deliver(opcode, payload) {
+      if (this.readyState !== STATES.OPEN) return;
+      const isBinary = opcode === 0x2;
+      this.emit('message', isBinary ? payload : payload.toString('utf8'), isBinary);
+    }
+  }
+  Object.assign(Conn, STATES);
+  Object.assign(Conn.prototype, STATES);
+  WebSocketConnection = Conn;
+  return Conn;
+}
+
+function rawError(socket, status, code, message) {
+  const body = errorBody(code, message);
+  socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nContent-Type: application/json\r\n` +
+    `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+}
+
+function onUpgrade(req, socket, head) {
+  socket.setNoDelay(true);
+  if (String(req.headers.upgrade || '').toLowerCase() !== 'websocket') {
+    rawError(socket, 400, 'bad_request', `unsupported upgrade ${JSON.stringify(req.headers.upgrade)}: only websocket`);
+    return;
+  }
+  if (fn === null) {
+    socket.end(`HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n` +
+      `Content-Length: ${Buffer.byteLength(NOT_SPECIALIZED)}\r\nConnection: close\r\n\r\n${NOT_SPECIALIZED}`);
+    return;
+  }
+  const key = req.headers['sec-websocket-key'];
+  if (typeof key !== 'string' || req.headers['sec-websocket-version'] !== '13') {
+    rawError(socket, 400, 'bad_request', 'a WebSocket handshake needs Sec-WebSocket-Key and Sec-WebSocket-Version: 13');
+    return;
+  }
+  const accept = require('node:crypto').createHash('sha1').update(key + WS_GUID).digest('base64');
+  socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+    `Sec-WebSocket-Accept: ${accept}\r\n\r\n`);
+  // Paused until the function has had the chance to listen (messages are not lost).
+  socket.pause();
+  const Conn = wsClass();
+  const ws = new Conn(socket, makeRequest(req, Buffer.alloc(0)));
+  inFlight += 1;
+  const inv = req.headers['x-kappa-invocation-id'];
+  const waited = sem.acquire();
+  const start = () => {
+    wsClients.add(ws);
+    ws.once('close', () => {
+      inFlight -= 1;
+      sem.release();
+    });
+    const failed = (e) => {
+      const [msg, tb] = describe(e);
+      log(`kappa: function error on a WebSocket${inv ? ` (invocation ${inv})` : ''}: ${msg}\n${tb}`);
+      ws.close(1011, 'function error');
+    };
+    try {
+      const rv = fn(ws, wsClients);
+      if (rv && typeof rv.then === 'function') rv.then(undefined, failed);
+    } catch (e) {
+      failed(e);
+    }
+    if (head && head.length) ws.onData(head);
+    socket.resume();
+  };
+  if (waited !== null) waited.then(start);
+  else start();
 }
 
 // ------------------------------------------------------------------------------------------
@@ -732,6 +1034,7 @@ function main() {
     requestTimeout: 0,
     keepAlive: true,
   }, onRequest);
+  server.on('upgrade', onUpgrade);
   server.keepAliveTimeout = IDLE_TIMEOUT * 1000;
   server.headersTimeout = 60000;
   server.on('clientError', (err, socket) => {
@@ -761,6 +1064,7 @@ function main() {
       return;
     }
     stopping = true;
+    for (const ws of wsClients) ws.close(1001, 'server stopping');
     server.close();
     server.closeIdleConnections();
     if (inFlight > 0) {

@@ -1059,6 +1059,25 @@ class Request:
         return self.headers.get("X-Kappa-Invocation-Id")
 
     @property
+    def traceparent(self):
+        """The W3C trace context of this invocation (`traceparent` header), or None."""
+        return _valid_traceparent(self.headers.get("traceparent"))
+
+    @property
+    def trace_id(self):
+        tp = self.traceparent
+        return tp[3:35] if tp else None
+
+    def child_traceparent(self):
+        """A `traceparent` for a span of the function's own, child of the invocation's: the
+        same trace id and flags, a new span id. Send it downstream (and report the span
+        under that id); None when the invocation carries no trace context."""
+        tp = self.traceparent
+        if not tp:
+            return None
+        return "00-%s-%s-%s" % (tp[3:35], os.urandom(8).hex(), tp[53:55])
+
+    @property
     def environ(self):
         """A WSGI environ for this request (built on first use)."""
         e = self._environ
@@ -1649,6 +1668,37 @@ def _log(text):
         pass
 
 
+def _valid_traceparent(tp):
+    """`tp` when it is a version-00 W3C traceparent with non-zero ids, else None."""
+    if not tp or len(tp) < 55 or tp[:3] != "00-" or tp[35] != "-" or tp[52] != "-":
+        return None
+    tp = tp[:55].lower()
+    try:
+        int(tp[3:35], 16), int(tp[36:52], 16), int(tp[53:55], 16)
+    except ValueError:
+        return None
+    if tp[3:35] == "0" * 32 or tp[36:52] == "0" * 16:
+        return None
+    return tp
+
+
+def _trace_note(hdrs):
+    """ " (invocation ID, trace TRACEID)" for log lines, from the request headers."""
+    inv = tp = None
+    for k, v in hdrs:
+        lk = k.lower()
+        if lk == "x-kappa-invocation-id":
+            inv = v
+        elif lk == "traceparent":
+            tp = _valid_traceparent(v)
+    parts = []
+    if inv:
+        parts.append("invocation %s" % inv)
+    if tp:
+        parts.append("trace %s" % tp[3:35])
+    return " (%s)" % ", ".join(parts) if parts else ""
+
+
 def _invocation_id(hdrs):
     for k, v in hdrs:
         if len(k) == 21 and k.lower() == "x-kappa-invocation-id":
@@ -1659,7 +1709,7 @@ def _invocation_id(hdrs):
 def _function_error(e, hdrs, ka, head_only, http10):
     msg, tb = _describe(e)
     inv = _invocation_id(hdrs)
-    _log("kappa: function error%s: %s\n%s" % (" (invocation %s)" % inv if inv else "", msg, tb))
+    _log("kappa: function error%s: %s\n%s" % (_trace_note(hdrs), msg, tb))
     return _error_response(500, "function_error", msg, ka, head_only, http10, tb, inv)
 
 
@@ -1792,9 +1842,8 @@ def _send_stream(sock, status, hstr, stream, first, is_async, req, hdrs, ka, hea
                 c = _chunk_bytes(c)
             except BaseException as e:
                 msg, tb = _describe(e)
-                inv = _invocation_id(hdrs)
                 _log("kappa: function error while streaming%s: %s\n%s" % (
-                    " (invocation %s)" % inv if inv else "", msg, tb))
+                    _trace_note(hdrs), msg, tb))
                 return False  # end the response abruptly: the client sees it incomplete
             if c:
                 sock.sendall((b"%x\r\n" % len(c) + c + b"\r\n") if chunked else c)
@@ -2084,6 +2133,238 @@ class _BadRequest(Exception):
         self.status = status
 
 
+# --------------------------------------------------------------------------------------------
+# WebSockets (RFC 6455)
+#
+# A WebSocket upgrade request calls the function with one argument, a WebSocket (below), on
+# the connection's own thread; the socket is closed when the function returns. The connection
+# holds one of the KAPPA_CONCURRENCY slots until then. See docs/runtimes/python.md.
+
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_WS_MAX_MESSAGE = _MAX_BODY or 16 * 1024 * 1024
+
+
+class WebSocketClosed(Exception):
+    """Raised by WebSocket.send on a closed socket."""
+
+
+class WebSocket:
+    """One WebSocket connection: receive() -> str (text) | bytes (binary) | None (closed),
+    send(str | bytes), close(code=1000, reason=""), ping(data=b""); iterating yields messages
+    until the peer closes. `request` is the handshake request; after the close, `close_code`
+    and `close_reason` say how it ended. send() may be called from other threads."""
+
+    def __init__(self, sock, buf, request):
+        self._sock = sock
+        self._buf = buf
+        self._send_lock = _thread.allocate_lock()
+        self._close_sent = False
+        self.request = request
+        self.closed = False
+        self.close_code = None
+        self.close_reason = ""
+
+    def _frame(self, opcode, payload):
+        n = len(payload)
+        if n < 126:
+            head = bytes((0x80 | opcode, n))
+        elif n < 65536:
+            head = bytes((0x80 | opcode, 126)) + n.to_bytes(2, "big")
+        else:
+            head = bytes((0x80 | opcode, 127)) + n.to_bytes(8, "big")
+        return head + payload
+
+    def _write(self, opcode, payload):
+        with self._send_lock:
+            self._sock.sendall(self._frame(opcode, payload))
+
+    def send(self, data):
+        if self.closed or self._close_sent:
+            raise WebSocketClosed("the WebSocket is closed")
+        if isinstance(data, str):
+            self._write(0x1, data.encode("utf-8"))
+        elif isinstance(data, (bytes, bytearray, memoryview)):
+            self._write(0x2, bytes(data))
+        else:
+            raise TypeError("WebSocket.send takes str or bytes, not %s" % type(data).__name__)
+
+    def ping(self, data=b""):
+        if not (self.closed or self._close_sent):
+            self._write(0x9, bytes(data))
+
+    def _send_close(self, code, reason):
+        if self._close_sent:
+            return
+        self._close_sent = True
+        try:
+            self._write(0x8, int(code).to_bytes(2, "big") + str(reason).encode("utf-8"))
+        except OSError:
+            pass
+
+    def close(self, code=1000, reason=""):
+        """Sends a close frame and waits (briefly) for the peer's."""
+        if self.closed:
+            return
+        self._send_close(code, reason)
+        try:
+            self._sock.settimeout(5)
+            while self._read_frame() is not None:
+                pass
+        except (OSError, _BadRequest):
+            pass
+        self._finish(code, reason)
+
+    def _finish(self, code, reason):
+        if not self.closed:
+            self.closed = True
+            self.close_code = code
+            self.close_reason = reason
+
+    def _need(self, n):
+        while len(self._buf) < n:
+            data = self._sock.recv(65536)
+            if not data:
+                raise _BadRequest(400, "connection closed")
+            self._buf += data
+
+    def _read_frame(self):
+        """-> (fin, opcode, payload), or None once a close frame was handled."""
+        self._need(2)
+        b0, b1 = self._buf[0], self._buf[1]
+        n = b1 & 0x7F
+        off = 2
+        if n == 126:
+            self._need(4)
+            n = int.from_bytes(self._buf[2:4], "big")
+            off = 4
+        elif n == 127:
+            self._need(10)
+            n = int.from_bytes(self._buf[2:10], "big")
+            off = 10
+        if not b1 & 0x80:
+            self._send_close(1002, "client frames must be masked")
+            raise _BadRequest(400, "unmasked client frame")
+        if n > _WS_MAX_MESSAGE:
+            self._send_close(1009, "message too big")
+            raise _BadRequest(400, "message too big")
+        self._need(off + 4 + n)
+        mask = self._buf[off:off + 4]
+        raw = self._buf[off + 4:off + 4 + n]
+        self._buf = self._buf[off + 4 + n:]
+        # XOR with the repeated mask, a whole integer at a time.
+        m = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
+        payload = (int.from_bytes(raw, "big") ^ m).to_bytes(n, "big") if n else b""
+        opcode = b0 & 0x0F
+        if opcode == 0x8:
+            code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+            reason = payload[2:].decode("utf-8", "replace")
+            self._send_close(1000 if code == 1005 else code, "")
+            self._finish(code, reason)
+            return None
+        return (b0 & 0x80 != 0, opcode, payload)
+
+    def receive(self):
+        """The next message: str for text, bytes for binary, None once the socket closed."""
+        if self.closed:
+            return None
+        parts = None
+        kind = None
+        try:
+            while True:
+                frame = self._read_frame()
+                if frame is None:
+                    return None
+                fin, opcode, payload = frame
+                if opcode == 0x9:
+                    if not self._close_sent:
+                        self._write(0xA, payload)
+                    continue
+                if opcode == 0xA:
+                    continue
+                if opcode in (0x1, 0x2):
+                    if parts is not None:
+                        self._send_close(1002, "new message inside a fragmented one")
+                        raise _BadRequest(400, "protocol error")
+                    kind, parts = opcode, [payload]
+                elif opcode == 0x0 and parts is not None:
+                    parts.append(payload)
+                    if sum(len(p) for p in parts) > _WS_MAX_MESSAGE:
+                        self._send_close(1009, "message too big")
+                        raise _BadRequest(400, "message too big")
+                else:
+                    self._send_close(1002, "unexpected opcode %d" % opcode)
+                    raise _BadRequest(400, "protocol error")
+                if fin:
+                    data = b"".join(parts)
+                    return data.decode("utf-8", "replace") if kind == 0x1 else data
+        except (OSError, _BadRequest):
+            self._finish(1006, "")
+            return None
+
+    def __iter__(self):
+        while True:
+            msg = self.receive()
+            if msg is None:
+                return
+            yield msg
+
+    def __repr__(self):
+        return "<WebSocket %s>" % ("closed" if self.closed else "open")
+
+
+def _serve_websocket(sock, method, target, version, hdrs, buf, peer, local):
+    """Completes a WebSocket handshake and runs the function on it until it returns."""
+    key = None
+    wsver = None
+    for k, v in hdrs:
+        lk = k.lower()
+        if lk == "sec-websocket-key":
+            key = v
+        elif lk == "sec-websocket-version":
+            wsver = v
+    st = _state
+    if st is None:
+        sock.sendall(_build(500, _H_JSON, _NOT_SPECIALIZED, False, False, False))
+        return
+    if method != "GET" or key is None or wsver != "13":
+        sock.sendall(_error_response(
+            400, "bad_request",
+            "a WebSocket handshake is a GET with Sec-WebSocket-Key and Sec-WebSocket-Version: 13",
+            False))
+        return
+    fn, takes, is_async = st
+    if not takes or is_async:
+        sock.sendall(_error_response(
+            500, "function_error",
+            "a WebSocket function is a plain (not async) function taking one argument, "
+            "the WebSocket", False))
+        return
+    import hashlib
+    import binascii
+    accept = binascii.b2a_base64(hashlib.sha1(key.encode("latin-1") + _WS_GUID).digest(),
+                                 newline=False)
+    req = Request(method, target, version, hdrs, b"", peer, local)
+    ws = WebSocket(sock, buf, req)
+    _sem.acquire()
+    try:
+        sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        ctx = _bind(req)
+        try:
+            fn(ws)
+        except BaseException as e:
+            msg, tb = _describe(e)
+            inv = _invocation_id(hdrs)
+            _log("kappa: function error on a WebSocket%s: %s\n%s" % (
+                " (invocation %s)" % inv if inv else "", msg, tb))
+            ws.close(1011, "function error")
+        finally:
+            _unbind(ctx)
+        ws.close()
+    finally:
+        _sem.release()
+
+
 def _recv_more(sock, buf):
     data = sock.recv(262144)
     if not data:
@@ -2260,6 +2541,10 @@ def _serve_conn(sock, peer, local):
                                            target == "/specialize"):
                     _send_specialize(sock, body, target == "/specialize", ka,
                                      version == "HTTP/1.0")
+                elif conn is not None and "upgrade" in conn and any(
+                        k.lower() == "upgrade" and v.lower() == "websocket" for k, v in hdrs):
+                    _serve_websocket(sock, method, target, version, hdrs, buf, peer, local)
+                    return
                 else:
                     ka = _handle_function(sock, method, target, version, hdrs, body, peer, ka,
                                           local)

@@ -38,14 +38,35 @@ pub enum FnCommand {
     /// other function uses it.
     #[command(alias = "rm")]
     Delete(NameArg),
-    /// Invoke a function through the API and print its response body.
+    /// Invoke a function through the API and print its response body (with --async: queue
+    /// an asynchronous invocation and print its id).
+    #[command(alias = "invoke")]
     Test(FnTest),
+    /// List a function's asynchronous invocations, newest first.
+    Invocations(FnInvocations),
+    /// Show one asynchronous invocation: its request, attempts and outcome (YAML by default).
+    Invocation(InvocationArg),
     /// Print a function's logs.
     #[command(alias = "log")]
     Logs(FnLogs),
     /// List the function's instances (specialized, being specialized or draining).
     #[command(alias = "instances")]
     Pods(NameArg),
+    /// List the function's kept versions: number, time, code checksum, what changed.
+    #[command(alias = "versions")]
+    History(NameArg),
+    /// Make an earlier version current again (new requests run it, old instances drain).
+    Rollback(FnRollback),
+}
+
+/// `fn rollback`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FnRollback {
+    #[command(flatten)]
+    pub name: NameArg,
+    /// The version to make current [default: the newest kept version before the current one].
+    #[arg(long)]
+    pub to: Option<u32>,
 }
 
 /// Where a function's code comes from (at most one).
@@ -140,6 +161,20 @@ pub struct FnSettings {
     /// sandbox; default: its environment's).
     #[arg(long, value_name = "BOOL")]
     pub egress: Option<bool>,
+    /// Asynchronous invocations: attempts after the first failed one, with exponential
+    /// back-off [default: 2].
+    #[arg(long)]
+    pub retries: Option<u32>,
+    /// Asynchronous invocations: the message-queue topic they go to after their last failed
+    /// attempt (without one they stay in the store, dead-lettered); "" removes it on update.
+    #[arg(long, value_name = "TOPIC")]
+    pub dead_letter_topic: Option<String>,
+    /// The broker of --dead-letter-topic: nats-jetstream or redis [default: nats-jetstream].
+    #[arg(long, value_name = "TYPE")]
+    pub dead_letter_mqtype: Option<String>,
+    /// The broker URL of --dead-letter-topic [default: the platform's broker of that type].
+    #[arg(long, value_name = "URL")]
+    pub dead_letter_url: Option<String>,
     #[command(flatten)]
     pub resources: ResourceFlags,
 }
@@ -175,6 +210,41 @@ impl FnSettings {
         }
         if let Some(v) = self.egress {
             spec.egress = Some(v);
+        }
+        if let Some(v) = self.retries {
+            spec.retries = v;
+        }
+        match self.dead_letter_topic.as_deref() {
+            Some("") => spec.dead_letter = None,
+            Some(topic) => {
+                let previous = spec.dead_letter.take().unwrap_or_default();
+                let mut dead_letter = kappa_types::DeadLetter {
+                    topic: topic.to_string(),
+                    message_queue_type: if previous.message_queue_type.is_empty() {
+                        "nats-jetstream".into()
+                    } else {
+                        previous.message_queue_type
+                    },
+                    metadata: previous.metadata,
+                };
+                if let Some(t) = &self.dead_letter_mqtype {
+                    dead_letter.message_queue_type = t.clone();
+                }
+                if let Some(url) = &self.dead_letter_url {
+                    dead_letter.metadata.insert("url".into(), url.clone());
+                }
+                spec.dead_letter = Some(dead_letter);
+            }
+            None => {
+                if let Some(dead_letter) = spec.dead_letter.as_mut() {
+                    if let Some(t) = &self.dead_letter_mqtype {
+                        dead_letter.message_queue_type = t.clone();
+                    }
+                    if let Some(url) = &self.dead_letter_url {
+                        dead_letter.metadata.insert("url".into(), url.clone());
+                    }
+                }
+            }
         }
         for (k, v) in &self.envvars {
             spec.env.insert(k.clone(), v.clone());
@@ -269,6 +339,28 @@ pub struct FnTest {
     /// How long to wait for the response (e.g. 60s, 500ms, 2m).
     #[arg(short = 't', long, default_value = "60s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Queue an asynchronous invocation (answered at once with its id; see `kappa fn
+    /// invocation ID`) instead of waiting for the function.
+    #[arg(long = "async")]
+    pub asynchronous: bool,
+}
+
+/// `fn invocations`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FnInvocations {
+    #[command(flatten)]
+    pub name: NameArg,
+    /// Show at most this many (the newest).
+    #[arg(long)]
+    pub limit: Option<u64>,
+}
+
+/// `fn invocation`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InvocationArg {
+    /// The invocation id (as `fn test --async` or the 202 answer gave it).
+    #[arg(value_name = "ID")]
+    pub id: String,
 }
 
 /// `fn logs`.
@@ -295,9 +387,14 @@ pub async fn run(ctx: &Ctx, command: FnCommand) -> anyhow::Result<()> {
         FnCommand::List => super::list(ctx, table).await,
         FnCommand::Update(args) => update(ctx, args).await,
         FnCommand::Delete(name) => delete(ctx, name.get()?).await,
+        FnCommand::Test(args) if args.asynchronous => invoke_async(ctx, args).await,
         FnCommand::Test(args) => test(ctx, args).await,
+        FnCommand::Invocations(args) => invocations(ctx, args).await,
+        FnCommand::Invocation(args) => invocation(ctx, args).await,
         FnCommand::Logs(args) => logs(ctx, args).await,
         FnCommand::Pods(name) => super::pods(ctx, Kind::Function, &name).await,
+        FnCommand::History(name) => history(ctx, name.get()?).await,
+        FnCommand::Rollback(args) => rollback(ctx, &args).await,
     }
 }
 
@@ -771,6 +868,96 @@ async fn test(ctx: &Ctx, args: FnTest) -> anyhow::Result<()> {
     }
 }
 
+/// `fn test --async`: queues the invocation and prints its id.
+async fn invoke_async(ctx: &Ctx, args: FnTest) -> anyhow::Result<()> {
+    let name = args.name.get()?;
+    let method = Method::from_bytes(args.method.trim().to_ascii_uppercase().as_bytes())
+        .map_err(|_| usage(format!("--method {:?} is not an HTTP method", args.method)))?;
+    let mut query = args.query.clone();
+    query.push(("async".into(), "true".into()));
+    let call = Invocation {
+        method,
+        subpath: args.subpath.clone(),
+        query,
+        headers: args.headers.clone(),
+        body: args.body.clone(),
+        timeout: args.timeout,
+    };
+    let what = || format!("queueing an asynchronous invocation of function '{name}'");
+    let response = ctx.client.invoke(name, call).await.with_context(what)?;
+    let status = response.status();
+    let bytes = read_bounded(response, MAX_TEST_ERROR_BODY)
+        .await
+        .unwrap_or_default();
+    if status != reqwest::StatusCode::ACCEPTED {
+        return Err(anyhow::Error::new(error_from_body(status, &bytes, None)).context(what()));
+    }
+    let body: serde_json::Value = serde_json::from_slice(&bytes)
+        .with_context(|| format!("reading the answer to {}", what()))?;
+    match ctx.output {
+        None | Some(OutputFormat::Table) => {
+            let id = body["invocationId"].as_str().unwrap_or_default();
+            output::print_stdout(&format!("{id}\n"))
+        }
+        Some(format) => output::print_value(format, &body),
+    }
+}
+
+/// `fn invocations NAME`: ID, PHASE, ATTEMPTS, STATUS, AGE, DURATION, ERROR.
+async fn invocations(ctx: &Ctx, args: FnInvocations) -> anyhow::Result<()> {
+    let name = args.name.get()?;
+    let items = ctx
+        .client
+        .invocations(name, args.limit)
+        .await
+        .with_context(|| format!("listing the invocations of function '{name}'"))?;
+    match ctx.output.unwrap_or(OutputFormat::Table) {
+        OutputFormat::Table => {
+            let mut t = output::Table::new(&[
+                "ID", "PHASE", "ATTEMPTS", "STATUS", "AGE", "DURATION", "ERROR",
+            ]);
+            for item in &items {
+                let status = &item["status"];
+                let history = status["history"].as_array();
+                let total_ms: u64 = history
+                    .map(|h| h.iter().filter_map(|a| a["durationMs"].as_u64()).sum())
+                    .unwrap_or(0);
+                t.row(vec![
+                    item["metadata"]["name"].as_str().unwrap_or("-").to_string(),
+                    status["phase"].as_str().unwrap_or("pending").to_string(),
+                    status["attempts"].as_u64().unwrap_or(0).to_string(),
+                    output::or_dash(status["response"]["status"].as_u64()),
+                    output::age(item["spec"]["acceptedAt"].as_str()),
+                    if history.is_some_and(|h| !h.is_empty()) {
+                        output::format_duration(Duration::from_millis(total_ms))
+                    } else {
+                        "-".to_string()
+                    },
+                    output::or_dash(status["error"].as_str()),
+                ]);
+            }
+            output::print_stdout(&t.to_string())
+        }
+        format => output::print_value(format, &serde_json::Value::Array(items)),
+    }
+}
+
+/// `fn invocation ID`.
+async fn invocation(ctx: &Ctx, args: InvocationArg) -> anyhow::Result<()> {
+    let id = args.id.trim();
+    if !kappa_types::is_invocation_id(id) {
+        return Err(usage(format!(
+            "{id:?} is not an invocation id: expected 32 lower-case hex digits"
+        )));
+    }
+    let value = ctx
+        .client
+        .invocation(id)
+        .await
+        .with_context(|| format!("reading invocation {id}"))?;
+    output::print_value(ctx.output.unwrap_or(OutputFormat::Yaml), &value)
+}
+
 /// Formats a log line: `2026-11-30T12:00:00.123456Z [instance-id] stdout: message`.
 pub fn format_log_line(line: &LogLine) -> String {
     format!(
@@ -857,6 +1044,63 @@ pub fn table(items: &[kappa_types::Function]) -> Table {
         ]);
     }
     t
+}
+
+/// `fn history`: the kept versions, oldest first, the current one marked.
+async fn history(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
+    let (current, versions) = ctx.client.versions(name).await?;
+    if let Some(format @ (OutputFormat::Json | OutputFormat::Yaml)) = ctx.output {
+        let items: Vec<serde_json::Value> = versions.iter().map(|v| v.to_json()).collect();
+        return output::print_value(
+            format,
+            &serde_json::json!({"function": name, "current": current, "items": items}),
+        );
+    }
+    let mut t = Table::new(&[
+        "VERSION", "CURRENT", "CREATED", "AGE", "CHECKSUM", "CHANGES",
+    ]);
+    for v in &versions {
+        let created = v.metadata.creation_timestamp.clone().unwrap_or_default();
+        t.row(vec![
+            v.spec.version.to_string(),
+            if current == Some(v.spec.version) {
+                "*".to_string()
+            } else {
+                String::new()
+            },
+            created.clone(),
+            age(v.metadata.creation_timestamp.as_deref()),
+            v.spec
+                .checksum()
+                .map_or("-".to_string(), |c| c.chars().take(12).collect()),
+            if v.spec.changes.is_empty() {
+                "-".to_string()
+            } else {
+                v.spec.changes.join(",")
+            },
+        ]);
+    }
+    output::print_stdout(&t.to_string())
+}
+
+/// `fn rollback`: version N (default: the one before the current) becomes current.
+async fn rollback(ctx: &Ctx, args: &FnRollback) -> anyhow::Result<()> {
+    let name = args.name.get()?;
+    let function = ctx.client.rollback(name, args.to).await?;
+    let version = function
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(kappa_types::VERSION_ANNOTATION))
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("?")
+        .to_string();
+    match ctx.output {
+        Some(format @ (OutputFormat::Json | OutputFormat::Yaml)) => {
+            output::print_value(format, &function)
+        }
+        _ => output::print_stdout(&format!(
+            "function '{name}' rolled back to version {version}\n"
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! arguments, flag value parsers, and the generic get/list/delete/update flows.
 
 pub mod archive;
+pub mod canary;
 pub mod configmap;
 pub mod env;
 pub mod function;
@@ -176,6 +177,9 @@ pub fn noun(kind: Kind) -> &'static str {
         Kind::TimeTrigger => "time trigger",
         Kind::Secret => "secret",
         Kind::ConfigMap => "config map",
+        Kind::FunctionVersion => "function version",
+        Kind::CanaryConfig => "canary",
+        Kind::Invocation => "invocation",
     }
 }
 

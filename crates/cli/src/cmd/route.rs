@@ -32,7 +32,7 @@ pub struct RouteCreate {
     /// The route's name [default: <function>-<6 random hex>].
     #[arg(long)]
     pub name: Option<String>,
-    /// The function it invokes.
+    /// The function it invokes; NAME@N pins version N (`kappa fn history`).
     #[arg(long)]
     pub function: String,
     #[command(flatten)]
@@ -66,7 +66,7 @@ pub struct RouteUpdate {
     /// The route to change.
     #[arg(long)]
     pub name: String,
-    /// The function it invokes.
+    /// The function it invokes; NAME@N pins version N (`kappa fn history`).
     #[arg(long)]
     pub function: Option<String>,
     /// A new path template (replaces a prefix).
@@ -130,15 +130,15 @@ pub fn route_spec(
 pub async fn run(ctx: &Ctx, command: RouteCommand) -> anyhow::Result<()> {
     match command {
         RouteCommand::Create(args) => {
-            super::check_name(&args.function).map_err(|_| {
+            kappa_types::validate_function_ref("--function", &args.function).map_err(|_| {
                 usage(format!(
-                    "--function {:?} is not a function name: expected a DNS-1123 label",
+                    "--function {:?} is not a function name: expected a DNS-1123 label, or NAME@N for version N",
                     args.function
                 ))
             })?;
             let name = match &args.name {
                 Some(name) => name.clone(),
-                None => generated_name(&args.function),
+                None => generated_name(&args.function.replace('@', "-v")),
             };
             super::check_name(&name)?;
             let spec = route_spec(

@@ -4,7 +4,7 @@
 //! ignored with a warning where ignoring it changes nothing a user relies on, or refused with
 //! an error naming it. Whatever is left unread is an error too (see [`Fields::finish`]); the
 //! table in `docs/fission.md` lists each field's fate. Kinds Kappa has no equivalent for
-//! (CanaryConfig, KubernetesWatchTrigger, ...) are refused.
+//! (KubernetesWatchTrigger, ...) are refused.
 //!
 //! The other direction is not needed: Kappa writes its own format (`--spec` on create commands).
 
@@ -42,12 +42,7 @@ pub fn convert(value: &Value, doc: &Document) -> Result<Converted, Vec<Problem>>
         "HTTPTrigger" => (Kind::HttpTrigger, http_trigger),
         "MessageQueueTrigger" => (Kind::MessageQueueTrigger, mq_trigger),
         "TimeTrigger" => (Kind::TimeTrigger, time_trigger),
-        "CanaryConfig" => {
-            return Err(refuse(
-                doc,
-                "kind CanaryConfig is not supported: Kappa has no canary controller; route with an HTTPTrigger whose functionref is `type: function-weights` and change the weights with `kappa route update --function A --weight N ...`",
-            ));
-        }
+        "CanaryConfig" => (Kind::CanaryConfig, canary_config),
         "KubernetesWatchTrigger" => {
             return Err(refuse(
                 doc,
@@ -58,7 +53,7 @@ pub fn convert(value: &Value, doc: &Document) -> Result<Converted, Vec<Problem>>
             return Err(refuse(
                 doc,
                 &format!(
-                    "kind {other:?} of fission.io/v1 is not supported: expected Environment, Package, Function, HTTPTrigger, MessageQueueTrigger, TimeTrigger, ArchiveUploadSpec or DeploymentConfig"
+                    "kind {other:?} of fission.io/v1 is not supported: expected Environment, Package, Function, HTTPTrigger, MessageQueueTrigger, TimeTrigger, CanaryConfig, ArchiveUploadSpec or DeploymentConfig"
                 ),
             ));
         }
@@ -645,6 +640,30 @@ fn time_trigger(f: &mut Fields<'_>, spec: &mut Map<String, Value>) -> Uploads {
     Vec::new()
 }
 
+/// Fission's CanaryConfig: the same fields (Kappa kept Fission's names, `duration` included).
+fn canary_config(f: &mut Fields<'_>, spec: &mut Map<String, Value>) -> Uploads {
+    for key in ["trigger", "newfunction", "oldfunction"] {
+        match f.string(key) {
+            Some(v) => {
+                spec.insert(key.into(), json!(v));
+            }
+            None => f.error(key, "missing"),
+        }
+    }
+    for key in ["weightincrement", "failurethreshold"] {
+        if let Some(n) = f.u64(key) {
+            spec.insert(key.into(), json!(n));
+        }
+    }
+    if let Some(d) = f.string("duration").filter(|d| !d.is_empty()) {
+        spec.insert("duration".into(), json!(d));
+    }
+    if let Some(t) = f.string("failureType").filter(|t| !t.is_empty()) {
+        spec.insert("failureType".into(), json!(t));
+    }
+    Vec::new()
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -656,6 +675,20 @@ mod tests {
         let doc = split_documents(Path::new("f.yaml"), text).remove(0);
         let value: Value = serde_norway::from_str(&doc.text).unwrap();
         convert(&value, &doc)
+    }
+
+    #[test]
+    fn canary_configs_convert() {
+        let c = convert_text(
+            "apiVersion: fission.io/v1\nkind: CanaryConfig\nmetadata:\n  name: c\nspec:\n  trigger: r\n  newfunction: f-v2\n  oldfunction: f-v1\n  weightincrement: 25\n  duration: 1m\n  failurethreshold: 5\n  failureType: status-code\n",
+        )
+        .ok()
+        .unwrap();
+        let (kind, value, _) = c.object.unwrap();
+        assert_eq!(kind, Kind::CanaryConfig);
+        assert_eq!(value["spec"]["weightincrement"], 25);
+        assert_eq!(value["spec"]["duration"], "1m");
+        assert_eq!(value["spec"]["failureType"], "status-code");
     }
 
     #[test]

@@ -428,6 +428,10 @@ fn read_document(set: &mut SpecSet, doc: &Document) {
             Err(problems) => set.problems.extend(problems),
         },
         (kappa_types::API_VERSION, kind) => match kind.parse::<Kind>() {
+            Ok(Kind::Invocation) => set.error(
+                doc.locate("kind"),
+                "kind Invocation is not applied from specs: invocations are records the platform writes when it accepts an asynchronous invocation",
+            ),
             Ok(Kind::Secret) => set.error(
                 doc.locate("kind"),
                 "kind Secret is not applied from specs (its values would sit in the files): create it with `kappa secret create`",
@@ -508,6 +512,9 @@ fn add_typed(
         Kind::TimeTrigger => check::<TimeTriggerSpec>(value),
         Kind::Secret => check::<SecretSpec>(value),
         Kind::ConfigMap => check::<ConfigMapSpec>(value),
+        Kind::CanaryConfig => check::<kappa_types::CanaryConfigSpec>(value),
+        Kind::FunctionVersion => check::<kappa_types::FunctionVersionSpec>(value),
+        Kind::Invocation => check::<kappa_types::InvocationSpec>(value),
     };
     match checked {
         Ok(value) => {

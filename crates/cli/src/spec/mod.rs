@@ -361,6 +361,9 @@ fn comparable(kind: Kind, value: &Value) -> Value {
         Kind::TimeTrigger => norm::<TimeTriggerSpec>(value),
         Kind::Secret => norm::<SecretSpec>(value),
         Kind::ConfigMap => norm::<ConfigMapSpec>(value),
+        Kind::CanaryConfig => norm::<kappa_types::CanaryConfigSpec>(value),
+        Kind::FunctionVersion => norm::<kappa_types::FunctionVersionSpec>(value),
+        Kind::Invocation => norm::<kappa_types::InvocationSpec>(value),
     };
     if kind == Kind::Function
         && let Some(p) = v["spec"]["package"]["packageref"].as_object_mut()

@@ -12,7 +12,7 @@ use kappa_types::{Environment, Function};
 use super::adaptive::{Demand, KeepAliveReason, PoolDecision, PoolReason};
 use super::{FnInstance, PoolManager, State};
 use crate::cache::Snapshot;
-use crate::metrics::{EnvLabels, EnvReasonLabels, FnLabels, FnReasonLabels, TakeLabels};
+use crate::metrics::{EnvReasonLabels, FnLabels, FnReasonLabels, PoolEnvLabels, TakeLabels};
 
 impl PoolManager {
     /// The policy's clock: time since this pool manager was made.
@@ -48,7 +48,7 @@ impl PoolManager {
             self.inner
                 .metrics
                 .pool_refill_seconds
-                .get_or_create(&EnvLabels {
+                .get_or_create(&PoolEnvLabels {
                     environment: env_id.to_string(),
                 })
                 .set(d.refill(&self.inner.config.adaptive).as_secs_f64());
@@ -81,7 +81,7 @@ impl PoolManager {
             let environment = env_id.to_string();
             metrics
                 .pool_size
-                .get_or_create(&EnvLabels {
+                .get_or_create(&PoolEnvLabels {
                     environment: environment.clone(),
                 })
                 .set(i64::from(decision.size));
@@ -97,10 +97,10 @@ impl PoolManager {
         }
         for env_id in std::mem::take(&mut st.demand.gone_envs) {
             let environment = env_id.to_string();
-            metrics.pool_size.remove(&EnvLabels {
+            metrics.pool_size.remove(&PoolEnvLabels {
                 environment: environment.clone(),
             });
-            metrics.pool_refill_seconds.remove(&EnvLabels {
+            metrics.pool_refill_seconds.remove(&PoolEnvLabels {
                 environment: environment.clone(),
             });
             for reason in PoolReason::ALL {

@@ -291,6 +291,7 @@ pub fn target(max_retries: u32, max_concurrency: u32) -> kappa_triggers::Target 
         content_type: "application/json".into(),
         max_concurrency,
         invoke_timeout: Duration::from_secs(30),
+        messaging_system: "nats".into(),
     }
 }
 

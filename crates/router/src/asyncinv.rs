@@ -1,0 +1,137 @@
+//! Asynchronous invocation on the public listener: a routed request with
+//! `X-Kappa-Invocation-Type: async` is stored as an Invocation (`kappa_types::Invocation`,
+//! its name the invocation id) and answered `202` with the id once the store has it; the
+//! asynchronous worker (`kappa_triggers::AsyncWorker`) runs it later through the router.
+//!
+//! The request is stored as the function would have received it (the path and the headers
+//! after routing), with its body up to `kappa_types::ASYNC_BODY_LIMIT` (413 past it). The
+//! write happens before the answer, so a `202` means the invocation survives a crash.
+
+use base64::Engine as _;
+use bytes::Bytes;
+use chrono::{SecondsFormat, Utc};
+use http::header::{CONTENT_TYPE, LOCATION};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt as _, Limited};
+use hyper::body::Incoming;
+use kappa_store::Precondition;
+use kappa_types::{
+    ASYNC_BODY_LIMIT, INVOCATION_TYPE_HEADER, Invocation, InvocationHeader, InvocationSpec,
+};
+
+use crate::Inner;
+use crate::body::ResponseBody;
+use crate::error::Failure;
+use crate::proxy::INVOCATION_ID;
+use crate::table::FunctionEntry;
+
+/// Whether the client asked for an asynchronous invocation.
+pub(crate) fn requested(headers: &HeaderMap) -> bool {
+    headers
+        .get(INVOCATION_TYPE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("async"))
+}
+
+fn too_large() -> Failure {
+    Failure::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("an asynchronous invocation's body may be at most {ASYNC_BODY_LIMIT} bytes"),
+    )
+    .close()
+}
+
+/// Stores the request as an invocation and answers `202` with its id.
+pub(crate) async fn accept(
+    inner: &Inner,
+    entry: &FunctionEntry,
+    parts: Parts,
+    body: Incoming,
+    invocation_id: &HeaderValue,
+) -> Result<Response<ResponseBody>, Failure> {
+    if !entry.exists {
+        return Err(Failure::new(
+            StatusCode::NOT_FOUND,
+            "function_not_found",
+            format!("function {} not found", entry.id),
+        ));
+    }
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|len| len > ASYNC_BODY_LIMIT) {
+        return Err(too_large());
+    }
+    let limit = usize::try_from(ASYNC_BODY_LIMIT).unwrap_or(usize::MAX);
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(error) => {
+            return Err(Failure::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("reading the request body failed: {error}"),
+            )
+            .close());
+        }
+    };
+    let id = invocation_id.to_str().unwrap_or_default().to_string();
+    let headers = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| *name != INVOCATION_ID && name.as_str() != INVOCATION_TYPE_HEADER)
+        .map(|(name, value)| InvocationHeader {
+            name: name.as_str().to_string(),
+            value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+        })
+        .collect();
+    let spec = InvocationSpec {
+        function: entry.id.name.clone(),
+        method: parts.method.to_string(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_string(),
+        headers,
+        body: base64::engine::general_purpose::STANDARD.encode(&bytes),
+        accepted_at: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+        source: "router".into(),
+    };
+    let invocation = Invocation::accepted(&id, &entry.id.namespace, spec);
+    if let Err(error) = inner
+        .store
+        .put(invocation.to_json(), Precondition::MustNotExist)
+        .await
+    {
+        return Err(Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("storing the asynchronous invocation failed: {error}"),
+        )
+        .retry_after());
+    }
+    tracing::debug!(function = %entry.id, invocation_id = %id, "asynchronous invocation accepted");
+    let body = serde_json::json!({
+        "invocationId": id,
+        "function": entry.id.name,
+        "namespace": entry.id.namespace,
+        "status": "pending",
+    });
+    let mut response = Response::new(ResponseBody::full(Bytes::from(format!("{body}\n"))));
+    *response.status_mut() = StatusCode::ACCEPTED;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(INVOCATION_ID.clone(), invocation_id.clone());
+    if let Ok(location) = HeaderValue::from_str(&format!(
+        "/v1/invocations/{id}?namespace={}",
+        entry.id.namespace
+    )) {
+        headers.insert(LOCATION, location);
+    }
+    Ok(response)
+}
