@@ -23,10 +23,15 @@
       the nginx upstream function with traces off, and exported (OTLP/HTTP to a local sink that
       discards them) with the sampler at 100% and at 1%, side by side.
 
+  (g) adaptive warm pools: a replayed bursty trace (bursts of concurrent first requests to new
+      functions, one environment at a time, separated by idle gaps) against fixed pools and
+      against adaptive pools under the same pool memory budget; prints the cold starts (pool
+      misses: requests that waited for an instance start, from the executor's metrics).
+
 Usage: scripts/bench.sh [--quick]   (builds the release binary, then runs this script)
 Needs: nginx, haproxy, wrk, nats-server, tansu (scripts/install-deps.sh and bench.sh install
 them). Uses free loopback ports only. `--mq-only` runs only (d), `--scale-only` only (e), `--tracing-only`
-only (f).
+only (f), `--pools-only` only (g).
 """
 
 import argparse
@@ -119,6 +124,15 @@ class Kappa:
                 # A sandboxed instance has no host port (`sandbox:<port>:<connector>`).
                 return None if addr.startswith("sandbox:") else int(addr.rsplit(":", 1)[1])
         return None
+
+    def metrics(self):
+        with open(os.path.join(self.data, "token")) as f:
+            token = f.read().strip()
+        # The API server's /metrics carries the pool manager's metrics.
+        status, body = http_get(self.api, "/metrics", {"Authorization": f"Bearer {token}"})
+        if status != 200:
+            sys.exit(f"GET /metrics answered {status}")
+        return body.decode()
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -685,6 +699,104 @@ def bench_tracing(seconds):
     off = results["traces off"][0]["rps"]
     for label in ("traces on, sampler 100%", "traces on, sampler 1%"):
         print(f"throughput, {label} / traces off: {results[label][0]['rps'] / off:.2f}x")
+# (g): the trace. Environments are bursty one at a time (a phase each); every burst is BURST
+# concurrent first requests, one to each of BURST functions never invoked before; bursts are
+# IDLE_GAP seconds apart, phases PHASE_GAP (about two demand half-lives). Deterministic: the
+# same trace for both pool policies.
+POOL_ENVS = 3
+POOL_PHASES = 1          # each environment's phase comes this many times, in turn
+BURSTS_PER_PHASE = 4
+BURST = 6
+IDLE_GAP = 4.0
+PHASE_GAP = 60.0
+POOL_SIZE = 2            # the fixed pools' poolsize, and where the adaptive ones start
+POOL_MEMORY_MI = 64      # each environment's memory limit
+POOL_BUDGET_MI = POOL_ENVS * POOL_SIZE * POOL_MEMORY_MI  # what the fixed pools hold
+
+
+def pool_trace():
+    """[(environment index, [function names])] in replay order."""
+    trace, n = [], 0
+    for _ in range(POOL_PHASES):
+        for e in range(POOL_ENVS):
+            for _ in range(BURSTS_PER_PHASE):
+                trace.append((e, [f"t{n + k}" for k in range(BURST)]))
+                n += BURST
+    return trace
+
+
+def metric_sum(text, name, **labels):
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        head, value = line.rsplit(" ", 1)
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def bench_pools(policy, workdir):
+    """Replays the trace against `kappa up` with `policy` pools; returns the cold starts, the
+    client-measured first-request latencies and the pool sizes seen after each burst."""
+    import concurrent.futures
+    kappa = Kappa(workdir, extra=["--pool-memory-budget", f"{POOL_BUDGET_MI}Mi"])
+    hello = os.path.join(ROOT, "functions", "examples", "hello", "hello.py")
+    trace = pool_trace()
+    out = {"latency": [], "sizes": []}
+    try:
+        for e in range(POOL_ENVS):
+            flags = ["--pool-policy", "adaptive"] if policy == "adaptive" else []
+            kappa.cli("env", "create", "--name", f"e{e}", "--image", "python", "--poolsize",
+                      str(POOL_SIZE), "--maxmemory", str(POOL_MEMORY_MI), *flags)
+        for e, names in trace:
+            for name in names:
+                kappa.cli("fn", "create", "--name", name, "--env", f"e{e}", "--code", hello)
+                kappa.cli("route", "create", "--url", f"/{name}", "--function", name)
+        time.sleep(3)  # the pools fill
+        before = metric_sum(kappa.metrics(), "kappa_executor_pool_takes_total", result="miss")
+        with concurrent.futures.ThreadPoolExecutor(BURST) as pool:
+            for k, (e, names) in enumerate(trace):
+                if k and trace[k - 1][0] != e:
+                    time.sleep(PHASE_GAP - IDLE_GAP)
+                out["latency"] += list(pool.map(lambda n: first_request_ms(kappa.router, f"/{n}"), names))
+                time.sleep(IDLE_GAP)
+                text = kappa.metrics()
+                out["sizes"].append([int(metric_sum(text, "kappa_executor_pool_size", environment=f"default/e{i}"))
+                                     for i in range(POOL_ENVS)])
+        text = kappa.metrics()
+        out["cold"] = int(metric_sum(text, "kappa_executor_pool_takes_total", result="miss") - before)
+        out["takes"] = int(metric_sum(text, "kappa_executor_pool_takes_total"))
+    finally:
+        kappa.stop()
+    return out
+
+
+def report_pools(runs):
+    trace = pool_trace()
+    requests = sum(len(names) for _, names in trace)
+    print(f"(g) adaptive warm pools: a replayed bursty trace, {len(trace)} bursts of {BURST} concurrent "
+          f"first requests ({requests} requests), {POOL_ENVS} environments bursty one at a time "
+          f"({BURSTS_PER_PHASE} bursts each, {POOL_PHASES} round(s)), {IDLE_GAP:.0f} s idle gaps, "
+          f"{PHASE_GAP:.0f} s between environments; "
+          f"pool memory budget {POOL_BUDGET_MI} MiB ({POOL_MEMORY_MI} MiB per instance) for both")
+    print(f"{'pools':<34}{'cold starts':>12}{'first request p50':>20}{'p90':>10}")
+    for label, run in runs.items():
+        print(f"{label:<34}{run['cold']:>12}{median(run['latency']):>18.1f}ms{p90(run['latency']):>8.1f}ms")
+    for label, run in runs.items():
+        print(f"  pool sizes after each burst, {label}: " + " ".join("/".join(map(str, s)) for s in run["sizes"]))
+
+
+def main_pools():
+    workdir = tempfile.mkdtemp(prefix="kappa-bench-pools-")
+    runs = {}
+    for policy, label in (("fixed", f"fixed (poolsize {POOL_SIZE} each)"),
+                          ("adaptive", "adaptive (same budget)")):
+        d = os.path.join(workdir, policy)
+        os.makedirs(d)
+        runs[label] = bench_pools(policy, d)
+    shutil.rmtree(workdir, ignore_errors=True)
+    report_pools(runs)
 
 
 def bench_platform(mode, workdir, seconds, cold_n):
@@ -767,11 +879,15 @@ def main():
     ap.add_argument("--mq-only", action="store_true", help="only the message queue section (d)")
     ap.add_argument("--scale-only", action="store_true", help="only the routes-at-scale section (e)")
     ap.add_argument("--tracing-only", action="store_true", help="only the tracing section (f)")
+    ap.add_argument("--pools-only", action="store_true", help="only the adaptive pools section (g)")
     args = ap.parse_args()
     # Functions and routes the scale section creates (KAPPA_BENCH_ROUTES shrinks it).
     scale_n = int(os.environ.get("KAPPA_BENCH_ROUTES", "1000" if args.quick else "10000"))
     if args.mq_only:
         bench_mq(args.quick)
+        return
+    if args.pools_only:
+        main_pools()
         return
     seconds = 3 if args.quick else 10
     if args.scale_only:
@@ -856,6 +972,8 @@ def main():
     bench_scale(scale_n, seconds)
     print()
     bench_tracing(seconds)
+    print()
+    main_pools()
 
 
 if __name__ == "__main__":

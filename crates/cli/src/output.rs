@@ -153,6 +153,29 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(parsed)
 }
 
+/// Parses a memory size: a Kubernetes quantity (`512Mi`, `1Gi`, `1G`) or the same with a
+/// trailing `B` (`1GiB`, `512MiB`); at least 1 MiB.
+pub fn parse_memory_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let quantity = trimmed
+        .strip_suffix("iB")
+        .map(|q| format!("{q}i"))
+        .or_else(|| {
+            trimmed
+                .strip_suffix('B')
+                .filter(|q| q.ends_with(|c: char| c.is_ascii_alphabetic()))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| trimmed.to_string());
+    match kappa_types::parse_memory_bytes(&quantity) {
+        Some(bytes) if bytes >= 1 << 20 => Ok(bytes),
+        Some(_) => Err(format!("{text:?} is too small: expected at least 1MiB")),
+        None => Err(format!(
+            "{text:?} is not a memory size: expected e.g. 512MiB, 1GiB or 2Gi"
+        )),
+    }
+}
+
 /// `-` for an empty cell.
 pub fn or_dash(value: Option<impl ToString>) -> String {
     value
@@ -163,6 +186,17 @@ pub fn or_dash(value: Option<impl ToString>) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn memory_sizes() {
+        use super::parse_memory_size;
+        assert_eq!(parse_memory_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_memory_size("1Gi"), Ok(1 << 30));
+        assert_eq!(parse_memory_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_memory_size("2G"), Ok(2_000_000_000));
+        assert!(parse_memory_size("lots").is_err());
+        assert!(parse_memory_size("10").is_err());
+    }
+
     use super::*;
 
     #[test]

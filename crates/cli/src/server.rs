@@ -177,6 +177,11 @@ pub struct ServerArgs {
     /// Most instances (warm and specialized) the executor runs at once.
     #[arg(long, env = "KAPPA_MAX_INSTANCES", default_value_t = 256)]
     pub max_instances: usize,
+    /// Memory the warm pools may hold in all (pool size x each environment's memory limit, or
+    /// 128MiB without one), e.g. 1GiB: fixed pools count first, adaptive pools
+    /// (poolPolicy.mode adaptive) share the rest by demand [default: unbounded].
+    #[arg(long, env = "KAPPA_POOL_MEMORY_BUDGET", value_name = "SIZE", value_parser = crate::output::parse_memory_size)]
+    pub pool_memory_budget: Option<u64>,
     /// Seconds to drain in-flight requests and stop instances on shutdown.
     #[arg(long, env = "KAPPA_SHUTDOWN_GRACE", default_value_t = 10)]
     pub shutdown_grace: u64,
@@ -366,6 +371,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let manager = PoolManager::new(
             ExecutorConfig {
                 max_instances: args.max_instances,
+                pool_memory_budget: args.pool_memory_budget,
                 ..ExecutorConfig::default()
             },
             Arc::clone(&store),

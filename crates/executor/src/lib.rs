@@ -38,4 +38,4 @@ pub mod stats;
 
 pub use canary::CanaryController;
 pub use http::ExecutorApi;
-pub use manager::{ExecutorConfig, PoolManager};
+pub use manager::{AdaptiveConfig, ExecutorConfig, PoolManager};

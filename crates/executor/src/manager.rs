@@ -1,6 +1,10 @@
 //! The pool manager proper: pools, specialization, reconcile loop.
 
+mod adaptive;
+mod demand;
 mod deployed;
+
+pub use adaptive::AdaptiveConfig;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -45,6 +49,12 @@ pub struct ExecutorConfig {
     pub max_start_backoff: Duration,
     /// Extra time a draining instance gets beyond its function timeout before it is killed.
     pub drain_slack: Duration,
+    /// Bytes the warm pools may hold in all (pool size x the environment's memory limit, or
+    /// `adaptive.memory_estimate` without one): fixed pools count first, adaptive ones share
+    /// the rest by demand. `None`: no bound but `max_instances`.
+    pub pool_memory_budget: Option<u64>,
+    /// The adaptive pool policy's tunables (design note 006).
+    pub adaptive: AdaptiveConfig,
 }
 
 impl Default for ExecutorConfig {
@@ -57,6 +67,8 @@ impl Default for ExecutorConfig {
             start_backoff: Duration::from_millis(500),
             max_start_backoff: Duration::from_secs(30),
             drain_slack: Duration::from_secs(5),
+            pool_memory_budget: None,
+            adaptive: AdaptiveConfig::default(),
         }
     }
 }
@@ -86,6 +98,8 @@ struct Inner {
     deployment_changed: tokio::sync::Notify,
     /// Reconcile passes completed (see [`PoolManager::reconcile_passes`]).
     passes: std::sync::atomic::AtomicU64,
+    /// The adaptive policy's time origin.
+    origin: Instant,
 }
 
 #[derive(Default)]
@@ -101,6 +115,8 @@ struct State {
     /// Instances counted against `max_instances` (including ones starting).
     total: usize,
     next_inflight: u64,
+    /// What the adaptive pool policy saw and decided.
+    demand: adaptive::Demand,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,6 +258,7 @@ impl PoolManager {
                 deployments: OnceLock::new(),
                 deployment_changed: tokio::sync::Notify::new(),
                 passes: std::sync::atomic::AtomicU64::new(0),
+                origin: Instant::now(),
             }),
         }
     }
@@ -615,7 +632,12 @@ impl PoolManager {
                         });
                         if number(ENV_GENERATION) != Some(generation)
                             || pool.generation != generation
-                            || pool.warm.len() >= env.spec.poolsize as usize
+                            || pool.warm.len()
+                                >= env
+                                    .spec
+                                    .adaptive_pool()
+                                    .map_or(env.spec.poolsize, |(_, max)| max)
+                                    as usize
                         {
                             to_delete.push(instance.id);
                             continue;
@@ -700,9 +722,11 @@ impl PoolManager {
         let mut to_mark: Vec<(FunctionId, serde_json::Value)> = Vec::new();
         let isolation = self.inner.backend.isolation();
         let now = Instant::now();
+        let since_start = self.since_start();
         {
             let mut guard = self.state();
             let st = &mut *guard;
+            let plan = self.plan_pools(st, &snapshot, since_start);
             // Pools: one per environment, at its generation and size.
             st.pools.retain(|id, pool| {
                 if snapshot.environments.contains_key(id) {
@@ -737,7 +761,8 @@ impl PoolManager {
                     pool.failures = 0;
                     pool.retry_at = None;
                 }
-                while pool.warm.len() > env.spec.poolsize as usize {
+                let size = plan.get(id).map_or(env.spec.poolsize, |d| d.size) as usize;
+                while pool.warm.len() > size {
                     if let Some(i) = pool.warm.pop_back() {
                         to_delete.push((i.id, Duration::ZERO));
                     }
@@ -746,7 +771,7 @@ impl PoolManager {
                     continue;
                 }
                 let have = pool.warm.len() + pool.starting;
-                let want = env.spec.poolsize as usize;
+                let want = size;
                 for _ in have..want {
                     if st.total >= self.inner.config.max_instances {
                         break;
@@ -796,7 +821,7 @@ impl PoolManager {
                 });
                 let min_scale = function.map_or(0, |f| f.spec.min_scale as usize);
                 let idle =
-                    function.map_or(Duration::ZERO, |f| Duration::from_secs(f.spec.idletimeout));
+                    self.keep_alive_of(&mut st.demand, &fid, function, &fs.instances, since_start);
                 let drain_for = function.map_or(Duration::from_secs(60), |f| {
                     Duration::from_secs(f.spec.function_timeout)
                 }) + self.inner.config.drain_slack;
@@ -894,6 +919,7 @@ impl PoolManager {
                     st.total = st.total.saturating_sub(1);
                 }
             }
+            self.pool_statuses(st, &snapshot, &plan, since_start, &mut to_mark);
         }
         for (fid, iid) in to_unindex {
             self.inner.index.remove(&fid, &iid);
@@ -910,12 +936,14 @@ impl PoolManager {
             let this = self.clone();
             tokio::spawn(async move { this.start_warm(env_id, env).await });
         }
-        if let Some(isolation) = isolation {
+        {
             for (env_id, mut status) in to_mark {
                 if !status.is_object() {
                     status = serde_json::json!({});
                 }
-                status["isolation"] = serde_json::Value::String(isolation.clone());
+                if let Some(isolation) = &isolation {
+                    status["isolation"] = serde_json::Value::String(isolation.clone());
+                }
                 let store = Arc::clone(&self.inner.store);
                 tokio::spawn(async move {
                     let written = store
@@ -928,7 +956,7 @@ impl PoolManager {
                         )
                         .await;
                     if let Err(e) = written {
-                        tracing::debug!(environment = %env_id, error = %e, "could not record the environment's isolation");
+                        tracing::debug!(environment = %env_id, error = %e, "could not record the environment's status");
                     }
                 });
             }
@@ -970,7 +998,11 @@ impl PoolManager {
     async fn start_warm(&self, env_id: FunctionId, env: Arc<Environment>) {
         let spec = self.instance_spec(&env_id, &env, &env.spec.resources);
         let generation = spec.env_generation;
+        let started = Instant::now();
         let result = self.inner.backend.create(spec).await;
+        if result.is_ok() {
+            self.note_started(&env_id, started.elapsed());
+        }
         let shutting_down = self.inner.shutdown.is_cancelled();
         let discard = {
             let mut guard = self.state();
@@ -1527,7 +1559,9 @@ impl PoolManager {
         let warm = if dedicated {
             None
         } else {
-            self.take_warm(&env_id, env_generation, fid)
+            let warm = self.take_warm(&env_id, env_generation, fid);
+            self.note_take(&env_id, &env, warm.is_some());
+            warm
         };
         if let Some(instance) = &warm {
             self.inner
@@ -1777,6 +1811,7 @@ impl Provisioner for PoolManager {
         if self.uses_deployments(&f) {
             return self.provision_deployed(function, &f, generation).await;
         }
+        self.note_arrival(function);
         let timeout = Duration::from_secs(f.spec.specialization_timeout);
         let Some(mut done) = self.begin_specialization(function, f, generation, true) else {
             return Ok(Provision::AtCapacity);

@@ -9,10 +9,42 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ResultLabels {
     pub(crate) result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PoolEnvLabels {
+    /// `namespace/name`.
+    pub(crate) environment: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct EnvReasonLabels {
+    pub(crate) environment: String,
+    pub(crate) reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct TakeLabels {
+    pub(crate) environment: String,
+    /// `hit` (a warm instance was ready) or `miss` (one had to be started).
+    pub(crate) result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct FnLabels {
+    /// `namespace/name`.
+    pub(crate) function: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct FnReasonLabels {
+    pub(crate) function: String,
+    pub(crate) reason: &'static str,
 }
 
 /// An environment's series (its pool of warm instances).
@@ -65,6 +97,18 @@ pub(crate) struct Metrics {
     pub(crate) cold_start_phase_seconds: Family<PhaseLabels, Histogram, fn() -> Histogram>,
     /// Instances that ended without being asked to.
     pub(crate) unexpected_exits: Counter,
+    /// The pool size chosen per environment.
+    pub(crate) pool_size: Family<PoolEnvLabels, Gauge>,
+    /// 1 for the reason of each environment's pool size, 0 for the others.
+    pub(crate) pool_reason: Family<EnvReasonLabels, Gauge>,
+    /// Specializations that took from an environment's pool: `hit` or `miss` (a cold start).
+    pub(crate) pool_takes: Family<TakeLabels, Counter>,
+    /// The measured time to start a warm instance, per environment.
+    pub(crate) pool_refill_seconds: Family<PoolEnvLabels, Gauge<f64, AtomicU64>>,
+    /// The keep-alive chosen per function of an adaptive environment.
+    pub(crate) keepalive_seconds: Family<FnLabels, Gauge>,
+    /// 1 for the reason of each function's keep-alive, 0 for the others.
+    pub(crate) keepalive_reason: Family<FnReasonLabels, Gauge>,
     seen: Arc<Mutex<Seen>>,
 }
 
@@ -78,6 +122,12 @@ impl Metrics {
             starting_instances: Family::default(),
             cold_start_phase_seconds: Family::new_with_constructor(phase_histogram),
             unexpected_exits: Counter::default(),
+            pool_size: Family::default(),
+            pool_reason: Family::default(),
+            pool_takes: Family::default(),
+            pool_refill_seconds: Family::default(),
+            keepalive_seconds: Family::default(),
+            keepalive_reason: Family::default(),
             seen: Arc::default(),
         };
         let r = registry.sub_registry_with_prefix("kappa_executor");
@@ -115,6 +165,36 @@ impl Metrics {
             "unexpected_exits",
             "Instances that ended without being deleted",
             m.unexpected_exits.clone(),
+        );
+        r.register(
+            "pool_size",
+            "Warm pool size chosen per environment",
+            m.pool_size.clone(),
+        );
+        r.register(
+            "pool_size_reason",
+            "Why each environment's pool has its size (1: the current reason)",
+            m.pool_reason.clone(),
+        );
+        r.register(
+            "pool_takes",
+            "Specializations that took from a pool, by result (miss: an instance had to start)",
+            m.pool_takes.clone(),
+        );
+        r.register(
+            "pool_refill_seconds",
+            "Measured time to start a warm instance",
+            m.pool_refill_seconds.clone(),
+        );
+        r.register(
+            "keepalive_seconds",
+            "Keep-alive of idle specialized instances per function of an adaptive environment",
+            m.keepalive_seconds.clone(),
+        );
+        r.register(
+            "keepalive_reason",
+            "Why each function has its keep-alive (1: the current reason)",
+            m.keepalive_reason.clone(),
         );
         m
     }

@@ -20,9 +20,15 @@ pub struct EnvironmentSpec {
     pub runtime: Runtime,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub builder: Option<Builder>,
-    /// Number of warm generic instances kept ready.
+    /// Number of warm generic instances kept ready (Fission's meaning, default 3). With
+    /// `poolPolicy.mode: adaptive` it is only the starting size, which then follows demand.
     #[serde(default = "default_poolsize")]
     pub poolsize: u32,
+    /// How the pool is sized: absent (or `mode: fixed`) keeps exactly `poolsize` warm, as
+    /// Fission does; `mode: adaptive` lets the pool manager follow recent demand between `min`
+    /// and `max`, within the platform's pool memory budget (design note 006).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_policy: Option<PoolPolicy>,
     #[serde(default, skip_serializing_if = "Resources::is_empty")]
     pub resources: Resources,
     /// Seconds an instance is given to finish in-flight work before it is killed.
@@ -45,6 +51,78 @@ pub struct EnvironmentSpec {
     /// egress is a NetworkPolicy matter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<bool>,
+}
+
+/// How an environment's warm pool is sized.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PoolPolicy {
+    /// `fixed` (exactly `poolsize`) or `adaptive` (follows demand).
+    #[serde(default)]
+    pub mode: PoolMode,
+    /// Adaptive only: the fewest warm instances kept [default: 0].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<u32>,
+    /// Adaptive only: the most warm instances kept [default: 20].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u32>,
+}
+
+/// `poolPolicy.mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    #[default]
+    Fixed,
+    Adaptive,
+}
+
+/// The default `poolPolicy.max` of an adaptive pool.
+pub const DEFAULT_POOL_MAX: u32 = 20;
+
+impl PoolPolicy {
+    /// `(min, max)` when adaptive; `None` when the pool is fixed at `poolsize`.
+    pub fn adaptive_bounds(&self) -> Option<(u32, u32)> {
+        (self.mode == PoolMode::Adaptive)
+            .then(|| (self.min.unwrap_or(0), self.max.unwrap_or(DEFAULT_POOL_MAX)))
+    }
+
+    fn validate(&self) -> Result<(), ValidationError> {
+        match self.adaptive_bounds() {
+            None => {
+                for (field, value) in [("min", self.min), ("max", self.max)] {
+                    if value.is_some() {
+                        return Err(ValidationError::new(
+                            format!("spec.poolPolicy.{field}"),
+                            "only applies to mode: adaptive (a fixed pool keeps exactly spec.poolsize)",
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            Some((min, max)) => {
+                validate::in_range("spec.poolPolicy.max", max, 1, 100)?;
+                if min > max {
+                    return Err(ValidationError::new(
+                        "spec.poolPolicy.min",
+                        format!("{min} is above poolPolicy.max ({max}): expected 0 to {max}"),
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl EnvironmentSpec {
+    /// `(min, max)` when the pool is adaptive; `None` when `poolsize` pins it.
+    pub fn adaptive_pool(&self) -> Option<(u32, u32)> {
+        self.pool_policy
+            .as_ref()
+            .and_then(PoolPolicy::adaptive_bounds)
+    }
 }
 
 /// A Kubernetes toleration, passed through to the environment's pods as is.
@@ -127,6 +205,7 @@ impl Default for EnvironmentSpec {
             runtime: Runtime::default(),
             builder: None,
             poolsize: default_poolsize(),
+            pool_policy: None,
             resources: Resources::default(),
             termination_grace_period: default_grace(),
             keeparchive: false,
@@ -311,6 +390,9 @@ impl Spec for EnvironmentSpec {
             ));
         }
         validate::in_range("spec.poolsize", self.poolsize, 0, 100)?;
+        if let Some(policy) = &self.pool_policy {
+            policy.validate()?;
+        }
         self.resources.validate("spec.resources")?;
         validate::in_range(
             "spec.terminationGracePeriod",
@@ -369,6 +451,40 @@ mod tests {
             e.validate().unwrap_err().field,
             "spec.tolerations[0].effect"
         );
+    }
+
+    #[test]
+    fn pool_policy_is_opt_in_and_checked() {
+        // Absent: poolsize pins the pool, as in Fission.
+        let spec: EnvironmentSpec =
+            serde_json::from_value(serde_json::json!({"runtime": {"image": "python"}})).unwrap();
+        assert_eq!(spec.poolsize, 3);
+        assert_eq!(spec.adaptive_pool(), None);
+        let spec: EnvironmentSpec = serde_json::from_value(serde_json::json!({
+            "runtime": {"image": "python"}, "poolPolicy": {"mode": "adaptive"}
+        }))
+        .unwrap();
+        assert_eq!(spec.adaptive_pool(), Some((0, DEFAULT_POOL_MAX)));
+        spec.validate().unwrap();
+        let mut e = env();
+        e.pool_policy = Some(PoolPolicy {
+            mode: PoolMode::Fixed,
+            min: Some(1),
+            max: None,
+        });
+        assert_eq!(e.validate().unwrap_err().field, "spec.poolPolicy.min");
+        e.pool_policy = Some(PoolPolicy {
+            mode: PoolMode::Adaptive,
+            min: Some(5),
+            max: Some(2),
+        });
+        assert_eq!(e.validate().unwrap_err().field, "spec.poolPolicy.min");
+        e.pool_policy = Some(PoolPolicy {
+            mode: PoolMode::Adaptive,
+            min: None,
+            max: Some(500),
+        });
+        assert_eq!(e.validate().unwrap_err().field, "spec.poolPolicy.max");
     }
 
     #[test]

@@ -27,7 +27,10 @@ pub use canary::{
     CanaryConfigSpec, CanaryConfigStatus, CanaryInterval, CanaryPhase, CanaryStep, next_step,
 };
 pub use config::{CONFIG_DATA_LIMIT, ConfigMapSpec, SecretSpec, validate_config_key};
-pub use environment::{Builder, EnvironmentSpec, ResourceList, Resources, Runtime, Toleration};
+pub use environment::{
+    Builder, DEFAULT_POOL_MAX, EnvironmentSpec, PoolMode, PoolPolicy, ResourceList, Resources,
+    Runtime, Toleration,
+};
 pub use error::{ErrorBody, ErrorDetail};
 pub use events::{
     MESSAGE_QUEUE_TYPES, MessageQueueTriggerSpec, TimeTriggerSpec, TriggerStatus,

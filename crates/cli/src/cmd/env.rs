@@ -1,6 +1,6 @@
 //! `kappa env create|get|list|update|delete`.
 
-use kappa_types::{Builder, Environment, EnvironmentSpec, Kind, Runtime};
+use kappa_types::{Builder, Environment, EnvironmentSpec, Kind, PoolMode, PoolPolicy, Runtime};
 
 use super::{Ctx, DeleteArgs, NameArg, ResourceFlags, usage};
 use crate::output::{Table, age, or_dash};
@@ -60,6 +60,16 @@ pub struct EnvFlags {
     /// Warm generic instances kept ready [default: 3].
     #[arg(long)]
     pub poolsize: Option<u32>,
+    /// How the pool is sized: fixed (exactly --poolsize, the default, as in Fission) or
+    /// adaptive (follows demand between --pool-min and --pool-max, starting at --poolsize).
+    #[arg(long, value_name = "MODE", value_parser = ["fixed", "adaptive"])]
+    pub pool_policy: Option<String>,
+    /// Adaptive pools: the fewest warm instances kept [default: 0].
+    #[arg(long, value_name = "N")]
+    pub pool_min: Option<u32>,
+    /// Adaptive pools: the most warm instances kept [default: 20].
+    #[arg(long, value_name = "N")]
+    pub pool_max: Option<u32>,
     #[command(flatten)]
     pub resources: ResourceFlags,
     /// Most processes an instance may run.
@@ -117,6 +127,25 @@ impl EnvFlags {
         }
         if let Some(poolsize) = self.poolsize {
             spec.poolsize = poolsize;
+        }
+        match self.pool_policy.as_deref() {
+            Some("fixed") => spec.pool_policy = None,
+            Some(_) => {
+                spec.pool_policy
+                    .get_or_insert_with(PoolPolicy::default)
+                    .mode = PoolMode::Adaptive;
+            }
+            None => {}
+        }
+        if self.pool_min.is_some() || self.pool_max.is_some() {
+            // A fixed pool with bounds is refused by validation, naming spec.poolPolicy.min/max.
+            let policy = spec.pool_policy.get_or_insert_with(PoolPolicy::default);
+            if let Some(min) = self.pool_min {
+                policy.min = Some(min);
+            }
+            if let Some(max) = self.pool_max {
+                policy.max = Some(max);
+            }
         }
         self.resources.apply(&mut spec.resources);
         match self.maxpids {
@@ -214,7 +243,10 @@ pub fn table(items: &[Environment]) -> Table {
             env.metadata.name.clone(),
             or_dash(Some(image)),
             or_dash(builder),
-            s.poolsize.to_string(),
+            match s.adaptive_pool() {
+                Some((min, max)) => format!("auto {min}-{max}"),
+                None => s.poolsize.to_string(),
+            },
             or_dash(s.resources.requests.cpu.as_ref()),
             or_dash(s.resources.limits.cpu.as_ref()),
             or_dash(s.resources.requests.memory.as_ref()),

@@ -195,3 +195,71 @@ fn namespaces_are_separate() {
     let items = p.json(&["env", "list", "--namespace", "dev"]);
     assert_eq!(items[0]["metadata"]["namespace"], "dev");
 }
+
+#[test]
+fn pool_policy_flags_set_and_clear_an_adaptive_pool() {
+    let p = Platform::start();
+    p.ok(&[
+        "env",
+        "create",
+        "--name",
+        "python",
+        "--image",
+        "python",
+        "--pool-policy",
+        "adaptive",
+        "--pool-max",
+        "8",
+    ]);
+    let env = p.json(&["env", "get", "python"]);
+    assert_eq!(
+        env["spec"]["poolPolicy"],
+        serde_json::json!({"mode": "adaptive", "max": 8})
+    );
+    assert_eq!(env["spec"]["poolsize"], 3, "the starting size, as before");
+    let table = p.ok(&["env", "list"]).stdout;
+    assert!(table.contains(" auto 0-8 "), "{table}");
+
+    // Bounds are checked; a refused update changes nothing.
+    let run = p.kappa(&["env", "update", "--name", "python", "--pool-min", "9"]);
+    run.code(1);
+    assert!(
+        run.stderr.ends_with("  field: spec.poolPolicy.min\n"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        p.json(&["env", "get", "python"])["spec"]["poolPolicy"]["min"],
+        serde_json::Value::Null
+    );
+
+    // Back to a fixed pool: the policy goes, poolsize pins the pool again.
+    p.ok(&[
+        "env",
+        "update",
+        "--name",
+        "python",
+        "--pool-policy",
+        "fixed",
+    ]);
+    let env = p.json(&["env", "get", "python"]);
+    assert!(env["spec"].get("poolPolicy").is_none(), "{env}");
+
+    // Bounds on a fixed pool would be ignored: refused.
+    let run = p.kappa(&[
+        "env",
+        "create",
+        "--name",
+        "node",
+        "--image",
+        "nodejs",
+        "--pool-min",
+        "1",
+    ]);
+    run.code(1);
+    assert!(
+        run.stderr.ends_with("  field: spec.poolPolicy.min\n"),
+        "{}",
+        run.stderr
+    );
+}

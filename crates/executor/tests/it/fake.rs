@@ -146,6 +146,8 @@ pub struct Harness {
     pub manager: PoolManager,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<()>,
+    /// The pool manager's metrics.
+    pub registry: prometheus_client::registry::Registry,
     _dir: tempfile::TempDir,
 }
 
@@ -164,16 +166,27 @@ impl Harness {
         store: Arc<dyn Store>,
         deployments: Option<Arc<dyn kappa_core::Deployments>>,
     ) -> Self {
+        Self::start_configured(store, deployments, |_| {}).await
+    }
+
+    /// A harness whose pool manager's configuration `tweak` adjusts.
+    pub async fn start_configured(
+        store: Arc<dyn Store>,
+        deployments: Option<Arc<dyn kappa_core::Deployments>>,
+        tweak: impl FnOnce(&mut ExecutorConfig),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let backend = FakeBackend::new();
         let index = Arc::new(EndpointIndex::new());
         let archives = Arc::new(ArchiveStore::open(dir.path().join("archives"), 1 << 20).unwrap());
         let mut registry = prometheus_client::registry::Registry::default();
+        let mut config = ExecutorConfig {
+            reconcile_interval: Duration::from_millis(100),
+            ..ExecutorConfig::default()
+        };
+        tweak(&mut config);
         let manager = PoolManager::new(
-            ExecutorConfig {
-                reconcile_interval: Duration::from_millis(100),
-                ..ExecutorConfig::default()
-            },
+            config,
             Arc::clone(&store),
             backend.clone(),
             Arc::clone(&index),
@@ -196,6 +209,7 @@ impl Harness {
             manager,
             shutdown,
             task,
+            registry,
             _dir: dir,
         }
     }
@@ -293,6 +307,13 @@ impl Harness {
             "spec": {"data": data},
         });
         self.store.put(config, Precondition::None).await.unwrap();
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn metrics(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).unwrap();
+        text
     }
 
     /// The specialization requests the backend received, in order.

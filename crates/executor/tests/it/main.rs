@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod adaptive;
 mod config;
 mod deployments;
 mod fake;
