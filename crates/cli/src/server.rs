@@ -714,6 +714,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                     .redis_url
                     .clone()
                     .unwrap_or_else(|| kappa_triggers::DEFAULT_REDIS_URL.into()),
+                kafka_url: args
+                    .kafka_url
+                    .clone()
+                    .unwrap_or_else(|| kappa_triggers::DEFAULT_KAFKA_URL.into()),
                 ..kappa_triggers::AsyncConfig::default()
             },
             Arc::clone(&store),

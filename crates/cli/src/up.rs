@@ -297,6 +297,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 retention: args.async_retention,
                 nats_url: args.nats_url.clone(),
                 redis_url: args.redis_url.clone(),
+                kafka_url: args.kafka_url.clone(),
                 ..kappa_triggers::AsyncConfig::default()
             },
             Arc::clone(&store),

@@ -71,6 +71,8 @@ pub struct AsyncConfig {
     pub nats_url: String,
     /// The Redis server of dead-letter destinations without `metadata.url`.
     pub redis_url: String,
+    /// The Kafka cluster of dead-letter destinations without `metadata.url`.
+    pub kafka_url: String,
 }
 
 impl Default for AsyncConfig {
@@ -88,6 +90,7 @@ impl Default for AsyncConfig {
             lease_margin: Duration::from_secs(30),
             nats_url: crate::DEFAULT_NATS_URL.into(),
             redis_url: crate::DEFAULT_REDIS_URL.into(),
+            kafka_url: crate::DEFAULT_KAFKA_URL.into(),
         }
     }
 }
@@ -528,6 +531,7 @@ impl AsyncWorker {
         let url = dead_letter.metadata.get("url").cloned().unwrap_or_else(|| {
             match dead_letter.message_queue_type.as_str() {
                 "redis" => self.config.redis_url.clone(),
+                "kafka" => self.config.kafka_url.clone(),
                 _ => self.config.nats_url.clone(),
             }
         });

@@ -189,9 +189,9 @@ impl Spec for InvocationSpec {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeadLetter {
-    /// `nats-jetstream` or `redis`.
+    /// `nats-jetstream`, `redis` or `kafka`.
     pub message_queue_type: String,
-    /// The subject (NATS) or stream key (Redis) failed invocations are published to.
+    /// The subject (NATS), stream key (Redis) or topic (Kafka) failed invocations are published to.
     pub topic: String,
     /// Connection settings: `url` (absent: the platform's default broker of that type).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -243,7 +243,7 @@ mod tests {
     #[test]
     fn dead_letters_name_their_field() {
         let d = DeadLetter {
-            message_queue_type: "kafka".into(),
+            message_queue_type: "rabbitmq".into(),
             topic: "t".into(),
             metadata: BTreeMap::new(),
         };

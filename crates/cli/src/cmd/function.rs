@@ -169,7 +169,7 @@ pub struct FnSettings {
     /// attempt (without one they stay in the store, dead-lettered); "" removes it on update.
     #[arg(long, value_name = "TOPIC")]
     pub dead_letter_topic: Option<String>,
-    /// The broker of --dead-letter-topic: nats-jetstream or redis [default: nats-jetstream].
+    /// The broker of --dead-letter-topic: nats-jetstream, redis or kafka [default: nats-jetstream].
     #[arg(long, value_name = "TYPE")]
     pub dead_letter_mqtype: Option<String>,
     /// The broker URL of --dead-letter-topic [default: the platform's broker of that type].
