@@ -7,14 +7,11 @@
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
-use chrono::{SecondsFormat, Utc};
 use http::{HeaderValue, StatusCode, Uri};
 use http_body_util::{BodyExt as _, Limited};
 use kappa_store::Precondition;
 use kappa_types::{
-    ASYNC_BODY_LIMIT, FUNCTION_LABEL, Invocation, InvocationHeader, InvocationSpec, Kind,
-    is_invocation_id,
+    ASYNC_BODY_LIMIT, FUNCTION_LABEL, Invocation, InvocationSpec, Kind, is_invocation_id,
 };
 use serde_json::{Value, json};
 
@@ -67,25 +64,10 @@ pub(crate) async fn accept(
             let name = name.as_str();
             name != "host" && name != "content-length" && !name.starts_with("x-kappa-")
         })
-        .map(|(name, value)| InvocationHeader {
-            name: name.as_str().to_string(),
-            value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
-        })
-        .collect();
+        .map(|(name, value)| (name.as_str(), value.as_bytes()));
     let id = new_id();
-    let spec = InvocationSpec {
-        function: name.to_string(),
-        method: parts.method.to_string(),
-        path: parts
-            .uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_string(),
-        headers,
-        body: base64::engine::general_purpose::STANDARD.encode(&bytes),
-        accepted_at: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
-        source: "api".into(),
-    };
+    let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let spec = InvocationSpec::accept(name, parts.method.as_str(), path, headers, &bytes, "api");
     let invocation = Invocation::accepted(&id, namespace, spec);
     state
         .store

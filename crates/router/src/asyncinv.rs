@@ -7,18 +7,14 @@
 //! after routing), with its body up to `kappa_types::ASYNC_BODY_LIMIT` (413 past it). The
 //! write happens before the answer, so a `202` means the invocation survives a crash.
 
-use base64::Engine as _;
 use bytes::Bytes;
-use chrono::{SecondsFormat, Utc};
 use http::header::{CONTENT_TYPE, LOCATION};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
 use kappa_store::Precondition;
-use kappa_types::{
-    ASYNC_BODY_LIMIT, INVOCATION_TYPE_HEADER, Invocation, InvocationHeader, InvocationSpec,
-};
+use kappa_types::{ASYNC_BODY_LIMIT, INVOCATION_TYPE_HEADER, Invocation, InvocationSpec};
 
 use crate::Inner;
 use crate::body::ResponseBody;
@@ -84,24 +80,16 @@ pub(crate) async fn accept(
         .headers
         .iter()
         .filter(|(name, _)| *name != INVOCATION_ID && name.as_str() != INVOCATION_TYPE_HEADER)
-        .map(|(name, value)| InvocationHeader {
-            name: name.as_str().to_string(),
-            value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
-        })
-        .collect();
-    let spec = InvocationSpec {
-        function: entry.id.name.clone(),
-        method: parts.method.to_string(),
-        path: parts
-            .uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_string(),
+        .map(|(name, value)| (name.as_str(), value.as_bytes()));
+    let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let spec = InvocationSpec::accept(
+        &entry.id.name,
+        parts.method.as_str(),
+        path,
         headers,
-        body: base64::engine::general_purpose::STANDARD.encode(&bytes),
-        accepted_at: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
-        source: "router".into(),
-    };
+        &bytes,
+        "router",
+    );
     let invocation = Invocation::accepted(&id, &entry.id.namespace, spec);
     if let Err(error) = inner
         .store

@@ -127,13 +127,21 @@ pub trait Broker: Send + Sync {
     async fn subscribe(&self, spec: &ConsumerSpec) -> Result<Box<dyn Subscription>, BrokerError>;
 
     /// Publishes a message to `topic` and returns once the broker took it (stored it, when the
-    /// broker stores the topic).
+    /// broker stores the topic). A topic no stream stores (a plain NATS subject) is only
+    /// written to the connection, ahead of anything sent on it later; [`Broker::flush`] waits
+    /// until the server has it.
     async fn publish(
         &self,
         topic: &str,
         headers: &[Header],
         body: Bytes,
     ) -> Result<(), BrokerError>;
+
+    /// Returns once the broker has everything published so far on this connection. Needed
+    /// before recording elsewhere (such as in the store) that a message was published.
+    async fn flush(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
 
     /// Removes the durable consumer `spec` names (its trigger was deleted). Absent is fine.
     async fn remove(&self, spec: &ConsumerSpec) -> Result<(), BrokerError>;

@@ -557,9 +557,7 @@ impl AsyncWorker {
                 broker
             }
         };
-        let body = base64::engine::general_purpose::STANDARD
-            .decode(&claim.spec.body)
-            .unwrap_or_default();
+        let body = claim.spec.body_bytes().unwrap_or_default();
         let mut headers: Vec<Header> = claim
             .spec
             .headers
@@ -579,7 +577,10 @@ impl AsyncWorker {
         broker
             .publish(&dead_letter.topic, &headers, Bytes::from(body))
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        // The outcome written next says the dead letter was published: it must be on the
+        // server before that, even when the process is killed right after.
+        broker.flush().await.map_err(|e| e.to_string())
     }
 
     /// Writes a claim's status with the claim's version as the precondition; a conflict means
@@ -613,9 +614,10 @@ impl AsyncWorker {
     }
 
     fn request(&self, claim: &Claim) -> Result<http::Request<axum::body::Body>, String> {
-        let body = base64::engine::general_purpose::STANDARD
-            .decode(&claim.spec.body)
-            .map_err(|e| format!("the stored body is not base64: {e}"))?;
+        let body = claim
+            .spec
+            .body_bytes()
+            .map_err(|e| format!("the stored body is not base64: {}", e.message))?;
         let mut builder = http::Request::builder()
             .method(claim.spec.method.as_str())
             .uri(claim.spec.path.as_str());

@@ -250,6 +250,15 @@ impl Broker for NatsBroker {
         }
     }
 
+    async fn flush(&self) -> Result<(), BrokerError> {
+        self.client.flush().await.map_err(|e| {
+            BrokerError::Publish(format!(
+                "flushing the connection to NATS at {}: {e}",
+                self.url
+            ))
+        })
+    }
+
     async fn remove(&self, spec: &ConsumerSpec) -> Result<(), BrokerError> {
         let stream = match spec.metadata.get("stream") {
             Some(name) => name.clone(),

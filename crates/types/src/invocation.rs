@@ -46,6 +46,46 @@ pub struct InvocationSpec {
     pub source: String,
 }
 
+impl InvocationSpec {
+    /// The record of a request to `function` accepted now for asynchronous invocation, by
+    /// `source` (`router` or `api`): the one place that encodes a request into an invocation,
+    /// so the router and the API server store the same thing. `headers` are stored in order,
+    /// their values read as UTF-8 (lossily).
+    pub fn accept<'h>(
+        function: &str,
+        method: &str,
+        path: &str,
+        headers: impl IntoIterator<Item = (&'h str, &'h [u8])>,
+        body: &[u8],
+        source: &str,
+    ) -> Self {
+        use base64::Engine as _;
+        Self {
+            function: function.to_string(),
+            method: method.to_string(),
+            path: path.to_string(),
+            headers: headers
+                .into_iter()
+                .map(|(name, value)| InvocationHeader {
+                    name: name.to_string(),
+                    value: String::from_utf8_lossy(value).into_owned(),
+                })
+                .collect(),
+            body: base64::engine::general_purpose::STANDARD.encode(body),
+            accepted_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            source: source.to_string(),
+        }
+    }
+
+    /// The request body, decoded.
+    pub fn body_bytes(&self) -> Result<Vec<u8>, ValidationError> {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(&self.body)
+            .map_err(|e| ValidationError::new("spec.body", format!("not base64: {e}")))
+    }
+}
+
 /// One request header of an invocation.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
