@@ -1068,15 +1068,16 @@ impl kappa_api::RouteSync for LocalInvoker {
     }
 }
 
-/// Lists the pool manager's instances through the executor's API (`GET /v1/instances`).
-struct HttpInstances {
+/// An authenticated `GET` of one path of the executor's API: the one client of the executor
+/// that the API role's instance lists and request history share.
+pub(crate) struct ExecutorGet {
     client: reqwest::Client,
     url: String,
     token: String,
 }
 
-impl HttpInstances {
-    fn new(base: &str, token: &str) -> anyhow::Result<Self> {
+impl ExecutorGet {
+    pub(crate) fn new(base: &str, token: &str, path: &str) -> anyhow::Result<Self> {
         let parsed =
             reqwest::Url::parse(base).with_context(|| format!("{base:?} is not a valid URL"))?;
         if !matches!(parsed.scheme(), "http" | "https") {
@@ -1088,19 +1089,16 @@ impl HttpInstances {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .context("creating the HTTP client")?,
-            url: format!("{}/v1/instances", base.trim_end_matches('/')),
+            url: format!("{}{path}", base.trim_end_matches('/')),
             token: token.to_string(),
         })
     }
-}
 
-#[async_trait::async_trait]
-impl kappa_core::InstanceLister for HttpInstances {
-    async fn instances(&self) -> Result<Vec<kappa_core::InstanceInfo>, String> {
-        #[derive(serde::Deserialize)]
-        struct List {
-            items: Vec<kappa_core::InstanceInfo>,
-        }
+    /// The answer's JSON body; `unreadable` names what a body that does not parse was.
+    pub(crate) async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        unreadable: &str,
+    ) -> Result<T, String> {
         let response = self
             .client
             .get(&self.url)
@@ -1117,10 +1115,32 @@ impl kappa_core::InstanceLister for HttpInstances {
             ));
         }
         response
-            .json::<List>()
+            .json::<T>()
+            .await
+            .map_err(|e| format!("the executor at {} sent {unreadable}: {e}", self.url))
+    }
+}
+
+/// Lists the pool manager's instances through the executor's API (`GET /v1/instances`).
+struct HttpInstances(ExecutorGet);
+
+impl HttpInstances {
+    fn new(base: &str, token: &str) -> anyhow::Result<Self> {
+        ExecutorGet::new(base, token, "/v1/instances").map(Self)
+    }
+}
+
+#[async_trait::async_trait]
+impl kappa_core::InstanceLister for HttpInstances {
+    async fn instances(&self) -> Result<Vec<kappa_core::InstanceInfo>, String> {
+        #[derive(serde::Deserialize)]
+        struct List {
+            items: Vec<kappa_core::InstanceInfo>,
+        }
+        self.0
+            .get::<List>("an unreadable list")
             .await
             .map(|l| l.items)
-            .map_err(|e| format!("the executor at {} sent an unreadable list: {e}", self.url))
     }
 }
 
