@@ -638,6 +638,16 @@ async fn require_token(State(api): State<ExecutorApi>, request: Request, next: N
     next.run(request).await
 }
 
+/// `400 invalid` for a JSON body that does not parse as `what`.
+fn invalid_body(what: &str, e: &JsonRejection) -> Response {
+    plain_error(
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        format!("the {what} is not valid: {}", e.body_text()),
+        None,
+    )
+}
+
 async fn provision(
     State(api): State<ExecutorApi>,
     body: Result<Json<ProvisionRequest>, JsonRejection>,
@@ -645,12 +655,7 @@ async fn provision(
     let Json(req) = match body {
         Ok(body) => body,
         Err(e) => {
-            return plain_error(
-                StatusCode::BAD_REQUEST,
-                "invalid",
-                format!("the provision request is not valid: {}", e.body_text()),
-                None,
-            );
+            return invalid_body("provision request", &e);
         }
     };
     if req.namespace.is_empty() {
@@ -787,12 +792,7 @@ async fn usage(
     let Json(report) = match body {
         Ok(body) => body,
         Err(e) => {
-            return plain_error(
-                StatusCode::BAD_REQUEST,
-                "invalid",
-                format!("the usage report is not valid: {}", e.body_text()),
-                None,
-            );
+            return invalid_body("usage report", &e);
         }
     };
     if report.replica.is_empty() {
@@ -831,12 +831,7 @@ async fn stats_report(
     let Json(report) = match body {
         Ok(body) => body,
         Err(e) => {
-            return plain_error(
-                StatusCode::BAD_REQUEST,
-                "invalid",
-                format!("the stats report is not valid: {}", e.body_text()),
-                None,
-            );
+            return invalid_body("stats report", &e);
         }
     };
     if report.replica.is_empty() {
