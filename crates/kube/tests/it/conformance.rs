@@ -617,7 +617,13 @@ async fn kubernetes_lagging_watcher_gets_its_buffer_then_gone() {
                 assert_eq!(e.object.resource_version, delivered, "in order, no gap");
             }
             Some(Err(StoreError::Gone { requested, oldest })) => {
-                assert_eq!((requested, oldest), (delivered, 16));
+                // The history's oldest event depends on how many writes had landed when the
+                // watch was re-opened (anywhere from the gap to the last five of twenty).
+                assert_eq!(requested, delivered);
+                assert!(
+                    oldest > delivered + 1 && oldest <= 16,
+                    "Gone names a real gap: requested {requested}, oldest {oldest}"
+                );
                 break;
             }
             other => panic!("expected events then Gone, got {other:?}"),
