@@ -4,3 +4,4 @@
 mod conformance;
 mod memory;
 mod redb_store;
+mod watch_cache;
