@@ -95,6 +95,10 @@ pub enum CacheEvent<T> {
     Applied(Item<T>),
     /// An object was deleted, or changed into one that does not decode.
     Removed(ObjectKey),
+    /// The watch replayed changes the consumer already has (those a list already held, or the
+    /// deletion of an object it never held): nothing to apply, but
+    /// [`WatchCache::resource_version`] moved on to this version.
+    Replayed(u64),
 }
 
 /// A list/watch loop over the kinds of `T`, yielding typed changes (see the module docs).
@@ -193,8 +197,8 @@ impl<T: Decode> WatchCache<T> {
     }
 
     /// A change that has already arrived, without waiting; `None` when there is none (or the
-    /// watch ended: the next [`WatchCache::next`] lists again). For consumers that apply a
-    /// burst of changes at once.
+    /// watch ended: the next [`WatchCache::next`] lists again). Never a
+    /// [`CacheEvent::Listed`]. For consumers that apply a burst of changes at once.
     pub fn try_next(&mut self) -> Option<CacheEvent<T>> {
         loop {
             let item = self.stream.as_mut()?.next().now_or_never()?;
@@ -202,6 +206,13 @@ impl<T: Decode> WatchCache<T> {
                 return Some(event);
             }
         }
+    }
+
+    /// Drops the watch: the next [`WatchCache::next`] lists again, after the back-off (for a
+    /// consumer that could not use what it was given, e.g. a build from the list that failed).
+    pub fn relist(&mut self) {
+        self.stream = None;
+        self.back_off();
     }
 
     /// Lists every watched kind, replaces the held objects and opens the watch.
@@ -267,17 +278,21 @@ impl<T: Decode> WatchCache<T> {
     fn apply(&mut self, event: WatchEvent) -> Option<CacheEvent<T>> {
         let object = event.object;
         let version = object.resource_version;
+        let before = self.seen;
         self.seen = self.seen.max(version);
+        let replayed = (self.seen > before).then_some(CacheEvent::Replayed(self.seen));
         if !self.kinds.contains(&object.kind) {
-            return None;
+            return replayed;
         }
         let key = key_of(&object);
         if self.versions.get(&key).is_some_and(|held| *held >= version) {
-            return None;
+            return replayed;
         }
         match event.event_type {
             EventType::Deleted => {
-                self.versions.remove(&key)?;
+                if self.versions.remove(&key).is_none() {
+                    return replayed;
+                }
                 self.items.remove(&key);
                 Some(CacheEvent::Removed(key))
             }

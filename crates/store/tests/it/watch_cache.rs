@@ -130,6 +130,7 @@ fn describe<T>(event: &CacheEvent<T>) -> String {
         CacheEvent::Listed(items) => format!("Listed({})", items.len()),
         CacheEvent::Applied(item) => format!("Applied({} @{})", item.key, item.resource_version),
         CacheEvent::Removed(key) => format!("Removed({key})"),
+        CacheEvent::Replayed(version) => format!("Replayed({version})"),
     }
 }
 
@@ -339,6 +340,9 @@ async fn replayed_changes_are_yielded_once(make: fn(StoreOptions) -> Made) {
                     item.key,
                     item.resource_version
                 );
+            }
+            CacheEvent::Replayed(version) => {
+                assert!(version <= last, "replays stay within what was written");
             }
             other => panic!("unexpected {}", describe(&other)),
         }
