@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use futures::StreamExt;
 use kappa_archive::{ArchiveStore, ExtractLimits};
 use kappa_core::{BackendError, Limits};
 use kappa_local::{BuildOutcome, BuildOutput, BuildSandbox, BuildSpec, RuntimeRegistry};
-use kappa_store::{EventType, Precondition, Store, StoreError, StoredObject};
+use kappa_store::{CacheEvent, Item, Precondition, Store, StoreError, StoredObject, WatchCache};
 use kappa_types::{Archive, ArchiveType, BuildStatus, Environment, Kind, Package, PackageStatus};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -187,52 +186,34 @@ impl Builder {
             "builder started"
         );
         let tasks = tokio_util::task::TaskTracker::new();
-        backoff = Duration::from_millis(100);
+        let mut packages = WatchCache::<Package>::new(Arc::clone(&self.inner.store));
+        let resync = tokio::time::sleep(RESYNC_INTERVAL);
+        tokio::pin!(resync);
         loop {
-            if shutdown.is_cancelled() {
-                break;
-            }
-            let list = match self.inner.store.list(Kind::Package, None).await {
-                Ok(list) => {
-                    backoff = Duration::from_millis(100);
-                    list
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "builder: listing packages failed; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => {}
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                // A finished build frees a slot, and changes to its package were skipped while
+                // it ran: look at every package again (as on the periodic resync).
+                () = &mut resync => {}
+                () = self.inner.finished.notified() => {}
+                event = packages.next() => {
+                    match event {
+                        CacheEvent::Listed(items) => {
+                            for item in items {
+                                self.consider(&item, &tasks, &shutdown);
+                            }
+                        }
+                        CacheEvent::Applied(item) => self.consider(&item, &tasks, &shutdown),
+                        CacheEvent::Removed(_) | CacheEvent::Replayed(_) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
-            };
-            for object in list.items {
-                self.consider(object, &tasks, &shutdown);
             }
-            let mut events = self
-                .inner
-                .store
-                .watch(&[Kind::Package], Some(list.resource_version));
-            let resync = tokio::time::sleep(RESYNC_INTERVAL);
-            tokio::pin!(resync);
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = &mut resync => break,
-                    () = self.inner.finished.notified() => break,
-                    next = events.next() => match next {
-                        Some(Ok(event)) if event.event_type != EventType::Deleted => {
-                            self.consider(event.object, &tasks, &shutdown);
-                        }
-                        Some(Ok(_)) => {}
-                        Some(Err(StoreError::Gone { .. })) | None => break,
-                        Some(Err(e)) => {
-                            tracing::warn!(error = %e, "builder: package watch failed; relisting");
-                            break;
-                        }
-                    }
-                }
+            resync
+                .as_mut()
+                .reset(tokio::time::Instant::now() + RESYNC_INTERVAL);
+            for item in packages.items() {
+                self.consider(item, &tasks, &shutdown);
             }
         }
         tasks.close();
@@ -273,14 +254,15 @@ impl Builder {
     /// Starts a build task for a pending source package unless one is queued or running.
     fn consider(
         &self,
-        object: StoredObject,
+        item: &Item<Package>,
         tasks: &tokio_util::task::TaskTracker,
         shutdown: &CancellationToken,
     ) {
-        if object.kind != Kind::Package || !wants_build(&object.value) {
+        let package = &item.value;
+        if package.status.buildstatus != BuildStatus::Pending || package.spec.source.is_none() {
             return;
         }
-        let key = (object.namespace.clone(), object.name.clone());
+        let key = (item.key.namespace.clone(), item.key.name.clone());
         {
             let mut active = self
                 .inner
