@@ -1,9 +1,9 @@
 //! The pool manager proper: its state, its constructor and the run loop. The work is split
 //! by responsibility, each module adding methods to [`PoolManager`]:
 //!
-//! - `reconcile`: the reconcile pass (pool sizes and rolls, draining and reaping function
-//!   instances, keeping `minScale`);
-//! - `pools`: starting warm instances and taking one from a pool;
+//! - `reconcile`: the reconcile pass, which runs the pool and reaping halves then acts;
+//! - `pools`: pool sizes and rolls, starting warm instances and taking one from a pool;
+//! - `reaping`: function instances rolled, drained, reaped when idle, `minScale` kept;
 //! - `demand` and `adaptive`: the adaptive pool policy (sizes and keep-alive from demand);
 //! - `specialize`: a miss (`Provisioner::provision`) and specializing an instance for it;
 //! - `archive`: resolving a function's deployment archive (and a kept version's package);
@@ -21,6 +21,7 @@ mod demand;
 mod deployed;
 mod exits;
 mod pools;
+mod reaping;
 mod reconcile;
 mod specialize;
 mod status;

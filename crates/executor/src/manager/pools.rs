@@ -1,6 +1,7 @@
-//! Warm pools: starting a generic instance for an environment, and taking one on a miss.
+//! Warm pools: one per environment at its generation and planned size (the pool half of the
+//! reconcile pass), starting a generic instance for an environment, and taking one on a miss.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +9,10 @@ use kappa_core::{FunctionId, Instance, InstanceSpec};
 use kappa_types::{Environment, Resources};
 use tokio::time::Instant;
 
-use super::{Owner, PoolManager, State, generation_of, limits_of, new_instance_id};
+use super::adaptive::PoolDecision;
+use super::reconcile::Actions;
+use super::{Owner, Pool, PoolManager, State, generation_of, limits_of, new_instance_id};
+use crate::cache::Snapshot;
 
 impl PoolManager {
     pub(super) fn instance_spec(
@@ -116,5 +120,76 @@ impl PoolManager {
         st.owners
             .insert(instance.id.clone(), Owner::Specializing(fid.clone()));
         Some(instance)
+    }
+
+    /// Pools: one per environment, at its generation and the size the plan gives.
+    pub(super) fn reconcile_pools(
+        &self,
+        st: &mut State,
+        snapshot: &Snapshot,
+        plan: &HashMap<FunctionId, PoolDecision>,
+        isolation: &Option<String>,
+        now: Instant,
+        actions: &mut Actions,
+    ) {
+        // Pools: one per environment, at its generation and size.
+        st.pools.retain(|id, pool| {
+            if snapshot.environments.contains_key(id) {
+                return true;
+            }
+            for i in pool.warm.drain(..) {
+                actions.to_delete.push((i.id, Duration::ZERO));
+            }
+            false
+        });
+        for (id, env) in &snapshot.environments {
+            if let Some(isolation) = &isolation
+                && env.status.get("isolation").and_then(|v| v.as_str()) != Some(isolation)
+            {
+                actions.to_mark.push((id.clone(), env.status.clone()));
+            }
+            let generation = generation_of(&env.metadata);
+            let pool = st.pools.entry(id.clone()).or_insert_with(|| Pool {
+                generation,
+                warm: VecDeque::new(),
+                starting: 0,
+                failures: 0,
+                retry_at: None,
+                last_error: None,
+            });
+            if pool.generation != generation {
+                // Roll: warm instances of the old spec go; specialized ones drain below.
+                for i in pool.warm.drain(..) {
+                    actions.to_delete.push((i.id, Duration::ZERO));
+                }
+                pool.generation = generation;
+                pool.failures = 0;
+                pool.retry_at = None;
+            }
+            let size = plan.get(id).map_or(env.spec.poolsize, |d| d.size) as usize;
+            while pool.warm.len() > size {
+                if let Some(i) = pool.warm.pop_back() {
+                    actions.to_delete.push((i.id, Duration::ZERO));
+                }
+            }
+            if pool.retry_at.is_some_and(|t| t > now) {
+                continue;
+            }
+            let have = pool.warm.len() + pool.starting;
+            let want = size;
+            for _ in have..want {
+                if st.total >= self.inner.config.max_instances {
+                    break;
+                }
+                pool.starting += 1;
+                st.total += 1;
+                actions.to_start.push((id.clone(), Arc::clone(env)));
+            }
+        }
+        for (id, _) in &actions.to_delete {
+            if st.owners.remove(id).is_some() {
+                st.total = st.total.saturating_sub(1);
+            }
+        }
     }
 }
