@@ -3,11 +3,14 @@
 //! object that does not decode (logged, yielded as removed) without stopping.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use async_trait::async_trait;
+
 use kappa_store::{
-    CacheEvent, Decode, MemoryStore, ObjectKey, Precondition, RedbStore, Store, StoreOptions,
-    StoredObject, WatchCache,
+    CacheEvent, Decode, List, MemoryStore, ObjectKey, Precondition, RedbStore, Store, StoreError,
+    StoreOptions, StoredObject, WatchCache, WatchStream,
 };
 use kappa_types::{Environment, Function, Kind, ValidationError};
 use serde_json::{Value, json};
@@ -55,6 +58,7 @@ macro_rules! watch_cache_tests {
                 lists_again_when_history_is_gone,
                 an_unreadable_object_is_skipped_not_fatal,
                 replayed_changes_are_yielded_once,
+                failed_lists_and_watches_are_retried,
             );
         )*
     };
@@ -353,4 +357,122 @@ async fn replayed_changes_are_yielded_once(make: fn(StoreOptions) -> Made) {
             assert_eq!(held.get(&key), Some(&object.resource_version), "{key}");
         }
     }
+}
+
+/// A store whose first lists fail, and whose first watch fails at once.
+struct Flaky {
+    inner: Arc<dyn Store>,
+    failing_lists: AtomicU32,
+    failing_watches: AtomicU32,
+    lists: AtomicU32,
+}
+
+#[async_trait]
+impl Store for Flaky {
+    async fn get(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<StoredObject>, StoreError> {
+        self.inner.get(kind, namespace, name).await
+    }
+
+    async fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<List, StoreError> {
+        self.lists.fetch_add(1, Ordering::SeqCst);
+        let failing = self
+            .failing_lists
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if failing.is_ok() {
+            return Err(StoreError::Backend("list failed (test)".into()));
+        }
+        self.inner.list(kind, namespace).await
+    }
+
+    async fn put(
+        &self,
+        value: Value,
+        precondition: Precondition,
+    ) -> Result<StoredObject, StoreError> {
+        self.inner.put(value, precondition).await
+    }
+
+    async fn put_status(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        status: Value,
+        precondition: Precondition,
+    ) -> Result<StoredObject, StoreError> {
+        self.inner
+            .put_status(kind, namespace, name, status, precondition)
+            .await
+    }
+
+    async fn delete(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        precondition: Precondition,
+    ) -> Result<StoredObject, StoreError> {
+        self.inner.delete(kind, namespace, name, precondition).await
+    }
+
+    fn watch(&self, kinds: &[Kind], since: Option<u64>) -> WatchStream {
+        let failing = self
+            .failing_watches
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if failing.is_ok() {
+            return Box::pin(futures::stream::iter([Err(StoreError::Backend(
+                "watch failed (test)".into(),
+            ))]));
+        }
+        self.inner.watch(kinds, since)
+    }
+
+    async fn current_version(&self) -> Result<u64, StoreError> {
+        self.inner.current_version().await
+    }
+}
+
+async fn failed_lists_and_watches_are_retried(make: fn(StoreOptions) -> Made) {
+    let made = make(StoreOptions::default());
+    made.store
+        .put(function("a", json!(5)), Precondition::None)
+        .await
+        .expect("put");
+    let flaky = Arc::new(Flaky {
+        inner: Arc::clone(&made.store),
+        failing_lists: AtomicU32::new(3),
+        failing_watches: AtomicU32::new(1),
+        lists: AtomicU32::new(0),
+    });
+    let mut cache = WatchCache::<Function>::new(flaky.clone())
+        .with_backoff(Duration::from_millis(1), Duration::from_millis(10));
+    assert_eq!(
+        listed_keys(next(&mut cache).await),
+        vec![key(Kind::Function, "a")],
+        "the list succeeds once the store answers"
+    );
+    assert_eq!(
+        flaky.lists.load(Ordering::SeqCst),
+        4,
+        "three failed lists, then one"
+    );
+    // The first watch fails at once: the cache lists again (after its back-off) and goes on.
+    assert_eq!(
+        listed_keys(next(&mut cache).await),
+        vec![key(Kind::Function, "a")]
+    );
+    assert_eq!(flaky.lists.load(Ordering::SeqCst), 5);
+    made.store
+        .put(function("b", json!(5)), Precondition::None)
+        .await
+        .expect("put");
+    let CacheEvent::Applied(item) = next(&mut cache).await else {
+        panic!("the change after the second list");
+    };
+    assert_eq!(item.key, key(Kind::Function, "b"));
 }
