@@ -889,7 +889,7 @@ def pss_kib(pid):
 def instance_processes(platform_pid):
     """{instance cgroup: [(pid, role)]} of every process in one of the platform's instance
     cgroups (`.../kappa-<pid>/<instance>`). Roles: `runtime` (the function's user), `helper`
-    (the sandbox's monitor and init), `waiter` (a template fork's waiter, root)."""
+    (the sandbox's monitor and init), `waiter` (a template fork's waiter, root). Needs cgroups."""
     out = {}
     marker = f"/kappa-{platform_pid}/"
     for name in os.listdir("/proc"):
@@ -906,7 +906,9 @@ def instance_processes(platform_pid):
                 comm = f.read().strip()
         except (OSError, StopIteration, ValueError):
             continue
-        role = "runtime" if uid != 0 else ("helper" if comm.startswith("kappa") else "waiter")
+        # The init runs as `/proc/self/exe` (comm `exe`); a waiter is a fork of the template.
+        helper = comm.startswith("kappa") or comm == "exe"
+        role = "runtime" if uid != 0 else ("helper" if helper else "waiter")
         out.setdefault(group, []).append((int(name), role))
     return out
 
