@@ -226,3 +226,133 @@ fn reap_orphans() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::IoSliceMut;
+    use std::os::unix::net::UnixListener;
+    use std::thread::JoinHandle;
+
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+
+    use super::*;
+
+    fn spec(socket: &Path) -> SandboxSpec {
+        SandboxSpec {
+            hostname: "kappa".into(),
+            root: PathBuf::from("/nonexistent"),
+            mounts: Vec::new(),
+            symlinks: Vec::new(),
+            cgroup_procs: vec![PathBuf::from("/sys/fs/cgroup/x/cgroup.procs")],
+            connector: None,
+            user: Some((3_000_001, 3_000_001)),
+            argv: vec!["/usr/bin/python3".into(), "/runtime/server.py".into()],
+            env: vec![("A".into(), "b".into())],
+            cwd: PathBuf::from("/work"),
+            wait_for_route_ms: None,
+            zygote: Some(socket.to_path_buf()),
+        }
+    }
+
+    /// A stand-in template: takes one request, then writes `answers`; returns the request's
+    /// JSON and how many descriptors came with it.
+    fn fake_template(
+        listener: UnixListener,
+        answers: &'static [&'static str],
+    ) -> JoinHandle<(serde_json::Value, usize)> {
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = vec![0u8; 65536];
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(9))];
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            let got = rustix::net::recvmsg(
+                &conn,
+                &mut [IoSliceMut::new(&mut buf)],
+                &mut control,
+                RecvFlags::empty(),
+            )
+            .unwrap();
+            let mut fds = 0;
+            for message in control.drain() {
+                if let RecvAncillaryMessage::ScmRights(received) = message {
+                    fds += received.count();
+                }
+            }
+            let mut data = buf[..got.bytes].to_vec();
+            let len = u32::from_be_bytes(data[..4].try_into().unwrap()) as usize;
+            while data.len() < 4 + len {
+                let n = conn.read(&mut buf).unwrap();
+                data.extend_from_slice(&buf[..n]);
+            }
+            let request = serde_json::from_slice(&data[4..4 + len]).unwrap();
+            for answer in answers {
+                conn.write_all(answer.as_bytes()).unwrap();
+            }
+            (request, fds)
+        })
+    }
+
+    #[test]
+    fn a_forked_payload_reports_its_pid_then_its_exit_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("z");
+        let template = fake_template(UnixListener::bind(&path).unwrap(), &["ok 2\n", "exit 7\n"]);
+        let spec = spec(&path);
+        let forked = fork_payload(connect(&path).unwrap(), &spec).unwrap();
+        assert_eq!(forked.pid, Pid::from_raw(2));
+        assert_eq!(supervise(forked).unwrap(), 7);
+        let (request, fds) = template.join().unwrap();
+        // stdio and six namespaces.
+        assert_eq!(fds, 9);
+        assert_eq!(request["user"], serde_json::json!([3_000_001, 3_000_001]));
+        assert_eq!(request["cwd"], "/work");
+        assert_eq!(request["argv"][1], "/runtime/server.py");
+        assert_eq!(request["cgroupProcs"][0], "/sys/fs/cgroup/x/cgroup.procs");
+        assert_eq!(request["env"], serde_json::json!([["A", "b"]]));
+    }
+
+    #[test]
+    fn a_refusal_or_a_silent_template_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("z");
+        let listener = UnixListener::bind(&path).unwrap();
+        let template = fake_template(listener, &["error refusing to run a payload as root\n"]);
+        let err = fork_payload(connect(&path).unwrap(), &spec(&path)).unwrap_err();
+        assert!(err.to_string().contains("refusing"), "{err}");
+        template.join().unwrap();
+
+        let path = dir.path().join("z2");
+        let template = fake_template(UnixListener::bind(&path).unwrap(), &[]);
+        let err = fork_payload(connect(&path).unwrap(), &spec(&path)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
+        template.join().unwrap();
+
+        // No user: never asked at all.
+        let mut rootless = spec(&path);
+        rootless.user = None;
+        let listener = UnixListener::bind(dir.path().join("z3")).unwrap();
+        let conn = connect(&dir.path().join("z3")).unwrap();
+        assert!(fork_payload(conn, &rootless).is_err());
+        drop(listener);
+    }
+
+    #[test]
+    fn a_waiter_that_goes_away_is_an_error_and_the_payload_is_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("z");
+        // The "payload": a child of this test, which supervise must kill.
+        let mut payload = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let ok: &'static str = Box::leak(format!("ok {}\n", payload.id()).into_boxed_str());
+        let answers: &'static [&'static str] = Box::leak(vec![ok].into_boxed_slice());
+        let template = fake_template(UnixListener::bind(&path).unwrap(), answers);
+        let forked = fork_payload(connect(&path).unwrap(), &spec(&path)).unwrap();
+        template.join().unwrap();
+        let err = supervise(forked).unwrap_err();
+        assert!(err.to_string().contains("waiter went away"), "{err}");
+        let status = payload.wait().unwrap();
+        assert!(!status.success(), "{status:?}");
+    }
+}
