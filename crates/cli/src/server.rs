@@ -166,7 +166,7 @@ pub struct ServerArgs {
     #[arg(long, env = "KAPPA_CGROUPS", default_value = "auto")]
     pub cgroups: CgroupMode,
     /// Sandboxed local Python instances forked from a template process per environment (on),
-    /// or every runtime started by exec (off). An environment opts out with KAPPA_ZYGOTE=off.
+    /// or every runtime started by exec (off).
     #[arg(long, env = "KAPPA_ZYGOTE", default_value = "on")]
     pub zygote: ZygoteMode,
     /// Requests that may wait per function when it is at capacity (then 429).

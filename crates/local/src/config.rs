@@ -92,8 +92,8 @@ pub enum CgroupMode {
 /// instance gets the same sandbox.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ZygoteMode {
-    /// A template per environment whose runtime has one (Python), unless the environment sets
-    /// `KAPPA_ZYGOTE=off`; instances of other environments start by exec, said once each.
+    /// A template per environment whose runtime has one (Python); instances of other
+    /// environments start by exec, said once each.
     #[default]
     On,
     /// Every instance starts its runtime by exec.

@@ -39,4 +39,3 @@ pub use config::{
     ZygoteMode,
 };
 pub use runtime::{BuiltInRuntime, ResolvedRuntime, RuntimeRegistry};
-pub use zygote::ZYGOTE_VAR;

@@ -7,8 +7,8 @@
 //! The init hands the sandbox (namespace descriptors and stdio) to the environment's template,
 //! whose fork joins it, drops to the instance's user with `no_new_privs` and runs the server
 //! with its modules already loaded (`functions/runtimes/python/zygote.py`). When there is no
-//! template for an environment (switched off, another runtime, a variable that changes how the
-//! interpreter starts), the instance starts by exec, said once per environment; when a
+//! template for an environment (`--zygote off`, another runtime, start variables that change
+//! how the interpreter starts), the instance starts by exec, said once per environment; when a
 //! template is gone or fails, the init says so in the instance's log and starts the runtime by
 //! exec in the same sandbox, and the next start replaces the template.
 
@@ -27,8 +27,6 @@ use nix::unistd::Pid;
 use crate::config::ZygoteMode;
 use crate::runtime::ResolvedRuntime;
 
-/// The environment variable an environment sets to `off` to start its instances by exec.
-pub const ZYGOTE_VAR: &str = "KAPPA_ZYGOTE";
 /// How long a new template may take to load the runtime and listen.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -106,15 +104,9 @@ impl Zygotes {
                 return None;
             }
         };
-        if spec
-            .env
-            .get(ZYGOTE_VAR)
-            .is_some_and(|v| v.eq_ignore_ascii_case("off") || v == "0")
-        {
-            self.say_once(env, "exec: the environment sets KAPPA_ZYGOTE=off");
-            return None;
-        }
-        // Variables read while the interpreter starts would not reach a forked instance.
+        // Variables read while the interpreter starts would not reach a forked instance. (The
+        // executor starts instances without variables today; a function's variables arrive at
+        // specialization, after the start, in both modes.)
         if spec.env.keys().any(|k| k.starts_with("PYTHON")) {
             self.say_once(
                 env,

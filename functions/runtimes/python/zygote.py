@@ -212,6 +212,8 @@ def run(path, serve):
             conn, _ = listener.accept()
         except InterruptedError:
             continue
+        # An init sends its request at once; one that stalls must not hold up the others.
+        conn.settimeout(5.0)
         try:
             request, fds = _recv_request(conn)
         except (OSError, ValueError) as e:
