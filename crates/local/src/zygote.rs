@@ -37,11 +37,14 @@ pub(crate) struct Zygotes {
     /// Where the control sockets live (the sandbox's sockets directory, `0700`).
     sockets: PathBuf,
     next: AtomicU64,
-    /// One template per environment. A tokio mutex: a start waits for the template's start.
-    templates: tokio::sync::Mutex<HashMap<FunctionId, Template>>,
+    /// One template slot per environment. The slot's tokio mutex makes a start wait for its own
+    /// environment's template start only; the map's std mutex is never held across an await.
+    templates: Mutex<HashMap<FunctionId, Slot>>,
     /// Environments already told why they start by exec.
     said: Mutex<HashSet<(FunctionId, &'static str)>>,
 }
+
+type Slot = Arc<tokio::sync::Mutex<Option<Template>>>;
 
 #[derive(Debug)]
 struct Template {
@@ -64,8 +67,16 @@ impl Template {
 
 impl Drop for Zygotes {
     fn drop(&mut self) {
-        for template in self.templates.get_mut().values() {
-            template.stop();
+        let templates = self
+            .templates
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        for slot in templates.values() {
+            if let Ok(slot) = slot.try_lock()
+                && let Some(template) = slot.as_ref()
+            {
+                template.stop();
+            }
         }
     }
 }
@@ -76,7 +87,7 @@ impl Zygotes {
             mode,
             sockets,
             next: AtomicU64::new(0),
-            templates: tokio::sync::Mutex::new(HashMap::new()),
+            templates: Mutex::new(HashMap::new()),
             said: Mutex::new(HashSet::new()),
         }
     }
@@ -115,8 +126,15 @@ impl Zygotes {
             return None;
         }
         let key = (spec.env_generation, builtin.interpreter.clone());
-        let mut templates = self.templates.lock().await;
-        if let Some(template) = templates.get(env) {
+        let slot = self
+            .templates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(env.clone())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some(template) = slot.as_ref() {
             if template.key == key && !template.gone.load(Ordering::SeqCst) {
                 return Some(template.socket.clone());
             }
@@ -127,7 +145,7 @@ impl Zygotes {
             };
             tracing::info!(environment = %env, pid = template.pid, "{why}");
             template.stop();
-            templates.remove(env);
+            *slot = None;
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let socket = self.sockets.join(format!("z{n}"));
@@ -135,15 +153,12 @@ impl Zygotes {
         match start(&builtin.interpreter, &script, &socket, env).await {
             Ok((pid, gone)) => {
                 tracing::info!(environment = %env, pid, socket = %socket.display(), "template started");
-                templates.insert(
-                    env.clone(),
-                    Template {
-                        key,
-                        socket: socket.clone(),
-                        pid,
-                        gone,
-                    },
-                );
+                *slot = Some(Template {
+                    key,
+                    socket: socket.clone(),
+                    pid,
+                    gone,
+                });
                 Some(socket)
             }
             Err(why) => {
@@ -155,11 +170,18 @@ impl Zygotes {
 
     /// Stops every template (the backend's shutdown).
     pub(crate) async fn stop_all(&self) {
-        let mut templates = self.templates.lock().await;
-        for template in templates.values() {
-            template.stop();
+        let slots: Vec<Slot> = self
+            .templates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+            .map(|(_, slot)| slot)
+            .collect();
+        for slot in slots {
+            if let Some(template) = slot.lock().await.take() {
+                template.stop();
+            }
         }
-        templates.clear();
     }
 
     fn say_once(&self, env: &FunctionId, why: &'static str) {
