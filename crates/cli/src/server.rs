@@ -29,7 +29,7 @@ use kappa_archive::ArchiveStore;
 use kappa_core::{EndpointIndex, FunctionId, Provisioner};
 use kappa_executor::{ExecutorApi, ExecutorConfig, PoolManager};
 use kappa_local::{
-    CgroupMode, EgressMode, LocalBackend, LocalConfig, RuntimeRegistry, SandboxMode,
+    CgroupMode, EgressMode, LocalBackend, LocalConfig, RuntimeRegistry, SandboxMode, ZygoteMode,
 };
 use kappa_logs::{LogConfig, LogStore};
 use kappa_router::{
@@ -165,6 +165,10 @@ pub struct ServerArgs {
     /// Resource limits of local instances through cgroups: auto, v2, v1 or none.
     #[arg(long, env = "KAPPA_CGROUPS", default_value = "auto")]
     pub cgroups: CgroupMode,
+    /// Sandboxed local Python instances forked from a template process per environment (on),
+    /// or every runtime started by exec (off).
+    #[arg(long, env = "KAPPA_ZYGOTE", default_value = "on")]
+    pub zygote: ZygoteMode,
     /// Requests that may wait per function when it is at capacity (then 429).
     #[arg(long, env = "KAPPA_QUEUE_LIMIT", default_value_t = 100)]
     pub queue_limit: usize,
@@ -351,6 +355,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                     egress: args.egress,
                     cgroups: args.cgroups,
                     start_timeout: Duration::from_secs(10),
+                    zygote: args.zygote,
                 },
                 Arc::clone(archives),
                 Arc::clone(logs),

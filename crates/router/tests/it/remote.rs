@@ -53,6 +53,7 @@ impl Roles {
                 egress: kappa_local::EgressMode::Off,
                 cgroups: CgroupMode::None,
                 start_timeout: Duration::from_secs(20),
+                zygote: kappa_local::ZygoteMode::Off,
             },
             Arc::clone(&archives),
             logs,
