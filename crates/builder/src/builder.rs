@@ -187,7 +187,7 @@ impl Builder {
     pub fn new(
         config: BuilderConfig,
         store: Arc<dyn Store>,
-        archives: Arc<dyn BuildArchives>,
+        archives: Arc<impl BuildArchives>,
         runner: Arc<dyn BuildRunner>,
         runtimes: RuntimeRegistry,
     ) -> Result<Self, BuildError> {
