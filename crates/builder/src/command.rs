@@ -233,6 +233,29 @@ mod tests {
     }
 
     #[test]
+    fn in_the_image_the_defaults_use_the_images_own_tools() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(image_default_command(Some("python"), dir.path()).is_none());
+        std::fs::write(dir.path().join("requirements.txt"), "six\n").unwrap();
+        let c = image_default_command(Some("python"), dir.path()).unwrap();
+        assert_eq!(c.source, CommandSource::Default);
+        assert!(
+            c.command
+                .contains("python3 -m pip install -r requirements.txt --target .")
+                && !c.command.contains("/usr/bin/"),
+            "{}",
+            c.command
+        );
+        assert!(c.read_only.is_empty());
+        assert!(image_default_command(Some("nodejs"), dir.path()).is_none());
+        std::fs::write(dir.path().join("package.json"), "{}").unwrap();
+        let c = image_default_command(Some("nodejs"), dir.path()).unwrap();
+        assert!(c.command.contains("npm install"), "{}", c.command);
+        assert!(image_default_command(None, dir.path()).is_none());
+        assert!(image_default_command(Some("binary"), dir.path()).is_none());
+    }
+
+    #[test]
     fn fissions_build_script_is_the_runtimes_own_build() {
         let dir = tempfile::tempdir().unwrap();
         let rt = python();
