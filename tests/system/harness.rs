@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use kappa_test_support::eventually_blocking;
+
 /// The `kappa` binary under test.
 pub fn kappa_bin() -> &'static str {
     env!("CARGO_BIN_EXE_kappa")
@@ -27,18 +29,6 @@ pub fn function_path(rel: &str) -> String {
 fn free_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("local addr")
-}
-
-/// Polls `check` every 50 ms until it returns `Some`, for at most `limit`.
-pub fn eventually<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// One running platform.
@@ -136,7 +126,7 @@ impl Platform {
             .expect("start kappa up");
         self.child = Some(child);
         let admin = self.admin;
-        eventually(Duration::from_secs(60), "kappa up to be ready", || {
+        eventually_blocking(Duration::from_secs(60), "kappa up to be ready", || {
             if let Some(status) = self
                 .child
                 .as_mut()

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Platform, eventually, tail};
+use crate::harness::{Platform, tail};
+use kappa_test_support::eventually_blocking;
 
 #[test]
 fn a_hostile_function_escapes_nowhere() {
@@ -141,7 +142,7 @@ fn hostile_function_escapes_nowhere(env: &[(&str, &str)]) {
         "the probe's daemon runs while its instance does"
     );
     p.kill9();
-    eventually(
+    eventually_blocking(
         Duration::from_secs(10),
         "the probe's daemon to die with the platform",
         || daemons(&marker).is_empty().then_some(()),
@@ -168,7 +169,7 @@ fn unsandboxed_mode_says_so_everywhere() {
 
 /// Waits until `kappa env get python` reports an isolation starting with `expected`.
 fn isolation_status(p: &Platform, expected: &str) {
-    eventually(
+    eventually_blocking(
         Duration::from_secs(10),
         "the environment's isolation status",
         || {

@@ -8,7 +8,8 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::harness::{eventually, function_path, http, kappa_bin, repo_root};
+use crate::harness::{function_path, http, kappa_bin, repo_root};
+use kappa_test_support::eventually_blocking;
 
 const TOKEN: &str = "roles-system-test-token-0123456789";
 
@@ -85,7 +86,7 @@ impl Server {
             internal,
             admin,
         };
-        eventually(
+        eventually_blocking(
             Duration::from_secs(30),
             "kappa server ready",
             || match http(s.admin, "GET", "/readyz", &[], b"") {
@@ -152,7 +153,7 @@ fn roles_serve_a_function_with_the_router_using_the_executor_over_http() {
         &function_path("examples/hello/hello.py"),
     ]);
     s.ok(&["route", "create", "--url", "/hello", "--function", "hello"]);
-    let r = eventually(Duration::from_secs(30), "GET /hello", || {
+    let r = eventually_blocking(Duration::from_secs(30), "GET /hello", || {
         let r = http(s.router, "GET", "/hello", &[], b"").ok()?;
         (r.status != 404).then_some(r)
     });
@@ -169,7 +170,7 @@ fn roles_serve_a_function_with_the_router_using_the_executor_over_http() {
     // The request history reaches the API through the executor: the router replica reports
     // it there over HTTP, as it would from another pod.
     let auth = format!("Bearer {TOKEN}");
-    let stats = eventually(
+    let stats = eventually_blocking(
         Duration::from_secs(30),
         "the router's history at the API",
         || {
@@ -214,7 +215,7 @@ fn roles_serve_a_function_with_the_router_using_the_executor_over_http() {
             .unwrap()
             .success()
     );
-    let status = eventually(Duration::from_secs(20), "kappa server exits", || {
+    let status = eventually_blocking(Duration::from_secs(20), "kappa server exits", || {
         s.child.try_wait().unwrap()
     });
     assert!(status.success(), "exit status {status}\n{}", s.log());
@@ -329,7 +330,7 @@ fn roles_canary_rolls_back_on_usage_reports() {
     )
     .unwrap();
     s.ok(&["fn", "update", "--name", "shop", "--code", &code]);
-    eventually(Duration::from_secs(30), "GET /shop", || {
+    eventually_blocking(Duration::from_secs(30), "GET /shop", || {
         let r = http(s.router, "GET", "/shop", &[], b"").ok()?;
         (r.text() == "v1").then_some(())
     });
@@ -362,7 +363,7 @@ fn roles_canary_rolls_back_on_usage_reports() {
         "--increment-interval",
         "2s",
     ]);
-    let status = eventually(Duration::from_secs(60), "the canary to end", || {
+    let status = eventually_blocking(Duration::from_secs(60), "the canary to end", || {
         let c: serde_json::Value =
             serde_json::from_str(&s.ok(&["canary", "get", "shop-v2", "-o", "json"])).ok()?;
         let st = c["status"].clone();

@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use kappa_triggers::testkit::NatsServer;
+use kappa_test_support::servers::NatsServer;
 
-use crate::harness::{Platform, eventually, function_path, repo_root};
+use crate::harness::{Platform, function_path, repo_root};
+use kappa_test_support::eventually_blocking;
 
 fn chromium() -> Option<PathBuf> {
     let path = std::env::var_os("CHROMIUM")
@@ -83,7 +84,7 @@ fn dashboard_in_headless_chromium() {
         "--cron",
         "0 3 * * *",
     ]);
-    eventually(Duration::from_secs(60), "the trigger to be ready", || {
+    eventually_blocking(Duration::from_secs(60), "the trigger to be ready", || {
         let out = p.cli(&["mqtrigger", "get", "orders", "-o", "json"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
         (v["status"]["state"] == "ready").then_some(())

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::harness::{Platform, eventually, http};
+use crate::harness::{Platform, http};
+use kappa_test_support::eventually_blocking;
 
 /// Steady load on `path` from `threads` clients until `stop`: every (status, body) seen.
 fn load(
@@ -103,7 +104,7 @@ fn versions_history_rollback_and_pinned_routes() {
     let table = p.ok(&["fn", "history", "greet"]);
     assert!(table.starts_with("VERSION"), "{table}");
     assert_eq!(table.lines().count(), 5, "{table}");
-    eventually(Duration::from_secs(30), "v4 to answer", || {
+    eventually_blocking(Duration::from_secs(30), "v4 to answer", || {
         (p.get("/greet").text() == "v4").then_some(())
     });
 
@@ -118,7 +119,7 @@ fn versions_history_rollback_and_pinned_routes() {
         "--function",
         "greet@2",
     ]);
-    eventually(Duration::from_secs(30), "the pinned route", || {
+    eventually_blocking(Duration::from_secs(30), "the pinned route", || {
         (p.get("/pinned").text() == "v2").then_some(())
     });
     let r = p.api("GET", "/v1/functions/greet@3/invoke", b"");
@@ -132,7 +133,7 @@ fn versions_history_rollback_and_pinned_routes() {
     std::thread::sleep(Duration::from_millis(500));
     let out = p.ok(&["fn", "rollback", "greet", "--to", "2"]);
     assert!(out.contains("rolled back to version 2"), "{out}");
-    eventually(Duration::from_secs(30), "v2 to answer", || {
+    eventually_blocking(Duration::from_secs(30), "v2 to answer", || {
         (p.get("/greet").text() == "v2").then_some(())
     });
     std::thread::sleep(Duration::from_millis(500));
@@ -165,7 +166,7 @@ fn versions_history_rollback_and_pinned_routes() {
     // A new update is version 5; the pinned route still serves version 2.
     p.ok(&["fn", "update", "--name", "greet", "--code", &code("v5")]);
     assert_eq!(history(&p, "greet")["current"], 5);
-    eventually(Duration::from_secs(30), "v5 to answer", || {
+    eventually_blocking(Duration::from_secs(30), "v5 to answer", || {
         (p.get("/greet").text() == "v5").then_some(())
     });
     for _ in 0..5 {
@@ -294,7 +295,7 @@ fn canary_to_a_failing_version_rolls_back() {
         "10",
     ]);
     let mut weights = Vec::new();
-    let status = eventually(Duration::from_secs(60), "the canary to end", || {
+    let status = eventually_blocking(Duration::from_secs(60), "the canary to end", || {
         let s = canary_status(&p, "shop-v2");
         if let Some(w) = s["weight"].as_u64()
             && weights.last() != Some(&w)
@@ -382,7 +383,7 @@ fn canary_to_a_healthy_function_reaches_100() {
         "1s",
     ]);
     let mut weights = Vec::new();
-    let status = eventually(Duration::from_secs(60), "the canary to end", || {
+    let status = eventually_blocking(Duration::from_secs(60), "the canary to end", || {
         let s = canary_status(&p, "green");
         if let Some(w) = s["weight"].as_u64()
             && weights.last() != Some(&w)
