@@ -13,11 +13,23 @@ use kappa_test_support::eventually_blocking;
 
 const TOKEN: &str = "roles-system-test-token-0123456789";
 
+/// A free port picked before the start, for the two listeners whose URL the other roles are
+/// given on the command line (`--executor-url`, `--router-url`). The others bind port 0 and are
+/// read back from the server's `listening <name> <addr>` lines.
 fn free_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
+}
+
+/// The address `kappa server` reports for listener `name` (`listening <name> <addr>`).
+fn listening(log: &str, name: &str) -> Option<SocketAddr> {
+    log.lines().find_map(|line| {
+        let rest = line.strip_prefix("listening ")?;
+        let (what, addr) = rest.split_once(' ')?;
+        (what == name).then(|| addr.trim().parse().ok())?
+    })
 }
 
 struct Server {
@@ -40,13 +52,8 @@ impl Server {
             .prefix("kappa-roles-")
             .tempdir()
             .unwrap();
-        let (api, router, internal, executor, admin) = (
-            free_port(),
-            free_port(),
-            free_port(),
-            free_port(),
-            free_port(),
-        );
+        let (router, executor) = (free_port(), free_port());
+        let any = "127.0.0.1:0";
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
         let child = Command::new(kappa_bin())
             .args(["server", "--role", "api,router,executor"])
@@ -60,11 +67,11 @@ impl Server {
             .arg("--runtimes-dir")
             .arg(repo_root().join("functions/runtimes"))
             .args(["--sandbox", "none", "--cgroups", "none"])
-            .args(["--api-addr", &api.to_string()])
+            .args(["--api-addr", any])
             .args(["--router-addr", &router.to_string()])
-            .args(["--router-admin-addr", &internal.to_string()])
+            .args(["--router-admin-addr", any])
             .args(["--executor-addr", &executor.to_string()])
-            .args(["--admin-addr", &admin.to_string()])
+            .args(["--admin-addr", any])
             .args(["--executor-url", &format!("http://{executor}")])
             .args(["--router-url", &format!("http://{router}")])
             .args(["--shutdown-grace", "3"])
@@ -78,23 +85,30 @@ impl Server {
             .stderr(log)
             .spawn()
             .unwrap();
-        let s = Server {
+        let log_path = dir.path().join("server.log");
+        let (api, internal, admin) =
+            eventually_blocking(Duration::from_secs(30), "kappa server ready", || {
+                // Printed once every listener is bound.
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let admin = listening(&log, "admin")?;
+                let addresses = (
+                    listening(&log, "api")?,
+                    listening(&log, "router-internal")?,
+                    admin,
+                );
+                match http(admin, "GET", "/readyz", &[], b"") {
+                    Ok(r) if r.status == 200 => Some(addresses),
+                    _ => None,
+                }
+            });
+        Server {
             dir,
             child,
             api,
             router,
             internal,
             admin,
-        };
-        eventually_blocking(
-            Duration::from_secs(30),
-            "kappa server ready",
-            || match http(s.admin, "GET", "/readyz", &[], b"") {
-                Ok(r) if r.status == 200 => Some(()),
-                _ => None,
-            },
-        );
-        s
+        }
     }
 
     fn log(&self) -> String {
