@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Platform, http, tail};
 use kappa_test_support::eventually_blocking;
+
+use crate::harness::{Platform, http, tail};
 
 /// How long instances are killed for, and how often.
 const CHAOS_FOR: Duration = Duration::from_secs(30);

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use crate::harness::{Platform, function_path, http, tail};
 use kappa_test_support::eventually_blocking;
+
+use crate::harness::{Platform, function_path, http, tail};
 
 /// The secret's values; unusual enough that any occurrence in the platform's output is a leak.
 const FIRST: &str = "kappa-s3cr3t-first-7f3a9";

@@ -3,8 +3,9 @@
 use std::io::Write as _;
 use std::time::Duration;
 
-use crate::harness::{Platform, function_path};
 use kappa_test_support::eventually_blocking;
+
+use crate::harness::{Platform, function_path};
 
 #[test]
 fn bad_specs_name_the_field_and_change_nothing() {

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-use crate::harness::{Platform, function_path};
 use kappa_test_support::eventually_blocking;
+
+use crate::harness::{Platform, function_path};
 
 #[test]
 fn readme_quick_start() {

@@ -7,10 +7,10 @@
 
 use std::time::Duration;
 
+use kappa_test_support::eventually_blocking;
 use serde_json::Value;
 
 use crate::harness::{Platform, tail};
-use kappa_test_support::eventually_blocking;
 
 #[test]
 fn a_hostile_function_escapes_nowhere() {

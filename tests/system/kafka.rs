@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use kappa_test_support::eventually_blocking;
 use kappa_test_support::servers::KafkaServer;
 use kappa_triggers::kafka::KafkaBroker;
 use kappa_triggers::{Broker, ConsumerSpec};
 
 use crate::harness::{Platform, function_path};
-use kappa_test_support::eventually_blocking;
 
 /// A message read back: its headers (lower-case names) and body.
 type Received = (HashMap<String, String>, Bytes);

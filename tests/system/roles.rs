@@ -8,8 +8,9 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::harness::{function_path, http, kappa_bin, repo_root};
 use kappa_test_support::eventually_blocking;
+
+use crate::harness::{function_path, http, kappa_bin, repo_root};
 
 const TOKEN: &str = "roles-system-test-token-0123456789";
 

@@ -1,8 +1,9 @@
 //! The Node.js and binary runtimes, Fission environment image names and explicit runtime
 //! commands, deployed and invoked through the real `kappa up`, CLI and router.
 
-use crate::harness::{Platform, function_path, repo_root};
 use kappa_test_support::eventually_blocking;
+
+use crate::harness::{Platform, function_path, repo_root};
 
 fn route(p: &Platform, name: &str, url: &str) {
     p.ok(&[

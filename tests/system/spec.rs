@@ -5,8 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::harness::{Platform, repo_root};
 use kappa_test_support::eventually_blocking;
+
+use crate::harness::{Platform, repo_root};
 
 fn copy_dir(src: &Path, dst: &Path) {
     std::fs::create_dir_all(dst).unwrap();

@@ -6,8 +6,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use crate::harness::{Platform, function_path, http};
 use kappa_test_support::eventually_blocking;
+
+use crate::harness::{Platform, function_path, http};
 
 /// A minimal WebSocket client (RFC 6455) over a blocking socket.
 struct Ws {

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use kappa_test_support::eventually_blocking;
 use kappa_test_support::servers::NatsServer;
 use kappa_triggers::Broker;
 use kappa_triggers::nats::NatsBroker;
 
 use crate::harness::{Platform, function_path, http};
-use kappa_test_support::eventually_blocking;
 
 /// A message read back: its headers (lower-case names) and body.
 pub(crate) type Received = (HashMap<String, String>, Bytes);

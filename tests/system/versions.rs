@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::harness::{Platform, http};
 use kappa_test_support::eventually_blocking;
+
+use crate::harness::{Platform, http};
 
 /// Steady load on `path` from `threads` clients until `stop`: every (status, body) seen.
 fn load(
