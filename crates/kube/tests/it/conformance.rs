@@ -22,7 +22,9 @@
 //!    the events `KubeStore` had already buffered, then Gone (from the version it reached),
 //!    where the suite expects Gone at once (from the version it started at). How much was
 //!    buffered (nothing, if the watch opened after the history moved on) is up to the
-//!    scheduler: the suite's `lagging_beyond_history_is_gone_after_read_ahead` asserts that.
+//!    scheduler: the suite's `lagging_beyond_history_is_gone_after_read_ahead` asserts that, on
+//!    one kind's watch (over several kinds the Gone may come from another kind's watch, from
+//!    the version that one had reached).
 //!
 //! Beyond the suite: a watch from version 0 is, on Kubernetes, the current objects as `Added`
 //! events and then changes (`resourceVersion=0` means "any version"), not the history
