@@ -7,9 +7,10 @@
 
 use std::time::Duration;
 
+use kappa_test_support::eventually_blocking;
 use serde_json::Value;
 
-use crate::harness::{Platform, eventually, tail};
+use crate::harness::{Platform, tail};
 
 /// The default: Python instances are forked from their environment's template (a zygote,
 /// docs/design/009-zygote.md), and every escape must fail exactly as for an exec'd runtime.
@@ -160,7 +161,7 @@ fn hostile_function_escapes_nowhere(flags: &[&str], env: &[(&str, &str)]) {
         "the probe's daemon runs while its instance does"
     );
     p.kill9();
-    eventually(
+    eventually_blocking(
         Duration::from_secs(10),
         "the probe's daemon to die with the platform",
         || daemons(&marker).is_empty().then_some(()),
@@ -304,7 +305,7 @@ fn unsandboxed_mode_says_so_everywhere() {
 
 /// Waits until `kappa env get python` reports an isolation starting with `expected`.
 fn isolation_status(p: &Platform, expected: &str) {
-    eventually(
+    eventually_blocking(
         Duration::from_secs(10),
         "the environment's isolation status",
         || {
