@@ -257,7 +257,7 @@ fn forked_instances_are_sandboxed_and_templates_are_replaced() {
         .status()
         .unwrap();
     assert!(killed.success());
-    eventually(Duration::from_secs(10), "the template to be gone", || {
+    eventually_blocking(Duration::from_secs(10), "the template to be gone", || {
         (!templates(p.pid()).contains(&template)).then_some(())
     });
     assert_eq!(p.get("/one").status, 200);
@@ -273,7 +273,7 @@ fn forked_instances_are_sandboxed_and_templates_are_replaced() {
 
     // An environment update replaces the template; instances of the new spec fork from it.
     p.ok(&["env", "update", "--name", "python", "--maxpids", "200"]);
-    eventually(
+    eventually_blocking(
         Duration::from_secs(30),
         "the updated environment's function to answer from a new template",
         || {
