@@ -790,7 +790,7 @@ fn registry_gone() -> PlatformError {
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, PlatformError> {
     TcpListener::bind(addr)
         .await
-        .with_ctx(|| format!("binding the {what} listener to {addr}"))
+        .with_ctx(|| format!("binding the {what} listener to {addr} (is another kappa running? choose another address with the flag)"))
 }
 
 fn local_addr(listener: &TcpListener) -> Result<SocketAddr, PlatformError> {

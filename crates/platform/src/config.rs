@@ -258,6 +258,26 @@ impl Config {
             check_local_runtimes: false,
         }
     }
+
+    /// `kappa up`'s preset: everything on this machine's loopback (router 8888, its internal
+    /// listener 8889, API 8890), no executor API and no process admin listener (one process
+    /// needs neither), the router URL reported as bound, the API refusing runtimes the local
+    /// backend cannot start, and one asynchronous-invocation node per data directory ("local",
+    /// so a restarted process takes its own leases over at once).
+    pub fn one_machine(data_dir: PathBuf, runtimes_dir: PathBuf, token: String) -> Self {
+        let mut config = Self::new(data_dir, runtimes_dir, token);
+        config.listen = Listen {
+            api: SocketAddr::from(([127, 0, 0, 1], 8890)),
+            router: SocketAddr::from(([127, 0, 0, 1], 8888)),
+            router_admin: SocketAddr::from(([127, 0, 0, 1], 8889)),
+            executor: None,
+            admin: None,
+        };
+        config.router_url = RouterUrl::Listener;
+        config.async_node = "local".into();
+        config.check_local_runtimes = true;
+        config
+    }
 }
 
 #[cfg(test)]

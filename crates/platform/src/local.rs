@@ -12,6 +12,9 @@ use kappa_types::{
     HttpTriggerSpec, Package, PackageSpec, Resource, Runtime, Spec,
 };
 
+use std::time::Duration;
+
+use crate::Platform;
 use crate::error::{Ctx as _, PlatformError};
 
 /// The Python runtime server, shipped inside the binary so `kappa up` needs nothing else.
@@ -137,12 +140,31 @@ fn precompile_python_runtime(server: &Path) {
     }
 }
 
-/// Creates the `python` environment, the `hello` function and the `/hello` route unless they
-/// exist (a restart keeps what the user changed).
-pub async fn deploy_example(
-    store: &dyn Store,
-    archives: &ArchiveStore,
-) -> Result<(), PlatformError> {
+/// Deploys the bundled example (the `python` environment, the `hello` function and the
+/// `/hello` route, unless they exist: a restart keeps what the user changed) and waits until
+/// the router of `platform` serves its route, so a `curl` printed next works at once.
+pub async fn deploy_example(platform: &Platform) -> Result<(), PlatformError> {
+    let archives = platform
+        .archives()
+        .ok_or_else(|| PlatformError::config("the example needs the archive store (role api)"))?;
+    let store = platform.store().as_ref();
+    create_example(store, archives).await?;
+    // The version of the trigger's last write, which the router has seen once it applied it.
+    let version = store
+        .get(kappa_types::Kind::HttpTrigger, "default", "hello")
+        .await
+        .ctx("reading the bundled example's route")?
+        .map_or(0, |trigger| trigger.resource_version);
+    if let Some(router) = platform.router()
+        && !router.wait_applied(version, Duration::from_secs(10)).await
+    {
+        tracing::warn!("the router has not applied the bundled example's route yet");
+    }
+    Ok(())
+}
+
+/// Creates the example's resources unless they exist.
+async fn create_example(store: &dyn Store, archives: &ArchiveStore) -> Result<(), PlatformError> {
     let env = Environment::new(
         "python",
         EnvironmentSpec {
