@@ -6,6 +6,7 @@
 //! the fetcher of Kubernetes function pods, and the sandbox helper every local instance
 //! starts through.
 
+mod flags;
 mod server;
 mod up;
 

@@ -4,10 +4,8 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context as _;
-use kappa_local::{CgroupMode, EgressMode, SandboxMode};
 use kappa_platform::{Config, Platform, Role, local};
 
 /// Flags of `kappa up`.
@@ -32,58 +30,18 @@ pub struct UpArgs {
     /// Do not deploy the bundled hello example.
     #[arg(long)]
     pub no_example: bool,
-    /// Isolation of functions: namespaces (the built-in sandbox: own namespaces and user per
-    /// instance; needs root) or none (unsandboxed, explicit only).
-    #[arg(long, env = "KAPPA_SANDBOX", default_value = "namespaces")]
-    pub sandbox: SandboxMode,
-    /// Network egress of sandboxed functions: auto (through slirp4netns when installed) or off.
-    #[arg(long, env = "KAPPA_EGRESS", default_value = "auto")]
-    pub egress: EgressMode,
-    /// Resource limits through cgroups: auto, v2, v1 or none.
-    #[arg(long, env = "KAPPA_CGROUPS", default_value = "auto")]
-    pub cgroups: CgroupMode,
-    /// Requests that may wait per function when it is at capacity (then 429).
-    #[arg(long, env = "KAPPA_QUEUE_LIMIT", default_value_t = 100)]
-    pub queue_limit: usize,
-    /// Largest request body the router forwards, in MiB.
-    #[arg(long, env = "KAPPA_MAX_BODY_MB", default_value_t = 64)]
-    pub max_body_mb: u64,
-    /// Largest archive the API accepts, in MiB.
-    #[arg(long, env = "KAPPA_MAX_ARCHIVE_MB", default_value_t = 256)]
-    pub max_archive_mb: u64,
-    /// Most instances (warm and specialized) at once.
-    #[arg(long, env = "KAPPA_MAX_INSTANCES", default_value_t = 256)]
-    pub max_instances: usize,
-    /// Memory the warm pools may hold in all (pool size x each environment's memory limit, or
-    /// 128MiB without one), e.g. 1GiB: fixed pools count first, adaptive pools
-    /// (poolPolicy.mode adaptive) share the rest by demand [default: unbounded].
-    #[arg(long, env = "KAPPA_POOL_MEMORY_BUDGET", value_name = "SIZE", value_parser = kappa_cli::output::parse_memory_size)]
-    pub pool_memory_budget: Option<u64>,
-    /// Seconds to drain in-flight requests and stop instances on shutdown.
-    #[arg(long, default_value_t = 10)]
-    pub shutdown_grace: u64,
-    /// Seconds a package build may run before it is killed (and fails).
-    #[arg(long, env = "KAPPA_BUILD_TIMEOUT", default_value_t = 600)]
-    pub build_timeout: u64,
-    /// Package builds that run at once.
-    #[arg(long, env = "KAPPA_BUILD_PARALLELISM", default_value_t = 2)]
-    pub build_parallelism: usize,
     /// The NATS server (JetStream) of message-queue triggers without `metadata.url`.
     #[arg(long, env = "KAPPA_NATS_URL", default_value = kappa_triggers::DEFAULT_NATS_URL)]
     pub nats_url: String,
     /// The Redis server of message-queue triggers without `metadata.url`.
     #[arg(long, env = "KAPPA_REDIS_URL", default_value = kappa_triggers::DEFAULT_REDIS_URL)]
     pub redis_url: String,
-    /// How long finished asynchronous invocations (and their outcomes) are kept.
-    #[arg(long, env = "KAPPA_ASYNC_RETENTION", default_value = "24h", value_parser = kappa_cli::output::parse_duration)]
-    pub async_retention: Duration,
-    /// An upgraded (WebSocket) connection with no byte either way for this long is closed.
-    #[arg(long, env = "KAPPA_UPGRADE_IDLE_TIMEOUT", default_value = "10m", value_parser = kappa_cli::output::parse_duration)]
-    pub upgrade_idle_timeout: Duration,
     /// The Kafka cluster of message-queue triggers without `metadata.bootstrapServers`:
     /// `kafka://host:port[,host:port...]` (or `host:port,...`).
     #[arg(long, env = "KAPPA_KAFKA_URL", default_value = kappa_triggers::DEFAULT_KAFKA_URL)]
     pub kafka_url: String,
+    #[command(flatten)]
+    pub limits: crate::flags::Limits,
 }
 
 /// Runs the platform until SIGINT/SIGTERM.
@@ -163,21 +121,9 @@ fn config(args: &UpArgs, data_dir: PathBuf, runtimes_dir: PathBuf, token: String
     config.listen.api = args.api_addr;
     config.listen.router_admin = args.admin_addr;
     config.metrics_need_token = args.metrics_need_token;
-    config.sandbox = args.sandbox;
-    config.egress = args.egress;
-    config.cgroups = args.cgroups;
-    config.queue_limit = args.queue_limit;
-    config.max_body_bytes = args.max_body_mb << 20;
-    config.max_archive_bytes = args.max_archive_mb << 20;
-    config.max_instances = args.max_instances;
-    config.pool_memory_budget = args.pool_memory_budget;
-    config.shutdown_grace = Duration::from_secs(args.shutdown_grace);
-    config.build_timeout = Duration::from_secs(args.build_timeout);
-    config.build_parallelism = args.build_parallelism;
+    args.limits.apply(&mut config);
     config.nats_url = args.nats_url.clone();
     config.redis_url = args.redis_url.clone();
     config.kafka_url = args.kafka_url.clone();
-    config.async_retention = args.async_retention;
-    config.upgrade_idle_timeout = args.upgrade_idle_timeout;
     config
 }
