@@ -19,11 +19,11 @@ fn free_port() -> SocketAddr {
         .unwrap()
 }
 
-struct Server {
+pub(crate) struct Server {
     dir: tempfile::TempDir,
     child: Child,
     api: SocketAddr,
-    router: SocketAddr,
+    pub(crate) router: SocketAddr,
     internal: SocketAddr,
     admin: SocketAddr,
 }
@@ -34,7 +34,7 @@ impl Server {
     }
 
     /// With extra environment variables (the `KAPPA_...` fallbacks of the flags).
-    fn start_with(env: &[(&str, &str)]) -> Self {
+    pub(crate) fn start_with(env: &[(&str, &str)]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("kappa-roles-")
             .tempdir()
@@ -96,7 +96,7 @@ impl Server {
         s
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
@@ -111,7 +111,7 @@ impl Server {
             .unwrap()
     }
 
-    fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
         assert!(
             out.status.success(),
