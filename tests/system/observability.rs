@@ -488,4 +488,41 @@ fn metrics_are_labelled_by_function() {
     for line in expect {
         assert!(api.contains(line), "missing {line}\n{api}");
     }
+
+    // Asynchronous invocations: one of `m` through the router and one through the API (both
+    // succeed), one of `boom` (three attempts: the default two retries, then dead-lettered).
+    let async_header = [("X-Kappa-Invocation-Type", "async")];
+    assert_eq!(p.request("GET", "/m", &async_header, b"").status, 202);
+    assert_eq!(p.request("GET", "/boom", &async_header, b"").status, 202);
+    let r = p.api("POST", "/v1/functions/m/invoke?async=true", b"");
+    assert_eq!(r.status, 202, "{}", r.text());
+    let router = http(p.admin, "GET", "/metrics", &[], b"").unwrap().text();
+    for line in [
+        r#"kappa_router_async_accepted_total{namespace="default",function="m"} 1"#,
+        r#"kappa_router_async_accepted_total{namespace="default",function="boom"} 1"#,
+    ] {
+        assert!(router.contains(line), "missing {line}\n{router}");
+    }
+    let expect = [
+        r#"kappa_api_async_accepted_total{namespace="default",function="m"} 1"#,
+        r#"kappa_triggers_async_attempts_total{namespace="default",function="m",result="succeeded"} 2"#,
+        r#"kappa_triggers_async_outcomes_total{namespace="default",function="m",outcome="succeeded"} 2"#,
+        r#"kappa_triggers_async_queue_seconds_count{namespace="default",function="m"} 2"#,
+        r#"kappa_triggers_async_attempts_total{namespace="default",function="boom",result="failed"} 3"#,
+        r#"kappa_triggers_async_outcomes_total{namespace="default",function="boom",outcome="retried"} 2"#,
+        r#"kappa_triggers_async_outcomes_total{namespace="default",function="boom",outcome="deadlettered"} 1"#,
+        r#"kappa_triggers_async_queue_seconds_count{namespace="default",function="boom"} 1"#,
+    ];
+    let api = eventually(
+        Duration::from_secs(60),
+        "the asynchronous invocations' series",
+        || {
+            let api = http(p.api, "GET", "/metrics", &[], b"").ok()?.text();
+            expect.iter().all(|line| api.contains(line)).then_some(api)
+        },
+    );
+    assert!(
+        !api.contains(r#"function="m",outcome="retried""#),
+        "no retry of a success\n{api}"
+    );
 }

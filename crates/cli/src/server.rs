@@ -718,6 +718,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                     .kafka_url
                     .clone()
                     .unwrap_or_else(|| kappa_triggers::DEFAULT_KAFKA_URL.into()),
+                metrics: manager.metrics(),
                 ..kappa_triggers::AsyncConfig::default()
             },
             Arc::clone(&store),

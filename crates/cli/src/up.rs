@@ -284,7 +284,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             Arc::clone(&store),
             Arc::new(RouterInvoker(router.clone())),
         )
-        .with_registered_metrics(trigger_metrics);
+        .with_registered_metrics(trigger_metrics.clone());
         let token = shutdown.clone();
         tokio::spawn(async move { triggers.run(token).await })
     };
@@ -298,6 +298,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 nats_url: args.nats_url.clone(),
                 redis_url: args.redis_url.clone(),
                 kafka_url: args.kafka_url.clone(),
+                metrics: trigger_metrics,
                 ..kappa_triggers::AsyncConfig::default()
             },
             Arc::clone(&store),
