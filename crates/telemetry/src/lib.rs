@@ -109,20 +109,34 @@ fn parse_traceparent(value: &[u8]) -> Option<(u64, bool)> {
 
 /// The sampling decision for a new trace's first span, from its remote parent if any.
 fn gate(parent: Option<(u64, bool)>) -> bool {
-    if !exporting() {
-        return false;
-    }
+    exporting()
+        && decide(
+            PARENT_BASED.load(Ordering::Relaxed),
+            RATIO_BOUND.load(Ordering::Relaxed),
+            parent,
+            rand::random::<u64>,
+        )
+}
+
+/// The sampler's rule: a valid remote parent's flag when `parent_based`, else the ratio
+/// `bound` applied to the parent's trace id bits or, for a new trace, to `random()` (called
+/// only when needed).
+fn decide(
+    parent_based: bool,
+    bound: u64,
+    parent: Option<(u64, bool)>,
+    random: impl FnOnce() -> u64,
+) -> bool {
     match parent {
-        Some((_, sampled)) if PARENT_BASED.load(Ordering::Relaxed) => sampled,
+        Some((_, sampled)) if parent_based => sampled,
         _ => {
-            let bound = RATIO_BOUND.load(Ordering::Relaxed);
             if bound == 1 << 63 {
                 return true;
             }
             if bound == 0 {
                 return false;
             }
-            let bits = parent.map_or_else(rand::random::<u64>, |(low, _)| low);
+            let bits = parent.map_or_else(random, |(low, _)| low);
             (bits >> 1) < bound
         }
     }
@@ -629,6 +643,36 @@ mod tests {
         );
         assert!(!sampled(&headers));
         assert!(!sampled_root());
+    }
+
+    #[test]
+    fn the_gate_follows_the_configured_sampler() {
+        let all = 1u64 << 63;
+        let half = ratio_bound(0.5);
+        let never = || -> u64 { panic!("no random number needed") };
+        // Parent-based: the parent's flag decides, whatever the ratio.
+        assert!(decide(true, 0, Some((u64::MAX, true)), never));
+        assert!(!decide(true, all, Some((0, false)), never));
+        // No parent: the ratio, on a random number.
+        assert!(decide(true, all, None, never));
+        assert!(!decide(true, 0, None, never));
+        assert!(decide(true, half, None, || 0));
+        assert!(!decide(true, half, None, || u64::MAX));
+        // Not parent-based: the ratio on the parent's trace id, as TraceIdRatioBased does.
+        assert!(decide(false, half, Some((1, false)), never));
+        assert!(!decide(false, half, Some((u64::MAX, true)), never));
+        // About 1 % of random trace ids at 0.01.
+        let bound = ratio_bound(0.01);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let sampled = (0..100_000)
+            .filter(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                decide(true, bound, None, || x)
+            })
+            .count();
+        assert!((700..1300).contains(&sampled), "{sampled}");
     }
 
     #[test]
