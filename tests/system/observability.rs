@@ -368,6 +368,81 @@ fn traces_follow_requests_and_messages() {
     });
 }
 
+/// Cluster roles (`kappa server --executor-url`): the router provisions through the executor's
+/// HTTP API, and the executor's spans join the request's trace through the `traceparent` the
+/// router sends on that call. An unsampled request builds no span and its context passes on.
+#[test]
+fn traces_cross_the_router_executor_hop() {
+    let rx = Receiver::start();
+    let endpoint = format!("http://{}", rx.addr);
+    let s = crate::roles::Server::start_with(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_SERVICE_NAME", "kappa-roles"),
+    ]);
+    s.ok(&["env", "create", "--name", "python", "--image", "python"]);
+    s.ok(&[
+        "fn",
+        "create",
+        "--name",
+        "trace",
+        "--env",
+        "python",
+        "--code",
+        &crate::harness::function_path("examples/tracing/trace.py"),
+    ]);
+    s.ok(&["route", "create", "--url", "/trace", "--function", "trace"]);
+
+    // Sampled, and cold: the first request specializes an instance.
+    let cold = "0123456789abcdef0123456789abcdef";
+    let tp = format!("00-{cold}-abcdefabcdefabcd-01");
+    let r = eventually(Duration::from_secs(60), "GET /trace", || {
+        let r = http(s.router, "GET", "/trace", &[("traceparent", &tp)], b"").ok()?;
+        (r.status != 404).then_some(r)
+    });
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), s.log());
+
+    // Not sampled by its caller: the router records nothing and passes the context on as is.
+    let unsampled = "aaaabbbbccccddddeeeeffff00001111";
+    let tp = format!("00-{unsampled}-1111222233334444-00");
+    let r = http(s.router, "GET", "/trace", &[("traceparent", &tp)], b"").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(seen["traceparent"], tp.as_str(), "passed on unchanged");
+    // A sampled request after it, whose spans are exported after any of the unsampled one's.
+    let later = "99998888777766665555444433332222";
+    let tp = format!("00-{later}-abcdefabcdefabcd-01");
+    let r = http(s.router, "GET", "/trace", &[("traceparent", &tp)], b"").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let provision = wait_span(&rx, cold, "the router's provision span", |sp| {
+        sp.name == "provision" && sp.kind == CLIENT
+    });
+    let server = wait_span(&rx, cold, "the executor's provision span", |sp| {
+        sp.name == "POST /v1/provision"
+    });
+    assert_eq!(server.kind, SERVER);
+    assert_eq!(
+        server.parent, provision.span_id,
+        "the executor continues the router's provision span"
+    );
+    let specialization = wait_span(&rx, cold, "the pool manager's span", |sp| {
+        sp.name == "specialization"
+    });
+    assert_eq!(specialization.parent, server.span_id);
+    wait_span(&rx, cold, "the specialize span", |sp| {
+        sp.name == "specialize" && sp.parent == specialization.span_id
+    });
+    wait_span(&rx, later, "the later request's server span", |sp| {
+        sp.kind == SERVER && sp.attr("faas.trigger") == Some("http")
+    });
+    assert!(
+        rx.trace(unsampled).is_empty(),
+        "an unsampled request exports nothing: {:#?}",
+        rx.trace(unsampled)
+    );
+}
+
 /// The labelled series after a known sequence: two functions, one failing, a miss.
 #[test]
 fn metrics_are_labelled_by_function() {
@@ -414,4 +489,41 @@ fn metrics_are_labelled_by_function() {
     for line in expect {
         assert!(api.contains(line), "missing {line}\n{api}");
     }
+
+    // Asynchronous invocations: one of `m` through the router and one through the API (both
+    // succeed), one of `boom` (three attempts: the default two retries, then dead-lettered).
+    let async_header = [("X-Kappa-Invocation-Type", "async")];
+    assert_eq!(p.request("GET", "/m", &async_header, b"").status, 202);
+    assert_eq!(p.request("GET", "/boom", &async_header, b"").status, 202);
+    let r = p.api("POST", "/v1/functions/m/invoke?async=true", b"");
+    assert_eq!(r.status, 202, "{}", r.text());
+    let router = http(p.admin, "GET", "/metrics", &[], b"").unwrap().text();
+    for line in [
+        r#"kappa_router_async_accepted_total{namespace="default",function="m"} 1"#,
+        r#"kappa_router_async_accepted_total{namespace="default",function="boom"} 1"#,
+    ] {
+        assert!(router.contains(line), "missing {line}\n{router}");
+    }
+    let expect = [
+        r#"kappa_api_async_accepted_total{namespace="default",function="m"} 1"#,
+        r#"kappa_triggers_async_attempts_total{namespace="default",function="m",result="succeeded"} 2"#,
+        r#"kappa_triggers_async_outcomes_total{namespace="default",function="m",outcome="succeeded"} 2"#,
+        r#"kappa_triggers_async_queue_seconds_count{namespace="default",function="m"} 2"#,
+        r#"kappa_triggers_async_attempts_total{namespace="default",function="boom",result="failed"} 3"#,
+        r#"kappa_triggers_async_outcomes_total{namespace="default",function="boom",outcome="retried"} 2"#,
+        r#"kappa_triggers_async_outcomes_total{namespace="default",function="boom",outcome="deadlettered"} 1"#,
+        r#"kappa_triggers_async_queue_seconds_count{namespace="default",function="boom"} 1"#,
+    ];
+    let api = eventually(
+        Duration::from_secs(60),
+        "the asynchronous invocations' series",
+        || {
+            let api = http(p.api, "GET", "/metrics", &[], b"").ok()?.text();
+            expect.iter().all(|line| api.contains(line)).then_some(api)
+        },
+    );
+    assert!(
+        !api.contains(r#"function="m",outcome="retried""#),
+        "no retry of a success\n{api}"
+    );
 }

@@ -33,11 +33,11 @@ fn listening(log: &str, name: &str) -> Option<SocketAddr> {
     })
 }
 
-struct Server {
+pub(crate) struct Server {
     dir: tempfile::TempDir,
     child: Child,
     api: SocketAddr,
-    router: SocketAddr,
+    pub(crate) router: SocketAddr,
     internal: SocketAddr,
     admin: SocketAddr,
 }
@@ -48,7 +48,7 @@ impl Server {
     }
 
     /// With extra environment variables (the `KAPPA_...` fallbacks of the flags).
-    fn start_with(env: &[(&str, &str)]) -> Self {
+    pub(crate) fn start_with(env: &[(&str, &str)]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("kappa-roles-")
             .tempdir()
@@ -112,7 +112,7 @@ impl Server {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
@@ -127,7 +127,7 @@ impl Server {
             .unwrap()
     }
 
-    fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
         assert!(
             out.status.success(),

@@ -56,6 +56,18 @@ fn dashboard_in_headless_chromium() {
         "--function",
         "checkout",
     ]);
+    // A second version (a new timeout), and a route pinned to the first.
+    p.ok(&["fn", "update", "--name", "checkout", "--fntimeout", "90"]);
+    p.ok(&[
+        "route",
+        "create",
+        "--name",
+        "checkout-v1",
+        "--url",
+        "/checkout-v1",
+        "--function",
+        "checkout@1",
+    ]);
     p.ok(&[
         "mqtrigger",
         "create",
@@ -94,6 +106,9 @@ fn dashboard_in_headless_chromium() {
         .env("KAPPA_ROUTE", "/checkout")
         .env("KAPPA_EXPECT_MQ", "orders")
         .env("KAPPA_EXPECT_TIMER", "nightly")
+        .env("KAPPA_EXPECT_VERSIONS", "2")
+        .env("KAPPA_EXPECT_PIN", "1:checkout-v1")
+        .env("KAPPA_EXPECT_CHANGE", "spec.functionTimeout")
         .env("CHROMIUM", &chromium);
     if let Some(dir) = std::env::var_os("KAPPA_UI_SCREENSHOTS") {
         node.env("KAPPA_SCREENSHOTS", absolute(Path::new(&dir)));

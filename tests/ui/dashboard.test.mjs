@@ -107,6 +107,25 @@ try {
   await page.getByTestId("config").getByText("python").first().waitFor();
   await page.getByTestId("instances").waitFor();
 
+  step("the function's page lists its versions");
+  const expectVersions = Number(process.env.KAPPA_EXPECT_VERSIONS || "1");
+  await page.locator("[data-testid=version]").nth(expectVersions - 1).waitFor();
+  assert.equal(await page.locator("[data-testid=version]").count(), expectVersions);
+  const newest = page.locator(`[data-testid=version][data-version="${expectVersions}"]`);
+  await newest.getByText("current").waitFor();
+  assert.match(await newest.locator("td").nth(2).textContent(), /^[0-9a-f]{12}$/, "the code's checksum");
+  if (process.env.KAPPA_EXPECT_PIN) {
+    const [version, pin] = process.env.KAPPA_EXPECT_PIN.split(":");
+    const pinned = page.locator(`[data-testid=version][data-version="${version}"]`);
+    await pinned.getByTestId("version-pins").filter({ hasText: `route ${pin}` }).waitFor();
+    // The pinned route is one of the function's triggers too.
+    await page.getByTestId("triggers").getByText(pin, { exact: true }).waitFor();
+    assert.equal(await pinned.getByText("current").count(), 0);
+  }
+  if (process.env.KAPPA_EXPECT_CHANGE) {
+    await newest.getByText(process.env.KAPPA_EXPECT_CHANGE).waitFor();
+  }
+
   step("a log line arrives live");
   await page.getByTestId("logs-state").filter({ hasText: "live" }).waitFor();
   const marker = `marker-${Date.now().toString(36)}`;

@@ -73,6 +73,7 @@ pub(crate) async fn accept(
         .store
         .put(invocation.to_json(), Precondition::MustNotExist)
         .await?;
+    state.metrics.async_accepted(namespace, name);
     tracing::debug!(function = %format!("{namespace}/{name}"), invocation_id = %id, "asynchronous invocation accepted");
     let body = json!({
         "invocationId": id,

@@ -23,6 +23,13 @@ struct DurationLabels {
     route: String,
 }
 
+/// Labels of `kappa_api_async_accepted_total` (functions that exist: bounded).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FunctionLabels {
+    namespace: String,
+    function: String,
+}
+
 fn duration_histogram() -> Histogram {
     // 0.5 ms .. ~16 s.
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -33,6 +40,7 @@ pub struct ApiMetrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     duration: Family<DurationLabels, Histogram, fn() -> Histogram>,
+    async_accepted: Family<FunctionLabels, Counter>,
 }
 
 impl std::fmt::Debug for ApiMetrics {
@@ -71,10 +79,17 @@ impl ApiMetrics {
             Unit::Seconds,
             duration.clone(),
         );
+        let async_accepted = Family::<FunctionLabels, Counter>::default();
+        registry.register(
+            "kappa_api_async_accepted",
+            "Asynchronous invocations accepted through the API (stored and answered 202), by function",
+            async_accepted.clone(),
+        );
         Self {
             registry,
             requests,
             duration,
+            async_accepted,
         }
     }
 
@@ -93,6 +108,16 @@ impl ApiMetrics {
                 route: route.to_string(),
             })
             .observe(seconds);
+    }
+
+    /// Counts one asynchronous invocation of `namespace/function` accepted through the API.
+    pub fn async_accepted(&self, namespace: &str, function: &str) {
+        self.async_accepted
+            .get_or_create(&FunctionLabels {
+                namespace: namespace.to_string(),
+                function: function.to_string(),
+            })
+            .inc();
     }
 
     /// The registry in the OpenMetrics text format.

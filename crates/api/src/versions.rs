@@ -160,31 +160,53 @@ pub(crate) async fn record(
     Ok(Some((namespace, stored_name)))
 }
 
+/// A route or canary in the function's namespace that names one of its versions (`hello@3`).
+struct Pin {
+    version: u32,
+    kind: Kind,
+    name: String,
+}
+
+/// The routes and canaries in `namespace` that pin versions of `function`.
+async fn version_pins(
+    state: &ApiState,
+    namespace: &str,
+    function: &str,
+) -> Result<Vec<Pin>, ApiError> {
+    let mut refs: Vec<(Kind, String, String)> = Vec::new();
+    for t in list_typed::<HttpTriggerSpec>(state, Some(namespace)).await? {
+        for f in t.spec.functionref.function_names() {
+            refs.push((Kind::HttpTrigger, t.metadata.name.clone(), f.to_string()));
+        }
+    }
+    for c in list_typed::<CanaryConfigSpec>(state, Some(namespace)).await? {
+        for f in [&c.spec.newfunction, &c.spec.oldfunction] {
+            refs.push((Kind::CanaryConfig, c.metadata.name.clone(), f.clone()));
+        }
+    }
+    Ok(refs
+        .into_iter()
+        .filter_map(|(kind, name, reference)| {
+            let (f, version) = parse_version_ref(&reference)?;
+            (f == function).then_some(Pin {
+                version,
+                kind,
+                name,
+            })
+        })
+        .collect())
+}
+
 /// The versions of `function` that routes and canaries in `namespace` name (`hello@3`).
 async fn referenced_versions(
     state: &ApiState,
     namespace: &str,
     function: &str,
 ) -> Result<Vec<u32>, ApiError> {
-    let mut names: Vec<String> = Vec::new();
-    for t in list_typed::<HttpTriggerSpec>(state, Some(namespace)).await? {
-        names.extend(
-            t.spec
-                .functionref
-                .function_names()
-                .into_iter()
-                .map(str::to_string),
-        );
-    }
-    for c in list_typed::<CanaryConfigSpec>(state, Some(namespace)).await? {
-        names.push(c.spec.newfunction.clone());
-        names.push(c.spec.oldfunction.clone());
-    }
-    Ok(names
+    Ok(version_pins(state, namespace, function)
+        .await?
         .iter()
-        .filter_map(|n| parse_version_ref(n))
-        .filter(|(f, _)| *f == function)
-        .map(|(_, v)| v)
+        .map(|p| p.version)
         .collect())
 }
 
@@ -282,7 +304,8 @@ pub(crate) async fn require_function_ref(
     }
 }
 
-/// `GET /v1/functions/{name}/versions`: the kept versions, oldest first, and the current one.
+/// `GET /v1/functions/{name}/versions`: the kept versions, oldest first, the current one, and
+/// the routes and canaries that pin a version (`pins`: `{version, kind, name}`).
 pub(crate) async fn list(
     State(state): State<ApiState>,
     name: Result<Path<String>, PathRejection>,
@@ -301,12 +324,18 @@ pub(crate) async fn list(
         .into_iter()
         .map(|v| v.to_json())
         .collect();
+    let pins: Vec<Value> = version_pins(&state, &namespace, &name)
+        .await?
+        .into_iter()
+        .map(|p| json!({"version": p.version, "kind": p.kind.as_str(), "name": p.name}))
+        .collect();
     Ok(Json(json!({
         "apiVersion": API_VERSION,
         "kind": "FunctionVersionList",
         "function": name,
         "current": current_version(&function),
         "items": items,
+        "pins": pins,
     }))
     .into_response())
 }

@@ -333,7 +333,9 @@ function instancesTable(items) {
 }
 
 function triggerRows(fnName, ns, http, mq, time) {
-  const mine = (t) => t.metadata.namespace === ns && (t.spec.functionref?.name === fnName || Object.keys(t.spec.functionref?.functionweights || {}).includes(fnName));
+  // The function itself, or one of its versions (`fn@3`).
+  const named = (n) => n === fnName || (typeof n === "string" && n.startsWith(`${fnName}@`));
+  const mine = (t) => t.metadata.namespace === ns && (named(t.spec.functionref?.name) || Object.keys(t.spec.functionref?.functionweights || {}).some(named));
   const rows = [
     ...http.filter(mine).map((t) => ["HTTP", `${(t.spec.methods?.length ? t.spec.methods : ["GET"]).join(", ")} ${t.spec.host || ""}${t.spec.relativeurl || t.spec.prefix || ""}`, t.metadata.name, null]),
     ...mq.filter(mine).map((t) => ["Message queue", `${t.spec.messageQueueType} ${t.spec.topic}`, t.metadata.name, t.status]),
@@ -366,6 +368,32 @@ function recentTable(recent) {
       h("td", { class: "num", "data-label": "Duration" }, fmtMs(r.durationUs / 1000)),
       h("td", { class: "mono", "data-label": "Invocation id" }, r.invocationId),
     ))));
+}
+
+/// The function's versions (`kappa fn history`), newest first: number, time, code checksum,
+/// what changed, which is current, and the routes or canaries pinning one (`fn@N`).
+function versionsTable(list) {
+  if (list === null) return h("div", { class: "empty" }, "The versions are unavailable.");
+  const items = [...(list.items || [])].reverse();
+  if (!items.length) return h("div", { class: "empty" }, "No versions recorded yet.");
+  const pins = {};
+  for (const p of list.pins || []) (pins[p.version] ||= []).push(p);
+  const checksum = (v) => (v.spec.deployment || v.spec.source)?.checksum?.sum;
+  return h("table", { class: "stack", "data-testid": "versions" },
+    h("thead", {}, h("tr", {}, h("th", {}, "Version"), h("th", {}, "Created"), h("th", {}, "Code"), h("th", {}, "Changes"), h("th", {}, "Pinned by"))),
+    h("tbody", {}, items.map((v) => {
+      const n = v.spec.version;
+      const created = Date.parse(v.metadata.creationTimestamp || "");
+      const sum = checksum(v);
+      return h("tr", { "data-testid": "version", "data-version": String(n) },
+        h("td", { class: "title", "data-label": "Version" }, `v${n} `, n === list.current ? badge("current", "ok") : ""),
+        h("td", { "data-label": "Created", title: v.metadata.creationTimestamp || "" }, Number.isNaN(created) ? "–" : fmtAgo(created)),
+        h("td", { class: "mono", "data-label": "Code", title: sum || "" }, sum ? sum.slice(0, 12) : "–"),
+        h("td", { "data-label": "Changes" }, (v.spec.changes || []).join(", ") || "–"),
+        h("td", { "data-label": "Pinned by", "data-testid": "version-pins" },
+          (pins[n] || []).map((p) => `${p.kind === "HttpTrigger" ? "route" : "canary"} ${p.name}`).join(", ") || "–"),
+      );
+    })));
 }
 
 function logLine(l) {
@@ -433,6 +461,7 @@ async function functionPage(ns, name) {
   const instances = h("section", { class: "panel" }, h("h2", {}, "Instances"));
   const triggers = h("section", { class: "panel" }, h("h2", {}, "Triggers"));
   const recent = h("section", { class: "panel" }, h("h2", {}, "Recent invocations"));
+  const versions = h("section", { class: "panel" }, h("h2", {}, "Versions"));
   const logBox = h("div", { class: "logs", "data-testid": "logs" }, h("div", { class: "empty" }, "Waiting for log lines…"));
   const logState = h("span", { class: "updated", "data-testid": "logs-state" }, "connecting");
   render(
@@ -441,11 +470,12 @@ async function functionPage(ns, name) {
     h("section", { class: "panel" }, h("div", { class: "logs-head" }, h("h2", {}, "Live logs"), logState), logBox),
     recent,
     h("div", { class: "grid" }, config, h("div", {}, instances, triggers)),
+    versions,
   );
   followLogs(ns, name, logBox, logState);
 
   async function refresh() {
-    const [current, stats, inst, pkgs, http, mq, time] = await Promise.all([
+    const [current, stats, inst, pkgs, http, mq, time, history] = await Promise.all([
       api(`/v1/functions/${encodeURIComponent(name)}?${q}`),
       optional(`/v1/functions/${encodeURIComponent(name)}/stats?${q}`, null),
       optional(`/v1/functions/${encodeURIComponent(name)}/instances?${q}`, null),
@@ -453,6 +483,7 @@ async function functionPage(ns, name) {
       optional(`/v1/httptriggers?${q}`, { items: [] }),
       optional(`/v1/messagequeuetriggers?${q}`, { items: [] }),
       optional(`/v1/timetriggers?${q}`, { items: [] }),
+      optional(`/v1/functions/${encodeURIComponent(name)}/versions?${q}`, null),
     ]);
     const s = stats?.summary;
     const pkg = packageOf(current, pkgs.items);
@@ -476,6 +507,7 @@ async function functionPage(ns, name) {
     instances.replaceChildren(h("h2", {}, "Instances"), instancesTable(inst ? inst.items : null));
     triggers.replaceChildren(h("h2", {}, "Triggers"), triggerRows(name, ns, http.items, mq.items, time.items));
     recent.replaceChildren(h("h2", {}, "Recent invocations"), recentTable(stats?.recent || []));
+    versions.replaceChildren(h("h2", {}, "Versions"), versionsTable(history));
   }
   await refresh();
   every(refresh);

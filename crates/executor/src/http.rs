@@ -48,6 +48,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// How often the index is diffed when nothing nudges the feed.
 pub const FEED_INTERVAL: Duration = Duration::from_millis(100);
@@ -650,6 +651,7 @@ fn invalid_body(what: &str, e: &JsonRejection) -> Response {
 
 async fn provision(
     State(api): State<ExecutorApi>,
+    headers: axum::http::HeaderMap,
     body: Result<Json<ProvisionRequest>, JsonRejection>,
 ) -> Response {
     let Json(req) = match body {
@@ -679,6 +681,10 @@ async fn provision(
         .inner
         .provisioner
         .provision(&function, req.generation)
+        .instrument(kappa_telemetry::continue_trace(
+            &headers,
+            "POST /v1/provision",
+        ))
         .await;
     // Announce new endpoints before answering, so the caller's feed has them as soon as it can.
     api.inner.feed.diff();

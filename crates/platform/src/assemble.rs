@@ -569,6 +569,7 @@ impl Platform {
                     nats_url: config.nats_url.clone(),
                     redis_url: config.redis_url.clone(),
                     kafka_url: config.kafka_url.clone(),
+                    metrics: manager.metrics(),
                     ..kappa_triggers::AsyncConfig::default()
                 },
                 Arc::clone(&store),

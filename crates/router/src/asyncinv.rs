@@ -103,6 +103,7 @@ pub(crate) async fn accept(
         )
         .retry_after());
     }
+    entry.metrics.count_async_accepted(&inner.metrics);
     tracing::debug!(function = %entry.id, invocation_id = %id, "asynchronous invocation accepted");
     let body = serde_json::json!({
         "invocationId": id,

@@ -77,6 +77,8 @@ pub(crate) struct Metrics {
     pub queue_wait: Family<FunctionLabels, Histogram, fn() -> Histogram>,
     pub queue_rejections: Counter,
     pub inflight: Gauge,
+    /// Asynchronous invocations stored (answered 202), by function.
+    pub async_accepted: Family<FunctionLabels, Counter>,
     pub fission_calls: Family<FissionLabels, Counter>,
     pub fission_errors: Family<FissionLabels, Counter>,
     pub fission_duration: Family<FissionLabels, Histogram, fn() -> Histogram>,
@@ -103,6 +105,7 @@ impl Metrics {
             Family::new_with_constructor(new_seconds_histogram);
         let queue_rejections = Counter::default();
         let inflight = Gauge::default();
+        let async_accepted = Family::<FunctionLabels, Counter>::default();
         registry.register(
             "kappa_router_requests",
             "Requests answered by the router, by function and status code",
@@ -158,6 +161,11 @@ impl Metrics {
             "Requests being served",
             inflight.clone(),
         );
+        registry.register(
+            "kappa_router_async_accepted",
+            "Asynchronous invocations accepted (stored and answered 202), by function",
+            async_accepted.clone(),
+        );
         Self {
             registry,
             requests,
@@ -168,6 +176,7 @@ impl Metrics {
             queue_wait,
             queue_rejections,
             inflight,
+            async_accepted,
             fission_calls,
             fission_errors,
             fission_duration,
@@ -329,6 +338,14 @@ impl FunctionMetrics {
         } else {
             metrics.requests.get_or_create(&self.labels(code)).inc();
         }
+    }
+
+    /// Counts one accepted asynchronous invocation.
+    pub fn count_async_accepted(&self, metrics: &Metrics) {
+        metrics
+            .async_accepted
+            .get_or_create(&self.function_labels())
+            .inc();
     }
 
     /// Counts one request that had to provision.

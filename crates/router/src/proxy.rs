@@ -46,7 +46,7 @@ const REASK_JITTER_MS: u64 = 200;
 const EXIT_REPORT_WAIT: Duration = Duration::from_millis(500);
 
 /// The request's server span (FaaS and HTTP semantic conventions), continuing the caller's
-/// W3C trace context; only called when traces are exported.
+/// W3C trace context; only called for a request [`kappa_telemetry::sampled`] chose.
 fn server_span(
     name: &'static str,
     trigger: &'static str,
@@ -402,7 +402,8 @@ pub(crate) async fn handle(
     let start = Instant::now();
     let inflight = InflightGuard::new(&inner.metrics);
     let invocation_id = new_invocation_id();
-    let traced = kappa_telemetry::enabled();
+    // Sampled before any span exists: an unsampled request builds none.
+    let traced = kappa_telemetry::sampled(request.headers());
     let span = if traced {
         server_span(
             "request",
@@ -518,7 +519,7 @@ pub(crate) async fn invoke(
     let start = Instant::now();
     let inflight = InflightGuard::new(&inner.metrics);
     let invocation_id = new_invocation_id();
-    let traced = kappa_telemetry::enabled();
+    let traced = kappa_telemetry::sampled(request.headers());
     let span = if traced {
         // A trigger worker's call carries its message's or fire's span as `traceparent`.
         let headers = request.headers();

@@ -242,6 +242,7 @@ impl Provisioner for RemoteProvisioner {
             .client
             .post(&url)
             .timeout(self.config.provision_timeout)
+            .headers(kappa_telemetry::context_headers())
             .json(&ProvisionRequest {
                 namespace: &function.namespace,
                 name: &function.name,

@@ -4,16 +4,21 @@
 //!   set, builds the tracer provider (OTLP over HTTP, protobuf or JSON, batch export) and the
 //!   `tracing` layer that turns the platform's spans into OpenTelemetry spans. Without an
 //!   endpoint it does nothing, and [`enabled`] stays `false`.
-//! - The data plane creates its spans only when [`enabled`] is `true` (one relaxed atomic load
-//!   on the warm path otherwise: no span, no allocation) with the [`span!`] macro, whose target
-//!   ([`TARGET`]) is the only one the OpenTelemetry layer exports.
+//! - Sampling is decided before any span exists: a request, message or fire starts a trace only
+//!   when [`sampled`] (or [`sampled_pairs`], [`sampled_root`]) says so, from the configured
+//!   sampler and the W3C `traceparent` it carries. An unsampled one costs a header lookup and a
+//!   random number: no span, no attribute, no OpenTelemetry context.
+//! - Inside a trace, the data plane creates its child spans only when [`enabled`] is `true`
+//!   (traces are exported and the current span is one of ours, i.e. a sampled trace is being
+//!   recorded) with the [`span!`] macro, whose target ([`TARGET`]) is the only one the
+//!   OpenTelemetry layer exports. With traces off that is one relaxed atomic load.
 //! - [`set_parent`] continues a W3C `traceparent`/`tracestate` found in request or message
 //!   headers; [`inject`] writes the current span's context into outgoing headers.
 //!
 //! The attribute names follow OpenTelemetry's semantic conventions (FaaS, HTTP, messaging);
 //! `docs/observability.md` lists every span and attribute.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -43,11 +48,162 @@ macro_rules! span {
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
+/// Whether a valid remote parent decides (the `parentbased_*` samplers).
+static PARENT_BASED: AtomicBool = AtomicBool::new(true);
+/// The ratio sampler's bound on 63 random bits: a trace is sampled when its random bits are
+/// below it (`1 << 63`: always, `0`: never). The same rule as OpenTelemetry's
+/// `TraceIdRatioBased`, so a trace id from a remote parent gets the same answer everywhere.
+static RATIO_BOUND: AtomicU64 = AtomicU64::new(1 << 63);
 
 /// Whether traces are exported (an OTLP endpoint was configured and [`init`] succeeded).
 #[inline]
-pub fn enabled() -> bool {
+pub fn exporting() -> bool {
     ENABLED.load(Ordering::Relaxed)
+}
+
+/// Whether a span created now is exported: traces are exported and the current span is one of
+/// ours (so a sampled trace is being recorded). Child spans and their attributes are built only
+/// when this is `true`; a trace's first span is created after [`sampled`] instead.
+#[inline]
+pub fn enabled() -> bool {
+    exporting()
+        && tracing::Span::current()
+            .metadata()
+            .is_some_and(|meta| meta.target() == TARGET)
+}
+
+/// A W3C `traceparent` header's facts the sampler needs: the trace id's low 64 bits (the ones
+/// `TraceIdRatioBased` reads) and the sampled flag. `None` for an invalid header.
+fn parse_traceparent(value: &[u8]) -> Option<(u64, bool)> {
+    // version "-" trace-id (32 hex) "-" parent-id (16 hex) "-" flags (2 hex); a future version
+    // may append fields after another "-".
+    if value.len() < 55 || (value.len() > 55 && value[55] != b'-') {
+        return None;
+    }
+    let hex = |s: &[u8]| -> Option<u64> {
+        let s = std::str::from_utf8(s).ok()?;
+        if s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            u64::from_str_radix(s, 16).ok()
+        } else {
+            None
+        }
+    };
+    let version = hex(&value[0..2])?;
+    if version == 0xff || value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
+        return None;
+    }
+    if version == 0 && value.len() != 55 {
+        return None;
+    }
+    let trace_high = hex(&value[3..19])?;
+    let trace_low = hex(&value[19..35])?;
+    let parent = hex(&value[36..52])?;
+    let flags = hex(&value[53..55])?;
+    if (trace_high == 0 && trace_low == 0) || parent == 0 {
+        return None;
+    }
+    Some((trace_low, flags & 1 == 1))
+}
+
+/// The sampling decision for a new trace's first span, from its remote parent if any.
+fn gate(parent: Option<(u64, bool)>) -> bool {
+    exporting()
+        && decide(
+            PARENT_BASED.load(Ordering::Relaxed),
+            RATIO_BOUND.load(Ordering::Relaxed),
+            parent,
+            rand::random::<u64>,
+        )
+}
+
+/// The sampler's rule: a valid remote parent's flag when `parent_based`, else the ratio
+/// `bound` applied to the parent's trace id bits or, for a new trace, to `random()` (called
+/// only when needed).
+fn decide(
+    parent_based: bool,
+    bound: u64,
+    parent: Option<(u64, bool)>,
+    random: impl FnOnce() -> u64,
+) -> bool {
+    match parent {
+        Some((_, sampled)) if parent_based => sampled,
+        _ => {
+            if bound == 1 << 63 {
+                return true;
+            }
+            if bound == 0 {
+                return false;
+            }
+            let bits = parent.map_or_else(random, |(low, _)| low);
+            (bits >> 1) < bound
+        }
+    }
+}
+
+/// Whether a request with these headers starts (or continues) a recorded trace: the configured
+/// sampler applied to its `traceparent`, if valid, or to a new trace. `false` when traces are
+/// off. Create the request's span (and call [`set_parent`]) only when `true`; otherwise the
+/// request carries no span at all and its `traceparent`, if any, passes through unchanged.
+pub fn sampled(headers: &HeaderMap) -> bool {
+    if !exporting() {
+        return false;
+    }
+    gate(
+        headers
+            .get("traceparent")
+            .and_then(|v| parse_traceparent(v.as_bytes())),
+    )
+}
+
+/// [`sampled`] for a broker message's header pairs (names compared case-insensitively).
+pub fn sampled_pairs(headers: &[(String, String)]) -> bool {
+    if !exporting() {
+        return false;
+    }
+    gate(
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("traceparent"))
+            .and_then(|(_, v)| parse_traceparent(v.as_bytes())),
+    )
+}
+
+/// [`sampled`] for a trace with no remote parent (a timer's fire).
+pub fn sampled_root() -> bool {
+    gate(None)
+}
+
+/// Installs the sampling gate for `sampler`; returns the sampler the SDK itself applies. The
+/// gate decides every trace's first span, so the SDK records what it is given: its children
+/// (and a first span whose remote parent was not sampled, under a ratio sampler that ignores
+/// parents) must not be sampled a second time.
+fn install_gate(sampler: SamplerConfig) -> Sampler {
+    let (parent_based, bound) = match sampler {
+        SamplerConfig::AlwaysOn => (false, 1u64 << 63),
+        SamplerConfig::AlwaysOff => (false, 0),
+        SamplerConfig::Ratio(r) => (false, ratio_bound(r)),
+        SamplerConfig::ParentBasedAlwaysOn => (true, 1 << 63),
+        SamplerConfig::ParentBasedAlwaysOff => (true, 0),
+        SamplerConfig::ParentBasedRatio(r) => (true, ratio_bound(r)),
+    };
+    PARENT_BASED.store(parent_based, Ordering::Relaxed);
+    RATIO_BOUND.store(bound, Ordering::Relaxed);
+    if sampler == SamplerConfig::AlwaysOff {
+        Sampler::AlwaysOff
+    } else {
+        Sampler::AlwaysOn
+    }
+}
+
+/// `TraceIdRatioBased`'s bound for ratio `r`.
+fn ratio_bound(r: f64) -> u64 {
+    if r >= 1.0 {
+        1 << 63
+    } else {
+        (r.max(0.0) * (1u64 << 63) as f64) as u64
+    }
 }
 
 /// A configuration the `OTEL_*` variables do not allow.
@@ -83,23 +239,6 @@ pub enum SamplerConfig {
     ParentBasedAlwaysOn,
     ParentBasedAlwaysOff,
     ParentBasedRatio(f64),
-}
-
-impl SamplerConfig {
-    fn sampler(self) -> Sampler {
-        match self {
-            SamplerConfig::AlwaysOn => Sampler::AlwaysOn,
-            SamplerConfig::AlwaysOff => Sampler::AlwaysOff,
-            SamplerConfig::Ratio(r) => Sampler::TraceIdRatioBased(r),
-            SamplerConfig::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
-            SamplerConfig::ParentBasedAlwaysOff => {
-                Sampler::ParentBased(Box::new(Sampler::AlwaysOff))
-            }
-            SamplerConfig::ParentBasedRatio(r) => {
-                Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r)))
-            }
-        }
-    }
 }
 
 /// Reads the trace configuration from `var` (the process environment in [`init`]): `None`
@@ -238,7 +377,7 @@ where
     // OTEL_BSP_MAX_EXPORT_BATCH_SIZE itself.
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_sampler(config.sampler.sampler())
+        .with_sampler(install_gate(config.sampler))
         .with_resource(
             Resource::builder()
                 .with_service_name(config.service_name.clone())
@@ -330,6 +469,29 @@ pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
     }
     headers.remove("tracestate");
     TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
+}
+
+/// The current span's context as `traceparent` (and `tracestate`) headers, for a call that
+/// carries the trace on to another component (the router's provisioning call to the executor);
+/// empty outside a recorded trace.
+pub fn context_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if enabled() {
+        inject(&tracing::Span::current(), &mut headers);
+    }
+    headers
+}
+
+/// The server span of an internal call (`operation`, e.g. the executor's `provision`) that
+/// continues the trace its caller sent in `headers` ([`context_headers`]); `Span::none()` when
+/// the call carries no sampled trace (or [`sampled`] says no), so an untraced call builds none.
+pub fn continue_trace(headers: &HeaderMap, operation: &'static str) -> tracing::Span {
+    if !headers.contains_key("traceparent") || !sampled(headers) {
+        return tracing::Span::none();
+    }
+    let span = span!("server", otel.name = operation, otel.kind = "server");
+    set_parent(&span, headers);
+    span
 }
 
 /// Renames `span` (the OpenTelemetry span's name; recording `otel.name` has no effect once the
@@ -433,6 +595,84 @@ mod tests {
         ])
         .unwrap_err();
         assert!(e.to_string().contains("OTEL_TRACES_SAMPLER_ARG"), "{e}");
+    }
+
+    #[test]
+    fn traceparent_parsing_for_the_sampler() {
+        assert_eq!(
+            parse_traceparent(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            Some((0x8448eb211c80319c, true))
+        );
+        assert_eq!(
+            parse_traceparent(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"),
+            Some((0x8448eb211c80319c, false))
+        );
+        // A later version may append fields; version 00 may not.
+        assert!(
+            parse_traceparent(b"01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x")
+                .is_some()
+        );
+        for bad in [
+            &b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x"[..],
+            b"ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            b"00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            b"00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            b"00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+            b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            b"garbage",
+        ] {
+            assert_eq!(
+                parse_traceparent(bad),
+                None,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn ratio_bounds_match_trace_id_ratio_based() {
+        assert_eq!(ratio_bound(1.0), 1 << 63);
+        assert_eq!(ratio_bound(0.0), 0);
+        assert_eq!(ratio_bound(0.5), 1 << 62);
+        // Traces off: nothing is sampled, whatever the headers say.
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        );
+        assert!(!sampled(&headers));
+        assert!(!sampled_root());
+    }
+
+    #[test]
+    fn the_gate_follows_the_configured_sampler() {
+        let all = 1u64 << 63;
+        let half = ratio_bound(0.5);
+        let never = || -> u64 { panic!("no random number needed") };
+        // Parent-based: the parent's flag decides, whatever the ratio.
+        assert!(decide(true, 0, Some((u64::MAX, true)), never));
+        assert!(!decide(true, all, Some((0, false)), never));
+        // No parent: the ratio, on a random number.
+        assert!(decide(true, all, None, never));
+        assert!(!decide(true, 0, None, never));
+        assert!(decide(true, half, None, || 0));
+        assert!(!decide(true, half, None, || u64::MAX));
+        // Not parent-based: the ratio on the parent's trace id, as TraceIdRatioBased does.
+        assert!(decide(false, half, Some((1, false)), never));
+        assert!(!decide(false, half, Some((u64::MAX, true)), never));
+        // About 1 % of random trace ids at 0.01.
+        let bound = ratio_bound(0.01);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let sampled = (0..100_000)
+            .filter(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                decide(true, bound, None, || x)
+            })
+            .count();
+        assert!((700..1300).contains(&sampled), "{sampled}");
     }
 
     #[test]

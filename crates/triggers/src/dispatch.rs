@@ -329,7 +329,7 @@ impl Dispatcher {
     /// Invokes the function with one message and settles it; with traces exported, in a
     /// span of its own continuing the context found in the message's headers.
     pub async fn handle(&self, delivery: Delivery) {
-        if !kappa_telemetry::enabled() {
+        if !kappa_telemetry::sampled_pairs(&delivery.message.headers) {
             return self.settle(delivery).await;
         }
         let t = &self.inner.target;

@@ -47,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, Connector, Header};
 use crate::dispatch::{Backoff, Invoke};
+use crate::metrics::{AsyncOutcome, AttemptResult, TriggerMetrics};
 
 /// How the worker behaves.
 #[derive(Debug, Clone)]
@@ -73,6 +74,9 @@ pub struct AsyncConfig {
     pub redis_url: String,
     /// The Kafka cluster of dead-letter destinations without `metadata.url`.
     pub kafka_url: String,
+    /// Where attempts, outcomes and queue times are recorded (`kappa_triggers_async_*`: the
+    /// trigger workers' metrics, registered by their owner; unregistered by default).
+    pub metrics: TriggerMetrics,
 }
 
 impl Default for AsyncConfig {
@@ -91,6 +95,7 @@ impl Default for AsyncConfig {
             nats_url: crate::DEFAULT_NATS_URL.into(),
             redis_url: crate::DEFAULT_REDIS_URL.into(),
             kafka_url: crate::DEFAULT_KAFKA_URL.into(),
+            metrics: TriggerMetrics::default(),
         }
     }
 }
@@ -368,6 +373,13 @@ impl AsyncWorker {
         };
         if lost {
             let mut claim = claim;
+            let (namespace, name) = (&claim.function.namespace, &claim.function.name);
+            self.config
+                .metrics
+                .async_attempt(namespace, name, AttemptResult::Lost);
+            self.config
+                .metrics
+                .async_outcome(namespace, name, AsyncOutcome::Deadlettered);
             self.finish_failed(&mut claim).await;
             let key = claim.key.clone();
             self.write_outcome(claim).await;
@@ -385,10 +397,22 @@ impl AsyncWorker {
             )
             .await
         {
-            Ok(stored) => Some(Claim {
-                version: stored.resource_version,
-                ..claim
-            }),
+            Ok(stored) => {
+                if claim.status.attempts == 1
+                    && let Some(accepted) = parse_time(&claim.spec.accepted_at)
+                {
+                    let waited = (now - accepted).to_std().unwrap_or_default();
+                    self.config.metrics.async_queued(
+                        &claim.function.namespace,
+                        &claim.function.name,
+                        waited.as_secs_f64(),
+                    );
+                }
+                Some(Claim {
+                    version: stored.resource_version,
+                    ..claim
+                })
+            }
             Err(error) => {
                 if !matches!(
                     error,
@@ -477,15 +501,27 @@ impl AsyncWorker {
         claim.status.history.push(record);
         claim.status.lease = None;
         let now = Utc::now();
-        if success {
-            claim.status.phase = InvocationPhase::Succeeded;
-            claim.status.finished_at = Some(now_text(now));
+        let (namespace, name) = (&claim.function.namespace, &claim.function.name);
+        let (result, outcome) = if success {
+            (AttemptResult::Succeeded, AsyncOutcome::Succeeded)
         } else if attempt < claim.status.max_attempts.unwrap_or(1) {
-            claim.status.phase = InvocationPhase::Pending;
-            let delay = self.config.backoff.delay(attempt);
-            claim.status.next_attempt_at = Some(now_text(now + to_chrono(delay)));
+            (AttemptResult::Failed, AsyncOutcome::Retried)
         } else {
-            self.finish_failed(&mut claim).await;
+            (AttemptResult::Failed, AsyncOutcome::Deadlettered)
+        };
+        self.config.metrics.async_attempt(namespace, name, result);
+        self.config.metrics.async_outcome(namespace, name, outcome);
+        match outcome {
+            AsyncOutcome::Succeeded => {
+                claim.status.phase = InvocationPhase::Succeeded;
+                claim.status.finished_at = Some(now_text(now));
+            }
+            AsyncOutcome::Retried => {
+                claim.status.phase = InvocationPhase::Pending;
+                let delay = self.config.backoff.delay(attempt);
+                claim.status.next_attempt_at = Some(now_text(now + to_chrono(delay)));
+            }
+            AsyncOutcome::Deadlettered => self.finish_failed(&mut claim).await,
         }
         tracing::debug!(
             invocation = %claim.key.1,

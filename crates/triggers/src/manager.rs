@@ -146,6 +146,11 @@ impl TriggerManager {
         self
     }
 
+    /// The workers' metrics (shared: the asynchronous invocation worker records in them too).
+    pub fn metrics(&self) -> TriggerMetrics {
+        self.metrics.clone()
+    }
+
     /// Uses `connector` to reach brokers (tests pass a fake).
     pub fn with_connector(mut self, connector: Arc<dyn Connector>) -> Self {
         self.connector = connector;

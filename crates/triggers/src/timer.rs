@@ -125,7 +125,7 @@ pub(crate) async fn run(
         last_fired = Some(next);
         let mut request = request(&trigger, next);
         // One span per fire (when traces are exported), the invocation's parent.
-        let span = if kappa_telemetry::enabled() {
+        let span = if kappa_telemetry::sampled_root() {
             let span = kappa_telemetry::span!(
                 "timer",
                 otel.name = format!("fire {label}"),
