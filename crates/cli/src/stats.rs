@@ -13,7 +13,7 @@ pub(crate) struct HttpStats(ExecutorGet);
 
 impl HttpStats {
     pub(crate) fn new(base: &str, token: &str) -> anyhow::Result<Self> {
-        ExecutorGet::new(base, token, "/v1/stats").map(Self)
+        ExecutorGet::new(base, token, kappa_core::executor_api::STATS_PATH).map(Self)
     }
 }
 
