@@ -10,8 +10,8 @@
 //!   labelled so a restarted pool manager adopts them; [`pods`] builds the pod objects.
 //! - [`KubeDeployments`] ([`deployments`]): `newdeploy` functions as a Deployment per function
 //!   whose pods specialize themselves on start from a Secret; the pool manager sets replicas.
-//! - [`fetcher`]: `kappa fetcher`, the function pod's second container that downloads,
-//!   verifies and places the code and calls the runtime's `/v2/specialize`.
+//!   The pods' second container, `kappa fetcher`, is its own crate (`kappa-fetcher`, no
+//!   Kubernetes API use); what the pod backend sends it is `kappa_runtime::fetch`.
 //! - [`lease`]: leader election on a `coordination.k8s.io/v1` Lease.
 //! - [`readiness`]: the router's watch on the function pods' readiness, which keeps endpoints
 //!   of pods that are not ready out of its index (through `kappa_core::Readiness`).
@@ -31,7 +31,6 @@ mod backend;
 pub mod convert;
 pub mod crd;
 pub mod deployments;
-pub mod fetcher;
 pub mod finalizer;
 pub mod lease;
 pub mod pods;

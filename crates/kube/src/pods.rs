@@ -28,7 +28,7 @@ use kappa_core::{DeploymentSpec, FunctionId, InstanceSpec, Limits};
 use kappa_types::{Resources, Toleration};
 use serde_json::{Value, json};
 
-use crate::fetcher::{FETCHER_PORT, FETCHER_TOKEN_ENV, RUNTIME_PORT};
+use kappa_runtime::{FETCHER_PORT, FETCHER_TOKEN_ENV, RUNTIME_PORT};
 
 /// Label on everything Kappa creates (`kappa`).
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
@@ -228,7 +228,7 @@ fn container_security(run_as_user: i64) -> Value {
 /// How a pod gets its code.
 enum Start<'a> {
     /// Warm and generic: the pool manager specializes it through the fetcher's `/specialize`,
-    /// authenticated with the pod's `fetcher_token` (see [`crate::fetcher::pod_fetcher_token`]).
+    /// authenticated with the pod's `fetcher_token` (see [`kappa_runtime::pod_fetcher_token`]).
     Pool { fetcher_token: &'a str },
     /// Specializes itself on start from the request in the Secret `secret`.
     SelfSpecialize { secret: &'a str },
