@@ -462,6 +462,16 @@ async fn require_token(State(api): State<ExecutorApi>, request: Request, next: N
     next.run(request).await
 }
 
+/// `400 invalid` naming `field`, which must not be empty.
+fn empty_field(field: &str) -> Response {
+    plain_error(
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        format!("{field} must not be empty"),
+        Some(field),
+    )
+}
+
 /// `400 invalid` for a JSON body that does not parse as `what`.
 fn invalid_body(what: &str, e: &JsonRejection) -> Response {
     plain_error(
@@ -483,20 +493,10 @@ async fn provision(
         }
     };
     if req.namespace.is_empty() {
-        return plain_error(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            "namespace must not be empty".into(),
-            Some("namespace"),
-        );
+        return empty_field("namespace");
     }
     if req.name.is_empty() {
-        return plain_error(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            "name must not be empty".into(),
-            Some("name"),
-        );
+        return empty_field("name");
     }
     let function = FunctionId::new(req.namespace, req.name);
     let outcome = api
@@ -617,12 +617,7 @@ async fn usage(
         }
     };
     if report.replica.is_empty() {
-        return plain_error(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            "replica must not be empty".into(),
-            Some("replica"),
-        );
+        return empty_field("replica");
     }
     if report.instances.len() > MAX_USAGE_INSTANCES {
         return plain_error(
@@ -656,12 +651,7 @@ async fn stats_report(
         }
     };
     if report.replica.is_empty() {
-        return plain_error(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            "replica must not be empty".into(),
-            Some("replica"),
-        );
+        return empty_field("replica");
     }
     api.inner.stats.apply(report);
     StatusCode::NO_CONTENT.into_response()

@@ -497,18 +497,12 @@ where
 /// The runtime answers `GET /healthz` with anything but a server error (else a transient
 /// [`FetchError::RuntimeUnreachable`]).
 async fn runtime_up(state: &FetcherState) -> Result<(), FetchError> {
-    let url = format!("{}/healthz", state.config.runtime_url);
-    match state
-        .http
-        .get(&url)
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-    {
-        Ok(r) if !r.status().is_server_error() => Ok(()),
-        Ok(r) => Err(FetchError::RuntimeUnreachable {
+    let (url, answer) = probe_runtime(state).await;
+    match answer {
+        Ok(status) if !status.is_server_error() => Ok(()),
+        Ok(status) => Err(FetchError::RuntimeUnreachable {
             url,
-            message: format!("it answered {}", r.status()),
+            message: format!("it answered {status}"),
         }),
         Err(e) => Err(FetchError::RuntimeUnreachable {
             url,
@@ -520,17 +514,24 @@ async fn runtime_up(state: &FetcherState) -> Result<(), FetchError> {
 /// Whether the runtime refuses connections: its container is gone or restarting (a busy
 /// runtime that answers slowly is not gone).
 async fn runtime_gone(state: &FetcherState) -> bool {
+    match probe_runtime(state).await.1 {
+        Ok(_) => false,
+        Err(e) => e.is_connect(),
+    }
+}
+
+/// `GET /healthz` of the runtime next to the fetcher (2 s at most): its URL and the answer's
+/// status.
+async fn probe_runtime(state: &FetcherState) -> (String, Result<StatusCode, reqwest::Error>) {
     let url = format!("{}/healthz", state.config.runtime_url);
-    match state
+    let answer = state
         .http
         .get(&url)
         .timeout(Duration::from_secs(2))
         .send()
         .await
-    {
-        Ok(_) => false,
-        Err(e) => e.is_connect(),
-    }
+        .map(|r| r.status());
+    (url, answer)
 }
 
 /// Calls the runtime's specialize; a runtime that says it is specialized already kept the code
@@ -562,20 +563,13 @@ async fn readyz(State(state): State<Arc<FetcherState>>) -> Response {
         )
             .into_response();
     }
-    let url = format!("{}/healthz", state.config.runtime_url);
-    match state
-        .http
-        .get(&url)
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-    {
+    match probe_runtime(&state).await.1 {
         // Any answer but a server error means the runtime is up (an image without a
         // `/healthz` route answers 404).
-        Ok(r) if !r.status().is_server_error() => (StatusCode::OK, "ready").into_response(),
-        Ok(r) => (
+        Ok(status) if !status.is_server_error() => (StatusCode::OK, "ready").into_response(),
+        Ok(status) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("runtime answered {}", r.status()),
+            format!("runtime answered {status}"),
         )
             .into_response(),
         Err(e) => (
