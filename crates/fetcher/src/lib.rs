@@ -69,7 +69,7 @@ use tokio_util::sync::CancellationToken;
 pub use kappa_runtime::fetch::{
     FETCHER_PORT, FETCHER_TOKEN_ENV, FetchFiles, FetchRequest, RUNTIME_PORT, pod_fetcher_token,
 };
-pub use kappa_runtime::runtime_error;
+use kappa_runtime::runtime_error;
 
 /// Configuration of a fetcher.
 #[derive(Debug, Clone)]
