@@ -6,7 +6,8 @@
       directly to the same upstream (an nginx instance run *as a Kappa function*, fast enough that
       the proxy is the bottleneck);
   (b) first-request latency of never-invoked Python functions with a warm pool and with
-      `poolsize 0`, next to a bare `python3 -c pass` start;
+      `poolsize 0`, next to a bare `python3 -c pass` start; and in the sandbox again with the
+      Python template (zygote) on and off, with the PSS of idle specialized instances;
   (c) warm request latency of a Python function through the router and directly.
   (a)-(c) run twice in the same run: with instances unsandboxed (`--sandbox none`, which the
       direct and nginx baselines need: they reach the upstream on a host port) and in the
@@ -31,7 +32,7 @@
 Usage: scripts/bench.sh [--quick]   (builds the release binary, then runs this script)
 Needs: nginx, haproxy, wrk, nats-server, tansu (scripts/install-deps.sh and bench.sh install
 them). Uses free loopback ports only. `--mq-only` runs only (d), `--scale-only` only (e), `--tracing-only`
-only (f), `--pools-only` only (g).
+only (f), `--pools-only` only (g), `--zygote-only` only the zygote part of (b).
 """
 
 import argparse
@@ -873,6 +874,116 @@ def bench_platform(mode, workdir, seconds, cold_n):
     return out
 
 
+def pss_kib(pid):
+    """Proportional set size of one process (KiB), from smaps_rollup; 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def instance_processes(platform_pid):
+    """{instance cgroup: [(pid, role)]} of every process in one of the platform's instance
+    cgroups (`.../kappa-<pid>/<instance>`). Roles: `runtime` (the function's user), `helper`
+    (the sandbox's monitor and init), `waiter` (a template fork's waiter, root). Needs cgroups."""
+    out = {}
+    marker = f"/kappa-{platform_pid}/"
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cgroup") as f:
+                group = next((l.strip().split(marker, 1)[1] for l in f if marker in l), None)
+            if group is None:
+                continue
+            with open(f"/proc/{name}/status") as f:
+                uid = int(next(l for l in f if l.startswith("Uid:")).split()[1])
+            with open(f"/proc/{name}/comm") as f:
+                comm = f.read().strip()
+        except (OSError, StopIteration, ValueError):
+            continue
+        # The init runs as `/proc/self/exe` (comm `exe`); a waiter is a fork of the template.
+        helper = comm.startswith("kappa") or comm == "exe"
+        role = "runtime" if uid != 0 else ("helper" if helper else "waiter")
+        out.setdefault(group, []).append((int(name), role))
+    return out
+
+
+def bench_zygote(workdir, cold_n, pss_n):
+    """Section (b) in the default sandbox with the Python template (zygote) on and off in the
+    same run: first requests with a warm pool and with poolsize 0, then the PSS of `pss_n` idle
+    specialized Python instances."""
+    hello = os.path.join(ROOT, "functions", "examples", "hello", "hello.py")
+    out = {}
+    for zygote in ("on", "off"):
+        d = os.path.join(workdir, f"zygote-{zygote}")
+        os.makedirs(d)
+        kappa = Kappa(d, extra=["--zygote", zygote])
+        try:
+            kappa.cli("env", "create", "--name", "python", "--image", "python", "--poolsize", "3")
+            kappa.cli("env", "create", "--name", "python0", "--image", "python", "--poolsize", "0")
+            # One start first, so poolsize 0 measures instance starts, not the template's.
+            kappa.cli("fn", "create", "--name", "prime", "--env", "python0", "--code", hello)
+            kappa.cli("route", "create", "--url", "/prime", "--function", "prime")
+            first_request_ms(kappa.router, "/prime")
+            for i in range(cold_n):
+                for env in ("python", "python0"):
+                    name = f"c{env[-1] if env.endswith('0') else 'w'}{i}"
+                    kappa.cli("fn", "create", "--name", name, "--env", env, "--code", hello)
+                    kappa.cli("route", "create", "--url", f"/{name}", "--function", name)
+            time.sleep(2)  # let the warm pool fill
+            warm, cold = [], []
+            for i in range(cold_n):
+                warm.append(first_request_ms(kappa.router, f"/cw{i}"))
+                time.sleep(0.5)  # let the pool refill
+                cold.append(first_request_ms(kappa.router, f"/c0{i}"))
+            # PSS: a fresh platform state is not needed; count only poolsize-0 instances, which
+            # are all specialized and idle now (the pool's generic ones are left out).
+            kappa.cli("env", "create", "--name", "pss", "--image", "python", "--poolsize", "0")
+            for i in range(pss_n):
+                kappa.cli("fn", "create", "--name", f"m{i}", "--env", "pss", "--code", hello)
+                kappa.cli("route", "create", "--url", f"/m{i}", "--function", f"m{i}")
+                first_request_ms(kappa.router, f"/m{i}")
+            time.sleep(2)
+            groups = {g: procs for g, procs in instance_processes(kappa.proc.pid).items()
+                      if g.startswith("pss-")}
+            roles = {"runtime": [], "waiter": [], "helper": []}
+            for procs in groups.values():
+                for role in roles:
+                    roles[role].append(sum(pss_kib(pid) for pid, r in procs if r == role))
+            out[zygote] = {"warm_pool": warm, "no_pool": cold, "instances": len(groups),
+                           "pss": roles}
+        finally:
+            kappa.stop()
+    return out
+
+
+def print_zygote(z, bare):
+    print("(b) sandboxed first request with and without the Python template (zygote), same run (ms)")
+    print(f"{'case':<56}{'median':>10}{'p90':>10}")
+    for zygote in ("on", "off"):
+        run = z[zygote]
+        print(f"{f'warm pool (poolsize 3), zygote {zygote}':<56}"
+              f"{median(run['warm_pool']):>10.2f}{p90(run['warm_pool']):>10.2f}")
+        print(f"{f'no pool (poolsize 0), zygote {zygote}':<56}"
+              f"{median(run['no_pool']):>10.2f}{p90(run['no_pool']):>10.2f}")
+    print(f"{'bare python3 -c pass (baseline)':<56}{median(bare):>10.2f}{p90(bare):>10.2f}")
+    ratio = median(z["on"]["no_pool"]) / median(bare)
+    print(f"no-pool first request / bare python3, zygote on: {ratio:.2f}x (aim: <= 1.0x)")
+    print("PSS per idle specialized Python instance (MiB, mean over the instances)")
+    for zygote in ("on", "off"):
+        run = z[zygote]
+        n = max(1, run["instances"])
+        mib = {role: sum(v) / n / 1024 for role, v in run["pss"].items()}
+        print(f"  zygote {zygote}: runtime process {mib['runtime']:.2f} (aim: <= 2 MiB), "
+              f"waiter {mib['waiter']:.2f}, sandbox monitor + init {mib['helper']:.2f}, "
+              f"whole instance {sum(mib.values()):.2f}  ({run['instances']} instances)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="shorter runs (for a smoke check)")
@@ -880,6 +991,8 @@ def main():
     ap.add_argument("--scale-only", action="store_true", help="only the routes-at-scale section (e)")
     ap.add_argument("--tracing-only", action="store_true", help="only the tracing section (f)")
     ap.add_argument("--pools-only", action="store_true", help="only the adaptive pools section (g)")
+    ap.add_argument("--zygote-only", action="store_true",
+                    help="only section (b) with the Python template on and off, and instance PSS")
     args = ap.parse_args()
     # Functions and routes the scale section creates (KAPPA_BENCH_ROUTES shrinks it).
     scale_n = int(os.environ.get("KAPPA_BENCH_ROUTES", "1000" if args.quick else "10000"))
@@ -897,6 +1010,13 @@ def main():
         bench_tracing(seconds)
         return
     cold_n = 5 if args.quick else 20
+    pss_n = 5 if args.quick else 20
+    if args.zygote_only:
+        workdir = tempfile.mkdtemp(prefix="kappa-bench-")
+        z = bench_zygote(workdir, cold_n, pss_n)
+        print_zygote(z, bare_python_ms(cold_n))
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
 
     for tool in (KAPPA, NGINX, WRK, HAPROXY):
         if not os.path.exists(tool):
@@ -909,6 +1029,7 @@ def main():
         mode_dir = os.path.join(workdir, mode)
         os.makedirs(mode_dir)
         runs[mode] = bench_platform(mode, mode_dir, seconds, cold_n)
+    zygote = bench_zygote(workdir, cold_n, pss_n)
     bare = bare_python_ms(cold_n)
 
     # ---- report ------------------------------------------------------------------------
@@ -945,6 +1066,8 @@ def main():
         print(f"{'no pool (poolsize 0), ' + label + ': start + specialize':<56}"
               f"{median(run['no_pool']):>10.2f}{p90(run['no_pool']):>10.2f}")
     print(f"{'bare python3 -c pass (baseline)':<56}{median(bare):>10.2f}{p90(bare):>10.2f}")
+    print()
+    print_zygote(zygote, bare)
     print()
     print("(c) warm request to the Python hello function, 1 connection (us)")
     print(f"{'path':<34}{'req/s':>10}{'p50':>10}{'p99':>10}")

@@ -7,8 +7,9 @@
 #      (built beforehand with the commands in docs/kubernetes.md; this script builds nothing);
 #   2. reaches the API through `kubectl port-forward` and configures the CLI with KAPPA_API_URL
 #      and the token from the chart's Secret;
-#   3. deploys the example functions (Python, Node.js, binary, and a `newdeploy` function that
-#      runs as a Deployment) with the CLI and invokes them through the router;
+#   3. deploys the example functions (Python, Node.js, binary, a `newdeploy` function that
+#      runs as a Deployment, and a `--src` function with a requirements.txt that the builder
+#      role builds in a builder pod) with the CLI and invokes them through the router;
 #   4. checks a message-queue trigger (NATS JetStream, from $KAPPA_E2E_NATS_URL, skipped
 #      without it) and a time trigger;
 #   5. deletes the functions (their finalizers are released by the executor), uninstalls the
@@ -154,6 +155,21 @@ nd_deployment() { "$KUBECTL" -n "$NS" get deployments -l kappa.dev/function=hell
 eventually 60 "the Deployment of newdeploy function hello-nd" nd_deployment
 eventually 180 "GET /hello-nd answers" check_get /hello-nd "Hello, world!"
 "$KAPPA" fn test --name hello | grep -q "Hello, world!" || fail "kappa fn test hello"
+
+echo "== a source package built in a builder pod (requirements.txt)"
+FUNCTIONS+=(py-deps)
+"$KAPPA" fn create --name py-deps --env python --src functions/examples/python-deps \
+  --entrypoint app.main
+"$KAPPA" route create --url /py-deps --function py-deps
+py_pkg=$("$KAPPA" fn get --name py-deps -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["spec"]["package"]["packageref"]["name"])')
+pkg_built() { "$KAPPA" pkg get --name "$py_pkg" -o json | grep -q '"buildstatus": *"succeeded"'; }
+eventually 600 "package $py_pkg to build in a builder pod" pkg_built ||
+  { "$KAPPA" pkg info --name "$py_pkg" >&2 || true; fail "the build of $py_pkg"; }
+"$KAPPA" pkg info --name "$py_pkg" | grep -q "builder pod in namespace" ||
+  fail "package $py_pkg was not built in a builder pod"
+eventually 180 "GET /py-deps answers" check_get /py-deps "six 1.17.0 says: hello from a built package"
+no_build_pods() { ! "$KUBECTL" -n "$NS" get pods -l kappa.dev/role=build -o name | grep -q .; }
+eventually 60 "the builder pods to be collected" no_build_pods
 
 # ---- triggers ------------------------------------------------------------------------------
 echo "== time trigger"

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Platform, eventually, http, tail};
+use kappa_test_support::eventually_blocking;
+
+use crate::harness::{Platform, http, tail};
 
 /// How long instances are killed for, and how often.
 const CHAOS_FOR: Duration = Duration::from_secs(30);
@@ -218,7 +220,7 @@ fn gone(pid: i32) -> bool {
 
 /// SIGKILLs every process of one live instance of `function` and waits until they are gone.
 fn kill_one(p: &Platform, function: &str) -> Kill {
-    let (instance, pids) = eventually(
+    let (instance, pids) = eventually_blocking(
         Duration::from_secs(20),
         "an instance of the function to kill",
         || {
@@ -237,7 +239,7 @@ fn kill_one(p: &Platform, function: &str) -> Kill {
         .stderr(std::process::Stdio::null())
         .status()
         .expect("run kill");
-    eventually(
+    eventually_blocking(
         Duration::from_secs(10),
         "the killed processes to go",
         || pids.iter().all(|pid| gone(*pid)).then_some(()),

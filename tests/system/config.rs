@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use crate::harness::{Platform, eventually, function_path, http, tail};
+use kappa_test_support::eventually_blocking;
+
+use crate::harness::{Platform, function_path, http, tail};
 
 /// The secret's values; unusual enough that any occurrence in the platform's output is a leak.
 const FIRST: &str = "kappa-s3cr3t-first-7f3a9";
@@ -135,7 +137,7 @@ fn a_function_reads_its_secret_config_map_and_env_and_the_secret_never_leaks() {
         "--from-literal",
         &format!("password={SECOND}"),
     ]);
-    eventually(Duration::from_secs(30), "the new secret value", || {
+    eventually_blocking(Duration::from_secs(30), "the new secret value", || {
         let r = p.get("/config");
         (r.status == 200 && r.json()["password"] == SECOND).then_some(())
     });
@@ -152,7 +154,7 @@ fn a_function_reads_its_secret_config_map_and_env_and_the_secret_never_leaks() {
         "--from-literal",
         "mode=slow",
     ]);
-    eventually(Duration::from_secs(30), "the new config map value", || {
+    eventually_blocking(Duration::from_secs(30), "the new config map value", || {
         let r = p.get("/config");
         (r.status == 200 && r.json()["mode"] == "slow").then_some(())
     });
@@ -193,7 +195,7 @@ fn a_function_reads_its_secret_config_map_and_env_and_the_secret_never_leaks() {
     // at once with the reason, not after a timeout.
     let deleted = p.ok(&["secret", "delete", "db-creds", "--force"]);
     assert_no_secret("kappa secret delete", &deleted);
-    let r = eventually(Duration::from_secs(30), "a clear error", || {
+    let r = eventually_blocking(Duration::from_secs(30), "a clear error", || {
         let r = p.get("/config");
         (r.status != 200).then_some(r)
     });
@@ -282,7 +284,7 @@ fn newdeploy_keeps_min_scale_scales_up_to_max_scale_and_back_down() {
         "/nd",
     ]);
     // An instance is there before any request.
-    eventually(Duration::from_secs(30), "the minScale instance", || {
+    eventually_blocking(Duration::from_secs(30), "the minScale instance", || {
         (serving(&p, "nd") == 1).then_some(())
     });
 
@@ -297,7 +299,7 @@ fn newdeploy_keeps_min_scale_scales_up_to_max_scale_and_back_down() {
         })
         .collect();
     let mut most = 0;
-    eventually(Duration::from_secs(30), "scaled up to maxScale", || {
+    eventually_blocking(Duration::from_secs(30), "scaled up to maxScale", || {
         let n = endpoints(&p, "nd").len();
         most = most.max(n);
         (n == 3).then_some(())
@@ -310,7 +312,7 @@ fn newdeploy_keeps_min_scale_scales_up_to_max_scale_and_back_down() {
     }
     assert!(most <= 3, "never more than maxScale: saw {most}");
     // Back down to minScale once idle.
-    eventually(Duration::from_secs(30), "scaled down to minScale", || {
+    eventually_blocking(Duration::from_secs(30), "scaled down to minScale", || {
         (endpoints(&p, "nd").len() == 1).then_some(())
     });
     let r = p.get("/nd?s=0");
@@ -349,7 +351,7 @@ fn newdeploy_with_min_scale_zero_starts_on_the_first_request() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text(), "Hello, world!\n");
     assert_eq!(endpoints(&p, "nd0").len(), 1);
-    eventually(Duration::from_secs(30), "scaled to zero", || {
+    eventually_blocking(Duration::from_secs(30), "scaled to zero", || {
         endpoints(&p, "nd0").is_empty().then_some(())
     });
     let r = p.get("/nd0");

@@ -3,7 +3,9 @@
 use std::io::Write as _;
 use std::time::Duration;
 
-use crate::harness::{Platform, eventually, function_path};
+use kappa_test_support::eventually_blocking;
+
+use crate::harness::{Platform, function_path};
 
 #[test]
 fn bad_specs_name_the_field_and_change_nothing() {
@@ -247,7 +249,7 @@ fn exhausted_capacity_gives_429_with_retry_after() {
     };
     let busy = slow("3");
     // The in-flight request holds the only slot; wait until it is admitted.
-    eventually(
+    eventually_blocking(
         Duration::from_secs(10),
         "the slow request to be in flight",
         || {
@@ -268,7 +270,7 @@ fn exhausted_capacity_gives_429_with_retry_after() {
     );
     let queued = slow("0");
     // Wait until the second request is in the function's queue (its only place).
-    eventually(
+    eventually_blocking(
         Duration::from_secs(10),
         "the second request to be queued",
         || {

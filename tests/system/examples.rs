@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use crate::harness::{Platform, eventually, function_path};
+use kappa_test_support::eventually_blocking;
+
+use crate::harness::{Platform, function_path};
 
 #[test]
 fn readme_quick_start() {
@@ -195,7 +197,7 @@ fn update_sends_new_requests_to_new_code() {
         "--code",
         v1.to_str().unwrap(),
     ]);
-    eventually(Duration::from_secs(30), "the new code to answer", || {
+    eventually_blocking(Duration::from_secs(30), "the new code to answer", || {
         (p.get("/greet").text() == "v2").then_some(())
     });
     // Every later request goes to the new code.
@@ -232,7 +234,7 @@ fn fn_pods_and_env_pods_list_the_instances() {
     let specialized = items[0]["id"].as_str().unwrap().to_string();
 
     // The environment's list has the specialized instance and the refilled warm pool.
-    let env = eventually(Duration::from_secs(30), "the pool refilled", || {
+    let env = eventually_blocking(Duration::from_secs(30), "the pool refilled", || {
         let json: serde_json::Value =
             serde_json::from_str(&p.ok(&["env", "pods", "--name", "python", "-o", "json"])).ok()?;
         let items = json.as_array()?.clone();

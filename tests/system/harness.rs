@@ -1,9 +1,11 @@
 //! Starts `kappa up` in a temporary data directory and drives it through the CLI and HTTP.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use kappa_test_support::eventually_blocking;
 
 /// The `kappa` binary under test.
 pub fn kappa_bin() -> &'static str {
@@ -24,21 +26,24 @@ pub fn function_path(rel: &str) -> String {
         .to_string()
 }
 
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr")
-}
+/// What the listeners are given on the first start: port 0, so the kernel picks free ports as
+/// `kappa up` binds them (no race with other tests); the addresses are read back from what it
+/// prints.
+const ANY_PORT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
 
-/// Polls `check` every 50 ms until it returns `Some`, for at most `limit`.
-pub fn eventually<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// The router, API and admin addresses `kappa up` announced last in `log` (its
+/// `  router  http://ADDR` lines on stdout).
+fn announced(log: &str) -> Option<(SocketAddr, SocketAddr, SocketAddr)> {
+    let find = |name: &str| -> Option<SocketAddr> {
+        log.lines().rev().find_map(|line| {
+            let mut words = line.split_whitespace();
+            if words.next() != Some(name) {
+                return None;
+            }
+            words.next()?.strip_prefix("http://")?.parse().ok()
+        })
+    };
+    Some((find("router")?, find("api")?, find("admin")?))
 }
 
 /// One running platform.
@@ -72,9 +77,9 @@ impl Platform {
             .expect("temp dir");
         let log_path = data_dir.path().join("kappa-up.log");
         let mut p = Platform {
-            router: free_port(),
-            api: free_port(),
-            admin: free_port(),
+            router: ANY_PORT,
+            api: ANY_PORT,
+            admin: ANY_PORT,
             data_dir,
             child: None,
             log_path,
@@ -84,19 +89,7 @@ impl Platform {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         };
-        // A port picked free may be taken by another test before `kappa up` binds it: then
-        // pick others and start again.
-        for attempt in 1.. {
-            match p.try_spawn() {
-                Ok(()) => break,
-                Err(log) if attempt < 5 && log.contains("Address already in use") => {
-                    p.router = free_port();
-                    p.api = free_port();
-                    p.admin = free_port();
-                }
-                Err(log) => panic!("kappa up exited:\n{log}"),
-            }
-        }
+        p.spawn();
         p
     }
 
@@ -106,13 +99,17 @@ impl Platform {
         }
     }
 
-    /// Starts `kappa up` and waits until it is ready; its log so far if it exited instead.
+    /// Starts `kappa up` (on port 0 the first time, on the ports it bound then after that) and
+    /// waits until it is ready, reading its addresses back from what it prints; its log so far
+    /// if it exited instead.
     fn try_spawn(&mut self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log_path)
             .expect("open platform log");
+        // Only what this start prints counts (the log is appended to across restarts).
+        let from = log.metadata().map(|m| m.len()).unwrap_or(0) as usize;
         let child = Command::new(kappa_bin())
             .arg("up")
             .arg("--data-dir")
@@ -135,22 +132,26 @@ impl Platform {
             .spawn()
             .expect("start kappa up");
         self.child = Some(child);
-        let admin = self.admin;
-        eventually(Duration::from_secs(60), "kappa up to be ready", || {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
-                return Some(Err(format!("exit status {status}\n{}", self.log())));
-            }
-            let ready = http(admin, "GET", "/readyz", &[], b"")
-                .map(|r| r.status == 200)
-                .unwrap_or(false);
-            let configured = self.data_dir.path().join("client.json").exists();
-            (ready && configured).then_some(Ok(()))
-        })
+        let addresses =
+            eventually_blocking(Duration::from_secs(60), "kappa up to be ready", || {
+                if let Some(status) = self
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                {
+                    self.child = None;
+                    return Some(Err(format!("exit status {status}\n{}", self.log())));
+                }
+                // Announced once everything is served (after client.json is written).
+                let (router, api, admin) = announced(self.log().get(from..).unwrap_or(""))?;
+                let ready = http(admin, "GET", "/readyz", &[], b"")
+                    .map(|r| r.status == 200)
+                    .unwrap_or(false);
+                let configured = self.data_dir.path().join("client.json").exists();
+                (ready && configured).then_some(Ok((router, api, admin)))
+            })?;
+        (self.router, self.api, self.admin) = addresses;
+        Ok(())
     }
 
     /// What `kappa up` printed so far.

@@ -7,24 +7,36 @@
 
 use std::time::Duration;
 
+use kappa_test_support::eventually_blocking;
 use serde_json::Value;
 
-use crate::harness::{Platform, eventually, tail};
+use crate::harness::{Platform, tail};
 
+/// The default: Python instances are forked from their environment's template (a zygote,
+/// docs/design/009-zygote.md), and every escape must fail exactly as for an exec'd runtime.
 #[test]
 fn a_hostile_function_escapes_nowhere() {
-    hostile_function_escapes_nowhere(&[]);
+    hostile_function_escapes_nowhere(&[], &[]);
+}
+
+/// The same probe against runtimes started by exec (`--zygote off`).
+#[test]
+fn a_hostile_function_escapes_nowhere_without_a_template() {
+    hostile_function_escapes_nowhere(&["--zygote", "off"], &[]);
 }
 
 /// A fresh machine: nothing optional installed. Only `/nonexistent` on `PATH`, so neither
 /// slirp4netns nor anything else is found; the sandbox is built in and must not need them.
 #[test]
 fn a_hostile_function_escapes_nowhere_with_nothing_on_path() {
-    hostile_function_escapes_nowhere(&[("PATH", "/nonexistent")]);
+    hostile_function_escapes_nowhere(&[], &[("PATH", "/nonexistent")]);
 }
 
-fn hostile_function_escapes_nowhere(env: &[(&str, &str)]) {
-    let mut p = Platform::start_with_env(&["--no-example"], env);
+fn hostile_function_escapes_nowhere(flags: &[&str], env: &[(&str, &str)]) {
+    let mut args = vec!["--no-example"];
+    args.extend_from_slice(flags);
+    let forked = !flags.contains(&"off");
+    let mut p = Platform::start_with_env(&args, env);
     let log = p.log();
     assert!(log.contains("isolation sandboxed"), "{}", tail(&log, 30));
     p.python_env(&[]);
@@ -78,6 +90,14 @@ fn hostile_function_escapes_nowhere(env: &[(&str, &str)]) {
     assert_eq!(response.status, 200, "{}", response.text());
     let report: Value = response.json();
     eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+    // The probe ran in the kind of instance this run is about.
+    assert_eq!(
+        !templates(p.pid()).is_empty(),
+        forked,
+        "a template runs exactly when instances are forked"
+    );
+    let probe_log = p.ok(&["fn", "logs", "escape"]);
+    assert!(!probe_log.contains("by exec"), "{probe_log}");
 
     let denied = |v: &Value| v.as_str().is_some_and(|s| s.starts_with("denied"));
     for (path, outcome) in report["host_files"].as_object().unwrap() {
@@ -141,7 +161,7 @@ fn hostile_function_escapes_nowhere(env: &[(&str, &str)]) {
         "the probe's daemon runs while its instance does"
     );
     p.kill9();
-    eventually(
+    eventually_blocking(
         Duration::from_secs(10),
         "the probe's daemon to die with the platform",
         || daemons(&marker).is_empty().then_some(()),
@@ -149,6 +169,123 @@ fn hostile_function_escapes_nowhere(env: &[(&str, &str)]) {
     p.restart();
     assert_eq!(p.get("/hello").status, 200);
     assert!(daemons(&marker).is_empty());
+}
+
+/// A forked instance is in its own sandbox like a spawned one: its runtime process runs as the
+/// instance's user with no capabilities and `no_new_privs`, in the instance's cgroups and in
+/// namespaces of its own (not the template's, not another instance's); the template's end
+/// (`kill -9`) leaves running instances answering, the next start gets a new template, and an
+/// environment update replaces it.
+#[test]
+fn forked_instances_are_sandboxed_and_templates_are_replaced() {
+    let p = Platform::start_with(&["--no-example"]);
+    p.python_env(&["--poolsize", "0"]);
+    p.deploy("one", "examples/hello/hello.py", "/one", &[]);
+    p.deploy("two", "examples/hello/hello.py", "/two", &[]);
+    assert_eq!(p.get("/one").status, 200);
+    assert_eq!(p.get("/two").status, 200);
+    let first = templates(p.pid());
+    assert_eq!(
+        first.len(),
+        1,
+        "one template for the environment: {first:?}"
+    );
+    let template = first[0];
+    let payloads = payloads_of(template);
+    assert_eq!(payloads.len(), 2, "two forked runtimes: {payloads:?}");
+    for &pid in &payloads {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap_or_default()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+        };
+        let uid: u64 = field("Uid:")[0].parse().unwrap();
+        assert!(uid >= 1_000_000, "{status}");
+        assert!(
+            field("Uid:")
+                .iter()
+                .all(|u| u.parse::<u64>().unwrap() == uid)
+        );
+        assert!(
+            field("Gid:")
+                .iter()
+                .all(|g| g.parse::<u64>().unwrap() == uid)
+        );
+        assert!(field("Groups:").is_empty(), "{status}");
+        assert_eq!(field("CapEff:"), ["0000000000000000"], "{status}");
+        assert_eq!(field("CapPrm:"), ["0000000000000000"], "{status}");
+        assert_eq!(field("NoNewPrivs:"), ["1"], "{status}");
+        // Its own PID namespace: a low pid inside.
+        let inner: u64 = field("NSpid:").last().unwrap().parse().unwrap();
+        assert!(inner < 10, "{status}");
+        // Every namespace differs from the template's (host namespaces).
+        for ns in ["net", "uts", "ipc", "cgroup", "pid", "mnt"] {
+            let own = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+            let host = std::fs::read_link(format!("/proc/{template}/ns/{ns}")).unwrap();
+            assert_ne!(own, host, "{ns} namespace of {pid}");
+        }
+        // Its root is the sandbox's: the host's data directory is not there.
+        let root = std::fs::read_link(format!("/proc/{pid}/root")).unwrap();
+        assert_eq!(root, std::path::Path::new("/"));
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}/root{}", p.data_dir.path().display()))
+                .exists()
+        );
+        // In the instance's cgroup (one of the platform's), not the template's.
+        let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let host = std::fs::read_to_string(format!("/proc/{template}/cgroup")).unwrap();
+        assert_ne!(own, host, "cgroups of {pid}");
+        assert!(
+            own.contains(&format!("kappa-{}", p.pid())) || own.contains("/kappa"),
+            "{own}"
+        );
+    }
+    // Two instances never share a namespace.
+    for ns in ["net", "pid", "mnt", "ipc", "uts"] {
+        let a = std::fs::read_link(format!("/proc/{}/ns/{ns}", payloads[0])).unwrap();
+        let b = std::fs::read_link(format!("/proc/{}/ns/{ns}", payloads[1])).unwrap();
+        assert_ne!(a, b, "{ns} namespace shared");
+    }
+
+    // The template dies: running instances keep answering, the next start gets a new one.
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &template.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    eventually_blocking(Duration::from_secs(10), "the template to be gone", || {
+        (!templates(p.pid()).contains(&template)).then_some(())
+    });
+    assert_eq!(p.get("/one").status, 200);
+    assert_eq!(p.get("/two").status, 200);
+    p.deploy("three", "examples/hello/hello.py", "/three", &[]);
+    assert_eq!(p.get("/three").status, 200);
+    let second = templates(p.pid());
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_ne!(second[0], template);
+    assert_eq!(payloads_of(second[0]).len(), 1, "the new start was forked");
+    let log = p.ok(&["fn", "logs", "three"]);
+    assert!(!log.contains("by exec"), "{log}");
+
+    // An environment update replaces the template; instances of the new spec fork from it.
+    p.ok(&["env", "update", "--name", "python", "--maxpids", "200"]);
+    eventually_blocking(
+        Duration::from_secs(30),
+        "the updated environment's function to answer from a new template",
+        || {
+            let now = templates(p.pid());
+            (p.get("/one").status == 200
+                && now.len() == 1
+                && now[0] != second[0]
+                && !payloads_of(now[0]).is_empty())
+            .then_some(())
+        },
+    );
+    assert_eq!(p.get("/two").status, 200);
 }
 
 /// Without the sandbox, which only an explicit `--sandbox none` gives, every start line and the
@@ -168,7 +305,7 @@ fn unsandboxed_mode_says_so_everywhere() {
 
 /// Waits until `kappa env get python` reports an isolation starting with `expected`.
 fn isolation_status(p: &Platform, expected: &str) {
-    eventually(
+    eventually_blocking(
         Duration::from_secs(10),
         "the environment's isolation status",
         || {
@@ -180,6 +317,51 @@ fn isolation_status(p: &Platform, expected: &str) {
                 .then_some(())
         },
     );
+}
+
+/// The template processes (`server.py --zygote`) the platform `platform` started.
+fn templates(platform: u32) -> Vec<u32> {
+    processes()
+        .into_iter()
+        .filter(|&(pid, ppid)| ppid == platform && is_template_image(pid))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// The runtimes forked from `template` (children of its waiters).
+fn payloads_of(template: u32) -> Vec<u32> {
+    let all = processes();
+    let waiters: Vec<u32> = all
+        .iter()
+        .filter(|&&(_, ppid)| ppid == template)
+        .map(|&(pid, _)| pid)
+        .collect();
+    all.iter()
+        .filter(|&&(_, ppid)| waiters.contains(&ppid))
+        .map(|&(pid, _)| pid)
+        .collect()
+}
+
+fn is_template_image(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|cmd| cmd.split(|b| *b == 0).any(|arg| arg == b"--zygote"))
+}
+
+/// `(pid, parent pid)` of every process.
+fn processes() -> Vec<(u32, u32)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let after = &stat[stat.rfind(')')? + 1..];
+            let ppid = after.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, ppid))
+        })
+        .collect()
 }
 
 /// Processes whose command line carries `marker` (the probe's daemon: `sleep <marker>`).

@@ -1,18 +1,19 @@
 //! Kafka triggers end to end: the real `kappa up --kafka-url` with a real Kafka-protocol
 //! broker (`tansu`), a trigger made with the CLI as a Fission user would (`--mqtype kafka`,
-//! `--metadata bootstrapServers=...`), and a `kill -9` of the platform mid-stream. Skipped, with
-//! a message, when `tansu` is not installed and `KAPPA_REQUIRE_KAFKA` is unset.
+//! `--metadata bootstrapServers=...`), and a `kill -9` of the platform mid-stream. A missing
+//! `tansu` fails it (`scripts/install-deps.sh` installs it).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use kappa_test_support::eventually_blocking;
+use kappa_test_support::servers::KafkaServer;
 use kappa_triggers::kafka::KafkaBroker;
-use kappa_triggers::testkit::KafkaServer;
 use kappa_triggers::{Broker, ConsumerSpec};
 
-use crate::harness::{Platform, eventually, function_path};
+use crate::harness::{Platform, function_path};
 
 /// A message read back: its headers (lower-case names) and body.
 type Received = (HashMap<String, String>, Bytes);
@@ -26,20 +27,20 @@ struct Kafka {
 }
 
 impl Kafka {
-    fn start(test: &str) -> Option<Self> {
-        let server = KafkaServer::start_or_skip(test).expect("tansu")?;
+    fn start() -> Self {
+        let server = KafkaServer::start().expect("start tansu");
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
         let client = rt.block_on(KafkaBroker::connect(&server.url())).unwrap();
-        Some(Self {
+        Self {
             server,
             rt,
             client,
             got: Arc::default(),
-        })
+        }
     }
 
     fn url(&self) -> String {
@@ -97,7 +98,7 @@ impl Kafka {
 }
 
 fn wait_ready(p: &Platform, name: &str) {
-    eventually(Duration::from_secs(60), "the trigger to be ready", || {
+    eventually_blocking(Duration::from_secs(60), "the trigger to be ready", || {
         let out = p.cli(&["mqt", "get", name, "-o", "json"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
         (v["status"]["state"] == "ready").then_some(())
@@ -109,9 +110,7 @@ fn wait_ready(p: &Platform, name: &str) {
 #[test]
 fn kafka_trigger_survives_kill_9() {
     const N: usize = 500;
-    let Some(kafka) = Kafka::start("kafka_trigger_survives_kill_9") else {
-        return;
-    };
+    let kafka = Kafka::start();
     // The platform default (`--kafka-url`) points nowhere: the trigger's own metadata
     // (`bootstrapServers`, Fission's key) names the broker.
     let mut p = Platform::start_with(&["--no-example", "--kafka-url", "kafka://127.0.0.1:1"]);
@@ -170,7 +169,7 @@ fn kafka_trigger_survives_kill_9() {
             .filter_map(|v| v["id"].as_i64())
             .collect()
     };
-    eventually(Duration::from_secs(120), "the first replies", || {
+    eventually_blocking(Duration::from_secs(120), "the first replies", || {
         (distinct(&kafka).len() >= 30).then_some(())
     });
     let first = kafka.got("kill-done")[0].0.clone();
@@ -187,7 +186,7 @@ fn kafka_trigger_survives_kill_9() {
     let at_kill = distinct(&kafka).len();
     assert!(at_kill < N, "all {N} were done before the kill");
     p.restart();
-    let all = eventually(
+    let all = eventually_blocking(
         Duration::from_secs(240),
         "every record once restarted",
         || {

@@ -11,8 +11,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use prost::Message as _;
 
-use crate::harness::{Platform, eventually, http};
+use crate::harness::{Platform, http};
 use crate::triggers::{Nats, wait_ready};
+use kappa_test_support::eventually_blocking;
 
 /// One exported span, flattened.
 #[derive(Debug, Clone)]
@@ -162,7 +163,7 @@ fn deploy_trace(p: &Platform) {
 
 /// Finds the one span of `trace` matching `pred`, waiting for the batch to arrive.
 fn wait_span(rx: &Receiver, trace: &str, what: &str, pred: impl Fn(&Span) -> bool) -> Span {
-    eventually(Duration::from_secs(30), what, || {
+    eventually_blocking(Duration::from_secs(30), what, || {
         rx.trace(trace).into_iter().find(|s| pred(s))
     })
 }
@@ -331,7 +332,7 @@ fn traces_follow_requests_and_messages() {
         "{}",
         &[("traceparent", &format!("00-{mq_trace}-{publisher}-01"))],
     );
-    let replies = eventually(Duration::from_secs(60), "the reply on traced-out", || {
+    let replies = eventually_blocking(Duration::from_secs(60), "the reply on traced-out", || {
         let got = nats.got("traced-out");
         (!got.is_empty()).then_some(got)
     });
@@ -359,7 +360,7 @@ fn traces_follow_requests_and_messages() {
         "no log line with the trace and invocation ids"
     );
     // And `kappa fn logs` shows the function's own line with both.
-    eventually(Duration::from_secs(20), "the function's log line", || {
+    eventually_blocking(Duration::from_secs(20), "the function's log line", || {
         let logs = p.ok(&["fn", "logs", "--name", "trace"]);
         logs.lines()
             .any(|l| l.contains(&invocation) && l.contains(cold_trace))

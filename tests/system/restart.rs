@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use crate::harness::{Platform, eventually, function_path};
+use kappa_test_support::eventually_blocking;
+
+use crate::harness::{Platform, function_path};
 
 /// Every process below `pid` (children, grandchildren...).
 fn descendants(pid: u32) -> Vec<u32> {
@@ -83,7 +85,7 @@ fn kill_9_and_restart_keeps_resources_and_leaves_no_orphans() {
         "warm and specialized instances are running"
     );
     p.kill9();
-    eventually(
+    eventually_blocking(
         Duration::from_secs(15),
         "every instance process to end with the platform",
         || {

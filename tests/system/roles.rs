@@ -8,15 +8,29 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::harness::{eventually, function_path, http, kappa_bin, repo_root};
+use kappa_test_support::eventually_blocking;
+
+use crate::harness::{function_path, http, kappa_bin, repo_root};
 
 const TOKEN: &str = "roles-system-test-token-0123456789";
 
+/// A free port picked before the start, for the two listeners whose URL the other roles are
+/// given on the command line (`--executor-url`, `--router-url`). The others bind port 0 and are
+/// read back from the server's `listening <name> <addr>` lines.
 fn free_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
+}
+
+/// The address `kappa server` reports for listener `name` (`listening <name> <addr>`).
+fn listening(log: &str, name: &str) -> Option<SocketAddr> {
+    log.lines().find_map(|line| {
+        let rest = line.strip_prefix("listening ")?;
+        let (what, addr) = rest.split_once(' ')?;
+        (what == name).then(|| addr.trim().parse().ok())?
+    })
 }
 
 struct Server {
@@ -39,13 +53,8 @@ impl Server {
             .prefix("kappa-roles-")
             .tempdir()
             .unwrap();
-        let (api, router, internal, executor, admin) = (
-            free_port(),
-            free_port(),
-            free_port(),
-            free_port(),
-            free_port(),
-        );
+        let (router, executor) = (free_port(), free_port());
+        let any = "127.0.0.1:0";
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
         let child = Command::new(kappa_bin())
             .args(["server", "--role", "api,router,executor"])
@@ -59,11 +68,11 @@ impl Server {
             .arg("--runtimes-dir")
             .arg(repo_root().join("functions/runtimes"))
             .args(["--sandbox", "none", "--cgroups", "none"])
-            .args(["--api-addr", &api.to_string()])
+            .args(["--api-addr", any])
             .args(["--router-addr", &router.to_string()])
-            .args(["--router-admin-addr", &internal.to_string()])
+            .args(["--router-admin-addr", any])
             .args(["--executor-addr", &executor.to_string()])
-            .args(["--admin-addr", &admin.to_string()])
+            .args(["--admin-addr", any])
             .args(["--executor-url", &format!("http://{executor}")])
             .args(["--router-url", &format!("http://{router}")])
             .args(["--shutdown-grace", "3"])
@@ -77,23 +86,30 @@ impl Server {
             .stderr(log)
             .spawn()
             .unwrap();
-        let s = Server {
+        let log_path = dir.path().join("server.log");
+        let (api, internal, admin) =
+            eventually_blocking(Duration::from_secs(30), "kappa server ready", || {
+                // Printed once every listener is bound.
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let admin = listening(&log, "admin")?;
+                let addresses = (
+                    listening(&log, "api")?,
+                    listening(&log, "router-internal")?,
+                    admin,
+                );
+                match http(admin, "GET", "/readyz", &[], b"") {
+                    Ok(r) if r.status == 200 => Some(addresses),
+                    _ => None,
+                }
+            });
+        Server {
             dir,
             child,
             api,
             router,
             internal,
             admin,
-        };
-        eventually(
-            Duration::from_secs(30),
-            "kappa server ready",
-            || match http(s.admin, "GET", "/readyz", &[], b"") {
-                Ok(r) if r.status == 200 => Some(()),
-                _ => None,
-            },
-        );
-        s
+        }
     }
 
     fn log(&self) -> String {
@@ -152,7 +168,7 @@ fn roles_serve_a_function_with_the_router_using_the_executor_over_http() {
         &function_path("examples/hello/hello.py"),
     ]);
     s.ok(&["route", "create", "--url", "/hello", "--function", "hello"]);
-    let r = eventually(Duration::from_secs(30), "GET /hello", || {
+    let r = eventually_blocking(Duration::from_secs(30), "GET /hello", || {
         let r = http(s.router, "GET", "/hello", &[], b"").ok()?;
         (r.status != 404).then_some(r)
     });
@@ -169,7 +185,7 @@ fn roles_serve_a_function_with_the_router_using_the_executor_over_http() {
     // The request history reaches the API through the executor: the router replica reports
     // it there over HTTP, as it would from another pod.
     let auth = format!("Bearer {TOKEN}");
-    let stats = eventually(
+    let stats = eventually_blocking(
         Duration::from_secs(30),
         "the router's history at the API",
         || {
@@ -214,7 +230,7 @@ fn roles_serve_a_function_with_the_router_using_the_executor_over_http() {
             .unwrap()
             .success()
     );
-    let status = eventually(Duration::from_secs(20), "kappa server exits", || {
+    let status = eventually_blocking(Duration::from_secs(20), "kappa server exits", || {
         s.child.try_wait().unwrap()
     });
     assert!(status.success(), "exit status {status}\n{}", s.log());
@@ -329,7 +345,7 @@ fn roles_canary_rolls_back_on_usage_reports() {
     )
     .unwrap();
     s.ok(&["fn", "update", "--name", "shop", "--code", &code]);
-    eventually(Duration::from_secs(30), "GET /shop", || {
+    eventually_blocking(Duration::from_secs(30), "GET /shop", || {
         let r = http(s.router, "GET", "/shop", &[], b"").ok()?;
         (r.text() == "v1").then_some(())
     });
@@ -362,7 +378,7 @@ fn roles_canary_rolls_back_on_usage_reports() {
         "--increment-interval",
         "2s",
     ]);
-    let status = eventually(Duration::from_secs(60), "the canary to end", || {
+    let status = eventually_blocking(Duration::from_secs(60), "the canary to end", || {
         let c: serde_json::Value =
             serde_json::from_str(&s.ok(&["canary", "get", "shop-v2", "-o", "json"])).ok()?;
         let st = c["status"].clone();

@@ -1,6 +1,8 @@
 //! The Node.js and binary runtimes, Fission environment image names and explicit runtime
 //! commands, deployed and invoked through the real `kappa up`, CLI and router.
 
+use kappa_test_support::eventually_blocking;
+
 use crate::harness::{Platform, function_path, repo_root};
 
 fn route(p: &Platform, name: &str, url: &str) {
@@ -293,7 +295,7 @@ fn a_fission_python_function_runs_unchanged() {
     assert_eq!(body["function"], "fission-py", "{body}");
     assert_eq!(r.header("X-Greeted"), Some("ann"));
     // current_app.logger reaches the function's logs.
-    crate::harness::eventually(
+    eventually_blocking(
         std::time::Duration::from_secs(30),
         "the function's log line",
         || {

@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::harness::{Platform, eventually, repo_root};
+use kappa_test_support::eventually_blocking;
+
+use crate::harness::{Platform, repo_root};
 
 fn copy_dir(src: &Path, dst: &Path) {
     std::fs::create_dir_all(dst).unwrap();
@@ -70,7 +72,7 @@ fn lifecycle(name: &str, route: &str, greeting: &str, edit: &str, bye_files: &[&
         "{out}"
     );
     assert!(out.contains("function 'bye' unchanged"), "{out}");
-    eventually(Duration::from_secs(60), "the new code to answer", || {
+    eventually_blocking(Duration::from_secs(60), "the new code to answer", || {
         let r = p.get(&format!("{route}/kappa"));
         (r.status == 200 && r.text() == "Howdy, kappa!\n").then_some(())
     });
@@ -83,14 +85,14 @@ fn lifecycle(name: &str, route: &str, greeting: &str, edit: &str, bye_files: &[&
     let out = p.ok(&["spec", "apply", "--specdir", &specs, "--delete"]);
     assert!(out.contains("function 'bye' deleted"), "{out}");
     assert!(out.contains("route 'bye' deleted"), "{out}");
-    eventually(Duration::from_secs(30), "/bye to be gone", || {
+    eventually_blocking(Duration::from_secs(30), "/bye to be gone", || {
         (p.get("/bye").status == 404).then_some(())
     });
     assert_eq!(p.get(&format!("{route}/again")).text(), "Howdy, again!\n");
 
     let out = p.ok(&["spec", "destroy", "--specdir", &specs]);
     assert!(out.contains("destroyed: 6 objects"), "{out}");
-    eventually(Duration::from_secs(30), "the route to be gone", || {
+    eventually_blocking(Duration::from_secs(30), "the route to be gone", || {
         (p.get(&format!("{route}/x")).status == 404).then_some(())
     });
     assert!(p.ok(&["spec", "list"]).lines().count() <= 1);

@@ -6,7 +6,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use crate::harness::{Platform, eventually, function_path, http};
+use kappa_test_support::eventually_blocking;
+
+use crate::harness::{Platform, function_path, http};
 
 /// A minimal WebSocket client (RFC 6455) over a blocking socket.
 struct Ws {
@@ -132,7 +134,7 @@ fn in_flight(p: &Platform, function: &str) -> Option<u64> {
 }
 
 fn wait_in_flight(p: &Platform, function: &str, want: u64, what: &str) {
-    eventually(Duration::from_secs(30), what, || {
+    eventually_blocking(Duration::from_secs(30), what, || {
         (in_flight(p, function) == Some(want)).then_some(())
     });
 }
@@ -421,7 +423,7 @@ fn async_invocations_survive_a_kill_and_failures_are_dead_lettered() {
     }
 
     // Every accepted id ends in a recorded outcome.
-    let finished = eventually(
+    let finished = eventually_blocking(
         Duration::from_secs(300),
         "every invocation to finish",
         || {
@@ -453,7 +455,7 @@ fn async_invocations_survive_a_kill_and_failures_are_dead_lettered() {
     }
 
     // Failures after the retry are on the dead-letter topic (at least once each).
-    eventually(
+    eventually_blocking(
         Duration::from_secs(60),
         "the dead letters on the topic",
         || {

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use kappa_test_support::eventually_blocking;
+use kappa_test_support::servers::NatsServer;
 use kappa_triggers::Broker;
 use kappa_triggers::nats::NatsBroker;
-use kappa_triggers::testkit::NatsServer;
 
-use crate::harness::{Platform, eventually, function_path, http};
+use crate::harness::{Platform, function_path, http};
 
 /// A message read back: its headers (lower-case names) and body.
 pub(crate) type Received = (HashMap<String, String>, Bytes);
@@ -108,7 +109,7 @@ impl Nats {
 
 /// Waits until the trigger reports `ready` (its consumer exists on the server).
 pub(crate) fn wait_ready(p: &Platform, kind: &str, name: &str) {
-    eventually(Duration::from_secs(30), "the trigger to be ready", || {
+    eventually_blocking(Duration::from_secs(30), "the trigger to be ready", || {
         let out = p.cli(&[kind, "get", name, "-o", "json"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
         (v["status"]["state"] == "ready").then_some(())
@@ -157,7 +158,7 @@ fn replies_reach_the_response_topic() {
     for i in 0..3 {
         nats.publish("orders", &format!("{{\"order\":{i}}}"), &[]);
     }
-    let replies = eventually(Duration::from_secs(60), "3 replies on done", || {
+    let replies = eventually_blocking(Duration::from_secs(60), "3 replies on done", || {
         let got = nats.got("done");
         (got.len() >= 3).then_some(got)
     });
@@ -171,7 +172,7 @@ fn replies_reach_the_response_topic() {
     let list = p.ok(&["mqt", "list"]);
     assert!(list.contains("orders") && list.contains("ready"), "{list}");
     // The API's /metrics (open, like the probes) counts the acknowledged messages.
-    eventually(Duration::from_secs(10), "3 messages counted ok", || {
+    eventually_blocking(Duration::from_secs(10), "3 messages counted ok", || {
         let metrics = http(p.api, "GET", "/metrics", &[], b"").ok()?.text();
         metrics
             .contains(r#"kappa_triggers_messages_total{trigger="default/orders",result="ok"} 3"#)
@@ -230,7 +231,7 @@ fn retries_and_the_error_topic() {
     }
     nats.publish("failing-in", "doomed", &[("X-Order", "42")]);
 
-    let done = eventually(Duration::from_secs(60), "3 flaky replies", || {
+    let done = eventually_blocking(Duration::from_secs(60), "3 flaky replies", || {
         let got = nats.got("flaky-done");
         (got.len() >= 3).then_some(got)
     });
@@ -243,7 +244,7 @@ fn retries_and_the_error_topic() {
     ids.sort();
     assert_eq!(ids, vec![0, 1, 2]);
 
-    let failed = eventually(Duration::from_secs(60), "the error topic", || {
+    let failed = eventually_blocking(Duration::from_secs(60), "the error topic", || {
         let got = nats.got("failed");
         (!got.is_empty()).then_some(got)
     });
@@ -305,13 +306,13 @@ fn kill_9_mid_stream_loses_nothing() {
             .filter_map(|v| v["id"].as_i64())
             .collect()
     };
-    eventually(Duration::from_secs(60), "the first replies", || {
+    eventually_blocking(Duration::from_secs(60), "the first replies", || {
         (distinct(&nats).len() >= 50).then_some(())
     });
     p.kill9();
     let at_kill = distinct(&nats).len();
     p.restart();
-    let all = eventually(
+    let all = eventually_blocking(
         Duration::from_secs(120),
         "every message once restarted",
         || {
@@ -356,7 +357,7 @@ fn time_triggers_fire_on_schedule() {
             .map(str::to_string)
             .collect()
     };
-    let lines = eventually(Duration::from_secs(60), "3 ticks", || {
+    let lines = eventually_blocking(Duration::from_secs(60), "3 ticks", || {
         let lines = ticks(&p);
         (lines.len() >= 3).then_some(lines)
     });
@@ -501,7 +502,7 @@ fn bad_trigger_specs_are_refused() {
 fn an_unreachable_broker_is_reported_then_retried() {
     let p = Platform::start();
     // The port is chosen once the platform holds its own, and named in the trigger's metadata.
-    let port = kappa_triggers::testkit::free_port().unwrap();
+    let port = kappa_test_support::servers::free_port().unwrap();
     let url = format!("nats://127.0.0.1:{port}");
     p.python_env(&[]);
     deploy_mq(&p, "echo", "mq.echo", &[]);
@@ -519,7 +520,7 @@ fn an_unreachable_broker_is_reported_then_retried() {
         "--metadata",
         &format!("url={url}"),
     ]);
-    let reason = eventually(Duration::from_secs(30), "state error", || {
+    let reason = eventually_blocking(Duration::from_secs(30), "state error", || {
         let out = p.cli(&["mqt", "get", "later", "-o", "json"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
         (v["status"]["state"] == "error").then(|| v["status"]["reason"].to_string())
@@ -529,7 +530,7 @@ fn an_unreachable_broker_is_reported_then_retried() {
     nats.watch("later-done");
     wait_ready(&p, "mqt", "later");
     nats.publish("later", "{}", &[]);
-    eventually(Duration::from_secs(60), "the reply", || {
+    eventually_blocking(Duration::from_secs(60), "the reply", || {
         (!nats.got("later-done").is_empty()).then_some(())
     });
 }

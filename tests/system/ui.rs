@@ -1,16 +1,17 @@
 //! The web dashboard (`/ui`) in headless Chromium: `tests/ui/dashboard.test.mjs`, driven by
 //! `playwright-core`, against the real `kappa up` with a deployed function, a JetStream
-//! trigger and a time trigger. Skipped (with a message) only when Chromium is missing and
-//! `CI` is not set. `KAPPA_UI_SCREENSHOTS=<dir>` also saves the main pages at laptop and phone
+//! trigger and a time trigger. A missing Chromium fails it (`scripts/install-deps.sh` installs
+//! it). `KAPPA_UI_SCREENSHOTS=<dir>` also saves the main pages at laptop and phone
 //! widths (how `docs/images/dashboard-*.png` are made: `scripts/ui-screenshots.sh`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use kappa_triggers::testkit::NatsServer;
+use kappa_test_support::eventually_blocking;
+use kappa_test_support::servers::NatsServer;
 
-use crate::harness::{Platform, eventually, function_path, repo_root};
+use crate::harness::{Platform, function_path, repo_root};
 
 fn chromium() -> Option<PathBuf> {
     let path = std::env::var_os("CHROMIUM")
@@ -21,14 +22,8 @@ fn chromium() -> Option<PathBuf> {
 
 #[test]
 fn dashboard_in_headless_chromium() {
-    let Some(chromium) = chromium() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "chromium is missing (run scripts/install-deps.sh)"
-        );
-        eprintln!("SKIPPED: chromium is not installed (scripts/install-deps.sh installs it)");
-        return;
-    };
+    // A missing browser fails the test (never a silent pass): install-deps.sh installs it.
+    let chromium = chromium().expect("chromium is not installed (run scripts/install-deps.sh)");
     let tests = repo_root().join("tests/ui");
     assert!(
         tests.join("node_modules/playwright-core").is_dir(),
@@ -83,7 +78,7 @@ fn dashboard_in_headless_chromium() {
         "--cron",
         "0 3 * * *",
     ]);
-    eventually(Duration::from_secs(60), "the trigger to be ready", || {
+    eventually_blocking(Duration::from_secs(60), "the trigger to be ready", || {
         let out = p.cli(&["mqtrigger", "get", "orders", "-o", "json"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
         (v["status"]["state"] == "ready").then_some(())

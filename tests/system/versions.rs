@@ -1,43 +1,70 @@
 //! Function versions and canary rollouts (docs/traffic.md), through the CLI and HTTP.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::harness::{Platform, eventually, http};
+use kappa_test_support::eventually_blocking;
 
-/// Steady load on `path` from `threads` clients until `stop`: every (status, body) seen.
-fn load(
-    router: SocketAddr,
-    path: &'static str,
-    threads: usize,
-    stop: &Arc<AtomicBool>,
-) -> Vec<JoinHandle<Vec<(u16, String)>>> {
-    (0..threads)
-        .map(|_| {
-            let stop = Arc::clone(stop);
-            std::thread::spawn(move || {
-                let mut seen = Vec::new();
-                while !stop.load(Ordering::SeqCst) {
-                    match http(router, "GET", path, &[], b"") {
-                        Ok(r) => seen.push((r.status, r.text())),
-                        Err(e) => seen.push((0, e.to_string())),
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                seen
-            })
-        })
-        .collect()
+use crate::harness::{Platform, http};
+
+/// Steady load on `path` from `threads` clients until `stop`: every (status, body) seen, in
+/// the order the answers came, readable while it runs ([`Load::count`]).
+struct Load {
+    seen: Arc<Mutex<Vec<(u16, String)>>>,
+    handles: Vec<JoinHandle<()>>,
 }
 
-fn join(handles: Vec<JoinHandle<Vec<(u16, String)>>>) -> Vec<(u16, String)> {
-    handles
-        .into_iter()
-        .flat_map(|h| h.join().unwrap())
-        .collect()
+impl Load {
+    /// How many answers so far had `body`.
+    fn count(&self, body: &str) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, b)| b == body)
+            .count()
+    }
+
+    /// Waits until the clients got `n` more answers with `body` (the load ran on it).
+    fn wait_for(&self, n: usize, body: &str) {
+        let start = self.count(body);
+        eventually_blocking(
+            Duration::from_secs(30),
+            &format!("{n} more {body} answers under load"),
+            || (self.count(body) >= start + n).then_some(()),
+        );
+    }
+}
+
+fn load(router: SocketAddr, path: &'static str, threads: usize, stop: &Arc<AtomicBool>) -> Load {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let handles = (0..threads)
+        .map(|_| {
+            let stop = Arc::clone(stop);
+            let seen = Arc::clone(&seen);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let answer = match http(router, "GET", path, &[], b"") {
+                        Ok(r) => (r.status, r.text()),
+                        Err(e) => (0, e.to_string()),
+                    };
+                    seen.lock().unwrap().push(answer);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        })
+        .collect();
+    Load { seen, handles }
+}
+
+fn join(load: Load) -> Vec<(u16, String)> {
+    for h in load.handles {
+        h.join().unwrap();
+    }
+    std::mem::take(&mut *load.seen.lock().unwrap())
 }
 
 fn write_code(dir: &std::path::Path, body: &str) -> String {
@@ -103,7 +130,7 @@ fn versions_history_rollback_and_pinned_routes() {
     let table = p.ok(&["fn", "history", "greet"]);
     assert!(table.starts_with("VERSION"), "{table}");
     assert_eq!(table.lines().count(), 5, "{table}");
-    eventually(Duration::from_secs(30), "v4 to answer", || {
+    eventually_blocking(Duration::from_secs(30), "v4 to answer", || {
         (p.get("/greet").text() == "v4").then_some(())
     });
 
@@ -118,7 +145,7 @@ fn versions_history_rollback_and_pinned_routes() {
         "--function",
         "greet@2",
     ]);
-    eventually(Duration::from_secs(30), "the pinned route", || {
+    eventually_blocking(Duration::from_secs(30), "the pinned route", || {
         (p.get("/pinned").text() == "v2").then_some(())
     });
     let r = p.api("GET", "/v1/functions/greet@3/invoke", b"");
@@ -129,13 +156,13 @@ fn versions_history_rollback_and_pinned_routes() {
     // Roll back to 2 under load: no request fails, and the switch completes.
     let stop = Arc::new(AtomicBool::new(false));
     let clients = load(p.router, "/greet", 4, &stop);
-    std::thread::sleep(Duration::from_millis(500));
+    clients.wait_for(12, "v4");
     let out = p.ok(&["fn", "rollback", "greet", "--to", "2"]);
     assert!(out.contains("rolled back to version 2"), "{out}");
-    eventually(Duration::from_secs(30), "v2 to answer", || {
+    eventually_blocking(Duration::from_secs(30), "v2 to answer", || {
         (p.get("/greet").text() == "v2").then_some(())
     });
-    std::thread::sleep(Duration::from_millis(500));
+    clients.wait_for(12, "v2");
     stop.store(true, Ordering::SeqCst);
     let seen = join(clients);
     let failed: Vec<_> = seen.iter().filter(|(s, _)| *s != 200).collect();
@@ -165,7 +192,7 @@ fn versions_history_rollback_and_pinned_routes() {
     // A new update is version 5; the pinned route still serves version 2.
     p.ok(&["fn", "update", "--name", "greet", "--code", &code("v5")]);
     assert_eq!(history(&p, "greet")["current"], 5);
-    eventually(Duration::from_secs(30), "v5 to answer", || {
+    eventually_blocking(Duration::from_secs(30), "v5 to answer", || {
         (p.get("/greet").text() == "v5").then_some(())
     });
     for _ in 0..5 {
@@ -294,7 +321,7 @@ fn canary_to_a_failing_version_rolls_back() {
         "10",
     ]);
     let mut weights = Vec::new();
-    let status = eventually(Duration::from_secs(60), "the canary to end", || {
+    let status = eventually_blocking(Duration::from_secs(60), "the canary to end", || {
         let s = canary_status(&p, "shop-v2");
         if let Some(w) = s["weight"].as_u64()
             && weights.last() != Some(&w)
@@ -321,7 +348,7 @@ fn canary_to_a_failing_version_rolls_back() {
     let route: serde_json::Value =
         serde_json::from_str(&p.ok(&["route", "get", "shop", "-o", "json"])).unwrap();
     assert_eq!(route["spec"]["functionref"]["name"], "shop@1", "{route}");
-    std::thread::sleep(Duration::from_millis(300));
+    clients.wait_for(4, "v1");
     stop.store(true, Ordering::SeqCst);
     let seen = join(clients);
     assert!(seen.iter().any(|(s, _)| *s == 500), "v2 was tried");
@@ -382,7 +409,7 @@ fn canary_to_a_healthy_function_reaches_100() {
         "1s",
     ]);
     let mut weights = Vec::new();
-    let status = eventually(Duration::from_secs(60), "the canary to end", || {
+    let status = eventually_blocking(Duration::from_secs(60), "the canary to end", || {
         let s = canary_status(&p, "green");
         if let Some(w) = s["weight"].as_u64()
             && weights.last() != Some(&w)

@@ -21,7 +21,9 @@ const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/"];
 
 /// Requires the configured bearer token ([`kappa_core::TokenCheck`]) on every path but
 /// [`OPEN_PATHS`] and, unless [`ApiState::metrics_need_token`], `/metrics` (scrapers often have
-/// no token). A refused request never reaches a handler, so it changes nothing.
+/// no token). A build token ([`kappa_core::build_token`], a builder pod's credential) is
+/// accepted only for what a build needs: `GET`/`HEAD /v1/archives/<its source sha256>` and
+/// `POST /v1/archives`. A refused request never reaches a handler, so it changes nothing.
 pub(crate) async fn auth(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     let Some(check) = state.token.as_ref() else {
         return next.run(request).await;
@@ -39,8 +41,24 @@ pub(crate) async fn auth(State(state): State<ApiState>, request: Request, next: 
         .map(http::HeaderValue::as_bytes);
     match check.verify(authorization) {
         Ok(()) => next.run(request).await,
-        Err(refused) => ApiError::Unauthorized(refused.to_string()).into_response(),
+        Err(refused) => match check.verify_build(authorization) {
+            Ok(grant) if build_may(&grant, request.method(), path) => next.run(request).await,
+            Ok(_) => ApiError::Unauthorized(
+                "a build token may only read its source archive and upload archives".into(),
+            )
+            .into_response(),
+            Err(_) => ApiError::Unauthorized(refused.to_string()).into_response(),
+        },
     }
+}
+
+/// Whether a build token with `grant` may make this request: read its source archive, upload.
+fn build_may(grant: &kappa_core::BuildGrant, method: &Method, path: &str) -> bool {
+    let reads_source = path
+        .strip_prefix("/v1/archives/")
+        .is_some_and(|sha| sha == grant.source_sha256);
+    ((method == Method::GET || method == Method::HEAD) && reads_source)
+        || (method == Method::POST && path == "/v1/archives")
 }
 
 /// The method as a metrics label: one of the standard methods, or `OTHER` (so a client cannot

@@ -7,15 +7,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use futures::StreamExt;
-use kappa_archive::{ArchiveStore, ExtractLimits};
+use kappa_archive::ExtractLimits;
 use kappa_core::{BackendError, Limits};
 use kappa_local::{BuildOutcome, BuildOutput, BuildSandbox, BuildSpec, RuntimeRegistry};
-use kappa_store::{EventType, Precondition, Store, StoreError, StoredObject};
+use kappa_store::{CacheEvent, Item, Precondition, Store, StoreError, StoredObject, WatchCache};
 use kappa_types::{Archive, ArchiveType, BuildStatus, Environment, Kind, Package, PackageStatus};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::archives::BuildArchives;
 use crate::command;
 use crate::error::{BuildError, at};
 use crate::index::{BuildIndex, IndexEntry, build_key};
@@ -32,20 +32,70 @@ pub const DEFAULT_MAX_LOG_BYTES: usize = 64 * 1024;
 /// a missed event is picked up by the next pass).
 const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Runs build commands: locally [`BuildSandbox`]; a test may use anything.
+/// One build as a [`BuildRunner`] gets it.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildJob<'a> {
+    /// The build: its id, its root directory on this machine (the source in `src/`), the
+    /// command (already in Fission's layout, run by `/bin/sh -c` in the root), limits, timeout
+    /// and log bound.
+    pub spec: &'a BuildSpec,
+    /// The command as the package or environment gave it (before the layout was added).
+    pub command: &'a str,
+    /// The package's namespace and name.
+    pub namespace: &'a str,
+    pub package: &'a str,
+    /// The source archive (sha256 in the archive store) and, for a non-zip one, its file name.
+    pub source_sha256: &'a str,
+    pub source_filename: Option<&'a str>,
+    /// The package's environment (its builder and runtime images, resources, placement).
+    pub environment: &'a Environment,
+}
+
+/// What a [`BuildRunner`] did: the command's output and where its result is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildRun {
+    /// How the command ended, and its log.
+    pub output: BuildOutput,
+    /// Where the result of a successful command is.
+    pub result: RunResult,
+}
+
+/// Where a build's result is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunResult {
+    /// In the build's root on this machine: the builder stores it (a local build).
+    InRoot,
+    /// Stored already by the runner (a builder pod uploads it through the API).
+    Stored(crate::steps::StoredResult),
+    /// The runner could not store it: why (said in the build log; the build fails).
+    Refused(String),
+}
+
+/// Runs build commands: locally [`BuildSandbox`], in a cluster builder pods
+/// (`kappa_kube::builds::PodBuildRunner`); a test may use anything.
 #[async_trait]
 pub trait BuildRunner: Send + Sync + 'static {
-    /// Runs one build (see [`BuildSandbox::run`]).
-    async fn run(&self, spec: &BuildSpec) -> Result<BuildOutput, BackendError>;
+    /// Runs one build.
+    async fn run(&self, job: &BuildJob<'_>) -> Result<BuildRun, BackendError>;
 
     /// How builds are isolated, for the build log (`sandbox namespaces, cgroups v2`).
     fn describe(&self) -> String;
+
+    /// Whether commands run on this host, with its interpreters (the built-in runtimes'
+    /// default commands name them), rather than in the environment's image (a builder pod:
+    /// the defaults then use the image's own `python3 -m pip` or `npm`).
+    fn on_this_host(&self) -> bool {
+        true
+    }
 }
 
 #[async_trait]
 impl BuildRunner for BuildSandbox {
-    async fn run(&self, spec: &BuildSpec) -> Result<BuildOutput, BackendError> {
-        BuildSandbox::run(self, spec).await
+    async fn run(&self, job: &BuildJob<'_>) -> Result<BuildRun, BackendError> {
+        Ok(BuildRun {
+            output: BuildSandbox::run(self, job.spec).await?,
+            result: RunResult::InRoot,
+        })
     }
 
     fn describe(&self) -> String {
@@ -106,7 +156,7 @@ pub struct Builder {
 struct Inner {
     config: BuilderConfig,
     store: Arc<dyn Store>,
-    archives: Arc<ArchiveStore>,
+    archives: Arc<dyn BuildArchives>,
     runner: Arc<dyn BuildRunner>,
     runtimes: RuntimeRegistry,
     index: BuildIndex,
@@ -136,7 +186,7 @@ impl Builder {
     pub fn new(
         config: BuilderConfig,
         store: Arc<dyn Store>,
-        archives: Arc<ArchiveStore>,
+        archives: Arc<impl BuildArchives>,
         runner: Arc<dyn BuildRunner>,
         runtimes: RuntimeRegistry,
     ) -> Result<Self, BuildError> {
@@ -187,52 +237,34 @@ impl Builder {
             "builder started"
         );
         let tasks = tokio_util::task::TaskTracker::new();
-        backoff = Duration::from_millis(100);
+        let mut packages = WatchCache::<Package>::new(Arc::clone(&self.inner.store));
+        let resync = tokio::time::sleep(RESYNC_INTERVAL);
+        tokio::pin!(resync);
         loop {
-            if shutdown.is_cancelled() {
-                break;
-            }
-            let list = match self.inner.store.list(Kind::Package, None).await {
-                Ok(list) => {
-                    backoff = Duration::from_millis(100);
-                    list
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "builder: listing packages failed; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => {}
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                // A finished build frees a slot, and changes to its package were skipped while
+                // it ran: look at every package again (as on the periodic resync).
+                () = &mut resync => {}
+                () = self.inner.finished.notified() => {}
+                event = packages.next() => {
+                    match event {
+                        CacheEvent::Listed(items) => {
+                            for item in items {
+                                self.consider(&item, &tasks, &shutdown);
+                            }
+                        }
+                        CacheEvent::Applied(item) => self.consider(&item, &tasks, &shutdown),
+                        CacheEvent::Removed(_) | CacheEvent::Replayed(_) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
-            };
-            for object in list.items {
-                self.consider(object, &tasks, &shutdown);
             }
-            let mut events = self
-                .inner
-                .store
-                .watch(&[Kind::Package], Some(list.resource_version));
-            let resync = tokio::time::sleep(RESYNC_INTERVAL);
-            tokio::pin!(resync);
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = &mut resync => break,
-                    () = self.inner.finished.notified() => break,
-                    next = events.next() => match next {
-                        Some(Ok(event)) if event.event_type != EventType::Deleted => {
-                            self.consider(event.object, &tasks, &shutdown);
-                        }
-                        Some(Ok(_)) => {}
-                        Some(Err(StoreError::Gone { .. })) | None => break,
-                        Some(Err(e)) => {
-                            tracing::warn!(error = %e, "builder: package watch failed; relisting");
-                            break;
-                        }
-                    }
-                }
+            resync
+                .as_mut()
+                .reset(tokio::time::Instant::now() + RESYNC_INTERVAL);
+            for item in packages.items() {
+                self.consider(item, &tasks, &shutdown);
             }
         }
         tasks.close();
@@ -273,14 +305,15 @@ impl Builder {
     /// Starts a build task for a pending source package unless one is queued or running.
     fn consider(
         &self,
-        object: StoredObject,
+        item: &Item<Package>,
         tasks: &tokio_util::task::TaskTracker,
         shutdown: &CancellationToken,
     ) {
-        if object.kind != Kind::Package || !wants_build(&object.value) {
+        let package = &item.value;
+        if package.status.buildstatus != BuildStatus::Pending || package.spec.source.is_none() {
             return;
         }
-        let key = (object.namespace.clone(), object.name.clone());
+        let key = (item.key.namespace.clone(), item.key.name.clone());
         {
             let mut active = self
                 .inner
@@ -521,16 +554,35 @@ impl Builder {
                 file.parent().map(PathBuf::from).unwrap_or_default()
             }
         };
-        let chosen = command::choose(
-            package.spec.buildcmd.as_deref(),
-            environment
-                .spec
-                .builder
-                .as_ref()
-                .map(|b| b.command.as_str()),
-            runtime.as_ref(),
-            &source_dir,
-        );
+        let builder_command = environment
+            .spec
+            .builder
+            .as_ref()
+            .map(|b| b.command.as_str());
+        let chosen = if self.inner.runner.on_this_host() {
+            command::choose(
+                package.spec.buildcmd.as_deref(),
+                builder_command,
+                runtime.as_ref(),
+                &source_dir,
+            )
+        } else {
+            // In the image: the commands as given, else the image's default for its runtime.
+            command::choose(
+                package.spec.buildcmd.as_deref(),
+                builder_command,
+                None,
+                &source_dir,
+            )
+            .or_else(|| {
+                command::image_default_command(
+                    self.inner
+                        .runtimes
+                        .builtin_for(&environment.spec.runtime.image),
+                    &source_dir,
+                )
+            })
+        };
         let Some(chosen) = chosen else {
             return Built::Deployed {
                 deployment: source.clone(),
@@ -598,8 +650,17 @@ impl Builder {
             network: self.inner.config.network,
             max_log_bytes: self.inner.config.max_log_bytes,
         };
-        let output = match self.inner.runner.run(&spec).await {
-            Ok(output) => output,
+        let job = BuildJob {
+            spec: &spec,
+            command: &chosen.command,
+            namespace: &package.metadata.namespace,
+            package: &package.metadata.name,
+            source_sha256: &source_sha,
+            source_filename: source.filename.as_deref(),
+            environment: &environment,
+        };
+        let (output, run_result) = match self.inner.runner.run(&job).await {
+            Ok(run) => (run.output, run.result),
             Err(e) => return fail(format!("{header}the build could not run: {e}\n")),
         };
         let mut log = header;
@@ -624,19 +685,26 @@ impl Builder {
                 return fail(log);
             }
         }
-        let (result, note) = match workdir::result_of(&dir) {
-            Ok(found) => found,
-            Err(message) => {
-                log.push_str(&format!("build failed: {message}\n"));
-                return fail(log);
+        let stored = match run_result {
+            RunResult::InRoot => {
+                crate::steps::store_result(
+                    self.inner.archives.as_ref(),
+                    &dir,
+                    self.inner.config.extract_limits,
+                )
+                .await
             }
+            RunResult::Stored(stored) => Ok(stored),
+            RunResult::Refused(message) => Err(message),
         };
-        if let Some(note) = note {
-            log.push_str(note);
-            log.push('\n');
-        }
-        let deployment = match self.store_result(&result).await {
-            Ok(sha) => sha,
+        let deployment = match stored {
+            Ok(stored) => {
+                if let Some(note) = stored.note {
+                    log.push_str(&note);
+                    log.push('\n');
+                }
+                stored.deployment
+            }
             Err(message) => {
                 log.push_str(&format!("build failed: {message}\n"));
                 return fail(log);
@@ -681,7 +749,6 @@ impl Builder {
                     .put_bytes(&bytes)
                     .await
                     .map_err(|e| format!("storing the literal source archive failed: {e}"))?
-                    .sha256
             }
         };
         if let Some(checksum) = &source.checksum
@@ -705,8 +772,8 @@ impl Builder {
                 return None;
             }
         };
-        match self.inner.archives.info(&entry.deployment).await {
-            Ok(Some(_)) => {
+        match self.inner.archives.exists(&entry.deployment).await {
+            Ok(true) => {
                 tracing::info!(deployment = %entry.deployment, "identical build found; reusing its archive");
                 Some(Built::Deployed {
                     deployment: Archive::stored(&entry.deployment, None),
@@ -722,45 +789,45 @@ impl Builder {
             }
         }
     }
+}
 
-    /// Checks the build's result against the extraction limits, zips it and stores the zip.
-    async fn store_result(&self, result: &workdir::BuildResult) -> Result<String, String> {
-        let limits = self.inner.config.extract_limits;
-        let packed = {
-            let result = result.clone();
-            tokio::task::spawn_blocking(move || match result {
-                workdir::BuildResult::Dir(dir) => {
-                    let size = workdir::measure(&dir, &limits)
-                        .map_err(|e| format!("reading the build's result failed: {e}"))?;
-                    workdir::check(size, &limits)?;
-                    kappa_archive::pack_dir(&dir)
-                        .map_err(|e| format!("packing the result failed: {e}"))
-                }
-                workdir::BuildResult::File(file) => {
-                    let len = std::fs::metadata(&file)
-                        .map_err(|e| format!("reading the build's result failed: {e}"))?
-                        .len();
-                    let size = workdir::TreeSize {
-                        entries: 1,
-                        bytes: len,
-                        largest_file: len,
-                    };
-                    workdir::check(size, &limits)?;
-                    kappa_archive::pack_file(&file)
-                        .map_err(|e| format!("packing the result failed: {e}"))
-                }
-            })
-            .await
-            .map_err(|e| format!("packing the result failed: {e}"))??
-        };
-        let info = self
-            .inner
-            .archives
-            .put_bytes(&packed)
-            .await
-            .map_err(|e| format!("storing the deployment archive failed: {e}"))?;
-        Ok(info.sha256)
-    }
+/// Checks a build's result against the extraction limits, zips it and stores the zip in
+/// `archives`; returns its sha256.
+pub(crate) async fn pack_and_store(
+    archives: &dyn BuildArchives,
+    result: &workdir::BuildResult,
+    limits: ExtractLimits,
+) -> Result<String, String> {
+    let packed = {
+        let result = result.clone();
+        tokio::task::spawn_blocking(move || match result {
+            workdir::BuildResult::Dir(dir) => {
+                let size = workdir::measure(&dir, &limits)
+                    .map_err(|e| format!("reading the build's result failed: {e}"))?;
+                workdir::check(size, &limits)?;
+                kappa_archive::pack_dir(&dir).map_err(|e| format!("packing the result failed: {e}"))
+            }
+            workdir::BuildResult::File(file) => {
+                let len = std::fs::metadata(&file)
+                    .map_err(|e| format!("reading the build's result failed: {e}"))?
+                    .len();
+                let size = workdir::TreeSize {
+                    entries: 1,
+                    bytes: len,
+                    largest_file: len,
+                };
+                workdir::check(size, &limits)?;
+                kappa_archive::pack_file(&file)
+                    .map_err(|e| format!("packing the result failed: {e}"))
+            }
+        })
+        .await
+        .map_err(|e| format!("packing the result failed: {e}"))??
+    };
+    archives
+        .put_bytes(&packed)
+        .await
+        .map_err(|e| format!("storing the deployment archive failed: {e}"))
 }
 
 /// Removes a build directory when dropped (on every path out of a build).

@@ -98,6 +98,28 @@ pub fn choose(
     default_command(runtime?, dir)
 }
 
+/// The runtime's default build for the source in `dir`, when the build runs in the runtime's own
+/// image (a builder pod) rather than on this host: the image's `python3 -m pip` or `npm`,
+/// whatever their path. `runtime` is the built-in runtime the environment's image names
+/// ([`kappa_local::RuntimeRegistry::builtin_for`]); `None`: nothing to build.
+pub fn image_default_command(runtime: Option<&str>, dir: &Path) -> Option<BuildCommand> {
+    let command = match runtime? {
+        "python" if dir.join("requirements.txt").is_file() => format!(
+            "python3 -m pip --version >/dev/null 2>&1 || {{ echo \"kappa: the build image has no python3 -m pip: give the environment a builder image with pip (kappa env create --builder IMAGE)\" >&2; exit 1; }}; \
+             python3 -m pip {PIP_INSTALL}"
+        ),
+        "nodejs" if dir.join("package.json").is_file() => format!(
+            "command -v npm >/dev/null 2>&1 || {{ echo \"kappa: the build image has no npm: give the environment a builder image with npm (kappa env create --builder IMAGE)\" >&2; exit 1; }}; {NPM_INSTALL}"
+        ),
+        _ => return None,
+    };
+    Some(BuildCommand {
+        command,
+        source: CommandSource::Default,
+        read_only: Vec::new(),
+    })
+}
+
 /// Fission's builder images carry a `build` script, their default builder command, which
 /// installs `requirements.txt` (Python) or `package.json` (Node.js) into the source and copies
 /// it to `$DEPLOY_PKG`. For a built-in runtime, `build` is that: the runtime's default build,
@@ -208,6 +230,29 @@ mod tests {
             "{}",
             c.command
         );
+    }
+
+    #[test]
+    fn in_the_image_the_defaults_use_the_images_own_tools() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(image_default_command(Some("python"), dir.path()).is_none());
+        std::fs::write(dir.path().join("requirements.txt"), "six\n").unwrap();
+        let c = image_default_command(Some("python"), dir.path()).unwrap();
+        assert_eq!(c.source, CommandSource::Default);
+        assert!(
+            c.command
+                .contains("python3 -m pip install -r requirements.txt --target .")
+                && !c.command.contains("/usr/bin/"),
+            "{}",
+            c.command
+        );
+        assert!(c.read_only.is_empty());
+        assert!(image_default_command(Some("nodejs"), dir.path()).is_none());
+        std::fs::write(dir.path().join("package.json"), "{}").unwrap();
+        let c = image_default_command(Some("nodejs"), dir.path()).unwrap();
+        assert!(c.command.contains("npm install"), "{}", c.command);
+        assert!(image_default_command(None, dir.path()).is_none());
+        assert!(image_default_command(Some("binary"), dir.path()).is_none());
     }
 
     #[test]

@@ -20,19 +20,31 @@
 //! earlier deployment archive ([`index::BuildIndex`]). A package a crashed platform left
 //! `running` goes back to `pending` when the builder starts.
 //!
+//! Where archives are and where commands run are interfaces: [`BuildArchives`] is the archive
+//! store itself next to the API server, or [`ApiArchives`] (through the API, with a local
+//! download cache) in a cluster; [`BuildRunner`] is the sandbox locally, or builder pods in a
+//! cluster (`kappa_kube::builds`), which store their result themselves through the API with
+//! the [`steps`] a builder pod runs around the command.
+//!
 //! It deliberately does not serve HTTP, validate specs (the API server does), run instances or
 //! decide when functions use the result (the pool manager waits for builds itself).
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod archives;
 mod builder;
 pub mod command;
 mod error;
 pub mod index;
+pub mod steps;
 mod workdir;
 
+pub use archives::{ApiArchives, ArchiveAccessError, BuildArchives};
 pub use builder::{
-    BuildRunner, Builder, BuilderConfig, DEFAULT_MAX_LOG_BYTES, DEFAULT_PARALLELISM,
+    BuildJob, BuildRun, BuildRunner, Builder, BuilderConfig, DEFAULT_MAX_LOG_BYTES,
+    DEFAULT_PARALLELISM, RunResult,
 };
 pub use command::{BUILD_MANIFESTS, manifest_in_dir, manifest_in_zip};
 pub use error::BuildError;
+pub use kappa_local::{BuildOutcome, BuildOutput, BuildSpec, RuntimeRegistry};
+pub use steps::StoredResult;

@@ -140,6 +140,46 @@ enum Command {
     Version,
     /// Run the fetcher of a Kubernetes function pod (its second container; see kappa-fetcher).
     Fetcher(FetcherArgs),
+    /// Run a step of a Kubernetes builder pod (see kappa-kube's builds module).
+    #[command(hide = true)]
+    BuildStep(BuildStepArgs),
+}
+
+/// `kappa build-step fetch|upload`: a builder pod's step around the build command, configured
+/// by the pod's environment (`KAPPA_API_URL`, `KAPPA_BUILD_TOKEN`, `KAPPA_BUILD_SOURCE`...).
+#[derive(Debug, Clone, clap::Args)]
+struct BuildStepArgs {
+    /// fetch: place the source in /build/src; upload: store the result through the API.
+    #[arg(value_parser = ["fetch", "upload"])]
+    step: String,
+    /// Where the step's report (or its error) is written: the container's termination message.
+    #[arg(long, default_value = "/dev/termination-log", value_name = "FILE")]
+    termination_log: PathBuf,
+}
+
+/// Runs a builder pod's step; its report or error goes to the termination log too.
+async fn build_step(args: BuildStepArgs) -> anyhow::Result<()> {
+    use kappa_kube::builds::{BuildStep, StepConfig, run_step};
+    let step = if args.step == "fetch" {
+        BuildStep::Fetch
+    } else {
+        BuildStep::Upload
+    };
+    let result = match StepConfig::from_vars(|name| std::env::var(name).ok()) {
+        Ok(config) => run_step(step, &config).await,
+        Err(e) => Err(e),
+    };
+    let message = match &result {
+        Ok(report) => report.clone(),
+        Err(e) => e.clone(),
+    };
+    if let Err(e) = std::fs::write(&args.termination_log, &message) {
+        tracing::warn!(file = %args.termination_log.display(), error = %e, "could not write the termination message");
+    }
+    match result {
+        Ok(report) => output::print_stdout(&format!("{report}\n")),
+        Err(e) => Err(anyhow::anyhow!(e)),
+    }
 }
 
 /// `kappa completion SHELL`.
@@ -384,6 +424,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Spec(c) => spec::run(ctx, c).await,
         Command::Version => version(&connect, &g.namespace, output).await,
         Command::Fetcher(args) => fetcher(args, g.token.clone()).await,
+        Command::BuildStep(args) => build_step(args).await,
     }
 }
 

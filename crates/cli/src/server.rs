@@ -29,7 +29,7 @@ use kappa_archive::ArchiveStore;
 use kappa_core::{EndpointIndex, FunctionId, Provisioner};
 use kappa_executor::{ExecutorApi, ExecutorConfig, PoolManager};
 use kappa_local::{
-    CgroupMode, EgressMode, LocalBackend, LocalConfig, RuntimeRegistry, SandboxMode,
+    CgroupMode, EgressMode, LocalBackend, LocalConfig, RuntimeRegistry, SandboxMode, ZygoteMode,
 };
 use kappa_logs::{LogConfig, LogStore};
 use kappa_router::{
@@ -51,6 +51,8 @@ pub enum Role {
     Executor,
     /// Message-queue and time trigger workers.
     Triggers,
+    /// The package builder: builds source packages in builder pods (Kubernetes).
+    Builder,
 }
 
 impl Role {
@@ -60,6 +62,7 @@ impl Role {
             Role::Router => "router",
             Role::Executor => "executor",
             Role::Triggers => "triggers",
+            Role::Builder => "builder",
         }
     }
 }
@@ -165,6 +168,10 @@ pub struct ServerArgs {
     /// Resource limits of local instances through cgroups: auto, v2, v1 or none.
     #[arg(long, env = "KAPPA_CGROUPS", default_value = "auto")]
     pub cgroups: CgroupMode,
+    /// Sandboxed local Python instances forked from a template process per environment (on),
+    /// or every runtime started by exec (off).
+    #[arg(long, env = "KAPPA_ZYGOTE", default_value = "on")]
+    pub zygote: ZygoteMode,
     /// Requests that may wait per function when it is at capacity (then 429).
     #[arg(long, env = "KAPPA_QUEUE_LIMIT", default_value_t = 100)]
     pub queue_limit: usize,
@@ -351,6 +358,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                     egress: args.egress,
                     cgroups: args.cgroups,
                     start_timeout: Duration::from_secs(10),
+                    zygote: args.zygote,
                 },
                 Arc::clone(archives),
                 Arc::clone(logs),
@@ -743,6 +751,93 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             flag: Arc::new(AtomicBool::new(true)),
         });
     }
+
+    // ---- builder (cluster mode) ---- h-cbuild: port into the platform crate's builder role ----
+    // Builds run in builder pods in the functions namespace; the source and the deployment
+    // archive go through the API (this process shares no files with it). One replica builds at
+    // a time (a Lease); it first deletes the builder pods a previous one left.
+    if has(Role::Builder) {
+        let client = kube_client
+            .clone()
+            .context("role builder needs a Kubernetes client (--store kubernetes)")?;
+        let fetcher_image = args.fetcher_image.clone().context(
+            "role builder needs --fetcher-image (KAPPA_FETCHER_IMAGE): the kappa image, which runs the builder pods' steps",
+        )?;
+        let api_url = args.internal_api_url.clone().context(
+            "role builder needs --internal-api-url (KAPPA_INTERNAL_API_URL): the API server as the builder and its pods reach it",
+        )?;
+        let template = kappa_kube::pods::PodTemplate {
+            namespace: args
+                .function_namespace
+                .clone()
+                .unwrap_or_else(kappa_kube::current_namespace),
+            fetcher_image,
+            created_by: replica_name(&args),
+            ..kappa_kube::pods::PodTemplate::default()
+        };
+        let max_archive_bytes = args.max_archive_mb << 20;
+        let runner = kappa_kube::builds::PodBuildRunner::new(
+            client,
+            kappa_kube::builds::PodBuildConfig {
+                max_archive_bytes,
+                ..kappa_kube::builds::PodBuildConfig::new(
+                    template,
+                    api_url.clone(),
+                    Some(token.clone()),
+                )
+            },
+        );
+        // The download cache, the build index and the (unused by pods) work directory.
+        let state_dir = args.data_dir.join("builder");
+        std::fs::create_dir_all(&state_dir)
+            .with_context(|| format!("creating {}", state_dir.display()))?;
+        let archives = kappa_builder::ApiArchives::new(
+            &api_url,
+            Some(token.clone()),
+            state_dir.join("archives"),
+            max_archive_bytes,
+            kappa_archive::ExtractLimits::default(),
+            Duration::from_secs(300),
+        )
+        .context("the builder's API archive client")?;
+        let builder = kappa_builder::Builder::new(
+            kappa_builder::BuilderConfig::new(state_dir.join("builds")),
+            Arc::clone(&store),
+            Arc::new(archives),
+            Arc::new(runner.clone()),
+            RuntimeRegistry::new(state_dir.join("runtimes")),
+        )
+        .context("starting the package builder")?;
+        let leadership = elect(
+            kube_client.as_ref(),
+            "kappa-builder",
+            &replica_name(&args),
+            &shutdown,
+        );
+        let token = shutdown.clone();
+        tasks.push((
+            "builder",
+            tokio::spawn(async move {
+                if let Some(work) = led(leadership, token, "builder").await {
+                    match runner.collect_garbage().await {
+                        Ok(n) => tracing::info!(
+                            deleted = n,
+                            "builder pods of a previous builder collected"
+                        ),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not list leftover builder pods")
+                        }
+                    }
+                    builder.run(work).await;
+                }
+            }),
+        ));
+        admin.ready.push(Ready {
+            role: Role::Builder,
+            flag: Arc::new(AtomicBool::new(true)),
+        });
+    }
+    // ---- end of the h-cbuild block ------------------------------------------------------------
 
     // ---- admin ------------------------------------------------------------------------------
     let admin_listener = bind(args.admin_addr, "admin").await?;

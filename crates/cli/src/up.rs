@@ -12,7 +12,7 @@ use kappa_archive::ArchiveStore;
 use kappa_core::{EndpointIndex, FunctionId};
 use kappa_executor::{ExecutorConfig, PoolManager};
 use kappa_local::{
-    CgroupMode, EgressMode, LocalBackend, LocalConfig, RuntimeRegistry, SandboxMode,
+    CgroupMode, EgressMode, LocalBackend, LocalConfig, RuntimeRegistry, SandboxMode, ZygoteMode,
 };
 use kappa_logs::{LogConfig, LogStore};
 use kappa_router::{Router, RouterConfig};
@@ -26,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 /// The Python runtime server, shipped inside the binary so `kappa up` needs nothing else.
 const PYTHON_RUNTIME: &str = include_str!("../../../functions/runtimes/python/server.py");
+/// The Python runtime's template process (`server.py --zygote`), next to the server.
+const PYTHON_ZYGOTE: &str = include_str!("../../../functions/runtimes/python/zygote.py");
 /// The Node.js runtime server (run with the machine's `node`).
 const NODEJS_RUNTIME: &str = include_str!("../../../functions/runtimes/nodejs/server.js");
 /// The binary (CGI-style) runtime server (run with `python3`).
@@ -65,6 +67,10 @@ pub struct UpArgs {
     /// Resource limits through cgroups: auto, v2, v1 or none.
     #[arg(long, env = "KAPPA_CGROUPS", default_value = "auto")]
     pub cgroups: CgroupMode,
+    /// Sandboxed Python instances forked from a template process per environment (on), or
+    /// every runtime started by exec (off).
+    #[arg(long, env = "KAPPA_ZYGOTE", default_value = "on")]
+    pub zygote: ZygoteMode,
     /// Requests that may wait per function when it is at capacity (then 429).
     #[arg(long, env = "KAPPA_QUEUE_LIMIT", default_value_t = 100)]
     pub queue_limit: usize,
@@ -152,6 +158,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             egress: args.egress,
             cgroups: args.cgroups,
             start_timeout: Duration::from_secs(10),
+            zygote: args.zygote,
         },
         Arc::clone(&archives),
         Arc::clone(&logs),
@@ -439,6 +446,7 @@ fn write_client_config(
 fn install_runtimes(data_dir: &Path) -> anyhow::Result<PathBuf> {
     let dir = data_dir.join("runtimes");
     let target = install_runtime_file(&dir, "python", "server.py", PYTHON_RUNTIME)?;
+    install_runtime_file(&dir, "python", "zygote.py", PYTHON_ZYGOTE)?;
     precompile_python_runtime(&target);
     install_runtime_file(&dir, "nodejs", "server.js", NODEJS_RUNTIME)?;
     install_runtime_file(&dir, "binary", "server.py", BINARY_RUNTIME)?;

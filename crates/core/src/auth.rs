@@ -8,8 +8,12 @@
 //! `Authorization: Bearer <token>` and one comparison; it does no IO and knows no HTTP crate:
 //! callers pass the header's raw value.
 
+use hmac::{Hmac, KeyInit as _, Mac as _};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+/// The prefix of a build token ([`build_token`]).
+const BUILD_TOKEN_PREFIX: &str = "kappa-build";
 
 /// Why a request's credentials were refused. Every variant answers 401.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -68,6 +72,78 @@ impl TokenCheck {
     pub fn matches(&self, given: &[u8]) -> bool {
         let given: [u8; 32] = Sha256::digest(given).into();
         bool::from(self.digest.ct_eq(&given))
+    }
+}
+
+/// A build token: the credential of one builder pod, scoped to reading its package's source
+/// archive (`source_sha256`) and uploading archives, never the platform token.
+///
+/// It is `kappa-build.<nonce>.<source_sha256>.<mac>`, the MAC being HMAC-SHA256 over the nonce
+/// and the digest keyed with the SHA-256 of the platform token: a server holding only a
+/// [`TokenCheck`] (which keeps that digest) verifies it with [`TokenCheck::verify_build`], and
+/// nobody without the platform token can make one or widen one's scope. The nonce (the build's
+/// id) makes every build's token different.
+pub fn build_token(platform_token: &str, nonce: &str, source_sha256: &str) -> String {
+    let key: [u8; 32] = Sha256::digest(platform_token.as_bytes()).into();
+    format!(
+        "{BUILD_TOKEN_PREFIX}.{nonce}.{source_sha256}.{}",
+        hex(&build_mac(&key, nonce, source_sha256))
+    )
+}
+
+fn build_mac(key: &[u8; 32], nonce: &str, source_sha256: &str) -> [u8; 32] {
+    // HMAC takes keys of any length, so this cannot fail.
+    let mut mac = <Hmac<Sha256>>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+    mac.update(BUILD_TOKEN_PREFIX.as_bytes());
+    mac.update(b"\0");
+    mac.update(nonce.as_bytes());
+    mac.update(b"\0");
+    mac.update(source_sha256.as_bytes());
+    mac.finalize().into_bytes().into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// What a valid build token ([`build_token`]) allows: reading this source archive (and
+/// uploading archives).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildGrant {
+    /// The sha256 of the one archive the token may read.
+    pub source_sha256: String,
+}
+
+impl TokenCheck {
+    /// Checks a request's `Authorization` header for a build token made from the expected
+    /// platform token ([`build_token`]); the MAC is compared in constant time.
+    pub fn verify_build(&self, authorization: Option<&[u8]>) -> Result<BuildGrant, AuthError> {
+        let value = authorization.ok_or(AuthError::Missing)?;
+        let given = bearer(value).ok_or(AuthError::NotBearer)?;
+        let given = std::str::from_utf8(given).map_err(|_| AuthError::Invalid)?;
+        let mut parts = given.split('.');
+        let (Some(BUILD_TOKEN_PREFIX), Some(nonce), Some(sha), Some(mac), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return Err(AuthError::Invalid);
+        };
+        let expected = hex(&build_mac(&self.digest, nonce, sha));
+        if bool::from(expected.as_bytes().ct_eq(mac.as_bytes())) {
+            Ok(BuildGrant {
+                source_sha256: sha.to_owned(),
+            })
+        } else {
+            Err(AuthError::Invalid)
+        }
     }
 }
 
@@ -131,6 +207,45 @@ mod tests {
         ] {
             assert_eq!(check().verify(Some(value)), Err(AuthError::NotBearer));
         }
+    }
+
+    #[test]
+    fn build_tokens_carry_their_scope_and_cannot_be_forged() {
+        let sha = "a".repeat(64);
+        let token = build_token("s3cret-token-0123", "b1", &sha);
+        let header = format!("Bearer {token}");
+        assert_eq!(
+            check().verify_build(Some(header.as_bytes())),
+            Ok(BuildGrant {
+                source_sha256: sha.clone()
+            })
+        );
+        // It is not the platform token.
+        assert_eq!(
+            check().verify(Some(header.as_bytes())),
+            Err(AuthError::Invalid)
+        );
+        // Another platform's token, another digest, or a changed nonce do not verify.
+        let other = format!("Bearer {}", build_token("other", "b1", &sha));
+        assert_eq!(
+            check().verify_build(Some(other.as_bytes())),
+            Err(AuthError::Invalid)
+        );
+        let widened = header.replace(&sha, &"b".repeat(64));
+        assert_eq!(
+            check().verify_build(Some(widened.as_bytes())),
+            Err(AuthError::Invalid)
+        );
+        let renonced = header.replace(".b1.", ".b2.");
+        assert_eq!(
+            check().verify_build(Some(renonced.as_bytes())),
+            Err(AuthError::Invalid)
+        );
+        // The platform token itself is no build token.
+        assert_eq!(
+            check().verify_build(Some(b"Bearer s3cret-token-0123")),
+            Err(AuthError::Invalid)
+        );
     }
 
     #[test]

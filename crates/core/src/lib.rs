@@ -37,7 +37,7 @@ mod readiness;
 pub mod stats;
 
 pub use addr::{InstanceAddr, ParseAddrError};
-pub use auth::{AuthError, TokenCheck};
+pub use auth::{AuthError, BuildGrant, TokenCheck, build_token};
 pub use backend::{
     Backend, BackendError, ConfigKind, ConfigVolume, ExitReason, Instance, InstanceEvent,
     InstanceSpec, Limits, SpecializeRequest,

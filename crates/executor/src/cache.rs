@@ -1,15 +1,14 @@
 //! A watch-fed copy of the Environments and Functions the pool manager reconciles, and of the
 //! resource versions of Secrets and ConfigMaps (never their values), from which it tells when
-//! a function's instances run with outdated configuration.
+//! a function's instances run with outdated configuration. Fed by the store's typed watch
+//! cache (`kappa_store::WatchCache`): an object that does not parse is logged there and left
+//! out (a change that makes one unreadable removes it here).
 
+use kappa_core::{ConfigKind, FunctionId};
+use kappa_store::{CacheEvent, Decode, Item, ObjectKey, Store, StoredObject, WatchCache};
+use kappa_types::{Environment, Function, FunctionVersion, Kind, Package, ValidationError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
-
-use futures::StreamExt;
-use kappa_core::{ConfigKind, FunctionId};
-use kappa_store::{EventType, Store, StoreError};
-use kappa_types::{Environment, Function, FunctionVersion, Kind, Package};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -96,170 +95,122 @@ impl Cache {
             .cloned()
     }
 
-    /// Lists then watches the store until cancelled, relisting when the watch falls behind.
+    /// Follows the store (list, watch, list again when the watch falls behind or fails) until
+    /// cancelled, waking the reconcile loop after every change.
     pub(crate) async fn run(&self, store: Arc<dyn Store>, shutdown: CancellationToken) {
-        let kinds = [
+        // The snapshot holds the objects: the watch cache keeps only their versions.
+        let mut cache = WatchCache::<Watched>::new(store).events_only();
+        loop {
+            let event = tokio::select! {
+                () = shutdown.cancelled() => return,
+                event = cache.next() => event,
+            };
+            let watermark = cache.resource_version();
+            {
+                let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+                match event {
+                    CacheEvent::Listed(items) => {
+                        let mut snapshot = Snapshot {
+                            loaded: true,
+                            ..Snapshot::default()
+                        };
+                        for item in items {
+                            snapshot.insert(item);
+                        }
+                        *inner = snapshot;
+                    }
+                    CacheEvent::Applied(item) => inner.insert(item),
+                    CacheEvent::Removed(key) => inner.remove(key),
+                    CacheEvent::Replayed(_) => {}
+                }
+                inner.watermark = watermark;
+            }
+            self.changed.notify_waiters();
+        }
+    }
+}
+
+/// What the pool manager reads from the store.
+#[derive(Debug, Clone)]
+enum Watched {
+    Environment(Environment),
+    Function(Function),
+    /// A kept version (`hello.v3`) as a function of its own, and the package it ran.
+    Version(Box<(Function, Package)>),
+    /// A Secret or ConfigMap: that it exists, at the item's resource version. Its values are
+    /// never decoded here.
+    Config,
+}
+
+impl Decode for Watched {
+    fn kinds() -> Vec<Kind> {
+        vec![
             Kind::Environment,
             Kind::Function,
             Kind::FunctionVersion,
             Kind::Secret,
             Kind::ConfigMap,
-        ];
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            if shutdown.is_cancelled() {
-                return;
-            }
-            match self.relist(store.as_ref()).await {
-                Ok(version) => {
-                    backoff = Duration::from_millis(100);
-                    let mut events = store.watch(&kinds, Some(version));
-                    loop {
-                        let next = tokio::select! {
-                            () = shutdown.cancelled() => return,
-                            next = events.next() => next,
-                        };
-                        match next {
-                            Some(Ok(event)) => {
-                                self.apply(
-                                    event.event_type,
-                                    event.object.kind,
-                                    &event.object.namespace,
-                                    &event.object.name,
-                                    event.object.resource_version,
-                                    event.object.value,
-                                );
-                                self.changed.notify_waiters();
-                            }
-                            Some(Err(StoreError::Gone { .. })) | None => break,
-                            Some(Err(e)) => {
-                                tracing::warn!(error = %e, "store watch failed; relisting");
-                                break;
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "listing environments and functions failed; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        ]
     }
 
-    async fn relist(&self, store: &dyn Store) -> Result<u64, StoreError> {
-        let envs = store.list(Kind::Environment, None).await?;
-        let fns = store.list(Kind::Function, None).await?;
-        let versions = store.list(Kind::FunctionVersion, None).await?;
-        let secrets = store.list(Kind::Secret, None).await?;
-        let configmaps = store.list(Kind::ConfigMap, None).await?;
-        let version = envs
-            .resource_version
-            .min(fns.resource_version)
-            .min(versions.resource_version)
-            .min(secrets.resource_version)
-            .min(configmaps.resource_version);
-        let mut snapshot = Snapshot {
-            loaded: true,
-            watermark: version,
-            ..Snapshot::default()
-        };
-        for (kind, list) in [
-            (ConfigKind::Secret, secrets),
-            (ConfigKind::ConfigMap, configmaps),
-        ] {
-            for obj in list.items {
-                snapshot.configs.insert(
-                    (kind, FunctionId::new(obj.namespace, obj.name)),
-                    obj.resource_version,
-                );
+    fn decode(object: StoredObject) -> Result<Self, ValidationError> {
+        match object.kind {
+            Kind::Environment => Environment::from_json(object.value).map(Self::Environment),
+            Kind::FunctionVersion => {
+                version_parts(object.value).map(|parts| Self::Version(Box::new(parts)))
             }
+            Kind::Secret | Kind::ConfigMap => Ok(Self::Config),
+            _ => Function::from_json(object.value).map(Self::Function),
         }
-        for obj in envs.items {
-            if let Ok(env) = Environment::from_json(obj.value) {
-                snapshot
-                    .environments
-                    .insert(FunctionId::new(obj.namespace, obj.name), Arc::new(env));
-            }
-        }
-        for obj in fns.items {
-            if let Ok(f) = Function::from_json(obj.value) {
-                snapshot
-                    .functions
-                    .insert(FunctionId::new(obj.namespace, obj.name), Arc::new(f));
-            }
-        }
-        for obj in versions.items {
-            if let Some((f, p)) = version_as_function(obj.value) {
-                let id = FunctionId::new(obj.namespace, obj.name);
-                snapshot.functions.insert(id.clone(), Arc::new(f));
-                snapshot.version_packages.insert(id, Arc::new(p));
-            }
-        }
-        *self.inner.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;
-        self.changed.notify_waiters();
-        Ok(version)
     }
+}
 
-    fn apply(
-        &self,
-        event: EventType,
-        kind: Kind,
-        namespace: &str,
-        name: &str,
-        resource_version: u64,
-        value: serde_json::Value,
-    ) {
+impl Snapshot {
+    fn insert(&mut self, item: Item<Watched>) {
+        let ObjectKey {
+            kind,
+            namespace,
+            name,
+        } = item.key;
         let id = FunctionId::new(namespace, name);
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        inner.watermark = inner.watermark.max(resource_version);
-        if let Some(config) = config_kind(kind) {
-            if event == EventType::Deleted {
-                inner.configs.remove(&(config, id));
-            } else {
-                inner.configs.insert((config, id), resource_version);
+        match Arc::unwrap_or_clone(item.value) {
+            Watched::Environment(env) => {
+                self.environments.insert(id, Arc::new(env));
             }
-            return;
+            Watched::Function(f) => {
+                self.functions.insert(id, Arc::new(f));
+            }
+            Watched::Version(parts) => {
+                let (f, p) = *parts;
+                self.functions.insert(id.clone(), Arc::new(f));
+                self.version_packages.insert(id, Arc::new(p));
+            }
+            Watched::Config => {
+                if let Some(config) = config_kind(kind) {
+                    self.configs.insert((config, id), item.resource_version);
+                }
+            }
         }
-        match (kind, event) {
-            (Kind::Environment, EventType::Deleted) => {
-                inner.environments.remove(&id);
+    }
+
+    fn remove(&mut self, key: ObjectKey) {
+        let id = FunctionId::new(key.namespace, key.name);
+        match key.kind {
+            Kind::Environment => {
+                self.environments.remove(&id);
             }
-            (Kind::Environment, _) => match Environment::from_json(value) {
-                Ok(env) => {
-                    inner.environments.insert(id, Arc::new(env));
-                }
-                Err(e) => {
-                    tracing::warn!(environment = %id, error = %e, "ignoring unreadable environment")
-                }
-            },
-            (Kind::Function, EventType::Deleted) => {
-                inner.functions.remove(&id);
+            Kind::Function => {
+                self.functions.remove(&id);
             }
-            (Kind::Function, _) => match Function::from_json(value) {
-                Ok(f) => {
-                    inner.functions.insert(id, Arc::new(f));
-                }
-                Err(e) => {
-                    tracing::warn!(function = %id, error = %e, "ignoring unreadable function")
-                }
-            },
-            (Kind::FunctionVersion, EventType::Deleted) => {
-                inner.functions.remove(&id);
-                inner.version_packages.remove(&id);
+            Kind::FunctionVersion => {
+                self.functions.remove(&id);
+                self.version_packages.remove(&id);
             }
-            (Kind::FunctionVersion, _) => match version_as_function(value) {
-                Some((f, p)) => {
-                    inner.functions.insert(id.clone(), Arc::new(f));
-                    inner.version_packages.insert(id, Arc::new(p));
+            kind => {
+                if let Some(config) = config_kind(kind) {
+                    self.configs.remove(&(config, id));
                 }
-                None => tracing::warn!(version = %id, "ignoring unreadable function version"),
-            },
-            _ => {}
+            }
         }
     }
 }
@@ -268,13 +219,17 @@ impl Cache {
 /// version's snapshot, and the package its code was in at that version. Versions keep no
 /// instances when idle (`minScale` 0): only traffic pinned to them starts some.
 pub(crate) fn version_as_function(value: serde_json::Value) -> Option<(Function, Package)> {
-    let version = match FunctionVersion::from_json(value) {
-        Ok(v) => v,
+    match version_parts(value) {
+        Ok(parts) => Some(parts),
         Err(e) => {
             tracing::warn!(error = %e, "unreadable function version");
-            return None;
+            None
         }
-    };
+    }
+}
+
+fn version_parts(value: serde_json::Value) -> Result<(Function, Package), ValidationError> {
+    let version = FunctionVersion::from_json(value)?;
     let mut spec = version.spec.snapshot.clone();
     spec.min_scale = 0;
     let mut function = Function::new(&version.metadata.name, spec);
@@ -293,5 +248,5 @@ pub(crate) fn version_as_function(value: serde_json::Value) -> Option<(Function,
         },
     );
     package.metadata.namespace = pref.namespace.clone();
-    Some((function, package))
+    Ok((function, package))
 }

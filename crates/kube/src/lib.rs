@@ -12,6 +12,9 @@
 //!   whose pods specialize themselves on start from a Secret; the pool manager sets replicas.
 //!   The pods' second container, `kappa fetcher`, is its own crate (`kappa-fetcher`, no
 //!   Kubernetes API use); what the pod backend sends it is `kappa_runtime::fetch`.
+//! - [`builds`]: the builder role's runner on Kubernetes ([`builds::PodBuildRunner`]): one
+//!   builder pod per build, which fetches the source and uploads the deployment archive through
+//!   the API with a build token, and the `kappa build-step` steps those pods run.
 //! - [`lease`]: leader election on a `coordination.k8s.io/v1` Lease.
 //! - [`readiness`]: the router's watch on the function pods' readiness, which keeps endpoints
 //!   of pods that are not ready out of its index (through `kappa_core::Readiness`).
@@ -28,6 +31,7 @@
 //! crate creates always carries the labels adoption needs.
 
 mod backend;
+pub mod builds;
 pub mod convert;
 pub mod crd;
 pub mod deployments;

@@ -5,7 +5,7 @@
 //! - `runtime`: the Environment's image (any Fission v2 environment image works), port 8888,
 //!   `/userfunc`, `/secrets`, `/configs` mounted read-only, a writable `/tmp`;
 //! - `fetcher`: the platform's own image running `kappa fetcher` on port 8000, which places the
-//!   code and calls the runtime's `/v2/specialize` (see [`crate::fetcher`]). Its readiness
+//!   code and calls the runtime's `/v2/specialize` (the `kappa-fetcher` crate). Its readiness
 //!   (`/readyz`) is "the runtime answers", so the pod is Ready when both are up.
 //!
 //! Both run as non-root with a read-only root filesystem, no privilege escalation, every
@@ -195,7 +195,7 @@ pub fn newdeploy_labels(spec: &DeploymentSpec) -> BTreeMap<String, String> {
 }
 
 /// A Kubernetes quantity map from Kappa's resource list (pids have no container equivalent).
-fn quantities(cpu: Option<String>, memory: Option<String>) -> Value {
+pub(crate) fn quantities(cpu: Option<String>, memory: Option<String>) -> Value {
     let mut map = serde_json::Map::new();
     if let Some(cpu) = cpu {
         map.insert("cpu".into(), Value::String(cpu));
@@ -206,14 +206,14 @@ fn quantities(cpu: Option<String>, memory: Option<String>) -> Value {
     Value::Object(map)
 }
 
-fn limits_of(limits: &Limits) -> Value {
+pub(crate) fn limits_of(limits: &Limits) -> Value {
     quantities(
         limits.cpu_millis.map(|m| format!("{m}m")),
         limits.memory_bytes.map(|b| b.to_string()),
     )
 }
 
-fn container_security(run_as_user: i64) -> Value {
+pub(crate) fn container_security(run_as_user: i64) -> Value {
     json!({
         "allowPrivilegeEscalation": false,
         "readOnlyRootFilesystem": true,

@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::cgroup::{CgroupVersion, Cgroups, InstanceCgroup};
-use crate::config::{EgressMode, LocalConfig};
+use crate::config::{EgressMode, LocalConfig, ZygoteMode};
 use crate::http;
 use crate::procs::{self, INSTANCE_ID_VAR};
 use crate::runtime::{ResolvedRuntime, RuntimeRegistry};
@@ -37,6 +37,7 @@ use crate::sandbox::{
     self, InstanceDirs, SANDBOX_CONFIGS, SANDBOX_PORT, SANDBOX_SECRETS, SANDBOX_USERFUNC, Sandbox,
 };
 use crate::state::{self, InstanceRecord};
+use crate::zygote::Zygotes;
 
 /// Capacity of the exit event channel; a subscriber that lags further loses the oldest events
 /// (and is told so by `broadcast`).
@@ -119,6 +120,8 @@ struct Inner {
     logs: Arc<LogStore>,
     /// The built-in sandbox; `None` only when it was switched off explicitly.
     sandbox: Option<Sandbox>,
+    /// The environments' template processes (sandboxed only).
+    zygotes: Option<Zygotes>,
     /// Numbers the sandboxes' connector sockets.
     next_socket: AtomicU64,
     /// `setpriv`, which gives unsandboxed instances their parent-death signal.
@@ -176,6 +179,7 @@ impl LocalBackend {
             egress,
             cgroups: cgroup_mode,
             start_timeout,
+            zygote,
         } = config;
         let instances_dir = data_dir.join("instances");
         std::fs::create_dir_all(&instances_dir).map_err(|e| {
@@ -218,10 +222,14 @@ impl LocalBackend {
         let spawner = Spawner::new(tokio::runtime::Handle::current())
             .map_err(|e| BackendError::Io(format!("cannot start the spawner thread: {e}")))?;
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let zygotes = sandbox
+            .as_ref()
+            .map(|s| Zygotes::new(zygote, s.sockets_dir().to_path_buf()));
         tracing::info!(
             data_dir = %data_dir.display(),
             sandbox = if sandbox.is_some() { "namespaces" } else { "unsandboxed" },
             egress = sandbox.as_ref().is_some_and(Sandbox::egress_available),
+            zygote = %zygotes.as_ref().map_or(ZygoteMode::Off, Zygotes::mode),
             cgroups = cgroups.version().map_or("none".to_owned(), |v| v.to_string()),
             runtimes = ?runtimes.names(),
             "local backend started"
@@ -235,6 +243,7 @@ impl LocalBackend {
                 archives,
                 logs,
                 sandbox,
+                zygotes,
                 next_socket: AtomicU64::new(0),
                 setpriv,
                 cgroups,
@@ -344,6 +353,9 @@ impl Backend for LocalBackend {
             });
         }
         while deletes.join_next().await.is_some() {}
+        if let Some(zygotes) = &self.inner.zygotes {
+            zygotes.stop_all().await;
+        }
         self.inner.cgroups.remove_bases();
         self.inner.save_state();
         tracing::info!("local backend shut down");
@@ -534,7 +546,7 @@ impl Inner {
                     Path::new(SANDBOX_CONFIGS),
                     true,
                 );
-                let sandbox_spec = sandbox.instance_spec(
+                let mut sandbox_spec = sandbox.instance_spec(
                     runtime,
                     dirs,
                     env,
@@ -542,6 +554,9 @@ impl Inner {
                     socket.clone(),
                     user,
                 );
+                if let Some(zygotes) = &self.zygotes {
+                    sandbox_spec.zygote = zygotes.socket_for(spec, runtime).await;
+                }
                 sandbox.command(&sandbox_spec).map(|command| {
                     let addr = InstanceAddr::Sandbox {
                         connector: socket.clone(),

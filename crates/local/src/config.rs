@@ -28,6 +28,8 @@ pub struct LocalConfig {
     pub cgroups: CgroupMode,
     /// How long an instance may take to answer `/healthz` after it was started.
     pub start_timeout: Duration,
+    /// Whether sandboxed instances are forked from a template process per environment.
+    pub zygote: ZygoteMode,
 }
 
 impl LocalConfig {
@@ -41,6 +43,7 @@ impl LocalConfig {
             egress: EgressMode::Auto,
             cgroups: CgroupMode::Auto,
             start_timeout: DEFAULT_START_TIMEOUT,
+            zygote: ZygoteMode::On,
         }
     }
 }
@@ -82,6 +85,44 @@ pub enum CgroupMode {
     V1,
     /// No limits are enforced.
     None,
+}
+
+/// Whether sandboxed instances are forked from a template process (a zygote) per environment
+/// instead of starting their runtime by exec (`docs/design/009-zygote.md`). Either way every
+/// instance gets the same sandbox.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ZygoteMode {
+    /// A template per environment whose runtime has one (Python); instances of other
+    /// environments start by exec, said once each.
+    #[default]
+    On,
+    /// Every instance starts its runtime by exec.
+    Off,
+}
+
+impl FromStr for ZygoteMode {
+    type Err = ParseModeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            _ => Err(ParseModeError {
+                what: "zygote",
+                value: s.to_owned(),
+                expected: "on, off",
+            }),
+        }
+    }
+}
+
+impl fmt::Display for ZygoteMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::On => "on",
+            Self::Off => "off",
+        })
+    }
 }
 
 /// A mode name that is not one of the accepted values.
@@ -188,6 +229,9 @@ mod tests {
             CgroupMode::None,
         ] {
             assert_eq!(mode.to_string().parse::<CgroupMode>(), Ok(mode));
+        }
+        for mode in [ZygoteMode::On, ZygoteMode::Off] {
+            assert_eq!(mode.to_string().parse::<ZygoteMode>(), Ok(mode));
         }
         for mode in [EgressMode::Auto, EgressMode::Off] {
             assert_eq!(mode.to_string().parse::<EgressMode>(), Ok(mode));

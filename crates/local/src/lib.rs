@@ -25,6 +25,7 @@ mod procs;
 mod runtime;
 mod sandbox;
 mod state;
+mod zygote;
 
 pub use backend::{InstanceInfo, LocalBackend};
 pub use build::{
@@ -34,5 +35,6 @@ pub use build::{
 pub use cgroup::CgroupVersion;
 pub use config::{
     CgroupMode, DEFAULT_START_TIMEOUT, EgressMode, LocalConfig, ParseModeError, SandboxMode,
+    ZygoteMode,
 };
 pub use runtime::{BuiltInRuntime, ResolvedRuntime, RuntimeRegistry};

@@ -145,6 +145,11 @@ impl Sandbox {
         self.slirp.is_some()
     }
 
+    /// The directory of the connectors' sockets (and the templates' control sockets).
+    pub(crate) fn sockets_dir(&self) -> &Path {
+        &self.sockets
+    }
+
     /// The connector socket path of the sandbox numbered `n`.
     pub(crate) fn socket_path(&self, n: u64) -> PathBuf {
         self.sockets.join(format!("c{n}"))
@@ -200,6 +205,7 @@ impl Sandbox {
             env,
             cwd: PathBuf::from(SANDBOX_WORK),
             wait_for_route_ms: None,
+            zygote: None,
         }
     }
 
@@ -236,6 +242,7 @@ impl Sandbox {
             env,
             cwd: PathBuf::from(build_dir),
             wait_for_route_ms: egress.then_some(EGRESS_SETUP.as_millis() as u64),
+            zygote: None,
         }
     }
 
@@ -325,6 +332,7 @@ impl Sandbox {
             env: vec![("PATH".to_owned(), "/usr/bin:/bin".to_owned())],
             cwd: PathBuf::from("/"),
             wait_for_route_ms: None,
+            zygote: None,
         };
         let command = self
             .command(&spec)

@@ -21,6 +21,7 @@ use nix::unistd::{Pid, chdir, pivot_root, sethostname};
 use crate::connector;
 use crate::netlink;
 use crate::spec::SandboxSpec;
+use crate::zygote;
 
 /// The environment variable that makes the platform's executable act as a sandbox helper
 /// stage (`monitor` or `init`) instead of its normal self.
@@ -188,6 +189,20 @@ fn monitor(spec: &SandboxSpec) -> Result<i32, SetupError> {
 fn init(spec: &SandboxSpec) -> Result<i32, SetupError> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .context(|| "setting the parent-death signal".into())?;
+    // The template's socket lives outside the sandbox: connect before the root is pivoted.
+    let template = spec
+        .zygote
+        .as_deref()
+        .and_then(|path| match zygote::connect(path) {
+            Ok(conn) => Some(conn),
+            Err(e) => {
+                eprintln!(
+                    "kappa sandbox: template {} unavailable ({e}); starting the runtime by exec",
+                    path.display()
+                );
+                None
+            }
+        });
     build_root(spec)?;
     sethostname(&spec.hostname).context(|| "setting the host name".into())?;
     if let Some(ms) = spec.wait_for_route_ms {
@@ -213,6 +228,17 @@ fn init(spec: &SandboxSpec) -> Result<i32, SetupError> {
         // std drops the supplementary groups too when it changes the user as root.
         payload.uid(uid).gid(gid);
         give_pipes(uid, gid)?;
+    }
+    if let Some(conn) = template {
+        match zygote::fork_payload(conn, spec) {
+            Ok(forked) => {
+                return zygote::supervise(forked)
+                    .context(|| "supervising the payload forked from the template".into());
+            }
+            Err(e) => eprintln!(
+                "kappa sandbox: the template could not fork the runtime ({e}); starting it by exec"
+            ),
+        }
     }
     let payload = payload
         .spawn()

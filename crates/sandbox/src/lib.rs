@@ -29,6 +29,7 @@ pub mod connector;
 pub mod helper;
 mod netlink;
 mod spec;
+mod zygote;
 
 pub use helper::{STAGE_VAR, run_if_requested};
 pub use spec::{Mount, SandboxSpec};

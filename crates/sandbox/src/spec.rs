@@ -35,6 +35,12 @@ pub struct SandboxSpec {
     /// Wait up to this many milliseconds for a default route (egress being set up from outside)
     /// before starting the payload.
     pub wait_for_route_ms: Option<u64>,
+    /// The control socket of a template process (a zygote) the payload is forked from instead
+    /// of being started by exec (see `docs/design/009-zygote.md`). The init asks the template
+    /// after it assembled the sandbox; when the template cannot be reached or fails, the init
+    /// says so on stderr and starts the payload by exec, in the same sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zygote: Option<PathBuf>,
 }
 
 /// A host path bound into the sandbox.

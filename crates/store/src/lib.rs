@@ -18,6 +18,9 @@
 //! `watch.rs`; both stores use them, so they behave identically. Every write is atomic: a write
 //! that fails (precondition, invalid object, backend error) changes nothing, bumps no version and
 //! emits no event.
+//!
+//! Consumers follow the store through [`WatchCache`] (`watch_cache.rs`): list, watch, list again
+//! on `Gone`, typed items, back-off on errors.
 
 use std::pin::Pin;
 
@@ -30,9 +33,11 @@ mod memory;
 mod object;
 mod redb_store;
 mod watch;
+mod watch_cache;
 
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
+pub use watch_cache::{BACKOFF_MAX, BACKOFF_MIN, CacheEvent, Decode, Item, ObjectKey, WatchCache};
 
 /// How many watch events a store keeps by default (see [`StoreOptions::event_history`]).
 pub const DEFAULT_EVENT_HISTORY: u64 = 10_000;

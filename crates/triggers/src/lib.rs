@@ -29,7 +29,6 @@ pub mod metrics;
 pub mod nats;
 pub mod redis;
 pub mod status;
-pub mod testkit;
 mod timer;
 
 pub use broker::{

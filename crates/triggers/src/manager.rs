@@ -1,8 +1,8 @@
 //! The trigger manager: keeps one worker per MessageQueueTrigger and TimeTrigger in the store,
 //! started, restarted and stopped as the triggers (and their functions' timeouts) change.
 //!
-//! It lists then watches the store (relisting when the watch falls behind), like the pool
-//! manager's cache. A worker is restarted only when what it runs with changes (the spec, the
+//! It follows the store through the typed watch cache (`kappa_store::WatchCache`: list, watch,
+//! list again when the watch falls behind), like the pool manager's cache and the router. A worker is restarted only when what it runs with changes (the spec, the
 //! function timeout, the broker URL); status writes do not restart anything. Workers own their
 //! trigger's status. A message-queue worker connects with backoff: an unreachable broker shows
 //! as `state: error` with the reason, and never blocks the API, which accepted the trigger.
@@ -12,12 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use futures::StreamExt;
 use kappa_core::FunctionId;
-use kappa_store::{EventType, Store, StoreError};
+use kappa_store::{CacheEvent, Decode, Item, ObjectKey, Store, StoredObject, WatchCache};
 use kappa_types::{
     Function, Kind, MessageQueueTrigger, MessageQueueTriggerSpec, Secret, TimeTrigger,
-    TimeTriggerSpec,
+    TimeTriggerSpec, ValidationError,
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -157,49 +156,26 @@ impl TriggerManager {
     pub async fn run(self, shutdown: CancellationToken) {
         let this = Arc::new(self);
         let mut workers: HashMap<Key, Worker> = HashMap::new();
-        let kinds = [
-            Kind::MessageQueueTrigger,
-            Kind::TimeTrigger,
-            Kind::Function,
-            Kind::Secret,
-        ];
-        let mut backoff = Duration::from_millis(100);
-        'outer: loop {
-            if shutdown.is_cancelled() {
-                break;
-            }
-            let (mut seen, version) = match this.relist().await {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::warn!(error = %e, "listing triggers failed; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
+        // `Seen` holds the objects: the watch cache keeps only their versions.
+        let mut cache = WatchCache::<Watched>::new(Arc::clone(&this.store)).events_only();
+        let mut seen = Seen::default();
+        loop {
+            let event = tokio::select! {
+                () = shutdown.cancelled() => break,
+                event = cache.next() => event,
             };
-            backoff = Duration::from_millis(100);
-            this.reconcile(&seen, &mut workers);
-            let mut events = this.store.watch(&kinds, Some(version));
-            loop {
-                let next = tokio::select! {
-                    () = shutdown.cancelled() => break 'outer,
-                    next = events.next() => next,
-                };
-                match next {
-                    Some(Ok(event)) => {
-                        seen.apply(event.event_type, event.object);
-                        this.reconcile(&seen, &mut workers);
-                    }
-                    Some(Err(StoreError::Gone { .. })) | None => break,
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "watching triggers failed; relisting");
-                        break;
+            match event {
+                CacheEvent::Listed(items) => {
+                    seen = Seen::default();
+                    for item in items {
+                        seen.insert(item);
                     }
                 }
+                CacheEvent::Applied(item) => seen.insert(item),
+                CacheEvent::Removed(key) => seen.remove(key),
+                CacheEvent::Replayed(_) => continue,
             }
+            this.reconcile(&seen, &mut workers);
         }
         for worker in workers.values() {
             worker.stop.cancel();
@@ -207,24 +183,6 @@ impl TriggerManager {
         for (_, worker) in workers {
             let _ = worker.handle.await;
         }
-    }
-
-    async fn relist(&self) -> Result<(Seen, u64), StoreError> {
-        let mut seen = Seen::default();
-        let mut version = u64::MAX;
-        for kind in [
-            Kind::MessageQueueTrigger,
-            Kind::TimeTrigger,
-            Kind::Function,
-            Kind::Secret,
-        ] {
-            let list = self.store.list(kind, None).await?;
-            version = version.min(list.resource_version);
-            for obj in list.items {
-                seen.apply(EventType::Added, obj);
-            }
-        }
-        Ok((seen, version))
     }
 
     /// What the trigger's worker runs with.
@@ -527,73 +485,92 @@ fn redact(url: &str) -> String {
     }
 }
 
-impl Seen {
-    fn apply(&mut self, event: EventType, obj: kappa_store::StoredObject) {
-        let key = (obj.namespace.clone(), obj.name.clone());
-        let deleted = event == EventType::Deleted;
-        match obj.kind {
+/// What the trigger manager reads from the store.
+#[derive(Debug, Clone)]
+enum Watched {
+    Queue(Box<MessageQueueTrigger>),
+    Timer(Box<TimeTrigger>),
+    /// A function's timeout.
+    Function(Duration),
+    /// A Secret's `url` (a broker URL with credentials), if it has one; nothing else of it is
+    /// read.
+    SecretUrl(Option<String>),
+}
+
+impl Decode for Watched {
+    fn kinds() -> Vec<Kind> {
+        vec![
+            Kind::MessageQueueTrigger,
+            Kind::TimeTrigger,
+            Kind::Function,
+            Kind::Secret,
+        ]
+    }
+
+    fn decode(object: StoredObject) -> Result<Self, ValidationError> {
+        Ok(match object.kind {
             Kind::MessageQueueTrigger => {
-                if deleted {
-                    self.queues.remove(&key);
-                } else {
-                    match MessageQueueTrigger::from_json(obj.value) {
-                        Ok(t) => {
-                            self.queues.insert(key, t);
-                        }
-                        Err(e) => {
-                            tracing::warn!(namespace = %key.0, trigger = %key.1, error = %e, "ignoring an unreadable message queue trigger")
-                        }
-                    }
-                }
+                Self::Queue(Box::new(MessageQueueTrigger::from_json(object.value)?))
+            }
+            Kind::TimeTrigger => Self::Timer(Box::new(TimeTrigger::from_json(object.value)?)),
+            Kind::Secret => {
+                let s = Secret::from_json(object.value)?;
+                Self::SecretUrl(s.spec.string_data.get("url").cloned().or_else(|| {
+                    s.spec.data.get("url").and_then(|b64| {
+                        base64::engine::general_purpose::STANDARD
+                            .decode(b64.trim())
+                            .ok()
+                            .and_then(|b| String::from_utf8(b).ok())
+                    })
+                }))
+            }
+            _ => {
+                let f = Function::from_json(object.value)?;
+                Self::Function(Duration::from_secs(f.spec.function_timeout.max(1)))
+            }
+        })
+    }
+}
+
+impl Seen {
+    fn insert(&mut self, item: Item<Watched>) {
+        let key = (item.key.namespace, item.key.name);
+        match Arc::unwrap_or_clone(item.value) {
+            Watched::Queue(t) => {
+                self.queues.insert(key, *t);
+            }
+            Watched::Timer(t) => {
+                self.timers.insert(key, *t);
+            }
+            Watched::Function(timeout) => {
+                self.timeouts.insert(FunctionId::new(key.0, key.1), timeout);
+            }
+            Watched::SecretUrl(Some(url)) => {
+                self.secret_urls.insert(key, url.trim().to_string());
+            }
+            Watched::SecretUrl(None) => {
+                self.secret_urls.remove(&key);
+            }
+        }
+    }
+
+    /// A deleted object, or one that no longer parses (the watch cache logged it).
+    fn remove(&mut self, key: ObjectKey) {
+        let kind = key.kind;
+        let key = (key.namespace, key.name);
+        match kind {
+            Kind::MessageQueueTrigger => {
+                self.queues.remove(&key);
             }
             Kind::TimeTrigger => {
-                if deleted {
-                    self.timers.remove(&key);
-                } else {
-                    match TimeTrigger::from_json(obj.value) {
-                        Ok(t) => {
-                            self.timers.insert(key, t);
-                        }
-                        Err(e) => {
-                            tracing::warn!(namespace = %key.0, trigger = %key.1, error = %e, "ignoring an unreadable time trigger")
-                        }
-                    }
-                }
+                self.timers.remove(&key);
             }
             Kind::Function => {
-                let id = FunctionId::new(key.0, key.1);
-                if deleted {
-                    self.timeouts.remove(&id);
-                } else if let Ok(f) = Function::from_json(obj.value) {
-                    self.timeouts
-                        .insert(id, Duration::from_secs(f.spec.function_timeout.max(1)));
-                }
+                self.timeouts.remove(&FunctionId::new(key.0, key.1));
             }
-            Kind::Secret => {
-                if deleted {
-                    self.secret_urls.remove(&key);
-                    return;
-                }
-                let url = Secret::from_json(obj.value).ok().and_then(|s| {
-                    s.spec.string_data.get("url").cloned().or_else(|| {
-                        s.spec.data.get("url").and_then(|b64| {
-                            base64::engine::general_purpose::STANDARD
-                                .decode(b64.trim())
-                                .ok()
-                                .and_then(|b| String::from_utf8(b).ok())
-                        })
-                    })
-                });
-                match url {
-                    Some(url) => {
-                        self.secret_urls.insert(key, url.trim().to_string());
-                    }
-                    None => {
-                        self.secret_urls.remove(&key);
-                    }
-                }
+            _ => {
+                self.secret_urls.remove(&key);
             }
-            _ => {}
         }
     }
 }

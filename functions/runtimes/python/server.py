@@ -2770,4 +2770,10 @@ exec(_load_impl(_IMPL, sys._getframe().f_lineno - _IMPL.count("\n") - 1), global
 del _IMPL
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--zygote"] and len(sys.argv) == 3:
+        # The template process instances are forked from (zygote.py; the local backend's
+        # docs/design/009-zygote.md): this module stays loaded, each payload runs main().
+        import zygote
+        zygote.run(sys.argv[2], main)
+    else:
+        main()

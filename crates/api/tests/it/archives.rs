@@ -333,3 +333,101 @@ async fn unsafe_archives_are_refused_when_uploaded_or_named() {
     let (status, _) = api.get("/v1/packages/evil").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn a_build_token_reads_its_source_and_uploads_nothing_more() {
+    let api = Api::with_token();
+    let source = b"source archive".to_vec();
+    let other = b"another archive".to_vec();
+    let source_sha = kappa_archive::sha256_hex(&source);
+    let other_sha = kappa_archive::sha256_hex(&other);
+    for bytes in [source.clone(), other.clone()] {
+        let (status, body) = json_of(api.send(upload(bytes)).await).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let bearer = format!(
+        "Bearer {}",
+        kappa_core::build_token(TOKEN, "build-1", &source_sha)
+    );
+    let with_build_token = |method: &str, uri: String, body: Vec<u8>| {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::AUTHORIZATION, bearer.clone())
+            .body(Body::from(body))
+            .unwrap()
+    };
+
+    // Its source archive: readable.
+    let response = api
+        .send(with_build_token(
+            "GET",
+            format!("/v1/archives/{source_sha}"),
+            vec![],
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.as_ref(), source.as_slice());
+    let response = api
+        .send(with_build_token(
+            "HEAD",
+            format!("/v1/archives/{source_sha}"),
+            vec![],
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // An upload (the deployment archive): accepted.
+    let built = b"deployment archive".to_vec();
+    let (status, created) = json_of(
+        api.send(with_build_token(
+            "POST",
+            "/v1/archives".into(),
+            built.clone(),
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["sha256"], kappa_archive::sha256_hex(&built));
+
+    // Anything else: refused, and nothing changes.
+    for (method, uri) in [
+        ("GET", format!("/v1/archives/{other_sha}")),
+        ("DELETE", format!("/v1/archives/{source_sha}")),
+        ("GET", "/v1/archives".to_owned()),
+        ("GET", "/v1/packages".to_owned()),
+        ("GET", "/v1/environments".to_owned()),
+    ] {
+        let (status, body) = json_of(
+            api.send(with_build_token(method, uri.clone(), vec![]))
+                .await,
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri}: {body}");
+        assert_error(
+            status,
+            &body,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            None,
+        );
+    }
+    assert!(api.archives.info(&source_sha).await.unwrap().is_some());
+
+    // A build token of another platform token opens nothing.
+    let forged = format!(
+        "Bearer {}",
+        kappa_core::build_token("not-the-token", "build-1", &source_sha)
+    );
+    let response = api
+        .send(
+            Request::get(format!("/v1/archives/{source_sha}"))
+                .header(header::AUTHORIZATION, forged)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}

@@ -1,6 +1,7 @@
 //! Test invocations through a fake [`Invoker`].
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::body::Body;
@@ -8,6 +9,7 @@ use http::{Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use kappa_api::Invoker;
 use kappa_core::FunctionId;
+use kappa_test_support::eventually_async;
 
 use crate::support::*;
 
@@ -159,13 +161,17 @@ async fn a_streamed_response_ends_when_the_client_goes_away() {
     assert_eq!(response.chunk().await.unwrap().unwrap(), "tick\n");
     assert!(!dropped.load(std::sync::atomic::Ordering::SeqCst));
     drop(response);
-    eventually("the server to drop the body", || {
-        let dropped = dropped.clone();
-        async move {
-            dropped
-                .load(std::sync::atomic::Ordering::SeqCst)
-                .then_some(())
-        }
-    })
+    eventually_async(
+        Duration::from_secs(10),
+        "the server to drop the body",
+        || {
+            let dropped = dropped.clone();
+            async move {
+                dropped
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    .then_some(())
+            }
+        },
+    )
     .await;
 }

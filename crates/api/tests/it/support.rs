@@ -272,25 +272,6 @@ pub fn trigger(name: &str, url: &str, function: &str) -> Value {
     })
 }
 
-/// Polls `check` until it returns `Some`, for at most 10 s.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Reads NDJSON lines from a streaming HTTP response.
 pub struct Lines {
     response: reqwest::Response,

@@ -4,6 +4,7 @@
 use std::io::Write as _;
 use std::time::Duration;
 
+use kappa_test_support::eventually;
 use kappa_types::{Archive, BuildStatus};
 
 use crate::support::Env;
@@ -60,13 +61,12 @@ async fn a_build_command_produces_the_deployment_archive() {
     }
     // The build directory is gone.
     let work = env.dir.path().join("builds/work");
-    for _ in 0..100 {
-        if std::fs::read_dir(&work).unwrap().next().is_none() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(std::fs::read_dir(&work).unwrap().next().is_none());
+    eventually(
+        Duration::from_secs(10),
+        "the build directory to be removed",
+        || std::fs::read_dir(&work).unwrap().next().is_none(),
+    )
+    .await;
     env.stop().await;
 }
 

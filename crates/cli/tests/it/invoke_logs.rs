@@ -5,8 +5,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use kappa_logs::LogStream;
+use kappa_test_support::eventually_blocking;
 
-use crate::support::{Platform, eventually};
+use crate::support::Platform;
 
 fn with_function(p: &Platform) {
     p.python_env();
@@ -202,7 +203,7 @@ fn fn_logs_follow_prints_new_lines() {
     let b = p.logs.instance("python", "inst-b");
     b.assign("default", "hello");
     b.write(LogStream::Stdout, "second");
-    let second = eventually(Duration::from_secs(30), "the followed line", || {
+    let second = eventually_blocking(Duration::from_secs(30), "the followed line", || {
         rx.try_recv().ok()
     });
     assert_log_line(&second, "inst-b", "stdout", "second");

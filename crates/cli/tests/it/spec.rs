@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use kappa_test_support::eventually_blocking;
 use serde_json::Value;
 
 use crate::support::{Platform, run};
@@ -389,8 +390,6 @@ fn watch_applies_again_after_a_file_changes() {
     use std::process::Stdio;
     use std::time::Duration;
 
-    use crate::support::eventually;
-
     let p = Platform::start();
     let dir = example(&p, "spec-kappa");
     let mut child = p
@@ -400,14 +399,14 @@ fn watch_applies_again_after_a_file_changes() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let first = eventually(Duration::from_secs(60), "the first apply", || {
+    let first = eventually_blocking(Duration::from_secs(60), "the first apply", || {
         let r = p.kappa(&["pkg", "get", "hello-pkg", "-o", "json"]);
         (r.code == 0).then(|| rv(&r.json()))
     });
     let file = dir.join("src/greet.py");
     let text = std::fs::read_to_string(&file).unwrap();
     std::fs::write(&file, format!("{text}\n# edited\n")).unwrap();
-    eventually(
+    eventually_blocking(
         Duration::from_secs(60),
         "the package to be applied again",
         || {

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use kappa_core::{FunctionId, InstanceState, Provision, Provisioner};
 use kappa_store::{MemoryStore, Precondition};
+use kappa_test_support::eventually;
 use kappa_types::{Environment, EnvironmentSpec, Kind, PoolMode, PoolPolicy, Runtime};
 
-use crate::fake::{Harness, eventually};
+use crate::fake::Harness;
 
 const MIB: u64 = 1 << 20;
 

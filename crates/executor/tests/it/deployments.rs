@@ -18,10 +18,11 @@ use kappa_core::{
     Instance, Provision, ProvisionError, Provisioner, ReadyInstance,
 };
 use kappa_store::Precondition;
+use kappa_test_support::eventually;
 use kappa_types::{ExecutorType, Function, Kind};
 use tokio::sync::broadcast;
 
-use crate::fake::{Harness, eventually};
+use crate::fake::Harness;
 
 #[derive(Clone)]
 struct Pod {
@@ -545,7 +546,8 @@ async fn a_restarted_pool_manager_adopts_the_deployment_without_a_rollout() {
         second.index.endpoints(&f).len() == 2
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A whole reconcile pass of the second pool manager saw the adopted deployment.
+    second.whole_pass().await;
     assert_eq!(d.pods(&f), pods, "no pod was replaced");
     let spec = d.spec(&f).unwrap();
     assert_eq!(spec.revision, revision, "the same revision");

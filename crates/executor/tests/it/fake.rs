@@ -14,6 +14,7 @@ use kappa_core::{
 };
 use kappa_executor::{ExecutorConfig, PoolManager};
 use kappa_store::{MemoryStore, Precondition, Store};
+use kappa_test_support::eventually;
 use kappa_types::{
     Archive, Environment, EnvironmentSpec, Function, FunctionSpec, NamedRef, Package, PackageSpec,
     Runtime,
@@ -335,17 +336,5 @@ impl Harness {
 impl Drop for Harness {
     fn drop(&mut self) {
         self.shutdown.cancel();
-    }
-}
-
-/// Polls `check` (with time advancing) until it holds, for at most `limit` of (virtual) time.
-pub async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

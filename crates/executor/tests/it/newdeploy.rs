@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use kappa_core::{Provision, Provisioner};
+use kappa_test_support::eventually;
 use kappa_types::ExecutorType;
 
-use crate::fake::{Harness, eventually};
+use crate::fake::Harness;
 
 #[tokio::test]
 async fn newdeploy_instances_are_dedicated_and_capped_by_max_scale() {
@@ -105,7 +106,8 @@ async fn newdeploy_with_min_scale_zero_scales_to_zero_and_back() {
             s.idletimeout = 5;
         })
         .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A whole reconcile pass saw the function.
+    h.whole_pass().await;
     assert!(h.index.endpoints(&f).is_empty(), "nothing before a request");
     let generation = h.generation(&f).await;
     assert_eq!(

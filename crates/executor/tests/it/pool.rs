@@ -2,9 +2,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kappa_core::{ExitReason, Provision, ProvisionError, Provisioner};
+use kappa_test_support::eventually;
 use kappa_types::Kind;
 
-use crate::fake::{Harness, eventually};
+use crate::fake::Harness;
 
 #[tokio::test]
 async fn pool_is_filled_and_refilled_after_a_specialization() {
@@ -214,7 +215,8 @@ async fn busy_instances_are_not_reaped_and_updates_drain_old_code() {
         old.is_draining()
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A whole reconcile pass saw it draining with a request in flight.
+    h.whole_pass().await;
     assert!(
         h.backend
             .live

@@ -10,12 +10,13 @@ use kappa_core::{EndpointIndex, FunctionId};
 use kappa_executor::{ExecutorConfig, PoolManager};
 use kappa_kube::PodBackend;
 use kappa_store::{MemoryStore, Precondition, Store};
+use kappa_test_support::eventually;
 use kappa_types::{Environment, EnvironmentSpec, Function, FunctionSpec, Runtime};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::backend::{config, with_status};
-use super::mock::{FakeApi, Reply, eventually, status};
+use super::mock::{FakeApi, Reply, status};
 
 fn pod(name: &str, ip: &str, labels: Value) -> Value {
     with_status(
@@ -101,9 +102,11 @@ async fn a_restarted_pool_manager_adopts_warm_and_specialized_pods() {
     };
 
     let hello = FunctionId::new("default", "hello");
-    eventually("the specialized pod is back in the index", || {
-        !index.endpoints(&hello).is_empty()
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the specialized pod is back in the index",
+        || !index.endpoints(&hello).is_empty(),
+    )
     .await;
     let endpoints = index.endpoints(&hello);
     assert_eq!(endpoints.len(), 1);

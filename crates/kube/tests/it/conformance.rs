@@ -1,11 +1,12 @@
-//! `KubeStore` through the store conformance suite (`crates/store/tests/it/conformance.rs`,
-//! the one `MemoryStore` and `RedbStore` pass), over the stateful fake API server
+//! `KubeStore` through the store conformance suite (`kappa_test_support::store`, the one
+//! `MemoryStore` and `RedbStore` pass), over the stateful fake API server
 //! ([`super::fake_api`]), seen through [`Shifted`] (versions counted from the empty server).
 //!
 //! Every case of the suite runs. Fifteen pass as written ([`kube_store`]). Five assert
-//! something the Kubernetes API does not do; they run as written too, and must fail exactly at
-//! the documented assertion ([`diverging`]), and a `kubernetes_*` test next to each asserts
-//! what `KubeStore` does instead:
+//! something the Kubernetes API does not do: three of them run as written and must fail exactly
+//! at the documented assertion ([`diverging`]); two whose outcome would depend on the scheduler
+//! run in the suite's Kubernetes form instead, which holds for every interleaving
+//! ([`kubernetes_form`]); and a `kubernetes_*` test next to each asserts what `KubeStore` does:
 //!
 //! 1. `status_is_written_only_by_put_status`: a create that carries a status is two writes,
 //!    hence two versions: the API server drops `status` on create (status subresource), so
@@ -15,12 +16,15 @@
 //!    short-circuits identical bytes) where the suite expects a new one. Case 3 also re-creates
 //!    a deleted Function, whose name Kubernetes holds until its finalizer is removed.
 //! 4. `watch_filters_kinds`: a watch over several kinds is ordered per kind only (each kind is
-//!    its own Kubernetes watch). Whether the merged order comes out global is up to the
-//!    scheduler, so this case may pass.
+//!    its own Kubernetes watch), and the merged order is up to the scheduler: the suite's
+//!    `watch_filters_kinds_per_kind` asserts that.
 //! 5. `lagging_beyond_history_is_gone`: a watcher that falls behind the retained history gets
 //!    the events `KubeStore` had already buffered, then Gone (from the version it reached),
-//!    where the suite expects Gone at once (from the version it started at). Whether the
-//!    watch opened before or after the history moved on is a race, so this case may pass.
+//!    where the suite expects Gone at once (from the version it started at). How much was
+//!    buffered (nothing, if the watch opened after the history moved on) is up to the
+//!    scheduler: the suite's `lagging_beyond_history_is_gone_after_read_ahead` asserts that, on
+//!    one kind's watch (over several kinds the Gone may come from another kind's watch, from
+//!    the version that one had reached).
 //!
 //! Beyond the suite: a watch from version 0 is, on Kubernetes, the current objects as `Added`
 //! events and then changes (`resourceVersion=0` means "any version"), not the history
@@ -28,6 +32,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -36,15 +41,14 @@ use kappa_store::{
     EventType, List, Precondition, Store, StoreError, StoreOptions, StoredObject, WatchEvent,
     WatchStream,
 };
+use kappa_test_support::eventually;
 use kappa_types::Kind;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};
 
 use super::fake_api::{FakeApiServer, FakeConfig};
 
-#[path = "../../../store/tests/it/conformance.rs"]
-mod suite;
-pub use suite::*;
+use kappa_test_support::store::{self as suite, Subject, function};
 
 /// Where the fake's revisions start for the suite (see [`Shifted`]).
 const BASE: u64 = 1000;
@@ -215,8 +219,8 @@ fn make(options: StoreOptions) -> Subject {
 
 /// The cases `KubeStore` passes as written.
 mod kube_store {
-    use super::{conformance_tests, make};
-    conformance_tests!(@checks make;
+    use super::make;
+    kappa_test_support::store_conformance_tests!(@checks make;
         create_get_list_update_delete,
         create_stamps_metadata,
         generation_changes_only_with_spec,
@@ -236,20 +240,14 @@ mod kube_store {
 }
 
 /// The cases that assert what Kubernetes does not do, run as written: each must fail at the
-/// documented assertion (see the module doc), or may pass where that is up to a race.
+/// documented assertion (see the module doc).
 mod diverging {
     use super::*;
 
-    /// Runs `check` and requires that it fails with a message containing one of `at`
-    /// (`must_fail`), or either passes or fails so (`!must_fail`).
-    async fn fails_only_at(
-        check: impl Future<Output = ()> + Send + 'static,
-        at: &[&str],
-        must_fail: bool,
-    ) {
+    /// Runs `check` and requires that it fails with a message containing `at`.
+    async fn fails_only_at(check: impl Future<Output = ()> + Send + 'static, at: &str) {
         match tokio::spawn(check).await {
-            Ok(()) => assert!(
-                !must_fail,
+            Ok(()) => panic!(
                 "the case passed: KubeStore now conforms here, so move it to `kube_store` and drop its documented difference"
             ),
             Err(e) => {
@@ -260,7 +258,7 @@ mod diverging {
                     .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_string()))
                     .unwrap_or_default();
                 assert!(
-                    at.iter().any(|a| message.contains(a)),
+                    message.contains(at),
                     "the case failed somewhere the documented difference does not explain: {message}"
                 );
             }
@@ -272,8 +270,7 @@ mod diverging {
         // put_status after a create with status: version 3, not 2.
         fails_only_at(
             suite::status_is_written_only_by_put_status(make),
-            &["  left: 3\n right: 2"],
-            true,
+            "  left: 3\n right: 2",
         )
         .await;
     }
@@ -281,12 +278,7 @@ mod diverging {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn preconditions_on_put() {
         // The identical `MustExist` put keeps version 1.
-        fails_only_at(
-            suite::preconditions_on_put(make),
-            &["  left: 1\n right: 2"],
-            true,
-        )
-        .await;
+        fails_only_at(suite::preconditions_on_put(make), "  left: 1\n right: 2").await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,32 +286,25 @@ mod diverging {
         // The identical `MustExist` status write keeps version 2.
         fails_only_at(
             suite::preconditions_on_put_status_and_delete(make),
-            &["  left: 2\n right: 3"],
-            true,
+            "  left: 2\n right: 3",
         )
         .await;
     }
+}
+
+/// The cases whose outcome on Kubernetes depends on the scheduler, run in the suite's
+/// Kubernetes form, which holds for every interleaving (see the module doc).
+mod kubernetes_form {
+    use super::*;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn watch_filters_kinds() {
-        // Functions and Environments interleaved in another order.
-        fails_only_at(
-            suite::watch_filters_kinds(make),
-            &["right: [1, 2, 3, 4]"],
-            false,
-        )
-        .await;
+        suite::watch_filters_kinds_per_kind(make).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn lagging_beyond_history_is_gone() {
-        // Buffered events first; or Gone from the version reached, with another oldest.
-        fails_only_at(
-            suite::lagging_beyond_history_is_gone(make),
-            &["expected Gone, got Some(Ok(WatchEvent", "right: (0, 16)"],
-            false,
-        )
-        .await;
+        suite::lagging_beyond_history_is_gone_after_read_ahead(make).await;
     }
 }
 
@@ -599,7 +584,10 @@ async fn kubernetes_lagging_watcher_gets_its_buffer_then_gone() {
         watch_buffer: 2,
     });
     let mut live = store.watch(&[Kind::Function], None);
-    super::mock::eventually("the watch is open", || server.open_watches() == 1).await;
+    eventually(Duration::from_secs(10), "the watch is open", || {
+        server.open_watches() == 1
+    })
+    .await;
     for i in 0..20 {
         store
             .put(

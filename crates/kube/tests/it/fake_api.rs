@@ -19,7 +19,8 @@
 //!   changes nothing else), and `metadata.generation` starts at 1 and moves only when the
 //!   content outside `metadata` and `status` changes. Any other path answers 404 as the real
 //!   server does for an unknown resource.
-//! - **Verbs**: GET one (also `/status`); LIST with `labelSelector` (`k=v`, `k==v`, `k!=v`,
+//! - **Verbs**: GET one (also `/status`; a pod's `/log` answers what [`FakeApiServer::set_log`]
+//!   set); LIST with `labelSelector` (`k=v`, `k==v`, `k!=v`,
 //!   `k in (..)`, `k notin (..)`, `k`, `!k`), `fieldSelector` (`metadata.name`,
 //!   `metadata.namespace`), `limit`/`continue` paging, the list's `metadata.resourceVersion`, and
 //!   the metadata-only form (`Accept: ...;as=PartialObjectMetadataList`); POST (409
@@ -164,6 +165,8 @@ struct State {
     compacted: u64,
     requests: Vec<Recorded>,
     open_watches: usize,
+    /// Container logs served at `pods/<name>/log?container=<c>`: (namespace, pod, container).
+    logs: BTreeMap<(String, String, String), String>,
 }
 
 /// Where an object lives: resource (`group/version/plural`), namespace, name.
@@ -345,6 +348,14 @@ impl FakeApiServer {
             },
             "default",
         )
+    }
+
+    /// Sets what `GET pods/<pod>/log?container=<container>` answers (the kubelet's part).
+    pub fn set_log(&self, ns: &str, pod: &str, container: &str, text: &str) {
+        self.shared.lock().logs.insert(
+            (ns.to_string(), pod.to_string(), container.to_string()),
+            text.to_string(),
+        );
     }
 
     /// The latest revision.
@@ -652,6 +663,39 @@ fn serve(shared: &Arc<Shared>, parts: &http::request::Parts, body: &[u8]) -> Res
         .with_details(json!({}))
         .response();
     };
+    if let (
+        &Method::GET,
+        Target::Object {
+            resource,
+            ns,
+            name,
+            subresource: Some(sub),
+        },
+    ) = (&parts.method, &target)
+        && sub == "log"
+        && resource.plural == "pods"
+    {
+        let state = shared.lock();
+        if !state
+            .objects
+            .contains_key(&(resource.id(), ns.clone(), name.clone()))
+        {
+            return ApiError::not_found(resource, name).response();
+        }
+        let container = query.get("container").unwrap_or_default().to_string();
+        let text = state
+            .logs
+            .get(&(ns.clone(), name.clone(), container))
+            .cloned()
+            .unwrap_or_default();
+        let mut response =
+            Response::new(http_body_util::Full::new(Bytes::from(text)).boxed_unsync());
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain"),
+        );
+        return response;
+    }
     let result = match (&parts.method, target) {
         (&Method::GET, Target::Collection { resource, ns }) if query.flag("watch") => {
             return watch_response(shared, resource, ns, &query);

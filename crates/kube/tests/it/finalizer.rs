@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kappa_kube::{FUNCTION_FINALIZER, FinalizerConfig, FinalizerOutcome, FunctionFinalizer};
+use kappa_test_support::eventually;
 use kube::api::DynamicObject;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -314,9 +315,11 @@ async fn the_controller_watches_every_namespace_and_retries_with_backoff() {
     };
     let shutdown = CancellationToken::new();
     let run = tokio::spawn(FunctionFinalizer::new(client, config()).run(shutdown.clone()));
-    super::mock::eventually("the finalizer patch retried after its failure", || {
-        *patches.lock().unwrap() >= 2
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the finalizer patch retried after its failure",
+        || *patches.lock().unwrap() >= 2,
+    )
     .await;
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(10), run)

@@ -8,6 +8,7 @@
 
 mod adopt;
 mod backend;
+mod builds;
 mod conformance;
 mod crds;
 mod deployments;

@@ -118,17 +118,6 @@ impl FakeApi {
     }
 }
 
-/// A bounded "eventually" for any condition.
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..1000 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 /// Writes an object the code builds into `target/kube-manifests/<name>.yaml`, where
 /// the chart's verification script validates it with `kubernetes-validate --strict`.
 pub fn write_manifest(name: &str, object: &impl serde::Serialize) {

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use kappa_core::Readiness;
 use kappa_kube::{PodReadinessConfig, PodReadinessWatcher};
+use kappa_test_support::eventually;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::mock::{FakeApi, Reply, eventually, status, watch_lines};
+use super::mock::{FakeApi, Reply, status, watch_lines};
 
 /// Records every call, as `"ready pod-a"`, `"not-ready pod-a"`, `"forget pod-a"`.
 #[derive(Default)]
@@ -142,7 +143,7 @@ async fn pod_changes_become_readiness_calls() {
         "not-ready pod-c",
         "forget pod-c",
     ];
-    eventually("every readiness call", || {
+    eventually(Duration::from_secs(10), "every readiness call", || {
         recorder.calls().len() >= expected.len()
     })
     .await;

@@ -20,12 +20,13 @@ use kappa_core::{
 };
 use kappa_fetcher::{FetcherConfig, RunError, pod_fetcher_token, serve};
 use kappa_kube::PodBackend;
+use kappa_test_support::eventually;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::backend::{FETCHER_KEY, config};
-use super::mock::{FakeApi, Reply, eventually, status};
+use super::mock::{FakeApi, Reply, status};
 
 pub(super) fn zip_of(files: &[(&str, &str)]) -> Vec<u8> {
     let mut out = std::io::Cursor::new(Vec::new());
@@ -279,7 +280,10 @@ async fn fetch_failures_and_import_errors_keep_their_cause() {
         other => panic!("expected a specialize error, got {other:?}"),
     }
     // Nothing was labelled.
-    eventually("no kube request", || api.requests().is_empty()).await;
+    eventually(Duration::from_secs(10), "no kube request", || {
+        api.requests().is_empty()
+    })
+    .await;
     runtime.child.kill().await.unwrap();
 }
 

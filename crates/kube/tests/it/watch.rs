@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::backend::config;
 use super::fake_api::{FakeApiServer, FakeConfig};
 use super::manifests::instance_spec;
-use super::mock::eventually;
+use kappa_test_support::eventually;
 
 const PODS: &str = "/api/v1/namespaces/fns/pods";
 
@@ -83,9 +83,11 @@ async fn start_pod(server: &FakeApiServer, backend: &Arc<PodBackend>, id: &str, 
         tokio::spawn(async move { backend.create(spec).await })
     };
     let path = format!("{PODS}/{id}");
-    eventually("the backend created the pod", || {
-        server.object(&path).is_some()
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the backend created the pod",
+        || server.object(&path).is_some(),
+    )
     .await;
     let pods: Api<Pod> = Api::namespaced(server.client(), "fns");
     kubelet(&pods, id, running(ip)).await;
@@ -98,7 +100,10 @@ async fn watching(server: &FakeApiServer) -> (Arc<PodBackend>, CancellationToken
     let backend = Arc::new(PodBackend::new(server.client(), config(), None));
     let shutdown = CancellationToken::new();
     tokio::spawn(Arc::clone(&backend).watch_pods(shutdown.clone()));
-    eventually("the pod watch is open", || server.open_watches() == 1).await;
+    eventually(Duration::from_secs(10), "the pod watch is open", || {
+        server.open_watches() == 1
+    })
+    .await;
     (backend, shutdown)
 }
 
@@ -211,14 +216,24 @@ async fn a_watch_answered_410_relists_and_keeps_reporting() {
     }
     server.compact();
     server.end_watches();
-    eventually("the pod watch got 410 and listed again", || lists() == 2).await;
+    eventually(
+        Duration::from_secs(10),
+        "the pod watch got 410 and listed again",
+        || lists() == 2,
+    )
+    .await;
     let rewatched = server
         .requests()
         .into_iter()
         .filter(|r| r.path == PODS && r.is_watch())
         .collect::<Vec<_>>();
     assert!(rewatched.len() >= 2, "{rewatched:?}");
-    eventually("the pod watch is open again", || server.open_watches() == 1).await;
+    eventually(
+        Duration::from_secs(10),
+        "the pod watch is open again",
+        || server.open_watches() == 1,
+    )
+    .await;
 
     // Still reporting.
     let pods: Api<Pod> = Api::namespaced(server.client(), "fns");
@@ -334,9 +349,11 @@ async fn a_restarted_pool_manager_adopts_reaps_and_follows_the_pods() {
     };
 
     let hello = FunctionId::new("default", "hello");
-    eventually("the specialized pod is back in the index", || {
-        !index.endpoints(&hello).is_empty()
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the specialized pod is back in the index",
+        || !index.endpoints(&hello).is_empty(),
+    )
     .await;
     let endpoints = index.endpoints(&hello);
     assert_eq!(endpoints[0].instance_id, "python-spec000001");
@@ -344,7 +361,10 @@ async fn a_restarted_pool_manager_adopts_reaps_and_follows_the_pods() {
     assert_eq!(endpoints[0].capacity, 4);
     for gone in ["python-orph000001", "python-dead000001"] {
         let path = format!("{PODS}/{gone}");
-        eventually(gone, || server.object(&path).is_none()).await;
+        eventually(Duration::from_secs(10), gone, || {
+            server.object(&path).is_none()
+        })
+        .await;
     }
     assert_eq!(
         manager.snapshot()["pools"]["default/python"]["warm"],
@@ -352,9 +372,11 @@ async fn a_restarted_pool_manager_adopts_reaps_and_follows_the_pods() {
     );
 
     delete_as_someone_else(&server, "python-spec000001").await;
-    eventually("the deleted pod left the index", || {
-        index.endpoints(&hello).is_empty()
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the deleted pod left the index",
+        || index.endpoints(&hello).is_empty(),
+    )
     .await;
     shutdown.cancel();
     task.await.unwrap();

@@ -6,8 +6,9 @@ use std::time::Duration;
 use kappa_core::{Backend, BackendError, Limits};
 
 use crate::support::{
-    Harness, eventually, exit_of, get, python_testdata, repo_root, request, spec, state_instances,
+    Harness, exit_of, get, python_testdata, repo_root, request, spec, state_instances,
 };
+use kappa_test_support::{eventually, eventually_async};
 
 #[tokio::test]
 async fn create_specialize_invoke_delete() {
@@ -212,8 +213,8 @@ async fn crash_gives_an_exit_event_with_its_code() {
     assert_eq!(reason.signal, None);
     assert!(!reason.oom_killed);
     eventually(
-        "the instance to leave the list",
         Duration::from_secs(5),
+        "the instance to leave the list",
         || h.backend.info(&instance.id).is_none(),
     )
     .await;
@@ -428,8 +429,8 @@ async fn abandoned_create_leaves_nothing_behind() {
         "a runtime that never answers cannot start"
     );
     eventually(
-        "the abandoned start to be cleaned up",
         Duration::from_secs(10),
+        "the abandoned start to be cleaned up",
         || {
             crate::support::processes_of(&id).is_empty()
                 && !h.data_dir().join("instances").join(&id).exists()
@@ -437,20 +438,20 @@ async fn abandoned_create_leaves_nothing_behind() {
     )
     .await;
     // The id is free again once the cleanup finished (it stays reserved until then).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let instance = loop {
-        let mut again = spec("abandon", Limits::default());
-        again.id = id.clone();
-        match h.backend.create(again).await {
-            Ok(instance) => break instance,
-            Err(BackendError::Start(m))
-                if m.contains("already in use") && tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(10)).await;
+    let instance = eventually_async(
+        Duration::from_secs(10),
+        "the id to be free again",
+        || async {
+            let mut again = spec("abandon", Limits::default());
+            again.id = id.clone();
+            match h.backend.create(again).await {
+                Ok(instance) => Some(instance),
+                Err(BackendError::Start(m)) if m.contains("already in use") => None,
+                Err(e) => panic!("the id cannot be reused: {e}"),
             }
-            Err(e) => panic!("the id cannot be reused: {e}"),
-        }
-    };
+        },
+    )
+    .await;
     assert_eq!(instance.id, id);
     h.backend.shutdown(Duration::from_secs(1)).await;
 }

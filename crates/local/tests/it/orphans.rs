@@ -10,9 +10,8 @@ use kappa_local::{LocalBackend, LocalConfig, RuntimeRegistry};
 use kappa_logs::{LogConfig, LogStore};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::support::{
-    alive, eventually, is_root, processes_of, runtimes_dir, skip, state_instances,
-};
+use crate::support::{alive, is_root, processes_of, runtimes_dir, skip, state_instances};
+use kappa_test_support::eventually;
 
 /// The `hold` example, built next to this test binary by `cargo test`.
 fn hold_binary() -> PathBuf {
@@ -118,8 +117,8 @@ async fn killed_platform_leaves_nothing(test: &str, sandbox: &str) {
     child.start_kill().expect("kill hold");
     child.wait().await.expect("hold ends");
     eventually(
-        "every instance process to die with the platform",
         Duration::from_secs(10),
+        "every instance process to die with the platform",
         || pids.iter().all(|pid| !alive(*pid)),
     )
     .await;
@@ -178,7 +177,7 @@ async fn restart_kills_recorded_processes_but_never_a_recycled_pid() {
 
     let backend = new_backend(dir.path()).await;
     let mut orphan_status = None;
-    eventually("the orphan to be killed", Duration::from_secs(10), || {
+    eventually(Duration::from_secs(10), "the orphan to be killed", || {
         orphan_status = orphan.try_wait().unwrap();
         orphan_status.is_some()
     })

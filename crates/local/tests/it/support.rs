@@ -17,7 +17,6 @@ use kappa_core::{
 use kappa_local::{CgroupMode, LocalBackend, LocalConfig, RuntimeRegistry, SandboxMode};
 use kappa_logs::{LogConfig, LogStore};
 use tokio::sync::broadcast;
-use tokio::time::Instant;
 
 /// The repository's root.
 pub fn repo_root() -> PathBuf {
@@ -201,18 +200,6 @@ pub async fn get(addr: &InstanceAddr, path: &str) -> Result<(u16, String), Strin
         .map_err(|e| e.to_string())?
         .to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-/// Waits (bounded) until `check` holds.
-pub async fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// The next exit event of instance `id`.

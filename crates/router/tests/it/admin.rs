@@ -1,12 +1,14 @@
 //! The admin listener, direct invocation and shutdown.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use kappa_core::FunctionId;
 use kappa_router::RouterConfig;
 use kappa_store::Store;
+use kappa_test_support::eventually_async;
 use serde_json::Value;
 
 use crate::support::*;
@@ -235,14 +237,16 @@ async fn shutdown_lets_in_flight_requests_finish() {
         .await
     });
     let up = h.provisioner.upstream("hello-g1-1");
-    eventually("the request to reach the function", || async {
-        up.gated.load(Ordering::SeqCst) == 1
-    })
+    eventually_async(
+        Duration::from_secs(15),
+        "the request to reach the function",
+        || async { up.gated.load(Ordering::SeqCst) == 1 },
+    )
     .await;
 
     h.shutdown.cancel();
     let serving = h.serving.take().unwrap();
-    eventually("the listener to close", || async {
+    eventually_async(Duration::from_secs(15), "the listener to close", || async {
         tokio::net::TcpStream::connect(public).await.is_err()
     })
     .await;

@@ -1,10 +1,12 @@
 //! Warm admission, cold starts, the wait queue and provisioner errors.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use http::{Request, StatusCode};
 use kappa_core::{FunctionId, ProvisionError};
 use kappa_router::RouterConfig;
+use kappa_test_support::eventually_async;
 
 use crate::support::*;
 
@@ -40,7 +42,10 @@ async fn warm_requests_make_no_provision_calls() {
         "one kept-alive upstream connection"
     );
     let endpoints = h.index.endpoints(&FunctionId::new("default", "hello"));
-    eventually("slots released", || async { endpoints[0].in_flight() == 0 }).await;
+    eventually_async(Duration::from_secs(15), "slots released", || async {
+        endpoints[0].in_flight() == 0
+    })
+    .await;
 
     let metrics = h.router.metrics_text();
     assert!(
@@ -87,14 +92,18 @@ async fn a_full_queue_answers_429_and_queued_requests_are_served() {
         )
         .await
     });
-    eventually("the first request to hold the only slot", || async {
-        h.provisioner
-            .upstreams
-            .lock()
-            .unwrap()
-            .first()
-            .is_some_and(|u| u.gated.load(Ordering::SeqCst) == 1)
-    })
+    eventually_async(
+        Duration::from_secs(15),
+        "the first request to hold the only slot",
+        || async {
+            h.provisioner
+                .upstreams
+                .lock()
+                .unwrap()
+                .first()
+                .is_some_and(|u| u.gated.load(Ordering::SeqCst) == 1)
+        },
+    )
     .await;
     let queued = tokio::spawn(async move {
         send(
@@ -107,9 +116,11 @@ async fn a_full_queue_answers_429_and_queued_requests_are_served() {
         .await
     });
     let function = h.index.get(&FunctionId::new("default", "busy")).unwrap();
-    eventually("the second request to queue", || async {
-        function.waiting() == 1
-    })
+    eventually_async(
+        Duration::from_secs(15),
+        "the second request to queue",
+        || async { function.waiting() == 1 },
+    )
     .await;
 
     let (status, headers, body) = h.get("/busy").await;
@@ -156,14 +167,18 @@ async fn a_queue_wait_is_bounded_by_the_function_timeout() {
         )
         .await
     });
-    eventually("the first request to hold the only slot", || async {
-        h.provisioner
-            .upstreams
-            .lock()
-            .unwrap()
-            .first()
-            .is_some_and(|u| u.gated.load(Ordering::SeqCst) == 1)
-    })
+    eventually_async(
+        Duration::from_secs(15),
+        "the first request to hold the only slot",
+        || async {
+            h.provisioner
+                .upstreams
+                .lock()
+                .unwrap()
+                .first()
+                .is_some_and(|u| u.gated.load(Ordering::SeqCst) == 1)
+        },
+    )
     .await;
     let (status, headers, body) = h.get("/busy").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);

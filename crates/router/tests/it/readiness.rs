@@ -19,13 +19,14 @@ use bytes::Bytes;
 use kappa_core::{EndpointIndex, Readiness as _};
 use kappa_router::{EndpointFeeder, ReadinessGate, RemoteConfig, RemoteProvisioner};
 use kappa_store::Store as _;
+use kappa_test_support::eventually_async;
 use kappa_types::Kind;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{Harness, Upstream, echo, empty, eventually, send};
+use crate::support::{Harness, Upstream, echo, empty, send};
 
 /// The executor's HTTP API as far as a router uses it: the endpoint feed (one queued stream
 /// per connection; none queued answers 503, as an unreachable executor), usage reports, and
@@ -160,9 +161,11 @@ async fn pod_readiness_takes_endpoints_out_and_back_without_the_executor() {
             .unwrap();
         send(public, req).await
     });
-    eventually("the gated request to reach an instance", || async {
-        a.gated.load(Ordering::SeqCst) + b.gated.load(Ordering::SeqCst) == 1
-    })
+    eventually_async(
+        Duration::from_secs(15),
+        "the gated request to reach an instance",
+        || async { a.gated.load(Ordering::SeqCst) + b.gated.load(Ordering::SeqCst) == 1 },
+    )
     .await;
     let (victim, other) = if a.gated.load(Ordering::SeqCst) == 1 {
         (&a, &b)
@@ -187,9 +190,11 @@ async fn pod_readiness_takes_endpoints_out_and_back_without_the_executor() {
     // The executor becomes unreachable (the feed ends, reconnecting answers 503): the mirrored
     // endpoints stay, and pod readiness alone still takes a dead pod out and puts it back.
     drop(feed);
-    eventually("the feeder to try reconnecting", || async {
-        fake.feed_calls.load(Ordering::SeqCst) >= 2
-    })
+    eventually_async(
+        Duration::from_secs(15),
+        "the feeder to try reconnecting",
+        || async { fake.feed_calls.load(Ordering::SeqCst) >= 2 },
+    )
     .await;
     gate.set_ready(&victim.id, false);
     assert!(spread(&h, 6).await.iter().all(|i| *i == other.id));
@@ -207,9 +212,11 @@ async fn pod_readiness_takes_endpoints_out_and_back_without_the_executor() {
             "instanceId": victim.id, "exit": "exited with code 137"})
         .to_string(),
     );
-    eventually("the feed to remove the victim", || async {
-        gate.endpoints().len() == 1
-    })
+    eventually_async(
+        Duration::from_secs(15),
+        "the feed to remove the victim",
+        || async { gate.endpoints().len() == 1 },
+    )
     .await;
     gate.set_ready(&victim.id, true);
     assert!(spread(&h, 6).await.iter().all(|i| *i == other.id));

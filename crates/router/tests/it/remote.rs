@@ -20,7 +20,7 @@ use kappa_types::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::eventually;
+use kappa_test_support::eventually_async;
 
 const TOKEN: &str = "roles-test-token";
 
@@ -53,6 +53,7 @@ impl Roles {
                 egress: kappa_local::EgressMode::Off,
                 cgroups: CgroupMode::None,
                 start_timeout: Duration::from_secs(20),
+                zygote: kappa_local::ZygoteMode::Off,
             },
             Arc::clone(&archives),
             logs,
@@ -254,10 +255,14 @@ async fn a_python_function_through_remote_roles() {
 
     // Usage reports mark the executor's endpoint as used (idle reaping reads it).
     let executor_endpoint = roles.executor_index.endpoints(&f).pop().unwrap();
-    eventually("usage reported to the executor", || {
-        let e = Arc::clone(&executor_endpoint);
-        async move { e.served() > 0 }
-    })
+    eventually_async(
+        Duration::from_secs(15),
+        "usage reported to the executor",
+        || {
+            let e = Arc::clone(&executor_endpoint);
+            async move { e.served() > 0 }
+        },
+    )
     .await;
 
     // Deleting the function drains and removes the instance on both sides.
@@ -266,11 +271,15 @@ async fn a_python_function_through_remote_roles() {
         .delete(Kind::Function, "default", "hello", Precondition::None)
         .await
         .unwrap();
-    eventually("the instance leaves both indexes", || {
-        let done = roles.executor_index.endpoints(&f).is_empty()
-            && roles.router_index.endpoints(&f).is_empty();
-        async move { done }
-    })
+    eventually_async(
+        Duration::from_secs(15),
+        "the instance leaves both indexes",
+        || {
+            let done = roles.executor_index.endpoints(&f).is_empty()
+                && roles.router_index.endpoints(&f).is_empty();
+            async move { done }
+        },
+    )
     .await;
     roles.stop().await;
 }

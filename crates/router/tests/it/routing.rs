@@ -1,8 +1,10 @@
 //! Matching: templates, prefixes, hosts, methods, 404s, weights, and following the store.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use http::{Request, StatusCode};
+use kappa_test_support::eventually_async;
 use kappa_types::{FunctionReference, FunctionReferenceType, Kind};
 use serde_json::Value;
 
@@ -214,7 +216,7 @@ async fn route_table_follows_the_store() {
     assert_eq!(h.get("/moved").await.0, StatusCode::OK);
 
     h.delete(Kind::HttpTrigger, "t").await;
-    eventually("trigger deletion", || async {
+    eventually_async(Duration::from_secs(15), "trigger deletion", || async {
         h.get("/moved").await.0 == StatusCode::NOT_FOUND
     })
     .await;

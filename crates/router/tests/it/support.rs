@@ -2,7 +2,6 @@
 //! starts real tiny hyper upstreams, an HTTP client and a bounded `eventually`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -18,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use kappa_core::{Endpoint, EndpointIndex, FunctionId, Provision, ProvisionError, Provisioner};
 use kappa_router::{Router, RouterConfig};
 use kappa_store::{MemoryStore, Precondition, Store};
+use kappa_test_support::eventually_async;
 use kappa_types::{Function, FunctionReference, FunctionSpec, HttpTrigger, HttpTriggerSpec, Kind};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
@@ -27,25 +27,6 @@ use tokio_util::sync::CancellationToken;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type TestBody = BoxBody<Bytes, BoxError>;
-
-/// Waits (bounded, 15 s) until `check` holds.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 pub fn empty() -> TestBody {
     Empty::new().map_err(|e| match e {}).boxed()
@@ -507,7 +488,7 @@ impl Harness {
     }
 
     pub async fn wait_routes(&self, what: &str, check: impl Fn(&Value) -> bool) {
-        eventually(what, || async {
+        eventually_async(Duration::from_secs(15), what, || async {
             let (status, _, body) = self.admin_get("/debug/routes", self.token.as_deref()).await;
             status == StatusCode::OK && check(&serde_json::from_slice(&body).unwrap())
         })

@@ -1,6 +1,7 @@
-//! Integration tests of kappa-store: one conformance suite run against every implementation,
-//! then what only the embedded file store promises (reopen, crash safety).
+//! Integration tests of kappa-store: the conformance suite (`kappa_test_support::store`) run
+//! against every implementation, then what only the embedded file store promises (reopen,
+//! crash safety).
 
-mod conformance;
 mod memory;
 mod redb_store;
+mod watch_cache;

@@ -4,13 +4,13 @@ use std::sync::Arc;
 
 use kappa_store::{MemoryStore, Store, StoreOptions};
 
-use crate::conformance::{Subject, conformance_tests};
+use kappa_test_support::store::Subject;
 
 fn make(options: StoreOptions) -> Subject {
     Subject::new(Arc::new(MemoryStore::with_options(options)), None)
 }
 
-conformance_tests!(make);
+kappa_test_support::store_conformance_tests!(make);
 
 #[tokio::test]
 async fn clones_share_data() {
@@ -18,7 +18,7 @@ async fn clones_share_data() {
     let clone = store.clone();
     let written = store
         .put(
-            crate::conformance::function("a", None, serde_json::json!({})),
+            kappa_test_support::store::function("a", None, serde_json::json!({})),
             Default::default(),
         )
         .await

@@ -12,7 +12,7 @@ use kappa_types::Kind;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::conformance::{Subject, conformance_tests, function};
+use kappa_test_support::store::{Subject, function};
 
 fn make(options: StoreOptions) -> Subject {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -20,7 +20,7 @@ fn make(options: StoreOptions) -> Subject {
     Subject::new(Arc::new(store), Some(dir))
 }
 
-conformance_tests!(make);
+kappa_test_support::store_conformance_tests!(make);
 
 const PATIENCE: Duration = Duration::from_secs(30);
 

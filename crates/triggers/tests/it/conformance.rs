@@ -8,11 +8,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use kappa_triggers::testkit::{NatsServer, RedisServer};
+use kappa_test_support::servers::{NatsServer, RedisServer};
 use kappa_triggers::{Broker, ConsumerSpec, Dispatcher, Header, Subscription};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{FakeBroker, FakeFunction, eventually, fast_config, header, target};
+use crate::support::{FakeBroker, FakeFunction, fast_config, header, target};
+use kappa_test_support::eventually_async;
 
 /// A message read back: its headers and body.
 pub type Captured = (Vec<Header>, Bytes);
@@ -249,7 +250,7 @@ pub async fn responses(h: &dyn Harness) {
         )
         .await;
     }
-    let done = eventually(Duration::from_secs(20), "20 replies", || async {
+    let done = eventually_async(Duration::from_secs(20), "20 replies", || async {
         let got = h.captured("done").await;
         (got.len() >= 20).then_some(got)
     })
@@ -300,7 +301,7 @@ pub async fn retries(h: &dyn Harness) {
     .await;
     publish(h, "orders", "a", &[]).await;
     publish(h, "orders", "b", &[]).await;
-    let done = eventually(Duration::from_secs(20), "2 replies", || async {
+    let done = eventually_async(Duration::from_secs(20), "2 replies", || async {
         let got = h.captured("done").await;
         (got.len() >= 2).then_some(got)
     })
@@ -344,7 +345,7 @@ pub async fn error_topic(h: &dyn Harness) {
     )
     .await;
     publish(h, "orders", "payload", &[("X-Order", "7")]).await;
-    let failed = eventually(Duration::from_secs(20), "the error topic", || async {
+    let failed = eventually_async(Duration::from_secs(20), "the error topic", || async {
         let got = h.captured("failed").await;
         (!got.is_empty()).then_some(got)
     })
@@ -387,7 +388,7 @@ pub async fn order(h: &dyn Harness) {
     for i in 1..=10 {
         publish(h, "orders", &i.to_string(), &[]).await;
     }
-    let done = eventually(Duration::from_secs(20), "10 replies", || async {
+    let done = eventually_async(Duration::from_secs(20), "10 replies", || async {
         let got = h.captured("done").await;
         (got.len() >= 10).then_some(got)
     })
@@ -423,7 +424,7 @@ pub async fn parallelism(h: &dyn Harness) {
     for i in 0..24 {
         publish(h, "orders", &i.to_string(), &[]).await;
     }
-    eventually(Duration::from_secs(20), "24 replies", || async {
+    eventually_async(Duration::from_secs(20), "24 replies", || async {
         (h.captured("done").await.len() >= 24).then_some(())
     })
     .await;
@@ -444,7 +445,7 @@ pub async fn redelivery(h: &dyn Harness) {
     let ack_wait = Duration::from_secs(2);
     let (stop, task) = start(h, Arc::clone(&stuck), target(3, 1), "orders", ack_wait).await;
     publish(h, "orders", "m", &[]).await;
-    eventually(Duration::from_secs(10), "the first delivery", || async {
+    eventually_async(Duration::from_secs(10), "the first delivery", || async {
         (!stuck.seen().is_empty()).then_some(())
     })
     .await;
@@ -454,7 +455,7 @@ pub async fn redelivery(h: &dyn Harness) {
     drop(stop);
     let f = FakeFunction::echo();
     let (stop, task) = start(h, Arc::clone(&f), target(3, 1), "orders", ack_wait).await;
-    let done = eventually(Duration::from_secs(20), "the redelivery", || async {
+    let done = eventually_async(Duration::from_secs(20), "the redelivery", || async {
         let got = h.captured("done").await;
         (!got.is_empty()).then_some(got)
     })

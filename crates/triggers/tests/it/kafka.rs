@@ -1,7 +1,6 @@
 //! Kafka, against a real Kafka-protocol broker (`tansu`, started per test on a free port): the
 //! shared broker suite, plus what is Kafka's own (partitions, keys, the group's committed
-//! offsets). Skipped, with a message, when `tansu` is not installed and `KAPPA_REQUIRE_KAFKA`
-//! is unset.
+//! offsets). A missing `tansu` fails them (`scripts/install-deps.sh` installs it).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -9,15 +8,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use kappa_test_support::servers::KafkaServer;
 use kappa_triggers::kafka::{GroupClient, KEY_HEADER, KafkaBroker, murmur2};
-use kappa_triggers::testkit::KafkaServer;
 use kappa_triggers::{Broker, Dispatcher, Header};
 use rskafka::client::partition::UnknownTopicHandling;
 use rskafka::client::{Client, ClientBuilder};
 use tokio_util::sync::CancellationToken;
 
 use crate::conformance::{self, Harness, consumer};
-use crate::support::{FakeFunction, eventually, fast_config, header, target};
+use crate::support::{FakeFunction, fast_config, header, target};
+use kappa_test_support::eventually_async;
 
 pub struct Kafka {
     pub server: KafkaServer,
@@ -26,19 +26,19 @@ pub struct Kafka {
 }
 
 impl Kafka {
-    /// A broker for `test`, or `None` when the Kafka tests are skipped.
-    pub async fn start(test: &str) -> Option<Self> {
-        let server = KafkaServer::start_or_skip(test).expect("tansu")?;
+    /// A broker of its own (a missing `tansu` fails the test).
+    pub async fn start() -> Self {
+        let server = KafkaServer::start().expect("start tansu");
         let broker = KafkaBroker::connect(&server.url()).await.unwrap();
         let client = ClientBuilder::new(vec![format!("127.0.0.1:{}", server.0.port())])
             .build()
             .await
             .unwrap();
-        Some(Self {
+        Self {
             server,
             broker,
             client,
-        })
+        }
     }
 
     /// Every record of `topic`, partition by partition, in offset order: (partition, key,
@@ -104,9 +104,7 @@ macro_rules! kafka_suite {
         $(
             #[tokio::test]
             async fn $name() {
-                let Some(h) = Kafka::start(concat!("kafka::", stringify!($name))).await else {
-                    return;
-                };
+                let h = Kafka::start().await;
                 conformance::$name(&h).await;
             }
         )*
@@ -157,9 +155,7 @@ async fn publish(h: &Kafka, topic: &str, body: &str, headers: &[(&str, &str)]) {
 /// and replies keep their source partition.
 #[tokio::test]
 async fn partitions_keep_their_order() {
-    let Some(h) = Kafka::start("kafka::partitions_keep_their_order").await else {
-        return;
-    };
+    let h = Kafka::start().await;
     h.client
         .controller_client()
         .unwrap()
@@ -187,7 +183,7 @@ async fn partitions_keep_their_order() {
         }
     }
     let (stop, task) = dispatch(&h, Arc::clone(&f), target(3, 1), "orders").await;
-    let done = eventually(Duration::from_secs(60), "48 replies", || async {
+    let done = eventually_async(Duration::from_secs(60), "48 replies", || async {
         let got = h.records("done").await;
         (got.len() >= 48).then_some(got)
     })
@@ -239,9 +235,7 @@ async fn partitions_keep_their_order() {
 /// headers reach the function and the error topic.
 #[tokio::test]
 async fn offsets_are_committed_in_the_group() {
-    let Some(h) = Kafka::start("kafka::offsets_are_committed_in_the_group").await else {
-        return;
-    };
+    let h = Kafka::start().await;
     let f = FakeFunction::new(Duration::ZERO, |s| {
         if s.body.as_ref() == b"bad" {
             (500, "refused".into())
@@ -260,17 +254,17 @@ async fn offsets_are_committed_in_the_group() {
     )
     .await;
     let (stop, task) = dispatch(&h, Arc::clone(&f), target(0, 2), "in").await;
-    eventually(Duration::from_secs(30), "the error topic", || async {
+    eventually_async(Duration::from_secs(30), "the error topic", || async {
         (!h.records("failed").await.is_empty()).then_some(())
     })
     .await;
-    eventually(Duration::from_secs(30), "5 replies", || async {
+    eventually_async(Duration::from_secs(30), "5 replies", || async {
         (h.records("done").await.len() >= 5).then_some(())
     })
     .await;
     let group =
         |name: &str| GroupClient::new(vec![format!("127.0.0.1:{}", h.server.0.port())], name);
-    eventually(Duration::from_secs(30), "offset 6 committed", || async {
+    eventually_async(Duration::from_secs(30), "offset 6 committed", || async {
         let c = group("kappa-default-t").fetch("in", &[0]).await.unwrap();
         c.get(&0).filter(|c| c.offset == 6).map(|_| ())
     })
@@ -308,7 +302,7 @@ async fn offsets_are_committed_in_the_group() {
     let g = FakeFunction::echo();
     publish(&h, "in", "later", &[]).await;
     let (stop, task) = dispatch(&h, Arc::clone(&g), target(0, 2), "in").await;
-    eventually(Duration::from_secs(30), "the later reply", || async {
+    eventually_async(Duration::from_secs(30), "the later reply", || async {
         (h.records("done").await.len() >= 6).then_some(())
     })
     .await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kappa_store::{MemoryStore, Precondition, Store};
-use kappa_triggers::testkit::{NatsServer, free_port};
+use kappa_test_support::servers::{NatsServer, free_port};
 use kappa_triggers::{Backoff, Broker, ManagerConfig, TriggerManager};
 use kappa_types::{
     Function, FunctionReference, FunctionSpec, Kind, MessageQueueTrigger, MessageQueueTriggerSpec,
@@ -15,7 +15,8 @@ use kappa_types::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{FakeFunction, eventually, fast_config};
+use crate::support::{FakeFunction, fast_config};
+use kappa_test_support::eventually_async;
 
 fn config() -> ManagerConfig {
     ManagerConfig {
@@ -74,7 +75,7 @@ async fn unreachable_broker_is_reported_then_consumed_once_up() {
     let f = FakeFunction::echo();
     let (stop, task) = start(&store, &f);
 
-    let reason = eventually(Duration::from_secs(10), "state error", || async {
+    let reason = eventually_async(Duration::from_secs(10), "state error", || async {
         let s = status(&store, Kind::MessageQueueTrigger, "orders").await;
         (s["state"] == "error").then(|| s["reason"].as_str().unwrap_or("").to_string())
     })
@@ -82,7 +83,7 @@ async fn unreachable_broker_is_reported_then_consumed_once_up() {
     assert!(reason.contains(&format!("127.0.0.1:{port}")), "{reason}");
 
     let _server = NatsServer::start_on(port).unwrap();
-    eventually(Duration::from_secs(10), "state ready", || async {
+    eventually_async(Duration::from_secs(10), "state ready", || async {
         (status(&store, Kind::MessageQueueTrigger, "orders").await["state"] == "ready")
             .then_some(())
     })
@@ -94,7 +95,7 @@ async fn unreachable_broker_is_reported_then_consumed_once_up() {
         .publish("orders", &[], Bytes::from_static(b"hello"))
         .await
         .unwrap();
-    eventually(Duration::from_secs(10), "the invocation", || async {
+    eventually_async(Duration::from_secs(10), "the invocation", || async {
         (f.seen().len() == 1).then_some(())
     })
     .await;
@@ -112,7 +113,7 @@ async fn unreachable_broker_is_reported_then_consumed_once_up() {
         .await
         .unwrap();
     let js = async_nats::jetstream::new(client.client().clone());
-    eventually(
+    eventually_async(
         Duration::from_secs(10),
         "the consumer to be removed",
         || async {
@@ -159,7 +160,7 @@ async fn time_triggers_fire_once_per_scheduled_time_across_restarts() {
         .unwrap();
     let f = FakeFunction::echo();
     let (stop, task) = start(&store, &f);
-    eventually(Duration::from_secs(10), "3 runs", || async {
+    eventually_async(Duration::from_secs(10), "3 runs", || async {
         (f.seen().len() >= 3).then_some(())
     })
     .await;
@@ -180,7 +181,7 @@ async fn time_triggers_fire_once_per_scheduled_time_across_restarts() {
 
     // A new manager on the same store (a restart) carries on without repeating a time.
     let (stop, task) = start(&store, &f);
-    eventually(Duration::from_secs(10), "2 more runs", || async {
+    eventually_async(Duration::from_secs(10), "2 more runs", || async {
         (f.seen().len() >= first + 2).then_some(())
     })
     .await;
@@ -200,7 +201,7 @@ async fn a_run_still_in_flight_is_not_stacked() {
         .unwrap();
     let f = FakeFunction::new(Duration::from_millis(2500), |_| (200, "slow".into()));
     let (stop, task) = start(&store, &f);
-    let reason = eventually(Duration::from_secs(10), "a skipped run", || async {
+    let reason = eventually_async(Duration::from_secs(10), "a skipped run", || async {
         let s = status(&store, Kind::TimeTrigger, "tick").await;
         let reason = s["reason"].as_str().unwrap_or("").to_string();
         reason.contains("skipped").then_some(reason)
@@ -221,7 +222,7 @@ async fn a_bad_schedule_is_reported() {
         .unwrap();
     let f = FakeFunction::echo();
     let (stop, task) = start(&store, &f);
-    let s = eventually(Duration::from_secs(5), "state error", || async {
+    let s = eventually_async(Duration::from_secs(5), "state error", || async {
         let s = status(&store, Kind::TimeTrigger, "tick").await;
         (s["state"] == "error").then_some(s)
     })

@@ -20,7 +20,8 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::conformance::consumer;
-use crate::support::{FakeBroker, FakeFunction, eventually, fast_config, target};
+use crate::support::{FakeBroker, FakeFunction, fast_config, target};
+use kappa_test_support::eventually_async;
 
 /// Hands out the same fake broker for any URL.
 struct FakeConnector(FakeBroker);
@@ -106,7 +107,7 @@ async fn messages_are_counted_by_result() {
     let token = stop.clone();
     let task = tokio::spawn(async move { manager.run(token).await });
 
-    eventually(Duration::from_secs(10), "a consumer", || async {
+    eventually_async(Duration::from_secs(10), "a consumer", || async {
         (sample(&encode(&registry), "kappa_triggers_consumers") == 1.0).then_some(())
     })
     .await;
@@ -116,7 +117,7 @@ async fn messages_are_counted_by_result() {
             .await
             .unwrap();
     }
-    let text = eventually(Duration::from_secs(10), "every message settled", || async {
+    let text = eventually_async(Duration::from_secs(10), "every message settled", || async {
         let text = encode(&registry);
         (messages(&text, "default/orders", "ok") == 2.0
             && messages(&text, "default/orders", "error_topic") == 1.0)
@@ -156,7 +157,7 @@ async fn a_message_without_an_error_topic_is_counted_as_dropped() {
         .publish("orders", &[], Bytes::from_static(b"x"))
         .await
         .unwrap();
-    eventually(Duration::from_secs(10), "the dropped message", || async {
+    eventually_async(Duration::from_secs(10), "the dropped message", || async {
         (messages(&encode(&registry), "default/t", "dropped") == 1.0).then_some(())
     })
     .await;
@@ -197,7 +198,7 @@ async fn time_trigger_fires_are_counted() {
             ),
         )
     };
-    eventually(Duration::from_secs(10), "2 counted fires", || async {
+    eventually_async(Duration::from_secs(10), "2 counted fires", || async {
         (fires(&encode(&registry), "ok") >= 2.0).then_some(())
     })
     .await;

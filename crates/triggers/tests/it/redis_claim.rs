@@ -8,7 +8,8 @@ use kappa_triggers::{Broker, Dispatcher};
 use tokio_util::sync::CancellationToken;
 
 use crate::conformance::{Harness, Redis, consumer};
-use crate::support::{FakeFunction, eventually, fast_config, target};
+use crate::support::{FakeFunction, fast_config, target};
+use kappa_test_support::eventually_async;
 
 #[tokio::test]
 async fn stuck_entries_are_taken_over() {
@@ -58,7 +59,7 @@ async fn stuck_entries_are_taken_over() {
         let stop = stop.clone();
         tokio::spawn(async move { dispatcher.run(sub, stop).await.unwrap() })
     };
-    let done = eventually(
+    let done = eventually_async(
         Duration::from_secs(15),
         "the stuck entry's reply",
         || async {

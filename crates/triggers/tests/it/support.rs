@@ -1,7 +1,6 @@
 //! Fakes and helpers: an invoker that plays a function, an in-memory broker, and `eventually`.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -257,25 +256,6 @@ impl Settle for FakeSettle {
     async fn term(self: Box<Self>) -> Result<(), BrokerError> {
         self.broker.log().termed.push(self.message.id.clone());
         Ok(())
-    }
-}
-
-/// Polls `check` every 20 ms (of tokio time) until it is `Some`, for at most `limit`.
-pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

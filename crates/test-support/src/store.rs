@@ -1,5 +1,7 @@
 //! The `Store` conformance suite: every check is a generic `async fn` taking a factory, and
-//! [`conformance_tests!`] turns the whole list into `#[tokio::test]`s for one implementation.
+//! [`store_conformance_tests!`](crate::store_conformance_tests) turns the whole list into
+//! `#[tokio::test]`s for one implementation. `MemoryStore` and `RedbStore` run it from
+//! `crates/store/tests`, `KubeStore` (over the fake API server) from `crates/kube/tests`.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -28,10 +30,12 @@ impl Subject {
 /// Makes a fresh, empty store with these options.
 pub type Make = fn(StoreOptions) -> Subject;
 
-/// Generates one `#[tokio::test]` per conformance check for the factory `$make`.
-macro_rules! conformance_tests {
+/// Generates one `#[tokio::test]` per conformance check for the factory `$make` (a
+/// [`Make`](crate::store::Make)); `@checks $make; a, b, ...` generates only the listed ones.
+#[macro_export]
+macro_rules! store_conformance_tests {
     ($make:path) => {
-        $crate::conformance::conformance_tests!(@checks $make;
+        $crate::store_conformance_tests!(@checks $make;
             create_get_list_update_delete,
             create_stamps_metadata,
             generation_changes_only_with_spec,
@@ -58,12 +62,11 @@ macro_rules! conformance_tests {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $check() {
-                $crate::conformance::$check($make).await;
+                $crate::store::$check($make).await;
             }
         )*
     };
 }
-pub(crate) use conformance_tests;
 
 /// How long a test waits for something that should happen promptly before it fails.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -805,7 +808,26 @@ pub async fn watch_none_sees_only_the_future(make: Make) {
     );
 }
 
+/// How a watch over several kinds orders its events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KindOrder {
+    /// In global version order (one log, as `MemoryStore` and `RedbStore` keep).
+    Global,
+    /// In version order per kind, the kinds interleaved in any order, every version once (one
+    /// watch per kind, as on Kubernetes).
+    PerKind,
+}
+
 pub async fn watch_filters_kinds(make: Make) {
+    watch_filters_kinds_ordered(make, KindOrder::Global).await;
+}
+
+/// [`watch_filters_kinds`] for a store whose multi-kind watch is ordered per kind only.
+pub async fn watch_filters_kinds_per_kind(make: Make) {
+    watch_filters_kinds_ordered(make, KindOrder::PerKind).await;
+}
+
+async fn watch_filters_kinds_ordered(make: Make, order: KindOrder) {
     let subject = default_store(make);
     let store = subject.store.as_ref();
     put(store, environment("e1")).await;
@@ -831,9 +853,25 @@ pub async fn watch_filters_kinds(make: Make) {
     );
     let mut seen = Vec::new();
     for _ in 0..4 {
-        seen.push(next_event(&mut both).await.object.resource_version);
+        let event = next_event(&mut both).await;
+        seen.push((event.object.kind, event.object.resource_version));
     }
-    assert_eq!(seen, vec![1, 2, 3, 4]);
+    match order {
+        KindOrder::Global => {
+            let versions: Vec<u64> = seen.iter().map(|(_, v)| *v).collect();
+            assert_eq!(versions, vec![1, 2, 3, 4]);
+        }
+        KindOrder::PerKind => {
+            let of = |kind: Kind| -> Vec<u64> {
+                seen.iter()
+                    .filter(|(k, _)| *k == kind)
+                    .map(|(_, v)| *v)
+                    .collect()
+            };
+            assert_eq!(of(Kind::Environment), vec![1, 3]);
+            assert_eq!(of(Kind::Function), vec![2, 4]);
+        }
+    }
     assert_eq!(
         summary(&next_event(&mut packages).await),
         (EventType::Added, Kind::Package, "p".into(), 5)
@@ -992,6 +1030,45 @@ pub async fn lagging_beyond_history_is_gone(make: Make) {
         other => panic!("expected Gone, got {other:?}"),
     }
     assert!(next_item(&mut live).await.is_none());
+}
+
+/// [`lagging_beyond_history_is_gone`] for a store whose watch reads ahead of its consumer (a
+/// Kubernetes watch stream), over one kind (on Kubernetes each kind is its own watch, whose
+/// Gone the merged stream passes on): the lagging watcher first gets what was already read, in
+/// order and without a gap, then Gone from the version it reached, naming a real gap; then the
+/// stream ends. How much was read ahead (none at all included) is up to the scheduler; this
+/// holds for every outcome.
+pub async fn lagging_beyond_history_is_gone_after_read_ahead(make: Make) {
+    let subject = make(StoreOptions {
+        event_history: 5,
+        watch_buffer: 2,
+    });
+    let store = subject.store.as_ref();
+    let mut live = store.watch(&[Kind::Function], None);
+    for i in 0..20 {
+        put(store, function(&format!("f{i}"), None, json!({}))).await;
+    }
+    let mut delivered = 0;
+    loop {
+        match next_item(&mut live).await {
+            Some(Ok(event)) => {
+                delivered += 1;
+                assert_eq!(event.object.resource_version, delivered, "in order, no gap");
+            }
+            Some(Err(StoreError::Gone { requested, oldest })) => {
+                assert_eq!(requested, delivered, "Gone from the version reached");
+                assert!(
+                    oldest > delivered + 1 && oldest <= 16,
+                    "Gone names a real gap: requested {requested}, oldest {oldest}"
+                );
+                break;
+            }
+            other => panic!("expected events then Gone, got {other:?}"),
+        }
+    }
+    assert!(delivered < 16, "it missed something: {delivered} delivered");
+    let after = next_item(&mut live).await;
+    assert!(after.is_none(), "the stream ends after Gone: {after:?}");
 }
 
 pub async fn concurrent_writers_produce_a_gapless_sequence(make: Make) {

@@ -1,9 +1,9 @@
-//! For tests (this crate's, and the system tests): a real `nats-server -js`, `redis-server` or
-//! Kafka-protocol broker (`tansu`) on a free loopback port with temporary storage, stopped
-//! (killed) when dropped.
+//! A real `nats-server -js`, `redis-server` or Kafka-protocol broker (`tansu`) on a free
+//! loopback port with temporary storage, stopped (killed) when dropped: for the trigger tests
+//! and the system tests.
 //!
 //! `scripts/install-deps.sh` installs them (Debian packages `nats-server`, `redis-server`;
-//! `cargo install tansu`).
+//! `cargo install tansu`). A missing one is an error (the test fails), never a skip.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -216,22 +216,14 @@ pub fn tansu_binary() -> Option<PathBuf> {
 pub struct KafkaServer(pub Server);
 
 impl KafkaServer {
-    /// Starts one; `Ok(None)` (after printing why) when `tansu` is not installed and
-    /// `KAPPA_REQUIRE_KAFKA` is unset, so that a machine without it skips the Kafka tests. With
-    /// `KAPPA_REQUIRE_KAFKA` set (CI), a missing `tansu` is an error.
-    pub fn start_or_skip(test: &str) -> io::Result<Option<Self>> {
-        let Some(program) = tansu_binary() else {
-            if std::env::var_os("KAPPA_REQUIRE_KAFKA").is_some_and(|v| !v.is_empty()) {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    "tansu is not installed and KAPPA_REQUIRE_KAFKA is set (run scripts/install-deps.sh)",
-                ));
-            }
-            eprintln!(
-                "skipping {test}: tansu (a Kafka-protocol broker) is not installed; run scripts/install-deps.sh, or set KAPPA_REQUIRE_KAFKA=1 to fail instead"
-            );
-            return Ok(None);
-        };
+    /// Starts one on a free port (an error when `tansu` is not installed).
+    pub fn start() -> io::Result<Self> {
+        let program = tansu_binary().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "tansu (a Kafka-protocol broker) is not installed (run scripts/install-deps.sh)",
+            )
+        })?;
         let port = free_port()?;
         let dir = tempfile::Builder::new().prefix("kappa-kafka-").tempdir()?;
         let listener = format!("tcp://127.0.0.1:{port}");
@@ -244,7 +236,7 @@ impl KafkaServer {
             "--storage-engine".into(),
             "memory://tansu/".into(),
         ];
-        Server::spawn(program, args, dir, port).map(|s| Some(Self(s)))
+        Server::spawn(program, args, dir, port).map(Self)
     }
 
     /// `kafka://127.0.0.1:<port>`.
