@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 KAPPA_UI_SCREENSHOTS="$PWD/docs/images" \
-  cargo nextest run -p kappa-cli --test system -E 'test(dashboard_in_headless_chromium)'
+  cargo nextest run -p kappa --test system -E 'test(dashboard_in_headless_chromium)'
 ls -l docs/images/*.png

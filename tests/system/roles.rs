@@ -403,3 +403,254 @@ fn roles_canary_rolls_back_on_usage_reports() {
     let r = http(s.router, "GET", "/shop", &[], b"").unwrap();
     assert_eq!(r.text(), "v1");
 }
+
+/// `kappa server --role <roles>` on port-0 loopback addresses; the listeners it reports on
+/// stdout (`listening <what> <addr>`) read back once the admin listener (bound last) is.
+struct RoleSet {
+    dir: tempfile::TempDir,
+    child: Child,
+    listeners: std::collections::BTreeMap<String, SocketAddr>,
+}
+
+impl RoleSet {
+    fn start(roles: &str, extra: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("kappa-roleset-")
+            .tempdir()
+            .unwrap();
+        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let any = "127.0.0.1:0";
+        let child = Command::new(kappa_bin())
+            .args(["server", "--role", roles])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg("--runtimes-dir")
+            .arg(repo_root().join("functions/runtimes"))
+            .args(["--sandbox", "none", "--cgroups", "none"])
+            .args(["--api-addr", any, "--router-addr", any])
+            .args(["--router-admin-addr", any, "--executor-addr", any])
+            .args(["--admin-addr", any, "--shutdown-grace", "3"])
+            .args(extra)
+            .env("KAPPA_TOKEN", TOKEN)
+            .env_remove("KAPPA_ROLE")
+            .env_remove("KAPPA_STORE")
+            .env_remove("KAPPA_EXECUTOR_URL")
+            .env_remove("KAPPA_ROUTER_ADMIN_URL")
+            .env_remove("KAPPA_METRICS_NEED_TOKEN")
+            .env("KUBECONFIG", "/nonexistent/kubeconfig")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut set = RoleSet {
+            dir,
+            child,
+            listeners: Default::default(),
+        };
+        let log_path = set.dir.path().join("server.log");
+        set.listeners = eventually(
+            Duration::from_secs(60),
+            &format!("kappa server --role {roles} to listen"),
+            || {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                assert!(
+                    set.child.try_wait().unwrap().is_none(),
+                    "kappa server --role {roles} exited:\n{log}"
+                );
+                let listeners: std::collections::BTreeMap<String, SocketAddr> = log
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("listening "))
+                    .filter_map(|l| l.split_once(' '))
+                    .map(|(what, addr)| (what.to_string(), addr.parse().unwrap()))
+                    .collect();
+                listeners.contains_key("admin").then_some(listeners)
+            },
+        );
+        set
+    }
+
+    fn names(&self) -> Vec<&str> {
+        self.listeners.keys().map(String::as_str).collect()
+    }
+
+    fn addr(&self, what: &str) -> SocketAddr {
+        self.listeners[what]
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for RoleSet {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every role alone: what it listens on (each listener answers) and what `/readyz` says.
+#[test]
+fn each_role_listens_on_its_own_listeners() {
+    // Nothing answers here: the router and trigger roles start without their peer and say so
+    // when used, not at start.
+    let nobody = "http://127.0.0.1:1";
+    let cases: [(&str, &[&str], &[&str], bool); 5] = [
+        ("api", &[], &["admin", "api"], true),
+        (
+            "router",
+            &["--executor-url", nobody],
+            &["admin", "router", "router-internal"],
+            // Not ready until the executor's endpoint list arrives.
+            false,
+        ),
+        ("executor", &[], &["admin", "executor"], true),
+        (
+            "triggers",
+            &["--router-admin-url", nobody],
+            &["admin"],
+            true,
+        ),
+        ("builder", &[], &["admin"], true),
+    ];
+    for (role, extra, expected, ready) in cases {
+        let s = RoleSet::start(role, extra);
+        assert_eq!(s.names(), expected, "role {role}:\n{}", s.log());
+        for (what, addr) in &s.listeners {
+            assert!(
+                std::net::TcpStream::connect_timeout(addr, Duration::from_secs(5)).is_ok(),
+                "role {role}: {what} on {addr} accepts"
+            );
+        }
+        let admin = s.addr("admin");
+        assert_eq!(
+            http(admin, "GET", "/healthz", &[], b"").unwrap().status,
+            200
+        );
+        if ready {
+            eventually(Duration::from_secs(30), &format!("{role} ready"), || {
+                (http(admin, "GET", "/readyz", &[], b"").ok()?.status == 200).then_some(())
+            });
+        } else {
+            let r = http(admin, "GET", "/readyz", &[], b"").unwrap();
+            assert_eq!(r.status, 503, "{}", r.text());
+            assert!(r.text().contains(role), "{}", r.text());
+        }
+    }
+}
+
+/// Every role in one process (what `kappa up` assembles, here from `kappa server`'s flags):
+/// all listeners, and the builder role builds a source package the API accepted.
+#[test]
+fn all_roles_in_one_process_build_and_serve() {
+    let s = RoleSet::start("api,router,executor,triggers,builder", &[]);
+    assert_eq!(
+        s.names(),
+        ["admin", "api", "executor", "router", "router-internal"],
+        "{}",
+        s.log()
+    );
+    let admin = s.addr("admin");
+    eventually(Duration::from_secs(30), "every role ready", || {
+        (http(admin, "GET", "/readyz", &[], b"").ok()?.status == 200).then_some(())
+    });
+    let cli = |args: &[&str]| {
+        let out = Command::new(kappa_bin())
+            .args(args)
+            .env("KAPPA_API_URL", format!("http://{}", s.addr("api")))
+            .env("KAPPA_TOKEN", TOKEN)
+            .env("KAPPA_DATA_DIR", s.dir.path().join("no-client-config"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kappa {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            s.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    cli(&["env", "create", "--name", "python", "--image", "python"]);
+    // A source package whose build command writes the deployment: only the builder role
+    // turns it into one.
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(
+        src.path().join("hello.py"),
+        std::fs::read(function_path("examples/hello/hello.py")).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        src.path().join("build.sh"),
+        "#!/bin/sh\nset -e\nmkdir -p \"$DEPLOY_PKG\"\ncp hello.py \"$DEPLOY_PKG/\"\necho built\n",
+    )
+    .unwrap();
+    cli(&[
+        "pkg",
+        "create",
+        "--name",
+        "hello-src",
+        "--env",
+        "python",
+        "--src",
+        src.path().to_str().unwrap(),
+        "--buildcmd",
+        "sh ./build.sh",
+    ]);
+    let info = eventually(Duration::from_secs(120), "the package to build", || {
+        let out = cli(&["pkg", "get", "hello-src", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        let status = v["status"]["buildstatus"].as_str()?.to_string();
+        (status == "succeeded" || status == "failed").then_some(v)
+    });
+    assert_eq!(
+        info["status"]["buildstatus"],
+        "succeeded",
+        "{info}\n{}",
+        s.log()
+    );
+    cli(&[
+        "fn",
+        "create",
+        "--name",
+        "hello",
+        "--pkg",
+        "hello-src",
+        "--entrypoint",
+        "hello.main",
+    ]);
+    cli(&["route", "create", "--url", "/hello", "--function", "hello"]);
+    let router = s.addr("router");
+    let r = eventually(Duration::from_secs(60), "GET /hello", || {
+        let r = http(router, "GET", "/hello", &[], b"").ok()?;
+        (r.status != 404).then_some(r)
+    });
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), s.log());
+    assert_eq!(r.text(), "Hello, world!\n");
+}
+
+/// `kappa up`, the preset of every role: the router, its internal listener and the API listen
+/// (no executor API, no separate admin listener), and the API reports the router as bound.
+#[test]
+fn up_listens_for_every_role() {
+    let p = crate::harness::Platform::start();
+    for addr in [p.router, p.api, p.admin] {
+        assert!(
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).is_ok(),
+            "{addr} accepts\n{}",
+            p.log()
+        );
+    }
+    let r = http(p.admin, "GET", "/readyz", &[], b"").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let info = p.api("GET", "/v1/info", b"").json();
+    assert_eq!(info["routerUrl"], format!("http://{}", p.router), "{info}");
+    let log = p.log();
+    assert!(log.contains("Kappa is up."), "{log}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("listening ")),
+        "up prints its own summary:\n{log}"
+    );
+}

@@ -19,11 +19,13 @@
 
 mod error;
 mod extract;
+mod manifest;
 mod pack;
 mod store;
 
 pub use error::ArchiveError;
 pub use extract::{ExtractLimits, check_zip, extract_zip};
+pub use manifest::{BUILD_MANIFESTS, manifest_in_dir, manifest_in_zip};
 pub use pack::{pack_dir, pack_file, pack_files};
 pub use store::{ArchiveInfo, ArchiveStore, DEFAULT_FILENAME, Extracted, sniff_zip};
 

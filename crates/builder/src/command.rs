@@ -1,13 +1,11 @@
 //! Which command builds a package: the package's, the environment's, or the runtime's default.
 
-use std::io;
 use std::path::{Path, PathBuf};
 
 use kappa_local::ResolvedRuntime;
 
-/// The files whose presence at the root of a source makes the runtime's default build do
-/// something: `requirements.txt` (Python, pip) and `package.json` (Node.js, npm).
-pub const BUILD_MANIFESTS: [&str; 2] = ["requirements.txt", "package.json"];
+// Shared with the CLI's `--src` check, which must not need the builder.
+pub use kappa_archive::BUILD_MANIFESTS;
 
 /// The Python default's pip arguments, after `python3 -m pip`.
 const PIP_INSTALL: &str =
@@ -48,25 +46,7 @@ pub struct BuildCommand {
     pub read_only: Vec<PathBuf>,
 }
 
-/// The manifest among [`BUILD_MANIFESTS`] at the root of `dir`, if any.
-pub fn manifest_in_dir(dir: &Path) -> Option<&'static str> {
-    BUILD_MANIFESTS
-        .into_iter()
-        .find(|name| dir.join(name).is_file())
-}
-
-/// The manifest among [`BUILD_MANIFESTS`] at the root of the zip at `path`, if any (only the
-/// zip's directory is read).
-pub fn manifest_in_zip(path: &Path) -> io::Result<Option<&'static str>> {
-    let file = std::fs::File::open(path)?;
-    let archive = zip::ZipArchive::new(io::BufReader::new(file))
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-    Ok(BUILD_MANIFESTS.into_iter().find(|manifest| {
-        archive
-            .file_names()
-            .any(|name| name.is_ok_and(|n| n.trim_start_matches("./") == *manifest))
-    }))
-}
+pub use kappa_archive::{manifest_in_dir, manifest_in_zip};
 
 /// The command a package is built with: `buildcmd`, else the environment's builder command,
 /// else the runtime's default for the source in `dir` (`None`: nothing to build).

@@ -72,9 +72,12 @@ pub struct RouterConfig {
     pub metrics_need_token: bool,
     /// An upgraded (WebSocket) connection with no byte either way for this long is closed.
     pub upgrade_idle_timeout: Duration,
+    /// How long in-flight requests may take to finish once shutdown was requested (then their
+    /// connections are closed); `kappa server --shutdown-grace` sets it.
+    pub shutdown_grace: Duration,
 }
 
-/// How long in-flight requests may take to finish once shutdown was requested.
+/// The default of [`RouterConfig::shutdown_grace`].
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Idle keep-alive connections the router keeps per instance.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 64;
@@ -88,6 +91,7 @@ impl Default for RouterConfig {
             internal_token: None,
             metrics_need_token: false,
             upgrade_idle_timeout: Duration::from_secs(600),
+            shutdown_grace: SHUTDOWN_GRACE,
         }
     }
 }
@@ -166,7 +170,7 @@ impl Router {
 
     /// Runs the route-table watcher, the public listener and the admin listener until
     /// `shutdown` is cancelled; then stops accepting, lets in-flight requests finish within
-    /// [`SHUTDOWN_GRACE`] and returns.
+    /// [`RouterConfig::shutdown_grace`] and returns.
     pub async fn serve(
         &self,
         public: tokio::net::TcpListener,

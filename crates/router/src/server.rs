@@ -129,7 +129,7 @@ pub(crate) async fn serve(
     drop(public);
     connections.close();
 
-    let grace = crate::SHUTDOWN_GRACE;
+    let grace = inner.config.shutdown_grace;
     if tokio::time::timeout(grace, connections.wait())
         .await
         .is_err()

@@ -139,10 +139,10 @@ async fn has_build_manifest(src: &Path) -> anyhow::Result<bool> {
         let meta =
             std::fs::metadata(&src).with_context(|| format!("reading --src {}", src.display()))?;
         if meta.is_dir() {
-            return Ok(kappa_builder::manifest_in_dir(&src).is_some());
+            return Ok(kappa_archive::manifest_in_dir(&src).is_some());
         }
         // A zip's directory names its files; any other file has no manifest.
-        Ok(kappa_builder::manifest_in_zip(&src).is_ok_and(|m| m.is_some()))
+        Ok(kappa_archive::manifest_in_zip(&src).is_ok_and(|m| m.is_some()))
     })
     .await
     .context("reading --src was interrupted")?

@@ -1,31 +1,20 @@
-//! `kappa`: the command-line tool of the Kappa serverless platform.
+//! `kappa`: the command-line tool of the Kappa serverless platform, in one executable.
 //!
-//! Owns the Fission-like verbs over the API server's HTTP/JSON API (`env`, `fn`, `route`, `pkg`,
-//! `spec`, `version`), where to find the platform (`--api-url`/`KAPPA_API_URL`, else
-//! `<data-dir>/client.json` written by `kappa up`), output formats and exit codes
-//! (0 ok, 1 refused or failed, 2 usage, 3 platform unreachable). `kappa up` (the whole platform
-//! in one process) lives in [`up`]. The CLI deliberately holds no state of its own and never
-//! talks to the store, the router or the pool manager directly: everything goes through the API.
+//! The verbs over the API (`env`, `fn`, `route`, `pkg`, `spec`, ...) are `kappa_cli`'s; this
+//! binary adds what runs the platform: `kappa up` ([`up`], every role on this machine) and
+//! `kappa server --role ...` ([`server`]), both assembled by `kappa_platform::Platform::build`,
+//! the fetcher of Kubernetes function pods, and the sandbox helper every local instance
+//! starts through.
 
-#![cfg_attr(test, allow(clippy::unwrap_used))]
-
-mod client;
-mod cmd;
-mod code;
-mod output;
+mod flags;
 mod server;
-mod spec;
-mod stats;
 mod up;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-use crate::client::{Client, ClientError, ConnectOptions};
-use crate::cmd::{Ctx, UsageError};
-use crate::output::OutputFormat;
+use kappa_cli::{GlobalArgs, Verb};
 
 /// Kappa: serverless functions, Fission style.
 #[derive(Debug, Parser)]
@@ -40,104 +29,19 @@ struct Cli {
     command: Command,
 }
 
-/// Flags every command accepts.
-#[derive(Debug, Clone, clap::Args)]
-struct GlobalArgs {
-    /// The namespace of the resources.
-    #[arg(short = 'n', long, global = true, help_heading = "Global options", default_value = kappa_types::DEFAULT_NAMESPACE)]
-    namespace: String,
-    /// Output format: table, yaml or json [default: table for lists, yaml for get]. For
-    /// `pkg getsrc|getdeploy` and `archive download` (as in Fission): the file to write, `-`
-    /// for stdout.
-    #[arg(
-        short = 'o',
-        long,
-        global = true,
-        help_heading = "Global options",
-        value_name = "FORMAT|FILE"
-    )]
-    output: Option<String>,
-    /// More logging on stderr (-v info, -vv debug, -vvv trace).
-    #[arg(short = 'v', long = "verbose", global = true, help_heading = "Global options", action = clap::ArgAction::Count)]
-    verbose: u8,
-    /// The API server's URL, e.g. http://127.0.0.1:8890 [default: from <data-dir>/client.json].
-    #[arg(
-        long,
-        global = true,
-        help_heading = "Global options",
-        env = "KAPPA_API_URL"
-    )]
-    api_url: Option<String>,
-    /// The API's bearer token [default: from <data-dir>/client.json].
-    #[arg(
-        long,
-        global = true,
-        help_heading = "Global options",
-        env = "KAPPA_TOKEN",
-        hide_env_values = true
-    )]
-    token: Option<String>,
-    /// Where `kappa up` keeps its data and client.json [default: $HOME/.kappa].
-    #[arg(
-        long,
-        global = true,
-        help_heading = "Global options",
-        env = "KAPPA_DATA_DIR"
-    )]
-    data_dir: Option<PathBuf>,
-}
-
 // Parsed once per process: the size difference between variants does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the whole platform on this machine (API, store, pool manager, router).
+    /// Run the whole platform on this machine (API, store, pool manager, router, triggers,
+    /// builder).
     Up(up::UpArgs),
     /// Run platform components (roles) on their own, as the Helm chart does.
     Server(server::ServerArgs),
-    /// Environments: runtimes and their warm pools.
-    #[command(subcommand, alias = "environment")]
-    Env(cmd::env::EnvCommand),
-    /// Functions: code in an environment, with scaling settings.
-    #[command(subcommand, name = "fn", alias = "function")]
-    Fn(cmd::function::FnCommand),
-    /// Routes (HTTP triggers): paths on the public router that invoke functions.
-    #[command(subcommand, alias = "httptrigger", alias = "ht")]
-    Route(cmd::route::RouteCommand),
-    /// Packages: the code of functions, as archives.
-    #[command(subcommand, alias = "package")]
-    Pkg(cmd::package::PkgCommand),
-    /// Message-queue triggers: topics (NATS JetStream, Redis Streams) whose messages invoke functions.
-    #[command(
-        subcommand,
-        name = "mqtrigger",
-        alias = "mqt",
-        alias = "messagequeuetrigger"
-    )]
-    Mqtrigger(cmd::mqtrigger::MqtCommand),
-    /// Canary rollouts: shift a route's traffic to a new function step by step, rolled back
-    /// automatically when it fails too often.
-    #[command(subcommand)]
-    Canary(cmd::canary::CanaryCommand),
-    /// Time triggers: cron schedules that invoke functions.
-    #[command(subcommand, name = "timetrigger", alias = "tt", alias = "timer")]
-    Timetrigger(cmd::timetrigger::TtCommand),
-    /// Secrets: key/values functions read from /secrets/<namespace>/<name>/<key> (never shown).
-    #[command(subcommand)]
-    Secret(cmd::secret::SecretCommand),
-    /// Config maps: key/values functions read from /configs/<namespace>/<name>/<key>.
-    #[command(subcommand, alias = "cm")]
-    Configmap(cmd::configmap::ConfigMapCommand),
-    /// Archives: the files packages are made of, in the API's content-addressed store.
-    #[command(subcommand, alias = "ar")]
-    Archive(cmd::archive::ArchiveCommand),
+    #[command(flatten)]
+    Verb(Verb),
     /// Print a shell completion script: `source <(kappa completion bash)`.
     Completion(CompletionArgs),
-    /// Declarative deployment: apply a directory of YAML specs (Kappa's or Fission's format).
-    #[command(subcommand)]
-    Spec(spec::SpecCommand),
-    /// Print the client's and the server's versions.
-    Version,
     /// Run the fetcher of a Kubernetes function pod (its second container; see kappa-fetcher).
     Fetcher(FetcherArgs),
     /// Run a step of a Kubernetes builder pod (see kappa-kube's builds module).
@@ -177,7 +81,7 @@ async fn build_step(args: BuildStepArgs) -> anyhow::Result<()> {
         tracing::warn!(file = %args.termination_log.display(), error = %e, "could not write the termination message");
     }
     match result {
-        Ok(report) => output::print_stdout(&format!("{report}\n")),
+        Ok(report) => kappa_cli::output::print_stdout(&format!("{report}\n")),
         Err(e) => Err(anyhow::anyhow!(e)),
     }
 }
@@ -310,7 +214,7 @@ fn main() -> ExitCode {
     }
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => report_error(&e),
+        Err(e) => kappa_cli::report_error(&e),
     }
 }
 
@@ -358,73 +262,14 @@ fn init_tracing(
     Ok(telemetry)
 }
 
-/// Whether `-o` names a file for this command (Fission's `-o FILE` of the download verbs)
-/// rather than an output format.
-fn output_is_a_file(command: &Command) -> bool {
-    matches!(
-        command,
-        Command::Pkg(cmd::package::PkgCommand::Getsrc(_) | cmd::package::PkgCommand::Getdeploy(_))
-            | Command::Archive(cmd::archive::ArchiveCommand::Download(_))
-    )
-}
-
-/// The `-o` format, checked.
-fn output_format(value: Option<&str>) -> anyhow::Result<Option<OutputFormat>> {
-    use clap::ValueEnum as _;
-    value
-        .map(|v| {
-            OutputFormat::from_str(v, true).map_err(|_| {
-                cmd::usage(format!(
-                    "-o/--output {v:?} is not an output format: expected table, yaml or json"
-                ))
-            })
-        })
-        .transpose()
-}
-
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let g = cli.global;
-    let (output, dest) = if output_is_a_file(&cli.command) {
-        (None, g.output.clone())
-    } else {
-        (output_format(g.output.as_deref())?, None)
-    };
-    let connect = ConnectOptions {
-        api_url: g.api_url.clone(),
-        token: g.token.clone(),
-        data_dir: g.data_dir.clone(),
-    };
-    let ctx = || -> anyhow::Result<Ctx> {
-        cmd::check_name(&g.namespace).map_err(|_| {
-            cmd::usage(format!(
-                "--namespace {:?} is not a valid namespace: expected a DNS-1123 label",
-                g.namespace
-            ))
-        })?;
-        let endpoint = client::resolve(&connect)?;
-        Ok(Ctx {
-            client: Client::new(endpoint, &g.namespace)?,
-            output,
-        })
-    };
     match cli.command {
         Command::Up(args) => up::run(args).await,
         Command::Server(args) => server::run(args).await,
-        Command::Env(c) => cmd::env::run(&ctx()?, c).await,
-        Command::Fn(c) => cmd::function::run(&ctx()?, c).await,
-        Command::Route(c) => cmd::route::run(&ctx()?, c).await,
-        Command::Pkg(c) => cmd::package::run(&ctx()?, c, dest.as_deref()).await,
-        Command::Archive(c) => cmd::archive::run(&ctx()?, c, dest.as_deref()).await,
         Command::Completion(args) => completion(args.shell),
-        Command::Mqtrigger(c) => cmd::mqtrigger::run(&ctx()?, c).await,
-        Command::Timetrigger(c) => cmd::timetrigger::run(ctx, c).await,
-        Command::Canary(c) => cmd::canary::run(&ctx()?, c).await,
-        Command::Secret(c) => cmd::secret::run(&ctx()?, c).await,
-        Command::Configmap(c) => cmd::configmap::run(&ctx()?, c).await,
-        Command::Spec(c) => spec::run(ctx, c).await,
-        Command::Version => version(&connect, &g.namespace, output).await,
-        Command::Fetcher(args) => fetcher(args, g.token.clone()).await,
+        Command::Fetcher(args) => fetcher(args, cli.global.token.clone()).await,
         Command::BuildStep(args) => build_step(args).await,
+        Command::Verb(verb) => kappa_cli::run(cli.global, verb).await,
     }
 }
 
@@ -433,77 +278,19 @@ fn completion(shell: clap_complete::Shell) -> anyhow::Result<()> {
     use clap::CommandFactory as _;
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut Cli::command(), "kappa", &mut script);
-    output::print_stdout(&String::from_utf8_lossy(&script))
-}
-
-/// `kappa version`: the client's version always; the server's when it answers.
-async fn version(
-    connect: &ConnectOptions,
-    namespace: &str,
-    format: Option<OutputFormat>,
-) -> anyhow::Result<()> {
-    let client_version = env!("CARGO_PKG_VERSION");
-    let server = match client::resolve(connect).and_then(|ep| Client::new(ep, namespace)) {
-        Ok(client) => Some((client.endpoint().api_url.clone(), client.info().await)),
-        Err(_) => None,
-    };
-    match format {
-        Some(f @ (OutputFormat::Json | OutputFormat::Yaml)) => {
-            let server = match &server {
-                Some((url, Ok(info))) => serde_json::json!({
-                    "apiUrl": url, "version": info.version, "routerUrl": info.router_url,
-                }),
-                Some((url, Err(e))) => serde_json::json!({"apiUrl": url, "error": e.to_string()}),
-                None => serde_json::Value::Null,
-            };
-            output::print_value(
-                f,
-                &serde_json::json!({"client": {"version": client_version}, "server": server}),
-            )
-        }
-        _ => {
-            let mut text = format!("client: {client_version}\n");
-            match server {
-                Some((url, Ok(info))) => text.push_str(&format!("server: {} ({url})\n", info.version)),
-                Some((url, Err(e))) => text.push_str(&format!("server: unknown ({url}: {e})\n")),
-                None => text.push_str("server: unknown (no platform configured: run `kappa up` or set KAPPA_API_URL)\n"),
-            }
-            output::print_stdout(&text)
-        }
-    }
-}
-
-/// Prints `error: <chain>` (and `  field: <path>` when one is named) and picks the exit code.
-fn report_error(err: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {err:#}");
-    let mut code = 1;
-    for cause in err.chain() {
-        if let Some(e) = cause.downcast_ref::<ClientError>() {
-            if let Some(field) = e.field() {
-                eprintln!("  field: {field}");
-            }
-            if let ClientError::Api {
-                invocation_id: Some(id),
-                ..
-            } = e
-            {
-                eprintln!("  invocation: {id}");
-            }
-            code = e.exit_code();
-            break;
-        }
-        if cause.downcast_ref::<UsageError>().is_some() {
-            code = 2;
-            break;
-        }
-    }
-    ExitCode::from(code)
+    kappa_cli::output::print_stdout(&String::from_utf8_lossy(&script))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
+    use kappa_cli::output::OutputFormat;
+    use kappa_cli::{cmd, output_format};
+
+    fn output_is_a_file(command: &Command) -> bool {
+        matches!(command, Command::Verb(verb) if kappa_cli::output_is_a_file(verb))
+    }
 
     #[test]
     fn cli_is_well_formed() {
@@ -518,7 +305,7 @@ mod tests {
         assert_eq!(cli.global.output.as_deref(), Some("json"));
         let cli = Cli::try_parse_from(["kappa", "ht", "create", "--function", "f", "--url", "/x"])
             .unwrap();
-        assert!(matches!(cli.command, Command::Route(_)));
+        assert!(matches!(cli.command, Command::Verb(Verb::Route(_))));
         // Both the positional and the flag form of a name.
         Cli::try_parse_from(["kappa", "fn", "get", "hello"]).unwrap();
         Cli::try_parse_from(["kappa", "fn", "get", "--name", "hello"]).unwrap();
@@ -615,14 +402,14 @@ mod tests {
                       --builder fission/python-builder --buildcmd build --keeparchive",
         );
         match cli.command {
-            Command::Env(cmd::env::EnvCommand::Create(c)) => {
+            Command::Verb(Verb::Env(cmd::env::EnvCommand::Create(c))) => {
                 assert_eq!(c.flags.version, Some(2));
                 assert_eq!(c.flags.poolsize, Some(3));
             }
             other => panic!("{other:?}"),
         }
         match ok("env update --name py --version 3 --period 10").command {
-            Command::Env(cmd::env::EnvCommand::Update(c)) => {
+            Command::Verb(Verb::Env(cmd::env::EnvCommand::Update(c))) => {
                 assert_eq!(c.flags.version, Some(3));
                 assert_eq!(c.flags.graceperiod, Some(10));
             }
