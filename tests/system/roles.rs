@@ -450,7 +450,7 @@ impl RoleSet {
             listeners: Default::default(),
         };
         let log_path = set.dir.path().join("server.log");
-        set.listeners = eventually(
+        set.listeners = eventually_blocking(
             Duration::from_secs(60),
             &format!("kappa server --role {roles} to listen"),
             || {
@@ -530,7 +530,7 @@ fn each_role_listens_on_its_own_listeners() {
             200
         );
         if ready {
-            eventually(Duration::from_secs(30), &format!("{role} ready"), || {
+            eventually_blocking(Duration::from_secs(30), &format!("{role} ready"), || {
                 (http(admin, "GET", "/readyz", &[], b"").ok()?.status == 200).then_some(())
             });
         } else {
@@ -553,7 +553,7 @@ fn all_roles_in_one_process_build_and_serve() {
         s.log()
     );
     let admin = s.addr("admin");
-    eventually(Duration::from_secs(30), "every role ready", || {
+    eventually_blocking(Duration::from_secs(30), "every role ready", || {
         (http(admin, "GET", "/readyz", &[], b"").ok()?.status == 200).then_some(())
     });
     let cli = |args: &[&str]| {
@@ -599,7 +599,7 @@ fn all_roles_in_one_process_build_and_serve() {
         "--buildcmd",
         "sh ./build.sh",
     ]);
-    let info = eventually(Duration::from_secs(120), "the package to build", || {
+    let info = eventually_blocking(Duration::from_secs(120), "the package to build", || {
         let out = cli(&["pkg", "get", "hello-src", "-o", "json"]);
         let v: serde_json::Value = serde_json::from_str(&out).ok()?;
         let status = v["status"]["buildstatus"].as_str()?.to_string();
@@ -623,7 +623,7 @@ fn all_roles_in_one_process_build_and_serve() {
     ]);
     cli(&["route", "create", "--url", "/hello", "--function", "hello"]);
     let router = s.addr("router");
-    let r = eventually(Duration::from_secs(60), "GET /hello", || {
+    let r = eventually_blocking(Duration::from_secs(60), "GET /hello", || {
         let r = http(router, "GET", "/hello", &[], b"").ok()?;
         (r.status != 404).then_some(r)
     });

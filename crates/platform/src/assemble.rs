@@ -802,7 +802,13 @@ async fn build_runner(
 fn pod_build_runner(
     config: &Config,
     kube: Option<&kappa_kube::Client>,
-) -> Result<(kappa_kube::builds::PodBuildRunner, kappa_builder::ApiArchives), PlatformError> {
+) -> Result<
+    (
+        kappa_kube::builds::PodBuildRunner,
+        kappa_builder::ApiArchives,
+    ),
+    PlatformError,
+> {
     let client = kube.cloned().ok_or_else(|| {
         PlatformError::config("builds in pods need a Kubernetes client (--store kubernetes)")
     })?;
@@ -834,8 +840,7 @@ fn pod_build_runner(
     );
     // The download cache and the build index live beside the (unused by pods) work directory.
     let state_dir = config.data_dir.join("builder");
-    std::fs::create_dir_all(&state_dir)
-        .with_ctx(|| format!("creating {}", state_dir.display()))?;
+    std::fs::create_dir_all(&state_dir).with_ctx(|| format!("creating {}", state_dir.display()))?;
     let archives = kappa_builder::ApiArchives::new(
         &api_url,
         Some(config.token.clone()),

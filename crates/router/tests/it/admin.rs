@@ -281,9 +281,11 @@ async fn gated_request(h: &Harness) -> (tokio::task::JoinHandle<()>, Arc<Upstrea
         assert_eq!(status, StatusCode::OK);
     });
     let up = h.provisioner.upstream("hello-g1-1");
-    eventually("the request to reach the function", || async {
-        up.gated.load(Ordering::SeqCst) == 1
-    })
+    eventually_async(
+        Duration::from_secs(15),
+        "the request to reach the function",
+        || async { up.gated.load(Ordering::SeqCst) == 1 },
+    )
     .await;
     (in_flight, up)
 }
