@@ -27,7 +27,7 @@ pub use error::ArchiveError;
 pub use extract::{ExtractLimits, check_zip, extract_zip};
 pub use manifest::{BUILD_MANIFESTS, manifest_in_dir, manifest_in_zip};
 pub use pack::{pack_dir, pack_file, pack_files};
-pub use store::{ArchiveInfo, ArchiveStore, DEFAULT_FILENAME, Extracted};
+pub use store::{ArchiveInfo, ArchiveStore, DEFAULT_FILENAME, Extracted, sniff_zip};
 
 use sha2::{Digest, Sha256};
 
@@ -45,7 +45,7 @@ pub fn is_valid_digest(s: &str) -> bool {
 }
 
 /// Lower-case hexadecimal encoding.
-pub(crate) fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {

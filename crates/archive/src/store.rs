@@ -783,7 +783,7 @@ fn check_archive(path: &Path, limits: &ExtractLimits) -> Result<(), ArchiveError
 }
 
 /// Whether the file starts with the zip local-file-header magic `PK\x03\x04`.
-fn sniff_zip(path: &Path) -> std::io::Result<bool> {
+pub fn sniff_zip(path: &Path) -> std::io::Result<bool> {
     let mut magic = [0u8; 4];
     let mut file = std::fs::File::open(path)?;
     let mut read = 0;

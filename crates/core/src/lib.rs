@@ -15,6 +15,8 @@
 //! - [`StatsRegistry`]: the bounded in-memory history of how each function was called (per
 //!   minute for an hour, and its last invocations) that the router records and the API
 //!   server's dashboard reads, through [`StatsSource`].
+//! - [`executor_api`]: the executor API's wire format (provision, endpoint feed, usage,
+//!   stats, instances), one definition shared by the pool manager's server and its clients.
 //! - [`TokenCheck`]: the one constant-time check of the platform's bearer token, which every
 //!   listener that requires it uses.
 //!
@@ -26,6 +28,7 @@ mod auth;
 mod backend;
 mod deployments;
 mod endpoints;
+pub mod executor_api;
 mod id;
 mod instances;
 mod outcomes;

@@ -39,12 +39,18 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use kappa_core::executor_api::{
+    ENDPOINTS_PATH, INSTANCES_PATH, PROVISION_PATH, STATS_PATH, StatsReport, USAGE_PATH,
+};
+pub use kappa_core::executor_api::{
+    EndpointList, FeedEvent, InstanceList, InstanceUsage, ProvisionErrorBody, ProvisionErrorWire,
+    ProvisionRequest, ProvisionResponse, UsageReport,
+};
 use kappa_core::{
-    Endpoint, EndpointIndex, FunctionId, InstanceLister, Provision, ProvisionError, Provisioner,
-    TokenCheck,
+    Endpoint, EndpointIndex, FunctionId, InstanceLister, ProvisionError, Provisioner, TokenCheck,
 };
 use kappa_types::ErrorBody;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -60,96 +66,6 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 pub const REPLICA_TTL: Duration = Duration::from_secs(10);
 /// Most instances one usage report may list.
 pub const MAX_USAGE_INSTANCES: usize = 16_384;
-
-/// `POST /v1/provision` body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProvisionRequest {
-    pub namespace: String,
-    pub name: String,
-    pub generation: i64,
-}
-
-/// `POST /v1/provision` success body: `result` is `added` or `at_capacity`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProvisionResponse {
-    pub result: String,
-}
-
-/// A [`ProvisionError`] on the wire (the `provisionError` member of an error body).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(
-    tag = "kind",
-    rename_all = "camelCase",
-    rename_all_fields = "camelCase"
-)]
-pub enum ProvisionErrorWire {
-    FunctionNotFound {
-        namespace: String,
-        name: String,
-    },
-    EnvironmentNotFound {
-        environment: String,
-    },
-    Package {
-        name: String,
-        reason: String,
-    },
-    Specialize {
-        message: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        detail: Option<String>,
-    },
-    Start {
-        message: String,
-    },
-    Timeout {
-        seconds: u64,
-    },
-    Unavailable {
-        message: String,
-    },
-}
-
-impl From<&ProvisionError> for ProvisionErrorWire {
-    fn from(e: &ProvisionError) -> Self {
-        match e.clone() {
-            ProvisionError::FunctionNotFound(id) => Self::FunctionNotFound {
-                namespace: id.namespace,
-                name: id.name,
-            },
-            ProvisionError::EnvironmentNotFound(environment) => {
-                Self::EnvironmentNotFound { environment }
-            }
-            ProvisionError::Package { name, reason } => Self::Package { name, reason },
-            ProvisionError::Specialize { message, detail } => Self::Specialize { message, detail },
-            ProvisionError::Start(message) => Self::Start { message },
-            ProvisionError::Timeout(d) => Self::Timeout {
-                seconds: d.as_secs(),
-            },
-            ProvisionError::Unavailable(message) => Self::Unavailable { message },
-        }
-    }
-}
-
-impl From<ProvisionErrorWire> for ProvisionError {
-    fn from(w: ProvisionErrorWire) -> Self {
-        match w {
-            ProvisionErrorWire::FunctionNotFound { namespace, name } => {
-                Self::FunctionNotFound(FunctionId::new(namespace, name))
-            }
-            ProvisionErrorWire::EnvironmentNotFound { environment } => {
-                Self::EnvironmentNotFound(environment)
-            }
-            ProvisionErrorWire::Package { name, reason } => Self::Package { name, reason },
-            ProvisionErrorWire::Specialize { message, detail } => {
-                Self::Specialize { message, detail }
-            }
-            ProvisionErrorWire::Start { message } => Self::Start(message),
-            ProvisionErrorWire::Timeout { seconds } => Self::Timeout(Duration::from_secs(seconds)),
-            ProvisionErrorWire::Unavailable { message } => Self::Unavailable(message),
-        }
-    }
-}
 
 /// The status and stable code a provisioning error is answered with.
 fn status_of(e: &ProvisionError) -> (StatusCode, &'static str) {
@@ -167,101 +83,9 @@ fn status_of(e: &ProvisionError) -> (StatusCode, &'static str) {
     }
 }
 
-/// One event of the endpoint feed (one NDJSON line).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(
-    tag = "type",
-    rename_all = "camelCase",
-    rename_all_fields = "camelCase"
-)]
-pub enum FeedEvent {
-    /// A specialized instance is ready to serve `capacity` requests at once.
-    Added {
-        namespace: String,
-        function: String,
-        instance_id: String,
-        address: String,
-        generation: i64,
-        capacity: u32,
-    },
-    /// The instance admits nothing new (its in-flight requests finish).
-    Draining {
-        namespace: String,
-        function: String,
-        instance_id: String,
-    },
-    /// The instance is gone; `exit` says why when it ended on its own.
-    Removed {
-        namespace: String,
-        function: String,
-        instance_id: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        exit: Option<String>,
-    },
-    /// Every current endpoint has been sent; what follows are changes.
-    Synced,
-    /// Nothing happened for a while; the stream is alive.
-    Heartbeat,
-}
-
-impl FeedEvent {
-    fn added(function: &FunctionId, e: &Endpoint) -> Self {
-        Self::Added {
-            namespace: function.namespace.clone(),
-            function: function.name.clone(),
-            instance_id: e.instance_id.clone(),
-            address: e.addr.to_string(),
-            generation: e.generation,
-            capacity: e.capacity,
-        }
-    }
-
-    fn draining(function: &FunctionId, e: &Endpoint) -> Self {
-        Self::Draining {
-            namespace: function.namespace.clone(),
-            function: function.name.clone(),
-            instance_id: e.instance_id.clone(),
-        }
-    }
-
-    fn removed(function: &FunctionId, e: &Endpoint) -> Self {
-        Self::Removed {
-            namespace: function.namespace.clone(),
-            function: function.name.clone(),
-            instance_id: e.instance_id.clone(),
-            exit: e.exit_reason().map(str::to_string),
-        }
-    }
-
-    /// The event as one NDJSON line.
-    pub fn to_line(&self) -> Bytes {
-        let mut line = serde_json::to_vec(self).unwrap_or_default();
-        line.push(b'\n');
-        Bytes::from(line)
-    }
-}
-
-/// `POST /v1/usage` body: one router replica's view of its in-flight requests.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct UsageReport {
-    /// A stable name of the replica (its pod name).
-    pub replica: String,
-    pub instances: Vec<InstanceUsage>,
-    /// The replica's request outcomes per function since it started (canaries sum them).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub functions: Vec<kappa_core::FunctionOutcome>,
-}
-
-/// One instance in a [`UsageReport`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct InstanceUsage {
-    pub instance_id: String,
-    /// Requests the replica has in flight on it now.
-    pub in_flight: u32,
-    /// Requests the replica finished on it since its previous report.
-    pub served: u64,
+/// The event as one NDJSON line.
+fn to_line(event: &FeedEvent) -> Bytes {
+    Bytes::from(event.to_line())
 }
 
 struct Known {
@@ -294,7 +118,7 @@ impl Feed {
         let mut known = self.known();
         let send = |e: FeedEvent| {
             // No receivers is fine: there is nobody to tell.
-            let _ = self.tx.send(e.to_line());
+            let _ = self.tx.send(to_line(&e));
         };
         let mut seen: HashSet<String> = HashSet::new();
         for (function, endpoints) in &snapshot {
@@ -344,12 +168,12 @@ impl Feed {
         let rx = self.tx.subscribe();
         let mut initial = VecDeque::new();
         for k in known.values() {
-            initial.push_back(FeedEvent::added(&k.function, &k.endpoint).to_line());
+            initial.push_back(to_line(&FeedEvent::added(&k.function, &k.endpoint)));
             if k.draining {
-                initial.push_back(FeedEvent::draining(&k.function, &k.endpoint).to_line());
+                initial.push_back(to_line(&FeedEvent::draining(&k.function, &k.endpoint)));
             }
         }
-        initial.push_back(FeedEvent::Synced.to_line());
+        initial.push_back(to_line(&FeedEvent::Synced));
         (initial, rx)
     }
 
@@ -441,12 +265,12 @@ impl ExecutorApi {
     /// must also run [`ExecutorApi::run`]).
     pub fn app(&self) -> axum::Router {
         let authed = axum::Router::new()
-            .route("/v1/provision", post(provision))
-            .route("/v1/endpoints", get(endpoints))
-            .route("/v1/instances", get(instances))
-            .route("/v1/usage", post(usage))
+            .route(PROVISION_PATH, post(provision))
+            .route(ENDPOINTS_PATH, get(endpoints))
+            .route(INSTANCES_PATH, get(instances))
+            .route(USAGE_PATH, post(usage))
             .route(
-                "/v1/stats",
+                STATS_PATH,
                 get(stats_sum)
                     .post(stats_report)
                     .layer(axum::extract::DefaultBodyLimit::max(
@@ -639,6 +463,16 @@ async fn require_token(State(api): State<ExecutorApi>, request: Request, next: N
     next.run(request).await
 }
 
+/// `400 invalid` naming `field`, which must not be empty.
+fn empty_field(field: &str) -> Response {
+    plain_error(
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        format!("{field} must not be empty"),
+        Some(field),
+    )
+}
+
 /// `400 invalid` for a JSON body that does not parse as `what`.
 fn invalid_body(what: &str, e: &JsonRejection) -> Response {
     plain_error(
@@ -661,20 +495,10 @@ async fn provision(
         }
     };
     if req.namespace.is_empty() {
-        return plain_error(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            "namespace must not be empty".into(),
-            Some("namespace"),
-        );
+        return empty_field("namespace");
     }
     if req.name.is_empty() {
-        return plain_error(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            "name must not be empty".into(),
-            Some("name"),
-        );
+        return empty_field("name");
     }
     let function = FunctionId::new(req.namespace, req.name);
     let outcome = api
@@ -690,23 +514,17 @@ async fn provision(
     api.inner.feed.diff();
     api.inner.feed.nudge.notify_one();
     match outcome {
-        Ok(p) => Json(ProvisionResponse {
-            result: match p {
-                Provision::Added => "added",
-                Provision::AtCapacity => "at_capacity",
-            }
-            .into(),
-        })
-        .into_response(),
+        Ok(p) => Json(ProvisionResponse::new(p)).into_response(),
         Err(e) => {
             let (status, code) = status_of(&e);
             tracing::debug!(%function, error = %e, "provision failed");
+            let body = ProvisionErrorBody {
+                error: Some(ErrorBody::new(code, format!("function {function}: {e}")).error),
+                provision_error: Some(ProvisionErrorWire::from(&e)),
+            };
             json_error(
                 status,
-                &serde_json::json!({
-                    "error": { "code": code, "message": format!("function {function}: {e}") },
-                    "provisionError": ProvisionErrorWire::from(&e),
-                }),
+                &serde_json::to_value(&body).unwrap_or(serde_json::Value::Null),
             )
         }
     }
@@ -729,7 +547,7 @@ async fn instances(State(api): State<ExecutorApi>) -> Response {
         );
     };
     match lister.instances().await {
-        Ok(items) => Json(serde_json::json!({ "items": items })).into_response(),
+        Ok(items) => Json(InstanceList { items }).into_response(),
         Err(message) => plain_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
@@ -744,7 +562,10 @@ async fn endpoints(
     Query(query): Query<EndpointsQuery>,
 ) -> Response {
     if !query.watch {
-        return Json(serde_json::json!({ "items": api.inner.feed.list() })).into_response();
+        return Json(EndpointList {
+            items: api.inner.feed.list(),
+        })
+        .into_response();
     }
     let shutdown = api.inner.streams.clone();
     let (initial, rx) = api.inner.feed.subscribe();
@@ -769,7 +590,7 @@ async fn endpoints(
             };
             match next {
                 Ok(Ok(line)) => Some((Ok(line), w)),
-                Err(_) => Some((Ok(FeedEvent::Heartbeat.to_line()), w)),
+                Err(_) => Some((Ok(to_line(&FeedEvent::Heartbeat)), w)),
                 Ok(Err(broadcast::error::RecvError::Lagged(missed))) => {
                     tracing::warn!(
                         missed,
@@ -802,12 +623,7 @@ async fn usage(
         }
     };
     if report.replica.is_empty() {
-        return plain_error(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            "replica must not be empty".into(),
-            Some("replica"),
-        );
+        return empty_field("replica");
     }
     if report.instances.len() > MAX_USAGE_INSTANCES {
         return plain_error(
@@ -832,7 +648,7 @@ async fn stats_sum(State(api): State<ExecutorApi>) -> Response {
 /// `POST /v1/stats`: one router replica's request history.
 async fn stats_report(
     State(api): State<ExecutorApi>,
-    body: Result<Json<crate::stats::StatsReport>, JsonRejection>,
+    body: Result<Json<StatsReport>, JsonRejection>,
 ) -> Response {
     let Json(report) = match body {
         Ok(body) => body,
@@ -841,12 +657,7 @@ async fn stats_report(
         }
     };
     if report.replica.is_empty() {
-        return plain_error(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            "replica must not be empty".into(),
-            Some("replica"),
-        );
+        return empty_field("replica");
     }
     api.inner.stats.apply(report);
     StatusCode::NO_CONTENT.into_response()
@@ -865,6 +676,7 @@ mod tests {
     use super::*;
     use async_trait::async_trait;
     use axum::http::Request as HttpRequest;
+    use kappa_core::Provision;
     use tower::ServiceExt as _;
 
     struct Fixed(Result<Provision, ProvisionError>);
@@ -972,30 +784,6 @@ mod tests {
         let wire: ProvisionErrorWire =
             serde_json::from_value(body["provisionError"].clone()).unwrap();
         assert_eq!(ProvisionError::from(wire), error);
-    }
-
-    #[test]
-    fn every_error_variant_round_trips() {
-        let errors = [
-            ProvisionError::FunctionNotFound(FunctionId::new("a", "b")),
-            ProvisionError::EnvironmentNotFound("a/py".into()),
-            ProvisionError::Package {
-                name: "a/p".into(),
-                reason: "gone".into(),
-            },
-            ProvisionError::Specialize {
-                message: "m".into(),
-                detail: None,
-            },
-            ProvisionError::Start("s".into()),
-            ProvisionError::Timeout(Duration::from_secs(7)),
-            ProvisionError::Unavailable("u".into()),
-        ];
-        for e in errors {
-            let json = serde_json::to_string(&ProvisionErrorWire::from(&e)).unwrap();
-            let back: ProvisionErrorWire = serde_json::from_str(&json).unwrap();
-            assert_eq!(ProvisionError::from(back), e, "{json}");
-        }
     }
 
     #[tokio::test]

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use kappa_core::{StatsSnapshot, StatsSource};
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 /// How long a replica's last snapshot counts without a new one.
@@ -17,14 +16,7 @@ pub const STATS_TTL: Duration = Duration::from_secs(60);
 /// Largest `POST /v1/stats` body (a replica's hour of every function it served).
 pub const MAX_STATS_BODY: usize = 32 * 1024 * 1024;
 
-/// `POST /v1/stats` body: one router replica's history.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StatsReport {
-    /// A stable name of the replica (its pod name).
-    pub replica: String,
-    pub snapshot: StatsSnapshot,
-}
+pub use kappa_core::executor_api::StatsReport;
 
 /// The last snapshot of each router replica.
 #[derive(Debug, Default)]

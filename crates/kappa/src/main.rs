@@ -42,7 +42,7 @@ enum Command {
     Verb(Verb),
     /// Print a shell completion script: `source <(kappa completion bash)`.
     Completion(CompletionArgs),
-    /// Run the fetcher of a Kubernetes function pod (its second container; see kappa-kube).
+    /// Run the fetcher of a Kubernetes function pod (its second container; see kappa-fetcher).
     Fetcher(FetcherArgs),
     /// Run a step of a Kubernetes builder pod (see kappa-kube's builds module).
     #[command(hide = true)]
@@ -151,7 +151,7 @@ struct FetcherArgs {
 /// Runs the fetcher until SIGTERM or Ctrl-C.
 async fn fetcher(args: FetcherArgs, token: Option<String>) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let config = kappa_kube::fetcher::FetcherConfig {
+    let config = kappa_fetcher::FetcherConfig {
         userfunc: args.userfunc,
         secrets: args.secrets,
         configs: args.configs,
@@ -159,15 +159,13 @@ async fn fetcher(args: FetcherArgs, token: Option<String>) -> anyhow::Result<()>
         api_token: token,
         specialize_token: kappa_core::TokenCheck::optional(args.fetcher_token.as_deref()),
         max_archive_bytes: args.max_archive_bytes,
-        ..kappa_kube::fetcher::FetcherConfig::in_pod()
+        ..kappa_fetcher::FetcherConfig::in_pod()
     };
-    let startup = args
-        .specialize_from
-        .map(|file| kappa_kube::fetcher::Startup {
-            termination_log: args.termination_log,
-            retry_for: std::time::Duration::from_secs(args.specialize_retry_secs),
-            ..kappa_kube::fetcher::Startup::new(file)
-        });
+    let startup = args.specialize_from.map(|file| kappa_fetcher::Startup {
+        termination_log: args.termination_log,
+        retry_for: std::time::Duration::from_secs(args.specialize_retry_secs),
+        ..kappa_fetcher::Startup::new(file)
+    });
     let shutdown = tokio_util::sync::CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -179,7 +177,7 @@ async fn fetcher(args: FetcherArgs, token: Option<String>) -> anyhow::Result<()>
         }
         stop.cancel();
     });
-    kappa_kube::fetcher::run(args.listen, config, startup, shutdown)
+    kappa_fetcher::run(args.listen, config, startup, shutdown)
         .await
         .with_context(|| format!("fetcher on {}", args.listen))
 }

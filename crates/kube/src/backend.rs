@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use base64::Engine as _;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kappa_core::{
@@ -33,12 +32,13 @@ use kube::{Client, Error as KubeError};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::fetcher::{
-    FETCHER_PORT, FetchFiles, FetchRequest, RUNTIME_PORT, pod_fetcher_token, runtime_error,
-};
 use crate::pods::{
     ANNOTATION_ARCHIVE, LABEL_MANAGED_BY, LABEL_ROLE, Placement, PodTemplate, ROLE_POOL,
     ROLE_SPECIALIZED, pool_pod, specialized_labels,
+};
+use kappa_runtime::{
+    FETCHER_PORT, FetchFiles, FetchRequest, RUNTIME_PORT, error_code, pod_fetcher_token,
+    runtime_error,
 };
 
 /// Configuration of the pod backend (its `Debug` leaves the tokens out).
@@ -281,7 +281,6 @@ pub(crate) fn fetch_request(
     api_token: Option<&str>,
     request: &SpecializeRequest,
 ) -> FetchRequest {
-    let b64 = base64::engine::general_purpose::STANDARD;
     FetchRequest {
         archive_url: format!(
             "{}/v1/archives/{}",
@@ -292,20 +291,7 @@ pub(crate) fn fetch_request(
         filename: request.filename.clone(),
         entrypoint: request.entrypoint.clone(),
         env: request.env.clone(),
-        files: request
-            .files
-            .iter()
-            .map(|v| FetchFiles {
-                dir: v.kind.dir_name().to_string(),
-                namespace: v.namespace.clone(),
-                name: v.name.clone(),
-                entries: v
-                    .entries
-                    .iter()
-                    .map(|(k, bytes)| (k.clone(), b64.encode(bytes)))
-                    .collect(),
-            })
-            .collect(),
+        files: request.files.iter().map(FetchFiles::from).collect(),
         token: api_token.map(str::to_string),
     }
 }
@@ -532,9 +518,7 @@ impl Backend for PodBackend {
         let status = response.status();
         if !status.is_success() {
             let bytes = response.bytes().await.unwrap_or_default();
-            let code = serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .and_then(|v| v["error"]["code"].as_str().map(str::to_string));
+            let code = error_code(&bytes);
             let (message, detail) = runtime_error(status.as_u16(), &bytes);
             return Err(match code.as_deref() {
                 Some("download_failed" | "checksum_mismatch" | "too_large" | "place_failed") => {

@@ -51,12 +51,12 @@ use crate::backend::{
     PodBackendConfig, PodState, api_status, environment_placement, fetch_request, follow_pods,
     pod_state,
 };
-use crate::fetcher::{FetchRequest, RUNTIME_PORT};
 use crate::pods::{
     ANNOTATION_CREATED_BY, LABEL_FUNCTION, LABEL_FUNCTION_NAMESPACE, LABEL_GENERATION,
     LABEL_MANAGED_BY, LABEL_REVISION, LABEL_ROLE, Placement, PodTemplate, ROLE_NEWDEPLOY,
     SPECIALIZE_KEY, newdeploy_labels, newdeploy_pod_template, newdeploy_selector,
 };
+use kappa_runtime::{FetchRequest, RUNTIME_PORT};
 
 /// The annotation the ReplicaSet controller reads to choose which pods to remove first.
 pub const ANNOTATION_DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
@@ -242,7 +242,7 @@ fn ready_instance(pod: &Pod) -> Option<ReadyInstance> {
 
 /// A failed run of the fetcher container: (the container's restart count at that run, the
 /// message, the detail). The termination log holds the message, then after a blank line the
-/// detail (see [`crate::fetcher::Startup::termination_log`]).
+/// detail (see `kappa_fetcher::Startup::termination_log`).
 fn fetcher_failure(pod: &Pod) -> Option<(i32, String, Option<String>)> {
     let status = pod.status.as_ref()?;
     let fetcher = status

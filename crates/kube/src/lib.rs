@@ -10,8 +10,8 @@
 //!   labelled so a restarted pool manager adopts them; [`pods`] builds the pod objects.
 //! - [`KubeDeployments`] ([`deployments`]): `newdeploy` functions as a Deployment per function
 //!   whose pods specialize themselves on start from a Secret; the pool manager sets replicas.
-//! - [`fetcher`]: `kappa fetcher`, the function pod's second container that downloads,
-//!   verifies and places the code and calls the runtime's `/v2/specialize`.
+//!   The pods' second container, `kappa fetcher`, is its own crate (`kappa-fetcher`, no
+//!   Kubernetes API use); what the pod backend sends it is `kappa_runtime::fetch`.
 //! - [`builds`]: the builder role's runner on Kubernetes ([`builds::PodBuildRunner`]): one
 //!   builder pod per build, which fetches the source and uploads the deployment archive through
 //!   the API with a build token, and the `kappa build-step` steps those pods run.
@@ -35,7 +35,6 @@ pub mod builds;
 pub mod convert;
 pub mod crd;
 pub mod deployments;
-pub mod fetcher;
 pub mod finalizer;
 pub mod lease;
 pub mod pods;

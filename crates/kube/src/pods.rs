@@ -5,7 +5,7 @@
 //! - `runtime`: the Environment's image (any Fission v2 environment image works), port 8888,
 //!   `/userfunc`, `/secrets`, `/configs` mounted read-only, a writable `/tmp`;
 //! - `fetcher`: the platform's own image running `kappa fetcher` on port 8000, which places the
-//!   code and calls the runtime's `/v2/specialize` (see [`crate::fetcher`]). Its readiness
+//!   code and calls the runtime's `/v2/specialize` (the `kappa-fetcher` crate). Its readiness
 //!   (`/readyz`) is "the runtime answers", so the pod is Ready when both are up.
 //!
 //! Both run as non-root with a read-only root filesystem, no privilege escalation, every
@@ -28,7 +28,7 @@ use kappa_core::{DeploymentSpec, FunctionId, InstanceSpec, Limits};
 use kappa_types::{Resources, Toleration};
 use serde_json::{Value, json};
 
-use crate::fetcher::{FETCHER_PORT, FETCHER_TOKEN_ENV, RUNTIME_PORT};
+use kappa_runtime::{FETCHER_PORT, FETCHER_TOKEN_ENV, RUNTIME_PORT};
 
 /// Label on everything Kappa creates (`kappa`).
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
@@ -228,7 +228,7 @@ pub(crate) fn container_security(run_as_user: i64) -> Value {
 /// How a pod gets its code.
 enum Start<'a> {
     /// Warm and generic: the pool manager specializes it through the fetcher's `/specialize`,
-    /// authenticated with the pod's `fetcher_token` (see [`crate::fetcher::pod_fetcher_token`]).
+    /// authenticated with the pod's `fetcher_token` (see [`kappa_runtime::pod_fetcher_token`]).
     Pool { fetcher_token: &'a str },
     /// Specializes itself on start from the request in the Secret `secret`.
     SelfSpecialize { secret: &'a str },

@@ -18,6 +18,8 @@ use kappa_core::{
     InstanceSpec, SpecializeRequest,
 };
 use kappa_logs::{InstanceLog, LogStore, LogStream};
+use kappa_runtime::place;
+use kappa_runtime::{SPECIALIZE_PATH, SpecializeBody, runtime_error};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,7 +31,6 @@ use tokio::time::Instant;
 use crate::cgroup::{CgroupVersion, Cgroups, InstanceCgroup};
 use crate::config::{EgressMode, LocalConfig, ZygoteMode};
 use crate::http;
-use crate::place;
 use crate::procs::{self, INSTANCE_ID_VAR};
 use crate::runtime::{ResolvedRuntime, RuntimeRegistry};
 use crate::sandbox::{
@@ -863,11 +864,7 @@ impl Inner {
         } else {
             userfunc.join(&placed)
         };
-        let body = serde_json::json!({
-            "filepath": filepath.to_string_lossy(),
-            "functionName": request.entrypoint,
-            "env": request.env,
-        });
+        let body = SpecializeBody::new(&filepath, &request.entrypoint, &request.env);
         let body = serde_json::to_vec(&body).map_err(|e| BackendError::Io(e.to_string()))?;
         // From now on the instance's lines (and the runtime's own report of a failure) belong
         // to the function, so `kappa fn logs` shows why a specialization failed.
@@ -881,7 +878,7 @@ impl Inner {
         let call = http::call(
             &instance.addr,
             ::http::Method::POST,
-            "/v2/specialize",
+            SPECIALIZE_PATH,
             Some(("application/json", body)),
         );
         let response = match tokio::time::timeout(request.timeout, call).await {
@@ -918,7 +915,7 @@ impl Inner {
             tracing::info!(instance = %instance.id, function = %request.function, "instance specialized");
             return Ok(());
         }
-        let (message, detail) = specialize_error(response.status.as_u16(), &response.body);
+        let (message, detail) = runtime_error(response.status.as_u16(), &response.body);
         let mut line = format!(
             "specialization for function {} failed ({}): {message}",
             request.function, response.status
@@ -1062,40 +1059,6 @@ fn exit_reason(status: ExitStatus, signals_via_launcher: bool, oom_killed: bool)
             oom_killed,
         },
     }
-}
-
-/// The message and detail of a failed specialization: `error.message` / `error.traceback` of a
-/// JSON body (also `message` / `traceback` at the top level), else the raw body.
-fn specialize_error(status: u16, body: &[u8]) -> (String, Option<String>) {
-    const MAX_RAW: usize = 4096;
-    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) {
-        let error = value
-            .get("error")
-            .filter(|e| e.is_object())
-            .unwrap_or(&value);
-        let text = |key: &str| error.get(key).and_then(|v| v.as_str()).map(str::to_owned);
-        if let Some(message) = text("message").or_else(|| {
-            value
-                .get("error")
-                .and_then(|e| e.as_str())
-                .map(str::to_owned)
-        }) {
-            return (message, text("traceback").or_else(|| text("detail")));
-        }
-    }
-    let raw = String::from_utf8_lossy(body);
-    let raw = raw.trim();
-    if raw.is_empty() {
-        return (
-            format!("the runtime refused the specialization with status {status}"),
-            None,
-        );
-    }
-    let mut end = raw.len().min(MAX_RAW);
-    while !raw.is_char_boundary(end) {
-        end -= 1;
-    }
-    (raw[..end].to_owned(), None)
 }
 
 /// Copies an instance's stderr to its log while keeping the last bytes to explain an early
@@ -1406,31 +1369,6 @@ mod tests {
         );
         assert_eq!(exit_reason(code(137), false, false).code, Some(137));
         assert_eq!(exit_reason(signal(15), false, false).signal, Some(15));
-    }
-
-    #[test]
-    fn specialize_errors_use_message_and_traceback() {
-        let body = br#"{"error":{"code":"import_error","message":"No module named 'x'","traceback":"Traceback ..."}}"#;
-        assert_eq!(
-            specialize_error(500, body),
-            (
-                "No module named 'x'".to_owned(),
-                Some("Traceback ...".to_owned())
-            )
-        );
-        assert_eq!(
-            specialize_error(400, b"{\"message\":\"bad\"}"),
-            ("bad".to_owned(), None)
-        );
-        assert_eq!(
-            specialize_error(400, b"{\"error\":\"plain\"}"),
-            ("plain".to_owned(), None)
-        );
-        assert_eq!(
-            specialize_error(502, b"  oops \n"),
-            ("oops".to_owned(), None)
-        );
-        assert!(specialize_error(500, b"").0.contains("500"));
     }
 
     #[test]

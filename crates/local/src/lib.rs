@@ -21,7 +21,6 @@ mod build;
 mod cgroup;
 mod config;
 mod http;
-mod place;
 mod procs;
 mod runtime;
 mod sandbox;

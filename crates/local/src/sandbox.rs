@@ -113,7 +113,7 @@ impl Sandbox {
         let sockets = data_dir.join("sockets");
         prepare_dir(&root, 0o755).map_err(|e| format!("{}: {e}", root.display()))?;
         // Leftover sockets of an earlier run go; only this platform's user may open new ones.
-        let _ = crate::place::remove_tree(&sockets);
+        let _ = kappa_runtime::place::remove_tree(&sockets);
         prepare_dir(&sockets, 0o700).map_err(|e| format!("{}: {e}", sockets.display()))?;
         let probe = sockets.join(format!("c{}", u64::MAX));
         if probe.as_os_str().len() > MAX_SOCKET_PATH {

@@ -64,19 +64,15 @@ pub(crate) struct HttpInstances(ExecutorGet);
 
 impl HttpInstances {
     pub(crate) fn new(base: &str, token: &str) -> Result<Self, PlatformError> {
-        ExecutorGet::new(base, token, "/v1/instances").map(Self)
+        ExecutorGet::new(base, token, kappa_core::executor_api::INSTANCES_PATH).map(Self)
     }
 }
 
 #[async_trait::async_trait]
 impl kappa_core::InstanceLister for HttpInstances {
     async fn instances(&self) -> Result<Vec<kappa_core::InstanceInfo>, String> {
-        #[derive(serde::Deserialize)]
-        struct List {
-            items: Vec<kappa_core::InstanceInfo>,
-        }
         self.0
-            .get::<List>("an unreadable list")
+            .get::<kappa_core::executor_api::InstanceList>("an unreadable list")
             .await
             .map(|l| l.items)
     }
@@ -87,7 +83,7 @@ pub(crate) struct HttpStats(ExecutorGet);
 
 impl HttpStats {
     pub(crate) fn new(base: &str, token: &str) -> Result<Self, PlatformError> {
-        ExecutorGet::new(base, token, "/v1/stats").map(Self)
+        ExecutorGet::new(base, token, kappa_core::executor_api::STATS_PATH).map(Self)
     }
 }
 

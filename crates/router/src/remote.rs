@@ -18,7 +18,7 @@
 //! instances are likely alive) and the feeder reconnects with a bounded backoff, then
 //! resynchronises: endpoints the executor no longer has are removed.
 //!
-//! The wire types are declared here again rather than shared with `kappa-executor`, so the
+//! The wire types are [`kappa_core::executor_api`], the one declaration both sides use, so the
 //! router does not depend on the pool manager; the tests run both against each other.
 
 use std::collections::{HashMap, HashSet};
@@ -27,8 +27,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt as _;
+use kappa_core::executor_api::{
+    ENDPOINTS_PATH, FeedEvent, InstanceUsage, PROVISION_PATH, ProvisionErrorBody, ProvisionRequest,
+    ProvisionResponse, STATS_PATH, StatsReport, USAGE_PATH, UsageReport,
+};
 use kappa_core::{EndpointIndex, FunctionId, InstanceAddr, Provision, ProvisionError, Provisioner};
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -117,79 +120,6 @@ fn with_token(req: reqwest::RequestBuilder, token: Option<&str>) -> reqwest::Req
     }
 }
 
-#[derive(Debug, Serialize)]
-struct ProvisionRequest<'a> {
-    namespace: &'a str,
-    name: &'a str,
-    generation: i64,
-}
-
-#[derive(Debug, Deserialize)]
-struct ProvisionResponse {
-    result: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(
-    tag = "kind",
-    rename_all = "camelCase",
-    rename_all_fields = "camelCase"
-)]
-enum ProvisionErrorWire {
-    FunctionNotFound {
-        namespace: String,
-        name: String,
-    },
-    EnvironmentNotFound {
-        environment: String,
-    },
-    Package {
-        name: String,
-        reason: String,
-    },
-    Specialize {
-        message: String,
-        #[serde(default)]
-        detail: Option<String>,
-    },
-    Start {
-        message: String,
-    },
-    Timeout {
-        seconds: u64,
-    },
-    Unavailable {
-        message: String,
-    },
-}
-
-impl From<ProvisionErrorWire> for ProvisionError {
-    fn from(w: ProvisionErrorWire) -> Self {
-        match w {
-            ProvisionErrorWire::FunctionNotFound { namespace, name } => {
-                Self::FunctionNotFound(FunctionId::new(namespace, name))
-            }
-            ProvisionErrorWire::EnvironmentNotFound { environment } => {
-                Self::EnvironmentNotFound(environment)
-            }
-            ProvisionErrorWire::Package { name, reason } => Self::Package { name, reason },
-            ProvisionErrorWire::Specialize { message, detail } => {
-                Self::Specialize { message, detail }
-            }
-            ProvisionErrorWire::Start { message } => Self::Start(message),
-            ProvisionErrorWire::Timeout { seconds } => Self::Timeout(Duration::from_secs(seconds)),
-            ProvisionErrorWire::Unavailable { message } => Self::Unavailable(message),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-struct ErrorEnvelope {
-    error: Option<kappa_types::ErrorDetail>,
-    #[serde(rename = "provisionError")]
-    provision_error: Option<ProvisionErrorWire>,
-}
-
 /// [`Provisioner`] over the executor's HTTP API.
 #[derive(Debug, Clone)]
 pub struct RemoteProvisioner {
@@ -237,15 +167,15 @@ impl Provisioner for RemoteProvisioner {
         function: &FunctionId,
         generation: i64,
     ) -> Result<Provision, ProvisionError> {
-        let url = format!("{}/v1/provision", self.config.executor_url);
+        let url = format!("{}{PROVISION_PATH}", self.config.executor_url);
         let request = self
             .client
             .post(&url)
             .timeout(self.config.provision_timeout)
             .headers(kappa_telemetry::context_headers())
             .json(&ProvisionRequest {
-                namespace: &function.namespace,
-                name: &function.name,
+                namespace: function.namespace.clone(),
+                name: function.name.clone(),
                 generation,
             });
         let response = with_token(request, self.config.token.as_deref())
@@ -265,24 +195,25 @@ impl Provisioner for RemoteProvisioner {
             let body: ProvisionResponse = serde_json::from_slice(&bytes).map_err(|e| {
                 ProvisionError::Unavailable(format!("the executor's answer is not valid: {e}"))
             })?;
-            return match body.result.as_str() {
-                "added" => {
+            return match body.provision() {
+                Some(Provision::Added) => {
                     self.wait_for_endpoint(function, generation, FEED_WAIT)
                         .await;
                     Ok(Provision::Added)
                 }
-                "at_capacity" => Ok(Provision::AtCapacity),
-                other => Err(ProvisionError::Unavailable(format!(
-                    "the executor answered an unknown result {other:?}"
+                Some(Provision::AtCapacity) => Ok(Provision::AtCapacity),
+                None => Err(ProvisionError::Unavailable(format!(
+                    "the executor answered an unknown result {:?}",
+                    body.result
                 ))),
             };
         }
-        match serde_json::from_slice::<ErrorEnvelope>(&bytes) {
-            Ok(ErrorEnvelope {
+        match serde_json::from_slice::<ProvisionErrorBody>(&bytes) {
+            Ok(ProvisionErrorBody {
                 provision_error: Some(wire),
                 ..
             }) => Err(wire.into()),
-            Ok(ErrorEnvelope {
+            Ok(ProvisionErrorBody {
                 error: Some(detail),
                 ..
             }) => Err(ProvisionError::Unavailable(format!(
@@ -295,56 +226,6 @@ impl Provisioner for RemoteProvisioner {
             ))),
         }
     }
-}
-
-/// One event of the executor's endpoint feed.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(
-    tag = "type",
-    rename_all = "camelCase",
-    rename_all_fields = "camelCase"
-)]
-enum FeedEvent {
-    Added {
-        namespace: String,
-        function: String,
-        instance_id: String,
-        address: String,
-        generation: i64,
-        capacity: u32,
-    },
-    Draining {
-        namespace: String,
-        function: String,
-        instance_id: String,
-    },
-    Removed {
-        namespace: String,
-        function: String,
-        instance_id: String,
-        #[serde(default)]
-        exit: Option<String>,
-    },
-    Synced,
-    Heartbeat,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct UsageReport<'a> {
-    replica: &'a str,
-    instances: Vec<InstanceUsage>,
-    /// This replica's request outcomes per function so far (the canary controller sums them).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    functions: Vec<kappa_core::FunctionOutcome>,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct InstanceUsage {
-    instance_id: String,
-    in_flight: u32,
-    served: u64,
 }
 
 /// Mirrors the executor's endpoints into this router's index and reports this replica's usage.
@@ -473,7 +354,7 @@ impl EndpointFeeder {
 
     /// One connection: list, then changes, until it fails.
     async fn follow(&self) -> Result<(), FeedError> {
-        let url = format!("{}/v1/endpoints?watch=true", self.config.executor_url);
+        let url = format!("{}{ENDPOINTS_PATH}?watch=true", self.config.executor_url);
         let response = with_token(self.client.get(&url), self.config.token.as_deref())
             .send()
             .await
@@ -577,7 +458,7 @@ impl EndpointFeeder {
         stats: Arc<kappa_core::StatsRegistry>,
         shutdown: CancellationToken,
     ) {
-        let url = format!("{}/v1/stats", self.config.executor_url);
+        let url = format!("{}{STATS_PATH}", self.config.executor_url);
         let mut tick = tokio::time::interval(self.config.stats_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -585,10 +466,10 @@ impl EndpointFeeder {
                 () = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let report = serde_json::json!({
-                "replica": self.config.replica,
-                "snapshot": stats.snapshot(),
-            });
+            let report = StatsReport {
+                replica: self.config.replica.clone(),
+                snapshot: stats.snapshot(),
+            };
             let request = self
                 .client
                 .post(&url)
@@ -608,7 +489,7 @@ impl EndpointFeeder {
     /// Sends this replica's in-flight counts and finished requests per instance, every
     /// `usage_interval`.
     async fn report_usage(&self, shutdown: CancellationToken) {
-        let url = format!("{}/v1/usage", self.config.executor_url);
+        let url = format!("{}{USAGE_PATH}", self.config.executor_url);
         let mut last_served: HashMap<String, u64> = HashMap::new();
         let mut tick = tokio::time::interval(self.config.usage_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -631,7 +512,7 @@ impl EndpointFeeder {
                 });
             }
             let report = UsageReport {
-                replica: &self.config.replica,
+                replica: self.config.replica.clone(),
                 instances,
                 functions: self
                     .outcomes
@@ -825,7 +706,7 @@ mod tests {
     fn error_bodies_map_back_to_provision_errors() {
         let body = r#"{"error":{"code":"specialize_failed","message":"m"},
             "provisionError":{"kind":"specialize","message":"boom","detail":"tb"}}"#;
-        let env: ErrorEnvelope = serde_json::from_str(body).unwrap();
+        let env: ProvisionErrorBody = serde_json::from_str(body).unwrap();
         assert_eq!(
             ProvisionError::from(env.provision_error.unwrap()),
             ProvisionError::Specialize {
@@ -834,7 +715,7 @@ mod tests {
             }
         );
         let body = r#"{"provisionError":{"kind":"timeout","seconds":9}}"#;
-        let env: ErrorEnvelope = serde_json::from_str(body).unwrap();
+        let env: ProvisionErrorBody = serde_json::from_str(body).unwrap();
         assert_eq!(
             ProvisionError::from(env.provision_error.unwrap()),
             ProvisionError::Timeout(Duration::from_secs(9))

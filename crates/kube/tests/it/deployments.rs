@@ -17,10 +17,10 @@ use kappa_core::{
     BackendError, ConfigKind, ConfigVolume, DeploymentEvent, DeploymentSpec, Deployments,
     FunctionId, SpecializeRequest,
 };
+use kappa_fetcher::{FetchFiles, FetchRequest, FetcherConfig, RunError, Startup};
 use kappa_kube::deployments::{
     deployment_name, function_deployment, specialize_request, specialize_secret,
 };
-use kappa_kube::fetcher::{FetchFiles, FetchRequest, FetcherConfig, RunError, Startup};
 use kappa_kube::pods::{Placement, PodTemplate};
 use kappa_kube::{DeploymentsConfig, KubeDeployments};
 use kappa_types::Toleration;
@@ -910,7 +910,7 @@ async fn start_fetcher(
         ..Startup::new(file)
     };
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(kappa_kube::fetcher::serve_startup(
+    let task = tokio::spawn(kappa_fetcher::serve_startup(
         listener,
         config,
         startup,

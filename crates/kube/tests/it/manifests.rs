@@ -56,7 +56,7 @@ fn pool_pod_with_placement_serialises() {
         &template,
         &instance_spec("python-placed0001"),
         &placement,
-        &kappa_kube::fetcher::pod_fetcher_token("key", "python-placed0001"),
+        &kappa_runtime::pod_fetcher_token("key", "python-placed0001"),
     );
     let json = serde_json::to_value(&pod).unwrap();
     assert_eq!(json["spec"]["nodeSelector"]["kappa.dev/pool"], "functions");

@@ -18,8 +18,8 @@ use kappa_core::TokenCheck;
 use kappa_core::{
     Backend, BackendError, ConfigKind, ConfigVolume, FunctionId, Instance, SpecializeRequest,
 };
+use kappa_fetcher::{FetcherConfig, RunError, pod_fetcher_token, serve};
 use kappa_kube::PodBackend;
-use kappa_kube::fetcher::{FetcherConfig, RunError, pod_fetcher_token, serve};
 use kappa_test_support::eventually;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -373,7 +373,7 @@ async fn a_pool_fetcher_without_a_token_does_not_start() {
         userfunc: dir.path().join("userfunc"),
         ..FetcherConfig::in_pod()
     };
-    let err = kappa_kube::fetcher::run(
+    let err = kappa_fetcher::run(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         config,
         None,

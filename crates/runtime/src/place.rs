@@ -1,4 +1,8 @@
-//! Placing a function's extracted code into an instance's `userfunc` directory.
+//! The layout of an instance's code and configuration, shared by the local backend (which
+//! places into each instance's own directory) and a function pod's fetcher (which places into
+//! the pod's shared volumes).
+//!
+//! Placing a function's extracted code into an instance's `userfunc` directory (local backend).
 //!
 //! Files are hard-linked from the archive store's cached extraction (so placing a large package
 //! costs one link per file), falling back to a copy when linking fails (another file system).
@@ -7,10 +11,12 @@
 //! directories created here become `0555` once filled. The sandbox also binds `userfunc`
 //! read-only, which is what stops an instance running as root from writing its code.
 //!
-//! It also places a function's Secrets and ConfigMaps as files in the instance's own
-//! `secrets/<namespace>/<name>/<key>` and `configs/<namespace>/<name>/<key>` (files `0400` and
-//! `0440`, directories `0500` and `0550`), which the sandbox binds read-only at `/secrets` and
-//! `/configs`.
+//! It also places a function's Secrets and ConfigMaps as files in
+//! `secrets/<namespace>/<name>/<key>` and `configs/<namespace>/<name>/<key>` (files
+//! [`ConfigKind::file_mode`], `0400` and `0440`; directories [`dir_mode`], `0500` and `0550`):
+//! locally in the instance's own directory, which the sandbox binds read-only at `/secrets` and
+//! `/configs`; in a pod, in the volumes the fetcher shares with the runtime (both containers
+//! run as the same user, so owner-only modes suffice there too).
 
 use std::fs;
 use std::io::{self, Write};
@@ -20,10 +26,10 @@ use std::path::{Path, PathBuf};
 use kappa_core::{ConfigKind, ConfigVolume};
 
 /// The directory name an extracted (zip) archive is placed under, as in Fission.
-pub(crate) const DEPLOY_ARCHIVE: &str = "deployarchive";
+pub const DEPLOY_ARCHIVE: &str = "deployarchive";
 
 /// What was placed, relative to `userfunc`.
-pub(crate) fn place_dir(source: &Path, userfunc: &Path) -> io::Result<PathBuf> {
+pub fn place_dir(source: &Path, userfunc: &Path) -> io::Result<PathBuf> {
     let dest = userfunc.join(DEPLOY_ARCHIVE);
     remove_tree(&dest)?;
     copy_tree(source, &dest)?;
@@ -31,7 +37,7 @@ pub(crate) fn place_dir(source: &Path, userfunc: &Path) -> io::Result<PathBuf> {
 }
 
 /// Places a single file as `userfunc/<name>`; `name` must be one plain path component.
-pub(crate) fn place_file(source: &Path, name: &str, userfunc: &Path) -> io::Result<PathBuf> {
+pub fn place_file(source: &Path, name: &str, userfunc: &Path) -> io::Result<PathBuf> {
     if !is_plain_name(name) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -49,7 +55,7 @@ pub(crate) fn place_file(source: &Path, name: &str, userfunc: &Path) -> io::Resu
 /// and keys must be plain path components (the API checks them; this checks again). Errors name
 /// the volume and key, never a value. With an `owner` (a sandboxed instance's user and group),
 /// the files and directories placed are the owner's, so that user alone reads them.
-pub(crate) fn place_config(
+pub fn place_config(
     base: &Path,
     volume: &ConfigVolume,
     owner: Option<(u32, u32)>,
@@ -65,10 +71,7 @@ pub(crate) fn place_config(
             ));
         }
     }
-    let (file_mode, dir_mode) = match volume.kind {
-        ConfigKind::Secret => (0o400, 0o500),
-        ConfigKind::ConfigMap => (0o440, 0o550),
-    };
+    let (file_mode, dir_mode) = (volume.kind.file_mode(), dir_mode(volume.kind));
     let ns_dir = base.join(&volume.namespace);
     fs::create_dir_all(&ns_dir)?;
     // Writable while placing; read-only again at the end.
@@ -107,8 +110,23 @@ pub(crate) fn place_config(
     fs::set_permissions(&ns_dir, fs::Permissions::from_mode(dir_mode))
 }
 
-fn is_plain_name(name: &str) -> bool {
-    !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0')
+/// The mode of the directories placed for a volume of `kind` (its files'
+/// [`ConfigKind::file_mode`] plus the search bit wherever a read bit is).
+pub fn dir_mode(kind: ConfigKind) -> u32 {
+    match kind {
+        ConfigKind::Secret => 0o500,
+        ConfigKind::ConfigMap => 0o550,
+    }
+}
+
+/// Whether `name` is one plain path component: not empty, `.` or `..`, at most 255 bytes,
+/// without `/`, `\` or NUL.
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name.len() <= 255
+        && !name.contains(['/', '\\', '\0'])
 }
 
 fn read_only_mode(mode: u32) -> u32 {
@@ -150,7 +168,7 @@ fn copy_tree(source: &Path, dest: &Path) -> io::Result<()> {
 
 /// Removes a file or directory tree, making read-only directories writable first; a missing
 /// path is fine.
-pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
+pub fn remove_tree(path: &Path) -> io::Result<()> {
     let meta = match fs::symlink_metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),

@@ -8,9 +8,14 @@
 //!    sha256 is the one asked for;
 //! 2. extracts it safely with [`kappa_archive::extract_zip`] (a zip) or places it as one file;
 //! 3. writes the function's Secrets and ConfigMaps as files
-//!    (`/secrets/<namespace>/<name>/<key>` mode 0400, `/configs/...` mode 0440);
+//!    (`/secrets/<namespace>/<name>/<key>`, `/configs/...`) with [`kappa_runtime::place`], the
+//!    layout and modes the local backend uses;
 //! 4. calls the runtime's `POST http://127.0.0.1:8888/v2/specialize` with
-//!    `{"filepath", "functionName", "env"}`, so Fission environment images work unchanged.
+//!    [`kappa_runtime::SpecializeBody`] (`{"filepath", "functionName", "env"}`), so Fission
+//!    environment images work unchanged.
+//!
+//! The request it takes ([`FetchRequest`]), its port and token derivation are
+//! [`kappa_runtime::fetch`], which the pod backend (`kappa-kube`) builds requests with.
 //!
 //! `/specialize` needs `Authorization: Bearer <token>` with the pod's own fetcher token
 //! ([`FETCHER_TOKEN_ENV`] in the fetcher container alone, derived by [`pod_fetcher_token`] from
@@ -38,7 +43,6 @@
 //! Errors are the platform's JSON error body; a runtime's refusal keeps the runtime's status
 //! and message (and its traceback as `detail`), so an import error reaches the user as such.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -51,97 +55,21 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine as _;
 use futures::StreamExt;
-use hmac::{Hmac, KeyInit as _, Mac as _};
-use kappa_archive::{DEFAULT_FILENAME, ExtractLimits, extract_zip};
+use kappa_archive::{DEFAULT_FILENAME, ExtractLimits, extract_zip, hex, sniff_zip};
 use kappa_core::TokenCheck;
-use serde::{Deserialize, Serialize};
+use kappa_runtime::place::{is_plain_name, place_config};
+use kappa_runtime::{SPECIALIZE_PATH, SpecializeBody, error_code};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-/// The fetcher's port in a function pod.
-pub const FETCHER_PORT: u16 = 8000;
-/// The runtime's port in a function pod (Fission's).
-pub const RUNTIME_PORT: u16 = 8888;
-/// The fetcher container's variable holding its pod's token for `/specialize`.
-pub const FETCHER_TOKEN_ENV: &str = "KAPPA_FETCHER_TOKEN";
-
-/// The token the fetcher of pod `pod` accepts on `/specialize`: HMAC-SHA256 of the pod's name
-/// keyed with `key` (the platform token), in hex. Deterministic, so a restarted pool manager
-/// recomputes it for the pods it adopts; one pod's token says nothing about another's.
-pub fn pod_fetcher_token(key: &str, pod: &str) -> String {
-    // HMAC takes keys of any length, so this cannot fail.
-    let mut mac = <Hmac<Sha256>>::new_from_slice(key.as_bytes())
-        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
-    mac.update(b"kappa-fetcher\0");
-    mac.update(pod.as_bytes());
-    hex(&mac.finalize().into_bytes())
-}
-
-/// What the pool manager sends to `POST /specialize`.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct FetchRequest {
-    /// Where to download the archive: the API server's `/v1/archives/<sha256>`.
-    pub archive_url: String,
-    /// The archive's expected sha256 (lower-case hex).
-    pub sha256: String,
-    /// For a non-zip archive, the file name to place it under (`deployarchive` when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub filename: Option<String>,
-    /// The entrypoint, passed to the runtime as `functionName`.
-    pub entrypoint: String,
-    /// Environment variables passed to the runtime's specialize call (`env`).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub env: BTreeMap<String, String>,
-    /// Secrets and ConfigMaps to place as files.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub files: Vec<FetchFiles>,
-    /// Bearer token for the archive download (omitted when the fetcher has its own).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
-}
-
-impl std::fmt::Debug for FetchRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FetchRequest")
-            .field("archive_url", &self.archive_url)
-            .field("sha256", &self.sha256)
-            .field("filename", &self.filename)
-            .field("entrypoint", &self.entrypoint)
-            .field("env_keys", &self.env.keys().collect::<Vec<_>>())
-            .field("files", &self.files)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
-}
-
-/// One Secret or ConfigMap to place: values are base64.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct FetchFiles {
-    /// `secrets` or `configs`: the directory under which it is placed.
-    pub dir: String,
-    pub namespace: String,
-    pub name: String,
-    /// Key (file name) to base64 value.
-    pub entries: BTreeMap<String, String>,
-}
-
-impl std::fmt::Debug for FetchFiles {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FetchFiles")
-            .field("dir", &self.dir)
-            .field("namespace", &self.namespace)
-            .field("name", &self.name)
-            .field("keys", &self.entries.keys().collect::<Vec<_>>())
-            .finish()
-    }
-}
+pub use kappa_runtime::fetch::{
+    FETCHER_PORT, FETCHER_TOKEN_ENV, FetchFiles, FetchRequest, RUNTIME_PORT, pod_fetcher_token,
+};
+use kappa_runtime::runtime_error;
 
 /// Configuration of a fetcher.
 #[derive(Debug, Clone)]
@@ -569,18 +497,12 @@ where
 /// The runtime answers `GET /healthz` with anything but a server error (else a transient
 /// [`FetchError::RuntimeUnreachable`]).
 async fn runtime_up(state: &FetcherState) -> Result<(), FetchError> {
-    let url = format!("{}/healthz", state.config.runtime_url);
-    match state
-        .http
-        .get(&url)
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-    {
-        Ok(r) if !r.status().is_server_error() => Ok(()),
-        Ok(r) => Err(FetchError::RuntimeUnreachable {
+    let (url, answer) = probe_runtime(state).await;
+    match answer {
+        Ok(status) if !status.is_server_error() => Ok(()),
+        Ok(status) => Err(FetchError::RuntimeUnreachable {
             url,
-            message: format!("it answered {}", r.status()),
+            message: format!("it answered {status}"),
         }),
         Err(e) => Err(FetchError::RuntimeUnreachable {
             url,
@@ -592,17 +514,24 @@ async fn runtime_up(state: &FetcherState) -> Result<(), FetchError> {
 /// Whether the runtime refuses connections: its container is gone or restarting (a busy
 /// runtime that answers slowly is not gone).
 async fn runtime_gone(state: &FetcherState) -> bool {
+    match probe_runtime(state).await.1 {
+        Ok(_) => false,
+        Err(e) => e.is_connect(),
+    }
+}
+
+/// `GET /healthz` of the runtime next to the fetcher (2 s at most): its URL and the answer's
+/// status.
+async fn probe_runtime(state: &FetcherState) -> (String, Result<StatusCode, reqwest::Error>) {
     let url = format!("{}/healthz", state.config.runtime_url);
-    match state
+    let answer = state
         .http
         .get(&url)
         .timeout(Duration::from_secs(2))
         .send()
         .await
-    {
-        Ok(_) => false,
-        Err(e) => e.is_connect(),
-    }
+        .map(|r| r.status());
+    (url, answer)
 }
 
 /// Calls the runtime's specialize; a runtime that says it is specialized already kept the code
@@ -634,20 +563,13 @@ async fn readyz(State(state): State<Arc<FetcherState>>) -> Response {
         )
             .into_response();
     }
-    let url = format!("{}/healthz", state.config.runtime_url);
-    match state
-        .http
-        .get(&url)
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-    {
+    match probe_runtime(&state).await.1 {
         // Any answer but a server error means the runtime is up (an image without a
         // `/healthz` route answers 404).
-        Ok(r) if !r.status().is_server_error() => (StatusCode::OK, "ready").into_response(),
-        Ok(r) => (
+        Ok(status) if !status.is_server_error() => (StatusCode::OK, "ready").into_response(),
+        Ok(status) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("runtime answered {}", r.status()),
+            format!("runtime answered {status}"),
         )
             .into_response(),
         Err(e) => (
@@ -699,14 +621,6 @@ async fn specialize(
     Ok(Json(serde_json::json!({ "filepath": filepath })))
 }
 
-fn plain_name(name: &str) -> bool {
-    !name.is_empty()
-        && name != "."
-        && name != ".."
-        && name.len() <= 255
-        && !name.contains(['/', '\\', '\0'])
-}
-
 /// Downloads, verifies and places the code; returns the path to give the runtime.
 async fn fetch_and_place(
     state: &FetcherState,
@@ -720,7 +634,7 @@ async fn fetch_and_place(
         )));
     }
     let filename = request.filename.as_deref().unwrap_or(DEFAULT_FILENAME);
-    if !plain_name(filename) {
+    if !is_plain_name(filename) {
         return Err(FetchError::BadRequest(format!(
             "filename {filename:?} must be a plain file name"
         )));
@@ -837,29 +751,6 @@ async fn download_verified(
     Ok(())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-fn sniff_zip(path: &Path) -> std::io::Result<bool> {
-    use std::io::Read as _;
-    let mut magic = [0u8; 4];
-    let mut file = std::fs::File::open(path)?;
-    let mut read = 0;
-    while read < magic.len() {
-        let n = file.read(&mut magic[read..])?;
-        if n == 0 {
-            return Ok(false);
-        }
-        read += n;
-    }
-    Ok(&magic == b"PK\x03\x04")
-}
-
 fn mkdir(path: &Path) -> std::io::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -867,58 +758,53 @@ fn mkdir(path: &Path) -> std::io::Result<()> {
         .create(path)
 }
 
-/// Writes Secrets (0400) and ConfigMaps (0440) under `/secrets` and `/configs`.
+/// Writes Secrets and ConfigMaps under `/secrets` and `/configs`, as the local backend does.
 async fn place_files(config: &FetcherConfig, files: &[FetchFiles]) -> Result<(), FetchError> {
+    let mut volumes = Vec::with_capacity(files.len());
     for volume in files {
-        let (base, mode) = match volume.dir.as_str() {
-            "secrets" => (&config.secrets, 0o400),
-            "configs" => (&config.configs, 0o440),
-            other => {
-                return Err(FetchError::BadRequest(format!(
-                    "files.dir {other:?} is not \"secrets\" or \"configs\""
-                )));
-            }
-        };
+        volumes.push(volume.to_volume().map_err(FetchError::BadRequest)?);
+    }
+    for volume in &volumes {
         for part in [&volume.namespace, &volume.name] {
-            if !plain_name(part) {
+            if !is_plain_name(part) {
                 return Err(FetchError::BadRequest(format!(
                     "{} name {part:?} is not a plain path component",
-                    volume.dir
+                    volume.kind.dir_name()
                 )));
             }
         }
-        let dir = base.join(&volume.namespace).join(&volume.name);
-        mkdir(&dir).map_err(|e| FetchError::Place(format!("{}: {e}", dir.display())))?;
-        for (key, value) in &volume.entries {
-            if !plain_name(key) {
+        for key in volume.entries.keys() {
+            if !is_plain_name(key) {
                 return Err(FetchError::BadRequest(format!(
                     "key {key:?} of {} {}/{} is not a plain file name",
-                    volume.dir, volume.namespace, volume.name
+                    volume.kind.dir_name(),
+                    volume.namespace,
+                    volume.name
                 )));
             }
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(value)
-                .map_err(|e| {
-                    FetchError::BadRequest(format!(
-                        "key {key:?} of {} {}/{} is not base64: {e}",
-                        volume.dir, volume.namespace, volume.name
-                    ))
-                })?;
-            let path = dir.join(key);
-            let _ = tokio::fs::remove_file(&path).await;
-            let mut file = tokio::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(mode)
-                .open(&path)
-                .await
-                .map_err(|e| FetchError::Place(format!("{}: {e}", path.display())))?;
-            file.write_all(&bytes)
-                .await
-                .map_err(|e| FetchError::Place(format!("{}: {e}", path.display())))?;
         }
     }
-    Ok(())
+    let (secrets, configs) = (config.secrets.clone(), config.configs.clone());
+    tokio::task::spawn_blocking(move || {
+        for volume in &volumes {
+            let base = match volume.kind {
+                kappa_core::ConfigKind::Secret => &secrets,
+                kappa_core::ConfigKind::ConfigMap => &configs,
+            };
+            place_config(base, volume, None).map_err(|e| {
+                FetchError::Place(format!(
+                    "{} {}/{} under {}: {e}",
+                    volume.kind,
+                    volume.namespace,
+                    volume.name,
+                    base.display()
+                ))
+            })?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| FetchError::Place(e.to_string()))?
 }
 
 async fn call_runtime(
@@ -926,12 +812,8 @@ async fn call_runtime(
     request: &FetchRequest,
     filepath: &Path,
 ) -> Result<(), FetchError> {
-    let url = format!("{}/v2/specialize", state.config.runtime_url);
-    let body = serde_json::json!({
-        "filepath": filepath.to_string_lossy(),
-        "functionName": request.entrypoint,
-        "env": request.env,
-    });
+    let url = format!("{}{SPECIALIZE_PATH}", state.config.runtime_url);
+    let body = SpecializeBody::new(filepath, &request.entrypoint, &request.env);
     let response = state
         .http
         .post(&url)
@@ -948,9 +830,7 @@ async fn call_runtime(
         return Ok(());
     }
     let bytes = response.bytes().await.unwrap_or_default();
-    let code = serde_json::from_slice::<serde_json::Value>(&bytes)
-        .ok()
-        .and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
+    let code = error_code(&bytes);
     let (message, detail) = runtime_error(status.as_u16(), &bytes);
     Err(FetchError::Runtime {
         status: status.as_u16(),
@@ -960,65 +840,9 @@ async fn call_runtime(
     })
 }
 
-/// The message and detail of a runtime's (or a fetcher's) error body: Kappa's
-/// `{"error":{"message","traceback"|"detail"}}`, `{"message"}`, `{"error":"..."}` or plain text.
-pub fn runtime_error(status: u16, body: &[u8]) -> (String, Option<String>) {
-    const MAX_RAW: usize = 4096;
-    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) {
-        let error = value
-            .get("error")
-            .filter(|e| e.is_object())
-            .unwrap_or(&value);
-        let text = |key: &str| error.get(key).and_then(|v| v.as_str()).map(str::to_owned);
-        if let Some(message) = text("message").or_else(|| {
-            value
-                .get("error")
-                .and_then(|e| e.as_str())
-                .map(str::to_owned)
-        }) {
-            return (message, text("traceback").or_else(|| text("detail")));
-        }
-    }
-    let raw = String::from_utf8_lossy(body);
-    let raw = raw.trim();
-    if raw.is_empty() {
-        return (
-            format!("the runtime refused the specialization with status {status}"),
-            None,
-        );
-    }
-    let mut end = raw.len().min(MAX_RAW);
-    while !raw.is_char_boundary(end) {
-        end -= 1;
-    }
-    (raw[..end].to_owned(), None)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn requests_never_debug_print_secrets() {
-        let request = FetchRequest {
-            archive_url: "http://api/v1/archives/x".into(),
-            sha256: "x".into(),
-            filename: None,
-            entrypoint: "main.main".into(),
-            env: BTreeMap::from([("PASSWORD".into(), "hunter2".into())]),
-            files: vec![FetchFiles {
-                dir: "secrets".into(),
-                namespace: "default".into(),
-                name: "db".into(),
-                entries: BTreeMap::from([("password".into(), "aHVudGVyMg==".into())]),
-            }],
-            token: Some("tok-123".into()),
-        };
-        let text = format!("{request:?}");
-        for secret in ["hunter2", "aHVudGVyMg==", "tok-123"] {
-            assert!(!text.contains(secret), "{text}");
-        }
-    }
 
     #[test]
     fn error_bodies_read_well() {
@@ -1028,7 +852,7 @@ mod tests {
             ("No module named 'x'".into(), Some("Traceback".into()))
         );
         assert!(runtime_error(500, b"").0.contains("500"));
-        assert!(!plain_name("../x"));
-        assert!(plain_name("hello.py"));
+        assert!(!is_plain_name("../x"));
+        assert!(is_plain_name("hello.py"));
     }
 }
