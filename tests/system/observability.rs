@@ -396,7 +396,7 @@ fn traces_cross_the_router_executor_hop() {
     // Sampled, and cold: the first request specializes an instance.
     let cold = "0123456789abcdef0123456789abcdef";
     let tp = format!("00-{cold}-abcdefabcdefabcd-01");
-    let r = eventually(Duration::from_secs(60), "GET /trace", || {
+    let r = eventually_blocking(Duration::from_secs(60), "GET /trace", || {
         let r = http(s.router, "GET", "/trace", &[("traceparent", &tp)], b"").ok()?;
         (r.status != 404).then_some(r)
     });
@@ -514,7 +514,7 @@ fn metrics_are_labelled_by_function() {
         r#"kappa_triggers_async_outcomes_total{namespace="default",function="boom",outcome="deadlettered"} 1"#,
         r#"kappa_triggers_async_queue_seconds_count{namespace="default",function="boom"} 1"#,
     ];
-    let api = eventually(
+    let api = eventually_blocking(
         Duration::from_secs(60),
         "the asynchronous invocations' series",
         || {
