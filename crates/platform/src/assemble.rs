@@ -128,24 +128,8 @@ impl Platform {
             let mut deployments: Option<Arc<dyn kappa_core::Deployments>> = None;
             let backend: Arc<dyn kappa_core::Backend> = match config.backend {
                 BackendKind::Kubernetes => {
-                    let client = kube_client.clone().ok_or_else(|| {
-                        PlatformError::config("--backend kubernetes needs a Kubernetes client")
-                    })?;
-                    let fetcher_image = config.fetcher_image.clone().ok_or_else(|| PlatformError::config(
-                        "--backend kubernetes needs --fetcher-image (KAPPA_FETCHER_IMAGE): the kappa image run as each pod's fetcher",
-                    ))?;
-                    let api_url = config.internal_api_url.clone().ok_or_else(|| PlatformError::config(
-                        "--backend kubernetes needs --internal-api-url (KAPPA_INTERNAL_API_URL): the API server as fetchers reach it",
-                    ))?;
-                    let template = kappa_kube::pods::PodTemplate {
-                        namespace: config
-                            .function_namespace
-                            .clone()
-                            .unwrap_or_else(kappa_kube::current_namespace),
-                        fetcher_image,
-                        created_by: config.replica.clone(),
-                        ..kappa_kube::pods::PodTemplate::default()
-                    };
+                    let (client, template, api_url) =
+                        pod_template(&config, kube_client.as_ref(), "--backend kubernetes")?;
                     let pod_config = kappa_kube::PodBackendConfig {
                         template,
                         api_url,
@@ -798,6 +782,35 @@ async fn build_runner(
     }
 }
 
+/// What function pods and builder pods share: the client, the pod template (functions
+/// namespace, the kappa image that runs their fetch and upload steps, this replica as creator)
+/// and the API's URL as pods reach it. `what` names the setting that needs them in errors.
+fn pod_template(
+    config: &Config,
+    kube: Option<&kappa_kube::Client>,
+    what: &str,
+) -> Result<(kappa_kube::Client, kappa_kube::pods::PodTemplate, String), PlatformError> {
+    let client = kube
+        .cloned()
+        .ok_or_else(|| PlatformError::config(format!("{what} needs a Kubernetes client")))?;
+    let fetcher_image = config.fetcher_image.clone().ok_or_else(|| PlatformError::config(format!(
+        "{what} needs --fetcher-image (KAPPA_FETCHER_IMAGE): the kappa image, which runs the pods' fetch and upload steps",
+    )))?;
+    let api_url = config.internal_api_url.clone().ok_or_else(|| PlatformError::config(format!(
+        "{what} needs --internal-api-url (KAPPA_INTERNAL_API_URL): the API server as pods reach it",
+    )))?;
+    let template = kappa_kube::pods::PodTemplate {
+        namespace: config
+            .function_namespace
+            .clone()
+            .unwrap_or_else(kappa_kube::current_namespace),
+        fetcher_image,
+        created_by: config.replica.clone(),
+        ..kappa_kube::pods::PodTemplate::default()
+    };
+    Ok((client, template, api_url))
+}
+
 /// Kubernetes builds: a builder pod per build in the functions namespace, the source and the
 /// deployment archive through the API (the builder shares no files with it).
 fn pod_build_runner(
@@ -810,24 +823,7 @@ fn pod_build_runner(
     ),
     PlatformError,
 > {
-    let client = kube.cloned().ok_or_else(|| {
-        PlatformError::config("builds in pods need a Kubernetes client (--store kubernetes)")
-    })?;
-    let fetcher_image = config.fetcher_image.clone().ok_or_else(|| PlatformError::config(
-        "role builder on Kubernetes needs --fetcher-image (KAPPA_FETCHER_IMAGE): the kappa image, which runs the builder pods' steps",
-    ))?;
-    let api_url = config.internal_api_url.clone().ok_or_else(|| PlatformError::config(
-        "role builder on Kubernetes needs --internal-api-url (KAPPA_INTERNAL_API_URL): the API server as the builder and its pods reach it",
-    ))?;
-    let template = kappa_kube::pods::PodTemplate {
-        namespace: config
-            .function_namespace
-            .clone()
-            .unwrap_or_else(kappa_kube::current_namespace),
-        fetcher_image,
-        created_by: config.replica.clone(),
-        ..kappa_kube::pods::PodTemplate::default()
-    };
+    let (client, template, api_url) = pod_template(config, kube, "role builder on Kubernetes")?;
     let runner = kappa_kube::builds::PodBuildRunner::new(
         client,
         kappa_kube::builds::PodBuildConfig {
