@@ -3,6 +3,7 @@
 //! it, and a test of cgroup limits whose controller is missing says so and skips).
 
 mod config;
+mod conformance;
 mod lifecycle;
 mod limits;
 mod orphans;
