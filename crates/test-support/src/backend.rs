@@ -53,6 +53,7 @@ macro_rules! backend_conformance_tests {
             specialize_loads_a_package,
             deleting_an_unknown_instance_is_not_found,
             specializing_an_unknown_instance_is_not_found,
+            specializing_a_deleted_instance_fails,
         );
     };
     (@checks $make:path; $($check:ident),* $(,)?) => {
@@ -233,4 +234,22 @@ where
             .iter()
             .any(|i| i.id == id)
     );
+}
+
+/// Specializing an instance after it was deleted fails (whatever the error) and brings
+/// nothing back.
+pub async fn specializing_a_deleted_instance_fails<F, Fut>(make: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Subject>,
+{
+    let subject = make().await;
+    let backend = subject.backend.as_ref();
+    let id = unique("conf-gone");
+    let instance = create(&subject, &id).await;
+    backend.delete(&id, GRACE).await.expect("delete");
+    wait_listed(backend, &id, false).await;
+    let result = backend.specialize(&instance, &subject.package).await;
+    assert!(result.is_err(), "specializing deleted {id}: {result:?}");
+    assert!(!listed(backend).await.iter().any(|i| i.id == id));
 }

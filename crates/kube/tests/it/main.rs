@@ -17,6 +17,7 @@ mod finalizer;
 mod lease;
 mod manifests;
 mod mock;
+mod pod_conformance;
 mod readiness;
 mod specialize;
 mod store;
