@@ -84,6 +84,15 @@ async fn listed(backend: &dyn Backend) -> Vec<Instance> {
     backend.list().await.expect("list instances")
 }
 
+/// `id` is not among the listed instances (now, without waiting).
+async fn assert_not_listed(backend: &dyn Backend, id: &str) {
+    let instances = listed(backend).await;
+    assert!(
+        !instances.iter().any(|i| i.id == id),
+        "{id} is listed: {instances:?}"
+    );
+}
+
 /// Waits until `id` is listed or, with `present` false, until it is not.
 async fn wait_listed(backend: &dyn Backend, id: &str, present: bool) {
     let what = format!(
@@ -202,12 +211,7 @@ where
         subject.backend.delete(&id, Duration::ZERO).await,
         Err(BackendError::NotFound(id.clone()))
     );
-    assert!(
-        !listed(subject.backend.as_ref())
-            .await
-            .iter()
-            .any(|i| i.id == id)
-    );
+    assert_not_listed(subject.backend.as_ref(), &id).await;
 }
 
 /// Specializing an instance the backend does not have is `NotFound`, naming it, and creates
@@ -228,12 +232,7 @@ where
         subject.backend.specialize(&ghost, &subject.package).await,
         Err(BackendError::NotFound(id.clone()))
     );
-    assert!(
-        !listed(subject.backend.as_ref())
-            .await
-            .iter()
-            .any(|i| i.id == id)
-    );
+    assert_not_listed(subject.backend.as_ref(), &id).await;
 }
 
 /// Specializing an instance after it was deleted fails (whatever the error) and brings
@@ -251,5 +250,5 @@ where
     wait_listed(backend, &id, false).await;
     let result = backend.specialize(&instance, &subject.package).await;
     assert!(result.is_err(), "specializing deleted {id}: {result:?}");
-    assert!(!listed(backend).await.iter().any(|i| i.id == id));
+    assert_not_listed(backend, &id).await;
 }
