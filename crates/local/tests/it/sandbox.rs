@@ -182,9 +182,10 @@ s.serve_forever()
             .spawn()
             .expect("python3 runs");
         let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
+        let stdout = child.stdout.take().expect("piped stdout");
+        std::io::BufReader::new(stdout)
             .read_line(&mut line)
-            .unwrap();
+            .expect("the echo server's port line");
         let port = line.trim().parse().expect("the echo server's port");
         Self { child, port }
     }
