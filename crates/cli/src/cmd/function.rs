@@ -161,6 +161,17 @@ pub struct FnSettings {
     /// sandbox; default: its environment's).
     #[arg(long, value_name = "BOOL")]
     pub egress: Option<bool>,
+    /// A port of the host's own loopback (127.0.0.1) the function may connect to at the same
+    /// port of its own, e.g. a local database in development (repeatable; local sandbox only;
+    /// replaces the environment's list; on update, the ports given replace the function's).
+    #[arg(long = "host-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub host_ports: Vec<u16>,
+    /// No host ports for this function, whatever its environment allows.
+    #[arg(long, conflicts_with_all = ["host_ports", "env_host_ports"])]
+    pub no_host_ports: bool,
+    /// Update: the function takes its environment's host ports again.
+    #[arg(long, conflicts_with = "host_ports")]
+    pub env_host_ports: bool,
     /// Asynchronous invocations: attempts after the first failed one, with exponential
     /// back-off [default: 2].
     #[arg(long)]
@@ -210,6 +221,15 @@ impl FnSettings {
         }
         if let Some(v) = self.egress {
             spec.egress = Some(v);
+        }
+        if !self.host_ports.is_empty() {
+            spec.host_ports = Some(self.host_ports.clone());
+        }
+        if self.no_host_ports {
+            spec.host_ports = Some(Vec::new());
+        }
+        if self.env_host_ports {
+            spec.host_ports = None;
         }
         if let Some(v) = self.retries {
             spec.retries = v;
