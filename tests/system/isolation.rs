@@ -337,6 +337,10 @@ fn a_named_host_port_is_reachable_and_nothing_else() {
     let (a, o) = reach("/dev");
     assert_eq!(a, format!("echo {}", allowed.port));
     assert_eq!(o, "refused");
+    // The default forks Python instances from a template: the relay reaches forked ones too.
+    let log = p.ok(&["fn", "logs", "dev"]);
+    assert!(!log.contains("by exec"), "{log}");
+    assert!(log.contains("host ports relayed"), "{log}");
     let (a, o) = reach("/plain");
     assert_eq!(a, "refused");
     assert_eq!(o, "refused");

@@ -648,3 +648,15 @@ impl Backend for PodBackend {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ports_are_refused_naming_the_field() {
+        refuse_host_ports(&[]).unwrap();
+        let err = refuse_host_ports(&[5432, 6379]).unwrap_err();
+        assert!(err.starts_with("hostPorts [5432, 6379]"), "{err}");
+    }
+}

@@ -1153,5 +1153,32 @@ mod tests {
         assert_eq!(spec.concurrency, 5);
         assert_eq!(spec.function_timeout, 60);
         assert_eq!(spec.env.get("A").map(String::as_str), Some("1"));
+        assert_eq!(spec.host_ports, None);
+    }
+
+    #[test]
+    fn host_port_flags_set_clear_and_inherit() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            settings: FnSettings,
+        }
+        let mut spec = FunctionSpec::new("python", "p", "");
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["x"];
+            argv.extend_from_slice(args);
+            <Cli as clap::Parser>::try_parse_from(argv).map(|c| c.settings)
+        };
+        parse(&["--host-port", "5432", "--host-port", "6379"])
+            .unwrap()
+            .apply(&mut spec);
+        assert_eq!(spec.host_ports, Some(vec![5432, 6379]));
+        parse(&["--no-host-ports"]).unwrap().apply(&mut spec);
+        assert_eq!(spec.host_ports, Some(vec![]));
+        parse(&["--env-host-ports"]).unwrap().apply(&mut spec);
+        assert_eq!(spec.host_ports, None);
+        assert!(parse(&["--host-port", "0"]).is_err());
+        assert!(parse(&["--host-port", "70000"]).is_err());
+        assert!(parse(&["--host-port", "1", "--no-host-ports"]).is_err());
     }
 }
