@@ -376,6 +376,33 @@ fn a_named_host_port_is_reachable_and_nothing_else() {
         || p.ok(&["fn", "logs", "sneaky"]).contains(&why).then_some(()),
     );
     assert!(response.text().contains("hostPorts"), "{}", response.text());
+
+    // The environment's list applies to functions without their own.
+    p.ok(&[
+        "env",
+        "update",
+        "--name",
+        "python",
+        "--host-port",
+        &allowed_port,
+    ]);
+    let shown: Value =
+        serde_json::from_str(&p.ok(&["env", "get", "python", "-o", "json"])).unwrap();
+    assert_eq!(
+        shown["spec"]["hostPorts"],
+        serde_json::json!([allowed.port])
+    );
+    eventually_blocking(
+        Duration::from_secs(60),
+        "a function without hostPorts to reach its environment's",
+        || {
+            let response = p.get(&format!("/plain{query}"));
+            let report: Value = serde_json::from_slice(&response.body).ok()?;
+            (report[allowed.port.to_string()] == format!("echo {}", allowed.port)
+                && report[other.port.to_string()] == "refused")
+                .then_some(())
+        },
+    );
 }
 
 /// A line echo server on the host's loopback, in a process of its own (a stand-in for a
