@@ -27,8 +27,16 @@ use crate::sandbox::SANDBOX_PORT;
 /// The host ports relayed into one instance. Dropping it closes them all.
 #[derive(Debug, Default)]
 pub(crate) struct HostPorts {
-    /// Port to its relay task. A std mutex: never held across an `.await`.
-    open: Mutex<BTreeMap<u16, Relay>>,
+    /// A std mutex: never held across an `.await`.
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Port to its relay task.
+    open: BTreeMap<u16, Relay>,
+    /// The instance ended: nothing opens any more.
+    closed: bool,
 }
 
 /// One port's relay task; aborted (with its connections) when dropped.
@@ -44,11 +52,11 @@ impl Drop for Relay {
 impl HostPorts {
     /// The ports open now.
     pub(crate) fn ports(&self) -> Vec<u16> {
-        self.lock().keys().copied().collect()
+        self.lock().open.keys().copied().collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u16, Relay>> {
-        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Makes the open ports exactly `wanted`: checks every wanted port first (nothing changes
@@ -62,12 +70,12 @@ impl HostPorts {
     ) -> Result<(), String> {
         check(wanted).await?;
         let missing: Vec<u16> = {
-            let mut open = self.lock();
-            open.retain(|port, _| wanted.contains(port));
+            let mut state = self.lock();
+            state.open.retain(|port, _| wanted.contains(port));
             wanted
                 .iter()
                 .copied()
-                .filter(|p| !open.contains_key(p))
+                .filter(|p| !state.open.contains_key(p))
                 .collect()
         };
         for port in missing {
@@ -76,15 +84,22 @@ impl HostPorts {
                 .map_err(|e| {
                     format!("hostPorts: cannot open port {port} inside the sandbox: {e}")
                 })?;
-            let task = tokio::spawn(relay(listener, port, log.clone()));
-            self.lock().insert(port, Relay(task));
+            let task = Relay(tokio::spawn(relay(listener, port, log.clone())));
+            let mut state = self.lock();
+            if state.closed {
+                // The instance ended while this port was being opened: its relay goes now.
+                return Err("hostPorts: the instance ended".to_owned());
+            }
+            state.open.insert(port, task);
         }
         Ok(())
     }
 
-    /// Closes every port.
+    /// Closes every port, for good.
     pub(crate) fn close_all(&self) {
-        self.lock().clear();
+        let mut state = self.lock();
+        state.closed = true;
+        state.open.clear();
     }
 }
 
@@ -259,6 +274,43 @@ mod tests {
         assert!(platform_listens_on(port));
         drop(own);
         assert!(!platform_listens_on(port));
+    }
+
+    /// Without a namespace (a connector served in this process), the relay set follows what
+    /// is asked, frees a port it closes, and opens nothing once the instance ended.
+    #[tokio::test]
+    async fn the_set_follows_the_request_and_ends_with_the_instance() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("connector");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || kappa_sandbox::connector::serve(&listener));
+        let logs =
+            kappa_logs::LogStore::open(dir.path().join("logs"), kappa_logs::LogConfig::default())
+                .unwrap();
+        let log = logs.instance("env", "i");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+
+        let ports = HostPorts::default();
+        ports.set(&[port], &path, &log).await.unwrap();
+        assert_eq!(ports.ports(), [port]);
+        assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_err());
+        ports.set(&[], &path, &log).await.unwrap();
+        assert!(ports.ports().is_empty());
+        // The relay task is aborted at once; its socket closes when the runtime drops it.
+        kappa_test_support::eventually(
+            std::time::Duration::from_secs(10),
+            "the closed port to be free",
+            || std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+        )
+        .await;
+        ports.close_all();
+        let err = ports.set(&[port], &path, &log).await.unwrap_err();
+        assert!(err.contains("ended"), "{err}");
+        assert!(ports.ports().is_empty());
     }
 
     #[tokio::test]
