@@ -307,12 +307,36 @@ struct NatsSubscription {
 
 /// The order keeping of a consumer with `maxConcurrency` 1.
 struct Ordered {
-    /// The message nak'd last, until its redelivery is handed out (see [`Block`]).
-    blocked: Arc<Mutex<Option<Block>>>,
+    /// Shared with the settle handles of the messages handed out.
+    state: Arc<Mutex<OrderState>>,
     /// Messages that arrived after a blocked one, by stream sequence.
     held: std::collections::BTreeMap<u64, Delivery>,
     /// The consumer's ack wait.
     ack_wait: Duration,
+}
+
+/// What the settle handles of a `maxConcurrency` 1 consumer tell its subscription. A std
+/// mutex, held for a field update, never across an await.
+#[derive(Debug, Default)]
+struct OrderState {
+    /// The message nak'd last, until its redelivery is handed out.
+    blocked: Option<Block>,
+    /// The stream sequences acknowledged or terminated last (at most [`SETTLED_KEPT`]): a
+    /// message the server gives again after it was settled (its ack wait ran out just before
+    /// the acknowledgement reached it) is acknowledged again instead of run twice.
+    settled: std::collections::VecDeque<u64>,
+}
+
+/// How many settled stream sequences an ordered subscription remembers.
+const SETTLED_KEPT: usize = 16;
+
+impl OrderState {
+    fn settled(&mut self, seq: u64) {
+        if self.settled.len() == SETTLED_KEPT {
+            self.settled.pop_front();
+        }
+        self.settled.push_back(seq);
+    }
 }
 
 /// A nak'd message the ones after it wait for: its stream sequence, and when to stop waiting
@@ -327,22 +351,36 @@ struct Block {
 impl Ordered {
     fn new(ack_wait: Duration) -> Self {
         Self {
-            blocked: Arc::default(),
+            state: Arc::default(),
             held: std::collections::BTreeMap::new(),
             ack_wait,
         }
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, OrderState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn blocked(&self) -> Option<Block> {
-        *self.blocked.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state().blocked
     }
 
     /// What to do with a message that arrived: `Some` to hand it out now.
     fn arrived(&mut self, seq: u64, delivery: Delivery) -> Option<Delivery> {
-        let mut blocked = self.blocked.lock().unwrap_or_else(PoisonError::into_inner);
-        match *blocked {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.settled.contains(&seq) {
+            drop(state);
+            let (_, settle) = delivery.into_parts();
+            tokio::spawn(async move {
+                if let Err(e) = settle.ack().await {
+                    tracing::debug!(error = %e, "acknowledging a message given again after it was settled");
+                }
+            });
+            return None;
+        }
+        match state.blocked {
             Some(b) if seq == b.seq => {
-                *blocked = None;
+                state.blocked = None;
                 Some(delivery)
             }
             Some(b) if seq > b.seq => {
@@ -395,7 +433,7 @@ impl Subscription for NatsSubscription {
                         Err(_) => {
                             tracing::warn!(consumer = %self.name, url = %self.url, seq = block.seq, "a message nak'd for a retry did not come back; going on with the ones after it");
                             if let Some(o) = &self.ordered {
-                                *o.blocked.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                                o.state().blocked = None;
                             }
                             continue;
                         }
@@ -456,7 +494,7 @@ impl NatsSubscription {
                         blocks: self
                             .ordered
                             .as_ref()
-                            .map(|o| (Arc::clone(&o.blocked), o.ack_wait)),
+                            .map(|o| (Arc::clone(&o.state), o.ack_wait)),
                     };
                     return Ok((
                         seq,
@@ -497,10 +535,21 @@ struct NatsSettle {
     seq: u64,
     /// With `maxConcurrency` 1: a nak blocks the messages after this one until it comes back
     /// (and the consumer's ack wait).
-    blocks: Option<(Arc<Mutex<Option<Block>>>, Duration)>,
+    blocks: Option<(Arc<Mutex<OrderState>>, Duration)>,
 }
 
 impl NatsSettle {
+    /// With `maxConcurrency` 1: remembers that this message is settled, so that a redelivery
+    /// of it already on its way is acknowledged rather than run again.
+    fn record_settled(&self) {
+        if let Some((state, _)) = &self.blocks {
+            state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .settled(self.seq);
+        }
+    }
+
     async fn send(&self, kind: AckKind) -> Result<(), BrokerError> {
         self.acker
             .ack_with(kind)
@@ -512,6 +561,7 @@ impl NatsSettle {
 #[async_trait]
 impl Settle for NatsSettle {
     async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
+        self.record_settled();
         self.send(AckKind::Ack).await
     }
 
@@ -519,7 +569,10 @@ impl Settle for NatsSettle {
         if let Some((blocks, ack_wait)) = &self.blocks {
             // Before the nak leaves: the redelivery can only come after it. Set even when the
             // nak fails (the server then gives the message again after its ack wait).
-            *blocks.lock().unwrap_or_else(PoisonError::into_inner) = Some(Block {
+            blocks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .blocked = Some(Block {
                 seq: self.seq,
                 until: Instant::now() + delay + *ack_wait + Duration::from_secs(5),
             });
@@ -528,6 +581,7 @@ impl Settle for NatsSettle {
     }
 
     async fn term(self: Box<Self>) -> Result<(), BrokerError> {
+        self.record_settled();
         self.send(AckKind::Term).await
     }
 }
