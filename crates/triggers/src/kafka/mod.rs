@@ -24,9 +24,10 @@
 //!   [`MARK_AHEAD`] records (or `maxConcurrency`, when larger) ahead, within the fetched
 //!   batch, so it costs one commit per that many records rather than one per record.
 //! - Replies and error-topic records ([`Broker::publish`]) go through one producer task per
-//!   partition: what is published while a produce request is out goes together in the next
-//!   one, so concurrent replies share a request and its acknowledgement, in the order they
-//!   were published. Each publish still returns only once the broker acknowledged its batch.
+//!   partition: what is published while its produce requests are out (at most
+//!   [`PRODUCES_IN_FLIGHT`]) goes together in the next one, so concurrent replies share a
+//!   request and its acknowledgement. Each publish still returns only once the broker
+//!   acknowledged its batch.
 //! - A nak keeps the record (and its in-flight slot) and hands it out again after the delay.
 //! - A missing topic is created (1 partition); a missing response or error topic too.
 //! - Headers: record headers are message headers; a record key is the header `X-Kafka-Key`.
@@ -76,6 +77,8 @@ pub const MARK_AHEAD: i64 = 64;
 const PRODUCE_BATCH_RECORDS: usize = 500;
 /// The most value bytes one produce request gathers (a larger single record goes alone).
 const PRODUCE_BATCH_BYTES: usize = 512 << 10;
+/// Produce requests of one partition out at once.
+const PRODUCES_IN_FLIGHT: usize = 4;
 
 /// `metadata` keys a Kafka trigger understands.
 pub const METADATA_KEYS: [&str; 6] = [
@@ -859,14 +862,21 @@ async fn run_fetch(
 /// Produces the records queued for one partition until every sender is gone: it takes what
 /// is queued (up to [`PRODUCE_BATCH_RECORDS`] records or [`PRODUCE_BATCH_BYTES`]) into one
 /// produce request, and tells each record's publisher the broker's answer for the batch.
-/// There is no linger: a lone record goes at once; records arriving while a request is out
-/// wait for it and go together in the next one.
+/// At most [`PRODUCES_IN_FLIGHT`] requests are out at once (their order between them is not
+/// kept, as for replies of messages processed in parallel; a trigger with `maxConcurrency` 1
+/// publishes a reply only after the previous one was acknowledged). There is no linger: a
+/// record goes at once when a request slot is free; records queued while every slot is taken
+/// go together in the next one.
 async fn produce_loop(
     client: Arc<PartitionClient>,
     mut rx: mpsc::UnboundedReceiver<ProduceRequest>,
 ) {
+    let slots = Arc::new(Semaphore::new(PRODUCES_IN_FLIGHT));
     let mut carried: Option<ProduceRequest> = None;
     loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
         let first = match carried.take() {
             Some(request) => request,
             None => match rx.recv().await {
@@ -888,14 +898,19 @@ async fn produce_loop(
             records.push(request.0);
             waiters.push(request.1);
         }
-        let result = client
-            .produce(records, Compression::NoCompression)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string());
-        for waiter in waiters {
-            let _ = waiter.send(result.clone());
-        }
+        let client = Arc::clone(&client);
+        let produce = async move {
+            let result = client
+                .produce(records, Compression::NoCompression)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            for waiter in waiters {
+                let _ = waiter.send(result.clone());
+            }
+            drop(slot);
+        };
+        tokio::spawn(produce);
     }
 }
 
