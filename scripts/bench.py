@@ -393,6 +393,53 @@ def settled_ok(kappa, trigger):
     return 0
 
 
+def proc_tree(root):
+    """`root` and its descendants: {pid: comm}."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        parents[int(entry)] = (ppid, comm)
+    tree, frontier = {root: parents.get(root, (0, "?"))[1]}, [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, comm) in parents.items():
+            if ppid == parent and pid not in tree:
+                tree[pid] = comm
+                frontier.append(pid)
+    return tree
+
+
+def cpu_ns(pid):
+    """CPU time of every thread of `pid` so far (ns, from schedstat), 0 once it is gone."""
+    total = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+    except OSError:
+        pass
+    return total
+
+
+def cpu_by_role(kappa_pid, broker_pid, bench_pid):
+    """CPU ns so far of the platform's process (router, triggers, executor), the function's
+    instances (its descendants: sandbox, runtime), the broker and this script."""
+    out = {"kappa": cpu_ns(kappa_pid), "instances": 0, "broker": cpu_ns(broker_pid),
+           "bench client": cpu_ns(bench_pid)}
+    for pid in proc_tree(kappa_pid):
+        if pid != kappa_pid:
+            out["instances"] += cpu_ns(pid)
+    return out
+
+
 def bench_mq(quick):
     """(d): messages per second through a trivial function at maxConcurrency 1 and 64, through
     NATS JetStream and through Kafka (tansu), in the same run."""
@@ -409,7 +456,7 @@ def bench_mq(quick):
     kafka = subprocess.Popen([TANSU, "broker", "--listener-url", listener, "--advertised-listener-url",
                               listener, "--storage-engine", "memory://tansu/"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    results = {}
+    results, cpu = {}, {}
     kappa = None
     try:
         wait_for("nats-server", lambda: socket.create_connection(("127.0.0.1", nats_port)).close() or True)
@@ -438,12 +485,15 @@ def bench_mq(quick):
             pub.publish_many(f"{name}-in", [b'{"warm":%d}' % i for i in range(warm)])
             if len(sub.count(warm)) < warm:
                 sys.exit(f"warm-up of {name} did not complete")
+            cpu0 = cpu_by_role(kappa.proc.pid, nats.pid, os.getpid())
             t0 = time.monotonic()
             pub.publish_many(f"{name}-in", [b'{"id":%d}' % i for i in range(n)])
             times = sub.count(n)
             if len(times) < n:
                 sys.exit(f"{name}: only {len(times)} of {n} replies")
             results[("NATS JetStream", conc)] = n / (times[-1] - t0)
+            cpu1 = cpu_by_role(kappa.proc.pid, nats.pid, os.getpid())
+            cpu[("NATS JetStream", conc)] = {k: (cpu1[k] - cpu0[k]) / n / 1000 for k in cpu0}
 
             # Kafka: the rate at which messages are settled (reply produced to respTopic and
             # acknowledged by the broker, then the message counted `ok`).
@@ -452,6 +502,7 @@ def bench_mq(quick):
             producer = RawKafka(kafka_port)
             producer.produce(f"{name}-in", [b'{"warm":%d}' % i for i in range(warm)])
             wait_for(f"warm-up of {name}", lambda: settled_ok(kappa, name) >= warm, limit=300)
+            cpu0 = cpu_by_role(kappa.proc.pid, kafka.pid, os.getpid())
             t0 = time.monotonic()
             for chunk in range(0, n, 1000):
                 producer.produce(f"{name}-in", [b'{"id":%d}' % i for i in range(chunk, min(n, chunk + 1000))])
@@ -461,6 +512,8 @@ def bench_mq(quick):
                     sys.exit(f"{name}: only {settled_ok(kappa, name) - warm} of {n} settled")
                 time.sleep(0.005)
             results[("Kafka (tansu)", conc)] = n / (time.monotonic() - t0)
+            cpu1 = cpu_by_role(kappa.proc.pid, kafka.pid, os.getpid())
+            cpu[("Kafka (tansu)", conc)] = {k: (cpu1[k] - cpu0[k]) / n / 1000 for k in cpu0}
     finally:
         if kappa:
             kappa.stop()
@@ -473,7 +526,13 @@ def bench_mq(quick):
     print(f"{'broker':<18}{'maxConcurrency':<16}{'messages/s':>12}")
     for (broker, conc), rate in results.items():
         print(f"{broker:<18}{conc:<16}{rate:>12,.0f}")
-    print("(aim: >= 5,000 messages/s)")
+    print("(aims: JetStream >= 20,000 messages/s at maxConcurrency 64, >= 4,000 at 1)")
+    print("CPU per message (us) while the messages ran: the platform's process (router, triggers,"
+          " executor), the function's instances, the broker, this script's client")
+    roles = ["kappa", "instances", "broker", "bench client"]
+    print(f"{'broker':<18}{'maxConcurrency':<16}" + "".join(f"{r:>14}" for r in roles))
+    for (broker, conc), by_role in cpu.items():
+        print(f"{broker:<18}{conc:<16}" + "".join(f"{by_role[r]:>14.1f}" for r in roles))
 
 
 def rss_kib(pid):

@@ -18,7 +18,8 @@
 //! A message is never acknowledged before its outcome is settled, so a platform killed at any
 //! point loses nothing: the broker delivers what was not acknowledged again (at least once).
 //! At most `maxConcurrency` messages of a trigger are processed at once (a semaphore taken
-//! before the next message is asked for); with 1, in the order the broker delivers them.
+//! before the next message is asked for, each message on a task of its own); with 1, in the
+//! order the broker delivers them, each handled by the dispatcher's own loop.
 //!
 //! Each settled delivery counts once in `kappa_triggers_messages_total` by how it was settled
 //! (see [`crate::metrics`]).
@@ -288,7 +289,6 @@ impl Dispatcher {
             };
             match delivery {
                 Ok(delivery) => {
-                    let this = self.clone();
                     let span = tracing::info_span!(
                         "message",
                         trigger = %self.inner.label,
@@ -297,6 +297,34 @@ impl Dispatcher {
                         id = %delivery.message.id,
                         attempt = delivery.message.attempt,
                     );
+                    if t.max_concurrency == 1 {
+                        // One at a time: handled here rather than on a task of its own, which
+                        // spares two task hand-offs per message (spawning it, and its end
+                        // waking this loop). Stopping still lets it finish within the drain
+                        // time.
+                        let handling = self.handle(delivery).instrument(span);
+                        tokio::pin!(handling);
+                        tokio::select! {
+                            () = &mut handling => {
+                                drop(permit);
+                                continue;
+                            }
+                            () = shutdown.cancelled() => {
+                                if tokio::time::timeout(self.inner.config.drain, &mut handling)
+                                    .await
+                                    .is_err()
+                                {
+                                    tracing::warn!(
+                                        trigger = %t.trigger,
+                                        abandoned = 1,
+                                        "messages still in flight after the drain time; the broker will deliver them again"
+                                    );
+                                }
+                                break Ok(());
+                            }
+                        }
+                    }
+                    let this = self.clone();
                     tasks.spawn(
                         async move {
                             this.handle(delivery).await;

@@ -4,10 +4,15 @@
 //!   captures the topic, else a new stream `KAPPA_<TOPIC>` (file storage, interest retention:
 //!   a message is kept until every trigger consuming it acknowledged it).
 //! - The consumer is durable (`kappa-<namespace>-<trigger>`), explicit-ack, with
-//!   `max_ack_pending` equal to the trigger's `maxConcurrency` (so with 1, the next message is
-//!   not delivered before the previous one is settled, retries included) and an ack wait that
-//!   covers the function timeout. Its position lives on the server: a restarted platform picks
-//!   up where it was, and what it had not acknowledged is delivered again.
+//!   `max_ack_pending` equal to the trigger's `maxConcurrency` and an ack wait that covers the
+//!   function timeout. Its position lives on the server: a restarted platform picks up where
+//!   it was, and what it had not acknowledged is delivered again.
+//! - With `maxConcurrency` 1 the server may have [`ORDERED_WINDOW`] messages out, so the next
+//!   message is already here when the previous one is acknowledged (no round trip from the
+//!   ack to the next delivery). The subscription hands them out one at a time in stream order:
+//!   once a message is nak'd for a retry, the messages after it that already arrived are held
+//!   until its redelivery came and was handed out, so no message is handed out before the
+//!   ones before it succeeded or went to the error topic, retries included.
 //! - A nak carries the retry delay (`-NAK {"delay": ...}`), so the server redelivers it then.
 //! - Publishing goes through JetStream when a stream captures the subject (and waits for the
 //!   server's acknowledgement), else as a plain NATS message.
@@ -32,6 +37,11 @@ use crate::broker::{
 const PULL_BATCH: usize = 256;
 /// Consecutive receive errors after which a subscription is reported broken.
 const MAX_RECEIVE_ERRORS: u32 = 20;
+/// `max_ack_pending` of a consumer with `maxConcurrency` 1: the message being processed plus
+/// one delivered ahead, held by the subscription until the one before it is settled. One ahead
+/// keeps the next message ready; a held message waits for at most one invocation (the
+/// function timeout plus 5 s), within its ack wait (the function timeout plus 10 s).
+pub const ORDERED_WINDOW: i64 = 2;
 
 /// A connection to a NATS server with JetStream enabled.
 #[derive(Debug, Clone)]
@@ -179,7 +189,11 @@ impl Broker for NatsBroker {
             filter_subject: spec.topic.clone(),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ack_wait: spec.ack_wait,
-            max_ack_pending: i64::from(spec.max_in_flight.max(1)),
+            max_ack_pending: if spec.max_in_flight <= 1 {
+                ORDERED_WINDOW
+            } else {
+                i64::from(spec.max_in_flight)
+            },
             max_deliver: -1,
             deliver_policy: jetstream::consumer::DeliverPolicy::All,
             description: Some("kappa message queue trigger".into()),
@@ -204,6 +218,7 @@ impl Broker for NatsBroker {
             messages,
             name: name.clone(),
             url: url.clone(),
+            ordered: (spec.max_in_flight <= 1).then(|| Ordered::new(spec.ack_wait)),
         }))
     }
 
@@ -286,11 +301,160 @@ struct NatsSubscription {
     messages: pull::Stream,
     name: String,
     url: String,
+    /// With `maxConcurrency` 1: what keeps the order (see the module docs).
+    ordered: Option<Ordered>,
+}
+
+/// The order keeping of a consumer with `maxConcurrency` 1.
+struct Ordered {
+    /// Shared with the settle handles of the messages handed out.
+    state: Arc<Mutex<OrderState>>,
+    /// Messages that arrived after a blocked one, by stream sequence.
+    held: std::collections::BTreeMap<u64, Delivery>,
+    /// The consumer's ack wait.
+    ack_wait: Duration,
+}
+
+/// What the settle handles of a `maxConcurrency` 1 consumer tell its subscription. A std
+/// mutex, held for a field update, never across an await.
+#[derive(Debug, Default)]
+struct OrderState {
+    /// The message nak'd last, until its redelivery is handed out.
+    blocked: Option<Block>,
+    /// The stream sequences acknowledged or terminated last (at most [`SETTLED_KEPT`]): a
+    /// message the server gives again after it was settled (its ack wait ran out just before
+    /// the acknowledgement reached it) is acknowledged again instead of run twice.
+    settled: std::collections::VecDeque<u64>,
+}
+
+/// How many settled stream sequences an ordered subscription remembers.
+const SETTLED_KEPT: usize = 16;
+
+impl OrderState {
+    fn settled(&mut self, seq: u64) {
+        if self.settled.len() == SETTLED_KEPT {
+            self.settled.pop_front();
+        }
+        self.settled.push_back(seq);
+    }
+}
+
+/// A nak'd message the ones after it wait for: its stream sequence, and when to stop waiting
+/// (its delay plus the ack wait plus a margin: by then the server gave it again unless it is
+/// gone, e.g. purged from the stream, and then the held messages go on).
+#[derive(Debug, Clone, Copy)]
+struct Block {
+    seq: u64,
+    until: Instant,
+}
+
+impl Ordered {
+    fn new(ack_wait: Duration) -> Self {
+        Self {
+            state: Arc::default(),
+            held: std::collections::BTreeMap::new(),
+            ack_wait,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, OrderState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn blocked(&self) -> Option<Block> {
+        self.state().blocked
+    }
+
+    /// What to do with a message that arrived: `Some` to hand it out now.
+    fn arrived(&mut self, seq: u64, delivery: Delivery) -> Option<Delivery> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.settled.contains(&seq) {
+            drop(state);
+            let (_, settle) = delivery.into_parts();
+            tokio::spawn(async move {
+                if let Err(e) = settle.ack().await {
+                    tracing::debug!(error = %e, "acknowledging a message given again after it was settled");
+                }
+            });
+            return None;
+        }
+        match state.blocked {
+            Some(b) if seq == b.seq => {
+                state.blocked = None;
+                Some(delivery)
+            }
+            Some(b) if seq > b.seq => {
+                // Held behind the retry. A held message the server gave again (its ack wait
+                // ran out while it waited) keeps the attempt of its first delivery, which is
+                // the one it will be processed with, and takes the newer settle handle.
+                let delivery = match self.held.remove(&seq) {
+                    Some(first) => {
+                        let (message, _) = first.into_parts();
+                        let (_, settle) = delivery.into_parts();
+                        Delivery::new(message, settle)
+                    }
+                    None => delivery,
+                };
+                self.held.insert(seq, delivery);
+                None
+            }
+            // Not blocked, or an earlier message came back (its acknowledgement was lost):
+            // process it now.
+            _ => Some(delivery),
+        }
+    }
+
+    /// The next held message, once nothing blocks.
+    fn release(&mut self) -> Option<Delivery> {
+        if self.blocked().is_some() {
+            return None;
+        }
+        self.held.pop_first().map(|(_, d)| d)
+    }
 }
 
 #[async_trait]
 impl Subscription for NatsSubscription {
     async fn next(&mut self) -> Result<Delivery, BrokerError> {
+        loop {
+            if let Some(delivery) = self.ordered.as_mut().and_then(Ordered::release) {
+                return Ok(delivery);
+            }
+            let give_up = self
+                .ordered
+                .as_ref()
+                .filter(|o| !o.held.is_empty())
+                .and_then(Ordered::blocked);
+            let (seq, delivery) = match give_up {
+                None => self.receive().await?,
+                Some(block) => {
+                    match tokio::time::timeout_at(block.until.into(), self.receive()).await {
+                        Ok(received) => received?,
+                        Err(_) => {
+                            tracing::warn!(consumer = %self.name, url = %self.url, seq = block.seq, "a message nak'd for a retry did not come back; going on with the ones after it");
+                            if let Some(o) = &self.ordered {
+                                o.state().blocked = None;
+                            }
+                            continue;
+                        }
+                    }
+                }
+            };
+            match self.ordered.as_mut() {
+                None => return Ok(delivery),
+                Some(ordered) => {
+                    if let Some(delivery) = ordered.arrived(seq, delivery) {
+                        return Ok(delivery);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl NatsSubscription {
+    /// The next message from the server and its stream sequence.
+    async fn receive(&mut self) -> Result<(u64, Delivery), BrokerError> {
         use async_nats::jetstream::consumer::pull::MessagesErrorKind;
         let mut errors = 0;
         loop {
@@ -324,15 +488,26 @@ impl Subscription for NatsSubscription {
                                 .collect()
                         })
                         .unwrap_or_default();
-                    return Ok(Delivery::new(
-                        Message {
-                            topic: message.subject.to_string(),
-                            id: seq.to_string(),
-                            headers,
-                            body: message.payload,
-                            attempt,
-                        },
-                        Box::new(NatsSettle(acker)),
+                    let settle = NatsSettle {
+                        acker,
+                        seq,
+                        blocks: self
+                            .ordered
+                            .as_ref()
+                            .map(|o| (Arc::clone(&o.state), o.ack_wait)),
+                    };
+                    return Ok((
+                        seq,
+                        Delivery::new(
+                            Message {
+                                topic: message.subject.to_string(),
+                                id: seq.to_string(),
+                                headers,
+                                body: message.payload,
+                                attempt,
+                            },
+                            Box::new(settle),
+                        ),
                     ));
                 }
                 Some(Err(e)) => {
@@ -354,11 +529,29 @@ impl Subscription for NatsSubscription {
     }
 }
 
-struct NatsSettle(jetstream::message::Acker);
+struct NatsSettle {
+    acker: jetstream::message::Acker,
+    /// The message's stream sequence.
+    seq: u64,
+    /// With `maxConcurrency` 1: a nak blocks the messages after this one until it comes back
+    /// (and the consumer's ack wait).
+    blocks: Option<(Arc<Mutex<OrderState>>, Duration)>,
+}
 
 impl NatsSettle {
+    /// With `maxConcurrency` 1: remembers that this message is settled, so that a redelivery
+    /// of it already on its way is acknowledged rather than run again.
+    fn record_settled(&self) {
+        if let Some((state, _)) = &self.blocks {
+            state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .settled(self.seq);
+        }
+    }
+
     async fn send(&self, kind: AckKind) -> Result<(), BrokerError> {
-        self.0
+        self.acker
             .ack_with(kind)
             .await
             .map_err(|e| BrokerError::Settle(format!("settling a NATS message: {e}")))
@@ -368,14 +561,27 @@ impl NatsSettle {
 #[async_trait]
 impl Settle for NatsSettle {
     async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
+        self.record_settled();
         self.send(AckKind::Ack).await
     }
 
     async fn nak(self: Box<Self>, delay: Duration) -> Result<(), BrokerError> {
+        if let Some((blocks, ack_wait)) = &self.blocks {
+            // Before the nak leaves: the redelivery can only come after it. Set even when the
+            // nak fails (the server then gives the message again after its ack wait).
+            blocks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .blocked = Some(Block {
+                seq: self.seq,
+                until: Instant::now() + delay + *ack_wait + Duration::from_secs(5),
+            });
+        }
         self.send(AckKind::Nak(Some(delay))).await
     }
 
     async fn term(self: Box<Self>) -> Result<(), BrokerError> {
+        self.record_settled();
         self.send(AckKind::Term).await
     }
 }

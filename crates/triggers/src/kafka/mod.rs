@@ -20,7 +20,14 @@
 //! - Kafka has no delivery count. How far records were handed out is committed, before they
 //!   are, as the offsets of a second group, `<group>.delivered` (commit metadata would do, but
 //!   not every Kafka-protocol broker keeps it); after a restart a record below that mark is
-//!   delivered with attempt 2 (it may have been processed).
+//!   delivered with attempt 2 (it may have been processed). The mark runs up to
+//!   [`MARK_AHEAD`] records (or `maxConcurrency`, when larger) ahead, within the fetched
+//!   batch, so it costs one commit per that many records rather than one per record.
+//! - Replies and error-topic records ([`Broker::publish`]) go through one producer task per
+//!   partition: what is published while its produce requests are out (at most
+//!   [`PRODUCES_IN_FLIGHT`]) goes together in the next one, so concurrent replies share a
+//!   request and its acknowledgement. Each publish still returns only once the broker
+//!   acknowledged its batch.
 //! - A nak keeps the record (and its in-flight slot) and hands it out again after the delay.
 //! - A missing topic is created (1 partition); a missing response or error topic too.
 //! - Headers: record headers are message headers; a record key is the header `X-Kafka-Key`.
@@ -43,7 +50,7 @@ use rskafka::client::error::{Error as KafkaError, ProtocolError};
 use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
 use rskafka::record::{Record, RecordAndOffset};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use group::{Committed, GroupClient};
@@ -64,6 +71,14 @@ const FETCH_WAIT_MS: i32 = 500;
 pub const DELIVERED_SUFFIX: &str = ".delivered";
 /// Commit failures in a row before the subscription reports itself broken.
 const MAX_COMMIT_FAILURES: u32 = 5;
+/// How many records the delivered mark runs ahead of the record handed out (at least).
+pub const MARK_AHEAD: i64 = 64;
+/// The most records one produce request of the batching producer carries.
+const PRODUCE_BATCH_RECORDS: usize = 500;
+/// The most value bytes one produce request gathers (a larger single record goes alone).
+const PRODUCE_BATCH_BYTES: usize = 512 << 10;
+/// Produce requests of one partition out at once.
+const PRODUCES_IN_FLIGHT: usize = 4;
 
 /// `metadata` keys a Kafka trigger understands.
 pub const METADATA_KEYS: [&str; 6] = [
@@ -166,6 +181,12 @@ fn redact(url: &str) -> String {
 /// Partition clients by (topic, partition).
 type PartitionClients = HashMap<(String, i32), Arc<PartitionClient>>;
 
+/// A record to produce and who waits for the broker's answer.
+type ProduceRequest = (Record, oneshot::Sender<Result<(), String>>);
+
+/// The batching producers by (topic, partition): each the sending side of its task's queue.
+type Producers = HashMap<(String, i32), mpsc::UnboundedSender<ProduceRequest>>;
+
 /// A connection to a Kafka cluster.
 #[derive(Clone)]
 pub struct KafkaBroker {
@@ -174,6 +195,8 @@ pub struct KafkaBroker {
     shown: String,
     /// Partition clients by (topic, partition).
     partitions: Arc<Mutex<PartitionClients>>,
+    /// The batching producer of each partition published to.
+    producers: Arc<Mutex<Producers>>,
     /// Partition counts of topics published to.
     counts: Arc<Mutex<HashMap<String, i32>>>,
     round_robin: Arc<AtomicUsize>,
@@ -217,6 +240,7 @@ impl KafkaBroker {
             url: parsed,
             shown,
             partitions: Arc::default(),
+            producers: Arc::default(),
             counts: Arc::default(),
             round_robin: Arc::default(),
         };
@@ -297,6 +321,36 @@ impl KafkaBroker {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(key, Arc::clone(&client));
         Ok(client)
+    }
+
+    /// The batching producer of `partition` of `topic`, started on first use.
+    async fn producer(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<mpsc::UnboundedSender<ProduceRequest>, String> {
+        let key = (topic.to_string(), partition);
+        if let Some(tx) = self
+            .producers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .filter(|tx| !tx.is_closed())
+        {
+            return Ok(tx.clone());
+        }
+        let client = self.partition(topic, partition).await?;
+        let mut producers = self
+            .producers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(tx) = producers.get(&key).filter(|tx| !tx.is_closed()) {
+            return Ok(tx.clone());
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(produce_loop(client, rx));
+        producers.insert(key, tx.clone());
+        Ok(tx)
     }
 
     async fn partition_count(&self, topic: &str) -> Result<i32, BrokerError> {
@@ -520,23 +574,28 @@ impl Broker for KafkaBroker {
                 .collect(),
             timestamp: chrono::Utc::now(),
         };
-        let client = self.partition(topic, partition).await.map_err(|e| {
+        let producer = self.producer(topic, partition).await.map_err(|e| {
             BrokerError::Publish(format!(
                 "reaching partition {partition} of topic {topic:?} on Kafka at {}: {e}",
                 self.shown
             ))
         })?;
-        client
-            .produce(vec![record], Compression::NoCompression)
-            .await
-            .map_err(|e| {
-                self.err(
-                    BrokerError::Publish,
-                    &format!("producing to topic {topic:?} partition {partition}"),
-                    &e,
-                )
-            })?;
-        Ok(())
+        let (done, answer) = oneshot::channel();
+        let failed = |e: &dyn std::fmt::Display| {
+            self.err(
+                BrokerError::Publish,
+                &format!("producing to topic {topic:?} partition {partition}"),
+                e,
+            )
+        };
+        if producer.send((record, done)).is_err() {
+            return Err(failed(&"the producer stopped"));
+        }
+        match answer.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(failed(&e)),
+            Err(_) => Err(failed(&"the producer stopped")),
+        }
     }
 
     async fn remove(&self, spec: &ConsumerSpec) -> Result<(), BrokerError> {
@@ -633,7 +692,9 @@ impl Shared {
             if offset < s.marked {
                 return Ok(());
             }
-            (offset + self.window).min(batch_end).max(offset + 1)
+            (offset + self.window.max(MARK_AHEAD))
+                .min(batch_end)
+                .max(offset + 1)
         };
         let mut marks = self.marks.lock().await;
         let commit = BTreeMap::from([(
@@ -796,6 +857,71 @@ async fn run_fetch(
             }
         }
     }
+}
+
+/// Produces the records queued for one partition until every sender is gone: it takes what
+/// is queued (up to [`PRODUCE_BATCH_RECORDS`] records or [`PRODUCE_BATCH_BYTES`]) into one
+/// produce request, and tells each record's publisher the broker's answer for the batch.
+/// At most [`PRODUCES_IN_FLIGHT`] requests are out at once (their order between them is not
+/// kept, as for replies of messages processed in parallel; a trigger with `maxConcurrency` 1
+/// publishes a reply only after the previous one was acknowledged). There is no linger: a
+/// record goes at once when a request slot is free; records queued while every slot is taken
+/// go together in the next one.
+async fn produce_loop(
+    client: Arc<PartitionClient>,
+    mut rx: mpsc::UnboundedReceiver<ProduceRequest>,
+) {
+    let slots = Arc::new(Semaphore::new(PRODUCES_IN_FLIGHT));
+    let mut carried: Option<ProduceRequest> = None;
+    loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let first = match carried.take() {
+            Some(request) => request,
+            None => match rx.recv().await {
+                Some(request) => request,
+                None => return,
+            },
+        };
+        let mut bytes = value_len(&first.0);
+        let mut records = vec![first.0];
+        let mut waiters = vec![first.1];
+        while records.len() < PRODUCE_BATCH_RECORDS {
+            let Ok(request) = rx.try_recv() else { break };
+            let len = value_len(&request.0);
+            if bytes + len > PRODUCE_BATCH_BYTES {
+                carried = Some(request);
+                break;
+            }
+            bytes += len;
+            records.push(request.0);
+            waiters.push(request.1);
+        }
+        let client = Arc::clone(&client);
+        let produce = async move {
+            let result = client
+                .produce(records, Compression::NoCompression)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            for waiter in waiters {
+                let _ = waiter.send(result.clone());
+            }
+            drop(slot);
+        };
+        tokio::spawn(produce);
+    }
+}
+
+fn value_len(record: &Record) -> usize {
+    record.value.as_ref().map_or(0, Vec::len)
+        + record.key.as_ref().map_or(0, Vec::len)
+        + record
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
 }
 
 /// Commits settled offsets every [`COMMIT_EVERY`], and once more when the subscription ends.

@@ -322,3 +322,35 @@ async fn offsets_are_committed_in_the_group() {
         assert!(c.is_empty(), "{name}: {c:?}");
     }
 }
+
+/// Replies published at once share produce requests: each publish returns once its batch was
+/// acknowledged, and every record is in the topic exactly once.
+#[tokio::test]
+async fn concurrent_publishes_are_batched_and_each_acknowledged() {
+    let h = Kafka::start().await;
+    let publishes = (0..300).map(|i| {
+        let broker = h.broker.clone();
+        async move {
+            broker
+                .publish(
+                    "burst",
+                    &[("X-Kappa-Message-Id".to_string(), format!("0:{i}"))],
+                    Bytes::from(format!("r{i}")),
+                )
+                .await
+        }
+    });
+    for result in futures::future::join_all(publishes).await {
+        result.unwrap();
+    }
+    let mut bodies: Vec<String> = h
+        .records("burst")
+        .await
+        .into_iter()
+        .map(|(_, _, _, b)| String::from_utf8_lossy(&b).into_owned())
+        .collect();
+    bodies.sort();
+    let mut expected: Vec<String> = (0..300).map(|i| format!("r{i}")).collect();
+    expected.sort();
+    assert_eq!(bodies, expected);
+}

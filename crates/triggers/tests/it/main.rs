@@ -9,5 +9,6 @@ mod conformance;
 mod kafka;
 mod manager;
 mod metrics;
+mod nats_order;
 mod redis_claim;
 mod support;
