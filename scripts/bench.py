@@ -32,7 +32,9 @@
 Usage: scripts/bench.sh [--quick]   (builds the release binary, then runs this script)
 Needs: nginx, haproxy, wrk, nats-server, tansu (scripts/install-deps.sh and bench.sh install
 them). Uses free loopback ports only. `--mq-only` runs only (d), `--scale-only` only (e), `--tracing-only`
-only (f), `--pools-only` only (g), `--zygote-only` only the zygote part of (b).
+only (f), `--pools-only` only (g), `--zygote-only` only the zygote part of (b), `--warm-only`
+only the warm-pool first request of (b) beside its baselines (`--breakdown`: and where its time
+goes, from the spans of a traced run).
 """
 
 import argparse
@@ -933,6 +935,217 @@ def bench_platform(mode, workdir, seconds, cold_n):
     return out
 
 
+
+# ---- (b) the warm-pool first request: figure, baselines and where the time goes ------------
+
+class OtlpJsonCollector:
+    """A local OTLP/HTTP receiver (`OTEL_EXPORTER_OTLP_PROTOCOL=http/json`) that keeps every
+    span: (trace id, span id, parent id, name, start ns, end ns)."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n)
+                try:
+                    sink.add(json.loads(body))
+                except ValueError:
+                    pass
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args):
+                pass
+
+        self.spans = []
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def add(self, data):
+        for rs in data.get("resourceSpans", []):
+            for ss in rs.get("scopeSpans", []):
+                for s in ss.get("spans", []):
+                    self.spans.append((s.get("traceId"), s.get("spanId"), s.get("parentSpanId"),
+                                       s.get("name"), int(s.get("startTimeUnixNano", 0)),
+                                       int(s.get("endTimeUnixNano", 0))))
+
+    def stop(self):
+        self.server.shutdown()
+
+
+def runtime_alone_ms(runs, workdir):
+    """The Python runtime's own floor, without Kappa: a generic `server.py` started beforehand,
+    then (client-measured) a fresh connection with `POST /v2/specialize` of a never-imported
+    copy of hello.py in a read-only directory, and a fresh connection with `GET /`."""
+    server = os.path.join(ROOT, "functions", "runtimes", "python", "server.py")
+    hello = os.path.join(ROOT, "functions", "examples", "hello", "hello.py")
+    times = []
+    for i in range(runs):
+        code = os.path.join(workdir, f"alone{i}")
+        os.makedirs(code)
+        shutil.copy(hello, os.path.join(code, "hello.py"))
+        os.chmod(os.path.join(code, "hello.py"), 0o444)
+        os.chmod(code, 0o555)
+        port = free_port()
+        proc = subprocess.Popen([PYTHON, server, "--host", "127.0.0.1", "--port", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for("the runtime", lambda: http_get(port, "/healthz")[0] == 200)
+            body = json.dumps({"filepath": os.path.join(code, "hello.py"),
+                               "functionName": "hello.main"})
+            t0 = time.perf_counter()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request("POST", "/v2/specialize", body=body,
+                         headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            resp.read()
+            conn.close()
+            status, _ = http_get(port, "/")
+            times.append((time.perf_counter() - t0) * 1000)
+            if resp.status != 200 or status != 200:
+                sys.exit(f"the runtime alone answered {resp.status} / {status}")
+        finally:
+            proc.terminate()
+            proc.wait()
+    return times
+
+
+# Rows of the breakdown: (label, from, to), each point a (span name, "start" | "end").
+BREAKDOWN = (
+    ("router: request read, route matched, admission", ("server", "start"), ("provision", "start")),
+    ("pool manager: function lookup, begin specialization", ("provision", "start"), ("specialization", "start")),
+    ("pool manager: environment, package, config lookups", ("specialization", "start"), ("take from pool", "start")),
+    ("pool manager: take a warm instance, build the request", ("take from pool", "start"), ("specialize", "start")),
+    ("backend: place code (archive cache, hard link)", ("place code", "start"), ("place code", "end")),
+    ("backend: log assignment, specialize body", ("place code", "end"), ("runtime specialize", "start")),
+    ("backend: runtime /v2/specialize (connect, import, answer)", ("runtime specialize", "start"), ("runtime specialize", "end")),
+    ("pool manager: endpoint into the index", ("specialize", "end"), ("specialization", "end")),
+    ("router: provision answer reaches the request", ("specialization", "end"), ("provision", "end")),
+    ("router: admit on the new endpoint", ("provision", "end"), ("upstream", "start")),
+    ("router: upstream (new connection, request, response head)", ("upstream", "start"), ("upstream", "end")),
+    ("router: response head to the end of the server span", ("upstream", "end"), ("server", "end")),
+)
+
+
+def warm_breakdown(spans):
+    """Per cold request trace: the BREAKDOWN rows in ms, plus the server span's length."""
+    by_trace = {}
+    for trace, _span, _parent, name, start, end in spans:
+        key = "server" if name.startswith("GET /") else name
+        by_trace.setdefault(trace, {}).setdefault(key, (start, end))
+    rows = []
+    for points in by_trace.values():
+        if "server" not in points or "runtime specialize" not in points:
+            continue
+        row = {}
+        for label, a, b in BREAKDOWN:
+            if a[0] in points and b[0] in points:
+                pa = points[a[0]][0 if a[1] == "start" else 1]
+                pb = points[b[0]][0 if b[1] == "start" else 1]
+                row[label] = (pb - pa) / 1e6
+        row["server span (router: request to response head)"] = \
+            (points["server"][1] - points["server"][0]) / 1e6
+        rows.append(row)
+    return rows
+
+
+def runtime_reported_ms(kappa, name):
+    """The runtime's own report of its specialization ("specialized ... in X ms")."""
+    env = dict(os.environ, KAPPA_DATA_DIR=kappa.data)
+    out = subprocess.run([KAPPA, "fn", "logs", name], env=env, capture_output=True, text=True)
+    m = re.search(r"kappa: specialized .* in ([0-9.]+) ms", out.stdout)
+    return float(m.group(1)) if m else None
+
+
+def bench_warm(mode, workdir, cold_n, traced):
+    """First requests of `cold_n` never-invoked Python functions with a warm pool (poolsize 3)
+    on one `kappa up --sandbox <mode>`; with `traced`, spans are exported (OTLP/JSON to a local
+    collector) and the breakdown is returned too."""
+    collector = OtlpJsonCollector() if traced else None
+    env = {}
+    if collector:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.port}",
+               "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json", "OTEL_TRACES_SAMPLER": "always_on"}
+    kappa = Kappa(workdir, extra=["--sandbox", mode], env=env)
+    firsts, reported = [], []
+    try:
+        hello = os.path.join(ROOT, "functions", "examples", "hello", "hello.py")
+        kappa.cli("env", "create", "--name", "python", "--image", "python", "--poolsize", "3")
+        for i in range(cold_n):
+            kappa.cli("fn", "create", "--name", f"cw{i}", "--env", "python", "--code", hello)
+            kappa.cli("route", "create", "--url", f"/cw{i}", "--function", f"cw{i}")
+        time.sleep(2)  # let the warm pool fill
+        for i in range(cold_n):
+            firsts.append(first_request_ms(kappa.router, f"/cw{i}"))
+            time.sleep(0.5)  # let the pool refill
+        if traced:
+            reported = [r for r in (runtime_reported_ms(kappa, f"cw{i}") for i in range(cold_n))
+                        if r is not None]
+            time.sleep(6)  # the batch exporter's interval
+    finally:
+        kappa.stop()
+        if collector:
+            collector.stop()
+    rows = warm_breakdown(collector.spans) if collector else []
+    return {"first": firsts, "rows": rows, "reported": reported}
+
+
+def print_warm(runs, alone, breakdowns):
+    print(f"(b) warm-pool first request of a never-invoked Python function "
+          f"(poolsize 3, client-measured: fresh connection, GET, full response; ms)")
+    print(f"{'case':<60}{'median':>10}{'p90':>10}")
+    for mode, label in (("none", "unsandboxed"), ("namespaces", "sandboxed")):
+        if mode in runs:
+            print(f"{'kappa, ' + label:<60}{median(runs[mode]):>10.2f}{p90(runs[mode]):>10.2f}")
+    print(f"{'runtime alone: POST /v2/specialize + GET, no Kappa (same run)':<60}"
+          f"{median(alone):>10.2f}{p90(alone):>10.2f}")
+    print(f"{'Fission Python environment, specialize + request (issue 14)':<60}{3.4:>10.2f}")
+    print(f"{'aim':<60}{'<= 1.70':>10}")
+    for mode, (rows, reported) in breakdowns.items():
+        print()
+        print(f"where the time goes, {'unsandboxed' if mode == 'none' else 'sandboxed'}, traces on "
+              f"(medians over {len(rows)} first requests, ms)")
+        labels = [b[0] for b in BREAKDOWN] + ["server span (router: request to response head)"]
+        for label in labels:
+            xs = [r[label] for r in rows if label in r]
+            if xs:
+                print(f"  {label:<66}{median(xs):>8.3f}")
+        if reported:
+            print(f"  {'runtime: its own report of the import and checks':<66}{median(reported):>8.3f}")
+
+
+def main_warm(cold_n, breakdown):
+    workdir = tempfile.mkdtemp(prefix="kappa-bench-warm-")
+    runs, breakdowns = {}, {}
+    try:
+        for mode in ("none", "namespaces"):
+            d = os.path.join(workdir, mode)
+            os.makedirs(d)
+            runs[mode] = bench_warm(mode, d, cold_n, False)["first"]
+        if breakdown:
+            for mode in ("none", "namespaces"):
+                d = os.path.join(workdir, mode + "-traced")
+                os.makedirs(d)
+                r = bench_warm(mode, d, cold_n, True)
+                breakdowns[mode] = (r["rows"], r["reported"])
+        alone = runtime_alone_ms(cold_n, workdir)
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", workdir], check=False)
+        shutil.rmtree(workdir, ignore_errors=True)
+    print_warm(runs, alone, breakdowns)
+
+
 def pss_kib(pid):
     """Proportional set size of one process (KiB), from smaps_rollup; 0 if it is gone."""
     try:
@@ -1050,6 +1263,10 @@ def main():
     ap.add_argument("--scale-only", action="store_true", help="only the routes-at-scale section (e)")
     ap.add_argument("--tracing-only", action="store_true", help="only the tracing section (f)")
     ap.add_argument("--pools-only", action="store_true", help="only the adaptive pools section (g)")
+    ap.add_argument("--warm-only", action="store_true",
+                    help="only the warm-pool first request of (b), beside its baselines")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="with --warm-only: also where the time goes (a traced run per mode)")
     ap.add_argument("--zygote-only", action="store_true",
                     help="only section (b) with the Python template on and off, and instance PSS")
     args = ap.parse_args()
@@ -1070,6 +1287,9 @@ def main():
         return
     cold_n = 5 if args.quick else 20
     pss_n = 5 if args.quick else 20
+    if args.warm_only:
+        main_warm(cold_n, args.breakdown)
+        return
     if args.zygote_only:
         workdir = tempfile.mkdtemp(prefix="kappa-bench-")
         z = bench_zygote(workdir, cold_n, pss_n)
@@ -1090,6 +1310,10 @@ def main():
         runs[mode] = bench_platform(mode, mode_dir, seconds, cold_n)
     zygote = bench_zygote(workdir, cold_n, pss_n)
     bare = bare_python_ms(cold_n)
+    alone_dir = os.path.join(workdir, "alone")
+    os.makedirs(alone_dir)
+    alone = runtime_alone_ms(cold_n, alone_dir)
+    subprocess.run(["chmod", "-R", "u+w", alone_dir], check=False)
 
     # ---- report ------------------------------------------------------------------------
     cpu = "unknown"
@@ -1125,6 +1349,10 @@ def main():
         print(f"{'no pool (poolsize 0), ' + label + ': start + specialize':<56}"
               f"{median(run['no_pool']):>10.2f}{p90(run['no_pool']):>10.2f}")
     print(f"{'bare python3 -c pass (baseline)':<56}{median(bare):>10.2f}{p90(bare):>10.2f}")
+    print(f"{'runtime alone: POST /v2/specialize + GET (baseline)':<56}"
+          f"{median(alone):>10.2f}{p90(alone):>10.2f}")
+    print("warm pool aim: <= 1.70 ms (Fission's Python environment: 3.4 ms for specialize + "
+          "request, issue 14); --warm-only --breakdown shows where the time goes")
     print()
     print_zygote(zygote, bare)
     print()

@@ -229,6 +229,19 @@ pub trait Backend: Send + Sync + 'static {
         request: &SpecializeRequest,
     ) -> Result<(), BackendError>;
 
+    /// Prepares a generic instance for a quick specialization while it waits in a warm pool:
+    /// the local backend opens its connections to the runtime (for `/v2/specialize` and for
+    /// the first request, see [`Backend::take_connection`]) here, off the request path. Best
+    /// effort: a failure only means the later calls connect as usual. Default: nothing.
+    async fn prepare(&self, _instance: &Instance) {}
+
+    /// After a successful [`Backend::specialize`]: a connection to the instance opened in
+    /// advance by [`Backend::prepare`], for the router's first request (handed over through
+    /// [`crate::Endpoint::offer_connection`]). Default: none.
+    fn take_connection(&self, _id: &str) -> Option<std::net::TcpStream> {
+        None
+    }
+
     /// Stops an instance: terminate, wait up to `grace`, then kill; frees its resources.
     async fn delete(&self, id: &str, grace: Duration) -> Result<(), BackendError>;
 

@@ -11,7 +11,7 @@
 
 use crate::addr::InstanceAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -51,6 +51,9 @@ pub struct Endpoint {
     exit: OnceLock<String>,
     /// Woken when `exit` is set, for requests that lost their connection and want the cause.
     exited: Notify,
+    /// A connection to the instance its backend opened in advance (while it waited in a warm
+    /// pool), for the router's first request; taken at most once.
+    connection: Mutex<Option<std::net::TcpStream>>,
 }
 
 impl Endpoint {
@@ -71,7 +74,26 @@ impl Endpoint {
             draining: AtomicBool::new(false),
             exit: OnceLock::new(),
             exited: Notify::new(),
+            connection: Mutex::new(None),
         }
+    }
+
+    /// Hands over a connection to the instance opened in advance (see
+    /// [`crate::Backend::take_connection`]), for [`Endpoint::take_connection`].
+    pub fn offer_connection(&self, connection: std::net::TcpStream) {
+        *self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(connection);
+    }
+
+    /// The connection opened in advance, if one was offered and not yet taken. It may have
+    /// been closed by the instance since: the caller treats it like a pooled idle connection.
+    pub fn take_connection(&self) -> Option<std::net::TcpStream> {
+        self.connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// Takes one slot if the endpoint is not draining and below capacity.

@@ -47,6 +47,8 @@ const EVENT_CAPACITY: usize = 1024;
 const PORT_ATTEMPTS: u32 = 4;
 /// Pause between two `/healthz` polls.
 const HEALTH_POLL: Duration = Duration::from_millis(2);
+/// Bound on opening the connections of `Backend::prepare`.
+const PREPARE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bound on one `/healthz` call while starting.
 const HEALTH_CALL_TIMEOUT: Duration = Duration::from_millis(250);
 /// How long `delete` waits for an instance after SIGKILL.
@@ -163,6 +165,26 @@ struct Live {
     deleting: AtomicBool,
     /// Becomes `true` once the exit task finished cleaning up.
     done: watch::Receiver<bool>,
+    /// Connections to the runtime opened by `prepare` while the instance waits in a pool.
+    opened: Mutex<Opened>,
+}
+
+/// Connections to a generic instance's runtime opened in advance (`Backend::prepare`), so
+/// neither the specialization nor the first request pays for a connection (the sandbox
+/// connector's round trip, the TCP handshake, the runtime's accept).
+#[derive(Default)]
+struct Opened {
+    /// For `POST /v2/specialize`.
+    control: Option<tokio::net::TcpStream>,
+    /// Handed to the router for the first request (`Backend::take_connection`).
+    first: Option<tokio::net::TcpStream>,
+}
+
+/// Whether a connection opened in advance is still usable: not closed by the runtime (its
+/// idle timeout, or an exit) and with nothing unread. Never blocks.
+fn still_open(stream: &tokio::net::TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 impl LocalBackend {
@@ -322,6 +344,24 @@ impl Backend for LocalBackend {
         request: &SpecializeRequest,
     ) -> Result<(), BackendError> {
         self.inner.specialize(instance, request).await
+    }
+
+    async fn prepare(&self, instance: &Instance) {
+        self.inner.prepare(instance).await;
+    }
+
+    fn take_connection(&self, id: &str) -> Option<std::net::TcpStream> {
+        let live = self.inner.live().get(id).cloned()?;
+        let first = live
+            .opened
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .first
+            .take()?;
+        if !still_open(&first) {
+            return None;
+        }
+        first.into_std().ok()
     }
 
     async fn delete(&self, id: &str, grace: Duration) -> Result<(), BackendError> {
@@ -758,6 +798,7 @@ impl Inner {
             record,
             deleting: AtomicBool::new(false),
             done,
+            opened: Mutex::new(Opened::default()),
         });
         self.live().insert(spec.id.clone(), live.clone());
         self.save_state();
@@ -807,6 +848,23 @@ impl Inner {
             );
         }
         Ok(instance)
+    }
+
+    /// Opens the connections a specialization and its first request use (see [`Opened`]).
+    async fn prepare(&self, instance: &Instance) {
+        let Some(live) = self.live().get(&instance.id).cloned() else {
+            return;
+        };
+        let connect = || {
+            tokio::time::timeout(
+                PREPARE_TIMEOUT,
+                kappa_sandbox::connector::connect(&instance.addr),
+            )
+        };
+        let (control, first) = tokio::join!(connect(), connect());
+        let mut opened = live.opened.lock().unwrap_or_else(PoisonError::into_inner);
+        opened.control = control.ok().and_then(Result::ok);
+        opened.first = first.ok().and_then(Result::ok);
     }
 
     async fn specialize(
@@ -921,7 +979,15 @@ impl Inner {
         } else {
             tracing::Span::none()
         };
-        let call = http::call(
+        let control = live
+            .opened
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .control
+            .take()
+            .filter(still_open);
+        let call = http::call_on(
+            control,
             &instance.addr,
             ::http::Method::POST,
             SPECIALIZE_PATH,

@@ -51,12 +51,26 @@ pub(crate) async fn call(
     path: &str,
     body: Option<(&'static str, Vec<u8>)>,
 ) -> Result<Response, CallError> {
-    let stream = kappa_sandbox::connector::connect(addr)
-        .await
-        .map_err(|source| CallError::Connect {
-            addr: addr.clone(),
-            source,
-        })?;
+    call_on(None, addr, method, path, body).await
+}
+
+/// [`call`] on a connection to `addr` opened in advance, if any, else on a new one.
+pub(crate) async fn call_on(
+    opened: Option<tokio::net::TcpStream>,
+    addr: &InstanceAddr,
+    method: Method,
+    path: &str,
+    body: Option<(&'static str, Vec<u8>)>,
+) -> Result<Response, CallError> {
+    let stream = match opened {
+        Some(stream) => stream,
+        None => kappa_sandbox::connector::connect(addr)
+            .await
+            .map_err(|source| CallError::Connect {
+                addr: addr.clone(),
+                source,
+            })?,
+    };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|source| CallError::Http {

@@ -710,14 +710,24 @@ async fn forward(
             };
             let (mut conn, reused) = match idle {
                 Some(conn) => (conn, true),
-                None => match tokio::time::timeout_at(deadline, pool.connect()).await {
-                    Ok(Ok(conn)) => (conn, false),
-                    Ok(Err(error)) => {
-                        request = Some(req);
-                        break Attempt::NotSent(error.to_string());
+                None => {
+                    // A connection opened in advance is treated like an idle one: if the
+                    // instance closed it meanwhile, a fresh one is tried.
+                    let opened = if fresh_only {
+                        None
+                    } else {
+                        endpoint.take_connection()
+                    };
+                    let reused = opened.is_some();
+                    match tokio::time::timeout_at(deadline, pool.connect(opened)).await {
+                        Ok(Ok(conn)) => (conn, reused),
+                        Ok(Err(error)) => {
+                            request = Some(req);
+                            break Attempt::NotSent(error.to_string());
+                        }
+                        Err(_) => break Attempt::Timeout,
                     }
-                    Err(_) => break Attempt::Timeout,
-                },
+                }
             };
             if !req.headers().contains_key(HOST)
                 && let Ok(host) = HeaderValue::from_str(&endpoint.addr.authority())

@@ -158,13 +158,21 @@ impl EndpointPool {
 
     /// Opens a new connection (TCP_NODELAY; to a sandboxed instance through its sandbox's
     /// connector, see `kappa_sandbox::connector`) and spawns its connection task.
-    pub async fn connect(&self) -> Result<SendRequest<RequestBody>, ConnectError> {
-        let stream = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            kappa_sandbox::connector::connect(&self.addr),
-        )
-        .await
-        .map_err(|_| ConnectError::Timeout)??;
+    /// With `opened`, a connection the instance's backend opened in advance
+    /// (`Endpoint::take_connection`) is used instead of a new one.
+    pub async fn connect(
+        &self,
+        opened: Option<std::net::TcpStream>,
+    ) -> Result<SendRequest<RequestBody>, ConnectError> {
+        let stream = match opened {
+            Some(stream) => tokio::net::TcpStream::from_std(stream)?,
+            None => tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                kappa_sandbox::connector::connect(&self.addr),
+            )
+            .await
+            .map_err(|_| ConnectError::Timeout)??,
+        };
         let (sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await

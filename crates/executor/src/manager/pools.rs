@@ -45,8 +45,10 @@ impl PoolManager {
         let generation = spec.env_generation;
         let started = Instant::now();
         let result = self.inner.backend.create(spec).await;
-        if result.is_ok() {
+        if let Ok(instance) = &result {
             self.note_started(&env_id, started.elapsed());
+            // Off the request path: what its specialization and first request will need.
+            self.inner.backend.prepare(instance).await;
         }
         let shutting_down = self.inner.shutdown.is_cancelled();
         let discard = {

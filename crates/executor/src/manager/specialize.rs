@@ -304,6 +304,9 @@ impl PoolManager {
             generation,
             function.spec.requests_per_pod,
         ));
+        if let Some(connection) = self.inner.backend.take_connection(&instance.id) {
+            endpoint.offer_connection(connection);
+        }
         {
             let mut st = self.state();
             if st.owners.get(&instance.id) != Some(&Owner::Specializing(fid.clone())) {

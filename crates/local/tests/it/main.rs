@@ -7,5 +7,6 @@ mod conformance;
 mod lifecycle;
 mod limits;
 mod orphans;
+mod prepare;
 mod sandbox;
 mod support;
