@@ -641,6 +641,7 @@ def bench_scale(n, seconds):
         rss1 = rss_kib(kappa.proc.pid)
         route_ms = [api.timed("POST", "/v1/httptriggers", route_body(i)) for i in range(10, n)]
         rss2 = rss_kib(kappa.proc.pid)
+        out["load"] = os.getloadavg()
         print(f"  (created {n} functions and {n} routes; measuring)", file=sys.stderr, flush=True)
         k = max(1, min(100, len(route_ms) // 10))
         out["fn_create_first"], out["fn_create_last"] = median(fn_ms[:k]), median(fn_ms[-k:])
@@ -673,6 +674,8 @@ def bench_scale(n, seconds):
     print(f"  create one route:    {out['route_create_first']:.2f} ms at the start, "
           f"{out['route_create_last']:.2f} ms at the end ({out['route_create_total_s']:.1f} s in all; "
           "aim: <= 2 ms, flat)")
+    print(f"  load average when the creates ended: {out['load'][0]:.1f} / {out['load'][1]:.1f} / "
+          f"{out['load'][2]:.1f} on {os.cpu_count()} cores")
     print(f"  platform RSS: {out['rss_per_fn_kib']:.2f} KiB per function, "
           f"{out['rss_per_route_kib']:.2f} KiB per route (aim: <= 1 KiB), {out['rss_mib']:.0f} MiB in all")
     print(f"  list {n} routes: {out['list_routes_ms']:.0f} ms, list {n} functions: {out['list_fns_ms']:.0f} ms; "

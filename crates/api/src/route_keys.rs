@@ -17,16 +17,19 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kappa_store::{EventType, Store, StoredObject};
-use kappa_types::{HttpTriggerSpec, Kind, Resource};
+use kappa_types::{HttpTriggerSpec, Kind};
+use serde::Deserialize as _;
 use tokio_util::sync::CancellationToken;
 
 /// What a trigger's route is matched on: host (lower case, port ignored; `*` for any), path
 /// (parameter names ignored: `/users/{id}` and `/users/{uid}` are the same route) and methods.
+/// Kept compact (one allocation for host and path, one for the methods), since the index
+/// holds one per trigger.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RouteKey {
-    pub host: String,
-    pub path: String,
-    pub methods: Vec<String>,
+    /// `host`, a NUL, then `path` (neither holds a NUL): the index's slot, shared with it.
+    slot: Arc<str>,
+    methods: Box<[Box<str>]>,
 }
 
 impl RouteKey {
@@ -62,28 +65,32 @@ impl RouteKey {
         let methods = spec
             .effective_methods()
             .into_iter()
-            .map(|m| m.to_ascii_uppercase())
+            .map(|m| m.to_ascii_uppercase().into_boxed_str())
             .collect();
         Self {
-            host,
-            path,
+            slot: Arc::from(format!("{host}\0{path}")),
             methods,
         }
     }
 
     /// The first method both keys serve on the same host and path.
     pub fn overlap(&self, other: &RouteKey) -> Option<&str> {
-        if self.host != other.host || self.path != other.path {
+        if self.slot != other.slot {
             return None;
         }
         self.methods
             .iter()
             .find(|m| other.methods.contains(m))
-            .map(String::as_str)
+            .map(|m| &**m)
     }
 }
 
-type Name = (String, String);
+/// A trigger: `namespace/name` (neither part holds a `/`), shared by both maps.
+type Name = Arc<str>;
+
+fn name_of(namespace: &str, name: &str) -> Name {
+    Arc::from(format!("{namespace}/{name}"))
+}
 
 #[derive(Default)]
 struct Indexed {
@@ -93,16 +100,15 @@ struct Indexed {
     /// older version is recognised), with its route key while it exists.
     triggers: HashMap<Name, (u64, Option<RouteKey>)>,
     /// (host, path) → the triggers routing it.
-    routes: HashMap<(String, String), Vec<Name>>,
+    routes: HashMap<Arc<str>, Vec<Name>>,
 }
 
 impl Indexed {
     fn unlink(&mut self, name: &Name, key: &RouteKey) {
-        let slot = (key.host.clone(), key.path.clone());
-        if let Some(names) = self.routes.get_mut(&slot) {
+        if let Some(names) = self.routes.get_mut(&key.slot) {
             names.retain(|n| n != name);
             if names.is_empty() {
-                self.routes.remove(&slot);
+                self.routes.remove(&key.slot);
             }
         }
     }
@@ -118,11 +124,17 @@ impl Indexed {
         if let Some(old) = &old {
             self.unlink(&name, old);
         }
+        // Triggers sharing a slot share its text.
+        let key = key.map(|mut key| {
+            if let Some((slot, _)) = self.routes.get_key_value(&key.slot) {
+                key.slot = Arc::clone(slot);
+            }
+            key
+        });
         if let Some(key) = &key {
-            self.routes
-                .entry((key.host.clone(), key.path.clone()))
-                .or_default()
-                .push(name.clone());
+            let names = self.routes.entry(Arc::clone(&key.slot)).or_default();
+            names.push(Arc::clone(&name));
+            names.shrink_to_fit();
         }
         self.triggers.insert(name, (version, key));
     }
@@ -142,9 +154,9 @@ pub(crate) struct RouteKeys {
 }
 
 fn key_of(obj: &StoredObject) -> Option<RouteKey> {
-    serde_json::from_value::<Resource<HttpTriggerSpec>>(obj.value.clone())
+    HttpTriggerSpec::deserialize(obj.value.get("spec")?)
         .ok()
-        .map(|t| RouteKey::of(&t.spec))
+        .map(|spec| RouteKey::of(&spec))
 }
 
 impl RouteKeys {
@@ -161,7 +173,7 @@ impl RouteKeys {
         }
         let key = if deleted { None } else { key_of(obj) };
         self.lock().set(
-            (obj.namespace.clone(), obj.name.clone()),
+            name_of(&obj.namespace, &obj.name),
             obj.resource_version,
             key,
         );
@@ -174,11 +186,12 @@ impl RouteKeys {
         if !ix.ready {
             return None;
         }
-        let Some(names) = ix.routes.get(&(key.host.clone(), key.path.clone())) else {
+        let Some(names) = ix.routes.get(&key.slot) else {
             return Some(None);
         };
         for n in names {
-            if n.0 == namespace && n.1 == name {
+            let (n_namespace, n_name) = n.split_once('/').unwrap_or(("", n));
+            if n_namespace == namespace && n_name == name {
                 continue;
             }
             let Some((_, Some(other))) = ix.triggers.get(n) else {
@@ -186,8 +199,8 @@ impl RouteKeys {
             };
             if let Some(method) = key.overlap(other) {
                 return Some(Some(Clash {
-                    namespace: n.0.clone(),
-                    name: n.1.clone(),
+                    namespace: n_namespace.to_string(),
+                    name: n_name.to_string(),
                     method: method.to_string(),
                 }));
             }
@@ -200,8 +213,8 @@ impl RouteKeys {
         let mut ix = self.lock();
         let mut present = std::collections::HashSet::new();
         for obj in &list.items {
-            let name = (obj.namespace.clone(), obj.name.clone());
-            present.insert(name.clone());
+            let name = name_of(&obj.namespace, &obj.name);
+            present.insert(Arc::clone(&name));
             ix.set(name, obj.resource_version, key_of(obj));
         }
         // Triggers the list no longer has were deleted while nobody watched.
@@ -209,7 +222,7 @@ impl RouteKeys {
             .triggers
             .iter()
             .filter(|(n, (_, k))| k.is_some() && !present.contains(*n))
-            .map(|(n, _)| n.clone())
+            .map(|(n, _)| Arc::clone(n))
             .collect();
         for n in gone {
             ix.set(n, list.resource_version, None);
@@ -269,7 +282,7 @@ pub(crate) async fn run(keys: Arc<RouteKeys>, store: Arc<dyn Store>, shutdown: C
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use kappa_types::FunctionReference;
+    use kappa_types::{FunctionReference, Resource};
 
     use super::*;
 
@@ -302,14 +315,14 @@ mod tests {
             ready: true,
             ..Indexed::default()
         };
-        let n = ("default".to_string(), "t".to_string());
+        let n = name_of("default", "t");
         let k1 = RouteKey::of(&trigger(None, "/a", &[]));
         let k2 = RouteKey::of(&trigger(None, "/b", &[]));
         ix.set(n.clone(), 5, Some(k1.clone()));
         ix.set(n.clone(), 4, Some(k2.clone()));
-        assert!(ix.routes.contains_key(&("*".into(), "/a".into())));
+        assert!(ix.routes.contains_key("*\0/a"));
         ix.set(n.clone(), 6, Some(k2));
-        assert!(!ix.routes.contains_key(&("*".into(), "/a".into())));
+        assert!(!ix.routes.contains_key("*\0/a"));
         ix.set(n.clone(), 7, None);
         assert!(ix.routes.is_empty());
         ix.set(n, 6, Some(k1));

@@ -65,9 +65,22 @@ async fn versions_of(
     namespace: &str,
     function: &str,
 ) -> Result<Vec<Resource<FunctionVersionSpec>>, ApiError> {
-    let mut versions: Vec<_> = list_typed::<FunctionVersionSpec>(state, Some(namespace))
-        .await?
-        .into_iter()
+    // Only this function's range of names (`hello.v…`), not every version in the namespace.
+    let prefix = format!("{}.v", function);
+    let list = state
+        .store
+        .list_prefix(Kind::FunctionVersion, namespace, &prefix)
+        .await?;
+    let mut versions: Vec<_> = list
+        .items
+        .iter()
+        .filter_map(|o| match decode_stored::<FunctionVersionSpec>(o) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable function version skipped");
+                None
+            }
+        })
         .filter(|v| v.spec.function == function)
         .collect();
     versions.sort_by_key(|v| v.spec.version);
@@ -226,8 +239,13 @@ pub(crate) async fn collect(
         .iter()
         .map(|v| v.spec.version)
         .collect();
-    let keep = referenced_versions(state, namespace, function).await?;
     let current = current_version(&f).unwrap_or(0);
+    // Nothing beyond the limit even when no route pins a version: no need to read the routes
+    // and canaries (every trigger of the namespace) on each write of a function.
+    if versions_to_collect(&versions, current, &[], f.spec.version_limit).is_empty() {
+        return Ok(());
+    }
+    let keep = referenced_versions(state, namespace, function).await?;
     for number in versions_to_collect(&versions, current, &keep, f.spec.version_limit) {
         let name = version_object_name(function, number);
         match state

@@ -204,6 +204,20 @@ pub trait Store: Send + Sync + 'static {
     /// Every object of `kind`, in one namespace or all, ordered by namespace then name.
     async fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<List, StoreError>;
 
+    /// The objects of `kind` in `namespace` whose name starts with `prefix` (for example a
+    /// function's kept versions, `hello.v`), ordered by name. The default lists the namespace
+    /// and filters; the embedded stores read only the matching range of their ordered keys.
+    async fn list_prefix(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        prefix: &str,
+    ) -> Result<List, StoreError> {
+        let mut list = self.list(kind, Some(namespace)).await?;
+        list.items.retain(|o| o.name.starts_with(prefix));
+        Ok(list)
+    }
+
     /// Creates or replaces the object `value` (its `kind`, `metadata.namespace` and
     /// `metadata.name` are the key) under `precondition`. `status` in `value` is ignored when
     /// the object exists (status is written with [`Store::put_status`]); on create it is kept.

@@ -162,6 +162,28 @@ impl Store for MemoryStore {
         })
     }
 
+    async fn list_prefix(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        prefix: &str,
+    ) -> Result<List, StoreError> {
+        let state = self.inner.lock();
+        let start = ObjectKey::new(kind, namespace, prefix);
+        let items = state
+            .objects
+            .range(start..)
+            .take_while(|(key, _)| {
+                key.kind == kind && key.namespace == namespace && key.name.starts_with(prefix)
+            })
+            .map(|(_, object)| object.clone())
+            .collect();
+        Ok(List {
+            items,
+            resource_version: state.version,
+        })
+    }
+
     async fn put(
         &self,
         value: serde_json::Value,

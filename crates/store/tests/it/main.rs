@@ -2,6 +2,7 @@
 //! against every implementation, then what only the embedded file store promises (reopen,
 //! crash safety).
 
+mod list_prefix;
 mod memory;
 mod redb_store;
 mod watch_cache;
