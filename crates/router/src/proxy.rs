@@ -23,6 +23,7 @@ use crate::body::{Lease, RequestBody, RequestBodyError, ResponseBody};
 use crate::error::Failure;
 use crate::metrics::{InflightGuard, method_label};
 use crate::table::{FunctionEntry, Lookup, PathMode};
+use crate::upstream::Upstreams;
 
 pub(crate) static INVOCATION_ID: HeaderName = HeaderName::from_static("x-kappa-invocation-id");
 static FUNCTION_NAME: HeaderName = HeaderName::from_static("x-kappa-function-name");
@@ -396,6 +397,7 @@ fn check_head(parts: &Parts) -> Result<(), Failure> {
 
 pub(crate) async fn handle(
     inner: Arc<Inner>,
+    upstreams: &Upstreams,
     peer: HeaderValue,
     request: Request<Incoming>,
 ) -> Response<ResponseBody> {
@@ -456,6 +458,7 @@ pub(crate) async fn handle(
                     let body = RequestBody::incoming(body, inner.config.max_body_bytes);
                     let forwarded = forward(
                         &inner,
+                        upstreams,
                         &entry,
                         parts,
                         body,
@@ -559,12 +562,21 @@ pub(crate) async fn invoke(
                 parts.uri = origin_form(&parts.uri);
                 set_invocation_headers(&mut parts.headers, &entry, &invocation_id, full, None);
                 let body = RequestBody::axum(body, inner.config.max_body_bytes);
-                let response =
-                    match forward(inner, &entry, parts, body, &invocation_id, inflight, None).await
-                    {
-                        Ok(response) => response,
-                        Err(failure) => failure.into_response(&invocation_id, &inner.retry_after),
-                    };
+                let response = match forward(
+                    inner,
+                    &inner.upstreams,
+                    &entry,
+                    parts,
+                    body,
+                    &invocation_id,
+                    inflight,
+                    None,
+                )
+                .await
+                {
+                    Ok(response) => response,
+                    Err(failure) => failure.into_response(&invocation_id, &inner.retry_after),
+                };
                 static NO_ROUTE: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
                 entry.metrics.answered(
                     &inner.metrics,
@@ -648,8 +660,10 @@ enum Attempt {
 /// streaming body, or the failure to answer with. With `upgrade` (the client's side of an
 /// upgrade request), a `101` from the instance splices the two connections
 /// ([`crate::upgrade::splice`]).
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     inner: &Inner,
+    upstreams: &Upstreams,
     entry: &Arc<FunctionEntry>,
     parts: Parts,
     body: RequestBody,
@@ -678,7 +692,7 @@ async fn forward(
     let mut may_retry = true;
     loop {
         let endpoint = Arc::clone(permit.endpoint());
-        let pool = inner.upstreams.pool(&endpoint.addr);
+        let pool = upstreams.pool(&endpoint.addr);
         // The call to the instance, up to its response head; its context is what the
         // instance receives as `traceparent`.
         let upstream = if kappa_telemetry::enabled() {
@@ -933,7 +947,8 @@ async fn provision(
     } else {
         tracing::Span::none()
     };
-    tokio::spawn(async move { provisioner.provision(&function, generation).await }.instrument(span))
+    inner
+        .on_main(async move { provisioner.provision(&function, generation).await }.instrument(span))
         .await
         .unwrap_or_else(|join| {
             Err(ProvisionError::Unavailable(format!(

@@ -11,3 +11,4 @@ mod remote;
 mod routing;
 mod streaming;
 mod support;
+mod threads;
