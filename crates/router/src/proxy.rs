@@ -439,6 +439,10 @@ pub(crate) async fn handle(
         let response = match routed {
             Err(failure) => {
                 inner.metrics.count_unrouted(failure.status.as_u16());
+                inner
+                    .metrics
+                    .duration
+                    .observe(start.elapsed().as_secs_f64());
                 failure.into_response(&invocation_id, &inner.retry_after)
             }
             Ok((entry, full, route)) => {
@@ -472,21 +476,20 @@ pub(crate) async fn handle(
                     Ok(response) => response,
                     Err(failure) => failure.into_response(&invocation_id, &inner.retry_after),
                 };
+                // One clock read for the three records of the answer.
+                let elapsed = start.elapsed();
                 entry.metrics.answered(
                     &inner.metrics,
                     response.status().as_u16(),
-                    start.elapsed().as_secs_f64(),
+                    elapsed.as_secs_f64(),
                     &route,
                     method,
                 );
-                record_stats(&inner, &entry, response.status(), start, &invocation_id);
+                record_stats(&inner, &entry, response.status(), elapsed, &invocation_id);
+                inner.metrics.duration.observe(elapsed.as_secs_f64());
                 response
             }
         };
-        inner
-            .metrics
-            .duration
-            .observe(start.elapsed().as_secs_f64());
         if traced {
             record_status(response.status());
         }
@@ -502,13 +505,13 @@ fn record_stats(
     inner: &Inner,
     entry: &FunctionEntry,
     status: StatusCode,
-    start: Instant,
+    elapsed: Duration,
     invocation_id: &HeaderValue,
 ) {
     inner.stats.record(
         &entry.id,
         status.as_u16(),
-        start.elapsed(),
+        elapsed,
         invocation_id.as_bytes(),
     );
 }
@@ -585,7 +588,13 @@ pub(crate) async fn invoke(
                     NO_ROUTE.get_or_init(|| Arc::from("")),
                     method,
                 );
-                record_stats(inner, &entry, response.status(), start, &invocation_id);
+                record_stats(
+                    inner,
+                    &entry,
+                    response.status(),
+                    start.elapsed(),
+                    &invocation_id,
+                );
                 response
             }
         };

@@ -19,8 +19,10 @@ use crate::{Inner, Router, admin, proxy, watcher};
 /// How long a client may take to send a request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// hyper's own limit on request headers (431 from hyper past it); above
-/// [`proxy::MAX_HEADERS`].
-const HYPER_MAX_HEADERS: usize = 4 * proxy::MAX_HEADERS;
+/// [`proxy::MAX_HEADERS`]. Not higher: hyper fills two arrays of this many entries for every
+/// request head it parses (4× cost 4,600 instructions per request, 8 % of the router's; see
+/// docs/benchmarks.md, "Router throughput: what was tried").
+const HYPER_MAX_HEADERS: usize = 2 * proxy::MAX_HEADERS;
 /// hyper's read buffer, which must hold a whole request head (431 or 414 from hyper past it);
 /// well above [`proxy::MAX_URI_BYTES`] plus [`proxy::MAX_HEADER_BYTES`].
 const HYPER_MAX_BUF_BYTES: usize = 256 * 1024;
