@@ -77,7 +77,7 @@ pub struct RouterConfig {
     pub shutdown_grace: Duration,
     /// Threads serving the public listener, each a current-thread runtime with its own
     /// `SO_REUSEPORT` listener and its own upstream connections (thread-per-core, design note
-    /// 011); `0` serves it on the caller's runtime instead. Default: the available cores
+    /// 010); `0` serves it on the caller's runtime instead. Default: the available cores
     /// ([`default_threads`]); `kappa up`/`kappa server --router-threads` set it.
     pub threads: usize,
 }
