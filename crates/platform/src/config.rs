@@ -261,7 +261,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(10),
             async_retention: Duration::from_secs(24 * 3600),
             upgrade_idle_timeout: Duration::from_secs(600),
-            router_threads: kappa_router::default_threads(),
+            router_threads: 0,
             build_timeout: Duration::from_secs(600),
             build_parallelism: 2,
             build_runner: BuildRunnerKind::LocalSandbox,

@@ -77,14 +77,10 @@ pub struct RouterConfig {
     pub shutdown_grace: Duration,
     /// Threads serving the public listener, each a current-thread runtime with its own
     /// `SO_REUSEPORT` listener and its own upstream connections (thread-per-core, design note
-    /// 010); `0` serves it on the caller's runtime instead. Default: the available cores
-    /// ([`default_threads`]); `kappa up`/`kappa server --router-threads` set it.
+    /// 010); `0` (the default: thread-per-core was not measurably faster, see
+    /// docs/benchmarks.md) serves it on the caller's runtime. `kappa up`/`kappa server
+    /// --router-threads` set it.
     pub threads: usize,
-}
-
-/// The default of [`RouterConfig::threads`]: the cores this process may run on.
-pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 /// The default of [`RouterConfig::shutdown_grace`].
@@ -102,7 +98,7 @@ impl Default for RouterConfig {
             metrics_need_token: false,
             upgrade_idle_timeout: Duration::from_secs(600),
             shutdown_grace: SHUTDOWN_GRACE,
-            threads: default_threads(),
+            threads: 0,
         }
     }
 }
