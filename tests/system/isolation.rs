@@ -303,6 +303,150 @@ fn unsandboxed_mode_says_so_everywhere() {
     assert!(instance_log.contains("UNSANDBOXED"), "{instance_log}");
 }
 
+/// Host ports (`hostPorts`): a function allowed a port of the host's loopback reaches a service
+/// there at the same port of its own loopback; another host port stays unreachable, a function
+/// without the field cannot reach the allowed one, and the platform's own API port cannot be
+/// named (the function's log and the invocation's error say why).
+#[test]
+fn a_named_host_port_is_reachable_and_nothing_else() {
+    let allowed = EchoServer::start();
+    let other = EchoServer::start();
+    let p = Platform::start_with(&["--no-example"]);
+    p.python_env(&[]);
+    let probe = "testdata/probe/hostports.py";
+    let allowed_port = allowed.port.to_string();
+    p.deploy("dev", probe, "/dev", &["--host-port", &allowed_port]);
+    p.deploy("plain", probe, "/plain", &[]);
+    let shown = p.ok(&["fn", "get", "dev", "-o", "json"]);
+    let shown: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(
+        shown["spec"]["hostPorts"],
+        serde_json::json!([allowed.port])
+    );
+
+    let query = format!("?ports={},{}", allowed.port, other.port);
+    let reach = |url: &str| {
+        let response = p.get(&format!("{url}{query}"));
+        assert_eq!(response.status, 200, "{}", response.text());
+        let report: Value = response.json();
+        (
+            report[allowed.port.to_string()].clone(),
+            report[other.port.to_string()].clone(),
+        )
+    };
+    let (a, o) = reach("/dev");
+    assert_eq!(a, format!("echo {}", allowed.port));
+    assert_eq!(o, "refused");
+    // The default forks Python instances from a template: the relay reaches forked ones too.
+    let log = p.ok(&["fn", "logs", "dev"]);
+    assert!(!log.contains("by exec"), "{log}");
+    assert!(log.contains("host ports relayed"), "{log}");
+    let (a, o) = reach("/plain");
+    assert_eq!(a, "refused");
+    assert_eq!(o, "refused");
+
+    // Invalid values are refused naming the field; nothing changes.
+    let err = p.fails(&[
+        "fn",
+        "update",
+        "--name",
+        "dev",
+        "--host-port",
+        &allowed_port,
+        "--host-port",
+        &allowed_port,
+    ]);
+    assert!(err.contains("spec.hostPorts[1]"), "{err}");
+    let shown = p.ok(&["fn", "get", "dev", "-o", "json"]);
+    let shown: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(
+        shown["spec"]["hostPorts"],
+        serde_json::json!([allowed.port])
+    );
+
+    // The platform's own API port: the invocation fails and the log says why.
+    let api_port = p.api.port().to_string();
+    p.deploy("sneaky", probe, "/sneaky", &["--host-port", &api_port]);
+    let response = p.get(&format!("/sneaky?ports={api_port}"));
+    assert_ne!(response.status, 200, "{}", response.text());
+    let why = format!("port {api_port} is one of the platform's own listeners");
+    eventually_blocking(
+        Duration::from_secs(10),
+        "the refusal in the function's log",
+        || p.ok(&["fn", "logs", "sneaky"]).contains(&why).then_some(()),
+    );
+    assert!(response.text().contains("hostPorts"), "{}", response.text());
+
+    // The environment's list applies to functions without their own.
+    p.ok(&[
+        "env",
+        "update",
+        "--name",
+        "python",
+        "--host-port",
+        &allowed_port,
+    ]);
+    let shown: Value =
+        serde_json::from_str(&p.ok(&["env", "get", "python", "-o", "json"])).unwrap();
+    assert_eq!(
+        shown["spec"]["hostPorts"],
+        serde_json::json!([allowed.port])
+    );
+    eventually_blocking(
+        Duration::from_secs(60),
+        "a function without hostPorts to reach its environment's",
+        || {
+            let response = p.get(&format!("/plain{query}"));
+            let report: Value = serde_json::from_slice(&response.body).ok()?;
+            (report[allowed.port.to_string()] == format!("echo {}", allowed.port)
+                && report[other.port.to_string()] == "refused")
+                .then_some(())
+        },
+    );
+}
+
+/// A line echo server on the host's loopback, in a process of its own (a stand-in for a
+/// development database): answers each connection's first line with `echo <port>`.
+struct EchoServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl EchoServer {
+    fn start() -> Self {
+        use std::io::BufRead;
+        const SERVER: &str = r#"
+import socketserver
+class H(socketserver.StreamRequestHandler):
+    def handle(self):
+        self.rfile.readline()
+        self.wfile.write(("echo %d\n" % self.server.server_address[1]).encode())
+s = socketserver.ThreadingTCPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", SERVER])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("the echo server's port line");
+        let port = line.trim().parse().expect("the echo server's port");
+        Self { child, port }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Waits until `kappa env get python` reports an isolation starting with `expected`.
 fn isolation_status(p: &Platform, expected: &str) {
     eventually_blocking(

@@ -44,6 +44,10 @@ pub struct InstanceSpec {
     /// Whether the instance may open connections to addresses outside the machine (the
     /// environment's `egress`); a backend that cannot provide it says so at start.
     pub egress: bool,
+    /// Ports of the host's loopback the instance may reach at the same port of its own
+    /// loopback (the environment's `hostPorts`). A backend that cannot provide them refuses
+    /// the instance.
+    pub host_ports: Vec<u16>,
 }
 
 /// A running instance.
@@ -142,6 +146,9 @@ pub struct SpecializeRequest {
     /// Whether the function may open connections to addresses outside the machine; `false`
     /// takes an instance's egress away before the code is loaded.
     pub egress: bool,
+    /// The host ports the function may reach (its `hostPorts`, else its environment's); they
+    /// replace the instance's before the code is loaded.
+    pub host_ports: Vec<u16>,
 }
 
 /// Why an instance process ended.

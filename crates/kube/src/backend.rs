@@ -436,6 +436,22 @@ impl PodBackend {
     }
 }
 
+/// Pods have no host loopback to relay to: an instance that names `hostPorts` is refused
+/// rather than started without them. The message names the field.
+pub(crate) fn refuse_host_ports(ports: &[u16]) -> Result<(), String> {
+    if ports.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+    Err(format!(
+        "hostPorts [{}]: the Kubernetes backend cannot relay ports of a host's loopback into a \
+         pod (it only exists for local development with the local backend); remove hostPorts \
+         from the function and its environment, and reach the service through a Kubernetes \
+         Service instead",
+        list.join(", ")
+    ))
+}
+
 #[async_trait]
 impl Backend for PodBackend {
     fn name(&self) -> &'static str {
@@ -443,6 +459,7 @@ impl Backend for PodBackend {
     }
 
     async fn create(&self, spec: InstanceSpec) -> Result<Instance, BackendError> {
+        refuse_host_ports(&spec.host_ports).map_err(BackendError::Start)?;
         let placement = environment_placement(self.store.as_deref(), &spec.environment).await;
         let token = pod_fetcher_token(&self.config.fetcher_key, &spec.id);
         let pod = pool_pod(&self.config.template, &spec, &placement, &token);
@@ -470,6 +487,11 @@ impl Backend for PodBackend {
         instance: &Instance,
         request: &SpecializeRequest,
     ) -> Result<(), BackendError> {
+        refuse_host_ports(&request.host_ports).map_err(|message| BackendError::Specialize {
+            status: None,
+            message,
+            detail: None,
+        })?;
         // Pods are reached over their IP; the fetcher listens beside the runtime.
         let ip = instance
             .addr
@@ -624,5 +646,17 @@ impl Backend for PodBackend {
         for instance in instances {
             let _ = self.delete(&instance.id, grace).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ports_are_refused_naming_the_field() {
+        refuse_host_ports(&[]).unwrap();
+        let err = refuse_host_ports(&[5432, 6379]).unwrap_err();
+        assert!(err.starts_with("hostPorts [5432, 6379]"), "{err}");
     }
 }

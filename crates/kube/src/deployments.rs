@@ -597,6 +597,8 @@ impl Deployments for KubeDeployments {
     }
 
     async fn apply(&self, spec: &DeploymentSpec) -> Result<(), BackendError> {
+        crate::backend::refuse_host_ports(&spec.specialize.host_ports)
+            .map_err(BackendError::Start)?;
         let name = deployment_name(&spec.function);
         let template = &self.config.template;
         let placement =

@@ -30,6 +30,7 @@ use tokio::time::Instant;
 
 use crate::cgroup::{CgroupVersion, Cgroups, InstanceCgroup};
 use crate::config::{EgressMode, LocalConfig, ZygoteMode};
+use crate::hostports::{self, HostPorts};
 use crate::http;
 use crate::procs::{self, INSTANCE_ID_VAR};
 use crate::runtime::{ResolvedRuntime, RuntimeRegistry};
@@ -155,6 +156,8 @@ struct Live {
     /// The instance's user-mode networking (`slirp4netns`), ended with the instance (and at
     /// specialization for a function without egress). A std mutex: taken, never awaited.
     egress: Mutex<Option<Child>>,
+    /// The host ports relayed into the sandbox (`hostPorts`), closed with the instance.
+    host_ports: HostPorts,
     record: InstanceRecord,
     /// Set by `delete`, so the exit line says the stop was deliberate.
     deleting: AtomicBool,
@@ -431,6 +434,12 @@ impl Inner {
         let runtime = self
             .runtimes
             .resolve(&spec.image, spec.command.as_deref())?;
+        // Unsandboxed, instances share the host's network and reach its ports anyway.
+        if self.sandbox.is_some() {
+            hostports::check(&spec.host_ports)
+                .await
+                .map_err(BackendError::Start)?;
+        }
         let dir = self.instances_dir.join(&spec.id);
         let user = self.sandbox.as_ref().map(Sandbox::next_user);
         make_instance_dir(&dir, user)
@@ -745,6 +754,7 @@ impl Inner {
             user,
             socket,
             egress: Mutex::new(egress),
+            host_ports: HostPorts::default(),
             record,
             deleting: AtomicBool::new(false),
             done,
@@ -779,11 +789,23 @@ impl Inner {
         tracing::info!(instance = %spec.id, environment = %spec.environment, %addr, pid, "instance started");
         tokio::spawn(watch_exit(
             Arc::downgrade(self),
-            live,
+            live.clone(),
             child,
             done_tx,
             signals_via_launcher,
         ));
+        if let Some(socket) = &live.socket
+            && !spec.host_ports.is_empty()
+        {
+            if let Err(why) = live.host_ports.set(&spec.host_ports, socket, log).await {
+                let _ = self.delete(&spec.id, Duration::ZERO).await;
+                return Err(fail(BackendError::Start(why)));
+            }
+            log.write(
+                LogStream::Platform,
+                &format!("host ports relayed: {:?}", live.host_ports.ports()),
+            );
+        }
         Ok(instance)
     }
 
@@ -870,6 +892,30 @@ impl Inner {
         // to the function, so `kappa fn logs` shows why a specialization failed.
         live.log
             .assign(&request.function.namespace, &request.function.name);
+        // The function's host ports replace the instance's before its code is loaded (its
+        // lines are the function's now, so `kappa fn logs` says why one was refused).
+        if let Some(socket) = &live.socket {
+            let before = live.host_ports.ports();
+            if let Err(why) = live
+                .host_ports
+                .set(&request.host_ports, socket, &live.log)
+                .await
+            {
+                live.log.write(LogStream::Platform, &why);
+                return Err(BackendError::Specialize {
+                    status: None,
+                    message: why,
+                    detail: None,
+                });
+            }
+            let after = live.host_ports.ports();
+            if after != before {
+                live.log.write(
+                    LogStream::Platform,
+                    &format!("host ports relayed for this function: {after:?}"),
+                );
+            }
+        }
         let _runtime_span = if kappa_telemetry::enabled() {
             kappa_telemetry::span!("runtime specialize", kappa.instance.id = %instance.id)
         } else {
@@ -1009,6 +1055,7 @@ async fn watch_exit(
     // any member lives).
     let _ = killpg(Pid::from_raw(live.pid), Signal::SIGKILL);
     live.end_egress().await;
+    live.host_ports.close_all();
     if let Some(socket) = &live.socket {
         let _ = std::fs::remove_file(socket);
     }

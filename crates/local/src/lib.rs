@@ -20,6 +20,7 @@ mod backend;
 mod build;
 mod cgroup;
 mod config;
+mod hostports;
 mod http;
 mod procs;
 mod runtime;

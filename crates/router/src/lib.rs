@@ -28,6 +28,7 @@ mod admin;
 mod asyncinv;
 mod body;
 mod error;
+mod errorhead;
 mod metrics;
 mod proxy;
 pub mod readiness;

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::RouterError;
+use crate::errorhead::{ConnState, ErrorHeadIo, Tracked};
 use crate::upstream::Upstreams;
 use crate::{Inner, Router, admin, proxy, watcher};
 
@@ -163,10 +164,10 @@ fn http_builder() -> hyper::server::conn::http1::Builder {
         .keep_alive(true)
         .header_read_timeout(HEADER_READ_TIMEOUT)
         // hyper answers heads it cannot parse itself, with an empty body (hyper 1 has no hook
-        // for that answer). Its limits are set well above the router's own
-        // (`proxy::check_head`), so a head that is merely too large reaches the router, which
-        // answers 414/431 with the JSON error body; only heads past these (or malformed ones,
-        // 400) still get hyper's bodiless answer.
+        // for that answer; `crate::errorhead` gives it the JSON error body on the way out).
+        // Its limits are set well above the router's own (`proxy::check_head`), so a head that
+        // is merely too large reaches the router, which answers 414/431 itself; only heads past
+        // these (or malformed ones, 400) are answered by hyper.
         .max_headers(HYPER_MAX_HEADERS)
         .max_buf_size(HYPER_MAX_BUF_BYTES);
     http
@@ -265,19 +266,30 @@ async fn accept_loop(
         }
         let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        // Tells the stream's wrapper when hyper may be writing its own error answer.
+        let state = Arc::new(ConnState::default());
         let service = {
             let inner = Arc::clone(&inner);
             let pools = Arc::clone(&pools);
+            let state = Arc::clone(&state);
             service_fn(move |request| {
+                let busy = state.start();
                 let inner = Arc::clone(&inner);
                 let pools = Arc::clone(&pools);
+                let state = Arc::clone(&state);
                 let peer_ip = peer_ip.clone();
-                async move { Ok::<_, Infallible>(proxy::handle(inner, &pools, peer_ip, request).await) }
+                async move {
+                    let response = proxy::handle(inner, &pools, peer_ip, request).await;
+                    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                        state.upgraded();
+                    }
+                    Ok::<_, Infallible>(response.map(|body| Tracked::new(body, busy)))
+                }
             })
         };
         // With upgrades: a `101` hands the connection to the splice (`crate::upgrade`).
         let connection = http
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection(TokioIo::new(ErrorHeadIo::new(stream, state)), service)
             .with_upgrades();
         let shutdown = shutdown.clone();
         let force = force.clone();

@@ -9,6 +9,13 @@
 //! an ordinary connected TCP socket: requests flow over loopback inside the namespace with no
 //! relay, and only the connect costs one extra round trip over the Unix socket.
 //!
+//! A second request opens a **host port** (`hostPorts`): the platform writes port `0` (never a
+//! runtime's) followed by the port to listen on. The monitor binds and listens on
+//! `127.0.0.1:port` inside the namespace and answers the same way, with the listening socket
+//! attached. The platform accepts on it (the socket stays in the sandbox's namespace, whoever
+//! holds it) and relays each connection to the host's own `127.0.0.1:port`; closing it frees the
+//! port inside the sandbox again.
+//!
 //! The Unix socket lives in a directory only the platform's user can open, outside every
 //! directory bound into any sandbox: no function can reach it.
 
@@ -27,7 +34,7 @@ use rustix::net::{
 };
 use socket2::{Domain, Socket, Type};
 use tokio::io::{AsyncWriteExt, Interest};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 /// Bound on the monitor's connect to the runtime (loopback: it succeeds or is refused at once
 /// unless the runtime's accept queue is full).
@@ -47,6 +54,31 @@ pub async fn connect(addr: &InstanceAddr) -> io::Result<TcpStream> {
 }
 
 async fn connect_sandboxed(connector: &Path, port: u16) -> io::Result<TcpStream> {
+    let fd = exchange(connector, &port.to_be_bytes()).await?;
+    let std = std::net::TcpStream::from(fd);
+    std.set_nonblocking(true)?;
+    TcpStream::from_std(std)
+}
+
+/// Opens a listening socket on `127.0.0.1:port` inside the sandbox served by `connector`
+/// (refused for port 0, or when the port is taken there). Connections the sandbox's processes
+/// open to that address are accepted from it, outside the sandbox.
+pub async fn listen_inside(connector: &Path, port: u16) -> io::Result<TcpListener> {
+    if port == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "port 0 cannot be opened inside a sandbox",
+        ));
+    }
+    let [high, low] = port.to_be_bytes();
+    let fd = exchange(connector, &[0, 0, high, low]).await?;
+    let std = std::net::TcpListener::from(fd);
+    std.set_nonblocking(true)?;
+    TcpListener::from_std(std)
+}
+
+/// One request to the connector: writes `request`, returns the socket it answers with.
+async fn exchange(connector: &Path, request: &[u8]) -> io::Result<OwnedFd> {
     let mut unix = tokio::net::UnixStream::connect(connector)
         .await
         .map_err(|e| {
@@ -55,18 +87,15 @@ async fn connect_sandboxed(connector: &Path, port: u16) -> io::Result<TcpStream>
                 format!("sandbox connector {}: {e}", connector.display()),
             )
         })?;
-    unix.write_all(&port.to_be_bytes()).await?;
-    let fd = loop {
+    unix.write_all(request).await?;
+    loop {
         unix.readable().await?;
         match unix.try_io(Interest::READABLE, || receive_answer(&unix)) {
-            Ok(answer) => break answer?,
+            Ok(answer) => return answer,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         }
-    };
-    let std = std::net::TcpStream::from(fd);
-    std.set_nonblocking(true)?;
-    TcpStream::from_std(std)
+    }
 }
 
 /// Reads the monitor's answer: `Ok(Ok(socket))`, `Ok(Err(connect error))`, or `Err` for a
@@ -124,8 +153,14 @@ fn answer(mut client: UnixStream) -> io::Result<()> {
     client.set_write_timeout(Some(EXCHANGE_TIMEOUT))?;
     let mut port = [0u8; 2];
     client.read_exact(&mut port)?;
-    let port = u16::from_be_bytes(port);
-    match connect_inside(port) {
+    let socket = match u16::from_be_bytes(port) {
+        0 => {
+            client.read_exact(&mut port)?;
+            listen_on(u16::from_be_bytes(port))
+        }
+        port => connect_inside(port),
+    };
+    match socket {
         Ok(socket) => {
             let fds = [socket.as_fd()];
             let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
@@ -151,6 +186,24 @@ fn answer(mut client: UnixStream) -> io::Result<()> {
 /// `EIO`, for a connect error that carries no errno (a timeout).
 fn libc_eio() -> i32 {
     rustix::io::Errno::IO.raw_os_error()
+}
+
+/// Backlog of a host port's listening socket inside a sandbox.
+const HOST_PORT_BACKLOG: i32 = 128;
+
+fn listen_on(port: u16) -> io::Result<Socket> {
+    if port == 0 {
+        return Err(io::Error::from_raw_os_error(
+            rustix::io::Errno::INVAL.raw_os_error(),
+        ));
+    }
+    let socket = Socket::new(Domain::IPV4, Type::STREAM.cloexec(), None)?;
+    // Reopened at once after a close even with earlier connections still in TIME_WAIT (Linux
+    // still refuses a second listener).
+    socket.set_reuse_address(true)?;
+    socket.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)).into())?;
+    socket.listen(HOST_PORT_BACKLOG)?;
+    Ok(socket)
 }
 
 fn connect_inside(port: u16) -> io::Result<Socket> {
@@ -212,5 +265,46 @@ mod tests {
         };
         let err = connect(&missing).await.unwrap_err();
         assert!(err.to_string().contains("sandbox connector"), "{err}");
+    }
+
+    /// A host port: the monitor stand-in opens a listener on a loopback port and hands it over;
+    /// a connection to that port is accepted from the handed socket; the same port again is
+    /// refused as taken.
+    #[tokio::test]
+    async fn hands_out_listening_sockets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("connector");
+        let listener = UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || serve(&listener));
+
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let inside = listen_inside(&path, port).await.unwrap();
+        assert_eq!(
+            inside.local_addr().unwrap(),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+        );
+        let client = tokio::spawn(async move {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            s.write_all(b"hi").await.unwrap();
+        });
+        let (mut accepted, _) = inside.accept().await.unwrap();
+        let mut buf = [0u8; 2];
+        tokio::io::AsyncReadExt::read_exact(&mut accepted, &mut buf)
+            .await
+            .unwrap();
+        assert_eq!(&buf, b"hi");
+        client.await.unwrap();
+
+        let err = listen_inside(&path, port).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
+        let err = listen_inside(&path, 0).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+        // Closing the handed socket frees the port.
+        drop(inside);
+        drop(listen_inside(&path, port).await.unwrap());
     }
 }

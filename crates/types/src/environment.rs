@@ -51,6 +51,13 @@ pub struct EnvironmentSpec {
     /// egress is a NetworkPolicy matter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<bool>,
+    /// Ports of the host's own loopback (`127.0.0.1`) the environment's instances may connect
+    /// to, each at the same port of their own loopback (a local database in development, say).
+    /// Empty (the default): none. A function's own `hostPorts` replaces this list. The
+    /// platform's own listeners are never reachable, even when named. Local backend only: the
+    /// pod backend refuses instances that name any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_ports: Vec<u16>,
 }
 
 /// How an environment's warm pool is sized.
@@ -212,6 +219,7 @@ impl Default for EnvironmentSpec {
             node_selector: BTreeMap::new(),
             tolerations: Vec::new(),
             egress: None,
+            host_ports: Vec::new(),
         }
     }
 }
@@ -405,7 +413,7 @@ impl Spec for EnvironmentSpec {
         for (i, t) in self.tolerations.iter().enumerate() {
             t.validate(&format!("spec.tolerations[{i}]"))?;
         }
-        Ok(())
+        validate::host_ports("spec.hostPorts", &self.host_ports)
     }
 }
 

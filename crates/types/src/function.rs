@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::environment::{Resources, validate_string_map};
+use crate::environment::{EnvironmentSpec, Resources, validate_string_map};
 use crate::kind::Kind;
 use crate::meta::{DEFAULT_NAMESPACE, Spec};
 use crate::validate::{self, ValidationError};
@@ -117,6 +117,12 @@ pub struct FunctionSpec {
     /// code is loaded. Local backend; on Kubernetes, egress is a NetworkPolicy matter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<bool>,
+    /// Ports of the host's own loopback (`127.0.0.1`) the function's instances may connect to,
+    /// at the same port of their own loopback (absent: its environment's `hostPorts`; `[]`:
+    /// none, whatever the environment allows). The platform's own listeners are never
+    /// reachable, even when named. Local backend only: the pod backend refuses them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ports: Option<Vec<u16>>,
     /// How many versions (`kappa fn history`) are kept; older ones are collected unless a route
     /// or canary names them.
     #[serde(
@@ -188,6 +194,7 @@ impl FunctionSpec {
             configmaps: Vec::new(),
             resources: Resources::default(),
             egress: None,
+            host_ports: None,
             version_limit: default_version_limit(),
             retries: default_retries(),
             dead_letter: None,
@@ -268,7 +275,18 @@ impl Spec for FunctionSpec {
         if let Some(dead_letter) = &self.dead_letter {
             dead_letter.validate("spec.deadLetter")?;
         }
+        if let Some(ports) = &self.host_ports {
+            validate::host_ports("spec.hostPorts", ports)?;
+        }
         self.resources.validate("spec.resources")
+    }
+}
+
+impl FunctionSpec {
+    /// The host ports the function's instances may reach: its own `hostPorts`, else its
+    /// environment's.
+    pub fn effective_host_ports<'a>(&'a self, env: &'a EnvironmentSpec) -> &'a [u16] {
+        self.host_ports.as_deref().unwrap_or(&env.host_ports)
     }
 }
 
@@ -303,5 +321,34 @@ mod tests {
         assert_eq!(f.validate().unwrap_err().field, "spec.minScale");
         f.max_scale = 2;
         f.validate().unwrap();
+    }
+
+    #[test]
+    fn host_ports_are_checked_and_replace_the_environments() {
+        let mut f = FunctionSpec::new("python", "hello", "main");
+        f.host_ports = Some(vec![5432, 0]);
+        let err = f.validate().unwrap_err();
+        assert_eq!(err.field, "spec.hostPorts[1]");
+        f.host_ports = Some(vec![5432, 6379, 5432]);
+        let err = f.validate().unwrap_err();
+        assert_eq!(err.field, "spec.hostPorts[2]");
+        assert!(err.message.contains("twice"), "{err}");
+        let env = EnvironmentSpec {
+            host_ports: vec![6379],
+            ..EnvironmentSpec::default()
+        };
+        f.host_ports = None;
+        assert_eq!(f.effective_host_ports(&env), &[6379]);
+        f.host_ports = Some(vec![]);
+        assert!(f.effective_host_ports(&env).is_empty());
+        f.host_ports = Some(vec![5432]);
+        f.validate().unwrap();
+        assert_eq!(f.effective_host_ports(&env), &[5432]);
+        // Out of range values are refused when the document is read, naming the field.
+        let err = serde_json::from_str::<FunctionSpec>(
+            r#"{"environment":{"name":"python"},"package":{"packageref":{"name":"p"}},"hostPorts":[70000]}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("u16"), "{err}");
     }
 }

@@ -48,6 +48,25 @@ fn extract_backticked(message: &str) -> Option<String> {
     Some(message[start..end].to_string())
 }
 
+/// A list of host ports (`hostPorts`): each 1 to 65535, none twice.
+pub fn host_ports(field: &str, ports: &[u16]) -> Result<(), ValidationError> {
+    for (i, port) in ports.iter().enumerate() {
+        if *port == 0 {
+            return Err(ValidationError::new(
+                format!("{field}[{i}]"),
+                "0 is not a port: expected 1 to 65535",
+            ));
+        }
+        if ports[..i].contains(port) {
+            return Err(ValidationError::new(
+                format!("{field}[{i}]"),
+                format!("port {port} is listed twice: expected each port once"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Maximum length of a DNS-1123 label.
 pub const MAX_NAME_LEN: usize = 63;
 

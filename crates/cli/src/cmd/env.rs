@@ -91,6 +91,14 @@ pub struct EnvFlags {
     /// default true where the platform provides egress).
     #[arg(long, value_name = "BOOL")]
     pub egress: Option<bool>,
+    /// A port of the host's own loopback (127.0.0.1) the instances may connect to at the same
+    /// port of theirs, e.g. a local database in development (repeatable; local sandbox only;
+    /// on update, the ports given replace the environment's). Off by default.
+    #[arg(long = "host-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub host_ports: Vec<u16>,
+    /// Update: allow no host ports any more.
+    #[arg(long, conflicts_with = "host_ports")]
+    pub no_host_ports: bool,
     /// The environment protocol version, as Fission's `--version`: 2 or 3 (Kappa speaks the v2
     /// protocol, `POST /v2/specialize`, for both); 1 is refused [default: 3].
     #[arg(long = "version", id = "env_version", value_name = "N")]
@@ -173,6 +181,12 @@ impl EnvFlags {
         }
         if let Some(egress) = self.egress {
             spec.egress = Some(egress);
+        }
+        if !self.host_ports.is_empty() {
+            spec.host_ports = self.host_ports.clone();
+        }
+        if self.no_host_ports {
+            spec.host_ports.clear();
         }
     }
 }

@@ -161,6 +161,17 @@ pub struct FnSettings {
     /// sandbox; default: its environment's).
     #[arg(long, value_name = "BOOL")]
     pub egress: Option<bool>,
+    /// A port of the host's own loopback (127.0.0.1) the function may connect to at the same
+    /// port of its own, e.g. a local database in development (repeatable; local sandbox only;
+    /// replaces the environment's list; on update, the ports given replace the function's).
+    #[arg(long = "host-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub host_ports: Vec<u16>,
+    /// No host ports for this function, whatever its environment allows.
+    #[arg(long, conflicts_with_all = ["host_ports", "env_host_ports"])]
+    pub no_host_ports: bool,
+    /// Update: the function takes its environment's host ports again.
+    #[arg(long, conflicts_with = "host_ports")]
+    pub env_host_ports: bool,
     /// Asynchronous invocations: attempts after the first failed one, with exponential
     /// back-off [default: 2].
     #[arg(long)]
@@ -210,6 +221,15 @@ impl FnSettings {
         }
         if let Some(v) = self.egress {
             spec.egress = Some(v);
+        }
+        if !self.host_ports.is_empty() {
+            spec.host_ports = Some(self.host_ports.clone());
+        }
+        if self.no_host_ports {
+            spec.host_ports = Some(Vec::new());
+        }
+        if self.env_host_ports {
+            spec.host_ports = None;
         }
         if let Some(v) = self.retries {
             spec.retries = v;
@@ -1133,5 +1153,32 @@ mod tests {
         assert_eq!(spec.concurrency, 5);
         assert_eq!(spec.function_timeout, 60);
         assert_eq!(spec.env.get("A").map(String::as_str), Some("1"));
+        assert_eq!(spec.host_ports, None);
+    }
+
+    #[test]
+    fn host_port_flags_set_clear_and_inherit() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            settings: FnSettings,
+        }
+        let mut spec = FunctionSpec::new("python", "p", "");
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["x"];
+            argv.extend_from_slice(args);
+            <Cli as clap::Parser>::try_parse_from(argv).map(|c| c.settings)
+        };
+        parse(&["--host-port", "5432", "--host-port", "6379"])
+            .unwrap()
+            .apply(&mut spec);
+        assert_eq!(spec.host_ports, Some(vec![5432, 6379]));
+        parse(&["--no-host-ports"]).unwrap().apply(&mut spec);
+        assert_eq!(spec.host_ports, Some(vec![]));
+        parse(&["--env-host-ports"]).unwrap().apply(&mut spec);
+        assert_eq!(spec.host_ports, None);
+        assert!(parse(&["--host-port", "0"]).is_err());
+        assert!(parse(&["--host-port", "70000"]).is_err());
+        assert!(parse(&["--host-port", "1", "--no-host-ports"]).is_err());
     }
 }

@@ -475,6 +475,7 @@ impl PoolManager {
                 files,
                 timeout,
                 egress: super::egress_of(function, &env),
+                host_ports: function.spec.effective_host_ports(&env.spec).to_vec(),
             },
             replicas,
             grace: Duration::from_secs(function.spec.function_timeout)

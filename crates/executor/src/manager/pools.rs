@@ -36,6 +36,7 @@ impl PoolManager {
             env: BTreeMap::new(),
             labels,
             egress: env.spec.egress.unwrap_or(true),
+            host_ports: env.spec.host_ports.clone(),
         }
     }
 

@@ -233,6 +233,7 @@ impl PoolManager {
             files,
             timeout,
             egress: egress_of(function, &env),
+            host_ports: function.spec.effective_host_ports(&env.spec).to_vec(),
         };
         if traced {
             tracing::Span::current().record("kappa.instance.id", instance.id.as_str());

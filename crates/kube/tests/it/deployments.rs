@@ -73,6 +73,7 @@ fn spec(revision: &str, replicas: u32) -> DeploymentSpec {
             }],
             timeout: Duration::from_secs(60),
             egress: true,
+            host_ports: Vec::new(),
         },
         replicas,
         grace: Duration::from_secs(75),

@@ -172,6 +172,7 @@ async fn make() -> Subject {
         files: Vec::new(),
         timeout: Duration::from_secs(30),
         egress: true,
+        host_ports: Vec::new(),
     };
     Subject::new(
         Arc::new(backend),

@@ -151,6 +151,7 @@ fn request(sha: &str, entrypoint: &str) -> SpecializeRequest {
         }],
         timeout: Duration::from_secs(30),
         egress: true,
+        host_ports: Vec::new(),
     }
 }
 

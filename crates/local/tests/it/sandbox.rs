@@ -154,3 +154,129 @@ async fn egress_comes_from_user_mode_networking_and_a_function_can_switch_it_off
     assert_eq!(status, 200);
     h.backend.shutdown(Duration::from_secs(1)).await;
 }
+
+/// An echo server on the host's loopback, in a process of its own (this test process stands for
+/// the platform, whose listeners are never relayed): answers each connection's first line with
+/// `echo <port>`. Killed when dropped.
+struct HostEcho {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl HostEcho {
+    fn start() -> Self {
+        use std::io::BufRead;
+        const SERVER: &str = r#"
+import socket, socketserver, sys
+class H(socketserver.StreamRequestHandler):
+    def handle(self):
+        self.rfile.readline()
+        self.wfile.write(("echo %d\n" % self.server.server_address[1]).encode())
+s = socketserver.ThreadingTCPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", SERVER])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("piped stdout");
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("the echo server's port line");
+        let port = line.trim().parse().expect("the echo server's port");
+        Self { child, port }
+    }
+}
+
+impl Drop for HostEcho {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Host ports (`hostPorts`): a named port of the host's loopback is reachable at the same
+/// port of the instance's own loopback, another host port is not; a function specialized
+/// without the port on an instance that had it loses it before its code is loaded; the
+/// platform's own listeners are refused even when named.
+#[tokio::test]
+async fn named_host_ports_are_relayed_and_nothing_else() {
+    const TEST: &str = "named_host_ports_are_relayed_and_nothing_else";
+    assert!(is_root(), "{TEST}: the sandbox needs root");
+    let h = Harness::with(TEST, SandboxMode::Namespaces, CgroupMode::None).await;
+    let (allowed_server, other_server) = (HostEcho::start(), HostEcho::start());
+    let (allowed, other) = (allowed_server.port, other_server.port);
+    let sha = h.put_dir(&probe_fixtures()).await;
+    let probe = |ports: Vec<u16>| {
+        let mut request = crate::support::request(&sha, "hostports.main", None);
+        request
+            .env
+            .insert("PROBE_PORTS".into(), format!("{allowed},{other}"));
+        request.host_ports = ports;
+        request
+    };
+
+    // The environment allows the port, and so does the function.
+    let mut spec = crate::support::spec("hostports", Limits::default());
+    spec.host_ports = vec![allowed];
+    let with = h.backend.create(spec.clone()).await.expect("starts");
+    h.backend
+        .specialize(&with, &probe(vec![allowed]))
+        .await
+        .expect("specialize");
+    let (status, body) = get(&with.addr, "/").await.expect("probe answers");
+    assert_eq!(status, 200, "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        seen[allowed.to_string()],
+        format!("echo {allowed}"),
+        "{body}"
+    );
+    assert_eq!(seen[other.to_string()], "refused", "{body}");
+
+    // A pool instance of the same environment specialized for a function without it.
+    spec.id = format!("hostports-{}", uuid::Uuid::new_v4().simple());
+    let without = h.backend.create(spec.clone()).await.expect("starts");
+    h.backend
+        .specialize(&without, &probe(Vec::new()))
+        .await
+        .expect("specialize");
+    let (status, body) = get(&without.addr, "/").await.expect("probe answers");
+    assert_eq!(status, 200, "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(seen[allowed.to_string()], "refused", "{body}");
+    assert_eq!(seen[other.to_string()], "refused", "{body}");
+
+    // The platform's own listener (this test process stands for the platform): refused at
+    // create and at specialize, naming the field and the port.
+    let own = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let own_port = own.local_addr().unwrap().port();
+    spec.id = format!("hostports-{}", uuid::Uuid::new_v4().simple());
+    spec.host_ports = vec![own_port];
+    let err = h
+        .backend
+        .create(spec.clone())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("hostPorts") && err.contains(&format!("port {own_port}")),
+        "{err}"
+    );
+    spec.host_ports = Vec::new();
+    let plain = h.backend.create(spec).await.expect("starts");
+    let err = h
+        .backend
+        .specialize(&plain, &probe(vec![own_port]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("hostPorts") && err.contains(&format!("port {own_port}")),
+        "{err}"
+    );
+    h.backend.shutdown(Duration::from_secs(1)).await;
+}

@@ -158,6 +158,7 @@ pub fn spec(prefix: &str, limits: Limits) -> InstanceSpec {
         env: BTreeMap::new(),
         labels: BTreeMap::from([("environment".to_owned(), "python".to_owned())]),
         egress: true,
+        host_ports: Vec::new(),
     }
 }
 
@@ -172,6 +173,7 @@ pub fn request(sha: &str, entry: &str, filename: Option<&str>) -> SpecializeRequ
         files: Vec::new(),
         timeout: Duration::from_secs(10),
         egress: true,
+        host_ports: Vec::new(),
     }
 }
 

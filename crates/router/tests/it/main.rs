@@ -5,6 +5,7 @@
 
 mod admin;
 mod admission;
+mod errorhead;
 mod failures;
 mod readiness;
 mod remote;

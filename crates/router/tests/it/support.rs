@@ -177,6 +177,7 @@ impl Upstream {
             .collect();
         let status: u16 = flag("x-test-status").map_or(200, |s| s.parse().unwrap());
         let stream = flag("x-test-stream").is_some();
+        let empty_body = flag("x-test-empty").is_some();
         let mut body = req.into_body();
         let mut len = 0usize;
         while let Some(frame) = body.frame().await {
@@ -187,6 +188,12 @@ impl Upstream {
                 len += data.len();
                 self.probe.received.store(len, Ordering::SeqCst);
             }
+        }
+        if empty_body {
+            // The status alone, with an empty body.
+            let mut response = Response::new(empty());
+            *response.status_mut() = StatusCode::from_u16(status).unwrap();
+            return Ok(response);
         }
         if stream {
             return Ok(Response::new(stream_body(
