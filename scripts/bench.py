@@ -4,7 +4,8 @@
   (a) proxy throughput and latency: wrk through the Kappa router, through nginx `proxy_pass`,
       through HAProxy (`http-reuse always`, 2 threads), and
       directly to the same upstream (an nginx instance run *as a Kappa function*, fast enough that
-      the proxy is the bottleneck);
+      the proxy is the bottleneck); then the router's instructions per request
+      (`valgrind --tool=callgrind` on `kappa up`, `router_instructions`);
   (b) first-request latency of never-invoked Python functions with a warm pool and with
       `poolsize 0`, next to a bare `python3 -c pass` start; and in the sandbox again with the
       Python template (zygote) on and off, with the PSS of idle specialized instances;
@@ -32,7 +33,8 @@
 Usage: scripts/bench.sh [--quick]   (builds the release binary, then runs this script)
 Needs: nginx, haproxy, wrk, nats-server, tansu (scripts/install-deps.sh and bench.sh install
 them). Uses free loopback ports only. `--mq-only` runs only (d), `--scale-only` only (e), `--tracing-only`
-only (f), `--pools-only` only (g), `--zygote-only` only the zygote part of (b).
+only (f), `--pools-only` only (g), `--zygote-only` only the zygote part of (b), `--proxy-only`
+only (a), unsandboxed (with KAPPA_ROUTER_THREADS passed on to `kappa up`).
 """
 
 import argparse
