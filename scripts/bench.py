@@ -4,7 +4,8 @@
   (a) proxy throughput and latency: wrk through the Kappa router, through nginx `proxy_pass`,
       through HAProxy (`http-reuse always`, 2 threads), and
       directly to the same upstream (an nginx instance run *as a Kappa function*, fast enough that
-      the proxy is the bottleneck);
+      the proxy is the bottleneck); then the router's instructions per request
+      (`valgrind --tool=callgrind` on `kappa up`, `router_instructions`);
   (b) first-request latency of never-invoked Python functions with a warm pool and with
       `poolsize 0`, next to a bare `python3 -c pass` start; and in the sandbox again with the
       Python template (zygote) on and off, with the PSS of idle specialized instances;
@@ -34,7 +35,8 @@ Needs: nginx, haproxy, wrk, nats-server, tansu (scripts/install-deps.sh and benc
 them). Uses free loopback ports only. `--mq-only` runs only (d), `--scale-only` only (e), `--tracing-only`
 only (f), `--pools-only` only (g), `--zygote-only` only the zygote part of (b), `--warm-only`
 only the warm-pool first request of (b) beside its baselines (`--breakdown`: and where its time
-goes, from the spans of a traced run).
+goes, from the spans of a traced run), `--proxy-only` only (a), unsandboxed (with
+KAPPA_ROUTER_THREADS passed on to `kappa up`).
 """
 
 import argparse
@@ -57,6 +59,8 @@ KAPPA = os.environ.get("KAPPA_BIN") or os.path.join(ROOT, "target", "release", "
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
+VALGRIND = shutil.which("valgrind") or "/usr/bin/valgrind"
+CALLGRIND_CONTROL = shutil.which("callgrind_control") or "/usr/bin/callgrind_control"
 # The interpreter the local backend runs the Python runtime with (so the baseline is the same).
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else (shutil.which("python3") or "python3")
 
@@ -91,18 +95,18 @@ def http_get(port, path, headers=None, timeout=30):
 
 
 class Kappa:
-    def __init__(self, workdir, extra=(), env=None):
+    def __init__(self, workdir, extra=(), env=None, wrap=(), start_limit=60.0):
         self.data = os.path.join(workdir, "kappa-data")
         self.router, self.api, self.admin = free_port(), free_port(), free_port()
         self.log = open(os.path.join(workdir, "kappa-up.log"), "w")
         env = dict(os.environ, RUST_LOG="warn", **(env or {}))
         self.proc = subprocess.Popen(
-            [KAPPA, "up", "--no-example", "--data-dir", self.data,
+            [*wrap, KAPPA, "up", "--no-example", "--data-dir", self.data,
              "--router-addr", f"127.0.0.1:{self.router}", "--api-addr", f"127.0.0.1:{self.api}",
              "--admin-addr", f"127.0.0.1:{self.admin}", *extra],
             stdout=self.log, stderr=subprocess.STDOUT, env=env)
         wait_for("kappa up", lambda: http_get(self.admin, "/readyz")[0] == 200
-                 and os.path.exists(os.path.join(self.data, "client.json")))
+                 and os.path.exists(os.path.join(self.data, "client.json")), start_limit)
 
     def cli(self, *args):
         env = dict(os.environ, KAPPA_DATA_DIR=self.data)
@@ -218,6 +222,65 @@ frontend bench
 backend fn
   server up 127.0.0.1:{upstream_port} maxconn 64
 """
+
+
+def deploy_upstream(kappa, workdir):
+    """Deploys the nginx upstream of (a) and (f) as function `upstream` behind route `/up`."""
+    conf = os.path.join(workdir, "upstream.conf.tmpl")
+    with open(conf, "w") as f:
+        f.write(NGINX_UPSTREAM)
+    # The instance's working directory is its own writable scratch space.
+    command = (f"sed \"s/\\$PORT/$PORT/g\" {conf} > up.conf && "
+               f"exec {NGINX} -c \"$PWD/up.conf\" -p \"$PWD\" -g 'daemon off;'")
+    kappa.cli("env", "create", "--name", "static", "--image", "static", "--command", command, "--poolsize", "1")
+    kappa.cli("fn", "create", "--name", "upstream", "--env", "static", "--code", conf,
+              "--concurrency", "1", "--rpp", "10000")
+    kappa.cli("route", "create", "--url", "/up", "--function", "upstream")
+    wait_for("the upstream function", lambda: http_get(kappa.router, "/up")[0] == 200, 120)
+
+
+# Requests the instruction count is taken over (after CALLGRIND_WARMUP unmeasured ones).
+CALLGRIND_REQUESTS = 2000
+CALLGRIND_WARMUP = 200
+
+
+def router_instructions(env=None, requests=CALLGRIND_REQUESTS):
+    """Instructions the `kappa up` process runs per warm keep-alive `GET /up` through the
+    router to the nginx upstream function (unsandboxed): `valgrind --tool=callgrind` on the
+    process, counters zeroed after a warm-up and dumped after `requests` requests on one
+    connection, the total divided by `requests`. Independent of the machine's load, unlike
+    every timing here. `env` is added to the process's environment (e.g. tracing settings)."""
+    workdir = tempfile.mkdtemp(prefix="kappa-bench-callgrind-")
+    out = os.path.join(workdir, "callgrind.out")
+    wrap = [VALGRIND, "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no"]
+    kappa = Kappa(workdir, extra=["--sandbox", "none"], env=env, wrap=wrap, start_limit=600.0)
+    try:
+        deploy_upstream(kappa, workdir)
+        conn = http.client.HTTPConnection("127.0.0.1", kappa.router, timeout=60)
+
+        def get(n):
+            for _ in range(n):
+                conn.request("GET", "/up")
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status != 200:
+                    sys.exit(f"GET /up answered {resp.status} under callgrind")
+
+        get(CALLGRIND_WARMUP)
+        pid = str(kappa.proc.pid)
+        subprocess.run([CALLGRIND_CONTROL, "-z", pid], check=True, capture_output=True)
+        get(requests)
+        subprocess.run([CALLGRIND_CONTROL, "-d", pid], check=True, capture_output=True)
+        conn.close()
+        dumps = [f for f in os.listdir(workdir) if f.startswith("callgrind.out.")]
+        if not dumps:
+            sys.exit("callgrind wrote no dump")
+        with open(os.path.join(workdir, sorted(dumps)[-1])) as f:
+            total = next(int(l.split()[1]) for l in f if l.startswith(("totals:", "summary:")))
+        return total / requests
+    finally:
+        kappa.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def median(xs):
@@ -734,17 +797,7 @@ def bench_tracing(seconds):
                    "OTEL_TRACES_SAMPLER_ARG": sampler}
         kappa = Kappa(workdir, extra=["--sandbox", "none"], env=env)
         try:
-            conf = os.path.join(workdir, "upstream.conf.tmpl")
-            with open(conf, "w") as f:
-                f.write(NGINX_UPSTREAM)
-            command = (f"sed \"s/\\$PORT/$PORT/g\" {conf} > up.conf && "
-                       f"exec {NGINX} -c \"$PWD/up.conf\" -p \"$PWD\" -g 'daemon off;'")
-            kappa.cli("env", "create", "--name", "static", "--image", "static", "--command", command,
-                      "--poolsize", "1")
-            kappa.cli("fn", "create", "--name", "upstream", "--env", "static", "--code", conf,
-                      "--concurrency", "1", "--rpp", "10000")
-            kappa.cli("route", "create", "--url", "/up", "--function", "upstream")
-            wait_for("the upstream function", lambda: http_get(kappa.router, "/up")[0] == 200)
+            deploy_upstream(kappa, workdir)
             url = f"http://127.0.0.1:{kappa.router}/up"
             wrk(url, 32, 1)
             r32 = wrk(url, 32, seconds)
@@ -864,25 +917,16 @@ def main_pools():
     report_pools(runs)
 
 
-def bench_platform(mode, workdir, seconds, cold_n):
-    """Sections (a)-(c) against one `kappa up --sandbox <mode>`; the direct and nginx baselines
-    only where the upstream has a host port (unsandboxed)."""
+def bench_platform(mode, workdir, seconds, cold_n, proxy_only=False):
+    """Sections (a)-(c) against one `kappa up --sandbox <mode>` (only (a) with `proxy_only`);
+    the direct, nginx and HAProxy baselines only where the upstream has a host port
+    (unsandboxed)."""
     kappa = Kappa(workdir, extra=["--sandbox", mode])
     proxy = haproxy = None
     out = {"a32": {}, "a1": {}}
     try:
         # ---- (a) proxy throughput: an nginx upstream run as a Kappa function ----------------
-        conf = os.path.join(workdir, "upstream.conf.tmpl")
-        with open(conf, "w") as f:
-            f.write(NGINX_UPSTREAM)
-        # The instance's working directory is its own writable scratch space.
-        command = (f"sed \"s/\\$PORT/$PORT/g\" {conf} > up.conf && "
-                   f"exec {NGINX} -c \"$PWD/up.conf\" -p \"$PWD\" -g 'daemon off;'")
-        kappa.cli("env", "create", "--name", "static", "--image", "static", "--command", command, "--poolsize", "1")
-        kappa.cli("fn", "create", "--name", "upstream", "--env", "static", "--code", conf,
-                  "--concurrency", "1", "--rpp", "10000")
-        kappa.cli("route", "create", "--url", "/up", "--function", "upstream")
-        wait_for("the upstream function", lambda: http_get(kappa.router, "/up")[0] == 200)
+        deploy_upstream(kappa, workdir)
         targets = {}
         if mode == "none":
             up_port = wait_for("the upstream instance address", lambda: kappa.instance_port("upstream"))
@@ -908,6 +952,8 @@ def bench_platform(mode, workdir, seconds, cold_n):
             wrk(url, 32, 1)  # warm up connections
             out["a32"][name] = wrk(url, 32, seconds)
             out["a1"][name] = wrk(url, 1, seconds, threads=1)
+        if proxy_only:
+            return out
 
         # ---- (b) cold starts -------------------------------------------------------------
         hello = os.path.join(ROOT, "functions", "examples", "hello", "hello.py")
@@ -1259,6 +1305,32 @@ def print_zygote(z, bare):
               f"whole instance {sum(mib.values()):.2f}  ({run['instances']} instances)")
 
 
+def print_proxy(plain, boxed, instructions):
+    """Prints section (a): `plain` unsandboxed, `boxed` sandboxed (or None), `instructions` the
+    router's instructions per request (`router_instructions`)."""
+    print("(a) proxy: hello from an nginx upstream (run as a Kappa function), keep-alive")
+    print(f"{'path':<34}{'32 conns req/s':>16}{'p50':>10}{'p99':>10}{'1 conn p50':>13}{'p99':>10}{'added p50':>12}{'added p99':>12}")
+    direct1 = plain["a1"]["direct to upstream"]
+    rows = [(name, plain["a32"][name], plain["a1"][name]) for name in plain["a32"]]
+    if boxed:
+        rows.append(("kappa router, sandboxed upstream", boxed["a32"]["kappa router"], boxed["a1"]["kappa router"]))
+    for name, r32, r1 in rows:
+        label = "kappa router, unsandboxed upstream" if name == "kappa router" else name
+        added50 = "" if name.startswith("direct") else f"{r1['p50_us'] - direct1['p50_us']:.0f} us"
+        added99 = "" if name.startswith("direct") else f"{r1['p99_us'] - direct1['p99_us']:.0f} us"
+        print(f"{label:<34}{r32['rps']:>16,.0f}{r32['p50_us']:>8.0f}us{r32['p99_us']:>8.0f}us"
+              f"{r1['p50_us']:>11.0f}us{r1['p99_us']:>8.0f}us{added50:>12}{added99:>12}")
+    router = plain["a32"]["kappa router"]["rps"]
+    for name in ("nginx proxy_pass", "haproxy (http-reuse always)"):
+        print(f"router throughput / {name.split()[0]} throughput at 32 connections: "
+              f"{router / plain['a32'][name]['rps']:.2f}x (aim: >= 1.2x)")
+    best = min(plain["a1"][name]["p50_us"] for name in ("nginx proxy_pass", "haproxy (http-reuse always)"))
+    print(f"latency added at 1 connection, p50: router {plain['a1']['kappa router']['p50_us'] - direct1['p50_us']:.0f} us,"
+          f" better proxy {best - direct1['p50_us']:.0f} us (aim: router <= better proxy)")
+    print(f"router instructions per request (callgrind, {CALLGRIND_REQUESTS} warm requests on one "
+          f"connection, unsandboxed): {instructions:,.0f}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="shorter runs (for a smoke check)")
@@ -1270,6 +1342,8 @@ def main():
                     help="only the warm-pool first request of (b), beside its baselines")
     ap.add_argument("--breakdown", action="store_true",
                     help="with --warm-only: also where the time goes (a traced run per mode)")
+    ap.add_argument("--proxy-only", action="store_true",
+                    help="only section (a), unsandboxed, with the router's instructions per request")
     ap.add_argument("--zygote-only", action="store_true",
                     help="only section (b) with the Python template on and off, and instance PSS")
     args = ap.parse_args()
@@ -1300,10 +1374,18 @@ def main():
         shutil.rmtree(workdir, ignore_errors=True)
         return
 
-    for tool in (KAPPA, NGINX, WRK, HAPROXY):
+    for tool in (KAPPA, NGINX, WRK, HAPROXY, VALGRIND):
         if not os.path.exists(tool):
             sys.exit(f"missing {tool}: run scripts/bench.sh (it builds kappa and installs nginx, "
-                     "haproxy and wrk)")
+                     "haproxy, wrk and valgrind)")
+    if args.proxy_only:
+        workdir = tempfile.mkdtemp(prefix="kappa-bench-")
+        plain = bench_platform("none", workdir, seconds, cold_n, proxy_only=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+        print(f"Kappa benchmark (a), {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
+              f"wrk {seconds}s runs, {KAPPA}, KAPPA_ROUTER_THREADS={os.environ.get('KAPPA_ROUTER_THREADS', 'unset')}")
+        print_proxy(plain, None, router_instructions())
+        return
 
     workdir = tempfile.mkdtemp(prefix="kappa-bench-")
     runs = {}
@@ -1317,6 +1399,7 @@ def main():
     os.makedirs(alone_dir)
     alone = runtime_alone_ms(cold_n, alone_dir)
     subprocess.run(["chmod", "-R", "u+w", alone_dir], check=False)
+    instructions = router_instructions()
 
     # ---- report ------------------------------------------------------------------------
     cpu = "unknown"
@@ -1328,21 +1411,7 @@ def main():
     print(f"Kappa benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores ({cpu}), wrk {seconds}s runs")
     print()
     plain, boxed = runs["none"], runs["namespaces"]
-    print("(a) proxy: hello from an nginx upstream (run as a Kappa function), keep-alive")
-    print(f"{'path':<34}{'32 conns req/s':>16}{'p50':>10}{'p99':>10}{'1 conn p50':>13}{'p99':>10}{'added p50':>12}{'added p99':>12}")
-    direct1 = plain["a1"]["direct to upstream"]
-    rows = [(name, plain["a32"][name], plain["a1"][name]) for name in plain["a32"]]
-    rows.append(("kappa router, sandboxed upstream", boxed["a32"]["kappa router"], boxed["a1"]["kappa router"]))
-    for name, r32, r1 in rows:
-        label = "kappa router, unsandboxed upstream" if name == "kappa router" else name
-        added50 = "" if name.startswith("direct") else f"{r1['p50_us'] - direct1['p50_us']:.0f} us"
-        added99 = "" if name.startswith("direct") else f"{r1['p99_us'] - direct1['p99_us']:.0f} us"
-        print(f"{label:<34}{r32['rps']:>16,.0f}{r32['p50_us']:>8.0f}us{r32['p99_us']:>8.0f}us"
-              f"{r1['p50_us']:>11.0f}us{r1['p99_us']:>8.0f}us{added50:>12}{added99:>12}")
-    ratio = plain["a32"]["kappa router"]["rps"] / plain["a32"]["nginx proxy_pass"]["rps"]
-    print(f"router throughput / nginx throughput at 32 connections: {ratio:.2f}x (aim: >= 1.2x)")
-    ratio = plain["a32"]["kappa router"]["rps"] / plain["a32"]["haproxy (http-reuse always)"]["rps"]
-    print(f"router throughput / haproxy throughput at 32 connections: {ratio:.2f}x (aim: >= 1.2x)")
+    print_proxy(plain, boxed, instructions)
     print()
     print(f"(b) first request of a never-invoked Python function (n={cold_n}, client-measured, ms)")
     print(f"{'case':<56}{'median':>10}{'p90':>10}")

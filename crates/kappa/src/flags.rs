@@ -50,6 +50,10 @@ pub struct Limits {
     /// is closed.
     #[arg(long, env = "KAPPA_UPGRADE_IDLE_TIMEOUT", default_value = "10m", value_parser = kappa_cli::output::parse_duration)]
     pub upgrade_idle_timeout: Duration,
+    /// Threads serving the router's public listener, each with its own event loop, listener
+    /// (SO_REUSEPORT) and upstream connections; 0 serves it on the process's shared runtime.
+    #[arg(long, env = "KAPPA_ROUTER_THREADS", default_value_t = 0)]
+    pub router_threads: usize,
     /// Seconds a package build may run before it is killed (and fails).
     #[arg(long, env = "KAPPA_BUILD_TIMEOUT", default_value_t = 600)]
     pub build_timeout: u64,
@@ -73,6 +77,7 @@ impl Limits {
         config.shutdown_grace = Duration::from_secs(self.shutdown_grace);
         config.async_retention = self.async_retention;
         config.upgrade_idle_timeout = self.upgrade_idle_timeout;
+        config.router_threads = self.router_threads;
         config.build_timeout = Duration::from_secs(self.build_timeout);
         config.build_parallelism = self.build_parallelism;
     }

@@ -332,6 +332,7 @@ impl Platform {
                     metrics_need_token: config.metrics_need_token,
                     upgrade_idle_timeout: config.upgrade_idle_timeout,
                     shutdown_grace: grace,
+                    threads: config.router_threads,
                     ..RouterConfig::default()
                 },
                 Arc::clone(&store),

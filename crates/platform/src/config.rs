@@ -204,6 +204,8 @@ pub struct Config {
     pub async_retention: Duration,
     /// Idle upgraded connections are closed after this long.
     pub upgrade_idle_timeout: Duration,
+    /// Router threads serving the public listener (0: on the process's shared runtime).
+    pub router_threads: usize,
     /// A build running longer fails.
     pub build_timeout: Duration,
     /// Builds at once.
@@ -259,6 +261,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(10),
             async_retention: Duration::from_secs(24 * 3600),
             upgrade_idle_timeout: Duration::from_secs(600),
+            router_threads: 0,
             build_timeout: Duration::from_secs(600),
             build_parallelism: 2,
             build_runner: BuildRunnerKind::LocalSandbox,

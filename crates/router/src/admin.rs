@@ -101,8 +101,7 @@ async fn debug_endpoints(State(router): State<Router>) -> Response {
     let index = &router.inner.index;
     let mut snapshot = index.snapshot();
     snapshot.sort_by(|a, b| a.0.cmp(&b.0));
-    let idle: std::collections::HashMap<_, _> =
-        router.inner.upstreams.idle_counts().into_iter().collect();
+    let idle = router.inner.idle_counts();
     let functions: Vec<_> = snapshot
         .into_iter()
         .filter_map(|(id, endpoints)| {

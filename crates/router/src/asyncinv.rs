@@ -7,6 +7,8 @@
 //! after routing), with its body up to `kappa_types::ASYNC_BODY_LIMIT` (413 past it). The
 //! write happens before the answer, so a `202` means the invocation survives a crash.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, LOCATION};
 use http::request::Parts;
@@ -91,11 +93,17 @@ pub(crate) async fn accept(
         "router",
     );
     let invocation = Invocation::accepted(&id, &entry.id.namespace, spec);
-    if let Err(error) = inner
-        .store
-        .put(invocation.to_json(), Precondition::MustNotExist)
-        .await
-    {
+    // On the main runtime: the store's connections and tasks are not a router thread's.
+    let store = Arc::clone(&inner.store);
+    let object = invocation.to_json();
+    let stored = inner
+        .on_main(async move { store.put(object, Precondition::MustNotExist).await })
+        .await;
+    let stored = match stored {
+        Ok(stored) => stored.map(|_| ()).map_err(|e| e.to_string()),
+        Err(join) => Err(join.to_string()),
+    };
+    if let Err(error) = stored {
         return Err(Failure::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",

@@ -19,6 +19,9 @@ pub enum RouterError {
     /// The background route-table watcher panicked.
     #[error("route table watcher crashed: {0}")]
     Watcher(String),
+    /// Setting up the public listener's sockets or a router thread's runtime failed.
+    #[error("public listener: {0}")]
+    Listener(#[source] std::io::Error),
 }
 
 /// An answer the router writes itself.

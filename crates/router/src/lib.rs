@@ -76,6 +76,12 @@ pub struct RouterConfig {
     /// How long in-flight requests may take to finish once shutdown was requested (then their
     /// connections are closed); `kappa server --shutdown-grace` sets it.
     pub shutdown_grace: Duration,
+    /// Threads serving the public listener, each a current-thread runtime with its own
+    /// `SO_REUSEPORT` listener and its own upstream connections (thread-per-core, design note
+    /// 010); `0` (the default: thread-per-core was not measurably faster, see
+    /// docs/benchmarks.md) serves it on the caller's runtime. `kappa up`/`kappa server
+    /// --router-threads` set it.
+    pub threads: usize,
 }
 
 /// The default of [`RouterConfig::shutdown_grace`].
@@ -93,6 +99,7 @@ impl Default for RouterConfig {
             metrics_need_token: false,
             upgrade_idle_timeout: Duration::from_secs(600),
             shutdown_grace: SHUTDOWN_GRACE,
+            threads: 0,
         }
     }
 }
@@ -126,7 +133,14 @@ pub(crate) struct Inner {
     /// The highest store resource version the current route table reflects (every trigger and
     /// function write at or below it is routed). A `watch` channel so writers can await it.
     pub(crate) applied: watch::Sender<u64>,
-    pub(crate) upstreams: Upstreams,
+    /// Upstream connections of requests served on the caller's runtime ([`Router::invoke`],
+    /// and the public listener with [`RouterConfig::threads`] `0`).
+    pub(crate) upstreams: Arc<Upstreams>,
+    /// Every router thread's own upstream connections (for the sweeper and `/debug/endpoints`).
+    pub(crate) thread_upstreams: std::sync::Mutex<Vec<Arc<Upstreams>>>,
+    /// The runtime [`Router::serve`] runs on: cold starts and store writes run there, so the
+    /// pool manager's and the store's tasks never live on a router thread's runtime.
+    pub(crate) main: std::sync::OnceLock<tokio::runtime::Handle>,
     pub(crate) metrics: Metrics,
     /// Precomputed `Retry-After` value.
     pub(crate) retry_after: http::HeaderValue,
@@ -147,7 +161,7 @@ impl Router {
     ) -> Self {
         let metrics = Metrics::new();
         let retry_after = http::HeaderValue::from(config.retry_after_secs);
-        let upstreams = Upstreams::new(MAX_IDLE_PER_ENDPOINT);
+        let upstreams = Arc::new(Upstreams::new(MAX_IDLE_PER_ENDPOINT));
         let (ready, _) = watch::channel(false);
         let (applied, _) = watch::channel(0);
         let token = kappa_core::TokenCheck::optional(config.internal_token.as_deref());
@@ -161,6 +175,8 @@ impl Router {
                 ready,
                 applied,
                 upstreams,
+                thread_upstreams: std::sync::Mutex::new(Vec::new()),
+                main: std::sync::OnceLock::new(),
                 metrics,
                 retry_after,
                 token,
@@ -171,7 +187,9 @@ impl Router {
 
     /// Runs the route-table watcher, the public listener and the admin listener until
     /// `shutdown` is cancelled; then stops accepting, lets in-flight requests finish within
-    /// [`RouterConfig::shutdown_grace`] and returns.
+    /// [`RouterConfig::shutdown_grace`] and returns. The public listener is served by
+    /// [`RouterConfig::threads`] threads of their own (each with a clone of `public`'s address
+    /// bound with `SO_REUSEPORT`), or on this runtime with `0`.
     pub async fn serve(
         &self,
         public: tokio::net::TcpListener,
@@ -234,5 +252,47 @@ impl Router {
     /// for callers that serve it themselves or test it with `oneshot`.
     pub fn admin_app(&self) -> axum::Router {
         admin::app(self.clone())
+    }
+}
+
+impl Inner {
+    /// Runs `task` on the runtime [`Router::serve`] runs on (or this one, before it runs):
+    /// work whose tasks outlive a request (a cold start, a store write) is kept off the router
+    /// threads' runtimes. Fails only when the task panicked or the runtime is shutting down.
+    pub(crate) async fn on_main<F>(&self, task: F) -> Result<F::Output, tokio::task::JoinError>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match self.main.get() {
+            Some(main) => main.spawn(task).await,
+            None => tokio::spawn(task).await,
+        }
+    }
+
+    /// Closes idle upstream connections past their time, on every router thread's pools.
+    pub(crate) fn sweep_upstreams(&self) {
+        self.upstreams.sweep();
+        for pools in self.thread_pools() {
+            pools.sweep();
+        }
+    }
+
+    /// Idle upstream connections per instance address, summed over the router threads.
+    pub(crate) fn idle_counts(&self) -> std::collections::HashMap<kappa_core::InstanceAddr, usize> {
+        let mut counts = std::collections::HashMap::new();
+        for pools in std::iter::once(Arc::clone(&self.upstreams)).chain(self.thread_pools()) {
+            for (addr, idle) in pools.idle_counts() {
+                *counts.entry(addr).or_insert(0) += idle;
+            }
+        }
+        counts
+    }
+
+    fn thread_pools(&self) -> Vec<Arc<Upstreams>> {
+        self.thread_upstreams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }

@@ -23,6 +23,7 @@ use crate::body::{Lease, RequestBody, RequestBodyError, ResponseBody};
 use crate::error::Failure;
 use crate::metrics::{InflightGuard, method_label};
 use crate::table::{FunctionEntry, Lookup, PathMode};
+use crate::upstream::Upstreams;
 
 pub(crate) static INVOCATION_ID: HeaderName = HeaderName::from_static("x-kappa-invocation-id");
 static FUNCTION_NAME: HeaderName = HeaderName::from_static("x-kappa-function-name");
@@ -396,6 +397,7 @@ fn check_head(parts: &Parts) -> Result<(), Failure> {
 
 pub(crate) async fn handle(
     inner: Arc<Inner>,
+    upstreams: &Upstreams,
     peer: HeaderValue,
     request: Request<Incoming>,
 ) -> Response<ResponseBody> {
@@ -437,6 +439,10 @@ pub(crate) async fn handle(
         let response = match routed {
             Err(failure) => {
                 inner.metrics.count_unrouted(failure.status.as_u16());
+                inner
+                    .metrics
+                    .duration
+                    .observe(start.elapsed().as_secs_f64());
                 failure.into_response(&invocation_id, &inner.retry_after)
             }
             Ok((entry, full, route)) => {
@@ -456,6 +462,7 @@ pub(crate) async fn handle(
                     let body = RequestBody::incoming(body, inner.config.max_body_bytes);
                     let forwarded = forward(
                         &inner,
+                        upstreams,
                         &entry,
                         parts,
                         body,
@@ -469,21 +476,20 @@ pub(crate) async fn handle(
                     Ok(response) => response,
                     Err(failure) => failure.into_response(&invocation_id, &inner.retry_after),
                 };
+                // One clock read for the three records of the answer.
+                let elapsed = start.elapsed();
                 entry.metrics.answered(
                     &inner.metrics,
                     response.status().as_u16(),
-                    start.elapsed().as_secs_f64(),
+                    elapsed.as_secs_f64(),
                     &route,
                     method,
                 );
-                record_stats(&inner, &entry, response.status(), start, &invocation_id);
+                record_stats(&inner, &entry, response.status(), elapsed, &invocation_id);
+                inner.metrics.duration.observe(elapsed.as_secs_f64());
                 response
             }
         };
-        inner
-            .metrics
-            .duration
-            .observe(start.elapsed().as_secs_f64());
         if traced {
             record_status(response.status());
         }
@@ -499,13 +505,13 @@ fn record_stats(
     inner: &Inner,
     entry: &FunctionEntry,
     status: StatusCode,
-    start: Instant,
+    elapsed: Duration,
     invocation_id: &HeaderValue,
 ) {
     inner.stats.record(
         &entry.id,
         status.as_u16(),
-        start.elapsed(),
+        elapsed,
         invocation_id.as_bytes(),
     );
 }
@@ -559,12 +565,21 @@ pub(crate) async fn invoke(
                 parts.uri = origin_form(&parts.uri);
                 set_invocation_headers(&mut parts.headers, &entry, &invocation_id, full, None);
                 let body = RequestBody::axum(body, inner.config.max_body_bytes);
-                let response =
-                    match forward(inner, &entry, parts, body, &invocation_id, inflight, None).await
-                    {
-                        Ok(response) => response,
-                        Err(failure) => failure.into_response(&invocation_id, &inner.retry_after),
-                    };
+                let response = match forward(
+                    inner,
+                    &inner.upstreams,
+                    &entry,
+                    parts,
+                    body,
+                    &invocation_id,
+                    inflight,
+                    None,
+                )
+                .await
+                {
+                    Ok(response) => response,
+                    Err(failure) => failure.into_response(&invocation_id, &inner.retry_after),
+                };
                 static NO_ROUTE: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
                 entry.metrics.answered(
                     &inner.metrics,
@@ -573,7 +588,13 @@ pub(crate) async fn invoke(
                     NO_ROUTE.get_or_init(|| Arc::from("")),
                     method,
                 );
-                record_stats(inner, &entry, response.status(), start, &invocation_id);
+                record_stats(
+                    inner,
+                    &entry,
+                    response.status(),
+                    start.elapsed(),
+                    &invocation_id,
+                );
                 response
             }
         };
@@ -648,8 +669,10 @@ enum Attempt {
 /// streaming body, or the failure to answer with. With `upgrade` (the client's side of an
 /// upgrade request), a `101` from the instance splices the two connections
 /// ([`crate::upgrade::splice`]).
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     inner: &Inner,
+    upstreams: &Upstreams,
     entry: &Arc<FunctionEntry>,
     parts: Parts,
     body: RequestBody,
@@ -678,7 +701,7 @@ async fn forward(
     let mut may_retry = true;
     loop {
         let endpoint = Arc::clone(permit.endpoint());
-        let pool = inner.upstreams.pool(&endpoint.addr);
+        let pool = upstreams.pool(&endpoint.addr);
         // The call to the instance, up to its response head; its context is what the
         // instance receives as `traceparent`.
         let upstream = if kappa_telemetry::enabled() {
@@ -943,7 +966,8 @@ async fn provision(
     } else {
         tracing::Span::none()
     };
-    tokio::spawn(async move { provisioner.provision(&function, generation).await }.instrument(span))
+    inner
+        .on_main(async move { provisioner.provision(&function, generation).await }.instrument(span))
         .await
         .unwrap_or_else(|join| {
             Err(ProvisionError::Unavailable(format!(

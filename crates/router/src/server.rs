@@ -14,13 +14,16 @@ use tokio_util::task::TaskTracker;
 
 use crate::error::RouterError;
 use crate::errorhead::{ConnState, ErrorHeadIo, Tracked};
+use crate::upstream::Upstreams;
 use crate::{Inner, Router, admin, proxy, watcher};
 
 /// How long a client may take to send a request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// hyper's own limit on request headers (431 from hyper past it); above
-/// [`proxy::MAX_HEADERS`].
-const HYPER_MAX_HEADERS: usize = 4 * proxy::MAX_HEADERS;
+/// [`proxy::MAX_HEADERS`]. Not higher: hyper fills two arrays of this many entries for every
+/// request head it parses (4× cost 4,600 instructions per request, 8 % of the router's; see
+/// docs/benchmarks.md, "Router throughput: what was tried").
+const HYPER_MAX_HEADERS: usize = 2 * proxy::MAX_HEADERS;
 /// hyper's read buffer, which must hold a whole request head (431 or 414 from hyper past it);
 /// well above [`proxy::MAX_URI_BYTES`] plus [`proxy::MAX_HEADER_BYTES`].
 const HYPER_MAX_BUF_BYTES: usize = 256 * 1024;
@@ -37,6 +40,13 @@ pub(crate) async fn serve(
     if let (Ok(public), Ok(admin)) = (public.local_addr(), admin.local_addr()) {
         tracing::info!(%public, %admin, "router listening");
     }
+    // The router threads' listeners, made before anything runs so a failure stops nothing.
+    let threads = inner.config.threads;
+    let (public, listeners) = if threads == 0 {
+        (Some(public), Vec::new())
+    } else {
+        (None, reuseport_listeners(public, threads)?)
+    };
     let watcher = tokio::spawn(watcher::run(Arc::clone(&inner), shutdown.child_token()));
     let sweeper = {
         let inner = Arc::clone(&inner);
@@ -46,7 +56,7 @@ pub(crate) async fn serve(
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tick.tick() => inner.upstreams.sweep(),
+                    _ = tick.tick() => inner.sweep_upstreams(),
                 }
             }
         })
@@ -63,6 +73,92 @@ pub(crate) async fn serve(
         })
     };
 
+    let connections = TaskTracker::new();
+    // Cancelled when the grace period is over: open connections are then dropped.
+    let force = CancellationToken::new();
+    let mut workers = Vec::new();
+    if let Some(public) = public {
+        let pools = Arc::clone(&inner.upstreams);
+        let worker = accept_loop(
+            Arc::clone(&inner),
+            public,
+            pools,
+            shutdown.clone(),
+            force.clone(),
+            connections.clone(),
+        );
+        workers.push(tokio::spawn(worker));
+    } else {
+        let _ = inner.main.set(tokio::runtime::Handle::current());
+        for (n, listener) in listeners.into_iter().enumerate() {
+            let pools = Arc::new(Upstreams::new(crate::MAX_IDLE_PER_ENDPOINT));
+            inner
+                .thread_upstreams
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(Arc::clone(&pools));
+            let (done, finished) = tokio::sync::oneshot::channel();
+            let inner = Arc::clone(&inner);
+            let (shutdown, force, tracker) = (shutdown.clone(), force.clone(), connections.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("kappa-router-{n}"))
+                .spawn(move || {
+                    let served = run_thread(inner, listener, pools, shutdown, force, tracker);
+                    if let Err(error) = &served {
+                        tracing::error!(%error, thread = n, "a router thread failed");
+                    }
+                    let _ = done.send(());
+                });
+            // A thread that did not start took its listener with it (the kernel then spreads
+            // connections over the others).
+            if let Err(error) = spawned {
+                tracing::error!(%error, thread = n, "starting a router thread failed");
+            }
+            workers.push(tokio::spawn(async move {
+                let _ = finished.await;
+            }));
+        }
+        tracing::debug!(threads, "router threads serving the public listener");
+    }
+    shutdown.cancelled().await;
+    // Every accept loop stops; then in-flight requests get the grace period.
+    connections.close();
+    let grace = inner.config.shutdown_grace;
+    if tokio::time::timeout(grace, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = connections.len(),
+            grace_s = grace.as_secs(),
+            "connections still busy after the grace period; closing them"
+        );
+        force.cancel();
+        connections.wait().await;
+    }
+    for worker in workers {
+        let _ = worker.await;
+    }
+    let admin_result = match tokio::time::timeout(grace, &mut admin_task).await {
+        Ok(Ok(result)) => result.map_err(RouterError::Admin),
+        Ok(Err(join)) => Err(RouterError::Admin(std::io::Error::other(join.to_string()))),
+        Err(_) => {
+            admin_task.abort();
+            Ok(())
+        }
+    };
+    sweeper.abort();
+    match watcher.await {
+        Ok(()) => {}
+        Err(join) if join.is_panic() => return Err(RouterError::Watcher(join.to_string())),
+        Err(_) => {}
+    }
+    tracing::info!("router stopped");
+    admin_result
+}
+
+/// The public listener's hyper settings.
+fn http_builder() -> hyper::server::conn::http1::Builder {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .keep_alive(true)
@@ -74,9 +170,84 @@ pub(crate) async fn serve(
         // these (or malformed ones, 400) are answered by hyper.
         .max_headers(HYPER_MAX_HEADERS)
         .max_buf_size(HYPER_MAX_BUF_BYTES);
-    let connections = TaskTracker::new();
-    // Cancelled when the grace period is over: open connections are then dropped.
-    let force = CancellationToken::new();
+    http
+}
+
+/// `threads` listeners on `public`'s address, `public` first, all with `SO_REUSEPORT` so the
+/// kernel spreads new connections over them. `public` was bound without it (so a busy address
+/// still fails to bind); setting it now lets the others join its group.
+fn reuseport_listeners(
+    public: TcpListener,
+    threads: usize,
+) -> Result<Vec<std::net::TcpListener>, RouterError> {
+    let public = public.into_std().map_err(RouterError::Listener)?;
+    let addr = public.local_addr().map_err(RouterError::Listener)?;
+    if threads > 1 {
+        socket2::SockRef::from(&public)
+            .set_reuse_port(true)
+            .map_err(RouterError::Listener)?;
+    }
+    let mut listeners = vec![public];
+    while listeners.len() < threads {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM.cloexec(),
+            None,
+        )
+        .map_err(RouterError::Listener)?;
+        socket
+            .set_reuse_address(true)
+            .map_err(RouterError::Listener)?;
+        socket.set_reuse_port(true).map_err(RouterError::Listener)?;
+        socket
+            .set_nonblocking(true)
+            .map_err(RouterError::Listener)?;
+        socket.bind(&addr.into()).map_err(RouterError::Listener)?;
+        socket.listen(1024).map_err(RouterError::Listener)?;
+        listeners.push(socket.into());
+    }
+    Ok(listeners)
+}
+
+/// One router thread: a current-thread runtime serving `listener` until shutdown and the drain
+/// of its connections. Every task of a request (the client connection, its upstream
+/// connection, a WebSocket splice) runs on this thread.
+fn run_thread(
+    inner: Arc<Inner>,
+    listener: std::net::TcpListener,
+    pools: Arc<Upstreams>,
+    shutdown: CancellationToken,
+    force: CancellationToken,
+    connections: TaskTracker,
+) -> Result<(), RouterError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(RouterError::Listener)?;
+    runtime.block_on(async move {
+        listener
+            .set_nonblocking(true)
+            .map_err(RouterError::Listener)?;
+        let listener = TcpListener::from_std(listener).map_err(RouterError::Listener)?;
+        accept_loop(inner, listener, pools, shutdown, force, connections).await;
+        Ok(())
+    })
+}
+
+/// Accepts connections on `public` until `shutdown`, serving each in a task of `connections`
+/// (its requests' upstream connections from `pools`); then waits for them, closing them when
+/// `force` is cancelled.
+async fn accept_loop(
+    inner: Arc<Inner>,
+    public: TcpListener,
+    pools: Arc<Upstreams>,
+    shutdown: CancellationToken,
+    force: CancellationToken,
+    connections: TaskTracker,
+) {
+    let http = http_builder();
+    // This loop's own connections, so it returns once they are done.
+    let mine = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -99,14 +270,16 @@ pub(crate) async fn serve(
         let state = Arc::new(ConnState::default());
         let service = {
             let inner = Arc::clone(&inner);
+            let pools = Arc::clone(&pools);
             let state = Arc::clone(&state);
             service_fn(move |request| {
                 let busy = state.start();
                 let inner = Arc::clone(&inner);
+                let pools = Arc::clone(&pools);
                 let state = Arc::clone(&state);
                 let peer_ip = peer_ip.clone();
                 async move {
-                    let response = proxy::handle(inner, peer_ip, request).await;
+                    let response = proxy::handle(inner, &pools, peer_ip, request).await;
                     if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                         state.upgraded();
                     }
@@ -120,7 +293,10 @@ pub(crate) async fn serve(
             .with_upgrades();
         let shutdown = shutdown.clone();
         let force = force.clone();
-        connections.spawn(async move {
+        // Tracked twice: by the router (the grace period) and by this loop.
+        let token = connections.token();
+        mine.spawn(async move {
+            let _token = token;
             tokio::pin!(connection);
             tokio::select! {
                 result = connection.as_mut() => {
@@ -139,35 +315,6 @@ pub(crate) async fn serve(
         });
     }
     drop(public);
-    connections.close();
-
-    let grace = inner.config.shutdown_grace;
-    if tokio::time::timeout(grace, connections.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            open = connections.len(),
-            grace_s = grace.as_secs(),
-            "connections still busy after the grace period; closing them"
-        );
-        force.cancel();
-        connections.wait().await;
-    }
-    let admin_result = match tokio::time::timeout(grace, &mut admin_task).await {
-        Ok(Ok(result)) => result.map_err(RouterError::Admin),
-        Ok(Err(join)) => Err(RouterError::Admin(std::io::Error::other(join.to_string()))),
-        Err(_) => {
-            admin_task.abort();
-            Ok(())
-        }
-    };
-    sweeper.abort();
-    match watcher.await {
-        Ok(()) => {}
-        Err(join) if join.is_panic() => return Err(RouterError::Watcher(join.to_string())),
-        Err(_) => {}
-    }
-    tracing::info!("router stopped");
-    admin_result
+    mine.close();
+    mine.wait().await;
 }

@@ -12,3 +12,4 @@ mod remote;
 mod routing;
 mod streaming;
 mod support;
+mod threads;
