@@ -478,6 +478,7 @@ mod tests {
             env: BTreeMap::new(),
             labels: BTreeMap::new(),
             egress: true,
+            zygote: None,
         }
     }
 

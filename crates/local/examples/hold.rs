@@ -83,6 +83,7 @@ async fn hold() -> Result<(), Box<dyn std::error::Error>> {
             env: BTreeMap::new(),
             labels: BTreeMap::new(),
             egress: false,
+            zygote: None,
         };
         let instance = backend.create(spec).await?;
         let pid = backend.info(&id).map(|i| i.pid).unwrap_or_default();

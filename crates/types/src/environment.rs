@@ -51,6 +51,11 @@ pub struct EnvironmentSpec {
     /// egress is a NetworkPolicy matter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<bool>,
+    /// Whether the environment's instances are forked from a template process (a zygote,
+    /// design note 009) instead of starting the runtime by exec (absent: the platform's
+    /// `--zygote` setting). Local backend, built-in Python runtime; ignored elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zygote: Option<bool>,
 }
 
 /// How an environment's warm pool is sized.
@@ -212,6 +217,7 @@ impl Default for EnvironmentSpec {
             node_selector: BTreeMap::new(),
             tolerations: Vec::new(),
             egress: None,
+            zygote: None,
         }
     }
 }

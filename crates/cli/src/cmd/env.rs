@@ -91,6 +91,11 @@ pub struct EnvFlags {
     /// default true where the platform provides egress).
     #[arg(long, value_name = "BOOL")]
     pub egress: Option<bool>,
+    /// Whether instances are forked from a template process (a zygote) instead of starting the
+    /// runtime by exec (local backend, built-in Python runtime; default: the platform's
+    /// `kappa up --zygote`).
+    #[arg(long, value_name = "BOOL")]
+    pub zygote: Option<bool>,
     /// The environment protocol version, as Fission's `--version`: 2 or 3 (Kappa speaks the v2
     /// protocol, `POST /v2/specialize`, for both); 1 is refused [default: 3].
     #[arg(long = "version", id = "env_version", value_name = "N")]
@@ -173,6 +178,9 @@ impl EnvFlags {
         }
         if let Some(egress) = self.egress {
             spec.egress = Some(egress);
+        }
+        if let Some(zygote) = self.zygote {
+            spec.zygote = Some(zygote);
         }
     }
 }

@@ -36,6 +36,7 @@ impl PoolManager {
             env: BTreeMap::new(),
             labels,
             egress: env.spec.egress.unwrap_or(true),
+            zygote: env.spec.zygote,
         }
     }
 
@@ -140,6 +141,7 @@ impl PoolManager {
             for i in pool.warm.drain(..) {
                 actions.to_delete.push((i.id, Duration::ZERO));
             }
+            actions.removed_envs.push(id.clone());
             false
         });
         for (id, env) in &snapshot.environments {

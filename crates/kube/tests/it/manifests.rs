@@ -26,6 +26,7 @@ pub fn instance_spec(id: &str) -> InstanceSpec {
         env: BTreeMap::from([("LOG_LEVEL".into(), "debug".into())]),
         labels: BTreeMap::new(),
         egress: true,
+        zygote: None,
     }
 }
 

@@ -158,6 +158,7 @@ pub fn spec(prefix: &str, limits: Limits) -> InstanceSpec {
         env: BTreeMap::new(),
         labels: BTreeMap::from([("environment".to_owned(), "python".to_owned())]),
         egress: true,
+        zygote: None,
     }
 }
 
