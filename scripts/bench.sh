@@ -13,5 +13,5 @@ if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
   "${sudo_cmd[@]}" apt-get update -qq
   "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends haproxy >/dev/null
 fi
-cargo build --release --bin kappa
+cargo build --release --bin kappa --bin kappa-sandbox
 exec python3 scripts/bench.py "$@"
