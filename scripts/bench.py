@@ -310,6 +310,15 @@ def bare_python_ms(runs):
     return times
 
 
+def bare_node_ms(runs):
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run(["node", "-e", "0"], check=True)
+        times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
 
 
@@ -1239,6 +1248,7 @@ def bench_zygote(workdir, cold_n, pss_n):
     same run: first requests with a warm pool and with poolsize 0, then the PSS of `pss_n` idle
     specialized Python instances."""
     hello = os.path.join(ROOT, "functions", "examples", "hello", "hello.py")
+    hello_js = os.path.join(ROOT, "functions", "examples", "nodejs", "hello.js")
     out = {}
     for zygote in ("on", "off"):
         d = os.path.join(workdir, f"zygote-{zygote}")
@@ -1256,12 +1266,18 @@ def bench_zygote(workdir, cold_n, pss_n):
                     name = f"c{env[-1] if env.endswith('0') else 'w'}{i}"
                     kappa.cli("fn", "create", "--name", name, "--env", env, "--code", hello)
                     kappa.cli("route", "create", "--url", f"/{name}", "--function", name)
+            # Node.js has no template (it cannot fork): its no-pool start is an exec either way.
+            kappa.cli("env", "create", "--name", "node0", "--image", "nodejs", "--poolsize", "0")
+            for i in range(cold_n):
+                kappa.cli("fn", "create", "--name", f"cn{i}", "--env", "node0", "--code", hello_js)
+                kappa.cli("route", "create", "--url", f"/cn{i}", "--function", f"cn{i}")
             time.sleep(2)  # let the warm pool fill
-            warm, cold = [], []
+            warm, cold, node = [], [], []
             for i in range(cold_n):
                 warm.append(first_request_ms(kappa.router, f"/cw{i}"))
                 time.sleep(0.5)  # let the pool refill
                 cold.append(first_request_ms(kappa.router, f"/c0{i}"))
+                node.append(first_request_ms(kappa.router, f"/cn{i}"))
             # PSS: a fresh platform state is not needed; count only poolsize-0 instances, which
             # are all specialized and idle now (the pool's generic ones are left out).
             kappa.cli("env", "create", "--name", "pss", "--image", "python", "--poolsize", "0")
@@ -1276,7 +1292,8 @@ def bench_zygote(workdir, cold_n, pss_n):
             for procs in groups.values():
                 for role in roles:
                     roles[role].append(sum(pss_kib(pid) for pid, r in procs if r == role))
-            out[zygote] = {"warm_pool": warm, "no_pool": cold, "instances": len(groups),
+            out[zygote] = {"warm_pool": warm, "no_pool": cold, "node_no_pool": node,
+                           "instances": len(groups),
                            "pss": roles}
         finally:
             kappa.stop()
@@ -1292,7 +1309,13 @@ def print_zygote(z, bare):
               f"{median(run['warm_pool']):>10.2f}{p90(run['warm_pool']):>10.2f}")
         print(f"{f'no pool (poolsize 0), zygote {zygote}':<56}"
               f"{median(run['no_pool']):>10.2f}{p90(run['no_pool']):>10.2f}")
+    for zygote in ("on", "off"):
+        node = z[zygote]["node_no_pool"]
+        print(f"{f'Node.js no pool (poolsize 0, exec), zygote {zygote}':<56}"
+              f"{median(node):>10.2f}{p90(node):>10.2f}")
     print(f"{'bare python3 -c pass (baseline)':<56}{median(bare):>10.2f}{p90(bare):>10.2f}")
+    node_bare = bare_node_ms(len(bare))
+    print(f"{'bare node -e 0 (baseline)':<56}{median(node_bare):>10.2f}{p90(node_bare):>10.2f}")
     ratio = median(z["on"]["no_pool"]) / median(bare)
     print(f"no-pool first request / bare python3, zygote on: {ratio:.2f}x (aim: <= 1.0x)")
     print("PSS per idle specialized Python instance (MiB, mean over the instances)")

@@ -14,5 +14,5 @@ if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ] || ! comma
   "${sudo_cmd[@]}" apt-get update -qq
   "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends haproxy valgrind >/dev/null
 fi
-cargo build --release --bin kappa
+cargo build --release --bin kappa --bin kappa-sandbox
 exec python3 scripts/bench.py "$@"

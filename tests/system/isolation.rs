@@ -288,6 +288,42 @@ fn forked_instances_are_sandboxed_and_templates_are_replaced() {
     assert_eq!(p.get("/two").status, 200);
 }
 
+/// The per-environment switch and the template's lifetime: an environment with `zygote: false`
+/// starts its instances by exec (no template), one switched to `true` forks them from its
+/// template, and deleting the environment stops that template while the platform runs on.
+#[test]
+fn an_environment_chooses_its_template_and_a_deleted_ones_template_stops() {
+    let p = Platform::start_with(&["--no-example"]);
+    p.python_env(&["--poolsize", "0", "--zygote", "false"]);
+    p.deploy("one", "examples/hello/hello.py", "/one", &[]);
+    assert_eq!(p.get("/one").status, 200);
+    assert!(templates(p.pid()).is_empty(), "{:?}", templates(p.pid()));
+    let log = p.log();
+    assert!(
+        log.contains("the environment sets zygote: false"),
+        "{}",
+        tail(&log, 30)
+    );
+
+    p.ok(&["env", "update", "--name", "python", "--zygote", "true"]);
+    let template = eventually_blocking(
+        Duration::from_secs(30),
+        "the updated environment's function to answer from a template",
+        || {
+            let now = templates(p.pid());
+            (p.get("/one").status == 200 && now.len() == 1 && !payloads_of(now[0]).is_empty())
+                .then(|| now[0])
+        },
+    );
+
+    p.ok(&["env", "delete", "--name", "python", "--force"]);
+    eventually_blocking(
+        Duration::from_secs(30),
+        "the deleted environment's template to stop",
+        || (!templates(p.pid()).contains(&template)).then_some(()),
+    );
+}
+
 /// Without the sandbox, which only an explicit `--sandbox none` gives, every start line and the
 /// environment's status say so.
 #[test]

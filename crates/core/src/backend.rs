@@ -48,6 +48,9 @@ pub struct InstanceSpec {
     /// loopback (the environment's `hostPorts`). A backend that cannot provide them refuses
     /// the instance.
     pub host_ports: Vec<u16>,
+    /// Whether the instance is forked from its environment's template process (the
+    /// environment's `zygote`); `None` leaves it to the backend's own setting. Local backend.
+    pub zygote: Option<bool>,
 }
 
 /// A running instance.
@@ -253,6 +256,12 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Deletes every instance and releases backend resources (called on platform shutdown).
     async fn shutdown(&self, grace: Duration);
+
+    /// The environment `env` was deleted: releases what the backend keeps per environment
+    /// (the local backend's template process). Its instances are deleted separately.
+    async fn environment_removed(&self, env: &FunctionId) {
+        let _ = env;
+    }
 }
 
 #[cfg(test)]

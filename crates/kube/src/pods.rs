@@ -479,6 +479,7 @@ mod tests {
             labels: BTreeMap::new(),
             egress: true,
             host_ports: Vec::new(),
+            zygote: None,
         }
     }
 

@@ -84,6 +84,7 @@ async fn hold() -> Result<(), Box<dyn std::error::Error>> {
             labels: BTreeMap::new(),
             egress: false,
             host_ports: Vec::new(),
+            zygote: None,
         };
         let instance = backend.create(spec).await?;
         let pid = backend.info(&id).map(|i| i.pid).unwrap_or_default();

@@ -14,17 +14,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use kappa_archive::{ArchiveStore, Extracted};
 use kappa_core::{
-    Backend, BackendError, ConfigKind, ExitReason, Instance, InstanceAddr, InstanceEvent,
-    InstanceSpec, SpecializeRequest,
+    Backend, BackendError, ConfigKind, ExitReason, FunctionId, Instance, InstanceAddr,
+    InstanceEvent, InstanceSpec, SpecializeRequest,
 };
 use kappa_logs::{InstanceLog, LogStore, LogStream};
 use kappa_runtime::place;
 use kappa_runtime::{SPECIALIZE_PATH, SpecializeBody, runtime_error};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStderr};
-use tokio::sync::{broadcast, oneshot, watch};
+use tokio::sync::{Notify, broadcast, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -403,6 +403,12 @@ impl Backend for LocalBackend {
         self.inner.save_state();
         tracing::info!("local backend shut down");
     }
+
+    async fn environment_removed(&self, env: &FunctionId) {
+        if let Some(zygotes) = &self.inner.zygotes {
+            zygotes.stop(env).await;
+        }
+    }
 }
 
 /// Why one start attempt failed, and whether another port may help.
@@ -664,8 +670,17 @@ impl Inner {
             .and_then(|p| i32::try_from(p).ok())
             .unwrap_or_default();
         guard.pid = Some(pid);
+        // The runtime's first output (the built-in runtimes say they listen) polls `/healthz`
+        // at once instead of after the next pause; readiness is still only `/healthz`.
+        let output = Arc::new(Notify::new());
         if let Some(stdout) = child.stdout.take() {
-            log.spawn_pump(stdout, LogStream::Stdout);
+            log.spawn_pump(
+                NotifyOnRead {
+                    inner: stdout,
+                    notify: output.clone(),
+                },
+                LogStream::Stdout,
+            );
         }
         let tail = Arc::new(Tail::default());
         let tee = child.stderr.take().map(|stderr| {
@@ -703,7 +718,10 @@ impl Inner {
                 if Instant::now() >= deadline {
                     break Err(None);
                 }
-                tokio::time::sleep(HEALTH_POLL).await;
+                tokio::select! {
+                    () = tokio::time::sleep(HEALTH_POLL) => {}
+                    () = output.notified() => {}
+                }
             }
         };
         let (outcome, egress) = tokio::join!(health, egress);
@@ -1192,6 +1210,28 @@ async fn tee_stderr(mut stderr: ChildStderr, mut to_log: tokio::io::DuplexStream
         }
     }
     let _ = to_log.shutdown().await;
+}
+
+/// A reader that wakes whoever waits on `notify` each time it reads something (an instance's
+/// stdout on its way to the log, so the start's health poll runs when the runtime speaks).
+struct NotifyOnRead<R> {
+    inner: R,
+    notify: Arc<Notify>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for NotifyOnRead<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.notify.notify_one();
+        }
+        poll
+    }
 }
 
 /// The last bytes an instance wrote to stderr.

@@ -104,10 +104,16 @@ impl Zygotes {
         spec: &InstanceSpec,
         runtime: &ResolvedRuntime,
     ) -> Option<PathBuf> {
-        if self.mode == ZygoteMode::Off {
-            return None;
-        }
         let env = &spec.environment;
+        // The environment's own setting wins; the platform's `--zygote` is the default.
+        match (spec.zygote, self.mode) {
+            (Some(false), _) => {
+                self.say_once(env, "exec: the environment sets zygote: false");
+                return None;
+            }
+            (None, ZygoteMode::Off) => return None,
+            (Some(true), _) | (None, ZygoteMode::On) => {}
+        }
         let builtin = match runtime {
             ResolvedRuntime::BuiltIn(b) if b.name == "python" => b,
             _ => {
@@ -166,6 +172,25 @@ impl Zygotes {
                 None
             }
         }
+    }
+
+    /// Stops the template of the environment `env` (deleted), if it has one.
+    pub(crate) async fn stop(&self, env: &FunctionId) {
+        let slot = self
+            .templates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(env);
+        if let Some(slot) = slot
+            && let Some(template) = slot.lock().await.take()
+        {
+            tracing::info!(environment = %env, pid = template.pid, "environment deleted; stopping its template");
+            template.stop();
+        }
+        self.said
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(e, _)| e != env);
     }
 
     /// Stops every template (the backend's shutdown).

@@ -867,9 +867,25 @@ fn check_runtimes(config: &Config) -> Result<(), PlatformError> {
     Ok(())
 }
 
-/// The sandbox helper: this executable (`kappa_sandbox::run_if_requested` in its `main`).
+/// The sandbox helper: `kappa-sandbox` beside this executable when there is one built from the
+/// same sandbox code (a program with only the sandbox in it: each instance's monitor and init
+/// start faster and take far less memory than copies of the whole platform would), otherwise
+/// this executable itself (`kappa_sandbox::run_if_requested` in its `main`).
 fn helper() -> Result<std::path::PathBuf, PlatformError> {
-    std::env::current_exe().ctx("locating the kappa executable")
+    let exe = std::env::current_exe().ctx("locating the kappa executable")?;
+    let small = exe.with_file_name("kappa-sandbox");
+    if small.is_file() {
+        if kappa_sandbox::helper::identify(&small) {
+            tracing::info!(helper = %small.display(), "sandbox helper");
+            return Ok(small);
+        }
+        tracing::warn!(
+            helper = %small.display(),
+            "ignoring a kappa-sandbox built from other sandbox code than this kappa; \
+             instances start through kappa itself"
+        );
+    }
+    Ok(exe)
 }
 
 fn registry_gone() -> PlatformError {

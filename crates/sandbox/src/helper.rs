@@ -30,6 +30,15 @@ pub const STAGE_VAR: &str = "__KAPPA_SANDBOX_STAGE";
 const SPEC_VAR: &str = "__KAPPA_SANDBOX_SPEC";
 /// The exit code of a helper that could not set the sandbox up (its reason is on stderr).
 pub const SETUP_FAILED: i32 = 125;
+/// What a helper prints for the `identify` stage: this crate's version and a hash of its
+/// sources, so the platform uses a separate helper executable only when it was built from the
+/// same sandbox code as itself (see [`identify`]).
+pub const IDENTITY: &str = concat!(
+    "kappa-sandbox ",
+    env!("CARGO_PKG_VERSION"),
+    " ",
+    env!("KAPPA_SANDBOX_SOURCE_HASH")
+);
 /// Device nodes bound from the host into the sandbox's `/dev`.
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
@@ -46,6 +55,19 @@ pub fn command(program: &Path, spec: &SandboxSpec) -> io::Result<Command> {
     Ok(command)
 }
 
+/// Whether `program` is a sandbox helper built from the same sandbox code as this process (it
+/// answers the `identify` stage with [`IDENTITY`]). A helper of another build could read a
+/// [`SandboxSpec`] differently, so the platform uses only one that matches.
+pub fn identify(program: &Path) -> bool {
+    Command::new(program)
+        .env_clear()
+        .env(STAGE_VAR, "identify")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|out| out.status.success() && out.stdout.trim_ascii() == IDENTITY.as_bytes())
+}
+
 /// Runs the helper stage named in the environment, if any, and returns its exit code; `None`
 /// when this process is not a helper (the caller's `main` then goes on as usual). Call it first
 /// thing in `main`, before starting threads or an async runtime.
@@ -54,6 +76,10 @@ pub fn run_if_requested() -> Option<i32> {
     let result = match stage.to_str() {
         Some("monitor") => read_spec().and_then(|spec| monitor(&spec)),
         Some("init") => read_spec().and_then(|spec| init(&spec)),
+        Some("identify") => {
+            println!("{IDENTITY}");
+            Ok(0)
+        }
         _ => Err(SetupError::new(
             "unknown helper stage",
             io::ErrorKind::InvalidInput.into(),

@@ -58,6 +58,11 @@ pub struct EnvironmentSpec {
     /// pod backend refuses instances that name any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_ports: Vec<u16>,
+    /// Whether the environment's instances are forked from a template process (a zygote,
+    /// design note 009) instead of starting the runtime by exec (absent: the platform's
+    /// `--zygote` setting). Local backend, built-in Python runtime; ignored elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zygote: Option<bool>,
 }
 
 /// How an environment's warm pool is sized.
@@ -220,6 +225,7 @@ impl Default for EnvironmentSpec {
             tolerations: Vec::new(),
             egress: None,
             host_ports: Vec::new(),
+            zygote: None,
         }
     }
 }

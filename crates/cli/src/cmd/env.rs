@@ -99,6 +99,11 @@ pub struct EnvFlags {
     /// Update: allow no host ports any more.
     #[arg(long, conflicts_with = "host_ports")]
     pub no_host_ports: bool,
+    /// Whether instances are forked from a template process (a zygote) instead of starting the
+    /// runtime by exec (local backend, built-in Python runtime; default: the platform's
+    /// `kappa up --zygote`).
+    #[arg(long, value_name = "BOOL")]
+    pub zygote: Option<bool>,
     /// The environment protocol version, as Fission's `--version`: 2 or 3 (Kappa speaks the v2
     /// protocol, `POST /v2/specialize`, for both); 1 is refused [default: 3].
     #[arg(long = "version", id = "env_version", value_name = "N")]
@@ -187,6 +192,9 @@ impl EnvFlags {
         }
         if self.no_host_ports {
             spec.host_ports.clear();
+        }
+        if let Some(zygote) = self.zygote {
+            spec.zygote = Some(zygote);
         }
     }
 }

@@ -37,6 +37,7 @@ impl PoolManager {
             labels,
             egress: env.spec.egress.unwrap_or(true),
             host_ports: env.spec.host_ports.clone(),
+            zygote: env.spec.zygote,
         }
     }
 
@@ -143,6 +144,7 @@ impl PoolManager {
             for i in pool.warm.drain(..) {
                 actions.to_delete.push((i.id, Duration::ZERO));
             }
+            actions.removed_envs.push(id.clone());
             false
         });
         for (id, env) in &snapshot.environments {

@@ -26,6 +26,8 @@ pub(super) struct Actions {
     pub(super) to_unindex: Vec<(FunctionId, String)>,
     /// Environments whose `status.isolation` does not say what the backend gives.
     pub(super) to_mark: Vec<(FunctionId, serde_json::Value)>,
+    /// Environments that were deleted (the backend releases what it keeps for them).
+    pub(super) removed_envs: Vec<FunctionId>,
 }
 
 impl PoolManager {
@@ -52,7 +54,12 @@ impl PoolManager {
             to_specialize,
             to_unindex,
             to_mark,
+            removed_envs,
         } = actions;
+        for env_id in removed_envs {
+            let backend = Arc::clone(&self.inner.backend);
+            tokio::spawn(async move { backend.environment_removed(&env_id).await });
+        }
         for (fid, iid) in to_unindex {
             self.inner.index.remove(&fid, &iid);
         }

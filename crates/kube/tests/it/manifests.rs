@@ -27,6 +27,7 @@ pub fn instance_spec(id: &str) -> InstanceSpec {
         labels: BTreeMap::new(),
         egress: true,
         host_ports: Vec::new(),
+        zygote: None,
     }
 }
 

@@ -280,3 +280,16 @@ async fn named_host_ports_are_relayed_and_nothing_else() {
     );
     h.backend.shutdown(Duration::from_secs(1)).await;
 }
+
+/// The platform runs a separate helper executable only when it was built from its own sandbox
+/// code: this crate's `kappa-sandbox` identifies as such, another program does not.
+#[test]
+fn only_a_helper_of_the_same_sandbox_code_identifies() {
+    assert!(kappa_sandbox::helper::identify(&crate::support::helper()));
+    assert!(!kappa_sandbox::helper::identify(std::path::Path::new(
+        "/bin/echo"
+    )));
+    assert!(!kappa_sandbox::helper::identify(std::path::Path::new(
+        "/nonexistent/kappa-sandbox"
+    )));
+}

@@ -159,6 +159,7 @@ pub fn spec(prefix: &str, limits: Limits) -> InstanceSpec {
         labels: BTreeMap::from([("environment".to_owned(), "python".to_owned())]),
         egress: true,
         host_ports: Vec::new(),
+        zygote: None,
     }
 }
 
