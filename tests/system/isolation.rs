@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use kappa_test_support::eventually_blocking;
+use kappa_test_support::servers::LineEcho;
 use serde_json::Value;
 
 use crate::harness::{Platform, tail};
@@ -345,8 +346,8 @@ fn unsandboxed_mode_says_so_everywhere() {
 /// named (the function's log and the invocation's error say why).
 #[test]
 fn a_named_host_port_is_reachable_and_nothing_else() {
-    let allowed = EchoServer::start();
-    let other = EchoServer::start();
+    let allowed = LineEcho::start();
+    let other = LineEcho::start();
     let p = Platform::start_with(&["--no-example"]);
     p.python_env(&[]);
     let probe = "testdata/probe/hostports.py";
@@ -439,48 +440,6 @@ fn a_named_host_port_is_reachable_and_nothing_else() {
                 .then_some(())
         },
     );
-}
-
-/// A line echo server on the host's loopback, in a process of its own (a stand-in for a
-/// development database): answers each connection's first line with `echo <port>`.
-struct EchoServer {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl EchoServer {
-    fn start() -> Self {
-        use std::io::BufRead;
-        const SERVER: &str = r#"
-import socketserver
-class H(socketserver.StreamRequestHandler):
-    def handle(self):
-        self.rfile.readline()
-        self.wfile.write(("echo %d\n" % self.server.server_address[1]).encode())
-s = socketserver.ThreadingTCPServer(("127.0.0.1", 0), H)
-print(s.server_address[1], flush=True)
-s.serve_forever()
-"#;
-        let mut child = std::process::Command::new("python3")
-            .args(["-c", SERVER])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3 runs");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("the echo server's port line");
-        let port = line.trim().parse().expect("the echo server's port");
-        Self { child, port }
-    }
-}
-
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Waits until `kappa env get python` reports an isolation starting with `expected`.

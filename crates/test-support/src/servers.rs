@@ -244,3 +244,50 @@ impl KafkaServer {
         format!("kafka://127.0.0.1:{}", self.0.port)
     }
 }
+
+/// A line echo server on the host's loopback, in a process of its own (a stand-in for a
+/// development database a function may be allowed to reach through `hostPorts`; a process of
+/// its own because the platform never relays to its own listeners): answers each
+/// connection's first line with `echo <port>`. Killed when dropped.
+#[derive(Debug)]
+pub struct LineEcho {
+    child: Child,
+    /// The port it listens on, on 127.0.0.1.
+    pub port: u16,
+}
+
+impl LineEcho {
+    /// Starts one on a free port (`python3`).
+    pub fn start() -> Self {
+        use std::io::BufRead;
+        const SERVER: &str = r#"
+import socketserver
+class H(socketserver.StreamRequestHandler):
+    def handle(self):
+        self.rfile.readline()
+        self.wfile.write(("echo %d\n" % self.server.server_address[1]).encode())
+s = socketserver.ThreadingTCPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+        let mut child = Command::new("python3")
+            .args(["-c", SERVER])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("the echo server's port line");
+        let port = line.trim().parse().expect("the echo server's port");
+        Self { child, port }
+    }
+}
+
+impl Drop for LineEcho {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

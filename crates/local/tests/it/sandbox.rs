@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use kappa_core::{Backend, Limits};
 use kappa_local::{CgroupMode, SandboxMode};
+use kappa_test_support::servers::LineEcho;
 
 use crate::support::{Harness, get, is_root, probe_fixtures};
 
@@ -155,49 +156,6 @@ async fn egress_comes_from_user_mode_networking_and_a_function_can_switch_it_off
     h.backend.shutdown(Duration::from_secs(1)).await;
 }
 
-/// An echo server on the host's loopback, in a process of its own (this test process stands for
-/// the platform, whose listeners are never relayed): answers each connection's first line with
-/// `echo <port>`. Killed when dropped.
-struct HostEcho {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl HostEcho {
-    fn start() -> Self {
-        use std::io::BufRead;
-        const SERVER: &str = r#"
-import socket, socketserver, sys
-class H(socketserver.StreamRequestHandler):
-    def handle(self):
-        self.rfile.readline()
-        self.wfile.write(("echo %d\n" % self.server.server_address[1]).encode())
-s = socketserver.ThreadingTCPServer(("127.0.0.1", 0), H)
-print(s.server_address[1], flush=True)
-s.serve_forever()
-"#;
-        let mut child = std::process::Command::new("python3")
-            .args(["-c", SERVER])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3 runs");
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("piped stdout");
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("the echo server's port line");
-        let port = line.trim().parse().expect("the echo server's port");
-        Self { child, port }
-    }
-}
-
-impl Drop for HostEcho {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Host ports (`hostPorts`): a named port of the host's loopback is reachable at the same
 /// port of the instance's own loopback, another host port is not; a function specialized
 /// without the port on an instance that had it loses it before its code is loaded; the
@@ -207,7 +165,7 @@ async fn named_host_ports_are_relayed_and_nothing_else() {
     const TEST: &str = "named_host_ports_are_relayed_and_nothing_else";
     assert!(is_root(), "{TEST}: the sandbox needs root");
     let h = Harness::with(TEST, SandboxMode::Namespaces, CgroupMode::None).await;
-    let (allowed_server, other_server) = (HostEcho::start(), HostEcho::start());
+    let (allowed_server, other_server) = (LineEcho::start(), LineEcho::start());
     let (allowed, other) = (allowed_server.port, other_server.port);
     let sha = h.put_dir(&probe_fixtures()).await;
     let probe = |ports: Vec<u16>| {
