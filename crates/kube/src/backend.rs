@@ -12,7 +12,7 @@
 //!   deletions it did not ask for into [`InstanceEvent::Exited`].
 //! - `shutdown` leaves the pods running by default: the next pool manager adopts them.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::pods::{
     ANNOTATION_ARCHIVE, LABEL_MANAGED_BY, LABEL_ROLE, Placement, PodTemplate, ROLE_POOL,
-    ROLE_SPECIALIZED, pool_pod, specialized_labels,
+    ROLE_SPECIALIZED, pod_has_egress, pool_pod, specialized_labels,
 };
 use kappa_runtime::{
     FETCHER_PORT, FetchFiles, FetchRequest, RUNTIME_PORT, error_code, pod_fetcher_token,
@@ -452,6 +452,34 @@ pub(crate) fn refuse_host_ports(ports: &[u16]) -> Result<(), String> {
     ))
 }
 
+/// A pod's egress is fixed when it is created (its [`LABEL_EGRESS`] label selects the
+/// NetworkPolicy that takes egress away), so a specialization that asks for something else than
+/// the pool pod has is refused rather than run with the wrong network. The message names the
+/// field and what to change.
+pub(crate) fn refuse_egress_mismatch(
+    pod_labels: &BTreeMap<String, String>,
+    wanted: bool,
+) -> Result<(), String> {
+    let has = pod_has_egress(pod_labels);
+    if has == wanted {
+        return Ok(());
+    }
+    let (function_says, pods_have) = if wanted {
+        (
+            "true",
+            "without egress (the environment says egress: false)",
+        )
+    } else {
+        ("false", "with egress (the environment allows it)")
+    };
+    Err(format!(
+        "egress: the function says {function_says}, but its environment's warm pods were made \
+         {pods_have}; on Kubernetes a pod's egress is fixed when the pod is created, so set \
+         egress on the Environment (or give the function an environment of its own, or use the \
+         newdeploy executor, whose pods are made for the function)"
+    ))
+}
+
 #[async_trait]
 impl Backend for PodBackend {
     fn name(&self) -> &'static str {
@@ -487,11 +515,13 @@ impl Backend for PodBackend {
         instance: &Instance,
         request: &SpecializeRequest,
     ) -> Result<(), BackendError> {
-        refuse_host_ports(&request.host_ports).map_err(|message| BackendError::Specialize {
-            status: None,
-            message,
-            detail: None,
-        })?;
+        refuse_host_ports(&request.host_ports)
+            .and_then(|()| refuse_egress_mismatch(&instance.labels, request.egress))
+            .map_err(|message| BackendError::Specialize {
+                status: None,
+                message,
+                detail: None,
+            })?;
         // Pods are reached over their IP; the fetcher listens beside the runtime.
         let ip = instance
             .addr
@@ -652,6 +682,19 @@ impl Backend for PodBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_egress_other_than_the_pods_is_refused_naming_the_field() {
+        use crate::pods::{EGRESS_NONE, LABEL_EGRESS, pool_labels};
+        let mut labels = pool_labels(&crate::pods::tests::spec());
+        refuse_egress_mismatch(&labels, true).unwrap();
+        let err = refuse_egress_mismatch(&labels, false).unwrap_err();
+        assert!(err.starts_with("egress: the function says false"), "{err}");
+        labels.insert(LABEL_EGRESS.into(), EGRESS_NONE.into());
+        refuse_egress_mismatch(&labels, false).unwrap();
+        let err = refuse_egress_mismatch(&labels, true).unwrap_err();
+        assert!(err.contains("egress: false"), "{err}");
+    }
 
     #[test]
     fn host_ports_are_refused_naming_the_field() {

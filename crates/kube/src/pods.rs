@@ -47,6 +47,14 @@ pub const LABEL_FUNCTION_NAMESPACE: &str = "kappa.dev/function-namespace";
 pub const LABEL_GENERATION: &str = "kappa.dev/generation";
 /// The revision (`DeploymentSpec::revision`) a `newdeploy` Deployment and its pods run.
 pub const LABEL_REVISION: &str = "kappa.dev/revision";
+/// `none` on a function pod made for an instance without egress (`egress: false` on its
+/// Environment, or on the Function of a `newdeploy` Deployment). The chart's NetworkPolicy for
+/// such pods allows them no egress but DNS and the API server (the fetcher's archive
+/// download). A pod without the label has egress. Set at creation, never patched: the policy
+/// must already hold when the function's code arrives.
+pub const LABEL_EGRESS: &str = "kappa.dev/egress";
+/// [`LABEL_EGRESS`]'s value on a pod without egress.
+pub const EGRESS_NONE: &str = "none";
 /// Annotation: the identity of the pool manager replica that created the pod.
 pub const ANNOTATION_CREATED_BY: &str = "kappa.dev/created-by";
 /// Annotation: the sha256 of the archive a specialized pod runs.
@@ -128,7 +136,7 @@ pub struct Placement {
 
 /// The labels of a warm pod for `spec`.
 pub fn pool_labels(spec: &InstanceSpec) -> BTreeMap<String, String> {
-    BTreeMap::from([
+    let mut labels = BTreeMap::from([
         (LABEL_MANAGED_BY.to_string(), "kappa".to_string()),
         (LABEL_ROLE.to_string(), ROLE_POOL.to_string()),
         (LABEL_INSTANCE.to_string(), spec.id.clone()),
@@ -141,7 +149,16 @@ pub fn pool_labels(spec: &InstanceSpec) -> BTreeMap<String, String> {
             LABEL_ENV_GENERATION.to_string(),
             spec.env_generation.to_string(),
         ),
-    ])
+    ]);
+    if !spec.egress {
+        labels.insert(LABEL_EGRESS.to_string(), EGRESS_NONE.to_string());
+    }
+    labels
+}
+
+/// Whether a pod with these labels was made with egress (see [`LABEL_EGRESS`]).
+pub fn pod_has_egress(labels: &BTreeMap<String, String>) -> bool {
+    labels.get(LABEL_EGRESS).map(String::as_str) != Some(EGRESS_NONE)
 }
 
 /// The labels a pod gets once specialized for `function` at `generation`.
@@ -191,6 +208,9 @@ pub fn newdeploy_labels(spec: &DeploymentSpec) -> BTreeMap<String, String> {
             spec.instance.env_generation.to_string(),
         ),
     ]);
+    if !spec.specialize.egress {
+        labels.insert(LABEL_EGRESS.to_string(), EGRESS_NONE.to_string());
+    }
     labels
 }
 
@@ -456,7 +476,7 @@ pub fn newdeploy_pod_template(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use super::*;
@@ -481,6 +501,18 @@ mod tests {
             host_ports: Vec::new(),
             zygote: None,
         }
+    }
+
+    #[test]
+    fn pods_without_egress_carry_the_label_the_network_policy_selects() {
+        let mut spec = spec();
+        assert!(pod_has_egress(&pool_labels(&spec)));
+        assert!(!pool_labels(&spec).contains_key(LABEL_EGRESS));
+        spec.egress = false;
+        let pod = pool_pod(&PodTemplate::default(), &spec, &Placement::default(), "t");
+        let json = serde_json::to_value(&pod).unwrap();
+        assert_eq!(json["metadata"]["labels"][LABEL_EGRESS], EGRESS_NONE);
+        assert!(!pod_has_egress(&pool_labels(&spec)));
     }
 
     #[test]

@@ -47,8 +47,9 @@ pub struct EnvironmentSpec {
     pub tolerations: Vec<Toleration>,
     /// Whether the environment's instances may open connections to addresses outside the
     /// machine (absent: yes, where the platform provides egress). They never reach the
-    /// platform's or the host's own listeners either way. Local backend; on Kubernetes,
-    /// egress is a NetworkPolicy matter.
+    /// platform's or the host's own listeners either way. On Kubernetes, `false` labels the
+    /// environment's pods `kappa.dev/egress=none` when they are created, and the chart's
+    /// NetworkPolicy then lets them reach only the API server and DNS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<bool>,
     /// Ports of the host's own loopback (`127.0.0.1`) the environment's instances may connect

@@ -114,7 +114,9 @@ pub struct FunctionSpec {
     pub resources: Resources,
     /// Whether the function may open connections to addresses outside the machine (absent:
     /// its environment's `egress`). `false` takes egress away from the instance before the
-    /// code is loaded. Local backend; on Kubernetes, egress is a NetworkPolicy matter.
+    /// code is loaded. On Kubernetes a pod's egress is fixed at its creation: a function run
+    /// from its environment's warm pods must agree with the environment (otherwise its
+    /// specialization is refused, naming the field); a `newdeploy` function's pods get its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<bool>,
     /// Ports of the host's own loopback (`127.0.0.1`) the function's instances may connect to,

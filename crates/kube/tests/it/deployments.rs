@@ -219,6 +219,8 @@ async fn apply_creates_the_secret_then_the_deployment() {
     );
     let template = &d["spec"]["template"];
     assert_eq!(template["metadata"]["labels"], *labels);
+    // With egress, no label takes it away.
+    assert!(labels.get("kappa.dev/egress").is_none(), "{labels}");
     // A new request rolls the pods: its sha256 is on the template.
     let digest: String = Sha256::digest(&bytes)
         .iter()
@@ -270,6 +272,27 @@ async fn apply_creates_the_secret_then_the_deployment() {
         assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
         assert_eq!(c["securityContext"]["runAsNonRoot"], true);
     }
+}
+
+#[tokio::test]
+async fn a_function_without_egress_gets_pods_the_network_policy_selects() {
+    let (client, api) = FakeApi::start(fake_objects(Vec::new(), 0));
+    let deployments = KubeDeployments::new(client, config(), None);
+    let mut spec = spec("rev0001", 1);
+    spec.specialize.egress = false;
+    deployments.apply(&spec).await.unwrap();
+    let requests = api.requests();
+    let d = &requests[3].body;
+    assert_eq!(
+        d["spec"]["template"]["metadata"]["labels"]["kappa.dev/egress"],
+        "none"
+    );
+    // Not in the selector: a function that changes its egress rolls its pods.
+    assert!(
+        d["spec"]["selector"]["matchLabels"]
+            .get("kappa.dev/egress")
+            .is_none()
+    );
 }
 
 #[tokio::test]

@@ -79,6 +79,10 @@ const PRODUCE_BATCH_RECORDS: usize = 500;
 const PRODUCE_BATCH_BYTES: usize = 512 << 10;
 /// Produce requests of one partition out at once.
 const PRODUCES_IN_FLIGHT: usize = 4;
+/// How long a publish (topic lookup, partition client, produce) may wait for the broker
+/// before it is an error. The client's own retries do not end while a broker stays away, so
+/// without this a reply to a gone broker would wait for ever and hold its message.
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `metadata` keys a Kafka trigger understands.
 pub const METADATA_KEYS: [&str; 6] = [
@@ -370,6 +374,53 @@ impl KafkaBroker {
         Ok(n)
     }
 
+    /// One publish, without [`PUBLISH_TIMEOUT`] (which [`Broker::publish`] puts around it).
+    async fn publish_now(
+        &self,
+        topic: &str,
+        headers: &[Header],
+        body: Bytes,
+    ) -> Result<(), BrokerError> {
+        let count = self.partition_count(topic).await?;
+        let key = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(KEY_HEADER))
+            .map(|(_, v)| v.as_bytes().to_vec());
+        let partition = pick_partition(key.as_deref(), headers, count, &self.round_robin);
+        let record = Record {
+            key,
+            value: Some(body.to_vec()),
+            headers: headers
+                .iter()
+                .filter(|(k, _)| !k.eq_ignore_ascii_case(KEY_HEADER))
+                .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
+                .collect(),
+            timestamp: chrono::Utc::now(),
+        };
+        let producer = self.producer(topic, partition).await.map_err(|e| {
+            BrokerError::Publish(format!(
+                "reaching partition {partition} of topic {topic:?} on Kafka at {}: {e}",
+                self.shown
+            ))
+        })?;
+        let (done, answer) = oneshot::channel();
+        let failed = |e: &dyn std::fmt::Display| {
+            self.err(
+                BrokerError::Publish,
+                &format!("producing to topic {topic:?} partition {partition}"),
+                e,
+            )
+        };
+        if producer.send((record, done)).is_err() {
+            return Err(failed(&"the producer stopped"));
+        }
+        match answer.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(failed(&e)),
+            Err(_) => Err(failed(&"the producer stopped")),
+        }
+    }
+
     /// The consumer group of `spec`.
     pub fn group_of(spec: &ConsumerSpec) -> String {
         spec.metadata
@@ -558,44 +609,15 @@ impl Broker for KafkaBroker {
         headers: &[Header],
         body: Bytes,
     ) -> Result<(), BrokerError> {
-        let count = self.partition_count(topic).await?;
-        let key = headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(KEY_HEADER))
-            .map(|(_, v)| v.as_bytes().to_vec());
-        let partition = pick_partition(key.as_deref(), headers, count, &self.round_robin);
-        let record = Record {
-            key,
-            value: Some(body.to_vec()),
-            headers: headers
-                .iter()
-                .filter(|(k, _)| !k.eq_ignore_ascii_case(KEY_HEADER))
-                .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
-                .collect(),
-            timestamp: chrono::Utc::now(),
-        };
-        let producer = self.producer(topic, partition).await.map_err(|e| {
-            BrokerError::Publish(format!(
-                "reaching partition {partition} of topic {topic:?} on Kafka at {}: {e}",
-                self.shown
-            ))
-        })?;
-        let (done, answer) = oneshot::channel();
-        let failed = |e: &dyn std::fmt::Display| {
-            self.err(
-                BrokerError::Publish,
-                &format!("producing to topic {topic:?} partition {partition}"),
-                e,
-            )
-        };
-        if producer.send((record, done)).is_err() {
-            return Err(failed(&"the producer stopped"));
-        }
-        match answer.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(failed(&e)),
-            Err(_) => Err(failed(&"the producer stopped")),
-        }
+        tokio::time::timeout(PUBLISH_TIMEOUT, self.publish_now(topic, headers, body))
+            .await
+            .unwrap_or_else(|_| {
+                Err(self.err(
+                    BrokerError::Publish,
+                    &format!("publishing to topic {topic:?}"),
+                    &format_args!("no answer within {} s", PUBLISH_TIMEOUT.as_secs()),
+                ))
+            })
     }
 
     async fn remove(&self, spec: &ConsumerSpec) -> Result<(), BrokerError> {
@@ -900,11 +922,20 @@ async fn produce_loop(
         }
         let client = Arc::clone(&client);
         let produce = async move {
-            let result = client
-                .produce(records, Compression::NoCompression)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string());
+            // Bounded like a publish, so a broker that went away frees the slot and answers
+            // every waiter instead of holding them.
+            let result = match tokio::time::timeout(
+                PUBLISH_TIMEOUT,
+                client.produce(records, Compression::NoCompression),
+            )
+            .await
+            {
+                Ok(answer) => answer.map(|_| ()).map_err(|e| e.to_string()),
+                Err(_) => Err(format!(
+                    "no answer from the broker within {} s",
+                    PUBLISH_TIMEOUT.as_secs()
+                )),
+            };
             for waiter in waiters {
                 let _ = waiter.send(result.clone());
             }

@@ -354,3 +354,23 @@ async fn concurrent_publishes_are_batched_and_each_acknowledged() {
     expected.sort();
     assert_eq!(bodies, expected);
 }
+
+/// A broker that goes away turns a publish into an error naming the topic, in bounded time,
+/// instead of a wait for ever (the reply of a message whose function answered, say).
+#[tokio::test]
+async fn a_publish_to_a_broker_that_went_away_fails() {
+    let mut h = Kafka::start().await;
+    publish(&h, "replies", "first", &[]).await;
+    h.server.0.kill();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(300),
+        h.broker
+            .publish("replies", &[], Bytes::from_static(b"second")),
+    )
+    .await
+    .expect("the publish to a gone broker ended");
+    let err = outcome
+        .expect_err("a publish to a gone broker fails")
+        .to_string();
+    assert!(err.contains("replies"), "{err}");
+}
