@@ -223,6 +223,11 @@ fn forked_instances_are_sandboxed_and_templates_are_replaced() {
         // Its own PID namespace: a low pid inside.
         let inner: u64 = field("NSpid:").last().unwrap().parse().unwrap();
         assert!(inner < 10, "{status}");
+        // Its waiter (root, outside the sandbox) became the helper's `wait` stage: no copy of
+        // the template's memory stays with the instance.
+        let waiter = field("PPid:")[0];
+        let comm = std::fs::read_to_string(format!("/proc/{waiter}/comm")).unwrap();
+        assert_eq!(comm.trim(), "kappa-waiter", "the waiter of {pid}");
         // Every namespace differs from the template's (host namespaces).
         for ns in ["net", "uts", "ipc", "cgroup", "pid", "mnt"] {
             let own = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
