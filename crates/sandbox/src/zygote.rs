@@ -6,9 +6,9 @@
 //!
 //! 1. The init, after it assembled the sandbox (root pivoted, `/proc` of its PID namespace,
 //!    host name, egress), sends one message: a 4-byte big-endian length, then a JSON
-//!    [`Request`], with ten descriptors attached (`SCM_RIGHTS`): its stdin, stdout and stderr,
-//!    its `net`, `uts`, `ipc`, `cgroup`, `pid` and `mnt` namespaces, then its own executable
-//!    (the sandbox helper, opened through `/proc/self/exe`).
+//!    [`Request`], with nine or ten descriptors attached (`SCM_RIGHTS`): its stdin, stdout and
+//!    stderr, its `net`, `uts`, `ipc`, `cgroup`, `pid` and `mnt` namespaces, then, when it is
+//!    the small `kappa-sandbox` helper, its own executable (opened through `/proc/self/exe`).
 //! 2. The template forks a **waiter**, which writes itself into the instance's cgroups (host
 //!    paths, before anything else), joins the network, UTS, IPC, cgroup and PID namespaces, and
 //!    forks the **payload** (the first process of the sandbox's PID namespace after the init).
@@ -20,8 +20,8 @@
 //! 3. The waiter, root and outside the sandbox's PID namespace, only waits for the payload and
 //!    answers `exit <code>\n` (128+N for a signal). So that it does not keep a copy of the
 //!    template's memory for the instance's whole life, it replaces itself, once the payload is
-//!    forked, with the helper's small `wait` stage ([`wait`]): an exec of the received
-//!    executable with the [`Request`]'s `waiterEnv`, the connection as its stdin and stdout,
+//!    forked, with the helper's small `wait` stage ([`wait`]) when the helper's executable came
+//!    with the request: an exec of it with the [`Request`]'s `waiterEnv`, the connection as its stdin and stdout,
 //!    the payload's pid (in the waiter's namespace) as its only argument; the payload stays its
 //!    child across the exec. The init forwards the stop signals it receives to the payload,
 //!    reaps orphans as PID 1, and exits with that code.
@@ -114,11 +114,9 @@ pub(crate) fn fork_payload(mut conn: UnixStream, spec: &SandboxSpec) -> io::Resu
             .map_err(|e| io::Error::new(e.kind(), format!("opening namespace {name}: {e}")))?;
         namespaces.push(OwnedFd::from(file));
     }
-    // The helper itself, for the waiter's exec (its `wait` stage). A magic link: it opens the
-    // executable this init runs, whatever the sandbox's root shows.
-    let exe = std::fs::File::open("/proc/self/exe")
-        .map_err(|e| io::Error::new(e.kind(), format!("opening /proc/self/exe: {e}")))?;
-    namespaces.push(OwnedFd::from(exe));
+    if let Some(exe) = waiter_program() {
+        namespaces.push(exe);
+    }
     let (stdin, stdout, stderr) = (io::stdin(), io::stdout(), io::stderr());
     let mut fds: Vec<BorrowedFd<'_>> = vec![stdin.as_fd(), stdout.as_fd(), stderr.as_fd()];
     fds.extend(namespaces.iter().map(AsFd::as_fd));
@@ -155,6 +153,25 @@ pub(crate) fn fork_payload(mut conn: UnixStream, spec: &SandboxSpec) -> io::Resu
         pid: Pid::from_raw(pid),
         conn,
     })
+}
+
+/// The small sandbox helper's file name (the platform uses the `kappa-sandbox` beside its own
+/// executable, `docs/design/009-zygote.md` point 6).
+const SMALL_HELPER: &str = "kappa-sandbox";
+
+/// This init's own executable, for the waiter's exec (its `wait` stage), when it is the small
+/// helper. When the platform is its own helper, an exec of it would cost more than the waiter
+/// staying a fork of the template (the relocated data of the whole platform), so none is sent.
+/// `/proc/self/exe` is a magic link: it opens the executable this init runs, whatever the
+/// sandbox's root shows.
+fn waiter_program() -> Option<OwnedFd> {
+    let path = std::fs::read_link("/proc/self/exe").ok()?;
+    if path.file_name()? != SMALL_HELPER {
+        return None;
+    }
+    std::fs::File::open("/proc/self/exe")
+        .ok()
+        .map(OwnedFd::from)
 }
 
 /// Reads one `\n`-terminated line (without it); byte by byte, so nothing after it is consumed.
@@ -350,8 +367,8 @@ mod tests {
         assert_eq!(forked.pid, Pid::from_raw(2));
         assert_eq!(supervise(forked).unwrap(), 7);
         let (request, fds) = template.join().unwrap();
-        // stdio, six namespaces and the helper's executable.
-        assert_eq!(fds, 10);
+        // stdio and six namespaces; the test binary is not the small helper, so no executable.
+        assert_eq!(fds, 9);
         assert_eq!(
             request["waiterEnv"],
             serde_json::json!([[crate::helper::STAGE_VAR, "wait"]])

@@ -9,9 +9,10 @@ python3. The protocol and the order of the steps are described in crates/sandbox
 and docs/design/009-zygote.md. Isolation rests on these steps, in this order:
 
   waiter (root): join the instance's cgroups (host paths, before anything else), join the
-    sandbox's net, uts, ipc, cgroup and pid namespaces, fork the payload, then exec the sandbox
-    helper's small `wait` stage (the executable the init sent), which waits for the payload
-    and reports its exit, so that no copy of the template's memory stays with the instance;
+    sandbox's net, uts, ipc, cgroup and pid namespaces, fork the payload, then exec the small
+    sandbox helper's `wait` stage (the executable the init sent, if any), which waits for the
+    payload and reports its exit, so that no copy of the template's memory stays with the
+    instance (without it, wait here);
   payload: join the mount namespace (root and /proc become the sandbox's), leave the template's
     session, take the sandbox's stdio, close every other descriptor, drop supplementary groups,
     gid and uid (all three ids, so no capability is left), set no_new_privs, then answer "ok"
@@ -39,7 +40,8 @@ PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
 PR_GET_NO_NEW_PRIVS = 39
 # The descriptors of a request, in order: stdin, stdout, stderr, these namespaces, then the
-# sandbox helper's executable (what the waiter execs once the payload is forked).
+# small sandbox helper's executable when the init is that helper (what the waiter execs once
+# the payload is forked; without it the waiter stays a fork of this template).
 NAMESPACES = (CLONE_NEWNET, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWCGROUP, CLONE_NEWPID, CLONE_NEWNS)
 DESCRIPTORS = len(NAMESPACES) + 4
 MAX_REQUEST = 1 << 20
@@ -58,12 +60,13 @@ def _setns(fd, kind, what):
 
 
 def _recv_request(conn):
-    """The request's JSON and its ten descriptors."""
+    """The request's JSON and its descriptors (nine, or ten with the helper's executable)."""
     data, fds, _flags, _addr = socket.recv_fds(conn, 65536, DESCRIPTORS)
-    if len(fds) != DESCRIPTORS:
+    if len(fds) not in (DESCRIPTORS - 1, DESCRIPTORS):
         for fd in fds:
             os.close(fd)
-        raise ValueError("expected %d descriptors, got %d" % (DESCRIPTORS, len(fds)))
+        raise ValueError("expected %d or %d descriptors, got %d" % (
+            DESCRIPTORS - 1, DESCRIPTORS, len(fds)))
     while len(data) < 4:
         more = conn.recv(65536)
         if not more:
@@ -169,19 +172,20 @@ def _waiter(conn, request, fds, serve):
             except BaseException as e:
                 _answer(conn, "error %s" % (e,))
             os._exit(125)
-        exe = fds[-1]
-        for fd in fds[:-1]:
+        exe = fds[3 + len(NAMESPACES)] if len(fds) == DESCRIPTORS else None
+        for fd in fds[:3 + len(NAMESPACES)]:
             os.close(fd)
         # Stop signals are the payload's (the sandbox's init forwards them); the waiter only
         # reports how it ended. Ignored dispositions survive the exec below.
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
-        try:
-            _exec_wait(conn, exe, pid, request)
-        except (OSError, KeyError, TypeError, ValueError) as e:
-            # Waiting here works the same, only with a copy of the template's memory.
-            sys.stderr.write("kappa python template: waiting without the helper: %s\n" % e)
-        os.close(exe)
+        if exe is not None:
+            try:
+                _exec_wait(conn, exe, pid, request)
+            except (OSError, KeyError, TypeError, ValueError) as e:
+                # Waiting here works the same, only with a copy of the template's memory.
+                sys.stderr.write("kappa python template: waiting without the helper: %s\n" % e)
+            os.close(exe)
         while True:
             try:
                 _, status = os.waitpid(pid, 0)
