@@ -16,12 +16,11 @@ fn wait_after(prelude: &str) -> std::io::Result<(String, std::process::ExitStatu
     let out = Command::new("sh")
         .args(["-c", &script])
         .arg(helper())
-        .output()
-        .unwrap();
-    (
+        .output()?;
+    Ok((
         String::from_utf8_lossy(&out.stdout).into_owned(),
         out.status,
-    )
+    ))
 }
 
 #[test]
