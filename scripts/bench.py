@@ -1219,7 +1219,8 @@ def pss_kib(pid):
 def instance_processes(platform_pid):
     """{instance cgroup: [(pid, role)]} of every process in one of the platform's instance
     cgroups (`.../kappa-<pid>/<instance>`). Roles: `runtime` (the function's user), `helper`
-    (the sandbox's monitor and init), `waiter` (a template fork's waiter, root). Needs cgroups."""
+    (the sandbox's monitor and init), `waiter` (a template fork's waiter, root, the helper's
+    `wait` stage once it has forked the payload). Needs cgroups."""
     out = {}
     marker = f"/kappa-{platform_pid}/"
     for name in os.listdir("/proc"):
@@ -1236,8 +1237,10 @@ def instance_processes(platform_pid):
                 comm = f.read().strip()
         except (OSError, StopIteration, ValueError):
             continue
-        # The init runs as `/proc/self/exe` (comm `exe`); a waiter is a fork of the template.
-        helper = comm.startswith("kappa") or comm == "exe"
+        # The init runs as `/proc/self/exe` (comm `exe`); a waiter is a fork of the template,
+        # which execs the helper's `wait` stage (comm `kappa-waiter`), or stays a fork of the
+        # template when that exec failed (comm `python3`).
+        helper = (comm.startswith("kappa") or comm == "exe") and comm != "kappa-waiter"
         role = "runtime" if uid != 0 else ("helper" if helper else "waiter")
         out.setdefault(group, []).append((int(name), role))
     return out

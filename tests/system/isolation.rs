@@ -223,6 +223,17 @@ fn forked_instances_are_sandboxed_and_templates_are_replaced() {
         // Its own PID namespace: a low pid inside.
         let inner: u64 = field("NSpid:").last().unwrap().parse().unwrap();
         assert!(inner < 10, "{status}");
+        // Its waiter (root, outside the sandbox) became the small helper's `wait` stage when
+        // the platform runs that helper (no copy of the template's memory stays with the
+        // instance); with the platform as its own helper it stays a fork of the template.
+        let waiter = field("PPid:")[0];
+        let comm = std::fs::read_to_string(format!("/proc/{waiter}/comm")).unwrap();
+        let expected = if small_helper(p.pid()) {
+            "kappa-waiter"
+        } else {
+            "python3"
+        };
+        assert_eq!(comm.trim(), expected, "the waiter of {pid}");
         // Every namespace differs from the template's (host namespaces).
         for ns in ["net", "uts", "ipc", "cgroup", "pid", "mnt"] {
             let own = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
@@ -479,6 +490,16 @@ fn payloads_of(template: u32) -> Vec<u32> {
         .filter(|&&(_, ppid)| waiters.contains(&ppid))
         .map(|&(pid, _)| pid)
         .collect()
+}
+
+/// Whether the platform `platform` runs its sandboxes with the small `kappa-sandbox` helper (its
+/// monitors, children of the platform, run that executable).
+fn small_helper(platform: u32) -> bool {
+    processes().into_iter().any(|(pid, ppid)| {
+        ppid == platform
+            && std::fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|exe| exe.file_name().is_some_and(|n| n == "kappa-sandbox"))
+    })
 }
 
 fn is_template_image(pid: u32) -> bool {

@@ -76,6 +76,9 @@ pub fn run_if_requested() -> Option<i32> {
     let result = match stage.to_str() {
         Some("monitor") => read_spec().and_then(|spec| monitor(&spec)),
         Some("init") => read_spec().and_then(|spec| init(&spec)),
+        Some(zygote::WAIT_STAGE) => {
+            zygote::wait().context(|| "waiting for the payload forked from the template".into())
+        }
         Some("identify") => {
             println!("{IDENTITY}");
             Ok(0)

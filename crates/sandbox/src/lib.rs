@@ -17,6 +17,10 @@
 //!   exits with the payload's status. When it exits, for whatever reason, the kernel kills every
 //!   process left in the namespace: nothing a function starts outlives its instance.
 //!
+//! A payload forked from a template process instead (`zygote`, design note 009) has a third:
+//! the template's **waiter**, which becomes this helper's `wait` stage once the payload exists
+//! and only reports how it ended.
+//!
 //! [`connector`] is the one home of the protocol that reaches a sandboxed runtime: the platform
 //! asks the monitor over the Unix socket, and the monitor answers with a TCP socket connected to
 //! the runtime inside the namespace (`SCM_RIGHTS`), which the platform then uses like any

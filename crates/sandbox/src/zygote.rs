@@ -6,8 +6,9 @@
 //!
 //! 1. The init, after it assembled the sandbox (root pivoted, `/proc` of its PID namespace,
 //!    host name, egress), sends one message: a 4-byte big-endian length, then a JSON
-//!    [`Request`], with nine descriptors attached (`SCM_RIGHTS`): its stdin, stdout and stderr,
-//!    then its `net`, `uts`, `ipc`, `cgroup`, `pid` and `mnt` namespaces.
+//!    [`Request`], with nine or ten descriptors attached (`SCM_RIGHTS`): its stdin, stdout and
+//!    stderr, its `net`, `uts`, `ipc`, `cgroup`, `pid` and `mnt` namespaces, then, when it is
+//!    the small `kappa-sandbox` helper, its own executable (opened through `/proc/self/exe`).
 //! 2. The template forks a **waiter**, which writes itself into the instance's cgroups (host
 //!    paths, before anything else), joins the network, UTS, IPC, cgroup and PID namespaces, and
 //!    forks the **payload** (the first process of the sandbox's PID namespace after the init).
@@ -17,8 +18,13 @@
 //!    `no_new_privs`, and only then answers `ok <pid>\n` (its pid inside the namespace) and
 //!    runs the runtime's server. Any failed step answers `error <why>\n` and ends it.
 //! 3. The waiter, root and outside the sandbox's PID namespace, only waits for the payload and
-//!    answers `exit <code>\n` (128+N for a signal). The init forwards the stop signals it
-//!    receives to the payload, reaps orphans as PID 1, and exits with that code.
+//!    answers `exit <code>\n` (128+N for a signal). So that it does not keep a copy of the
+//!    template's memory for the instance's whole life, it replaces itself, once the payload is
+//!    forked, with the helper's small `wait` stage ([`wait`]) when the helper's executable came
+//!    with the request: an exec of it with the [`Request`]'s `waiterEnv`, the connection as its stdin and stdout,
+//!    the payload's pid (in the waiter's namespace) as its only argument; the payload stays its
+//!    child across the exec. The init forwards the stop signals it receives to the payload,
+//!    reaps orphans as PID 1, and exits with that code.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::mem::MaybeUninit;
@@ -38,6 +44,8 @@ use serde::Serialize;
 
 use crate::spec::SandboxSpec;
 
+/// The helper stage the waiter execs into once it has forked the payload.
+pub(crate) const WAIT_STAGE: &str = "wait";
 /// The namespaces the payload joins, in the order their descriptors are sent.
 const NAMESPACES: [&str; 6] = ["net", "uts", "ipc", "cgroup", "pid", "mnt"];
 /// How long the init waits for the template's first answer before starting the payload by exec.
@@ -59,6 +67,9 @@ struct Request<'a> {
     env: &'a [(String, String)],
     /// The payload's working directory inside the sandbox.
     cwd: &'a Path,
+    /// The environment the waiter execs the received helper executable with (its `wait`
+    /// stage).
+    waiter_env: [(&'static str, &'static str); 1],
 }
 
 /// A payload forked by the template: its pid inside the sandbox, and the connection its exit
@@ -93,6 +104,7 @@ pub(crate) fn fork_payload(mut conn: UnixStream, spec: &SandboxSpec) -> io::Resu
         argv: &spec.argv,
         env: &spec.env,
         cwd: &spec.cwd,
+        waiter_env: [(crate::helper::STAGE_VAR, WAIT_STAGE)],
     };
     let json = serde_json::to_vec(&request).map_err(io::Error::other)?;
     let len = u32::try_from(json.len()).map_err(io::Error::other)?;
@@ -102,10 +114,13 @@ pub(crate) fn fork_payload(mut conn: UnixStream, spec: &SandboxSpec) -> io::Resu
             .map_err(|e| io::Error::new(e.kind(), format!("opening namespace {name}: {e}")))?;
         namespaces.push(OwnedFd::from(file));
     }
+    if let Some(exe) = waiter_program() {
+        namespaces.push(exe);
+    }
     let (stdin, stdout, stderr) = (io::stdin(), io::stdout(), io::stderr());
     let mut fds: Vec<BorrowedFd<'_>> = vec![stdin.as_fd(), stdout.as_fd(), stderr.as_fd()];
     fds.extend(namespaces.iter().map(AsFd::as_fd));
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(9))];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(10))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
         return Err(io::Error::other("too many descriptors for one message"));
@@ -138,6 +153,25 @@ pub(crate) fn fork_payload(mut conn: UnixStream, spec: &SandboxSpec) -> io::Resu
         pid: Pid::from_raw(pid),
         conn,
     })
+}
+
+/// The small sandbox helper's file name (the platform uses the `kappa-sandbox` beside its own
+/// executable, `docs/design/009-zygote.md` point 6).
+const SMALL_HELPER: &str = "kappa-sandbox";
+
+/// This init's own executable, for the waiter's exec (its `wait` stage), when it is the small
+/// helper. When the platform is its own helper, an exec of it would cost more than the waiter
+/// staying a fork of the template (the relocated data of the whole platform), so none is sent.
+/// `/proc/self/exe` is a magic link: it opens the executable this init runs, whatever the
+/// sandbox's root shows.
+fn waiter_program() -> Option<OwnedFd> {
+    let path = std::fs::read_link("/proc/self/exe").ok()?;
+    if path.file_name()? != SMALL_HELPER {
+        return None;
+    }
+    std::fs::File::open("/proc/self/exe")
+        .ok()
+        .map(OwnedFd::from)
 }
 
 /// Reads one `\n`-terminated line (without it); byte by byte, so nothing after it is consumed.
@@ -217,6 +251,37 @@ pub(crate) fn supervise(mut forked: Forked) -> io::Result<i32> {
     }
 }
 
+/// The helper's `wait` stage: what the template's waiter becomes by exec once it has forked the
+/// payload (its only child). Waits for the payload whose pid is the only argument, then writes
+/// `exit <code>\n` (128+N for a signal, 125 when there is no such child) to its stdout, the
+/// connection to the sandbox's init. The template's waiter ignored SIGTERM, SIGINT and SIGHUP
+/// before the exec, and the dispositions stay ignored: stop signals are the payload's.
+pub(crate) fn wait() -> io::Result<i32> {
+    let _ = nix::sys::prctl::set_name(c"kappa-waiter");
+    let mut args = std::env::args().skip(1);
+    let pid = match (args.next().map(|a| a.parse::<i32>()), args.next()) {
+        (Some(Ok(pid)), None) if pid > 0 => Pid::from_raw(pid),
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "expected one argument, the payload's pid",
+            ));
+        }
+    };
+    let code = loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => break code,
+            Ok(WaitStatus::Signaled(_, signal, _)) => break 128 + signal as i32,
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(_) => break crate::helper::SETUP_FAILED,
+        }
+    };
+    let mut out = io::stdout().lock();
+    out.write_all(format!("exit {code}\n").as_bytes())?;
+    out.flush()?;
+    Ok(0)
+}
+
 /// Reaps every exited child without blocking (orphans re-parented to the init).
 fn reap_orphans() {
     loop {
@@ -263,7 +328,7 @@ mod tests {
         std::thread::spawn(move || {
             let (mut conn, _) = listener.accept().unwrap();
             let mut buf = vec![0u8; 65536];
-            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(9))];
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(10))];
             let mut control = RecvAncillaryBuffer::new(&mut space);
             let got = rustix::net::recvmsg(
                 &conn,
@@ -302,8 +367,12 @@ mod tests {
         assert_eq!(forked.pid, Pid::from_raw(2));
         assert_eq!(supervise(forked).unwrap(), 7);
         let (request, fds) = template.join().unwrap();
-        // stdio and six namespaces.
+        // stdio and six namespaces; the test binary is not the small helper, so no executable.
         assert_eq!(fds, 9);
+        assert_eq!(
+            request["waiterEnv"],
+            serde_json::json!([[crate::helper::STAGE_VAR, "wait"]])
+        );
         assert_eq!(request["user"], serde_json::json!([3_000_001, 3_000_001]));
         assert_eq!(request["cwd"], "/work");
         assert_eq!(request["argv"][1], "/runtime/server.py");

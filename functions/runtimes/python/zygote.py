@@ -9,7 +9,10 @@ python3. The protocol and the order of the steps are described in crates/sandbox
 and docs/design/009-zygote.md. Isolation rests on these steps, in this order:
 
   waiter (root): join the instance's cgroups (host paths, before anything else), join the
-    sandbox's net, uts, ipc, cgroup and pid namespaces, fork the payload, wait for it;
+    sandbox's net, uts, ipc, cgroup and pid namespaces, fork the payload, then exec the small
+    sandbox helper's `wait` stage (the executable the init sent, if any), which waits for the
+    payload and reports its exit, so that no copy of the template's memory stays with the
+    instance (without it, wait here);
   payload: join the mount namespace (root and /proc become the sandbox's), leave the template's
     session, take the sandbox's stdio, close every other descriptor, drop supplementary groups,
     gid and uid (all three ids, so no capability is left), set no_new_privs, then answer "ok"
@@ -36,8 +39,11 @@ CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
 PR_GET_NO_NEW_PRIVS = 39
-# The descriptors of a request, in order: stdin, stdout, stderr, then these namespaces.
+# The descriptors of a request, in order: stdin, stdout, stderr, these namespaces, then the
+# small sandbox helper's executable when the init is that helper (what the waiter execs once
+# the payload is forked; without it the waiter stays a fork of this template).
 NAMESPACES = (CLONE_NEWNET, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWCGROUP, CLONE_NEWPID, CLONE_NEWNS)
+DESCRIPTORS = len(NAMESPACES) + 4
 MAX_REQUEST = 1 << 20
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -54,12 +60,13 @@ def _setns(fd, kind, what):
 
 
 def _recv_request(conn):
-    """The request's JSON and its nine descriptors."""
-    data, fds, _flags, _addr = socket.recv_fds(conn, 65536, len(NAMESPACES) + 3)
-    if len(fds) != len(NAMESPACES) + 3:
+    """The request's JSON and its descriptors (nine, or ten with the helper's executable)."""
+    data, fds, _flags, _addr = socket.recv_fds(conn, 65536, DESCRIPTORS)
+    if len(fds) not in (DESCRIPTORS - 1, DESCRIPTORS):
         for fd in fds:
             os.close(fd)
-        raise ValueError("expected %d descriptors, got %d" % (len(NAMESPACES) + 3, len(fds)))
+        raise ValueError("expected %d or %d descriptors, got %d" % (
+            DESCRIPTORS - 1, DESCRIPTORS, len(fds)))
     while len(data) < 4:
         more = conn.recv(65536)
         if not more:
@@ -90,7 +97,7 @@ def _payload(conn, request, fds, serve):
     uid, gid = request["user"]
     if uid == 0 or gid == 0:
         raise ValueError("refusing to run a payload as root")
-    stdio, namespaces = fds[:3], fds[3:]
+    stdio, namespaces = fds[:3], fds[3:3 + len(NAMESPACES)]
     _setns(namespaces[-1], CLONE_NEWNS, "mount")
     os.setsid()
     for target, fd in enumerate(stdio):
@@ -156,7 +163,7 @@ def _waiter(conn, request, fds, serve):
             with open(procs, "w") as f:
                 f.write(me)
         names = ("network", "UTS", "IPC", "cgroup", "PID")
-        for fd, kind, name in zip(fds[3:-1], NAMESPACES[:-1], names):
+        for fd, kind, name in zip(fds[3:], NAMESPACES[:-1], names):
             _setns(fd, kind, name)
         pid = os.fork()
         if pid == 0:
@@ -165,12 +172,20 @@ def _waiter(conn, request, fds, serve):
             except BaseException as e:
                 _answer(conn, "error %s" % (e,))
             os._exit(125)
-        for fd in fds:
+        exe = fds[3 + len(NAMESPACES)] if len(fds) == DESCRIPTORS else None
+        for fd in fds[:3 + len(NAMESPACES)]:
             os.close(fd)
         # Stop signals are the payload's (the sandbox's init forwards them); the waiter only
-        # reports how it ended.
+        # reports how it ended. Ignored dispositions survive the exec below.
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
+        if exe is not None:
+            try:
+                _exec_wait(conn, exe, pid, request)
+            except (OSError, KeyError, TypeError, ValueError) as e:
+                # Waiting here works the same, only with a copy of the template's memory.
+                sys.stderr.write("kappa python template: waiting without the helper: %s\n" % e)
+            os.close(exe)
         while True:
             try:
                 _, status = os.waitpid(pid, 0)
@@ -188,6 +203,26 @@ def _waiter(conn, request, fds, serve):
     except BaseException as e:
         _answer(conn, "error %s" % (e,))
     os._exit(0)
+
+
+def _exec_wait(conn, exe, pid, request):
+    """Replaces the waiter with the helper's `wait` stage (crates/sandbox/src/zygote.rs): the
+    payload stays its child, the connection becomes its stdin and stdout, its stderr stays the
+    instance's. Returns only when the exec failed (with the descriptors as they were)."""
+    env = dict(request["waiterEnv"])
+    os.set_inheritable(exe, False)
+    saved = os.dup(0), os.dup(1)
+    try:
+        os.dup2(conn.fileno(), 0)
+        os.dup2(conn.fileno(), 1)
+        os.execve(exe, ["kappa-waiter", str(pid)], env)
+    except OSError:
+        os.dup2(saved[0], 0)
+        os.dup2(saved[1], 1)
+        raise
+    finally:
+        os.close(saved[0])
+        os.close(saved[1])
 
 
 def run(path, serve):

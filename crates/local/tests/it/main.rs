@@ -10,3 +10,4 @@ mod orphans;
 mod prepare;
 mod sandbox;
 mod support;
+mod waiter;
