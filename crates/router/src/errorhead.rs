@@ -222,7 +222,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ErrorHeadIo<S> {
 
 /// When `head` is exactly a bodiless error head of the kind hyper writes itself (status 400,
 /// 414, 431 or 505, `content-length: 0`, nothing after the head), the same answer with a JSON
-/// error body and an invocation id (header and body field).
+/// error body.
 fn json_answer(head: &[u8]) -> Option<Bytes> {
     if head.len() > MAX_OWN_HEAD || !head.ends_with(b"\r\n\r\n") {
         return None;
@@ -262,22 +262,14 @@ fn json_answer(head: &[u8]) -> Option<Bytes> {
     if !empty_body {
         return None;
     }
-    // An invocation id like every other answer of the router's, though no function saw it.
-    let id = crate::proxy::new_invocation_id();
-    let id = id.to_str().unwrap_or_default();
-    let body = ErrorBody::new(code, message)
-        .with_invocation_id(id)
-        .to_bytes();
-    let mut out = Vec::with_capacity(head.len() + body.len() + 128);
+    let body = ErrorBody::new(code, message).to_bytes();
+    let mut out = Vec::with_capacity(head.len() + body.len() + 64);
     out.extend_from_slice(status_line.as_bytes());
     out.extend_from_slice(b"\r\n");
     for line in headers {
         out.extend_from_slice(line.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"x-kappa-invocation-id: ");
-    out.extend_from_slice(id.as_bytes());
-    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(b"content-type: application/json\r\n");
     out.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
     out.extend_from_slice(&body);
@@ -309,11 +301,6 @@ mod tests {
         );
         let parsed: ErrorBody = serde_json::from_str(body).unwrap();
         assert_eq!(parsed.error.code, "bad_request");
-        let id = parsed.error.invocation_id.unwrap();
-        assert!(
-            head_out.contains(&format!("x-kappa-invocation-id: {id}\r\n")),
-            "{text}"
-        );
 
         let with_body = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\n";
         assert!(json_answer(with_body).is_none());

@@ -100,7 +100,7 @@ fn record_status(status: StatusCode) {
 }
 
 /// 128 random bits in hex.
-pub(crate) fn new_invocation_id() -> HeaderValue {
+fn new_invocation_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let n: u128 = rand::random();
     let mut buf = [0u8; 32];
