@@ -373,8 +373,8 @@ pub(crate) const MAX_URI_BYTES: usize = 8 * 1024;
 pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// The most request headers the router accepts (431 past it). The same as hyper's default
 /// limit, which the public listener keeps (`server.rs`), so there hyper's 431 (given the JSON
-/// body by `crate::errorhead`) comes first; the check below states the limit for any other
-/// path into [`check_head`].
+/// body by `crate::errorhead`) comes first; [`check_head`] still checks it, so the router's
+/// limit holds should hyper's default change.
 pub(crate) const MAX_HEADERS: usize = 100;
 
 /// Refuses a request head past the router's own limits, with the JSON error every other
@@ -1189,5 +1189,29 @@ mod tests {
         assert!(h.contains_key("x-kappa-params-id"));
         assert!(h.contains_key("x-fission-params-id"));
         assert!(!h.contains_key("x-secret"));
+    }
+
+    #[test]
+    fn connection_tokens_in_any_case_are_honoured() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("Keep-Alive, X-Secret ,Proxy-Thing, TE"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("content-length", HeaderValue::from_static("6"));
+        strip_headers(&mut h, false);
+        assert_eq!(
+            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["content-length"]
+        );
+        // Nothing hop-by-hop: untouched.
+        let mut plain = HeaderMap::new();
+        plain.insert("x-kappa-function-name", HeaderValue::from_static("f"));
+        plain.insert("content-type", HeaderValue::from_static("text/plain"));
+        strip_headers(&mut plain, false);
+        assert_eq!(plain.len(), 2);
     }
 }
