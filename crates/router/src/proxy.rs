@@ -118,9 +118,31 @@ fn is_hop_by_hop(name: &str) -> bool {
     ) || name.starts_with("proxy-")
 }
 
+/// [`is_hop_by_hop`] for a name as a client wrote it (any case), without parsing it.
+fn is_hop_by_hop_token(token: &str) -> bool {
+    [
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ]
+    .iter()
+    .any(|h| token.eq_ignore_ascii_case(h))
+        || token
+            .as_bytes()
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"proxy-"))
+}
+
 /// Removes hop-by-hop headers (and those `Connection` names); on the public path also any
 /// `X-Kappa-*` or `X-Fission-*` header a client sent, so functions can trust the ones the
 /// router (and the triggers, on the internal path) set.
+///
+/// Runs twice per proxied request (the request, and the instance's response, which usually
+/// carries `Connection: keep-alive`), so it allocates only when `Connection` names a header
+/// that is not hop-by-hop anyway.
 fn strip_headers(headers: &mut HeaderMap, strip_kappa: bool) {
     let unwanted = |name: &str| {
         is_hop_by_hop(name)
@@ -130,22 +152,24 @@ fn strip_headers(headers: &mut HeaderMap, strip_kappa: bool) {
     if !headers.keys().any(|n| unwanted(n.as_str())) {
         return;
     }
-    let listed: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
+    // The names `Connection` lists, except those removed below anyway (`keep-alive`, ...).
+    let mut listed: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',').map(str::trim) {
+            if is_hop_by_hop_token(token) {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                listed.push(name);
+            }
+        }
+    }
     for name in listed {
         headers.remove(name);
     }
-    let names: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| unwanted(n.as_str()))
-        .cloned()
-        .collect();
-    for name in names {
+    // One unwanted name at a time: there are seldom more than one or two.
+    while let Some(name) = headers.keys().find(|n| unwanted(n.as_str())).cloned() {
         headers.remove(name);
     }
 }
@@ -158,6 +182,9 @@ fn set_invocation_headers(
     full_url: HeaderValue,
     peer: Option<&HeaderValue>,
 ) {
+    // Room for the ten below at once, rather than growing (and rehashing) the client's small
+    // map two or three times on the way.
+    headers.reserve(10);
     headers.insert(FUNCTION_NAME.clone(), entry.name_header.clone());
     headers.insert(FUNCTION_NAMESPACE.clone(), entry.namespace_header.clone());
     headers.insert(FISSION_FUNCTION_NAME.clone(), entry.name_header.clone());
@@ -339,13 +366,15 @@ fn too_large(limit: u64) -> Failure {
     .close()
 }
 
-/// Serves one request of the public listener.
 /// The longest request URI the router accepts, in bytes (414 past it).
 pub(crate) const MAX_URI_BYTES: usize = 8 * 1024;
 /// The most bytes of request headers (names, values and their separators) the router accepts
 /// (431 past it).
 pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
-/// The most request headers the router accepts (431 past it).
+/// The most request headers the router accepts (431 past it). The same as hyper's default
+/// limit, which the public listener keeps (`server.rs`), so there hyper's 431 (given the JSON
+/// body by `crate::errorhead`) comes first; [`check_head`] still checks it, so the router's
+/// limit holds should hyper's default change.
 pub(crate) const MAX_HEADERS: usize = 100;
 
 /// Refuses a request head past the router's own limits, with the JSON error every other
@@ -395,6 +424,7 @@ fn check_head(parts: &Parts) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Serves one request of the public listener.
 pub(crate) async fn handle(
     inner: Arc<Inner>,
     upstreams: &Upstreams,
@@ -1159,5 +1189,29 @@ mod tests {
         assert!(h.contains_key("x-kappa-params-id"));
         assert!(h.contains_key("x-fission-params-id"));
         assert!(!h.contains_key("x-secret"));
+    }
+
+    #[test]
+    fn connection_tokens_in_any_case_are_honoured() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("Keep-Alive, X-Secret ,Proxy-Thing, TE"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("content-length", HeaderValue::from_static("6"));
+        strip_headers(&mut h, false);
+        assert_eq!(
+            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["content-length"]
+        );
+        // Nothing hop-by-hop: untouched.
+        let mut plain = HeaderMap::new();
+        plain.insert("x-kappa-function-name", HeaderValue::from_static("f"));
+        plain.insert("content-type", HeaderValue::from_static("text/plain"));
+        strip_headers(&mut plain, false);
+        assert_eq!(plain.len(), 2);
     }
 }

@@ -19,11 +19,6 @@ use crate::{Inner, Router, admin, proxy, watcher};
 
 /// How long a client may take to send a request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// hyper's own limit on request headers (431 from hyper past it); above
-/// [`proxy::MAX_HEADERS`]. Not higher: hyper fills two arrays of this many entries for every
-/// request head it parses (4× cost 4,600 instructions per request, 8 % of the router's; see
-/// docs/benchmarks.md, "Router throughput: what was tried").
-const HYPER_MAX_HEADERS: usize = 2 * proxy::MAX_HEADERS;
 /// hyper's read buffer, which must hold a whole request head (431 or 414 from hyper past it);
 /// well above [`proxy::MAX_URI_BYTES`] plus [`proxy::MAX_HEADER_BYTES`].
 const HYPER_MAX_BUF_BYTES: usize = 256 * 1024;
@@ -165,10 +160,16 @@ fn http_builder() -> hyper::server::conn::http1::Builder {
         .header_read_timeout(HEADER_READ_TIMEOUT)
         // hyper answers heads it cannot parse itself, with an empty body (hyper 1 has no hook
         // for that answer; `crate::errorhead` gives it the JSON error body on the way out).
-        // Its limits are set well above the router's own (`proxy::check_head`), so a head that
-        // is merely too large reaches the router, which answers 414/431 itself; only heads past
-        // these (or malformed ones, 400) are answered by hyper.
-        .max_headers(HYPER_MAX_HEADERS)
+        // Its buffer limit is set well above the router's own (`proxy::check_head`), so a URI
+        // or header block that is merely too long reaches the router, which answers 414/431
+        // itself; only heads past it (or malformed ones, 400) are answered by hyper.
+        // The header count is left at hyper's default, which is the router's own limit
+        // (`proxy::MAX_HEADERS`, 100): past it hyper answers 431 (`headers_too_large`, with
+        // the JSON body from `crate::errorhead`). Setting `max_headers` at all makes hyper
+        // allocate and fill two arrays of that many entries for every request head it parses
+        // (2,700 instructions per request at 200, 5 % of the router's; without it they are
+        // uninitialized stack arrays; see docs/benchmarks.md, "Router throughput: what was
+        // tried").
         .max_buf_size(HYPER_MAX_BUF_BYTES);
     http
 }

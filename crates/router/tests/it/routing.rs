@@ -321,15 +321,19 @@ async fn oversized_request_heads_get_the_json_error_body() {
     assert_eq!(status, 431, "{head}");
     assert_eq!(raw_error_code(&head, &body), "headers_too_large");
 
-    // More than 100 headers: 431 as well.
+    // More than 100 headers: 431 as well. That limit is the HTTP parser's own (hyper's
+    // default, see `server.rs`), so the answer is its 431 with the JSON body (and, as for every
+    // head the parser refuses, no invocation id: there was no request).
     let mut request = String::from("GET /p/x HTTP/1.1\r\nhost: t\r\n");
-    for i in 0..150 {
+    for i in 0..101 {
         request.push_str(&format!("x-h-{i}: v\r\n"));
     }
     request.push_str("\r\n");
     let (status, head, body) = raw_exchange(h.public, request.as_bytes()).await;
     assert_eq!(status, 431, "{head}");
-    assert_eq!(raw_error_code(&head, &body), "headers_too_large");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "headers_too_large", "{v}");
 
     // Within the limits the same route answers.
     let ok = format!("/p/{}", "a".repeat(7 * 1024));
