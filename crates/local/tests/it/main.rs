@@ -9,4 +9,5 @@ mod limits;
 mod orphans;
 mod prepare;
 mod sandbox;
+mod spare;
 mod support;
