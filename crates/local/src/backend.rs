@@ -663,20 +663,20 @@ impl Inner {
             None => None,
         };
         let Some(template) = template else {
-            spare.discard("this start does not use the template").await;
+            self.drop_spare(spare, "this start does not use the template");
             return Err("this start does not use the template".to_owned());
         };
         let conn = match kappa_sandbox::claim::connect_template(&template) {
             Ok(conn) => conn,
             Err(e) => {
-                spare.discard("the template could not be reached").await;
+                self.drop_spare(spare, "the template could not be reached");
                 return Err(format!("the template could not be reached: {e}"));
             }
         };
         let target = self.instances_dir.join(&spec.id);
         let moved = place::remove_tree(&target).and_then(|()| std::fs::rename(&spare.dir, &target));
         if let Err(e) = moved {
-            spare.discard("its directory could not be renamed").await;
+            self.drop_spare(spare, "its directory could not be renamed");
             return Err(format!(
                 "cannot rename its directory to {}: {e}",
                 target.display()
@@ -695,10 +695,20 @@ impl Inner {
         if let Err(e) =
             kappa_sandbox::claim::send(spare.control.as_fd(), &claim, Some(conn.as_fd()))
         {
-            spare.discard("its init could not be claimed").await;
+            self.drop_spare(spare, "its init could not be claimed");
             return Err(format!("its init could not be claimed: {e}"));
         }
+        if let Some(spares) = &self.spares {
+            spares.note_claimed();
+        }
         Ok(spare)
+    }
+
+    /// Drops a spare that was taken but could not be claimed.
+    fn drop_spare(&self, spare: Spare, why: &'static str) {
+        if let Some(spares) = &self.spares {
+            spares.discard(spare, why);
+        }
     }
 
     async fn create_reserved(

@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
@@ -75,9 +74,19 @@ pub(crate) struct Spare {
 }
 
 impl Spare {
-    /// Whether its sandbox ended (then it is discarded, never handed out).
-    pub(crate) fn ended(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
+    /// Whether its sandbox ended or is ending (then it is discarded, never handed out). A
+    /// killed monitor is a zombie that `waitpid` does not report until its last thread is
+    /// gone, so its state in `/proc` counts too.
+    pub(crate) fn ended(&mut self) -> bool {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return true;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat.get(i + 1..))
+            .and_then(|rest| rest.split_whitespace().next());
+        !matches!(state, Some(s) if s != "Z" && s != "X")
     }
 
     /// Kills its processes and removes its connector socket, cgroups and directory.
@@ -175,7 +184,7 @@ impl Spares {
             } else {
                 let mut found = None;
                 while let Some(mut spare) = env.ready.pop() {
-                    if spare.ended().is_some() {
+                    if spare.ended() {
                         dead.push(spare);
                         continue;
                     }
@@ -187,9 +196,6 @@ impl Spares {
         };
         for spare in dead {
             self.discard(spare, "its sandbox ended before it was claimed");
-        }
-        if found.is_some() {
-            self.claimed.fetch_add(1, Ordering::Relaxed);
         }
         found
     }
@@ -220,7 +226,7 @@ impl Spares {
             // Spares found ended are replaced.
             let mut live = Vec::new();
             for mut spare in std::mem::take(&mut env.ready) {
-                if spare.ended().is_some() {
+                if spare.ended() {
                     stale.push((spare, "its sandbox ended before it was claimed"));
                 } else {
                     live.push(spare);
@@ -281,7 +287,13 @@ impl Spares {
         tasks.spawn(task);
     }
 
-    fn discard(&self, spare: Spare, why: &'static str) {
+    /// Counts a spare a start took and claimed.
+    pub(crate) fn note_claimed(&self) {
+        self.claimed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Drops a spare in the background (counted).
+    pub(crate) fn discard(&self, spare: Spare, why: &'static str) {
         self.discarded.fetch_add(1, Ordering::Relaxed);
         self.spawn(spare.discard(why));
     }
