@@ -1243,6 +1243,25 @@ def instance_processes(platform_pid):
     return out
 
 
+def instance_of_group(group, procs):
+    """The instance id of an instance cgroup: its name, except for an instance started from a
+    spare sandbox (design note 011), whose cgroups keep the spare's name (`.spare-<n>`); its
+    runtime process carries the instance's id in `KAPPA_INSTANCE_ID`."""
+    if not group.startswith(".spare-"):
+        return group
+    for pid, role in procs:
+        if role != "runtime":
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                for entry in f.read().split(b"\0"):
+                    if entry.startswith(b"KAPPA_INSTANCE_ID="):
+                        return entry.split(b"=", 1)[1].decode()
+        except OSError:
+            continue
+    return group
+
+
 def bench_zygote(workdir, cold_n, pss_n):
     """Section (b) in the default sandbox with the Python template (zygote) on and off in the
     same run: first requests with a warm pool and with poolsize 0, then the PSS of `pss_n` idle
@@ -1287,7 +1306,7 @@ def bench_zygote(workdir, cold_n, pss_n):
                 first_request_ms(kappa.router, f"/m{i}")
             time.sleep(2)
             groups = {g: procs for g, procs in instance_processes(kappa.proc.pid).items()
-                      if g.startswith("pss-")}
+                      if instance_of_group(g, procs).startswith("pss-")}
             roles = {"runtime": [], "waiter": [], "helper": []}
             for procs in groups.values():
                 for role in roles:
