@@ -371,7 +371,11 @@ impl Backend for LocalBackend {
         instance: &Instance,
         request: &SpecializeRequest,
     ) -> Result<(), BackendError> {
-        self.inner.specialize(instance, request).await
+        let result = self.inner.specialize(instance, request).await;
+        if let Some(spares) = &self.inner.spares {
+            spares.specialized(&instance.id);
+        }
+        result
     }
 
     async fn prepare(&self, instance: &Instance) {
@@ -506,10 +510,26 @@ impl Inner {
         };
         let result = self.create_reserved(&spec, &mut guard).await;
         // A start of an environment whose instances come from its template keeps a spare
-        // sandbox ready for the next one, assembled once this start is done (so the two do not
-        // contend for the cgroup locks).
-        if guard.template {
-            self.replenish_spares(&spec);
+        // sandbox ready for the next one, assembled once this instance is specialized (its
+        // first request is then on its way) or a moment later, so that the assembly does not
+        // contend with the start, its specialization and first request for the CPU and the
+        // cgroup locks.
+        if guard.template
+            && let Some(spares) = &self.spares
+            && spares.enabled()
+        {
+            let specialized = spares.after_start(&spec.id);
+            let inner = Arc::downgrade(self);
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(crate::spare::REPLENISH_DELAY, specialized.notified())
+                    .await;
+                if let Some(inner) = inner.upgrade() {
+                    if let Some(spares) = &inner.spares {
+                        spares.specialized(&spec.id);
+                    }
+                    inner.replenish_spares(&spec);
+                }
+            });
         }
         result
     }

@@ -13,17 +13,23 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use kappa_core::{FunctionId, InstanceSpec, Limits};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::process::Child;
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::cgroup::InstanceCgroup;
 use crate::procs;
+
+/// How long after a template start its replacement spare is assembled at the latest when the
+/// instance is not specialized before (a pool's instance).
+pub(crate) const REPLENISH_DELAY: Duration = Duration::from_secs(1);
 
 /// Everything a sandbox depends on besides the instance's identity: a start whose spec has the
 /// same key can take a spare assembled for another. (The instance's id, labels, variables and
@@ -140,6 +146,9 @@ pub(crate) struct Spares {
     assembled: AtomicU64,
     claimed: AtomicU64,
     discarded: AtomicU64,
+    /// Instances whose start should be followed by a spare once they are specialized (the
+    /// first request's path is then almost done) or after [`REPLENISH_DELAY`].
+    pending: Mutex<HashMap<String, Arc<Notify>>>,
     /// The assemblies under way (awaited at shutdown, so no cgroup is left behind).
     tasks: Mutex<JoinSet<()>>,
     closed: std::sync::atomic::AtomicBool,
@@ -154,6 +163,7 @@ impl Spares {
             assembled: AtomicU64::new(0),
             claimed: AtomicU64::new(0),
             discarded: AtomicU64::new(0),
+            pending: Mutex::new(HashMap::new()),
             tasks: Mutex::new(JoinSet::new()),
             closed: std::sync::atomic::AtomicBool::new(false),
         }
@@ -285,6 +295,29 @@ impl Spares {
         // Finished assemblies are collected as new ones start.
         while tasks.try_join_next().is_some() {}
         tasks.spawn(task);
+    }
+
+    /// Registers the instance `id`, just started from the template: the returned notification
+    /// fires when it is specialized ([`Spares::specialized`]).
+    pub(crate) fn after_start(&self, id: &str) -> Arc<Notify> {
+        let notify = Arc::new(Notify::new());
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.to_owned(), notify.clone());
+        notify
+    }
+
+    /// The instance `id` was specialized (or its wait is over).
+    pub(crate) fn specialized(&self, id: &str) {
+        let notify = self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
+        if let Some(notify) = notify {
+            notify.notify_one();
+        }
     }
 
     /// Counts a spare a start took and claimed.
