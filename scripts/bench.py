@@ -1246,17 +1246,19 @@ def instance_processes(platform_pid):
 def instance_of_group(group, procs):
     """The instance id of an instance cgroup: its name, except for an instance started from a
     spare sandbox (design note 011), whose cgroups keep the spare's name (`.spare-<n>`); its
-    runtime process carries the instance's id in `KAPPA_INSTANCE_ID`."""
+    runtime's `/userfunc` is then bound from the instance's renamed directory
+    (`.../instances/<id>/userfunc`, as `/proc/<pid>/mountinfo` shows it)."""
     if not group.startswith(".spare-"):
         return group
     for pid, role in procs:
         if role != "runtime":
             continue
         try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                for entry in f.read().split(b"\0"):
-                    if entry.startswith(b"KAPPA_INSTANCE_ID="):
-                        return entry.split(b"=", 1)[1].decode()
+            with open(f"/proc/{pid}/mountinfo") as f:
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 4 and fields[4] == "/userfunc":
+                        return os.path.basename(os.path.dirname(fields[3]))
         except OSError:
             continue
     return group
