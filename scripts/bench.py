@@ -1246,6 +1246,27 @@ def instance_processes(platform_pid):
     return out
 
 
+def instance_of_group(group, procs):
+    """The instance id of an instance cgroup: its name, except for an instance started from a
+    spare sandbox (design note 011), whose cgroups keep the spare's name (`.spare-<n>`); its
+    runtime's `/userfunc` is then bound from the instance's renamed directory
+    (`.../instances/<id>/userfunc`, as `/proc/<pid>/mountinfo` shows it)."""
+    if not group.startswith(".spare-"):
+        return group
+    for pid, role in procs:
+        if role != "runtime":
+            continue
+        try:
+            with open(f"/proc/{pid}/mountinfo") as f:
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 4 and fields[4] == "/userfunc":
+                        return os.path.basename(os.path.dirname(fields[3]))
+        except OSError:
+            continue
+    return group
+
+
 def bench_zygote(workdir, cold_n, pss_n):
     """Section (b) in the default sandbox with the Python template (zygote) on and off in the
     same run: first requests with a warm pool and with poolsize 0, then the PSS of `pss_n` idle
@@ -1290,7 +1311,7 @@ def bench_zygote(workdir, cold_n, pss_n):
                 first_request_ms(kappa.router, f"/m{i}")
             time.sleep(2)
             groups = {g: procs for g, procs in instance_processes(kappa.proc.pid).items()
-                      if g.startswith("pss-")}
+                      if instance_of_group(g, procs).startswith("pss-")}
             roles = {"runtime": [], "waiter": [], "helper": []}
             for procs in groups.values():
                 for role in roles:

@@ -300,6 +300,48 @@ fn forked_instances_are_sandboxed_and_templates_are_replaced() {
     assert_eq!(p.get("/two").status, 200);
 }
 
+/// Spare sandboxes (design note 011): after a template start, the next no-pool start of the
+/// environment takes a sandbox assembled ahead of time (said in the function's log), a new
+/// spare replaces it, and deleting the environment drops its spare and its directory.
+#[test]
+fn a_no_pool_start_takes_a_spare_sandbox_and_a_deleted_environment_drops_it() {
+    let p = Platform::start_with(&["--no-example"]);
+    p.python_env(&["--poolsize", "0"]);
+    p.deploy("one", "examples/hello/hello.py", "/one", &[]);
+    assert_eq!(p.get("/one").status, 200);
+    let spares = || p.log().matches("spare sandbox ready").count();
+    eventually_blocking(Duration::from_secs(30), "a spare sandbox", || {
+        (spares() >= 1).then_some(())
+    });
+    p.deploy("two", "examples/hello/hello.py", "/two", &[]);
+    assert_eq!(p.get("/two").status, 200);
+    let log = p.ok(&["fn", "logs", "two"]);
+    assert!(log.contains("from a spare sandbox"), "{log}");
+    assert!(!log.contains("by exec"), "{log}");
+    eventually_blocking(Duration::from_secs(30), "a new spare sandbox", || {
+        (spares() >= 2).then_some(())
+    });
+    let instances = p.data_dir.path().join("local/instances");
+    let spare_dirs = || {
+        std::fs::read_dir(&instances)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(".spare-"))
+                    .count()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(spare_dirs(), 1, "{}", instances.display());
+
+    p.ok(&["env", "delete", "--name", "python", "--force"]);
+    eventually_blocking(
+        Duration::from_secs(30),
+        "the deleted environment's spare to go",
+        || (spare_dirs() == 0 && p.log().contains("spare sandbox dropped")).then_some(()),
+    );
+}
+
 /// The per-environment switch and the template's lifetime: an environment with `zygote: false`
 /// starts its instances by exec (no template), one switched to `true` forks them from its
 /// template, and deleting the environment stops that template while the platform runs on.

@@ -23,6 +23,11 @@ pub struct Limits {
     /// or every runtime started by exec (off).
     #[arg(long, env = "KAPPA_ZYGOTE", default_value = "on")]
     pub zygote: ZygoteMode,
+    /// Spare sandboxes kept assembled ahead of time per environment whose instances are
+    /// forked from its template, so that a start without a warm instance only claims one
+    /// (0: every sandbox is assembled on its start).
+    #[arg(long, env = "KAPPA_SPARE_SANDBOXES", default_value_t = kappa_local::DEFAULT_SPARES)]
+    pub spare_sandboxes: usize,
     /// Requests that may wait per function when it is at capacity (then 429).
     #[arg(long, env = "KAPPA_QUEUE_LIMIT", default_value_t = 100)]
     pub queue_limit: usize,
@@ -69,6 +74,7 @@ impl Limits {
         config.egress = self.egress;
         config.cgroups = self.cgroups;
         config.zygote = self.zygote;
+        config.spare_sandboxes = self.spare_sandboxes;
         config.queue_limit = self.queue_limit;
         config.max_body_bytes = self.max_body_mb << 20;
         config.max_archive_bytes = self.max_archive_mb << 20;

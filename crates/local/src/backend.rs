@@ -37,6 +37,7 @@ use crate::runtime::{ResolvedRuntime, RuntimeRegistry};
 use crate::sandbox::{
     self, InstanceDirs, SANDBOX_CONFIGS, SANDBOX_PORT, SANDBOX_SECRETS, SANDBOX_USERFUNC, Sandbox,
 };
+use crate::spare::{Spare, SpareKey, SpareStats, Spares};
 use crate::state::{self, InstanceRecord};
 use crate::zygote::Zygotes;
 
@@ -125,6 +126,8 @@ struct Inner {
     sandbox: Option<Sandbox>,
     /// The environments' template processes (sandboxed only).
     zygotes: Option<Zygotes>,
+    /// Sandboxes assembled ahead of time for template starts (sandboxed only).
+    spares: Option<Spares>,
     /// Numbers the sandboxes' connector sockets.
     next_socket: AtomicU64,
     /// `setpriv`, which gives unsandboxed instances their parent-death signal.
@@ -205,6 +208,7 @@ impl LocalBackend {
             cgroups: cgroup_mode,
             start_timeout,
             zygote,
+            spares,
         } = config;
         let instances_dir = data_dir.join("instances");
         std::fs::create_dir_all(&instances_dir).map_err(|e| {
@@ -250,11 +254,14 @@ impl LocalBackend {
         let zygotes = sandbox
             .as_ref()
             .map(|s| Zygotes::new(zygote, s.sockets_dir().to_path_buf()));
+        let spares_per_env = spares;
+        let spares = zygotes.as_ref().map(|_| Spares::new(spares_per_env));
         tracing::info!(
             data_dir = %data_dir.display(),
             sandbox = if sandbox.is_some() { "namespaces" } else { "unsandboxed" },
             egress = sandbox.as_ref().is_some_and(Sandbox::egress_available),
             zygote = %zygotes.as_ref().map_or(ZygoteMode::Off, Zygotes::mode),
+            spares = spares_per_env,
             cgroups = cgroups.version().map_or("none".to_owned(), |v| v.to_string()),
             runtimes = ?runtimes.names(),
             "local backend started"
@@ -269,6 +276,7 @@ impl LocalBackend {
                 logs,
                 sandbox,
                 zygotes,
+                spares,
                 next_socket: AtomicU64::new(0),
                 setpriv,
                 cgroups,
@@ -298,6 +306,26 @@ impl LocalBackend {
     /// The cgroup hierarchy enforcing limits, if any.
     pub fn cgroup_version(&self) -> Option<CgroupVersion> {
         self.inner.cgroups.version()
+    }
+
+    /// The spare sandboxes: how many are ready and what became of them
+    /// (`docs/design/011-spare-sandboxes.md`).
+    pub fn spare_stats(&self) -> SpareStats {
+        self.inner
+            .spares
+            .as_ref()
+            .map(Spares::stats)
+            .unwrap_or_default()
+    }
+
+    /// The monitors' pids of the spare sandboxes ready now.
+    pub fn spare_pids(&self) -> Vec<u32> {
+        self.inner.spares.as_ref().map_or_else(Vec::new, |s| {
+            s.ready_pids()
+                .into_iter()
+                .filter_map(|p| u32::try_from(p).ok())
+                .collect()
+        })
     }
 
     /// Details of a live instance.
@@ -343,7 +371,11 @@ impl Backend for LocalBackend {
         instance: &Instance,
         request: &SpecializeRequest,
     ) -> Result<(), BackendError> {
-        self.inner.specialize(instance, request).await
+        let result = self.inner.specialize(instance, request).await;
+        if let Some(spares) = &self.inner.spares {
+            spares.specialized(&instance.id);
+        }
+        result
     }
 
     async fn prepare(&self, instance: &Instance) {
@@ -396,6 +428,9 @@ impl Backend for LocalBackend {
             });
         }
         while deletes.join_next().await.is_some() {}
+        if let Some(spares) = &self.inner.spares {
+            spares.close().await;
+        }
         if let Some(zygotes) = &self.inner.zygotes {
             zygotes.stop_all().await;
         }
@@ -405,6 +440,9 @@ impl Backend for LocalBackend {
     }
 
     async fn environment_removed(&self, env: &FunctionId) {
+        if let Some(spares) = &self.inner.spares {
+            spares.remove_env(env);
+        }
         if let Some(zygotes) = &self.inner.zygotes {
             zygotes.stop(env).await;
         }
@@ -468,8 +506,229 @@ impl Inner {
             pid: None,
             cgroup: None,
             dir: None,
+            template: false,
         };
-        self.create_reserved(&spec, &mut guard).await
+        let result = self.create_reserved(&spec, &mut guard).await;
+        // A start of an environment whose instances come from its template keeps a spare
+        // sandbox ready for the next one, assembled once this instance is specialized (its
+        // first request is then on its way) or a moment later, so that the assembly does not
+        // contend with the start, its specialization and first request for the CPU and the
+        // cgroup locks.
+        if guard.template
+            && let Some(spares) = &self.spares
+            && spares.enabled()
+        {
+            let specialized = spares.after_start(&spec.id);
+            let inner = Arc::downgrade(self);
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(crate::spare::REPLENISH_DELAY, specialized.notified())
+                    .await;
+                if let Some(inner) = inner.upgrade() {
+                    if let Some(spares) = &inner.spares {
+                        spares.specialized(&spec.id);
+                    }
+                    inner.replenish_spares(&spec);
+                }
+            });
+        }
+        result
+    }
+
+    /// Assembles spare sandboxes for `spec`'s environment in the background, up to the
+    /// configured number.
+    fn replenish_spares(self: &Arc<Self>, spec: &InstanceSpec) {
+        let Some(spares) = &self.spares else {
+            return;
+        };
+        while spares.reserve(spec) {
+            let inner = self.clone();
+            let spec = spec.clone();
+            spares.spawn(async move {
+                let key = SpareKey::of(&spec);
+                let spare = match inner.assemble_spare(&spec).await {
+                    Ok(spare) => Some(spare),
+                    Err(why) => {
+                        tracing::warn!(environment = %spec.environment, reason = %why, "could not assemble a spare sandbox");
+                        None
+                    }
+                };
+                if let Some(spares) = &inner.spares {
+                    spares.put(&spec.environment, &key, spare);
+                }
+            });
+        }
+    }
+
+    /// Assembles one spare sandbox for `spec`'s environment: everything up to the payload,
+    /// then waits until its init says it waits for a claim.
+    async fn assemble_spare(self: &Arc<Self>, spec: &InstanceSpec) -> Result<Spare, String> {
+        let (Some(sandbox), Some(spares)) = (&self.sandbox, &self.spares) else {
+            return Err("no sandbox".to_owned());
+        };
+        let runtime = self
+            .runtimes
+            .resolve(&spec.image, spec.command.as_deref())
+            .map_err(|e| e.to_string())?;
+        let name = spares.next_name();
+        let user = sandbox.next_user();
+        let dir = self.instances_dir.join(&name);
+        make_instance_dir(&dir, Some(user))
+            .map_err(|e| format!("cannot prepare {}: {e}", dir.display()))?;
+        let cgroup = self.cgroups.create(&name, &spec.limits);
+        let (userfunc, work) = (dir.join("userfunc"), dir.join("work"));
+        let secrets = dir.join(ConfigKind::Secret.dir_name());
+        let configs = dir.join(ConfigKind::ConfigMap.dir_name());
+        let dirs = InstanceDirs {
+            userfunc: &userfunc,
+            work: &work,
+            secrets: &secrets,
+            configs: &configs,
+        };
+        let socket = sandbox.socket_path(self.next_socket.fetch_add(1, Ordering::Relaxed));
+        // The payload's variables come with the claim.
+        let mut sandbox_spec = sandbox.instance_spec(
+            &runtime,
+            dirs,
+            Vec::new(),
+            cgroup.procs_files(),
+            socket.clone(),
+            user,
+        );
+        sandbox_spec.claim = true;
+        let launched = async {
+            let (platform_end, init_end) = std::os::unix::net::UnixStream::pair()?;
+            platform_end.set_nonblocking(true)?;
+            let control = tokio::net::UnixStream::from_std(platform_end)?;
+            let mut command = sandbox.command(&sandbox_spec)?;
+            command
+                .env(INSTANCE_ID_VAR, &name)
+                .current_dir(&work)
+                .stdin(Stdio::from(std::os::fd::OwnedFd::from(init_end)))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0);
+            let child = self.spawner.spawn(command).await?;
+            Ok::<_, io::Error>((child, control))
+        }
+        .await;
+        let (child, control) = match launched {
+            Ok(launched) => launched,
+            Err(e) => {
+                cgroup.remove().await;
+                remove_dir_logged(&dir).await;
+                return Err(format!("cannot start its sandbox: {e}"));
+            }
+        };
+        let pid = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .unwrap_or_default();
+        let mut spare = Spare {
+            name,
+            dir,
+            user,
+            cgroup,
+            socket,
+            child,
+            pid,
+            control,
+            egress: None,
+            since: Instant::now(),
+        };
+        let ready = async {
+            if spec.egress && sandbox.egress_available() {
+                let marker = (INSTANCE_ID_VAR, spare.name.as_str());
+                spare.egress = sandbox
+                    .start_egress(u32::try_from(pid).unwrap_or_default(), marker)
+                    .await?;
+            }
+            let mut said = [0u8; kappa_sandbox::claim::READY.len()];
+            spare
+                .control
+                .read_exact(&mut said)
+                .await
+                .map_err(|e| format!("its init ended before it was ready: {e}"))?;
+            if said != kappa_sandbox::claim::READY {
+                return Err("its init said something else than ready".to_owned());
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(self.start_timeout, ready).await {
+            Ok(Ok(())) => {
+                spare.since = Instant::now();
+                Ok(spare)
+            }
+            Ok(Err(why)) => {
+                spare.discard("it could not be assembled").await;
+                Err(why)
+            }
+            Err(_) => {
+                spare.discard("it could not be assembled").await;
+                Err(format!("it was not ready within {:?}", self.start_timeout))
+            }
+        }
+    }
+
+    /// Hands `spare` to the instance `spec`: a connection to the template, the instance's
+    /// variables, and its directory under the instance's id. `Err` (the spare dropped) when
+    /// any step fails; the start then assembles a sandbox of its own.
+    async fn claim_spare(
+        &self,
+        spec: &InstanceSpec,
+        runtime: &ResolvedRuntime,
+        mut spare: Spare,
+    ) -> Result<Spare, String> {
+        let template = match &self.zygotes {
+            Some(zygotes) => zygotes.socket_for(spec, runtime).await,
+            None => None,
+        };
+        let Some(template) = template else {
+            self.drop_spare(spare, "this start does not use the template");
+            return Err("this start does not use the template".to_owned());
+        };
+        let conn = match kappa_sandbox::claim::connect_template(&template) {
+            Ok(conn) => conn,
+            Err(e) => {
+                self.drop_spare(spare, "the template could not be reached");
+                return Err(format!("the template could not be reached: {e}"));
+            }
+        };
+        let target = self.instances_dir.join(&spec.id);
+        let moved = place::remove_tree(&target).and_then(|()| std::fs::rename(&spare.dir, &target));
+        if let Err(e) = moved {
+            self.drop_spare(spare, "its directory could not be renamed");
+            return Err(format!(
+                "cannot rename its directory to {}: {e}",
+                target.display()
+            ));
+        }
+        spare.dir = target;
+        let env = Self::runtime_env(
+            spec,
+            SANDBOX_PORT,
+            Path::new(SANDBOX_SECRETS),
+            Path::new(SANDBOX_CONFIGS),
+            true,
+        );
+        let claim = kappa_sandbox::claim::Claim { env };
+        use std::os::fd::AsFd;
+        if let Err(e) =
+            kappa_sandbox::claim::send(spare.control.as_fd(), &claim, Some(conn.as_fd()))
+        {
+            self.drop_spare(spare, "its init could not be claimed");
+            return Err(format!("its init could not be claimed: {e}"));
+        }
+        if let Some(spares) = &self.spares {
+            spares.note_claimed();
+        }
+        Ok(spare)
+    }
+
+    /// Drops a spare that was taken but could not be claimed.
+    fn drop_spare(&self, spare: Spare, why: &'static str) {
+        if let Some(spares) = &self.spares {
+            spares.discard(spare, why);
+        }
     }
 
     async fn create_reserved(
@@ -486,12 +745,54 @@ impl Inner {
                 .await
                 .map_err(BackendError::Start)?;
         }
+        let log = self.logs.instance(&spec.environment.name, &spec.id);
+        let spare = match &self.spares {
+            Some(spares) if spares.enabled() => spares.take(spec),
+            _ => None,
+        };
+        if let Some(spare) = spare {
+            let name = spare.name.clone();
+            match self.claim_spare(spec, &runtime, spare).await {
+                Ok(spare) => {
+                    let dir = spare.dir.clone();
+                    guard.dir = Some(dir.clone());
+                    guard.template = true;
+                    let user = Some(spare.user);
+                    return match self
+                        .start_once(
+                            spec,
+                            &runtime,
+                            SANDBOX_PORT,
+                            user,
+                            &dir,
+                            &log,
+                            guard,
+                            Some(spare),
+                        )
+                        .await
+                    {
+                        Ok(instance) => {
+                            guard.dir = None;
+                            Ok(instance)
+                        }
+                        Err(failure) => {
+                            guard.dir = None;
+                            log.write(LogStream::Platform, &failure.error.to_string());
+                            remove_dir_logged(&dir).await;
+                            Err(failure.error)
+                        }
+                    };
+                }
+                Err(why) => {
+                    tracing::info!(instance = %spec.id, spare = %name, reason = %why, "spare sandbox not used");
+                }
+            }
+        }
         let dir = self.instances_dir.join(&spec.id);
         let user = self.sandbox.as_ref().map(Sandbox::next_user);
         make_instance_dir(&dir, user)
             .map_err(|e| BackendError::Io(format!("cannot prepare {}: {e}", dir.display())))?;
         guard.dir = Some(dir.clone());
-        let log = self.logs.instance(&spec.environment.name, &spec.id);
         let mut attempt = 1;
         loop {
             // Sandboxed, the runtime has a network namespace of its own: its port is never
@@ -502,7 +803,7 @@ impl Inner {
                     .map_err(|e| BackendError::Io(format!("no free loopback port: {e}")))?,
             };
             match self
-                .start_once(spec, &runtime, port, user, &dir, &log, guard)
+                .start_once(spec, &runtime, port, user, &dir, &log, guard, None)
                 .await
             {
                 Ok(instance) => {
@@ -574,6 +875,7 @@ impl Inner {
         dir: &Path,
         log: &InstanceLog,
         guard: &mut StartGuard,
+        spare: Option<Spare>,
     ) -> Result<Instance, StartFailure> {
         let fail = |error: BackendError| StartFailure {
             error,
@@ -583,88 +885,42 @@ impl Inner {
         let work = dir.join("work");
         let secrets = dir.join(ConfigKind::Secret.dir_name());
         let configs = dir.join(ConfigKind::ConfigMap.dir_name());
-        let cgroup = self.cgroups.create(&spec.id, &spec.limits);
+        let cgroup = match &spare {
+            Some(spare) => spare.cgroup.clone(),
+            None => self.cgroups.create(&spec.id, &spec.limits),
+        };
         guard.cgroup = Some(cgroup.clone());
-        let dirs = InstanceDirs {
-            userfunc: &userfunc,
-            work: &work,
-            secrets: &secrets,
-            configs: &configs,
-        };
-        let launch = match (&self.sandbox, user) {
-            (Some(sandbox), Some(user)) => {
-                let socket = sandbox.socket_path(self.next_socket.fetch_add(1, Ordering::Relaxed));
-                let env = Self::runtime_env(
-                    spec,
+        // A spare sandbox was claimed: its monitor, namespaces, root and egress already exist.
+        let (child, addr, socket, preset_egress, mark, spare_age) = match spare {
+            Some(spare) => {
+                guard.pid = Some(spare.pid);
+                let addr = InstanceAddr::Sandbox {
+                    connector: spare.socket.clone(),
                     port,
-                    Path::new(SANDBOX_SECRETS),
-                    Path::new(SANDBOX_CONFIGS),
-                    true,
-                );
-                let mut sandbox_spec = sandbox.instance_spec(
-                    runtime,
-                    dirs,
-                    env,
-                    cgroup.procs_files(),
-                    socket.clone(),
-                    user,
-                );
-                if let Some(zygotes) = &self.zygotes {
-                    sandbox_spec.zygote = zygotes.socket_for(spec, runtime).await;
-                }
-                sandbox.command(&sandbox_spec).map(|command| {
-                    let addr = InstanceAddr::Sandbox {
-                        connector: socket.clone(),
-                        port,
-                    };
-                    (command, addr, Some(socket))
-                })
+                };
+                (
+                    spare.child,
+                    addr,
+                    Some(spare.socket),
+                    Some(spare.egress),
+                    Some(spare.name),
+                    Some(spare.since.elapsed()),
+                )
             }
-            _ => {
-                // Where the function finds its secrets and config maps: without a sandbox the
-                // Fission paths cannot exist, so the instance's own dirs.
-                let env = Self::runtime_env(spec, port, &secrets, &configs, false);
-                let chain = sandbox::launcher(
-                    self.setpriv.as_deref(),
-                    &cgroup.procs_files(),
-                    runtime.argv(port, false),
-                );
-                let mut command = std::process::Command::new(&chain[0]);
-                command.args(&chain[1..]).env_clear().envs(env);
-                let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
-                Ok((command, InstanceAddr::Tcp(addr), None))
+            None => {
+                let dirs = InstanceDirs {
+                    userfunc: &userfunc,
+                    work: &work,
+                    secrets: &secrets,
+                    configs: &configs,
+                };
+                let (child, addr, socket) = self
+                    .launch(spec, runtime, port, user, dirs, &cgroup, &work, guard)
+                    .await?;
+                (child, addr, socket, None, None, None)
             }
         };
-        let (mut command, addr, socket) = match launch {
-            Ok(launch) => launch,
-            Err(e) => {
-                guard.clear_attempt();
-                cgroup.remove().await;
-                return Err(fail(BackendError::Start(format!(
-                    "cannot prepare the sandbox: {e}"
-                ))));
-            }
-        };
-        let program = PathBuf::from(command.get_program());
-        command
-            // The sandbox's helper processes carry the mark too, so a later start finds them.
-            .env(INSTANCE_ID_VAR, &spec.id)
-            .current_dir(&work)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        let mut child = match self.spawner.spawn(command).await {
-            Ok(child) => child,
-            Err(e) => {
-                guard.clear_attempt();
-                cgroup.remove().await;
-                return Err(fail(BackendError::Start(format!(
-                    "cannot run {}: {e}",
-                    program.display()
-                ))));
-            }
-        };
+        let mut child = child;
         let pid = child
             .id()
             .and_then(|p| i32::try_from(p).ok())
@@ -692,6 +948,9 @@ impl Inner {
         let signals_via_launcher = sandboxed || runtime.via_shell();
         // Egress is set up while the runtime starts.
         let egress = async {
+            if let Some(egress) = preset_egress {
+                return Ok(egress);
+            }
             match &self.sandbox {
                 Some(sandbox) if spec.egress && sandbox.egress_available() => {
                     let marker = (INSTANCE_ID_VAR, spec.id.as_str());
@@ -800,6 +1059,7 @@ impl Inner {
             cgroup: cgroup.clone(),
             started_at,
             labels: spec.labels.clone(),
+            mark,
         };
         let (done_tx, done) = watch::channel(false);
         let live = Arc::new(Live {
@@ -823,8 +1083,12 @@ impl Inner {
         log.write(
             LogStream::Platform,
             &format!(
-                "instance {} started: runtime {} on {addr} (pid {pid}, {}, egress {}, cgroups {})",
+                "instance {} started{}: runtime {} on {addr} (pid {pid}, {}, egress {}, cgroups {})",
                 spec.id,
+                spare_age.map_or_else(String::new, |age| format!(
+                    " from a spare sandbox (ready {} ms before)",
+                    age.as_millis()
+                )),
                 runtime.name(),
                 match user {
                     Some((uid, _)) => format!("sandboxed as uid {uid}"),
@@ -845,7 +1109,7 @@ impl Inner {
                     .map_or("none".to_owned(), |v| v.to_string()),
             ),
         );
-        tracing::info!(instance = %spec.id, environment = %spec.environment, %addr, pid, "instance started");
+        tracing::info!(instance = %spec.id, environment = %spec.environment, %addr, pid, spare = spare_age.is_some(), "instance started");
         tokio::spawn(watch_exit(
             Arc::downgrade(self),
             live.clone(),
@@ -866,6 +1130,101 @@ impl Inner {
             );
         }
         Ok(instance)
+    }
+
+    /// Starts a new sandbox (or unsandboxed process) for one start attempt.
+    #[allow(clippy::too_many_arguments)]
+    async fn launch(
+        &self,
+        spec: &InstanceSpec,
+        runtime: &ResolvedRuntime,
+        port: u16,
+        user: Option<(u32, u32)>,
+        dirs: InstanceDirs<'_>,
+        cgroup: &InstanceCgroup,
+        work: &Path,
+        guard: &mut StartGuard,
+    ) -> Result<(Child, InstanceAddr, Option<PathBuf>), StartFailure> {
+        let fail = |error: BackendError| StartFailure {
+            error,
+            port_taken: false,
+        };
+        let launch = match (&self.sandbox, user) {
+            (Some(sandbox), Some(user)) => {
+                let socket = sandbox.socket_path(self.next_socket.fetch_add(1, Ordering::Relaxed));
+                let env = Self::runtime_env(
+                    spec,
+                    port,
+                    Path::new(SANDBOX_SECRETS),
+                    Path::new(SANDBOX_CONFIGS),
+                    true,
+                );
+                let mut sandbox_spec = sandbox.instance_spec(
+                    runtime,
+                    dirs,
+                    env,
+                    cgroup.procs_files(),
+                    socket.clone(),
+                    user,
+                );
+                if let Some(zygotes) = &self.zygotes {
+                    sandbox_spec.zygote = zygotes.socket_for(spec, runtime).await;
+                    guard.template = sandbox_spec.zygote.is_some();
+                }
+                sandbox.command(&sandbox_spec).map(|command| {
+                    let addr = InstanceAddr::Sandbox {
+                        connector: socket.clone(),
+                        port,
+                    };
+                    (command, addr, Some(socket))
+                })
+            }
+            _ => {
+                // Where the function finds its secrets and config maps: without a sandbox the
+                // Fission paths cannot exist, so the instance's own dirs.
+                let env = Self::runtime_env(spec, port, dirs.secrets, dirs.configs, false);
+                let chain = sandbox::launcher(
+                    self.setpriv.as_deref(),
+                    &cgroup.procs_files(),
+                    runtime.argv(port, false),
+                );
+                let mut command = std::process::Command::new(&chain[0]);
+                command.args(&chain[1..]).env_clear().envs(env);
+                let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
+                Ok((command, InstanceAddr::Tcp(addr), None))
+            }
+        };
+        let (mut command, addr, socket) = match launch {
+            Ok(launch) => launch,
+            Err(e) => {
+                guard.clear_attempt();
+                cgroup.remove().await;
+                return Err(fail(BackendError::Start(format!(
+                    "cannot prepare the sandbox: {e}"
+                ))));
+            }
+        };
+        let program = PathBuf::from(command.get_program());
+        command
+            // The sandbox's helper processes carry the mark too, so a later start finds them.
+            .env(INSTANCE_ID_VAR, &spec.id)
+            .current_dir(work)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let child = match self.spawner.spawn(command).await {
+            Ok(child) => child,
+            Err(e) => {
+                guard.clear_attempt();
+                cgroup.remove().await;
+                return Err(fail(BackendError::Start(format!(
+                    "cannot run {}: {e}",
+                    program.display()
+                ))));
+            }
+        };
+        Ok((child, addr, socket))
     }
 
     /// Opens the connections a specialization and its first request use (see [`Opened`]).
@@ -1274,6 +1633,8 @@ struct StartGuard {
     pid: Option<i32>,
     cgroup: Option<InstanceCgroup>,
     dir: Option<PathBuf>,
+    /// The start used the environment's template (then a spare sandbox is kept for the next).
+    template: bool,
 }
 
 impl StartGuard {
@@ -1413,6 +1774,8 @@ async fn recover(data_dir: &Path, instances_dir: &Path) -> Result<(), BackendErr
         Vec::new()
     });
     let mut ids: HashSet<String> = records.iter().map(|r| r.id.clone()).collect();
+    // Instances started from a spare sandbox carry the spare's mark.
+    ids.extend(records.iter().filter_map(|r| r.mark.clone()));
     let mut dirs = Vec::new();
     if let Ok(entries) = std::fs::read_dir(instances_dir) {
         for entry in entries.flatten() {
@@ -1426,7 +1789,7 @@ async fn recover(data_dir: &Path, instances_dir: &Path) -> Result<(), BackendErr
         return Ok(());
     }
     for record in &records {
-        if procs::is_instance_process(record.pgid, &record.id) {
+        if procs::is_instance_process(record.pgid, record.mark.as_deref().unwrap_or(&record.id)) {
             let _ = killpg(Pid::from_raw(record.pgid), Signal::SIGKILL);
         }
     }

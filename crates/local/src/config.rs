@@ -10,6 +10,9 @@ use crate::runtime::RuntimeRegistry;
 /// Default time an instance is given to answer `/healthz` after it was started.
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Spare sandboxes kept per environment by default.
+pub const DEFAULT_SPARES: usize = 1;
+
 /// How the local backend configures itself.
 #[derive(Debug, Clone)]
 pub struct LocalConfig {
@@ -30,6 +33,10 @@ pub struct LocalConfig {
     pub start_timeout: Duration,
     /// Whether sandboxed instances are forked from a template process per environment.
     pub zygote: ZygoteMode,
+    /// Spare sandboxes kept per environment whose instances are forked from its template,
+    /// assembled ahead of time so that a start only claims one
+    /// (`docs/design/011-spare-sandboxes.md`); 0 assembles every sandbox on its start.
+    pub spares: usize,
 }
 
 impl LocalConfig {
@@ -44,6 +51,7 @@ impl LocalConfig {
             cgroups: CgroupMode::Auto,
             start_timeout: DEFAULT_START_TIMEOUT,
             zygote: ZygoteMode::On,
+            spares: DEFAULT_SPARES,
         }
     }
 }

@@ -25,6 +25,7 @@ mod http;
 mod procs;
 mod runtime;
 mod sandbox;
+mod spare;
 mod state;
 mod zygote;
 
@@ -35,7 +36,8 @@ pub use build::{
 };
 pub use cgroup::CgroupVersion;
 pub use config::{
-    CgroupMode, DEFAULT_START_TIMEOUT, EgressMode, LocalConfig, ParseModeError, SandboxMode,
-    ZygoteMode,
+    CgroupMode, DEFAULT_SPARES, DEFAULT_START_TIMEOUT, EgressMode, LocalConfig, ParseModeError,
+    SandboxMode, ZygoteMode,
 };
 pub use runtime::{BuiltInRuntime, ResolvedRuntime, RuntimeRegistry};
+pub use spare::SpareStats;

@@ -206,6 +206,7 @@ impl Sandbox {
             cwd: PathBuf::from(SANDBOX_WORK),
             wait_for_route_ms: None,
             zygote: None,
+            claim: false,
         }
     }
 
@@ -243,6 +244,7 @@ impl Sandbox {
             cwd: PathBuf::from(build_dir),
             wait_for_route_ms: egress.then_some(EGRESS_SETUP.as_millis() as u64),
             zygote: None,
+            claim: false,
         }
     }
 
@@ -333,6 +335,7 @@ impl Sandbox {
             cwd: PathBuf::from("/"),
             wait_for_route_ms: None,
             zygote: None,
+            claim: false,
         };
         let command = self
             .command(&spec)

@@ -23,6 +23,10 @@ pub(crate) struct InstanceRecord {
     /// Seconds since the Unix epoch.
     pub started_at: u64,
     pub labels: BTreeMap<String, String>,
+    /// The `KAPPA_INSTANCE_ID` its processes carry when it differs from `id` (an instance
+    /// started from a spare sandbox keeps the spare's mark).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mark: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -80,6 +84,7 @@ mod tests {
             cgroup: InstanceCgroup::default(),
             started_at: 1,
             labels: BTreeMap::from([("env".to_owned(), "py".to_owned())]),
+            mark: None,
         };
         write(dir.path(), vec![record.clone()]).unwrap();
         assert_eq!(read(dir.path()).unwrap(), vec![record]);

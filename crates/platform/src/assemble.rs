@@ -176,6 +176,7 @@ impl Platform {
                             cgroups: config.cgroups,
                             start_timeout: Duration::from_secs(10),
                             zygote: config.zygote,
+                            spares: config.spare_sandboxes,
                         },
                         Arc::clone(archives),
                         Arc::clone(logs),

@@ -188,6 +188,8 @@ pub struct Config {
     pub cgroups: CgroupMode,
     /// Sandboxed local Python instances forked from a template per environment, or exec'd.
     pub zygote: ZygoteMode,
+    /// Spare sandboxes kept per environment whose instances come from its template.
+    pub spare_sandboxes: usize,
     /// Requests that may wait per function at capacity.
     pub queue_limit: usize,
     /// Largest request body the router forwards.
@@ -253,6 +255,7 @@ impl Config {
             egress: EgressMode::Auto,
             cgroups: CgroupMode::Auto,
             zygote: ZygoteMode::On,
+            spare_sandboxes: kappa_local::DEFAULT_SPARES,
             queue_limit: 100,
             max_body_bytes: 64 << 20,
             max_archive_bytes: 256 << 20,

@@ -18,6 +18,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{Pid, chdir, pivot_root, sethostname};
 
+use crate::claim;
 use crate::connector;
 use crate::netlink;
 use crate::spec::SandboxSpec;
@@ -218,10 +219,12 @@ fn monitor(spec: &SandboxSpec) -> Result<i32, SetupError> {
 fn init(spec: &SandboxSpec) -> Result<i32, SetupError> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .context(|| "setting the parent-death signal".into())?;
-    // The template's socket lives outside the sandbox: connect before the root is pivoted.
+    // The template's socket lives outside the sandbox: connect before the root is pivoted. (A
+    // spare is handed its connection with the claim.)
     let template = spec
         .zygote
         .as_deref()
+        .filter(|_| !spec.claim)
         .and_then(|path| match zygote::connect(path) {
             Ok(conn) => Some(conn),
             Err(e) => {
@@ -238,6 +241,18 @@ fn init(spec: &SandboxSpec) -> Result<i32, SetupError> {
         wait_for_default_route(Duration::from_millis(ms));
     }
     nix::sys::prctl::set_no_new_privs().context(|| "setting no_new_privs".into())?;
+    let claimed;
+    let (spec, template) = if spec.claim {
+        let (claim, template) =
+            claim::wait().context(|| "waiting for this spare sandbox's claim".into())?;
+        claimed = SandboxSpec {
+            env: claim.env,
+            ..spec.clone()
+        };
+        (&claimed, template)
+    } else {
+        (spec, template)
+    };
     let Some((program, args)) = spec.argv.split_first() else {
         return Err(SetupError::new(
             "starting the payload",

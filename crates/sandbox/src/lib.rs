@@ -29,6 +29,7 @@
 //! This crate deliberately knows nothing of instances, pools, cgroup limits or egress: the
 //! local backend (`kappa-local`) decides what a sandbox contains and owns its lifetime.
 
+pub mod claim;
 pub mod connector;
 pub mod helper;
 mod netlink;

@@ -41,6 +41,11 @@ pub struct SandboxSpec {
     /// says so on stderr and starts the payload by exec, in the same sandbox.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zygote: Option<PathBuf>,
+    /// A spare sandbox (`docs/design/011-spare-sandboxes.md`): the init assembles everything,
+    /// then waits on its stdin (a socket) for a claim carrying the payload's environment and
+    /// the template connection before it starts anything (see [`crate::claim`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub claim: bool,
 }
 
 /// A host path bound into the sandbox.

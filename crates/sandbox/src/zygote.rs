@@ -316,6 +316,7 @@ mod tests {
             cwd: PathBuf::from("/work"),
             wait_for_route_ms: None,
             zygote: Some(socket.to_path_buf()),
+            claim: false,
         }
     }
 

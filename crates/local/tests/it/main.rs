@@ -9,5 +9,6 @@ mod limits;
 mod orphans;
 mod prepare;
 mod sandbox;
+mod spare;
 mod support;
 mod waiter;

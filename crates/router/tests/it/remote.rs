@@ -54,6 +54,7 @@ impl Roles {
                 cgroups: CgroupMode::None,
                 start_timeout: Duration::from_secs(20),
                 zygote: kappa_local::ZygoteMode::Off,
+                spares: 0,
             },
             Arc::clone(&archives),
             logs,
