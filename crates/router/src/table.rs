@@ -272,16 +272,16 @@ struct TriggerState {
 #[derive(Clone)]
 pub(crate) struct RouteTable {
     any_host: Tiers,
-    by_host: imbl::HashMap<Arc<str>, Tiers>,
+    by_host: imbl::OrdMap<Arc<str>, Tiers>,
     /// Every function in the store, for direct invocation.
-    functions: imbl::HashMap<FunctionId, Arc<FunctionEntry>>,
+    functions: imbl::OrdMap<FunctionId, Arc<FunctionEntry>>,
     /// Entries for functions that triggers name but the store does not have (404 on request).
-    missing: imbl::HashMap<FunctionId, Arc<FunctionEntry>>,
+    missing: imbl::OrdMap<FunctionId, Arc<FunctionEntry>>,
     /// Every trigger, by `namespace/name`.
-    triggers: imbl::HashMap<Arc<str>, TriggerState>,
+    triggers: imbl::OrdMap<Arc<str>, TriggerState>,
     /// Function → the triggers naming it, so a function change re-targets only those.
     /// (A small slice per function: most functions have one or two triggers.)
-    users: imbl::HashMap<FunctionId, Arc<[Arc<str>]>>,
+    users: imbl::OrdMap<FunctionId, Arc<[Arc<str>]>>,
     /// The triggers not routed, in precedence order: retried when a route goes away.
     skipped: imbl::OrdSet<Order>,
 }
@@ -344,11 +344,11 @@ impl RouteTable {
     pub fn empty() -> Self {
         Self {
             any_host: Tiers::default(),
-            by_host: imbl::HashMap::new(),
-            functions: imbl::HashMap::new(),
-            missing: imbl::HashMap::new(),
-            triggers: imbl::HashMap::new(),
-            users: imbl::HashMap::new(),
+            by_host: imbl::OrdMap::new(),
+            functions: imbl::OrdMap::new(),
+            missing: imbl::OrdMap::new(),
+            triggers: imbl::OrdMap::new(),
+            users: imbl::OrdMap::new(),
             skipped: imbl::OrdSet::new(),
         }
     }
@@ -444,7 +444,7 @@ impl RouteTable {
                 continue;
             };
             self.unroute(key, old);
-            match self.compile(&state.record, index) {
+            match self.compile(key, &state.record, index) {
                 Ok(compiled) => {
                     let compiled = Arc::new(compiled);
                     self.route(&compiled);
@@ -531,7 +531,7 @@ impl RouteTable {
             if state.routed.is_some() || !Arc::ptr_eq(&state.record, &order.0) {
                 continue;
             }
-            let compiled = match self.compile(&state.record, index) {
+            let compiled = match self.compile(&key, &state.record, index) {
                 Ok(c) => c,
                 Err(reason) => {
                     self.skip(&key, &state.record, reason);
@@ -687,7 +687,13 @@ impl RouteTable {
     }
 
     /// Compiles a trigger into its routes (an `Err` is why it cannot be routed at all).
-    fn compile(&mut self, t: &TriggerRecord, index: &EndpointIndex) -> Result<Compiled, String> {
+    /// `key` is the trigger's `namespace/name`, shared with the route target.
+    fn compile(
+        &mut self,
+        key: &Arc<str>,
+        t: &TriggerRecord,
+        index: &EndpointIndex,
+    ) -> Result<Compiled, String> {
         let spec = &t.spec;
         let mut methods = Vec::new();
         for m in spec.effective_methods() {
@@ -777,12 +783,17 @@ impl RouteTable {
             .map(normalize_host)
             .filter(|h| !h.is_empty())
             .map(|h| Arc::from(h.as_ref()));
+        let mut patterns = patterns;
+        for (_, shape, _) in &mut patterns {
+            shape.shrink_to_fit();
+        }
+        patterns.shrink_to_fit();
         Ok(Compiled {
             host,
             methods: MethodSet::from_methods(&methods),
             patterns,
             target: Arc::new(RouteTarget {
-                trigger: Arc::from(format!("{}/{}", t.namespace, t.name)),
+                trigger: Arc::clone(key),
                 route,
                 mode,
                 choice,

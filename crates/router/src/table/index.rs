@@ -145,7 +145,7 @@ pub(crate) struct Leaf<T> {
 
 /// A node of the tree (see the module documentation).
 pub(crate) struct Node<T> {
-    literal: Option<imbl::HashMap<Arc<str>, Arc<Node<T>>>>,
+    literal: Option<imbl::OrdMap<Arc<str>, Arc<Node<T>>>>,
     param: Option<Arc<Node<T>>>,
     catch_all: Vec<Arc<Leaf<T>>>,
     here: Vec<Arc<Leaf<T>>>,
@@ -287,7 +287,7 @@ impl<T> Tree<T> {
                     go(child, rest, leaf);
                 }
                 Some((Seg::Literal(s), rest)) => {
-                    let map = node.literal.get_or_insert_with(imbl::HashMap::new);
+                    let map = node.literal.get_or_insert_with(imbl::OrdMap::new);
                     let child = map.entry(Arc::clone(s)).or_default();
                     go(child, rest, leaf);
                 }
