@@ -247,7 +247,8 @@ impl Ord for Order {
 /// One route of a trigger: tier, shape and parameter names.
 type Pattern = (usize, Vec<Seg>, Arc<[Box<str>]>);
 
-/// A trigger compiled into routes.
+/// A trigger compiled into routes: transient, while it is placed (the table keeps only the
+/// leaves; taking the routes out computes the patterns again from the record).
 struct Compiled {
     host: Option<Arc<str>>,
     methods: MethodSet,
@@ -256,12 +257,57 @@ struct Compiled {
     target: Arc<RouteTarget>,
 }
 
+/// Where a trigger's routes go: its normalized host (`None`: every host) and its patterns.
+fn placement(spec: &HttpTriggerSpec) -> Result<(Option<Arc<str>>, Vec<Pattern>), String> {
+    let patterns = match (&spec.prefix, &spec.relativeurl) {
+        (Some(prefix), _) => {
+            if !prefix.starts_with('/') {
+                return Err(format!("spec.prefix: {prefix:?} must start with '/'"));
+            }
+            let base = prefix.trim_end_matches('/');
+            let with_slash = format!("{base}/");
+            let mut patterns = vec![(0, literal_shape(prefix), NO_NAMES.clone())];
+            if !prefix.ends_with('/') {
+                patterns.push((0, literal_shape(&with_slash), NO_NAMES.clone()));
+            }
+            let mut rest = literal_shape(&with_slash);
+            if let Some(last) = rest.last_mut() {
+                *last = Seg::CatchAll;
+            }
+            patterns.push((1, rest, PREFIX_NAMES.clone()));
+            patterns
+        }
+        (None, Some(url)) => {
+            if !url.starts_with('/') {
+                return Err(format!("spec.relativeurl: {url:?} must start with '/'"));
+            }
+            let (shape, names) = template_shape(url);
+            let names: Arc<[Box<str>]> = if names.is_empty() {
+                NO_NAMES.clone()
+            } else {
+                Arc::from(names)
+            };
+            vec![(0, shape, names)]
+        }
+        (None, None) => {
+            return Err("spec.relativeurl: expected a relativeurl or a prefix".into());
+        }
+    };
+    let host = spec
+        .host
+        .as_deref()
+        .map(normalize_host)
+        .filter(|h| !h.is_empty())
+        .map(|h| Arc::from(h.as_ref()));
+    Ok((host, patterns))
+}
+
 /// What the table holds of one trigger.
 #[derive(Clone)]
 struct TriggerState {
     record: Arc<TriggerRecord>,
-    /// Set while the trigger is routed.
-    routed: Option<Arc<Compiled>>,
+    /// Whether the trigger is routed (its leaves are in the trees).
+    routed: bool,
     /// Why it is not routed (`None` while routed or not yet placed).
     skipped: Option<Arc<str>>,
 }
@@ -440,18 +486,17 @@ impl RouteTable {
             let Some(state) = self.triggers.get(key).cloned() else {
                 continue;
             };
-            let Some(old) = &state.routed else {
+            if !state.routed {
                 continue;
-            };
-            self.unroute(key, old);
+            }
+            self.unroute(key, &state.record);
             match self.compile(key, &state.record, index) {
                 Ok(compiled) => {
-                    let compiled = Arc::new(compiled);
                     self.route(&compiled);
-                    self.set(key, &state.record, Some(compiled), None);
+                    self.set(key, &state.record, true, None);
                 }
                 // Compiling depends on the trigger alone, which did not change.
-                Err(reason) => self.set(key, &state.record, None, Some(Arc::from(reason))),
+                Err(reason) => self.set(key, &state.record, false, Some(Arc::from(reason))),
             }
         }
     }
@@ -479,7 +524,7 @@ impl RouteTable {
             Arc::clone(&key),
             TriggerState {
                 record: Arc::clone(&record),
-                routed: None,
+                routed: false,
                 skipped: None,
             },
         );
@@ -491,8 +536,8 @@ impl RouteTable {
     fn forget(&mut self, key: &Arc<str>, old: &TriggerState, queue: &mut BTreeSet<Order>) {
         let order = Order(Arc::clone(&old.record));
         self.skipped.remove(&order);
-        if let Some(compiled) = &old.routed {
-            self.unroute(key, compiled);
+        if old.routed {
+            self.unroute(key, &old.record);
             self.queue_skipped_after(&order, queue);
         }
         for f in old.record.spec.functionref.function_names() {
@@ -528,7 +573,7 @@ impl RouteTable {
             let Some(state) = self.triggers.get(&key).cloned() else {
                 continue;
             };
-            if state.routed.is_some() || !Arc::ptr_eq(&state.record, &order.0) {
+            if state.routed || !Arc::ptr_eq(&state.record, &order.0) {
                 continue;
             }
             let compiled = match self.compile(&key, &state.record, index) {
@@ -547,32 +592,31 @@ impl RouteTable {
                 let Some(o) = self.triggers.get(&other).cloned() else {
                     continue;
                 };
-                if let Some(c) = &o.routed {
-                    self.unroute(&other, c);
-                    self.set(&other, &o.record, None, None);
+                if o.routed {
+                    self.unroute(&other, &o.record);
+                    self.set(&other, &o.record, false, None);
                     let o_order = Order(Arc::clone(&o.record));
                     self.queue_skipped_after(&o_order, &mut queue);
                     queue.insert(o_order);
                 }
             }
-            let compiled = Arc::new(compiled);
             self.route(&compiled);
             self.skipped.remove(&order);
-            self.set(&key, &state.record, Some(compiled), None);
+            self.set(&key, &state.record, true, None);
         }
     }
 
     fn skip(&mut self, key: &Arc<str>, record: &Arc<TriggerRecord>, reason: String) {
         tracing::warn!(trigger = %key, %reason, "http trigger skipped");
         self.skipped.insert(Order(Arc::clone(record)));
-        self.set(key, record, None, Some(Arc::from(reason)));
+        self.set(key, record, false, Some(Arc::from(reason)));
     }
 
     fn set(
         &mut self,
         key: &Arc<str>,
         record: &Arc<TriggerRecord>,
-        routed: Option<Arc<Compiled>>,
+        routed: bool,
         skipped: Option<Arc<str>>,
     ) {
         self.triggers.insert(
@@ -653,18 +697,23 @@ impl RouteTable {
         }
     }
 
-    fn unroute(&mut self, key: &Arc<str>, c: &Compiled) {
-        let tiers = match &c.host {
+    /// Takes a routed trigger's leaves out (its patterns computed again from the record, which
+    /// placed them: a routed trigger's record always compiles).
+    fn unroute(&mut self, key: &Arc<str>, record: &TriggerRecord) {
+        let Ok((host, patterns)) = placement(&record.spec) else {
+            return;
+        };
+        let tiers = match &host {
             None => &mut self.any_host,
             Some(h) => match self.by_host.get_mut(h) {
                 Some(t) => t,
                 None => return,
             },
         };
-        for (tier, shape, _) in &c.patterns {
+        for (tier, shape, _) in &patterns {
             tiers[*tier].remove(shape, &|t: &Arc<RouteTarget>| t.trigger == *key);
         }
-        if let Some(h) = &c.host
+        if let Some(h) = &host
             && self
                 .by_host
                 .get(h)
@@ -735,59 +784,23 @@ impl RouteTable {
             }
         };
 
-        let (mode, patterns) = match (&spec.prefix, &spec.relativeurl) {
+        let (host, patterns) = placement(spec)?;
+        let mode = match (&spec.prefix, patterns.first()) {
             (Some(prefix), _) => {
-                if !prefix.starts_with('/') {
-                    return Err(format!("spec.prefix: {prefix:?} must start with '/'"));
-                }
                 let base = prefix.trim_end_matches('/');
-                let with_slash = format!("{base}/");
-                let mut patterns = vec![(0, literal_shape(prefix), NO_NAMES.clone())];
-                if !prefix.ends_with('/') {
-                    patterns.push((0, literal_shape(&with_slash), NO_NAMES.clone()));
-                }
-                let mut rest = literal_shape(&with_slash);
-                if let Some(last) = rest.last_mut() {
-                    *last = Seg::CatchAll;
-                }
-                patterns.push((1, rest, PREFIX_NAMES.clone()));
                 let strip = (!spec.keep_prefix && !base.is_empty()).then(|| Box::from(base));
-                (PathMode::Prefix { strip }, patterns)
+                PathMode::Prefix { strip }
             }
-            (None, Some(url)) => {
-                if !url.starts_with('/') {
-                    return Err(format!("spec.relativeurl: {url:?} must start with '/'"));
-                }
-                let (shape, names) = template_shape(url);
-                let params = template_params(&names);
-                let names: Arc<[Box<str>]> = if names.is_empty() {
-                    NO_NAMES.clone()
-                } else {
-                    Arc::from(names)
-                };
-                (PathMode::Template { params }, vec![(0, shape, names)])
-            }
-            (None, None) => {
-                return Err("spec.relativeurl: expected a relativeurl or a prefix".into());
-            }
+            (None, Some((_, _, names))) => PathMode::Template {
+                params: template_params(names),
+            },
+            (None, None) => PathMode::Template { params: Vec::new() },
         };
-
         let route: Arc<str> = match (&spec.prefix, &spec.relativeurl) {
             (Some(prefix), _) => Arc::from(format!("{}/*", prefix.trim_end_matches('/'))),
             (None, Some(url)) => Arc::from(url.as_str()),
             (None, None) => Arc::from(""),
         };
-        let host = spec
-            .host
-            .as_deref()
-            .map(normalize_host)
-            .filter(|h| !h.is_empty())
-            .map(|h| Arc::from(h.as_ref()));
-        let mut patterns = patterns;
-        for (_, shape, _) in &mut patterns {
-            shape.shrink_to_fit();
-        }
-        patterns.shrink_to_fit();
         Ok(Compiled {
             host,
             methods: MethodSet::from_methods(&methods),
