@@ -325,9 +325,10 @@ pub(crate) struct RouteTable {
     missing: imbl::OrdMap<FunctionId, Arc<FunctionEntry>>,
     /// Every trigger, by `namespace/name`.
     triggers: imbl::OrdMap<Arc<str>, TriggerState>,
-    /// Function → the triggers naming it, so a function change re-targets only those.
-    /// (A small slice per function: most functions have one or two triggers.)
-    users: imbl::OrdMap<FunctionId, Arc<[Arc<str>]>>,
+    /// Function (`namespace/name`, one allocation per entry) → the triggers naming it, so a
+    /// function change re-targets only those. (A small slice per function: most functions
+    /// have one or two triggers.)
+    users: imbl::OrdMap<Arc<str>, Arc<[Arc<str>]>>,
     /// The triggers not routed, in precedence order: retried when a route goes away.
     skipped: imbl::OrdSet<Order>,
 }
@@ -479,7 +480,11 @@ impl RouteTable {
 
     /// Rebuilds the targets of the routed triggers naming `id` (same routes, new entry).
     fn retarget(&mut self, id: &FunctionId, index: &EndpointIndex) {
-        let Some(users) = self.users.get(id).cloned() else {
+        let Some(users) = self
+            .users
+            .get(format!("{}/{}", id.namespace, id.name).as_str())
+            .cloned()
+        else {
             return;
         };
         for key in users.iter() {
@@ -512,13 +517,16 @@ impl RouteTable {
         }
         let record = Arc::new(record);
         for f in record.spec.functionref.function_names() {
-            let id = FunctionId::new(record.namespace.clone(), f);
-            let mut names: Vec<Arc<str>> =
-                self.users.get(&id).map(|u| u.to_vec()).unwrap_or_default();
+            let user: Arc<str> = Arc::from(format!("{}/{f}", record.namespace));
+            let mut names: Vec<Arc<str>> = self
+                .users
+                .get(&user)
+                .map(|u| u.to_vec())
+                .unwrap_or_default();
             if !names.contains(&key) {
                 names.push(Arc::clone(&key));
             }
-            self.users.insert(id, Arc::from(names));
+            self.users.insert(user, Arc::from(names));
         }
         self.triggers.insert(
             Arc::clone(&key),
@@ -541,14 +549,15 @@ impl RouteTable {
             self.queue_skipped_after(&order, queue);
         }
         for f in old.record.spec.functionref.function_names() {
-            let id = FunctionId::new(old.record.namespace.clone(), f);
-            if let Some(users) = self.users.get(&id) {
+            let user = format!("{}/{f}", old.record.namespace);
+            if let Some(users) = self.users.get(user.as_str()) {
                 let rest: Vec<Arc<str>> = users.iter().filter(|n| *n != key).cloned().collect();
                 if !rest.is_empty() {
-                    self.users.insert(id, Arc::from(rest));
+                    self.users.insert(Arc::from(user), Arc::from(rest));
                 } else {
-                    self.users.remove(&id);
-                    self.missing.remove(&id);
+                    self.users.remove(user.as_str());
+                    self.missing
+                        .remove(&FunctionId::new(old.record.namespace.clone(), f));
                 }
             }
         }
