@@ -103,10 +103,32 @@ pub(crate) struct FunctionRecord {
 /// One HttpTrigger from the store.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct TriggerRecord {
-    pub namespace: String,
-    pub name: String,
-    pub creation: String,
+    /// `namespace/name`: the table's key for the trigger, shared with its map entry, its
+    /// route target and the function → triggers map (one allocation for all of them).
+    pub key: Arc<str>,
+    /// Where the namespace ends in `key`.
+    ns_len: usize,
+    pub creation: Box<str>,
     pub spec: HttpTriggerSpec,
+}
+
+impl TriggerRecord {
+    pub fn new(namespace: &str, name: &str, creation: &str, spec: HttpTriggerSpec) -> Self {
+        Self {
+            key: Arc::from(format!("{namespace}/{name}")),
+            ns_len: namespace.len(),
+            creation: Box::from(creation),
+            spec,
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.key.get(..self.ns_len).unwrap_or_default()
+    }
+
+    pub fn name(&self) -> &str {
+        self.key.get(self.ns_len + 1..).unwrap_or_default()
+    }
 }
 
 /// How the forwarded path is derived from the request path.
@@ -223,7 +245,7 @@ struct Order(Arc<TriggerRecord>);
 
 impl Order {
     fn key(&self) -> (&str, &str, &str) {
-        (&self.0.creation, &self.0.namespace, &self.0.name)
+        (&self.0.creation, self.0.namespace(), self.0.name())
     }
 }
 
@@ -427,7 +449,7 @@ impl RouteTable {
         }
         let mut triggers: Vec<&TriggerRecord> = triggers.into_iter().collect();
         triggers.sort_by(|a, b| {
-            (&a.creation, &a.namespace, &a.name).cmp(&(&b.creation, &b.namespace, &b.name))
+            (&a.creation, a.namespace(), a.name()).cmp(&(&b.creation, b.namespace(), b.name()))
         });
         // In precedence order each trigger only meets older ones: nothing is displaced.
         for t in triggers {
@@ -507,7 +529,7 @@ impl RouteTable {
     }
 
     fn upsert_trigger(&mut self, record: TriggerRecord, index: &EndpointIndex) {
-        let key: Arc<str> = Arc::from(format!("{}/{}", record.namespace, record.name));
+        let key = Arc::clone(&record.key);
         let mut queue = BTreeSet::new();
         if let Some(old) = self.triggers.get(&key).cloned() {
             if *old.record == record {
@@ -517,7 +539,7 @@ impl RouteTable {
         }
         let record = Arc::new(record);
         for f in record.spec.functionref.function_names() {
-            let user: Arc<str> = Arc::from(format!("{}/{f}", record.namespace));
+            let user: Arc<str> = Arc::from(format!("{}/{f}", record.namespace()));
             let mut names: Vec<Arc<str>> = self
                 .users
                 .get(&user)
@@ -549,7 +571,7 @@ impl RouteTable {
             self.queue_skipped_after(&order, queue);
         }
         for f in old.record.spec.functionref.function_names() {
-            let user = format!("{}/{f}", old.record.namespace);
+            let user = format!("{}/{f}", old.record.namespace());
             if let Some(users) = self.users.get(user.as_str()) {
                 let rest: Vec<Arc<str>> = users.iter().filter(|n| *n != key).cloned().collect();
                 if !rest.is_empty() {
@@ -557,7 +579,7 @@ impl RouteTable {
                 } else {
                     self.users.remove(user.as_str());
                     self.missing
-                        .remove(&FunctionId::new(old.record.namespace.clone(), f));
+                        .remove(&FunctionId::new(old.record.namespace(), f));
                 }
             }
         }
@@ -578,7 +600,7 @@ impl RouteTable {
     /// conflicts with are taken out and placed again after it.
     fn settle(&mut self, mut queue: BTreeSet<Order>, index: &EndpointIndex) {
         while let Some(order) = queue.pop_first() {
-            let key: Arc<str> = Arc::from(format!("{}/{}", order.0.namespace, order.0.name));
+            let key = Arc::clone(&order.0.key);
             let Some(state) = self.triggers.get(&key).cloned() else {
                 continue;
             };
@@ -763,9 +785,8 @@ impl RouteTable {
         }
 
         // `hello@3` routes to version 3's own entry (`hello.v3`).
-        let fn_id = |name: &str| {
-            FunctionId::new(t.namespace.clone(), kappa_types::function_ref_target(name))
-        };
+        let fn_id =
+            |name: &str| FunctionId::new(t.namespace(), kappa_types::function_ref_target(name));
         let choice = match spec.functionref.kind {
             FunctionReferenceType::Name => {
                 Choice::One(self.function_entry(fn_id(&spec.functionref.name), index))
@@ -899,7 +920,7 @@ impl RouteTable {
                         .collect(),
                 };
                 RouteInfo {
-                    trigger: format!("{}/{}", t.namespace, t.name),
+                    trigger: t.key.to_string(),
                     host: spec.host.clone(),
                     relativeurl: spec.relativeurl.clone(),
                     prefix: spec.prefix.clone(),
@@ -932,12 +953,7 @@ mod tests {
             ..HttpTriggerSpec::default()
         };
         f(&mut spec);
-        TriggerRecord {
-            namespace: "default".into(),
-            name: name.into(),
-            creation: creation.into(),
-            spec,
-        }
+        TriggerRecord::new("default", name, creation, spec)
     }
 
     fn func(name: &str) -> FunctionRecord {

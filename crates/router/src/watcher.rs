@@ -46,12 +46,12 @@ impl Decode for Routed {
         if spec.methods.len() == 1 && spec.methods[0] == "GET" {
             spec.methods = Vec::new();
         }
-        Ok(Self::Trigger(TriggerRecord {
-            creation: t.metadata.creation_timestamp.unwrap_or_default(),
-            namespace: obj.namespace,
-            name: obj.name,
+        Ok(Self::Trigger(TriggerRecord::new(
+            &obj.namespace,
+            &obj.name,
+            t.metadata.creation_timestamp.as_deref().unwrap_or_default(),
             spec,
-        }))
+        )))
     }
 }
 
