@@ -23,14 +23,18 @@ use tokio_util::sync::CancellationToken;
 
 /// What a trigger's route is matched on: host (lower case, port ignored; `*` for any), path
 /// (parameter names ignored: `/users/{id}` and `/users/{uid}` are the same route) and methods.
-/// Kept compact (one allocation for host and path, one for the methods), since the index
-/// holds one per trigger.
+/// Kept compact (one allocation for host and path; the methods shared by every trigger with
+/// the same list, which for most is the default `GET`), since the index holds one per trigger.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RouteKey {
     /// `host`, a NUL, then `path` (neither holds a NUL): the index's slot, shared with it.
     slot: Arc<str>,
-    methods: Box<[Box<str>]>,
+    methods: Arc<[Box<str>]>,
 }
+
+/// The method list of a trigger that names none or only `GET`: one allocation for all of them.
+static GET_ONLY: std::sync::LazyLock<Arc<[Box<str>]>> =
+    std::sync::LazyLock::new(|| Arc::from(vec![Box::<str>::from("GET")]));
 
 impl RouteKey {
     pub fn of(spec: &HttpTriggerSpec) -> Self {
@@ -62,11 +66,16 @@ impl RouteKey {
             )
             .collect::<Vec<_>>()
             .join("/");
-        let methods = spec
+        let methods: Vec<Box<str>> = spec
             .effective_methods()
             .into_iter()
             .map(|m| m.to_ascii_uppercase().into_boxed_str())
             .collect();
+        let methods = if *methods == **GET_ONLY {
+            Arc::clone(&GET_ONLY)
+        } else {
+            Arc::from(methods)
+        };
         Self {
             slot: Arc::from(format!("{host}\0{path}")),
             methods,

@@ -103,10 +103,32 @@ pub(crate) struct FunctionRecord {
 /// One HttpTrigger from the store.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct TriggerRecord {
-    pub namespace: String,
-    pub name: String,
-    pub creation: String,
+    /// `namespace/name`: the table's key for the trigger, shared with its map entry, its
+    /// route target and the function → triggers map (one allocation for all of them).
+    pub key: Arc<str>,
+    /// Where the namespace ends in `key`.
+    ns_len: usize,
+    pub creation: Box<str>,
     pub spec: HttpTriggerSpec,
+}
+
+impl TriggerRecord {
+    pub fn new(namespace: &str, name: &str, creation: &str, spec: HttpTriggerSpec) -> Self {
+        Self {
+            key: Arc::from(format!("{namespace}/{name}")),
+            ns_len: namespace.len(),
+            creation: Box::from(creation),
+            spec,
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.key.get(..self.ns_len).unwrap_or_default()
+    }
+
+    pub fn name(&self) -> &str {
+        self.key.get(self.ns_len + 1..).unwrap_or_default()
+    }
 }
 
 /// How the forwarded path is derived from the request path.
@@ -223,7 +245,7 @@ struct Order(Arc<TriggerRecord>);
 
 impl Order {
     fn key(&self) -> (&str, &str, &str) {
-        (&self.0.creation, &self.0.namespace, &self.0.name)
+        (&self.0.creation, self.0.namespace(), self.0.name())
     }
 }
 
@@ -247,7 +269,8 @@ impl Ord for Order {
 /// One route of a trigger: tier, shape and parameter names.
 type Pattern = (usize, Vec<Seg>, Arc<[Box<str>]>);
 
-/// A trigger compiled into routes.
+/// A trigger compiled into routes: transient, while it is placed (the table keeps only the
+/// leaves; taking the routes out computes the patterns again from the record).
 struct Compiled {
     host: Option<Arc<str>>,
     methods: MethodSet,
@@ -256,12 +279,57 @@ struct Compiled {
     target: Arc<RouteTarget>,
 }
 
+/// Where a trigger's routes go: its normalized host (`None`: every host) and its patterns.
+fn placement(spec: &HttpTriggerSpec) -> Result<(Option<Arc<str>>, Vec<Pattern>), String> {
+    let patterns = match (&spec.prefix, &spec.relativeurl) {
+        (Some(prefix), _) => {
+            if !prefix.starts_with('/') {
+                return Err(format!("spec.prefix: {prefix:?} must start with '/'"));
+            }
+            let base = prefix.trim_end_matches('/');
+            let with_slash = format!("{base}/");
+            let mut patterns = vec![(0, literal_shape(prefix), NO_NAMES.clone())];
+            if !prefix.ends_with('/') {
+                patterns.push((0, literal_shape(&with_slash), NO_NAMES.clone()));
+            }
+            let mut rest = literal_shape(&with_slash);
+            if let Some(last) = rest.last_mut() {
+                *last = Seg::CatchAll;
+            }
+            patterns.push((1, rest, PREFIX_NAMES.clone()));
+            patterns
+        }
+        (None, Some(url)) => {
+            if !url.starts_with('/') {
+                return Err(format!("spec.relativeurl: {url:?} must start with '/'"));
+            }
+            let (shape, names) = template_shape(url);
+            let names: Arc<[Box<str>]> = if names.is_empty() {
+                NO_NAMES.clone()
+            } else {
+                Arc::from(names)
+            };
+            vec![(0, shape, names)]
+        }
+        (None, None) => {
+            return Err("spec.relativeurl: expected a relativeurl or a prefix".into());
+        }
+    };
+    let host = spec
+        .host
+        .as_deref()
+        .map(normalize_host)
+        .filter(|h| !h.is_empty())
+        .map(|h| Arc::from(h.as_ref()));
+    Ok((host, patterns))
+}
+
 /// What the table holds of one trigger.
 #[derive(Clone)]
 struct TriggerState {
     record: Arc<TriggerRecord>,
-    /// Set while the trigger is routed.
-    routed: Option<Arc<Compiled>>,
+    /// Whether the trigger is routed (its leaves are in the trees).
+    routed: bool,
     /// Why it is not routed (`None` while routed or not yet placed).
     skipped: Option<Arc<str>>,
 }
@@ -272,16 +340,17 @@ struct TriggerState {
 #[derive(Clone)]
 pub(crate) struct RouteTable {
     any_host: Tiers,
-    by_host: imbl::HashMap<Arc<str>, Tiers>,
+    by_host: imbl::OrdMap<Arc<str>, Tiers>,
     /// Every function in the store, for direct invocation.
-    functions: imbl::HashMap<FunctionId, Arc<FunctionEntry>>,
+    functions: imbl::OrdMap<FunctionId, Arc<FunctionEntry>>,
     /// Entries for functions that triggers name but the store does not have (404 on request).
-    missing: imbl::HashMap<FunctionId, Arc<FunctionEntry>>,
+    missing: imbl::OrdMap<FunctionId, Arc<FunctionEntry>>,
     /// Every trigger, by `namespace/name`.
-    triggers: imbl::HashMap<Arc<str>, TriggerState>,
-    /// Function → the triggers naming it, so a function change re-targets only those.
-    /// (A small slice per function: most functions have one or two triggers.)
-    users: imbl::HashMap<FunctionId, Arc<[Arc<str>]>>,
+    triggers: imbl::OrdMap<Arc<str>, TriggerState>,
+    /// Function (`namespace/name`, one allocation per entry) → the triggers naming it, so a
+    /// function change re-targets only those. (A small slice per function: most functions
+    /// have one or two triggers.)
+    users: imbl::OrdMap<Arc<str>, Arc<[Arc<str>]>>,
     /// The triggers not routed, in precedence order: retried when a route goes away.
     skipped: imbl::OrdSet<Order>,
 }
@@ -344,11 +413,11 @@ impl RouteTable {
     pub fn empty() -> Self {
         Self {
             any_host: Tiers::default(),
-            by_host: imbl::HashMap::new(),
-            functions: imbl::HashMap::new(),
-            missing: imbl::HashMap::new(),
-            triggers: imbl::HashMap::new(),
-            users: imbl::HashMap::new(),
+            by_host: imbl::OrdMap::new(),
+            functions: imbl::OrdMap::new(),
+            missing: imbl::OrdMap::new(),
+            triggers: imbl::OrdMap::new(),
+            users: imbl::OrdMap::new(),
             skipped: imbl::OrdSet::new(),
         }
     }
@@ -380,7 +449,7 @@ impl RouteTable {
         }
         let mut triggers: Vec<&TriggerRecord> = triggers.into_iter().collect();
         triggers.sort_by(|a, b| {
-            (&a.creation, &a.namespace, &a.name).cmp(&(&b.creation, &b.namespace, &b.name))
+            (&a.creation, a.namespace(), a.name()).cmp(&(&b.creation, b.namespace(), b.name()))
         });
         // In precedence order each trigger only meets older ones: nothing is displaced.
         for t in triggers {
@@ -433,31 +502,34 @@ impl RouteTable {
 
     /// Rebuilds the targets of the routed triggers naming `id` (same routes, new entry).
     fn retarget(&mut self, id: &FunctionId, index: &EndpointIndex) {
-        let Some(users) = self.users.get(id).cloned() else {
+        let Some(users) = self
+            .users
+            .get(format!("{}/{}", id.namespace, id.name).as_str())
+            .cloned()
+        else {
             return;
         };
         for key in users.iter() {
             let Some(state) = self.triggers.get(key).cloned() else {
                 continue;
             };
-            let Some(old) = &state.routed else {
+            if !state.routed {
                 continue;
-            };
-            self.unroute(key, old);
-            match self.compile(&state.record, index) {
+            }
+            self.unroute(key, &state.record);
+            match self.compile(key, &state.record, index) {
                 Ok(compiled) => {
-                    let compiled = Arc::new(compiled);
                     self.route(&compiled);
-                    self.set(key, &state.record, Some(compiled), None);
+                    self.set(key, &state.record, true, None);
                 }
                 // Compiling depends on the trigger alone, which did not change.
-                Err(reason) => self.set(key, &state.record, None, Some(Arc::from(reason))),
+                Err(reason) => self.set(key, &state.record, false, Some(Arc::from(reason))),
             }
         }
     }
 
     fn upsert_trigger(&mut self, record: TriggerRecord, index: &EndpointIndex) {
-        let key: Arc<str> = Arc::from(format!("{}/{}", record.namespace, record.name));
+        let key = Arc::clone(&record.key);
         let mut queue = BTreeSet::new();
         if let Some(old) = self.triggers.get(&key).cloned() {
             if *old.record == record {
@@ -467,19 +539,22 @@ impl RouteTable {
         }
         let record = Arc::new(record);
         for f in record.spec.functionref.function_names() {
-            let id = FunctionId::new(record.namespace.clone(), f);
-            let mut names: Vec<Arc<str>> =
-                self.users.get(&id).map(|u| u.to_vec()).unwrap_or_default();
+            let user: Arc<str> = Arc::from(format!("{}/{f}", record.namespace()));
+            let mut names: Vec<Arc<str>> = self
+                .users
+                .get(&user)
+                .map(|u| u.to_vec())
+                .unwrap_or_default();
             if !names.contains(&key) {
                 names.push(Arc::clone(&key));
             }
-            self.users.insert(id, Arc::from(names));
+            self.users.insert(user, Arc::from(names));
         }
         self.triggers.insert(
             Arc::clone(&key),
             TriggerState {
                 record: Arc::clone(&record),
-                routed: None,
+                routed: false,
                 skipped: None,
             },
         );
@@ -491,19 +566,20 @@ impl RouteTable {
     fn forget(&mut self, key: &Arc<str>, old: &TriggerState, queue: &mut BTreeSet<Order>) {
         let order = Order(Arc::clone(&old.record));
         self.skipped.remove(&order);
-        if let Some(compiled) = &old.routed {
-            self.unroute(key, compiled);
+        if old.routed {
+            self.unroute(key, &old.record);
             self.queue_skipped_after(&order, queue);
         }
         for f in old.record.spec.functionref.function_names() {
-            let id = FunctionId::new(old.record.namespace.clone(), f);
-            if let Some(users) = self.users.get(&id) {
+            let user = format!("{}/{f}", old.record.namespace());
+            if let Some(users) = self.users.get(user.as_str()) {
                 let rest: Vec<Arc<str>> = users.iter().filter(|n| *n != key).cloned().collect();
                 if !rest.is_empty() {
-                    self.users.insert(id, Arc::from(rest));
+                    self.users.insert(Arc::from(user), Arc::from(rest));
                 } else {
-                    self.users.remove(&id);
-                    self.missing.remove(&id);
+                    self.users.remove(user.as_str());
+                    self.missing
+                        .remove(&FunctionId::new(old.record.namespace(), f));
                 }
             }
         }
@@ -524,14 +600,14 @@ impl RouteTable {
     /// conflicts with are taken out and placed again after it.
     fn settle(&mut self, mut queue: BTreeSet<Order>, index: &EndpointIndex) {
         while let Some(order) = queue.pop_first() {
-            let key: Arc<str> = Arc::from(format!("{}/{}", order.0.namespace, order.0.name));
+            let key = Arc::clone(&order.0.key);
             let Some(state) = self.triggers.get(&key).cloned() else {
                 continue;
             };
-            if state.routed.is_some() || !Arc::ptr_eq(&state.record, &order.0) {
+            if state.routed || !Arc::ptr_eq(&state.record, &order.0) {
                 continue;
             }
-            let compiled = match self.compile(&state.record, index) {
+            let compiled = match self.compile(&key, &state.record, index) {
                 Ok(c) => c,
                 Err(reason) => {
                     self.skip(&key, &state.record, reason);
@@ -547,32 +623,31 @@ impl RouteTable {
                 let Some(o) = self.triggers.get(&other).cloned() else {
                     continue;
                 };
-                if let Some(c) = &o.routed {
-                    self.unroute(&other, c);
-                    self.set(&other, &o.record, None, None);
+                if o.routed {
+                    self.unroute(&other, &o.record);
+                    self.set(&other, &o.record, false, None);
                     let o_order = Order(Arc::clone(&o.record));
                     self.queue_skipped_after(&o_order, &mut queue);
                     queue.insert(o_order);
                 }
             }
-            let compiled = Arc::new(compiled);
             self.route(&compiled);
             self.skipped.remove(&order);
-            self.set(&key, &state.record, Some(compiled), None);
+            self.set(&key, &state.record, true, None);
         }
     }
 
     fn skip(&mut self, key: &Arc<str>, record: &Arc<TriggerRecord>, reason: String) {
         tracing::warn!(trigger = %key, %reason, "http trigger skipped");
         self.skipped.insert(Order(Arc::clone(record)));
-        self.set(key, record, None, Some(Arc::from(reason)));
+        self.set(key, record, false, Some(Arc::from(reason)));
     }
 
     fn set(
         &mut self,
         key: &Arc<str>,
         record: &Arc<TriggerRecord>,
-        routed: Option<Arc<Compiled>>,
+        routed: bool,
         skipped: Option<Arc<str>>,
     ) {
         self.triggers.insert(
@@ -653,18 +728,23 @@ impl RouteTable {
         }
     }
 
-    fn unroute(&mut self, key: &Arc<str>, c: &Compiled) {
-        let tiers = match &c.host {
+    /// Takes a routed trigger's leaves out (its patterns computed again from the record, which
+    /// placed them: a routed trigger's record always compiles).
+    fn unroute(&mut self, key: &Arc<str>, record: &TriggerRecord) {
+        let Ok((host, patterns)) = placement(&record.spec) else {
+            return;
+        };
+        let tiers = match &host {
             None => &mut self.any_host,
             Some(h) => match self.by_host.get_mut(h) {
                 Some(t) => t,
                 None => return,
             },
         };
-        for (tier, shape, _) in &c.patterns {
+        for (tier, shape, _) in &patterns {
             tiers[*tier].remove(shape, &|t: &Arc<RouteTarget>| t.trigger == *key);
         }
-        if let Some(h) = &c.host
+        if let Some(h) = &host
             && self
                 .by_host
                 .get(h)
@@ -687,7 +767,13 @@ impl RouteTable {
     }
 
     /// Compiles a trigger into its routes (an `Err` is why it cannot be routed at all).
-    fn compile(&mut self, t: &TriggerRecord, index: &EndpointIndex) -> Result<Compiled, String> {
+    /// `key` is the trigger's `namespace/name`, shared with the route target.
+    fn compile(
+        &mut self,
+        key: &Arc<str>,
+        t: &TriggerRecord,
+        index: &EndpointIndex,
+    ) -> Result<Compiled, String> {
         let spec = &t.spec;
         let mut methods = Vec::new();
         for m in spec.effective_methods() {
@@ -699,9 +785,8 @@ impl RouteTable {
         }
 
         // `hello@3` routes to version 3's own entry (`hello.v3`).
-        let fn_id = |name: &str| {
-            FunctionId::new(t.namespace.clone(), kappa_types::function_ref_target(name))
-        };
+        let fn_id =
+            |name: &str| FunctionId::new(t.namespace(), kappa_types::function_ref_target(name));
         let choice = match spec.functionref.kind {
             FunctionReferenceType::Name => {
                 Choice::One(self.function_entry(fn_id(&spec.functionref.name), index))
@@ -729,60 +814,29 @@ impl RouteTable {
             }
         };
 
-        let (mode, patterns) = match (&spec.prefix, &spec.relativeurl) {
+        let (host, patterns) = placement(spec)?;
+        let mode = match (&spec.prefix, patterns.first()) {
             (Some(prefix), _) => {
-                if !prefix.starts_with('/') {
-                    return Err(format!("spec.prefix: {prefix:?} must start with '/'"));
-                }
                 let base = prefix.trim_end_matches('/');
-                let with_slash = format!("{base}/");
-                let mut patterns = vec![(0, literal_shape(prefix), NO_NAMES.clone())];
-                if !prefix.ends_with('/') {
-                    patterns.push((0, literal_shape(&with_slash), NO_NAMES.clone()));
-                }
-                let mut rest = literal_shape(&with_slash);
-                if let Some(last) = rest.last_mut() {
-                    *last = Seg::CatchAll;
-                }
-                patterns.push((1, rest, PREFIX_NAMES.clone()));
                 let strip = (!spec.keep_prefix && !base.is_empty()).then(|| Box::from(base));
-                (PathMode::Prefix { strip }, patterns)
+                PathMode::Prefix { strip }
             }
-            (None, Some(url)) => {
-                if !url.starts_with('/') {
-                    return Err(format!("spec.relativeurl: {url:?} must start with '/'"));
-                }
-                let (shape, names) = template_shape(url);
-                let params = template_params(&names);
-                let names: Arc<[Box<str>]> = if names.is_empty() {
-                    NO_NAMES.clone()
-                } else {
-                    Arc::from(names)
-                };
-                (PathMode::Template { params }, vec![(0, shape, names)])
-            }
-            (None, None) => {
-                return Err("spec.relativeurl: expected a relativeurl or a prefix".into());
-            }
+            (None, Some((_, _, names))) => PathMode::Template {
+                params: template_params(names),
+            },
+            (None, None) => PathMode::Template { params: Vec::new() },
         };
-
         let route: Arc<str> = match (&spec.prefix, &spec.relativeurl) {
             (Some(prefix), _) => Arc::from(format!("{}/*", prefix.trim_end_matches('/'))),
             (None, Some(url)) => Arc::from(url.as_str()),
             (None, None) => Arc::from(""),
         };
-        let host = spec
-            .host
-            .as_deref()
-            .map(normalize_host)
-            .filter(|h| !h.is_empty())
-            .map(|h| Arc::from(h.as_ref()));
         Ok(Compiled {
             host,
             methods: MethodSet::from_methods(&methods),
             patterns,
             target: Arc::new(RouteTarget {
-                trigger: Arc::from(format!("{}/{}", t.namespace, t.name)),
+                trigger: Arc::clone(key),
                 route,
                 mode,
                 choice,
@@ -866,7 +920,7 @@ impl RouteTable {
                         .collect(),
                 };
                 RouteInfo {
-                    trigger: format!("{}/{}", t.namespace, t.name),
+                    trigger: t.key.to_string(),
                     host: spec.host.clone(),
                     relativeurl: spec.relativeurl.clone(),
                     prefix: spec.prefix.clone(),
@@ -899,12 +953,7 @@ mod tests {
             ..HttpTriggerSpec::default()
         };
         f(&mut spec);
-        TriggerRecord {
-            namespace: "default".into(),
-            name: name.into(),
-            creation: creation.into(),
-            spec,
-        }
+        TriggerRecord::new("default", name, creation, spec)
     }
 
     fn func(name: &str) -> FunctionRecord {

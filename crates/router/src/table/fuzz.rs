@@ -373,12 +373,7 @@ fn check_case(case: &Case) {
         .iter()
         .take(8)
         .enumerate()
-        .map(|(i, t)| TriggerRecord {
-            namespace: "default".into(),
-            name: format!("t{i}"),
-            creation: format!("{i:03}"),
-            spec: t.spec(),
-        })
+        .map(|(i, t)| TriggerRecord::new("default", &format!("t{i}"), &format!("{i:03}"), t.spec()))
         .filter(|t| t.spec.validate().is_ok())
         .collect();
     let table = RouteTable::build(&triggers, &functions, &RouteTable::empty(), &index);
@@ -386,7 +381,7 @@ fn check_case(case: &Case) {
     // The table says which triggers it routes; the reference routes exactly those.
     let mut routes: Vec<RefRoute> = Vec::new();
     for (t, info) in triggers.iter().zip(table.routes()) {
-        let name = format!("default/{}", t.name);
+        let name = format!("default/{}", t.name());
         assert_eq!(info.trigger, name, "routes() keeps the creation order");
         let mine = ref_routes(&name, &t.spec);
         match &info.skipped {
@@ -549,12 +544,14 @@ fn incremental_table_at_scale_agrees_with_a_full_build_and_the_reference() {
         })
         .collect();
     let mut triggers: Vec<TriggerRecord> = (0..TRIGGERS)
-        .map(|i| TriggerRecord {
-            namespace: if i % 3 == 0 { "ns-a" } else { "default" }.into(),
-            name: format!("t{i}"),
-            // Ties on purpose: precedence falls back to namespace and name.
-            creation: format!("{:05}", rng.random_range(0..TRIGGERS as u32)),
-            spec: scale_spec(&mut rng),
+        .map(|i| {
+            TriggerRecord::new(
+                if i % 3 == 0 { "ns-a" } else { "default" },
+                &format!("t{i}"),
+                // Ties on purpose: precedence falls back to namespace and name.
+                &format!("{:05}", rng.random_range(0..TRIGGERS as u32)),
+                scale_spec(&mut rng),
+            )
         })
         .filter(|t| t.spec.validate().is_ok())
         .collect();
@@ -576,7 +573,7 @@ fn incremental_table_at_scale_agrees_with_a_full_build_and_the_reference() {
     for (i, mut t) in triggers.drain(..).enumerate() {
         match i % 10 {
             0 | 5 => table.apply(
-                Change::TriggerGone(t.namespace.clone(), t.name.clone()),
+                Change::TriggerGone(t.namespace().to_owned(), t.name().to_owned()),
                 &index,
             ),
             3 => {
@@ -586,7 +583,7 @@ fn incremental_table_at_scale_agrees_with_a_full_build_and_the_reference() {
                     kept.push(t);
                 } else {
                     table.apply(
-                        Change::TriggerGone(t.namespace.clone(), t.name.clone()),
+                        Change::TriggerGone(t.namespace().to_owned(), t.name().to_owned()),
                         &index,
                     );
                 }
@@ -625,7 +622,7 @@ fn incremental_table_at_scale_agrees_with_a_full_build_and_the_reference() {
         .map(|(a, b)| {
             let t = triggers
                 .iter()
-                .find(|t| format!("{}/{}", t.namespace, t.name) == a.0)
+                .find(|t| format!("{}/{}", t.namespace(), t.name()) == a.0)
                 .map(|t| (&t.creation, &t.spec));
             format!("{a:?} vs {b:?}: {t:?}")
         })
@@ -646,14 +643,14 @@ fn incremental_table_at_scale_agrees_with_a_full_build_and_the_reference() {
             t.spec.host.as_deref(),
             &Method::from_bytes(t.spec.effective_methods()[0].as_bytes()).expect("valid"),
             "/",
-        ) && target.trigger.ends_with(&format!("/{}", t.name))
+        ) && target.trigger.ends_with(&format!("/{}", t.name()))
         {
-            let exists = t.namespace == "default" && name != "f0";
+            let exists = t.namespace() == "default" && name != "f0";
             assert_eq!(
                 target.choice.pick().exists,
                 exists,
                 "{}/{name}",
-                t.namespace
+                t.namespace()
             );
         }
     }
@@ -661,10 +658,10 @@ fn incremental_table_at_scale_agrees_with_a_full_build_and_the_reference() {
     let mut routes: Vec<RefRoute> = Vec::new();
     let mut by_order: Vec<&TriggerRecord> = triggers.iter().collect();
     by_order.sort_by(|a, b| {
-        (&a.creation, &a.namespace, &a.name).cmp(&(&b.creation, &b.namespace, &b.name))
+        (&a.creation, &a.namespace(), &a.name()).cmp(&(&b.creation, &b.namespace(), &b.name()))
     });
     for (t, (name, ok)) in by_order.iter().zip(&incremental) {
-        assert_eq!(*name, format!("{}/{}", t.namespace, t.name));
+        assert_eq!(*name, format!("{}/{}", t.namespace(), t.name()));
         if *ok {
             routes.extend(ref_routes(name, &t.spec));
         }

@@ -13,7 +13,9 @@
 //! and the few nodes that match it, never by the number of routes.
 //!
 //! Nodes are immutable and shared (`Arc`); the literal children of a node live in a
-//! persistent hash map (`imbl`). Inserting or removing a route copies only the nodes on its
+//! persistent B-tree (`imbl::OrdMap`: its leaves are at least a third full, where a hash array
+//! mapped trie allocates every leaf node at full width, about six times the memory per entry
+//! at a few thousand routes). Inserting or removing a route copies only the nodes on its
 //! path (and O(log n) of a wide node's map), so a changed table shares everything else with the
 //! previous one.
 //!
@@ -145,7 +147,7 @@ pub(crate) struct Leaf<T> {
 
 /// A node of the tree (see the module documentation).
 pub(crate) struct Node<T> {
-    literal: Option<imbl::HashMap<Arc<str>, Arc<Node<T>>>>,
+    literal: Option<imbl::OrdMap<Arc<str>, Arc<Node<T>>>>,
     param: Option<Arc<Node<T>>>,
     catch_all: Vec<Arc<Leaf<T>>>,
     here: Vec<Arc<Leaf<T>>>,
@@ -287,7 +289,7 @@ impl<T> Tree<T> {
                     go(child, rest, leaf);
                 }
                 Some((Seg::Literal(s), rest)) => {
-                    let map = node.literal.get_or_insert_with(imbl::HashMap::new);
+                    let map = node.literal.get_or_insert_with(imbl::OrdMap::new);
                     let child = map.entry(Arc::clone(s)).or_default();
                     go(child, rest, leaf);
                 }
