@@ -20,7 +20,6 @@ Only the standard library and ctypes on libc (setns and prctl have no os functio
 """
 
 import ctypes
-import gc
 import json
 import os
 import signal
@@ -206,11 +205,6 @@ def run(path, serve):
     os.chmod(path, 0o600)
     listener.listen(64)
     signal.signal(signal.SIGCHLD, _reap)
-    # Everything loaded so far (the runtime, its compiled code, the warmed-up compiler) goes
-    # to the collector's permanent generation: a collection in a forked instance then never
-    # walks (and so never writes to, copying on write) the pages it shares with the template.
-    gc.collect()
-    gc.freeze()
     sys.stdout.write("kappa python template ready on %s\n" % path)
     sys.stdout.flush()
     while True:
