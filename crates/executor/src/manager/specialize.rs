@@ -126,10 +126,14 @@ impl PoolManager {
                     // that takes one core for milliseconds) once the request that took the
                     // instance had its turn: on a small machine, a refill started at the take
                     // competes with the specialization and the first request for the cores.
-                    if succeeded {
-                        tokio::time::sleep(REFILL_AFTER_SPECIALIZATION).await;
-                    }
-                    this.inner.cache.changed.notify_waiters();
+                    // In a task of its own, so the specialization's span ends here.
+                    let changed = Arc::clone(&this.inner);
+                    tokio::spawn(async move {
+                        if succeeded {
+                            tokio::time::sleep(REFILL_AFTER_SPECIALIZATION).await;
+                        }
+                        changed.cache.changed.notify_waiters();
+                    });
                 }
             }
             .instrument(span),
