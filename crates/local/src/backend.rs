@@ -1266,24 +1266,28 @@ impl Inner {
             .await
             .map_err(|e| BackendError::Code(format!("archive {}: {e}", request.archive_sha256)))?;
         let userfunc = live.dir.join("userfunc");
-        let placed = {
-            let target = userfunc.clone();
-            tokio::task::spawn_blocking(move || match &extracted {
-                Extracted::Dir(source) => place::place_dir(source, &target),
-                Extracted::File(source) => {
-                    let name = source
-                        .file_name()
-                        .and_then(|n| n.to_str())
-                        .unwrap_or_default();
-                    place::place_file(source, name, &target)
-                }
-            })
-            .await
-            .map_err(|e| BackendError::Code(format!("placing the code failed: {e}")))?
-            .map_err(|e| {
-                BackendError::Code(format!("placing the code into {}: {e}", userfunc.display()))
-            })?
-        };
+        let placed = match extracted {
+            // One file is a few system calls (a stat and a hard link): placed here, it saves a
+            // hand-off to a blocking thread and back on the specialization's path (and the
+            // start of that thread when the pool's threads have timed out).
+            Extracted::File(source) => {
+                let name = source
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default();
+                place::place_file(&source, name, &userfunc)
+            }
+            // A tree costs one link per file: on a blocking thread.
+            Extracted::Dir(source) => {
+                let target = userfunc.clone();
+                tokio::task::spawn_blocking(move || place::place_dir(&source, &target))
+                    .await
+                    .map_err(|e| BackendError::Code(format!("placing the code failed: {e}")))?
+            }
+        }
+        .map_err(|e| {
+            BackendError::Code(format!("placing the code into {}: {e}", userfunc.display()))
+        })?;
         if !request.files.is_empty() {
             let dir = live.dir.clone();
             let volumes = request.files.clone();

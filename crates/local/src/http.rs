@@ -1,6 +1,7 @@
 //! A minimal HTTP/1.1 client for the runtime's control endpoints (`/healthz`,
 //! `/v2/specialize`): one connection per call, bounded response bodies.
 
+use std::future::Future as _;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -77,11 +78,6 @@ pub(crate) async fn call_on(
             addr: addr.clone(),
             source,
         })?;
-    let driver = tokio::spawn(async move {
-        // The connection ends with the exchange; its error, if any, surfaces through the
-        // request future below.
-        let _ = conn.await;
-    });
     let mut builder = Request::builder()
         .method(method)
         .uri(path)
@@ -95,7 +91,7 @@ pub(crate) async fn call_on(
         None => Bytes::new(),
     };
     let request = builder.body(Full::new(payload))?;
-    let result = async {
+    let exchange = async {
         let response = sender
             .send_request(request)
             .await
@@ -113,10 +109,26 @@ pub(crate) async fn call_on(
             })?
             .to_bytes();
         Ok(Response { status, body })
-    }
-    .await;
-    driver.abort();
-    result
+    };
+    // The connection is driven by this task, beside the exchange, rather than by a task of its
+    // own: one exchange per connection, so a second task would only add a hand-off (a wake-up
+    // of another task, maybe on another thread) to each direction of the call. The
+    // connection's own end (its error, if any) surfaces through the exchange.
+    let mut exchange = std::pin::pin!(exchange);
+    let mut conn = std::pin::pin!(conn);
+    let mut driving = true;
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(result) = exchange.as_mut().poll(cx) {
+            return std::task::Poll::Ready(result);
+        }
+        if driving && conn.as_mut().poll(cx).is_ready() {
+            driving = false;
+            // The connection ended: whatever it delivered is buffered for the exchange.
+            return exchange.as_mut().poll(cx);
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// Whether the runtime at `addr` answers `GET /healthz` within `timeout`. Any complete HTTP

@@ -2163,10 +2163,15 @@ def _specialize(body, v1):
                 filepath, entry, msg, tb))
             return 500, _error_body("specialize_failed", msg, tb)
         _state = (fn, takes, is_async)
-        _log("kappa: specialized %s (entrypoint %r, %s%shandler) in %.1f ms" % (
+        # Logged by the caller once the answer is sent (the platform reads this process's
+        # stderr: a write before the answer wakes it on the specialization's path).
+        _spec_note[0] = "kappa: specialized %s (entrypoint %r, %s%shandler) in %.1f ms" % (
             filepath, entry or "main.main", "async " if is_async else "",
-            "request-argument " if takes else "flask-style ", (_perf() - t0) * 1000))
+            "request-argument " if takes else "flask-style ", (_perf() - t0) * 1000)
         return 200, b'{"status":"ok"}\n'
+
+
+_spec_note = [None]  # the success line of the specialization, logged after its answer
 
 
 # --------------------------------------------------------------------------------------------
@@ -2473,7 +2478,12 @@ def _read_chunked(sock, buf):
 
 def _send_specialize(sock, body, v1, ka, http10):
     status, out = _specialize(body, v1)
-    sock.sendall(_build(status, _H_JSON, out, ka, False, http10))
+    try:
+        sock.sendall(_build(status, _H_JSON, out, ka, False, http10))
+    finally:
+        note, _spec_note[0] = _spec_note[0], None
+        if note:
+            _log(note)
 
 
 if _IDLE_TIMEOUT and sys.maxsize > 2 ** 32 and hasattr(_socket, "SO_RCVTIMEO"):

@@ -149,6 +149,25 @@ class TestLifecycle(RuntimeTestCase):
         r, body = rt.request("GET", "/healthz")
         self.assertEqual(r.status, 200)
 
+    def test_specialization_report_logged_after_the_answer(self):
+        # The report line goes to stderr once the answer is sent, exactly once; a failed
+        # specialization logs its error and no report.
+        rt = self.start()
+        status, _ = rt.specialize(os.path.join(EXAMPLES, "hello"), "hello.main")
+        self.assertEqual(status, 200)
+        wait_for(lambda: "kappa: specialized " in rt.logs())
+        r, body = rt.request("GET", "/")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(rt.logs().count("kappa: specialized "), 1, rt.logs())
+        status, _ = rt.specialize(os.path.join(EXAMPLES, "hello"), "hello.main")
+        self.assertEqual(status, 400)
+        self.assertEqual(rt.logs().count("kappa: specialized "), 1, rt.logs())
+        bad = self.start()
+        status, _ = bad.specialize(os.path.join(EXAMPLES, "hello"), "hello.missing")
+        self.assertEqual(status, 500)
+        wait_for(lambda: "specialize failed" in bad.logs())
+        self.assertNotIn("kappa: specialized ", bad.logs())
+
     def test_port_from_environment(self):
         for var in ("PORT", "RUNTIME_PORT"):
             with self.subTest(var=var):

@@ -17,6 +17,11 @@ use tracing::Instrument as _;
 use super::{FnInstance, Inflight, Owner, PoolManager, egress_of, generation_of};
 use crate::metrics::ResultLabels;
 
+/// How long after a successful specialization from the warm pool the pool starts refilling:
+/// long enough for the request that waited for it to reach the instance on an idle machine,
+/// short against an instance's start (tens of milliseconds).
+const REFILL_AFTER_SPECIALIZATION: Duration = Duration::from_millis(5);
+
 impl PoolManager {
     /// Starts a specialization for `fid` unless one with free slots exists or the function is
     /// at its cap. Returns the receiver of its outcome, or `None` when at capacity.
@@ -79,7 +84,10 @@ impl PoolManager {
         tokio::spawn(
             async move {
                 let started = Instant::now();
-                let result = this.specialize_new(&fid, &function, generation).await;
+                let mut took_warm = false;
+                let result = this
+                    .specialize_new(&fid, &function, generation, &mut took_warm)
+                    .await;
                 let label = match &result {
                     Ok(()) => "ok",
                     Err(ProvisionError::Timeout(_)) => "timeout",
@@ -110,8 +118,23 @@ impl PoolManager {
                     tracing::warn!(function = %fid, error = %e, "specialization failed");
                     this.record_error(&fid, Some(e.to_string())).await;
                 }
+                let succeeded = result.is_ok();
                 let _ = tx.send(Some(result));
                 this.update_gauges();
+                if took_warm {
+                    // The pool refills (a reconcile pass starts an instance: a process start
+                    // that takes one core for milliseconds) once the request that took the
+                    // instance had its turn: on a small machine, a refill started at the take
+                    // competes with the specialization and the first request for the cores.
+                    // In a task of its own, so the specialization's span ends here.
+                    let changed = Arc::clone(&this.inner);
+                    tokio::spawn(async move {
+                        if succeeded {
+                            tokio::time::sleep(REFILL_AFTER_SPECIALIZATION).await;
+                        }
+                        changed.cache.changed.notify_waiters();
+                    });
+                }
             }
             .instrument(span),
         );
@@ -135,6 +158,7 @@ impl PoolManager {
         fid: &FunctionId,
         function: &Function,
         generation: i64,
+        took_warm: &mut bool,
     ) -> Result<(), ProvisionError> {
         let (env_id, env) = self.load_environment(function).await?;
         let (sha, filename) = self.resolve_archive(function).await?;
@@ -167,8 +191,9 @@ impl PoolManager {
         }
         let instance = match warm {
             Some(instance) => {
-                // Refill the pool in the background.
-                self.inner.cache.changed.notify_waiters();
+                // The caller refills the pool once this specialization (and, when it
+                // succeeds, the first request) is done.
+                *took_warm = true;
                 instance
             }
             None => {

@@ -37,6 +37,33 @@ async fn pool_is_filled_and_refilled_after_a_specialization() {
 }
 
 #[tokio::test]
+async fn pool_is_refilled_after_a_failed_specialization() {
+    // The refill waits for the specialization that took the instance (so it does not compete
+    // with it), and happens whether that specialization succeeds or fails.
+    let h = Harness::start().await;
+    h.env("python", 2).await;
+    eventually(Duration::from_secs(5), "2 warm instances", || {
+        h.backend.live_count() == 2
+    })
+    .await;
+    h.backend
+        .failing
+        .lock()
+        .unwrap()
+        .insert("bad.main".into(), "SyntaxError".into());
+    let f = h.function("bad", "python", |_| {}).await;
+    let generation = h.generation(&f).await;
+    assert!(h.manager.provision(&f, generation).await.is_err());
+    let taken = h.backend.calls.lock().unwrap().specialized[0].0.clone();
+    eventually(Duration::from_secs(5), "pool refilled to 2", || {
+        let live = h.backend.live.lock().unwrap();
+        live.len() == 2 && !live.contains_key(&taken)
+    })
+    .await;
+    assert_eq!(h.backend.calls.lock().unwrap().created.len(), 3);
+}
+
+#[tokio::test]
 async fn concurrent_misses_share_a_specialization_up_to_requests_per_pod() {
     let h = Harness::start().await;
     h.env("python", 2).await;
