@@ -188,10 +188,27 @@ fn instances_of(p: &Platform, function: &str) -> Vec<String> {
         .collect()
 }
 
+/// The mark (`KAPPA_INSTANCE_ID`) the processes of `instance` carry: its id, or for an instance
+/// started from a spare sandbox the spare's, as the local backend's state file records it.
+fn mark_of(p: &Platform, instance: &str) -> String {
+    let mut files = vec![p.data_dir.path().join("instances.json")];
+    if let Ok(entries) = std::fs::read_dir(p.data_dir.path()) {
+        files.extend(entries.flatten().map(|e| e.path().join("instances.json")));
+    }
+    files
+        .iter()
+        .filter_map(|f| std::fs::read(f).ok())
+        .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .flat_map(|state| state["instances"].as_array().cloned().unwrap_or_default())
+        .find(|r| r["id"] == instance)
+        .and_then(|r| r["mark"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| instance.to_owned())
+}
+
 /// Every process marked as belonging to `instance` (the platform sets `KAPPA_INSTANCE_ID` on
-/// every process of an instance).
-fn processes_of(instance: &str) -> Vec<i32> {
-    let wanted = format!("KAPPA_INSTANCE_ID={instance}");
+/// every process of an instance it starts; see [`mark_of`]).
+fn processes_of(p: &Platform, instance: &str) -> Vec<i32> {
+    let wanted = format!("KAPPA_INSTANCE_ID={}", mark_of(p, instance));
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -225,7 +242,7 @@ fn kill_one(p: &Platform, function: &str) -> Kill {
         "an instance of the function to kill",
         || {
             instances_of(p, function).into_iter().find_map(|id| {
-                let pids = processes_of(&id);
+                let pids = processes_of(p, &id);
                 (!pids.is_empty()).then_some((id, pids))
             })
         },
