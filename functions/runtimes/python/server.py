@@ -2199,6 +2199,8 @@ def _specialize(body, v1):
 _spec_note = [None]  # the success line of the specialization, logged after its answer
 
 
+# How long the listener is idle before the runtime rehearses (seconds).
+_REHEARSE_WHEN_IDLE = 0.05
 # A module like a user's smallest function, for _rehearse.
 _REHEARSAL_SOURCE = b'"""Kappa runtime rehearsal."""\n\n\ndef main():\n    return "ok"\n'
 
@@ -2206,7 +2208,7 @@ _REHEARSAL_SOURCE = b'"""Kappa runtime rehearsal."""\n\n\ndef main():\n    retur
 def _rehearse():
     """Runs the steps of a specialization once on the module above (read the request's JSON,
     compile and import a module through _load_file, inspect its entrypoint), leaving no trace:
-    called once the instance listens, while it waits in a warm pool for its function.
+    called by main() once the listener is idle, while the instance waits in a warm pool.
 
     The first run of these steps in a process costs several times a later one: in an instance
     forked from the template (zygote.py) each page they write (reference counts, the import
@@ -2214,7 +2216,10 @@ def _rehearse():
     faults; in a fresh interpreter their code and data are cold. Paid here, it is not paid on
     the first request's path, and the pages it copies are the ones the specialization would
     copy anyway, so a specialized instance does not grow. Never fails: the real
-    specialization does the same steps and reports their errors."""
+    specialization does the same steps and reports their errors. Does nothing once the
+    runtime is specialized."""
+    if _state is not None:
+        return
     with _spec_lock:
         if _state is not None:
             return
@@ -2238,19 +2243,19 @@ def _rehearse():
         finally:
             if name is not None:
                 sys.modules.pop(name, None)
-    # And one request on a connection of its own, answered "not specialized" (_state is None
-    # until a specialization, and a request never waits for this one).
-    try:
-        a, b = _socket.socketpair()
+        # And one request on a connection of its own, answered "not specialized": under the
+        # lock, so no specialization can end meanwhile and let it reach a function.
         try:
-            b.sendall(b"GET / HTTP/1.1\r\nHost: kappa-rehearsal\r\n\r\n")
-            b.shutdown(_socket.SHUT_WR)
-            _serve_conn(a, ("127.0.0.1", 0), ("127.0.0.1", 0))
-            b.recv(65536)
-        finally:
-            b.close()
-    except Exception:
-        pass
+            a, b = _socket.socketpair()
+            try:
+                b.sendall(b"GET / HTTP/1.1\r\nHost: kappa-rehearsal\r\n\r\n")
+                b.shutdown(_socket.SHUT_WR)
+                _serve_conn(a, ("127.0.0.1", 0), ("127.0.0.1", 0))
+                b.recv(65536)
+            finally:
+                b.close()
+        except Exception:
+            pass
 
 
 # --------------------------------------------------------------------------------------------
@@ -2813,18 +2818,25 @@ def main():
     shown = "[%s]" % host.strip("[]") if family == _socket.AF_INET6 else host
     sys.stdout.write("kappa python runtime listening on %s:%d\n" % (shown, port))
     sys.stdout.flush()
-    # Connections wait in the listener's backlog meanwhile (about a millisecond).
-    _rehearse()
     accept = ls._accept
     new = _socket.socket
     fam, typ = ls.family, ls.type
     start = _thread.start_new_thread
     tcp, nodelay = _socket.IPPROTO_TCP, _socket.TCP_NODELAY
     local = ls.getsockname()
+    # The rehearsal (_rehearse) runs once the listener has been idle for a moment: in a warm
+    # pool, after the platform's health check and prepared connections; a start specialized
+    # at once (no pool) is not delayed by it, and then no longer needs it.
+    ls.settimeout(_REHEARSE_WHEN_IDLE)
+    rehearsed = False
     while not _stopping:
         try:
             fd, peer = accept()
         except TimeoutError:
+            if not rehearsed:
+                rehearsed = True
+                _rehearse()
+                ls.settimeout(1.0)
             continue
         except OSError as e:
             if not _stopping:
