@@ -1,6 +1,7 @@
 //! [`LocalBackend`]: runtime instances as child processes.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future as _;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::os::unix::fs::PermissionsExt;
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -1328,11 +1330,15 @@ impl Inner {
         let body = SpecializeBody::new(&filepath, &request.entrypoint, &request.env);
         let body = serde_json::to_vec(&body).map_err(|e| BackendError::Io(e.to_string()))?;
         // From now on the instance's lines (and the runtime's own report of a failure) belong
-        // to the function, so `kappa fn logs` shows why a specialization failed.
-        live.log
-            .assign(&request.function.namespace, &request.function.name);
-        // The function's host ports replace the instance's before its code is loaded (its
-        // lines are the function's now, so `kappa fn logs` says why one was refused).
+        // to the function, so `kappa fn logs` shows why a specialization failed. The log file
+        // is moved with every line it already has, so the move (a few file system calls) is
+        // made once the specialize request is sent, while the runtime loads the code; on a
+        // path that ends before that, here.
+        let assign = || {
+            live.log
+                .assign(&request.function.namespace, &request.function.name);
+        };
+        // The function's host ports replace the instance's before its code is loaded.
         if let Some(socket) = &live.socket {
             let before = live.host_ports.ports();
             if let Err(why) = live
@@ -1340,6 +1346,7 @@ impl Inner {
                 .set(&request.host_ports, socket, &live.log)
                 .await
             {
+                assign();
                 live.log.write(LogStream::Platform, &why);
                 return Err(BackendError::Specialize {
                     status: None,
@@ -1374,7 +1381,15 @@ impl Inner {
             SPECIALIZE_PATH,
             Some(("application/json", body)),
         );
-        let response = match tokio::time::timeout(request.timeout, call).await {
+        let mut call = std::pin::pin!(tokio::time::timeout(request.timeout, call));
+        // The first poll writes the request (its connection is driven by this task).
+        let sent = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+        assign();
+        let outcome = match sent {
+            Poll::Ready(outcome) => outcome,
+            Poll::Pending => call.await,
+        };
+        let response = match outcome {
             Err(_) => {
                 let message = format!(
                     "specializing instance {} for function {} did not finish within {:?}",

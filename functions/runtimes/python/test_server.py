@@ -469,6 +469,110 @@ class TestSpecialize(RuntimeTestCase):
         self.assertEqual(rt.request("GET", "/")[1], b"bundled")
 
 
+class TestRehearsal(RuntimeTestCase):
+    """The runtime runs a specialization's steps once on a built-in module while it waits for
+    its function (server.py `_rehearse`); nothing of it may show."""
+
+    MODULE_FACTS = """
+        import sys
+
+        def main():
+            m = sys.modules[__name__]
+            return {"name": __name__, "file": __file__, "cached": __cached__,
+                    "origin": __spec__.origin, "spec_name": __spec__.name,
+                    "loader": type(__loader__).__name__, "loader_path": __loader__.path,
+                    "in_sys_modules": sys.modules.get(__name__) is m,
+                    "rehearsal_modules": sorted(n for n in sys.modules if "rehearsal" in n)}
+    """
+
+    def test_a_file_module_is_imported_as_the_import_system_would(self):
+        d = self.tmpdir()
+        path = self.write(d, "facts.py", self.MODULE_FACTS)
+        rt = self.specialized(path, "facts.main")
+        r, body = rt.request("GET", "/")
+        self.assertEqual(r.status, 200, body)
+        import importlib.util
+        facts = json.loads(body)
+        self.assertEqual(facts, {
+            "name": "facts", "file": path, "cached": importlib.util.cache_from_source(path),
+            "origin": path, "spec_name": "facts", "loader": "SourceFileLoader",
+            "loader_path": path, "in_sys_modules": True, "rehearsal_modules": []})
+
+    def test_a_function_named_like_the_rehearsal_module_keeps_its_name(self):
+        d = self.tmpdir()
+        path = self.write(d, "kappa_rehearsal.py", self.MODULE_FACTS)
+        rt = self.specialized(path, "kappa_rehearsal.main")
+        r, body = rt.request("GET", "/")
+        self.assertEqual(r.status, 200, body)
+        facts = json.loads(body)
+        self.assertEqual((facts["name"], facts["rehearsal_modules"]),
+                         ("kappa_rehearsal", ["kappa_rehearsal"]))
+
+    def test_the_rehearsal_logs_nothing_and_leaves_the_runtime_generic(self):
+        rt = self.start()
+        r, body = rt.request("GET", "/")
+        self.assertEqual(r.status, 500)
+        self.assertEqual(json.loads(body)["error"]["code"], "not_specialized")
+        self.assertEqual(rt.logs(), "")
+        status, _ = rt.specialize(os.path.join(EXAMPLES, "hello", "hello.py"), "hello.main")
+        self.assertEqual(status, 200)
+        r, body = rt.request("GET", "/")
+        self.assertEqual((r.status, body), (200, b"Hello, world!\n"))
+
+    def test_in_process_it_leaves_no_module_and_does_nothing_once_specialized(self):
+        code = textwrap.dedent("""
+            import sys, json
+            sys.path.insert(0, %r)
+            import server
+            before = set(sys.modules)
+            meta = [f for f in sys.meta_path if f is not server._FlaskFinder]
+            server._rehearse()
+            after = set(sys.modules)
+            assert server._state is None
+            assert [f for f in sys.meta_path if f is not server._FlaskFinder] == meta
+            status, _ = server._specialize(json.dumps(
+                {"filepath": %r, "functionName": "hello.main"}).encode(), False)
+            assert status == 200, status
+            state = server._state
+            server._rehearse()
+            assert server._state is state
+            print(sorted(after - before), end="")
+        """ % (HERE, os.path.join(EXAMPLES, "hello", "hello.py")))
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=TIMEOUT)
+        self.assertEqual((out.returncode, out.stdout), (0, "[]"), out.stderr)
+
+    def test_specialize_then_request_pipelined_on_one_connection(self):
+        # A specialization and the first request written back to back on one connection are
+        # answered in order; a failed specialization's request gets "not specialized".
+        for entry, first, code in (("hello.main", 200, None),
+                                   ("hello.missing", 500, "not_specialized")):
+            with self.subTest(entry=entry):
+                rt = self.start()
+                body = json.dumps({"filepath": os.path.join(EXAMPLES, "hello", "hello.py"),
+                                   "functionName": entry}).encode()
+                s = socket.create_connection(("127.0.0.1", rt.port), timeout=TIMEOUT)
+                self.addCleanup(s.close)
+                s.sendall(b"POST /v2/specialize HTTP/1.1\r\nHost: x\r\nContent-Length: %d"
+                          b"\r\n\r\n%s" % (len(body), body) +
+                          b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                data = b""
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                answers = data.split(b"HTTP/1.1 ")[1:]
+                self.assertEqual(len(answers), 2, data)
+                self.assertTrue(answers[0].startswith(b"%d " % first), data)
+                if code is None:
+                    self.assertTrue(answers[1].startswith(b"200 "), data)
+                    self.assertTrue(answers[1].endswith(b"Hello, world!\n"), data)
+                else:
+                    self.assertTrue(answers[1].startswith(b"500 "), data)
+                    self.assertIn(code.encode(), answers[1])
+
+
 class TestInvoke(RuntimeTestCase):
     def test_exception_is_500_with_traceback_and_logged(self):
         rt = self.specialized(os.path.join(TESTDATA, "exception.py"), "exception.main")

@@ -167,17 +167,41 @@ async fn specialize_error_carries_message_and_traceback() {
         detail.contains("Traceback") && detail.contains("import_error.py"),
         "{detail}"
     );
-    // The failure is in the function's logs too.
-    let lines = h
-        .logs
-        .read("default", "fn", &kappa_logs::ReadOptions::default())
-        .await
-        .expect("read logs");
+    // The failure is in the function's logs too: the platform's line, the runtime's own report
+    // on its stderr (written while the instance's log moves to the function), and the lines
+    // the instance had before it was assigned to the function (its start).
+    let lines = eventually_async(
+        Duration::from_secs(10),
+        "the runtime's report of the failure in the function's logs",
+        || async {
+            let lines = h
+                .logs
+                .read("default", "fn", &kappa_logs::ReadOptions::default())
+                .await
+                .expect("read logs");
+            lines
+                .iter()
+                .any(|l| {
+                    l.stream == kappa_logs::LogStream::Stderr
+                        && l.message.contains("specialize failed")
+                })
+                .then_some(lines)
+        },
+    )
+    .await;
     assert!(
         lines
             .iter()
             .any(|l| l.stream == kappa_logs::LogStream::Platform
                 && l.message.contains("does_not_exist_module")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.stream == kappa_logs::LogStream::Platform
+                && l.message
+                    .contains(&format!("instance {} started", instance.id))),
         "{lines:#?}"
     );
 
