@@ -75,6 +75,9 @@ pub(crate) struct Spare {
     pub(crate) control: tokio::net::UnixStream,
     /// Its user-mode networking, when the environment has egress.
     pub(crate) egress: Option<Child>,
+    /// The control socket of the template its payload was forked from (a new template, after
+    /// an end or an update, has another).
+    pub(crate) template: PathBuf,
     /// When it became ready.
     pub(crate) since: Instant,
 }
