@@ -23,7 +23,7 @@ async fn wait_spares(backend: &LocalBackend, what: &str, done: impl Fn(&SpareSta
     }
 }
 
-/// The host cgroup directories of a process that are a spare's (`.../.spare-<n>`).
+/// The host cgroup directories of a process that are a spare's (`.../.spare-<run>-<n>`).
 fn spare_cgroups(pid: u32) -> Vec<PathBuf> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
     text.lines()
@@ -67,7 +67,7 @@ fn parent_of(pid: i32) -> i32 {
 }
 
 /// The waiter and payload a spare's template forked ahead (design note 012): the waiter is
-/// found by the spare's mark (`KAPPA_INSTANCE_ID=.spare-<n>`, what recovery after a crash
+/// found by the spare's mark (`KAPPA_INSTANCE_ID=.spare-<run>-<n>`, what recovery after a crash
 /// looks for), the payload is its only child.
 fn preforked(name: &str) -> (i32, i32) {
     let waiter = processes_of(name)
@@ -308,8 +308,19 @@ async fn spares_go_with_their_environment_and_at_shutdown() {
     let (last_waiter, last_payload) = preforked(&spare_dirs(&h)[0]);
     h.backend.shutdown(Duration::from_secs(1)).await;
     assert!(!alive(i32::try_from(last).unwrap()));
-    assert!(!alive(last_waiter) && !alive(last_payload));
     assert!(last_cgroups.iter().all(|d| !d.exists()), "{last_cgroups:?}");
+    // SIGKILLed with the cgroups' tasks; their end is asynchronous.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(last_waiter) || alive(last_payload) {
+        let stat = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/stat"));
+        assert!(
+            Instant::now() < deadline,
+            "the spare's waiter and payload end: {:?} {:?}",
+            stat(last_waiter),
+            stat(last_payload)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(spare_dirs(&h).is_empty(), "{:?}", spare_dirs(&h));
     assert_eq!(h.backend.spare_stats().ready, 0);
 }
