@@ -19,7 +19,7 @@ and docs/design/009-zygote.md. Isolation rests on these steps, in this order:
     and run the server. Any failure before "ok" ends the payload: it never runs on with fewer
     restrictions than asked for.
 
-A request with "prefork" (a spare sandbox, docs/design/011-spare-sandboxes.md) runs every step
+A request with "prefork" (a spare sandbox, docs/design/012-pre-forked-spares.md) runs every step
 above ahead of time, before anything of a function exists: the payload, isolated, answers
 "ready <pid>" and waits on the connection for the claim (a 4-byte big-endian length, then JSON
 {"env": [[key, value], ...]}), takes those variables, answers "ok <pid>" and only then runs the

@@ -78,7 +78,7 @@ fn preforked(name: &str) -> (i32, i32) {
         })
         .unwrap_or_else(|| panic!("no pre-forked waiter marked {name}"));
     let payload = std::fs::read_dir("/proc")
-        .unwrap()
+        .expect("/proc")
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .find(|pid| parent_of(*pid) == waiter && alive(*pid))
@@ -126,8 +126,8 @@ fn assert_preforked_isolated(
     assert_eq!(ns(&waiter.to_string(), "pid"), ns("self", "pid"));
     assert_eq!(ns(&waiter.to_string(), "net"), ns(&monitor, "net"));
     if h.backend.cgroup_version().is_some() {
-        let mut payload_cgroups = spare_cgroups(payload.parse().unwrap());
-        let mut waiter_cgroups = spare_cgroups(u32::try_from(waiter).unwrap());
+        let mut payload_cgroups = spare_cgroups(payload.parse().expect("a pid"));
+        let mut waiter_cgroups = spare_cgroups(u32::try_from(waiter).expect("a pid"));
         let mut expected = cgroups.to_vec();
         payload_cgroups.sort();
         waiter_cgroups.sort();
