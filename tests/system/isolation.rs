@@ -192,9 +192,10 @@ fn forked_instances_are_sandboxed_and_templates_are_replaced() {
         "one template for the environment: {first:?}"
     );
     let template = first[0];
-    let payloads = payloads_of(template);
+    // Every payload forked from the template is isolated, a waiting spare's included.
+    let payloads = instances_of(template);
     assert_eq!(payloads.len(), 2, "two forked runtimes: {payloads:?}");
-    for &pid in &payloads {
+    for &pid in &payloads_of(template) {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let field = |name: &str| {
             status
@@ -279,7 +280,7 @@ fn forked_instances_are_sandboxed_and_templates_are_replaced() {
     let second = templates(p.pid());
     assert_eq!(second.len(), 1, "{second:?}");
     assert_ne!(second[0], template);
-    assert_eq!(payloads_of(second[0]).len(), 1, "the new start was forked");
+    assert_eq!(instances_of(second[0]).len(), 1, "the new start was forked");
     let log = p.ok(&["fn", "logs", "three"]);
     assert!(!log.contains("by exec"), "{log}");
 
@@ -521,6 +522,23 @@ fn templates(platform: u32) -> Vec<u32> {
 }
 
 /// The runtimes forked from `template` (children of its waiters).
+/// The payloads forked from `template` that are instances: a waiting spare sandbox's payload
+/// is forked ahead too (design note 012), isolated the same way; its `/userfunc` is still bound
+/// from the spare's directory (`instances/.spare-...`), which a claim renames.
+fn instances_of(template: u32) -> Vec<u32> {
+    payloads_of(template)
+        .into_iter()
+        .filter(|pid| {
+            let info =
+                std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+            !info.lines().any(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields.len() > 4 && fields[4] == "/userfunc" && fields[3].contains("/.spare-")
+            })
+        })
+        .collect()
+}
+
 fn payloads_of(template: u32) -> Vec<u32> {
     let all = processes();
     let waiters: Vec<u32> = all

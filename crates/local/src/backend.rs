@@ -597,6 +597,16 @@ impl Inner {
             user,
         );
         sandbox_spec.claim = true;
+        sandbox_spec.waiter_env = vec![(INSTANCE_ID_VAR.to_owned(), name.clone())];
+        // The payload is forked ahead from the environment's template (design note 012): a
+        // spare is only worth keeping for starts that fork from it.
+        let template = match &self.zygotes {
+            Some(zygotes) => zygotes.socket_for(spec, &runtime).await,
+            None => None,
+        };
+        let Some(template) = template else {
+            return Err("its environment's instances do not start from a template".to_owned());
+        };
         let launched = async {
             let (platform_end, init_end) = std::os::unix::net::UnixStream::pair()?;
             platform_end.set_nonblocking(true)?;
@@ -635,6 +645,7 @@ impl Inner {
             pid,
             control,
             egress: None,
+            template,
             since: Instant::now(),
         };
         let ready = async {
@@ -652,6 +663,27 @@ impl Inner {
                 .map_err(|e| format!("its init ended before it was ready: {e}"))?;
             if said != kappa_sandbox::claim::READY {
                 return Err("its init said something else than ready".to_owned());
+            }
+            // The payload forked ahead: the template's waiter migrates into the spare's
+            // cgroups and joins its namespaces, the payload isolates itself and waits.
+            let conn = kappa_sandbox::claim::connect_template(&spare.template)
+                .map_err(|e| format!("the template could not be reached: {e}"))?;
+            let prefork = kappa_sandbox::claim::Claim {
+                env: Vec::new(),
+                prefork: true,
+            };
+            use std::os::fd::AsFd;
+            kappa_sandbox::claim::send(spare.control.as_fd(), &prefork, Some(conn.as_fd()))
+                .map_err(|e| format!("its init could not be asked to fork ahead: {e}"))?;
+            drop(conn);
+            let mut said = [0u8; kappa_sandbox::claim::FORKED.len()];
+            spare
+                .control
+                .read_exact(&mut said)
+                .await
+                .map_err(|e| format!("its payload could not be forked ahead: {e}"))?;
+            if said != kappa_sandbox::claim::FORKED {
+                return Err("its init said something else than forked".to_owned());
             }
             Ok(())
         };
@@ -688,13 +720,12 @@ impl Inner {
             self.drop_spare(spare, "this start does not use the template");
             return Err("this start does not use the template".to_owned());
         };
-        let conn = match kappa_sandbox::claim::connect_template(&template) {
-            Ok(conn) => conn,
-            Err(e) => {
-                self.drop_spare(spare, "the template could not be reached");
-                return Err(format!("the template could not be reached: {e}"));
-            }
-        };
+        // Its payload is a fork of the template that served it: a template that ended or was
+        // replaced since takes its spares with it.
+        if template != spare.template {
+            self.drop_spare(spare, "its template ended or was replaced");
+            return Err("its template ended or was replaced".to_owned());
+        }
         let target = self.instances_dir.join(&spec.id);
         let moved = place::remove_tree(&target).and_then(|()| std::fs::rename(&spare.dir, &target));
         if let Err(e) = moved {
@@ -712,11 +743,12 @@ impl Inner {
             Path::new(SANDBOX_CONFIGS),
             true,
         );
-        let claim = kappa_sandbox::claim::Claim { env };
+        let claim = kappa_sandbox::claim::Claim {
+            env,
+            prefork: false,
+        };
         use std::os::fd::AsFd;
-        if let Err(e) =
-            kappa_sandbox::claim::send(spare.control.as_fd(), &claim, Some(conn.as_fd()))
-        {
+        if let Err(e) = kappa_sandbox::claim::send(spare.control.as_fd(), &claim, None) {
             self.drop_spare(spare, "its init could not be claimed");
             return Err(format!("its init could not be claimed: {e}"));
         }
@@ -1173,6 +1205,7 @@ impl Inner {
                     sandbox_spec.zygote = zygotes.socket_for(spec, runtime).await;
                     guard.template = sandbox_spec.zygote.is_some();
                 }
+                sandbox_spec.waiter_env = vec![(INSTANCE_ID_VAR.to_owned(), spec.id.clone())];
                 sandbox.command(&sandbox_spec).map(|command| {
                     let addr = InstanceAddr::Sandbox {
                         connector: socket.clone(),

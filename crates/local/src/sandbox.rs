@@ -207,6 +207,7 @@ impl Sandbox {
             wait_for_route_ms: None,
             zygote: None,
             claim: false,
+            waiter_env: Vec::new(),
         }
     }
 
@@ -245,6 +246,7 @@ impl Sandbox {
             wait_for_route_ms: egress.then_some(EGRESS_SETUP.as_millis() as u64),
             zygote: None,
             claim: false,
+            waiter_env: Vec::new(),
         }
     }
 
@@ -336,6 +338,7 @@ impl Sandbox {
             wait_for_route_ms: None,
             zygote: None,
             claim: false,
+            waiter_env: Vec::new(),
         };
         let command = self
             .command(&spec)

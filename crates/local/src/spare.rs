@@ -3,7 +3,7 @@
 //! each waiting in its init for a claim.
 //!
 //! A spare has everything an instance's sandbox has before its payload exists: the instance
-//! directory (`instances/.spare-<n>`, a name no instance id can take), cgroups with the
+//! directory (`instances/.spare-<run>-<n>`, a name no instance id can take), cgroups with the
 //! environment's limits, the monitor in them, the namespaces, the root file system, egress, a
 //! user of its own. A start whose spec matches the spare's [`SpareKey`] takes it: the backend
 //! renames the directory to the instance's, sends the claim (the instance's variables and a
@@ -61,7 +61,7 @@ impl SpareKey {
 /// One assembled sandbox waiting for a claim.
 #[derive(Debug)]
 pub(crate) struct Spare {
-    /// `.spare-<n>`: its directory's name and its processes' mark (`KAPPA_INSTANCE_ID`).
+    /// `.spare-<run>-<n>`: its directory's name and its processes' mark (`KAPPA_INSTANCE_ID`).
     pub(crate) name: String,
     pub(crate) dir: PathBuf,
     pub(crate) user: (u32, u32),
@@ -75,6 +75,9 @@ pub(crate) struct Spare {
     pub(crate) control: tokio::net::UnixStream,
     /// Its user-mode networking, when the environment has egress.
     pub(crate) egress: Option<Child>,
+    /// The control socket of the template its payload was forked from (a new template, after
+    /// an end or an update, has another).
+    pub(crate) template: PathBuf,
     /// When it became ready.
     pub(crate) since: Instant,
 }
@@ -112,6 +115,15 @@ impl Spare {
     }
 }
 
+/// This process's id and the clock's nanoseconds (two backends of one process differ by the
+/// latter).
+fn run_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{:x}{:05x}", std::process::id(), nanos & 0xf_ffff)
+}
+
 /// How many spares there are and what became of them (diagnostics and tests).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SpareStats {
@@ -141,6 +153,8 @@ struct EnvSpares {
 pub(crate) struct Spares {
     /// Spares kept per environment (0: none).
     per_env: usize,
+    /// This backend's part of its spares' names.
+    run: String,
     envs: Mutex<HashMap<FunctionId, EnvSpares>>,
     next: AtomicU64,
     assembled: AtomicU64,
@@ -158,6 +172,7 @@ impl Spares {
     pub(crate) fn new(per_env: usize) -> Self {
         Self {
             per_env,
+            run: run_name(),
             envs: Mutex::new(HashMap::new()),
             next: AtomicU64::new(0),
             assembled: AtomicU64::new(0),
@@ -177,9 +192,15 @@ impl Spares {
         self.envs.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A name for one more spare.
+    /// A name for one more spare: `.spare-<run>-<n>`, with `run` drawn once per backend, so
+    /// that another platform's spares (on the same machine, or the one a crash left) never
+    /// carry the same mark and recovery never ends them by mistake.
     pub(crate) fn next_name(&self) -> String {
-        format!(".spare-{}", self.next.fetch_add(1, Ordering::Relaxed))
+        format!(
+            ".spare-{}-{}",
+            self.run,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
     }
 
     /// Takes a live spare matching `spec`, if there is one; spares found ended are discarded.

@@ -12,6 +12,12 @@
 //! as an init that was not a spare: the payload forked from the template over that connection,
 //! or started by exec when none came. End of file instead of a claim means the spare was
 //! dropped: the init exits without starting anything.
+//!
+//! Before the claim, the platform may send a message with [`Claim::prefork`] set and a template
+//! connection (`docs/design/012-pre-forked-spares.md`): the init then has the template fork
+//! the payload ahead of time (its waiter's cgroup migrations and namespace joins, the payload's
+//! isolation), answers [`FORKED`] and waits for the real claim, which carries only the
+//! variables. A spare whose pre-forked payload ends before the claim ends too.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
@@ -19,6 +25,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
+use rustix::event::{PollFd, PollFlags, poll};
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags,
@@ -27,6 +34,8 @@ use serde::{Deserialize, Serialize};
 
 /// What the init of a spare writes once it waits for a claim.
 pub const READY: &[u8] = b"ready\n";
+/// What the init of a spare writes once its payload is forked ahead and waits for the claim.
+pub const FORKED: &[u8] = b"forked\n";
 /// The largest claim accepted (the instance's variables).
 const MAX_CLAIM: usize = 1 << 20;
 
@@ -35,6 +44,10 @@ const MAX_CLAIM: usize = 1 << 20;
 pub struct Claim {
     /// The payload's whole environment (replaces the spec's).
     pub env: Vec<(String, String)>,
+    /// Not the claim yet: fork the payload now over the template connection attached, and
+    /// wait for the claim.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prefork: bool,
 }
 
 /// Connects to a template's control socket the way an init does (with the same answer
@@ -71,16 +84,46 @@ pub fn send(
     Ok(())
 }
 
-/// The init's side: says [`READY`] on stdin (a socket), waits for the claim, then replaces
-/// stdin with `/dev/null`. Returns the claim and the template connection that came with it.
-pub(crate) fn wait() -> io::Result<(Claim, Option<UnixStream>)> {
+/// The init's side: writes `line` ([`READY`], [`FORKED`]) to the platform on stdin (a socket).
+pub(crate) fn say(line: &[u8]) -> io::Result<()> {
+    rustix::net::send(io::stdin().as_fd(), line, SendFlags::NOSIGNAL)?;
+    Ok(())
+}
+
+/// Replaces stdin (the platform's socket) with `/dev/null`, once the claim is in.
+pub(crate) fn detach() -> io::Result<()> {
+    let null = std::fs::File::open("/dev/null")?;
+    rustix::stdio::dup2_stdin(&null)?;
+    Ok(())
+}
+
+/// The init's side: waits for the platform's next message on stdin. Returns it and the
+/// template connection that came with it. `preforked`, the connection of a payload forked
+/// ahead: when it becomes readable or closes first (the payload or its waiter ended), this is
+/// an error, so that the spare ends instead of waiting with a dead payload.
+pub(crate) fn receive(preforked: Option<&UnixStream>) -> io::Result<(Claim, Option<UnixStream>)> {
     let stdin = io::stdin();
     let socket = stdin.as_fd();
-    rustix::net::send(socket, READY, SendFlags::NOSIGNAL)?;
     let mut data = Vec::new();
     let mut template: Option<OwnedFd> = None;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
+        if let Some(payload) = preforked {
+            let mut fds = [
+                PollFd::new(&socket, PollFlags::IN),
+                PollFd::new(payload, PollFlags::IN),
+            ];
+            match poll(&mut fds, None) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            if fds[0].revents().is_empty() && !fds[1].revents().is_empty() {
+                return Err(io::Error::other(
+                    "the payload forked ahead ended before the claim",
+                ));
+            }
+        }
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let got = match rustix::net::recvmsg(
@@ -118,8 +161,6 @@ pub(crate) fn wait() -> io::Result<(Claim, Option<UnixStream>)> {
             if data.len() >= 4 + len {
                 let claim: Claim = serde_json::from_slice(data.get(4..4 + len).unwrap_or_default())
                     .map_err(io::Error::other)?;
-                let null = std::fs::File::open("/dev/null")?;
-                rustix::stdio::dup2_stdin(&null)?;
                 return Ok((claim, template.map(UnixStream::from)));
             }
         }
@@ -140,6 +181,7 @@ mod tests {
         let (template, mut other) = UnixStream::pair().unwrap();
         let claim = Claim {
             env: vec![("KAPPA_INSTANCE_ID".into(), "i-1".into())],
+            prefork: false,
         };
         send(platform.as_fd(), &claim, Some(template.as_fd())).unwrap();
         let mut buf = vec![0u8; 4096];

@@ -242,9 +242,26 @@ fn init(spec: &SandboxSpec) -> Result<i32, SetupError> {
     }
     nix::sys::prctl::set_no_new_privs().context(|| "setting no_new_privs".into())?;
     let claimed;
+    let mut preforked = None;
     let (spec, template) = if spec.claim {
-        let (claim, template) =
-            claim::wait().context(|| "waiting for this spare sandbox's claim".into())?;
+        let waiting = "waiting for this spare sandbox's claim";
+        claim::say(claim::READY).context(|| waiting.into())?;
+        let (mut claim, mut template) = claim::receive(None).context(|| waiting.into())?;
+        if claim.prefork {
+            // Everything but the variables, ahead of the claim (design note 012).
+            let conn = template.take().ok_or_else(|| {
+                SetupError::new(
+                    "forking this spare's payload ahead",
+                    io::Error::other("no template connection came"),
+                )
+            })?;
+            let forked = zygote::prefork(conn, spec)
+                .context(|| "forking this spare's payload ahead".into())?;
+            claim::say(claim::FORKED).context(|| waiting.into())?;
+            (claim, template) = claim::receive(Some(forked.conn())).context(|| waiting.into())?;
+            preforked = Some(forked);
+        }
+        claim::detach().context(|| waiting.into())?;
         claimed = SandboxSpec {
             env: claim.env,
             ..spec.clone()
@@ -272,6 +289,17 @@ fn init(spec: &SandboxSpec) -> Result<i32, SetupError> {
         // std drops the supplementary groups too when it changes the user as root.
         payload.uid(uid).gid(gid);
         give_pipes(uid, gid)?;
+    }
+    if let Some(forked) = preforked {
+        match forked.start(&spec.env) {
+            Ok(forked) => {
+                return zygote::supervise(forked)
+                    .context(|| "supervising the payload forked from the template".into());
+            }
+            Err(e) => eprintln!(
+                "kappa sandbox: the runtime forked ahead could not be started ({e}); starting it by exec"
+            ),
+        }
     }
     if let Some(conn) = template {
         match zygote::fork_payload(conn, spec) {

@@ -46,6 +46,10 @@ pub struct SandboxSpec {
     /// the template connection before it starts anything (see [`crate::claim`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub claim: bool,
+    /// Variables the template's waiter carries besides its stage (the platform's mark, so that
+    /// the waiter of a sandbox is found after a crash like the sandbox's other processes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiter_env: Vec<(String, String)>,
 }
 
 /// A host path bound into the sandbox.

@@ -25,6 +25,13 @@
 //!    the payload's pid (in the waiter's namespace) as its only argument; the payload stays its
 //!    child across the exec. The init forwards the stop signals it receives to the payload,
 //!    reaps orphans as PID 1, and exits with that code.
+//!
+//! A spare sandbox (`docs/design/012-pre-forked-spares.md`) runs step 2 ahead of time with a
+//! request whose `prefork` is set: its stdin is `/dev/null` (the init's own stdin is the
+//! platform's claim socket), and the isolated payload answers `ready <pid>\n` and waits on
+//! the connection. The claim is one more message from the init, a 4-byte big-endian length
+//! then JSON `{"env": [[key, value], ...]}` ([`Preforked::start`]); the payload takes those
+//! variables, answers `ok <pid>\n` and runs the server. End of file before a claim ends it.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::mem::MaybeUninit;
@@ -68,8 +75,17 @@ struct Request<'a> {
     /// The payload's working directory inside the sandbox.
     cwd: &'a Path,
     /// The environment the waiter execs the received helper executable with (its `wait`
-    /// stage).
-    waiter_env: [(&'static str, &'static str); 1],
+    /// stage, and the spec's `waiter_env`).
+    waiter_env: Vec<(&'a str, &'a str)>,
+    /// Fork the payload now and have it wait for its variables (a spare sandbox).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    prefork: bool,
+}
+
+/// The claim's message to a pre-forked payload.
+#[derive(Debug, Serialize)]
+struct Start<'a> {
+    env: &'a [(String, String)],
 }
 
 /// A payload forked by the template: its pid inside the sandbox, and the connection its exit
@@ -89,22 +105,108 @@ pub(crate) fn connect(path: &Path) -> io::Result<UnixStream> {
     Ok(conn)
 }
 
+/// A payload forked ahead of time (a spare sandbox's), isolated and waiting for its variables.
+#[derive(Debug)]
+pub(crate) struct Preforked {
+    pid: Pid,
+    conn: UnixStream,
+}
+
 /// Asks the template over `conn` to fork the payload `spec` describes into this sandbox. Call
 /// from the init, after the sandbox is assembled.
 pub(crate) fn fork_payload(mut conn: UnixStream, spec: &SandboxSpec) -> io::Result<Forked> {
+    send_request(&conn, spec, false)?;
+    let pid = expect(&mut conn, "ok")?;
+    // From now on the waiter answers only when the payload ends, however long it runs.
+    conn.set_read_timeout(None)?;
+    Ok(Forked { pid, conn })
+}
+
+/// Asks the template over `conn` to fork the payload of a spare sandbox now: it enters the
+/// sandbox as any payload does (cgroups, namespaces, user, `no_new_privs`) and then waits for
+/// [`Preforked::start`]. Its stdin is `/dev/null`.
+pub(crate) fn prefork(mut conn: UnixStream, spec: &SandboxSpec) -> io::Result<Preforked> {
+    send_request(&conn, spec, true)?;
+    let pid = expect(&mut conn, "ready")?;
+    Ok(Preforked { pid, conn })
+}
+
+impl Preforked {
+    /// The connection the payload (and its waiter) hold: readable or closed only when they
+    /// ended before the claim.
+    pub(crate) fn conn(&self) -> &UnixStream {
+        &self.conn
+    }
+
+    /// Hands the payload its variables: it answers once it has them, then runs the server.
+    /// On failure the payload is killed.
+    pub(crate) fn start(mut self, env: &[(String, String)]) -> io::Result<Forked> {
+        match self.hand_over(env) {
+            Ok(()) => Ok(Forked {
+                pid: self.pid,
+                conn: self.conn,
+            }),
+            Err(e) => {
+                let _ = kill(self.pid, Signal::SIGKILL);
+                Err(e)
+            }
+        }
+    }
+
+    fn hand_over(&mut self, env: &[(String, String)]) -> io::Result<()> {
+        let json = serde_json::to_vec(&Start { env }).map_err(io::Error::other)?;
+        let len = u32::try_from(json.len()).map_err(io::Error::other)?;
+        let mut message = Vec::with_capacity(4 + json.len());
+        message.extend_from_slice(&len.to_be_bytes());
+        message.extend_from_slice(&json);
+        self.conn.write_all(&message)?;
+        let pid = expect(&mut self.conn, "ok")?;
+        if pid != self.pid {
+            return Err(io::Error::other(format!(
+                "the payload forked as {} answered as {pid}",
+                self.pid
+            )));
+        }
+        self.conn.set_read_timeout(None)
+    }
+}
+
+/// Reads the template's answer: `<word> <pid>`, or `error <why>`.
+fn expect(conn: &mut UnixStream, word: &str) -> io::Result<Pid> {
+    let line = read_line(conn)?;
+    match line.split_once(' ') {
+        Some((w, pid)) if w == word => pid
+            .trim()
+            .parse::<i32>()
+            .map(Pid::from_raw)
+            .map_err(|_| io::Error::other(format!("the template answered {line:?}"))),
+        Some(("error", why)) => Err(io::Error::other(why.trim().to_owned())),
+        _ => Err(io::Error::other(format!("the template answered {line:?}"))),
+    }
+}
+
+/// Sends the fork request for `spec` (with `prefork`, stdin is `/dev/null`).
+fn send_request(conn: &UnixStream, spec: &SandboxSpec, prefork: bool) -> io::Result<()> {
     let user = spec.user.ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
             "a forked payload needs a user of its own",
         )
     })?;
+    let mut waiter_env = vec![(crate::helper::STAGE_VAR, WAIT_STAGE)];
+    waiter_env.extend(
+        spec.waiter_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
     let request = Request {
         cgroup_procs: &spec.cgroup_procs,
         user,
         argv: &spec.argv,
         env: &spec.env,
         cwd: &spec.cwd,
-        waiter_env: [(crate::helper::STAGE_VAR, WAIT_STAGE)],
+        waiter_env,
+        prefork,
     };
     let json = serde_json::to_vec(&request).map_err(io::Error::other)?;
     let len = u32::try_from(json.len()).map_err(io::Error::other)?;
@@ -117,8 +219,18 @@ pub(crate) fn fork_payload(mut conn: UnixStream, spec: &SandboxSpec) -> io::Resu
     if let Some(exe) = waiter_program() {
         namespaces.push(exe);
     }
+    // A spare's init reads its claim on stdin: its payload gets `/dev/null` instead.
+    let null = if prefork {
+        Some(std::fs::File::open("/dev/null")?)
+    } else {
+        None
+    };
     let (stdin, stdout, stderr) = (io::stdin(), io::stdout(), io::stderr());
-    let mut fds: Vec<BorrowedFd<'_>> = vec![stdin.as_fd(), stdout.as_fd(), stderr.as_fd()];
+    let stdin = match &null {
+        Some(null) => null.as_fd(),
+        None => stdin.as_fd(),
+    };
+    let mut fds: Vec<BorrowedFd<'_>> = vec![stdin, stdout.as_fd(), stderr.as_fd()];
     fds.extend(namespaces.iter().map(AsFd::as_fd));
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(10))];
     let mut control = SendAncillaryBuffer::new(&mut space);
@@ -127,7 +239,7 @@ pub(crate) fn fork_payload(mut conn: UnixStream, spec: &SandboxSpec) -> io::Resu
     }
     let head = len.to_be_bytes();
     let sent = rustix::net::sendmsg(
-        &conn,
+        conn,
         &[IoSlice::new(&head), IoSlice::new(&json)],
         &mut control,
         SendFlags::NOSIGNAL,
@@ -135,24 +247,9 @@ pub(crate) fn fork_payload(mut conn: UnixStream, spec: &SandboxSpec) -> io::Resu
     let whole = head.len() + json.len();
     if sent < whole {
         let rest: Vec<u8> = head.iter().chain(json.iter()).skip(sent).copied().collect();
-        conn.write_all(&rest)?;
+        (&*conn).write_all(&rest)?;
     }
-    drop(namespaces);
-    let line = read_line(&mut conn)?;
-    let pid = match line.split_once(' ') {
-        Some(("ok", pid)) => pid
-            .trim()
-            .parse::<i32>()
-            .map_err(|_| io::Error::other(format!("the template answered {line:?}")))?,
-        Some(("error", why)) => return Err(io::Error::other(why.trim().to_owned())),
-        _ => return Err(io::Error::other(format!("the template answered {line:?}"))),
-    };
-    // From now on the waiter answers only when the payload ends, however long it runs.
-    conn.set_read_timeout(None)?;
-    Ok(Forked {
-        pid: Pid::from_raw(pid),
-        conn,
-    })
+    Ok(())
 }
 
 /// The small sandbox helper's file name (the platform uses the `kappa-sandbox` beside its own
@@ -317,6 +414,7 @@ mod tests {
             wait_for_route_ms: None,
             zygote: Some(socket.to_path_buf()),
             claim: false,
+            waiter_env: Vec::new(),
         }
     }
 

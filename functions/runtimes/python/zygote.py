@@ -19,6 +19,12 @@ and docs/design/009-zygote.md. Isolation rests on these steps, in this order:
     and run the server. Any failure before "ok" ends the payload: it never runs on with fewer
     restrictions than asked for.
 
+A request with "prefork" (a spare sandbox, docs/design/012-pre-forked-spares.md) runs every step
+above ahead of time, before anything of a function exists: the payload, isolated, answers
+"ready <pid>" and waits on the connection for the claim (a 4-byte big-endian length, then JSON
+{"env": [[key, value], ...]}), takes those variables, answers "ok <pid>" and only then runs the
+server. End of file instead of a claim (the spare dropped) ends it.
+
 Only the standard library and ctypes on libc (setns and prctl have no os functions in 3.11).
 """
 
@@ -114,15 +120,20 @@ def _payload(conn, request, fds, serve):
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "setting no_new_privs")
     if _libc.prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) != 1:
         raise OSError("no_new_privs is not set")
-    # What an exec of python3 would have: its environment, arguments and script directory.
-    os.environ.clear()
-    for key, value in request["env"]:
-        os.environ[key] = value
+    # What an exec of python3 would have: its arguments and script directory, then its
+    # environment (a spare's payload waits for it here, isolated already).
     argv = request["argv"]
     sys.argv = list(argv[1:])
     if sys.argv:
         sys.path[0] = os.path.dirname(sys.argv[0])
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    env = request["env"]
+    if request.get("prefork"):
+        _answer(conn, "ready %d" % os.getpid())
+        env = _recv_claim(conn)
+    os.environ.clear()
+    for key, value in env:
+        os.environ[key] = value
     _answer(conn, "ok %d" % os.getpid())
     conn.close()
     try:
@@ -138,6 +149,30 @@ def _payload(conn, request, fds, serve):
         os._exit(1)
     _flush()
     os._exit(0)
+
+
+def _recv_claim(conn):
+    """A pre-forked payload's wait for its claim: the payload's environment. Ends the process
+    without a word when the connection closes first (the spare sandbox was dropped)."""
+    conn.settimeout(None)
+    data = b""
+    length = None
+    while length is None or len(data) < 4 + length:
+        try:
+            more = conn.recv(65536)
+        except InterruptedError:
+            continue
+        except OSError:
+            more = b""
+        if not more:
+            os._exit(0)
+        data += more
+        if length is None and len(data) >= 4:
+            (length,) = struct.unpack(">I", data[:4])
+            if length > MAX_REQUEST:
+                raise ValueError("claim too large")
+    env = json.loads(data[4:4 + length])["env"]
+    return [(str(k), str(v)) for k, v in env]
 
 
 def _flush():
