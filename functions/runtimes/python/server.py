@@ -2673,7 +2673,7 @@ def _close(sock):
 # connection out of the epoll and starts a new poller. The old one finishes its request and
 # stays with that connection as its own thread. The watchdog sleeps while nothing runs.
 
-_SPILL_AFTER = 0.001
+_SPILL_AFTER = 0.002
 _SPILL_LOOKS = 5
 _ep = None                     # select.epoll of the idle connections (made on first accept)
 _conns = {}                    # fd -> [socket, peer, buffered bytes, last read (monotonic)]
