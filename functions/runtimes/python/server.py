@@ -2670,8 +2670,8 @@ def _close(sock):
 # A function that blocks (sleeps, waits for I/O, or for the KAPPA_CONCURRENCY semaphore) must
 # not hold up the other connections: a watchdog thread looks every _SPILL_AFTER seconds, and
 # when the poller has been in the same request since its last look, it takes that request's
-# connection out of the epoll and starts a new poller. The old one finishes its request and
-# stays with that connection as its own thread. The watchdog sleeps while nothing runs.
+# connection out of the epoll and starts a new poller. The old one finishes its request, puts
+# the connection back into the epoll and ends. The watchdog sleeps while nothing runs.
 
 _SPILL_AFTER = 0.002
 _SPILL_LOOKS = 5
@@ -2871,11 +2871,21 @@ def _poll_loop(token, local):
                                     st[2] = -1
                         if demoted:
                             # The watchdog took this connection out of the epoll and another
-                            # poller runs: this thread stays with the connection.
-                            if ka and not _stopping:
+                            # poller runs. The connection goes back to the epoll (or, with a
+                            # pipelined request already read, stays on this thread) and this
+                            # thread ends.
+                            if not ka or _stopping:
+                                _close(sock)
+                            elif buf:
                                 _serve_conn(sock, c[1], local, buf)
                             else:
-                                _close(sock)
+                                c[2] = b""
+                                _conns[fd] = c
+                                try:
+                                    ep.register(fd, 1)  # EPOLLIN
+                                except OSError:
+                                    _conns.pop(fd, None)
+                                    _serve_conn(sock, c[1], local)
                             return
                     if not ka:
                         if _poller_remove(fd) is not None:

@@ -1301,7 +1301,12 @@ class TestPoller(RuntimeTestCase):
         open(gate, "w").close()
         t.join(TIMEOUT)
         self.assertEqual(result["a"], b"released")
-        # The connection that blocked goes on serving.
+        # The connection that blocked goes on serving, back in the poller: the thread that ran
+        # the blocked call ends (main, poller and watchdog are left).
+        for c in (a, b):
+            c.request("GET", "/")
+            self.assertEqual(c.getresponse().read(), b"quick")
+        wait_for(lambda: self.threads(rt) <= 3)
         for c in (a, b):
             c.request("GET", "/")
             self.assertEqual(c.getresponse().read(), b"quick")
