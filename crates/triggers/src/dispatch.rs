@@ -17,30 +17,36 @@
 //!
 //! A message is never acknowledged before its outcome is settled, so a platform killed at any
 //! point loses nothing: the broker delivers what was not acknowledged again (at least once).
-//! At most `maxConcurrency` messages of a trigger are processed at once (a semaphore taken
-//! before the next message is asked for, each message on a task of its own); with 1, in the
-//! order the broker delivers them, each handled by the dispatcher's own loop.
+//! At most `maxConcurrency` messages of a trigger are processed at once (the next message is
+//! asked for only below that; the messages in flight are futures of the dispatcher's own
+//! task); with 1, in the order the broker delivers them.
 //!
 //! Each settled delivery counts once in `kappa_triggers_messages_total` by how it was settled
 //! (see [`crate::metrics`]).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::StreamExt as _;
+use futures::future::OptionFuture;
+use futures::stream::FuturesUnordered;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http_body_util::BodyExt as _;
 use kappa_core::FunctionId;
 use kappa_types::MessageQueueTrigger;
 use rand::RngExt as _;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::broker::{Broker, BrokerError, Delivery, Header, Message, Subscription};
 use crate::metrics::{MessageResult, TriggerMetrics};
+
+/// A subscription asking for its next message; it gives the subscription back with it.
+type Receiving = dyn Future<Output = (Box<dyn Subscription>, Result<Delivery, BrokerError>)> + Send;
 
 /// Invokes a function; `kappa up` implements it with the router.
 #[async_trait]
@@ -263,94 +269,76 @@ impl Dispatcher {
 
     /// Processes messages of `subscription` until `shutdown` (then `Ok`, after in-flight
     /// messages settled or the drain time passed) or until the subscription breaks (`Err`).
+    ///
+    /// The messages in flight are futures polled by this task (no task per message: a spawn
+    /// per message cost an allocation, and often a wake-up of another worker thread to steal
+    /// it). The next message is asked for only while fewer than `max_concurrency` are in
+    /// flight, so no more than that are ever held; with 1, in the order the broker delivers
+    /// them, each settled before the next is asked for.
     pub async fn run(
         &self,
-        mut subscription: Box<dyn Subscription>,
+        subscription: Box<dyn Subscription>,
         shutdown: CancellationToken,
     ) -> Result<(), BrokerError> {
         let t = &self.inner.target;
-        // A semaphore, not a channel of workers: each message is its own task, and the permit
-        // is taken before the next message is asked for, so no more than `max_concurrency`
-        // are ever held.
-        let slots = Arc::new(Semaphore::new(t.max_concurrency as usize));
-        let mut tasks = JoinSet::new();
+        let max = t.max_concurrency.max(1) as usize;
+        let mut inflight = FuturesUnordered::new();
+        // The subscription while no message is being asked for; else the future asking for
+        // it, which owns the subscription and gives it back with the message. It is never
+        // dropped half-way except at the end (a receive in progress is not cancelled).
+        let mut idle = Some(subscription);
+        let mut receiving: Option<Pin<Box<Receiving>>> = None;
         let result = loop {
-            while tasks.try_join_next().is_some() {}
-            let permit = tokio::select! {
+            if receiving.is_none()
+                && inflight.len() < max
+                && let Some(mut subscription) = idle.take()
+            {
+                receiving = Some(Box::pin(async move {
+                    let delivery = subscription.next().await;
+                    (subscription, delivery)
+                }));
+            }
+            tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
-                p = Arc::clone(&slots).acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break Ok(()),
-                },
-            };
-            let delivery = tokio::select! {
-                () = shutdown.cancelled() => break Ok(()),
-                d = subscription.next() => d,
-            };
-            match delivery {
-                Ok(delivery) => {
-                    let span = tracing::info_span!(
-                        "message",
-                        trigger = %self.inner.label,
-                        function = %t.function,
-                        topic = %delivery.message.topic,
-                        id = %delivery.message.id,
-                        attempt = delivery.message.attempt,
-                    );
-                    if t.max_concurrency == 1 {
-                        // One at a time: handled here rather than on a task of its own, which
-                        // spares two task hand-offs per message (spawning it, and its end
-                        // waking this loop). Stopping still lets it finish within the drain
-                        // time.
-                        let handling = self.handle(delivery).instrument(span);
-                        tokio::pin!(handling);
-                        tokio::select! {
-                            () = &mut handling => {
-                                drop(permit);
-                                continue;
-                            }
-                            () = shutdown.cancelled() => {
-                                if tokio::time::timeout(self.inner.config.drain, &mut handling)
-                                    .await
-                                    .is_err()
-                                {
-                                    tracing::warn!(
-                                        trigger = %t.trigger,
-                                        abandoned = 1,
-                                        "messages still in flight after the drain time; the broker will deliver them again"
-                                    );
-                                }
-                                break Ok(());
-                            }
+                Some(()) = inflight.next(), if !inflight.is_empty() => {}
+                Some((subscription, delivery)) = OptionFuture::from(receiving.as_mut()),
+                    if receiving.is_some() =>
+                {
+                    receiving = None;
+                    idle = Some(subscription);
+                    match delivery {
+                        Ok(delivery) => {
+                            let span = tracing::info_span!(
+                                "message",
+                                trigger = %self.inner.label,
+                                function = %t.function,
+                                topic = %delivery.message.topic,
+                                id = %delivery.message.id,
+                                attempt = delivery.message.attempt,
+                            );
+                            inflight.push(self.handle(delivery).instrument(span));
                         }
+                        Err(e) => break Err(e),
                     }
-                    let this = self.clone();
-                    tasks.spawn(
-                        async move {
-                            this.handle(delivery).await;
-                            drop(permit);
-                        }
-                        .instrument(span),
-                    );
                 }
-                Err(e) => break Err(e),
             }
         };
-        if !tasks.is_empty() {
+        if !inflight.is_empty() {
             let drained = tokio::time::timeout(self.inner.config.drain, async {
-                while tasks.join_next().await.is_some() {}
+                while inflight.next().await.is_some() {}
             })
             .await;
             if drained.is_err() {
                 tracing::warn!(
                     trigger = %t.trigger,
-                    abandoned = tasks.len(),
+                    abandoned = inflight.len(),
                     "messages still in flight after the drain time; the broker will deliver them again"
                 );
-                tasks.abort_all();
             }
         }
-        drop(subscription);
+        drop(inflight);
+        drop(receiving);
+        drop(idle);
         result
     }
 

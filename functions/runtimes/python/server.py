@@ -18,9 +18,13 @@ Design notes (this file is on the measured hot path: "healthy within 1.5x a bare
 - Start-up imports only builtin C modules (_socket, _thread, _signal, time, marshal);
   everything else is imported on first use. JSON goes through the C scanner/encoder in
   `_json` directly, because `import json` pulls in `re` and costs milliseconds.
-- One thread per connection parses HTTP/1.1 (keep-alive, pipelining, chunked bodies) and runs
-  sync handlers itself; a FIFO semaphore of KAPPA_CONCURRENCY permits bounds the calls into the
-  function, so /healthz keeps answering while the function is busy. Async handlers run on one
+- Idle keep-alive connections wait in one epoll; one poller thread reads the requests and runs
+  sync handlers itself for the simple ones, and a watchdog hands the poller's role to a new
+  thread when a handler blocks (see "The poller" below). Unusual requests (chunked bodies,
+  bodies still arriving, WebSockets, specialization) move their connection to a thread of its
+  own, which parses HTTP/1.1 (keep-alive, pipelining, chunked bodies). A FIFO semaphore of
+  KAPPA_CONCURRENCY permits bounds the calls into the function, so /healthz keeps answering
+  while the function is busy. Async handlers run on one
   shared event loop thread (module-level async clients stay bound to one loop).
 - A small response is written with one send (status line, headers and body together) and every
   accepted socket has TCP_NODELAY.
@@ -2576,10 +2580,67 @@ else:
     _TIMEVAL = None
 
 
-def _serve_conn(sock, peer, local):
-    """One connection: parse requests (keep-alive, pipelining) until close."""
+def _parse_head(head):
+    """A request head (bytes, without the blank line) -> (method, target, version, hdrs,
+    Content-Length or -1, chunked, lower-cased Connection or None, Expect: 100-continue)."""
+    lines = head.decode("latin-1").split("\r\n")
+    rl = lines[0].split(" ")
+    if len(rl) != 3 or not rl[0] or not rl[1]:
+        raise _BadRequest(400, "malformed request line")
+    method, target, version = rl
+    if version != "HTTP/1.1" and version != "HTTP/1.0":
+        raise _BadRequest(505 if version.startswith("HTTP/") else 400,
+                          "unsupported protocol version %r" % version)
+    hdrs = []
+    clen = -1
+    chunked = False
+    conn = None
+    expect = False
+    del lines[0]
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if not sep or not name or name[-1] in " \t" or name[0] in " \t":
+            raise _BadRequest(400, "malformed header line")
+        value = value.strip()
+        hdrs.append((name, value))
+        if name[0] in "cCtTeE":
+            ln = name.lower()
+            if ln == "content-length":
+                if not value.isdigit() or (clen >= 0 and int(value) != clen):
+                    raise _BadRequest(400, "invalid Content-Length")
+                clen = int(value)
+            elif ln == "transfer-encoding":
+                if value.lower().rpartition(",")[2].strip() != "chunked":
+                    raise _BadRequest(501, "unsupported Transfer-Encoding %r" % value)
+                chunked = True
+            elif ln == "connection":
+                conn = value.lower()
+            elif ln == "expect":
+                expect = value.lower() == "100-continue"
+    return method, target, version, hdrs, clen, chunked, conn, expect
+
+
+def _keep_alive(version, conn):
+    if version == "HTTP/1.1":
+        return conn is None or "close" not in conn
+    return conn is not None and "keep-alive" in conn
+
+
+def _is_healthz(method, target):
+    return target[:8] == "/healthz" and (method == "GET" or method == "HEAD") and (
+        len(target) == 8 or target[8] == "?")
+
+
+def _send_health(sock, method, version, ka):
+    sock.sendall(_build(503 if _stopping else 200, _H_JSON,
+                        _STOPPING_BODY if _stopping else _HEALTH_BODY, ka, method == "HEAD",
+                        version == "HTTP/1.0"))
+
+
+def _serve_conn(sock, peer, local, buf=b""):
+    """One connection on a thread of its own: parse requests (keep-alive, pipelining) until
+    close. `buf` holds what the poller already read from it."""
     recv = sock.recv
-    buf = b""
     try:
         if _TIMEVAL is not None:
             sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVTIMEO, _TIMEVAL)
@@ -2608,48 +2669,12 @@ def _serve_conn(sock, peer, local):
             if end == 0 or buf[:2] == b"\r\n":
                 buf = buf.lstrip(b"\r\n")
                 continue
-            lines = buf[:end].decode("latin-1").split("\r\n")
+            head = buf[:end]
             buf = buf[end + 4:]
             _active.append(None)
             try:
-                rl = lines[0].split(" ")
-                if len(rl) != 3 or not rl[0] or not rl[1]:
-                    raise _BadRequest(400, "malformed request line")
-                method, target, version = rl
-                if version != "HTTP/1.1" and version != "HTTP/1.0":
-                    raise _BadRequest(505 if version.startswith("HTTP/") else 400,
-                                      "unsupported protocol version %r" % version)
-                hdrs = []
-                clen = -1
-                chunked = False
-                conn = None
-                expect = False
-                del lines[0]
-                for line in lines:
-                    name, sep, value = line.partition(":")
-                    if not sep or not name or name[-1] in " \t" or name[0] in " \t":
-                        raise _BadRequest(400, "malformed header line")
-                    value = value.strip()
-                    hdrs.append((name, value))
-                    if name[0] in "cCtTeE":
-                        ln = name.lower()
-                        if ln == "content-length":
-                            if not value.isdigit() or (clen >= 0 and int(value) != clen):
-                                raise _BadRequest(400, "invalid Content-Length")
-                            clen = int(value)
-                        elif ln == "transfer-encoding":
-                            if value.lower().rpartition(",")[2].strip() != "chunked":
-                                raise _BadRequest(501, "unsupported Transfer-Encoding %r" %
-                                                  value)
-                            chunked = True
-                        elif ln == "connection":
-                            conn = value.lower()
-                        elif ln == "expect":
-                            expect = value.lower() == "100-continue"
-                if version == "HTTP/1.1":
-                    ka = conn is None or "close" not in conn
-                else:
-                    ka = conn is not None and "keep-alive" in conn
+                method, target, version, hdrs, clen, chunked, conn, expect = _parse_head(head)
+                ka = _keep_alive(version, conn)
                 # --- body
                 if chunked:
                     if clen >= 0:
@@ -2672,11 +2697,8 @@ def _serve_conn(sock, peer, local):
                 if _stopping:
                     ka = False
                 # --- dispatch
-                if target[:8] == "/healthz" and (method == "GET" or method == "HEAD") and (
-                        len(target) == 8 or target[8] == "?"):
-                    body_out = _STOPPING_BODY if _stopping else _HEALTH_BODY
-                    sock.sendall(_build(503 if _stopping else 200, _H_JSON, body_out, ka,
-                                        method == "HEAD", version == "HTTP/1.0"))
+                if _is_healthz(method, target):
+                    _send_health(sock, method, version, ka)
                 elif method == "POST" and (target == "/v2/specialize" or
                                            target == "/specialize"):
                     _send_specialize(sock, body, target == "/specialize", ka,
@@ -2708,11 +2730,263 @@ def _serve_conn(sock, peer, local):
             except BaseException:
                 pass
     finally:
+        _close(sock)
+
+
+def _close(sock):
+    try:
+        sock.shutdown(_socket.SHUT_WR)
+    except OSError:
+        pass
+    sock.close()
+
+
+# --------------------------------------------------------------------------------------------
+# The poller: keep-alive connections without a thread each
+#
+# A thread per connection made every request a hand-over of the GIL between threads (each
+# woken by its socket, then waiting for the interpreter): with 16 connections busy, twice the
+# CPU per request of one. Instead, idle connections wait in one epoll, and one poller thread
+# reads the requests that arrive and runs the function for the simple ones itself (a complete
+# head and Content-Length body, not /v2/specialize, chunked or a WebSocket). Everything else
+# moves its connection to a thread of its own, for good (`_serve_conn`, as before).
+#
+# A function that blocks (sleeps, waits for I/O, or for the KAPPA_CONCURRENCY semaphore) must
+# not hold up the other connections: a watchdog thread looks every _SPILL_AFTER seconds, and
+# when the poller has been in the same request since its last look, it takes that request's
+# connection out of the epoll and starts a new poller. The old one finishes its request, puts
+# the connection back into the epoll and ends. The watchdog sleeps while nothing runs.
+
+_SPILL_AFTER = 0.002
+_SPILL_LOOKS = 5
+_ep = None                     # select.epoll of the idle connections (made on first accept)
+_conns = {}                    # fd -> [socket, peer, buffered bytes, last read (monotonic)]
+_pmu = _thread.allocate_lock()  # guards _pstate; held for a few field updates only
+# [current poller's token, requests begun by the pollers, fd of the request running inline
+#  or -1, whether the watchdog is parked, the current poller's thread id]
+_pstate = [0, 0, -1, False, 0]
+_park = _thread.allocate_lock()  # held while the watchdog is not parked
+
+
+def _poller_start(local):
+    """Starts the epoll, the poller and its watchdog (at the first connection)."""
+    global _ep
+    import select
+    if not hasattr(select, "epoll"):
+        return False
+    _ep = select.epoll()
+    _park.acquire()
+    with _pmu:
+        _pstate[0] = 1
+    _thread.start_new_thread(_poll_loop, (1, local))
+    _thread.start_new_thread(_watch, (local,))
+    return True
+
+
+def _poller_add(sock, peer, local):
+    """An accepted connection: waits in the epoll for its first request."""
+    global _poller_add
+    if _ep is None and not _poller_start(local):
+        _poller_add = _thread_per_connection
+        return _thread_per_connection(sock, peer, local)
+    if _TIMEVAL is not None:  # bounds a send to a client that does not read
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO, _TIMEVAL)
+    fd = sock.fileno()
+    _conns[fd] = [sock, peer, b"", _monotonic()]
+    try:
+        _ep.register(fd, 1)  # EPOLLIN
+    except OSError:
+        _conns.pop(fd, None)
+        _thread.start_new_thread(_serve_conn, (sock, peer, local))
+
+
+def _thread_per_connection(sock, peer, local):
+    """Without epoll (not Linux): each connection on a thread of its own."""
+    _thread.start_new_thread(_serve_conn, (sock, peer, local))
+
+
+def _poller_remove(fd):
+    """Takes a connection out of the epoll -> its record (None when it was not there)."""
+    c = _conns.pop(fd, None)
+    if c is not None:
         try:
-            sock.shutdown(_socket.SHUT_WR)
-        except OSError:
+            _ep.unregister(fd)
+        except (OSError, ValueError):
             pass
-        sock.close()
+    return c
+
+
+def _spill(fd, local, buf):
+    """Moves a connection to a thread of its own, with what was read from it."""
+    c = _poller_remove(fd)
+    if c is not None:
+        _thread.start_new_thread(_serve_conn, (c[0], c[1], local, buf))
+
+
+def _running(tid):
+    """Whether thread `tid` of this process is running or waiting for a core (not blocked)."""
+    try:
+        with open("/proc/self/task/%d/stat" % tid, "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3] == b"R"
+    except (OSError, ValueError):
+        return False
+
+
+def _watch(local):
+    seen = -1
+    looks = 0  # consecutive looks that found the same request running
+    while True:
+        st = _pstate
+        with _pmu:
+            if st[2] < 0 and st[1] == seen:
+                st[3] = True  # nothing ran since the last look: park until a request begins
+                park = True
+            else:
+                park = False
+                looks = looks + 1 if st[2] >= 0 and st[1] == seen else 0
+                seen = st[1]
+                tid = st[4]
+        if park:
+            _park.acquire()
+            seen = -1
+            continue
+        # A request seen twice has run for a look's interval at least. The poller keeps it
+        # while its thread runs (or only waits for a core: the machine is busy, and a new
+        # poller would wait too), up to _SPILL_LOOKS; blocked, it hands the rest over.
+        if looks and (looks >= _SPILL_LOOKS or not _running(tid)):
+            with _pmu:
+                if st[2] >= 0 and st[1] == seen:
+                    fd = st[2]
+                    st[0] += 1
+                    st[2] = -1
+                    if _conns.pop(fd, None) is not None:
+                        try:
+                            _ep.unregister(fd)
+                        except (OSError, ValueError):
+                            pass
+                    _thread.start_new_thread(_poll_loop, (st[0], local))
+            looks = 0
+        _sleep(_SPILL_AFTER)
+
+
+def _poll_loop(token, local):
+    ep = _ep
+    conns = _conns
+    st = _pstate
+    mu = _pmu
+    with mu:
+        if st[0] == token:
+            st[4] = _thread.get_native_id()
+    timeout = min(max(_IDLE_TIMEOUT / 4, 1), 60) if _IDLE_TIMEOUT else -1
+    next_sweep = _monotonic() + timeout if _IDLE_TIMEOUT else None
+    while True:
+        try:
+            events = ep.poll(timeout)
+        except OSError:
+            events = ()
+        now = _monotonic()
+        if next_sweep is not None and now >= next_sweep:
+            next_sweep = now + timeout
+            for fd, c in list(conns.items()):
+                if now - c[3] >= _IDLE_TIMEOUT and _poller_remove(fd) is not None:
+                    _close(c[0])
+        for fd, _ in events:
+            c = conns.get(fd)
+            if c is None:
+                continue
+            sock = c[0]
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                if _poller_remove(fd) is not None:
+                    _close(sock)
+                continue
+            buf = c[2] + data if c[2] else data
+            c[3] = now
+            try:
+                while True:
+                    end = buf.find(b"\r\n\r\n")
+                    if end <= 0 or buf[:2] == b"\r\n":
+                        if end < 0 and len(buf) <= _MAX_HEAD and buf[:2] != b"\r\n":
+                            c[2] = buf  # wait for the rest of the head
+                        else:
+                            _spill(fd, local, buf)
+                        break
+                    try:
+                        method, target, version, hdrs, clen, chunked, conn, expect = \
+                            _parse_head(buf[:end])
+                    except _BadRequest:
+                        _spill(fd, local, buf)  # answered there
+                        break
+                    start = end + 4
+                    stop = start + clen if clen > 0 else start
+                    if chunked or len(buf) < stop or (_MAX_BODY and clen > _MAX_BODY) or (
+                            conn is not None and "upgrade" in conn) or (
+                            method == "POST" and target[:1] == "/" and (
+                                target == "/v2/specialize" or target == "/specialize")):
+                        _spill(fd, local, buf)
+                        break
+                    body = buf[start:stop]
+                    buf = buf[stop:]
+                    ka = _keep_alive(version, conn) and not _stopping
+                    if _is_healthz(method, target):
+                        _send_health(sock, method, version, ka)
+                    else:
+                        _active.append(None)
+                        with mu:
+                            st[1] += 1
+                            st[2] = fd
+                            if st[3]:
+                                st[3] = False
+                                _park.release()
+                        try:
+                            ka = _handle_function(sock, method, target, version, hdrs, body,
+                                                  c[1], ka, local)
+                        except OSError:
+                            ka = False
+                        finally:
+                            _active.pop()
+                            with mu:
+                                demoted = st[0] != token
+                                if not demoted:
+                                    st[2] = -1
+                        if demoted:
+                            # The watchdog took this connection out of the epoll and another
+                            # poller runs. The connection goes back to the epoll (or, with a
+                            # pipelined request already read, stays on this thread) and this
+                            # thread ends.
+                            if not ka or _stopping:
+                                _close(sock)
+                            elif buf:
+                                _serve_conn(sock, c[1], local, buf)
+                            else:
+                                c[2] = b""
+                                _conns[fd] = c
+                                try:
+                                    ep.register(fd, 1)  # EPOLLIN
+                                except OSError:
+                                    _conns.pop(fd, None)
+                                    _serve_conn(sock, c[1], local)
+                            return
+                    if not ka:
+                        if _poller_remove(fd) is not None:
+                            _close(sock)
+                        break
+                    if not buf:
+                        c[2] = b""
+                        break
+            except BaseException as e:  # never let the poller die
+                if _poller_remove(fd) is not None:
+                    _close(sock)
+                if not isinstance(e, (OSError, SystemExit)):
+                    try:
+                        _log("kappa: internal error on a connection: %s: %s" % (
+                            type(e).__name__, e))
+                    except BaseException:
+                        pass
 
 
 # --------------------------------------------------------------------------------------------
@@ -2848,7 +3122,7 @@ def main():
             s.setsockopt(tcp, nodelay, 1)
         except OSError:
             pass
-        start(_serve_conn, (s, peer, local))
+        _poller_add(s, peer, local)
     _drain(ls)
 
 

@@ -1298,5 +1298,135 @@ class TestHTTP(RuntimeTestCase):
         self.assertLessEqual(e1, s2)
 
 
+PARTLY_GATED = """
+    import os, time
+    from flask import request
+
+    def main():
+        if "gate" not in request.args:
+            return "quick"
+        open(request.args["started"], "w").close()
+        while not os.path.exists(request.args["gate"]):
+            time.sleep(0.01)
+        return "released"
+"""
+
+
+def read_response(sock, buf=b""):
+    """One Content-Length response from `sock` -> (head, body, rest of buf)."""
+    while b"\r\n\r\n" not in buf:
+        data = sock.recv(65536)
+        if not data:
+            raise AssertionError("connection closed before a response: %r" % buf)
+        buf += data
+    head, _, buf = buf.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(buf) < length:
+        data = sock.recv(65536)
+        if not data:
+            raise AssertionError("connection closed in a response body")
+        buf += data
+    return head, buf[:length], buf[length:]
+
+
+class TestPoller(RuntimeTestCase):
+    """Keep-alive connections wait in one poller; blocking functions and unusual requests move
+    their connection to a thread of its own."""
+
+    def threads(self, rt):
+        return len(os.listdir("/proc/%d/task" % rt.proc.pid))
+
+    def test_many_connections_share_one_poller(self):
+        rt = self.specialized(os.path.join(EXAMPLES, "hello"), "hello.main")
+        conns = [rt.conn() for _ in range(24)]
+        for i in range(10):
+            for c in conns:
+                c.request("GET", "/?i=%d" % i)
+                r = c.getresponse()
+                self.assertEqual((r.status, r.read()), (200, b"Hello, world!\n"))
+        # Not a thread per connection (main, poller, watchdog; a few more if the machine was
+        # so busy that the watchdog handed some over).
+        self.assertLess(self.threads(rt), 12)
+        for c in conns:
+            c.close()
+
+    def test_one_connection_moves_between_poller_and_thread(self):
+        rt = self.specialized(os.path.join(EXAMPLES, "echo"), "echo.main")
+        s = socket.create_connection(("127.0.0.1", rt.port), timeout=TIMEOUT)
+        # A head in two pieces, on the poller.
+        s.sendall(b"POST /one HTTP/1.1\r\nHost: x\r\nContent-Le")
+        time.sleep(0.05)
+        s.sendall(b"ngth: 3\r\n\r\nabc")
+        head, body, rest = read_response(s)
+        self.assertIn(b" 200 ", head.split(b"\r\n")[0])
+        self.assertEqual(json.loads(body)["body"], "abc")
+        # A chunked body moves the connection to a thread, with what came after it.
+        s.sendall(b"POST /two HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"3\r\ndef\r\n0\r\n\r\nGET /three HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, body, rest = read_response(s, rest)
+        self.assertEqual(json.loads(body)["body"], "def")
+        head, body, rest = read_response(s, rest)
+        self.assertEqual(json.loads(body)["path"], "/three")
+        # A body that arrives after its head, on the thread.
+        s.sendall(b"POST /four HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n")
+        time.sleep(0.05)
+        s.sendall(b"ghij")
+        head, body, rest = read_response(s, rest)
+        self.assertEqual(json.loads(body)["body"], "ghij")
+        self.assertEqual(rest, b"")
+        s.close()
+
+    def test_a_blocked_function_does_not_hold_up_other_connections(self):
+        d = self.tmpdir()
+        fn = self.write(d, "partly.py", PARTLY_GATED)
+        started, gate = os.path.join(d, "started"), os.path.join(d, "gate")
+        rt = self.specialized(fn, rt_env={"KAPPA_CONCURRENCY": "2"})
+        a, b = rt.conn(), rt.conn()
+        for c in (a, b):  # both connections served once, so both wait in the poller
+            c.request("GET", "/")
+            self.assertEqual(c.getresponse().read(), b"quick")
+        result = {}
+
+        def blocked():
+            a.request("GET", "/?started=%s&gate=%s" % (started, gate))
+            result["a"] = a.getresponse().read()
+
+        t = threading.Thread(target=blocked)
+        t.start()
+        wait_for(lambda: os.path.exists(started))
+        for _ in range(5):
+            b.request("GET", "/")
+            self.assertEqual(b.getresponse().read(), b"quick")
+        self.assertNotIn("a", result)  # still blocked meanwhile
+        open(gate, "w").close()
+        t.join(TIMEOUT)
+        self.assertEqual(result["a"], b"released")
+        # The connection that blocked goes on serving, back in the poller: the thread that ran
+        # the blocked call ends (main, poller and watchdog are left).
+        for c in (a, b):
+            c.request("GET", "/")
+            self.assertEqual(c.getresponse().read(), b"quick")
+        wait_for(lambda: self.threads(rt) <= 3)
+        for c in (a, b):
+            c.request("GET", "/")
+            self.assertEqual(c.getresponse().read(), b"quick")
+        a.close()
+        b.close()
+
+    def test_idle_connections_are_closed_after_the_keep_alive_timeout(self):
+        rt = self.specialized(os.path.join(EXAMPLES, "hello"), "hello.main",
+                              rt_env={"KAPPA_KEEPALIVE_TIMEOUT": "1"})
+        s = socket.create_connection(("127.0.0.1", rt.port), timeout=TIMEOUT)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, body, rest = read_response(s)
+        self.assertEqual(body, b"Hello, world!\n")
+        self.assertEqual(s.recv(100), b"")  # closed by the runtime, not by the timeout here
+        s.close()
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -466,6 +466,79 @@ pub async fn redelivery(h: &dyn Harness) {
     task.await.unwrap();
 }
 
+/// With several messages in flight, none is settled before its answer: a platform killed
+/// while they run gets every one of them again.
+pub async fn redelivery_in_flight(h: &dyn Harness) {
+    if !h.redelivers() {
+        return;
+    }
+    h.watch("done").await;
+    let stuck = FakeFunction::new(Duration::from_secs(3600), |_| (200, "late".into()));
+    let ack_wait = Duration::from_secs(2);
+    let (stop, task) = start(h, Arc::clone(&stuck), target(3, 4), "orders", ack_wait).await;
+    for i in 0..4 {
+        publish(h, "orders", &i.to_string(), &[]).await;
+    }
+    eventually_async(
+        Duration::from_secs(10),
+        "four deliveries in flight",
+        || async { (stuck.seen().len() >= 4).then_some(()) },
+    )
+    .await;
+    task.abort();
+    let _ = task.await;
+    drop(stop);
+    let f = FakeFunction::echo();
+    let (stop, task) = start(h, Arc::clone(&f), target(3, 4), "orders", ack_wait).await;
+    let done = eventually_async(Duration::from_secs(20), "the four redeliveries", || async {
+        let got = h.captured("done").await;
+        (got.len() >= 4).then_some(got)
+    })
+    .await;
+    let mut got = bodies(&done);
+    got.sort();
+    assert_eq!(got, vec!["0", "1", "2", "3"]);
+    assert!(f.seen().iter().all(|r| r.attempt() >= 2));
+    stop.cancel();
+    task.await.unwrap();
+}
+
+/// Stopping lets the messages in flight finish: each answered one is replied to and settled
+/// before `run` returns.
+pub async fn stop_drains_in_flight(h: &dyn Harness) {
+    h.watch("done").await;
+    let f = FakeFunction::new(Duration::from_millis(300), |s| {
+        (200, String::from_utf8_lossy(&s.body).into_owned())
+    });
+    let (stop, task) = start(
+        h,
+        Arc::clone(&f),
+        target(0, 4),
+        "orders",
+        Duration::from_secs(10),
+    )
+    .await;
+    for i in 0..4 {
+        publish(h, "orders", &i.to_string(), &[]).await;
+    }
+    eventually_async(
+        Duration::from_secs(10),
+        "four deliveries in flight",
+        || async { (f.seen().len() >= 4).then_some(()) },
+    )
+    .await;
+    stop.cancel();
+    task.await.unwrap();
+    let done = eventually_async(Duration::from_secs(10), "four replies", || async {
+        let got = h.captured("done").await;
+        (got.len() >= 4).then_some(got)
+    })
+    .await;
+    let mut got = bodies(&done);
+    got.sort();
+    assert_eq!(got, vec!["0", "1", "2", "3"]);
+}
+
 macro_rules! suite {
     ($module:ident, $make:expr) => {
         mod $module {
@@ -501,6 +574,16 @@ macro_rules! suite {
             async fn redelivery() {
                 let h = $make;
                 super::redelivery(&h).await;
+            }
+            #[tokio::test]
+            async fn redelivery_in_flight() {
+                let h = $make;
+                super::redelivery_in_flight(&h).await;
+            }
+            #[tokio::test]
+            async fn stop_drains_in_flight() {
+                let h = $make;
+                super::stop_drains_in_flight(&h).await;
             }
         }
     };
