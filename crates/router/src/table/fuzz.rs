@@ -569,12 +569,7 @@ fn incremental_table_at_scale_agrees_with_a_full_build_and_the_reference() {
                 &index,
             ),
             3 => {
-                t = TriggerRecord::new(
-                    &t.namespace().to_owned(),
-                    &t.name().to_owned(),
-                    &t.creation().to_owned(),
-                    scale_spec(&mut rng),
-                );
+                t = TriggerRecord::new(t.namespace(), t.name(), t.creation(), scale_spec(&mut rng));
                 if t.spec().validate().is_ok() {
                     table.apply(Change::Trigger(Box::new(t.clone())), &index);
                     kept.push(t);
