@@ -109,15 +109,48 @@ struct Indexed {
     /// older version is recognised), with its route key while it exists.
     triggers: HashMap<Name, (u64, Option<RouteKey>)>,
     /// (host, path) → the triggers routing it.
-    routes: HashMap<Arc<str>, Vec<Name>>,
+    routes: HashMap<Arc<str>, Names>,
+}
+
+/// The triggers on one (host, path): almost always one, held inline (no allocation of its
+/// own); more only while conflicting triggers exist (created behind the API's back).
+#[derive(Debug)]
+enum Names {
+    One(Name),
+    Many(Box<[Name]>),
+}
+
+impl Names {
+    fn as_slice(&self) -> &[Name] {
+        match self {
+            Names::One(name) => std::slice::from_ref(name),
+            Names::Many(names) => names,
+        }
+    }
+
+    fn of(mut names: Vec<Name>) -> Option<Self> {
+        match names.len() {
+            0 => None,
+            1 => names.pop().map(Names::One),
+            _ => Some(Names::Many(names.into_boxed_slice())),
+        }
+    }
 }
 
 impl Indexed {
     fn unlink(&mut self, name: &Name, key: &RouteKey) {
         if let Some(names) = self.routes.get_mut(&key.slot) {
-            names.retain(|n| n != name);
-            if names.is_empty() {
-                self.routes.remove(&key.slot);
+            let rest: Vec<Name> = names
+                .as_slice()
+                .iter()
+                .filter(|n| *n != name)
+                .cloned()
+                .collect();
+            match Names::of(rest) {
+                Some(rest) => *names = rest,
+                None => {
+                    self.routes.remove(&key.slot);
+                }
             }
         }
     }
@@ -141,9 +174,15 @@ impl Indexed {
             key
         });
         if let Some(key) = &key {
-            let names = self.routes.entry(Arc::clone(&key.slot)).or_default();
+            let mut names: Vec<Name> = self
+                .routes
+                .get(&key.slot)
+                .map(|n| n.as_slice().to_vec())
+                .unwrap_or_default();
             names.push(Arc::clone(&name));
-            names.shrink_to_fit();
+            if let Some(names) = Names::of(names) {
+                self.routes.insert(Arc::clone(&key.slot), names);
+            }
         }
         self.triggers.insert(name, (version, key));
     }
@@ -198,7 +237,7 @@ impl RouteKeys {
         let Some(names) = ix.routes.get(&key.slot) else {
             return Some(None);
         };
-        for n in names {
+        for n in names.as_slice() {
             let (n_namespace, n_name) = n.split_once('/').unwrap_or(("", n));
             if n_namespace == namespace && n_name == name {
                 continue;

@@ -100,34 +100,178 @@ pub(crate) struct FunctionRecord {
     pub spec_timeout_s: u64,
 }
 
-/// One HttpTrigger from the store.
-#[derive(Debug, Clone, PartialEq)]
+/// One HttpTrigger as the table keeps it: what routing and `/debug/routes` read, packed, not
+/// the decoded spec (the table holds one per trigger, so its size is the route's size).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TriggerRecord {
     /// `namespace/name`: the table's key for the trigger, shared with its map entry, its
     /// route target and the function → triggers map (one allocation for all of them).
     pub key: Arc<str>,
     /// Where the namespace ends in `key`.
-    ns_len: usize,
-    pub creation: Box<str>,
-    pub spec: HttpTriggerSpec,
+    ns_len: u32,
+    /// Which of the optional fields are set ([`HAS_HOST`] …).
+    flags: u8,
+    /// The creation time, host, relativeurl, prefix and function name (of a `name`
+    /// reference), one after another: one allocation for the spec's strings.
+    text: Box<str>,
+    /// Where each field of `text` ends ([`CREATION`] …).
+    ends: [u32; 5],
+    /// The methods as written; empty for `GET` alone (what an empty list means), so the
+    /// common case holds no allocation.
+    methods: Box<[Box<str>]>,
+    /// A `functionWeights` reference's functions and weights (by name); empty otherwise.
+    weights: Box<[(Box<str>, u32)]>,
 }
+
+const CREATION: usize = 0;
+const HOST: usize = 1;
+const URL: usize = 2;
+const PREFIX: usize = 3;
+const FUNCTION: usize = 4;
+
+const HAS_HOST: u8 = 1;
+const HAS_URL: u8 = 2;
+const HAS_PREFIX: u8 = 4;
+const KEEP_PREFIX: u8 = 8;
+const WEIGHTED: u8 = 16;
 
 impl TriggerRecord {
     pub fn new(namespace: &str, name: &str, creation: &str, spec: HttpTriggerSpec) -> Self {
+        let weighted = spec.functionref.kind == FunctionReferenceType::FunctionWeights;
+        let mut flags = 0;
+        let mut text = String::new();
+        let mut ends = [0u32; 5];
+        let fields = [
+            (Some(creation), 0),
+            (spec.host.as_deref(), HAS_HOST),
+            (spec.relativeurl.as_deref(), HAS_URL),
+            (spec.prefix.as_deref(), HAS_PREFIX),
+            ((!weighted).then_some(spec.functionref.name.as_str()), 0),
+        ];
+        for (i, (value, flag)) in fields.into_iter().enumerate() {
+            if let Some(value) = value {
+                text.push_str(value);
+                flags |= flag;
+            }
+            // Fields are bounded far below 4 GiB by validation; saturate rather than wrap.
+            ends[i] = u32::try_from(text.len()).unwrap_or(u32::MAX);
+        }
+        if spec.keep_prefix {
+            flags |= KEEP_PREFIX;
+        }
+        let weights: Box<[(Box<str>, u32)]> = if weighted {
+            flags |= WEIGHTED;
+            spec.functionref
+                .functionweights
+                .into_iter()
+                .map(|(n, w)| (n.into_boxed_str(), w))
+                .collect()
+        } else {
+            Box::default()
+        };
+        // `["GET"]` is what an empty list means (`effective_methods`): kept empty.
+        let methods: Box<[Box<str>]> = if spec.methods.len() == 1 && spec.methods[0] == "GET" {
+            Box::default()
+        } else {
+            spec.methods
+                .into_iter()
+                .map(String::into_boxed_str)
+                .collect()
+        };
         Self {
             key: Arc::from(format!("{namespace}/{name}")),
-            ns_len: namespace.len(),
-            creation: Box::from(creation),
-            spec,
+            ns_len: u32::try_from(namespace.len()).unwrap_or(u32::MAX),
+            flags,
+            text: text.into_boxed_str(),
+            ends,
+            methods,
+            weights,
         }
     }
 
     pub fn namespace(&self) -> &str {
-        self.key.get(..self.ns_len).unwrap_or_default()
+        self.key.get(..self.ns_len as usize).unwrap_or_default()
     }
 
     pub fn name(&self) -> &str {
-        self.key.get(self.ns_len + 1..).unwrap_or_default()
+        self.key.get(self.ns_len as usize + 1..).unwrap_or_default()
+    }
+
+    fn field(&self, i: usize) -> &str {
+        let start = i.checked_sub(1).map_or(0, |p| self.ends[p] as usize);
+        self.text
+            .get(start..self.ends[i] as usize)
+            .unwrap_or_default()
+    }
+
+    fn optional(&self, i: usize, flag: u8) -> Option<&str> {
+        (self.flags & flag != 0).then(|| self.field(i))
+    }
+
+    pub fn creation(&self) -> &str {
+        self.field(CREATION)
+    }
+
+    pub fn host(&self) -> Option<&str> {
+        self.optional(HOST, HAS_HOST)
+    }
+
+    pub fn relativeurl(&self) -> Option<&str> {
+        self.optional(URL, HAS_URL)
+    }
+
+    pub fn prefix(&self) -> Option<&str> {
+        self.optional(PREFIX, HAS_PREFIX)
+    }
+
+    pub fn keep_prefix(&self) -> bool {
+        self.flags & KEEP_PREFIX != 0
+    }
+
+    /// The methods the trigger matches (`GET` when none are given).
+    pub fn effective_methods(&self) -> impl Iterator<Item = &str> {
+        let default: &[Box<str>] = &[];
+        let (written, get) = if self.methods.is_empty() {
+            (default, Some("GET"))
+        } else {
+            (&*self.methods, None)
+        };
+        get.into_iter().chain(written.iter().map(|m| &**m))
+    }
+
+    /// The weighted functions, `None` for a reference by name.
+    pub fn weights(&self) -> Option<&[(Box<str>, u32)]> {
+        (self.flags & WEIGHTED != 0).then_some(&*self.weights)
+    }
+
+    /// Every function the trigger may invoke.
+    pub fn function_names(&self) -> Vec<&str> {
+        match self.weights() {
+            Some(weights) => weights.iter().map(|(n, _)| &**n).collect(),
+            None => vec![self.field(FUNCTION)],
+        }
+    }
+
+    /// The trigger's spec as far as the record keeps it (for tests).
+    #[cfg(test)]
+    pub fn spec(&self) -> HttpTriggerSpec {
+        use kappa_types::FunctionReference;
+        let functionref = match self.weights() {
+            Some(weights) => FunctionReference {
+                kind: FunctionReferenceType::FunctionWeights,
+                name: String::new(),
+                functionweights: weights.iter().map(|(n, w)| (n.to_string(), *w)).collect(),
+            },
+            None => FunctionReference::name(self.field(FUNCTION)),
+        };
+        HttpTriggerSpec {
+            host: self.host().map(str::to_owned),
+            relativeurl: self.relativeurl().map(str::to_owned),
+            prefix: self.prefix().map(str::to_owned),
+            keep_prefix: self.keep_prefix(),
+            methods: self.methods.iter().map(|m| m.to_string()).collect(),
+            functionref,
+        }
     }
 }
 
@@ -142,24 +286,28 @@ pub(crate) enum PathMode {
 /// Which function a route invokes.
 pub(crate) enum Choice {
     One(Arc<FunctionEntry>),
-    /// Cumulative weights: pick `r` in `0..total`, take the first entry whose bound exceeds it.
-    Weighted {
-        total: u32,
-        entries: Vec<(u32, Arc<FunctionEntry>)>,
-        /// The last entry, so a pick never needs to index out of range.
-        last: Arc<FunctionEntry>,
-    },
+    /// Boxed: most routes name one function, and every route target holds a `Choice`.
+    Weighted(Box<Weighted>),
+}
+
+/// Cumulative weights: pick `r` in `0..total`, take the first entry whose bound exceeds it.
+pub(crate) struct Weighted {
+    total: u32,
+    entries: Vec<(u32, Arc<FunctionEntry>)>,
+    /// The last entry, so a pick never needs to index out of range.
+    last: Arc<FunctionEntry>,
 }
 
 impl Choice {
     pub fn pick(&self) -> &Arc<FunctionEntry> {
         match self {
             Choice::One(entry) => entry,
-            Choice::Weighted {
-                total,
-                entries,
-                last,
-            } => {
+            Choice::Weighted(w) => {
+                let Weighted {
+                    total,
+                    entries,
+                    last,
+                } = &**w;
                 let r = rand::random_range(0..*total);
                 let i = entries.partition_point(|(bound, _)| *bound <= r);
                 // `r < total`, the last bound, so `i` is always in range.
@@ -245,7 +393,7 @@ struct Order(Arc<TriggerRecord>);
 
 impl Order {
     fn key(&self) -> (&str, &str, &str) {
-        (&self.0.creation, self.0.namespace(), self.0.name())
+        (self.0.creation(), self.0.namespace(), self.0.name())
     }
 }
 
@@ -280,8 +428,8 @@ struct Compiled {
 }
 
 /// Where a trigger's routes go: its normalized host (`None`: every host) and its patterns.
-fn placement(spec: &HttpTriggerSpec) -> Result<(Option<Arc<str>>, Vec<Pattern>), String> {
-    let patterns = match (&spec.prefix, &spec.relativeurl) {
+fn placement(t: &TriggerRecord) -> Result<(Option<Arc<str>>, Vec<Pattern>), String> {
+    let patterns = match (t.prefix(), t.relativeurl()) {
         (Some(prefix), _) => {
             if !prefix.starts_with('/') {
                 return Err(format!("spec.prefix: {prefix:?} must start with '/'"));
@@ -315,9 +463,8 @@ fn placement(spec: &HttpTriggerSpec) -> Result<(Option<Arc<str>>, Vec<Pattern>),
             return Err("spec.relativeurl: expected a relativeurl or a prefix".into());
         }
     };
-    let host = spec
-        .host
-        .as_deref()
+    let host = t
+        .host()
         .map(normalize_host)
         .filter(|h| !h.is_empty())
         .map(|h| Arc::from(h.as_ref()));
@@ -348,11 +495,35 @@ pub(crate) struct RouteTable {
     /// Every trigger, by `namespace/name`.
     triggers: imbl::OrdMap<Arc<str>, TriggerState>,
     /// Function (`namespace/name`, one allocation per entry) → the triggers naming it, so a
-    /// function change re-targets only those. (A small slice per function: most functions
-    /// have one or two triggers.)
-    users: imbl::OrdMap<Arc<str>, Arc<[Arc<str>]>>,
+    /// function change re-targets only those.
+    users: imbl::OrdMap<Arc<str>, Users>,
     /// The triggers not routed, in precedence order: retried when a route goes away.
     skipped: imbl::OrdSet<Order>,
+}
+
+/// The triggers (`namespace/name`) naming one function: most functions have one, held
+/// inline without an allocation of its own.
+#[derive(Clone)]
+enum Users {
+    One(Arc<str>),
+    Many(Arc<[Arc<str>]>),
+}
+
+impl Users {
+    fn as_slice(&self) -> &[Arc<str>] {
+        match self {
+            Users::One(key) => std::slice::from_ref(key),
+            Users::Many(keys) => keys,
+        }
+    }
+
+    fn from_vec(mut keys: Vec<Arc<str>>) -> Option<Self> {
+        match keys.len() {
+            0 => None,
+            1 => keys.pop().map(Users::One),
+            _ => Some(Users::Many(Arc::from(keys))),
+        }
+    }
 }
 
 /// Lower-cases a host and strips its port (`Example.com:8080` → `example.com`, `[::1]:80` → `[::1]`).
@@ -449,7 +620,7 @@ impl RouteTable {
         }
         let mut triggers: Vec<&TriggerRecord> = triggers.into_iter().collect();
         triggers.sort_by(|a, b| {
-            (&a.creation, a.namespace(), a.name()).cmp(&(&b.creation, b.namespace(), b.name()))
+            (a.creation(), a.namespace(), a.name()).cmp(&(b.creation(), b.namespace(), b.name()))
         });
         // In precedence order each trigger only meets older ones: nothing is displaced.
         for t in triggers {
@@ -509,7 +680,7 @@ impl RouteTable {
         else {
             return;
         };
-        for key in users.iter() {
+        for key in users.as_slice() {
             let Some(state) = self.triggers.get(key).cloned() else {
                 continue;
             };
@@ -538,17 +709,19 @@ impl RouteTable {
             self.forget(&key, &old, &mut queue);
         }
         let record = Arc::new(record);
-        for f in record.spec.functionref.function_names() {
+        for f in record.function_names() {
             let user: Arc<str> = Arc::from(format!("{}/{f}", record.namespace()));
             let mut names: Vec<Arc<str>> = self
                 .users
                 .get(&user)
-                .map(|u| u.to_vec())
+                .map(|u| u.as_slice().to_vec())
                 .unwrap_or_default();
             if !names.contains(&key) {
                 names.push(Arc::clone(&key));
             }
-            self.users.insert(user, Arc::from(names));
+            if let Some(users) = Users::from_vec(names) {
+                self.users.insert(user, users);
+            }
         }
         self.triggers.insert(
             Arc::clone(&key),
@@ -570,12 +743,17 @@ impl RouteTable {
             self.unroute(key, &old.record);
             self.queue_skipped_after(&order, queue);
         }
-        for f in old.record.spec.functionref.function_names() {
+        for f in old.record.function_names() {
             let user = format!("{}/{f}", old.record.namespace());
             if let Some(users) = self.users.get(user.as_str()) {
-                let rest: Vec<Arc<str>> = users.iter().filter(|n| *n != key).cloned().collect();
-                if !rest.is_empty() {
-                    self.users.insert(Arc::from(user), Arc::from(rest));
+                let rest: Vec<Arc<str>> = users
+                    .as_slice()
+                    .iter()
+                    .filter(|n| *n != key)
+                    .cloned()
+                    .collect();
+                if let Some(rest) = Users::from_vec(rest) {
+                    self.users.insert(Arc::from(user), rest);
                 } else {
                     self.users.remove(user.as_str());
                     self.missing
@@ -681,13 +859,7 @@ impl RouteTable {
                     continue;
                 };
                 if Order(Arc::clone(&o.record)) < *order {
-                    let path = order
-                        .0
-                        .spec
-                        .prefix
-                        .as_deref()
-                        .or(order.0.spec.relativeurl.as_deref())
-                        .unwrap_or("/");
+                    let path = order.0.prefix().or(order.0.relativeurl()).unwrap_or("/");
                     return (
                         Some(format!(
                             "{common} {path} conflicts with a route of trigger {}",
@@ -719,11 +891,11 @@ impl RouteTable {
         for (tier, shape, names) in &c.patterns {
             tiers[*tier].insert(
                 shape,
-                Arc::new(Leaf {
+                Leaf {
                     methods: c.methods.clone(),
                     names: Arc::clone(names),
                     value: Arc::clone(&c.target),
-                }),
+                },
             );
         }
     }
@@ -731,7 +903,7 @@ impl RouteTable {
     /// Takes a routed trigger's leaves out (its patterns computed again from the record, which
     /// placed them: a routed trigger's record always compiles).
     fn unroute(&mut self, key: &Arc<str>, record: &TriggerRecord) {
-        let Ok((host, patterns)) = placement(&record.spec) else {
+        let Ok((host, patterns)) = placement(record) else {
             return;
         };
         let tiers = match &host {
@@ -774,9 +946,8 @@ impl RouteTable {
         t: &TriggerRecord,
         index: &EndpointIndex,
     ) -> Result<Compiled, String> {
-        let spec = &t.spec;
         let mut methods = Vec::new();
-        for m in spec.effective_methods() {
+        for m in t.effective_methods() {
             let method = Method::from_bytes(m.to_ascii_uppercase().as_bytes())
                 .map_err(|_| format!("spec.methods: {m:?} is not an HTTP method"))?;
             if !methods.contains(&method) {
@@ -787,14 +958,12 @@ impl RouteTable {
         // `hello@3` routes to version 3's own entry (`hello.v3`).
         let fn_id =
             |name: &str| FunctionId::new(t.namespace(), kappa_types::function_ref_target(name));
-        let choice = match spec.functionref.kind {
-            FunctionReferenceType::Name => {
-                Choice::One(self.function_entry(fn_id(&spec.functionref.name), index))
-            }
-            FunctionReferenceType::FunctionWeights => {
+        let choice = match t.weights() {
+            None => Choice::One(self.function_entry(fn_id(t.field(FUNCTION)), index)),
+            Some(weights) => {
                 let mut total = 0u32;
                 let mut entries = Vec::new();
-                for (name, weight) in &spec.functionref.functionweights {
+                for (name, weight) in weights {
                     if *weight == 0 {
                         continue;
                     }
@@ -806,19 +975,19 @@ impl RouteTable {
                         "spec.functionref.functionweights: no function has a weight above 0".into(),
                     );
                 };
-                Choice::Weighted {
+                Choice::Weighted(Box::new(Weighted {
                     total,
                     entries,
                     last,
-                }
+                }))
             }
         };
 
-        let (host, patterns) = placement(spec)?;
-        let mode = match (&spec.prefix, patterns.first()) {
+        let (host, patterns) = placement(t)?;
+        let mode = match (t.prefix(), patterns.first()) {
             (Some(prefix), _) => {
                 let base = prefix.trim_end_matches('/');
-                let strip = (!spec.keep_prefix && !base.is_empty()).then(|| Box::from(base));
+                let strip = (!t.keep_prefix() && !base.is_empty()).then(|| Box::from(base));
                 PathMode::Prefix { strip }
             }
             (None, Some((_, _, names))) => PathMode::Template {
@@ -826,9 +995,9 @@ impl RouteTable {
             },
             (None, None) => PathMode::Template { params: Vec::new() },
         };
-        let route: Arc<str> = match (&spec.prefix, &spec.relativeurl) {
+        let route: Arc<str> = match (t.prefix(), t.relativeurl()) {
             (Some(prefix), _) => Arc::from(format!("{}/*", prefix.trim_end_matches('/'))),
-            (None, Some(url)) => Arc::from(url.as_str()),
+            (None, Some(url)) => Arc::from(url),
             (None, None) => Arc::from(""),
         };
         Ok(Compiled {
@@ -909,23 +1078,17 @@ impl RouteTable {
             .into_iter()
             .map(|s| {
                 let t = &s.record;
-                let spec = &t.spec;
-                let functions = match spec.functionref.kind {
-                    FunctionReferenceType::Name => vec![(spec.functionref.name.clone(), 1)],
-                    FunctionReferenceType::FunctionWeights => spec
-                        .functionref
-                        .functionweights
-                        .iter()
-                        .map(|(n, w)| (n.clone(), *w))
-                        .collect(),
+                let functions = match t.weights() {
+                    None => vec![(t.field(FUNCTION).to_owned(), 1)],
+                    Some(weights) => weights.iter().map(|(n, w)| (n.to_string(), *w)).collect(),
                 };
                 RouteInfo {
                     trigger: t.key.to_string(),
-                    host: spec.host.clone(),
-                    relativeurl: spec.relativeurl.clone(),
-                    prefix: spec.prefix.clone(),
-                    keep_prefix: spec.keep_prefix,
-                    methods: spec.effective_methods(),
+                    host: t.host().map(str::to_owned),
+                    relativeurl: t.relativeurl().map(str::to_owned),
+                    prefix: t.prefix().map(str::to_owned),
+                    keep_prefix: t.keep_prefix(),
+                    methods: t.effective_methods().map(str::to_owned).collect(),
                     functions,
                     skipped: s.skipped.as_deref().map(str::to_owned),
                 }
@@ -980,6 +1143,51 @@ mod tests {
             Lookup::Found { target, .. } => Some(target.trigger.to_string()),
             _ => None,
         }
+    }
+
+    /// The packed record gives back every field of the spec it was made from.
+    #[test]
+    fn records_keep_what_routing_reads() {
+        let specs = [
+            HttpTriggerSpec {
+                host: Some("Api.Example.com:80".into()),
+                relativeurl: Some("/users/{id}".into()),
+                prefix: Some("/u/".into()),
+                keep_prefix: true,
+                methods: vec!["POST".into(), "get".into()],
+                functionref: FunctionReference {
+                    kind: FunctionReferenceType::FunctionWeights,
+                    name: String::new(),
+                    functionweights: [("a".to_string(), 30), ("b@2".to_string(), 70)].into(),
+                },
+            },
+            HttpTriggerSpec {
+                relativeurl: Some(String::new()),
+                functionref: FunctionReference::name("hello@3"),
+                ..HttpTriggerSpec::default()
+            },
+        ];
+        for spec in specs {
+            let t = TriggerRecord::new("ns", "t", "2026-12-08T00:00:00Z", spec.clone());
+            assert_eq!(t.spec(), spec);
+            assert_eq!((t.namespace(), t.name()), ("ns", "t"));
+            assert_eq!(t.creation(), "2026-12-08T00:00:00Z");
+            assert_eq!(
+                t.function_names(),
+                spec.functionref.function_names(),
+                "{spec:?}"
+            );
+            assert_eq!(
+                t.effective_methods().collect::<Vec<_>>(),
+                spec.effective_methods()
+            );
+        }
+        let get = trigger("g", "1", |s| s.methods = vec!["GET".into()]);
+        assert!(
+            get.spec().methods.is_empty(),
+            "GET alone is kept as no list"
+        );
+        assert_eq!(get.effective_methods().collect::<Vec<_>>(), ["GET"]);
     }
 
     #[test]

@@ -40,17 +40,11 @@ impl Decode for Routed {
             return Ok(Self::Function(parse_function(&obj)));
         }
         let t = HttpTrigger::from_json(obj.value)?;
-        let mut spec = t.spec;
-        // `["GET"]` is what an empty list means (`effective_methods`), which every reader
-        // uses: kept as the empty list, the table holds no allocation for it.
-        if spec.methods.len() == 1 && spec.methods[0] == "GET" {
-            spec.methods = Vec::new();
-        }
         Ok(Self::Trigger(TriggerRecord::new(
             &obj.namespace,
             &obj.name,
             t.metadata.creation_timestamp.as_deref().unwrap_or_default(),
-            spec,
+            t.spec,
         )))
     }
 }

@@ -14,8 +14,11 @@
 //!
 //! The kinds are listed one after another, and the watch starts from the oldest of the listed
 //! versions, so a few changes already in the list are replayed; the cache remembers the version
-//! of every object it holds and drops any change not newer than it, so a consumer sees each
-//! change once.
+//! of every listed object and drops any change not newer than it, so a consumer sees each
+//! change once. A store's watch yields each kind's changes in version order, so once a change
+//! of a kind is newer than that kind's list, none of that kind can be a replay: the cache then
+//! forgets that kind's versions (a cache holds nothing per object once its kinds have moved on,
+//! which at 10,000 routes and functions is most of a consumer's memory for them).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -132,9 +135,12 @@ pub struct WatchCache<T> {
     kinds: Vec<Kind>,
     /// Whether the decoded items are kept (see [`WatchCache::events_only`]).
     keep_items: bool,
-    /// The version of every object held, readable or not, to recognise replayed changes.
-    /// Keyed compactly ([`VersionKey`]): one entry per watched object, for as long as it exists.
+    /// The version of every listed object, readable or not, to recognise replayed changes,
+    /// for the kinds still in `replaying`. Keyed compactly ([`VersionKey`]).
     versions: HashMap<VersionKey, u64>,
+    /// The kinds whose watch has not yet yielded a change newer than their list, with the
+    /// list's version: only their changes can be replays.
+    replaying: Vec<(Kind, u64)>,
     items: BTreeMap<ObjectKey, Item<T>>,
     /// The highest store version listed or received.
     seen: u64,
@@ -156,6 +162,7 @@ impl<T: Decode> WatchCache<T> {
             kinds: T::kinds(),
             keep_items: true,
             versions: HashMap::new(),
+            replaying: Vec::new(),
             items: BTreeMap::new(),
             seen: 0,
             stream: None,
@@ -245,13 +252,16 @@ impl<T: Decode> WatchCache<T> {
     async fn list(&mut self) -> Result<Vec<Item<T>>, StoreError> {
         let mut objects = Vec::new();
         let mut since = u64::MAX;
+        let mut replaying = Vec::new();
         for kind in &self.kinds {
             let list = self.store.list(*kind, None).await?;
             since = since.min(list.resource_version);
+            replaying.push((*kind, list.resource_version));
             objects.extend(list.items);
         }
         let since = if since == u64::MAX { 0 } else { since };
         self.retry_at = None;
+        self.replaying = replaying;
         self.versions.clear();
         self.items.clear();
         let mut listed = BTreeMap::new();
@@ -312,38 +322,63 @@ impl<T: Decode> WatchCache<T> {
             return replayed;
         }
         let key = key_of(&object);
-        let vkey = VersionKey::of(&key);
-        if self
-            .versions
-            .get(&vkey)
-            .is_some_and(|held| *held >= version)
-        {
-            return replayed;
+        if self.may_replay(object.kind, version) {
+            let vkey = VersionKey::of(&key);
+            if self
+                .versions
+                .get(&vkey)
+                .is_some_and(|held| *held >= version)
+            {
+                return replayed;
+            }
+            match event.event_type {
+                EventType::Deleted => {
+                    if self.versions.remove(&vkey).is_none() {
+                        return replayed;
+                    }
+                }
+                EventType::Added | EventType::Modified => {
+                    self.versions.insert(vkey, version);
+                }
+            }
         }
         match event.event_type {
             EventType::Deleted => {
-                if self.versions.remove(&vkey).is_none() {
-                    return replayed;
-                }
                 self.items.remove(&key);
                 Some(CacheEvent::Removed(key))
             }
-            EventType::Added | EventType::Modified => {
-                self.versions.insert(vkey, version);
-                match self.decode(key.clone(), object) {
-                    Some(item) => {
-                        if self.keep_items {
-                            self.items.insert(key, item.clone());
-                        }
-                        Some(CacheEvent::Applied(item))
+            EventType::Added | EventType::Modified => match self.decode(key.clone(), object) {
+                Some(item) => {
+                    if self.keep_items {
+                        self.items.insert(key, item.clone());
                     }
-                    None => {
-                        self.items.remove(&key);
-                        Some(CacheEvent::Removed(key))
-                    }
+                    Some(CacheEvent::Applied(item))
                 }
-            }
+                None => {
+                    self.items.remove(&key);
+                    Some(CacheEvent::Removed(key))
+                }
+            },
         }
+    }
+
+    /// Whether a change of `kind` at `version` may be one the list already held. The first
+    /// change of a kind newer than its list ends its replay: its versions are dropped.
+    fn may_replay(&mut self, kind: Kind, version: u64) -> bool {
+        let Some(at) = self.replaying.iter().position(|(k, _)| *k == kind) else {
+            return false;
+        };
+        if version <= self.replaying[at].1 {
+            return true;
+        }
+        self.replaying.swap_remove(at);
+        if self.replaying.is_empty() {
+            self.versions = HashMap::new();
+        } else {
+            self.versions.retain(|k, _| k.kind != kind);
+            self.versions.shrink_to_fit();
+        }
+        false
     }
 
     fn decode(&self, key: ObjectKey, object: StoredObject) -> Option<Item<T>> {
@@ -367,5 +402,62 @@ fn key_of(object: &StoredObject) -> ObjectKey {
         kind: object.kind,
         namespace: object.namespace.clone(),
         name: object.name.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MemoryStore, Precondition};
+    use kappa_types::Function;
+    use serde_json::json;
+
+    fn function(name: &str) -> serde_json::Value {
+        json!({
+            "apiVersion": "kappa.dev/v1",
+            "kind": "Function",
+            "metadata": {"name": name},
+            "spec": {
+                "environment": {"name": "python"},
+                "package": {"packageref": {"name": name}},
+            },
+        })
+    }
+
+    /// Once a kind's watch has passed its list, the cache keeps nothing per object of it.
+    #[tokio::test]
+    async fn versions_are_dropped_once_the_watch_passes_the_list() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        for name in ["a", "b"] {
+            store
+                .put(function(name), Precondition::None)
+                .await
+                .expect("put");
+        }
+        let mut cache = WatchCache::<Function>::new(Arc::clone(&store)).events_only();
+        let CacheEvent::Listed(items) = cache.next().await else {
+            panic!("the first event is a list");
+        };
+        assert_eq!(items.len(), 2);
+        assert_eq!(cache.versions.len(), 2, "kept while a replay may come");
+        store
+            .put(function("c"), Precondition::None)
+            .await
+            .expect("put");
+        let CacheEvent::Applied(item) = cache.next().await else {
+            panic!("expected the new function");
+        };
+        assert_eq!(item.key.name, "c");
+        assert!(cache.versions.is_empty() && cache.replaying.is_empty());
+        // Changes and deletions still come through.
+        let deleted = store
+            .delete(Kind::Function, "default", "a", Precondition::None)
+            .await
+            .expect("delete");
+        assert!(deleted.resource_version > item.resource_version);
+        let CacheEvent::Removed(key) = cache.next().await else {
+            panic!("expected the deletion");
+        };
+        assert_eq!(key.name, "a");
     }
 }

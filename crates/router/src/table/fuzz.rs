@@ -374,7 +374,7 @@ fn check_case(case: &Case) {
         .take(8)
         .enumerate()
         .map(|(i, t)| TriggerRecord::new("default", &format!("t{i}"), &format!("{i:03}"), t.spec()))
-        .filter(|t| t.spec.validate().is_ok())
+        .filter(|t| t.spec().validate().is_ok())
         .collect();
     let table = RouteTable::build(&triggers, &functions, &RouteTable::empty(), &index);
 
@@ -383,7 +383,7 @@ fn check_case(case: &Case) {
     for (t, info) in triggers.iter().zip(table.routes()) {
         let name = format!("default/{}", t.name());
         assert_eq!(info.trigger, name, "routes() keeps the creation order");
-        let mine = ref_routes(&name, &t.spec);
+        let mine = ref_routes(&name, &t.spec());
         match &info.skipped {
             None => routes.extend(mine),
             Some(reason) => {
@@ -398,10 +398,7 @@ fn check_case(case: &Case) {
                 let literal = mine
                     .iter()
                     .all(|r| r.pattern.iter().all(|p| !matches!(p, Pat::Param(_))))
-                    && t.spec
-                        .relativeurl
-                        .as_deref()
-                        .is_none_or(|u| !u.contains('{'));
+                    && t.relativeurl().is_none_or(|u| !u.contains('{'));
                 if literal {
                     let clash = mine.iter().any(|m| {
                         routes.iter().any(|r| {
@@ -489,12 +486,7 @@ fn scale_request(
     triggers: &[TriggerRecord],
 ) -> (Option<&'static str>, Method, String) {
     let t = &triggers[rng.random_range(0..triggers.len())];
-    let path = t
-        .spec
-        .prefix
-        .as_deref()
-        .or(t.spec.relativeurl.as_deref())
-        .unwrap_or("/");
+    let path = t.prefix().or(t.relativeurl()).unwrap_or("/");
     let mut segs: Vec<String> = path
         .split('/')
         .skip(1)
@@ -553,7 +545,7 @@ fn incremental_table_at_scale_agrees_with_a_full_build_and_the_reference() {
                 scale_spec(&mut rng),
             )
         })
-        .filter(|t| t.spec.validate().is_ok())
+        .filter(|t| t.spec().validate().is_ok())
         .collect();
 
     let mut table = RouteTable::empty();
@@ -577,8 +569,8 @@ fn incremental_table_at_scale_agrees_with_a_full_build_and_the_reference() {
                 &index,
             ),
             3 => {
-                t.spec = scale_spec(&mut rng);
-                if t.spec.validate().is_ok() {
+                t = TriggerRecord::new(t.namespace(), t.name(), t.creation(), scale_spec(&mut rng));
+                if t.spec().validate().is_ok() {
                     table.apply(Change::Trigger(Box::new(t.clone())), &index);
                     kept.push(t);
                 } else {
@@ -623,7 +615,7 @@ fn incremental_table_at_scale_agrees_with_a_full_build_and_the_reference() {
             let t = triggers
                 .iter()
                 .find(|t| format!("{}/{}", t.namespace(), t.name()) == a.0)
-                .map(|t| (&t.creation, &t.spec));
+                .map(|t| (t.creation().to_owned(), t.spec()));
             format!("{a:?} vs {b:?}: {t:?}")
         })
         .collect();
@@ -638,10 +630,11 @@ fn incremental_table_at_scale_agrees_with_a_full_build_and_the_reference() {
 
     // Function entries follow the store: f0 is missing, f4 exists.
     for t in &triggers {
-        let name = &t.spec.functionref.name;
+        let spec = t.spec();
+        let name = &spec.functionref.name;
         if let Lookup::Found { target, .. } = table.lookup(
-            t.spec.host.as_deref(),
-            &Method::from_bytes(t.spec.effective_methods()[0].as_bytes()).expect("valid"),
+            spec.host.as_deref(),
+            &Method::from_bytes(spec.effective_methods()[0].as_bytes()).expect("valid"),
             "/",
         ) && target.trigger.ends_with(&format!("/{}", t.name()))
         {
@@ -658,12 +651,12 @@ fn incremental_table_at_scale_agrees_with_a_full_build_and_the_reference() {
     let mut routes: Vec<RefRoute> = Vec::new();
     let mut by_order: Vec<&TriggerRecord> = triggers.iter().collect();
     by_order.sort_by(|a, b| {
-        (&a.creation, &a.namespace(), &a.name()).cmp(&(&b.creation, &b.namespace(), &b.name()))
+        (a.creation(), a.namespace(), a.name()).cmp(&(b.creation(), b.namespace(), b.name()))
     });
     for (t, (name, ok)) in by_order.iter().zip(&incremental) {
         assert_eq!(*name, format!("{}/{}", t.namespace(), t.name()));
         if *ok {
-            routes.extend(ref_routes(name, &t.spec));
+            routes.extend(ref_routes(name, &t.spec()));
         }
     }
     let mut found = 0;

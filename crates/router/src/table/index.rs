@@ -137,7 +137,8 @@ impl MethodSet {
     }
 }
 
-/// A route at a terminal of the tree.
+/// A route at a terminal of the tree (held in its node, not behind a pointer of its own).
+#[derive(Clone)]
 pub(crate) struct Leaf<T> {
     pub methods: MethodSet,
     /// Parameter names of the pattern, in order (values are collected in the same order).
@@ -149,11 +150,13 @@ pub(crate) struct Leaf<T> {
 pub(crate) struct Node<T> {
     literal: Option<imbl::OrdMap<Arc<str>, Arc<Node<T>>>>,
     param: Option<Arc<Node<T>>>,
-    catch_all: Vec<Arc<Leaf<T>>>,
-    here: Vec<Arc<Leaf<T>>>,
+    /// Boxed slices, not vectors: a node is copied on every change below it, and most hold
+    /// one leaf or none.
+    catch_all: Box<[Leaf<T>]>,
+    here: Box<[Leaf<T>]>,
 }
 
-impl<T> Clone for Node<T> {
+impl<T: Clone> Clone for Node<T> {
     fn clone(&self) -> Self {
         Self {
             literal: self.literal.clone(),
@@ -169,13 +172,13 @@ impl<T> Default for Node<T> {
         Self {
             literal: None,
             param: None,
-            catch_all: Vec::new(),
-            here: Vec::new(),
+            catch_all: Box::default(),
+            here: Box::default(),
         }
     }
 }
 
-impl<T> Node<T> {
+impl<T: Clone> Node<T> {
     fn is_empty(&self) -> bool {
         self.literal.as_ref().is_none_or(|m| m.is_empty())
             && self.param.is_none()
@@ -233,7 +236,24 @@ impl<T> Default for Tree<T> {
     }
 }
 
-impl<T> Tree<T> {
+/// Adds `leaf` to a node's leaves.
+fn push<T>(leaves: &mut Box<[Leaf<T>]>, leaf: Leaf<T>) {
+    let mut all = std::mem::take(leaves).into_vec();
+    all.push(leaf);
+    *leaves = all.into_boxed_slice();
+}
+
+/// Keeps the leaves for which `keep` holds.
+fn retain<T>(leaves: &mut Box<[Leaf<T>]>, keep: impl Fn(&Leaf<T>) -> bool) {
+    if leaves.iter().all(&keep) {
+        return;
+    }
+    let mut all = std::mem::take(leaves).into_vec();
+    all.retain(keep);
+    *leaves = all.into_boxed_slice();
+}
+
+impl<T: Clone> Tree<T> {
     pub fn is_empty(&self) -> bool {
         self.root.is_empty()
     }
@@ -242,7 +262,7 @@ impl<T> Tree<T> {
     /// method both accept.
     pub fn conflicts(&self, shape: &[Seg], methods: &MethodSet) -> Vec<(&T, Method)> {
         fn overlapping<'a, T>(
-            leaves: &'a [Arc<Leaf<T>>],
+            leaves: &'a [Leaf<T>],
             methods: &MethodSet,
             out: &mut Vec<(&'a T, Method)>,
         ) {
@@ -278,12 +298,12 @@ impl<T> Tree<T> {
     }
 
     /// Adds a route (the caller has checked [`Tree::conflicts`]). Copies the nodes on its path.
-    pub fn insert(&mut self, shape: &[Seg], leaf: Arc<Leaf<T>>) {
-        fn go<T>(node: &mut Arc<Node<T>>, shape: &[Seg], leaf: Arc<Leaf<T>>) {
+    pub fn insert(&mut self, shape: &[Seg], leaf: Leaf<T>) {
+        fn go<T: Clone>(node: &mut Arc<Node<T>>, shape: &[Seg], leaf: Leaf<T>) {
             let node = Arc::make_mut(node);
             match shape.split_first() {
-                None => node.here.push(leaf),
-                Some((Seg::CatchAll, _)) => node.catch_all.push(leaf),
+                None => push(&mut node.here, leaf),
+                Some((Seg::CatchAll, _)) => push(&mut node.catch_all, leaf),
                 Some((Seg::Param, rest)) => {
                     let child = node.param.get_or_insert_with(Default::default);
                     go(child, rest, leaf);
@@ -300,11 +320,11 @@ impl<T> Tree<T> {
 
     /// Removes the routes of `shape` for which `is_it` holds; prunes emptied nodes.
     pub fn remove(&mut self, shape: &[Seg], is_it: &dyn Fn(&T) -> bool) {
-        fn go<T>(node: &mut Arc<Node<T>>, shape: &[Seg], is_it: &dyn Fn(&T) -> bool) {
+        fn go<T: Clone>(node: &mut Arc<Node<T>>, shape: &[Seg], is_it: &dyn Fn(&T) -> bool) {
             let node = Arc::make_mut(node);
             match shape.split_first() {
-                None => node.here.retain(|l| !is_it(&l.value)),
-                Some((Seg::CatchAll, _)) => node.catch_all.retain(|l| !is_it(&l.value)),
+                None => retain(&mut node.here, |l| !is_it(&l.value)),
+                Some((Seg::CatchAll, _)) => retain(&mut node.catch_all, |l| !is_it(&l.value)),
                 Some((Seg::Param, rest)) => {
                     if let Some(child) = &mut node.param {
                         go(child, rest, is_it);
@@ -388,7 +408,7 @@ impl<T> Tree<T> {
 
 /// Depth-first search from `node` for the remaining path `rest` (what follows a `/`); `accept`
 /// says whether a matching route is the answer (`false` goes on searching).
-fn find_in<'t, 'p, T>(
+fn find_in<'t, 'p, T: Clone>(
     node: &'t Node<T>,
     rest: &'p str,
     accept: &mut dyn FnMut(&Leaf<T>) -> bool,
@@ -399,7 +419,7 @@ fn find_in<'t, 'p, T>(
         None => (rest, None),
     };
     let mut descend = |child: &'t Node<T>, values: &mut Values<'p>| match after {
-        None => child.here.iter().map(|l| &**l).find(|l| accept(l)),
+        None => child.here.iter().find(|l| accept(l)),
         Some(after) => find_in(child, after, accept, values),
     };
     if let Some(child) = node.literal.as_ref().and_then(|m| m.get(seg))
@@ -417,7 +437,7 @@ fn find_in<'t, 'p, T>(
         values.pop();
     }
     if !rest.is_empty()
-        && let Some(found) = node.catch_all.iter().map(|l| &**l).find(|l| accept(l))
+        && let Some(found) = node.catch_all.iter().find(|l| accept(l))
     {
         values.push(rest);
         return Some(found);
