@@ -8,7 +8,7 @@
 //! body is already known to be small: the head is written as hyper would write it, the body
 //! follows, and the response body is read from the socket by the client connection's task
 //! while it writes it to the client ([`LeanBody`]). Everything else (upgrades, `Expect`,
-//! chunked or large request bodies) keeps hyper's client (`crate::upstream`, design note 016).
+//! chunked or large request bodies) keeps hyper's client (`crate::upstream`, design note 013).
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -156,7 +156,10 @@ impl LeanConn {
         }
         let mut sent = 0u64;
         {
-            let mut bufs = [IoSlice::new(&head), IoSlice::new(first.as_deref().unwrap_or(&[]))];
+            let mut bufs = [
+                IoSlice::new(&head),
+                IoSlice::new(first.as_deref().unwrap_or(&[])),
+            ];
             let total = head.len() + bufs[1].len();
             let mut written = 0;
             let mut slices: &mut [IoSlice<'_>] = &mut bufs;
@@ -441,7 +444,10 @@ impl LeanBody {
                             Poll::Ready(Ok(_)) => {}
                         }
                     }
-                    let n = conn.buf.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                    let n = conn
+                        .buf
+                        .len()
+                        .min(usize::try_from(remaining).unwrap_or(usize::MAX));
                     let data = conn.buf.split_to(n).freeze();
                     let left = remaining - n as u64;
                     self.framing = Framing::Length(left);
@@ -537,7 +543,9 @@ fn decode_chunk(buf: &mut BytesMut, state: Chunk) -> Result<Step, &'static str> 
             if buf.is_empty() {
                 return Ok(Step::More);
             }
-            let n = buf.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
+            let n = buf
+                .len()
+                .min(usize::try_from(remaining).unwrap_or(usize::MAX));
             let data = buf.split_to(n).freeze();
             let left = remaining - n as u64;
             Ok(Step::Data(
@@ -643,7 +651,9 @@ mod tests {
         let h = final_head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello");
         assert!(matches!(h.framing, Framing::Length(5)));
         assert!(h.keep_alive);
-        let h = final_head("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n");
+        let h = final_head(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
+        );
         assert!(matches!(h.framing, Framing::Chunked(Chunk::Size)));
         assert!(!h.headers.contains_key(CONTENT_LENGTH));
         let h = final_head("HTTP/1.1 200 OK\r\n\r\n");
@@ -651,7 +661,8 @@ mod tests {
         assert!(!h.keep_alive);
         let h = final_head("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n");
         assert!(!h.keep_alive);
-        let h = final_head("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\ncontent-length: 1\r\n\r\n");
+        let h =
+            final_head("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\ncontent-length: 1\r\n\r\n");
         assert!(h.keep_alive);
         let h = final_head("HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n");
         assert!(!h.keep_alive);
@@ -668,8 +679,17 @@ mod tests {
             head("HTTP/1.1 100 Continue\r\n\r\n", false),
             Ok(Some(Parsed::Informational))
         ));
-        assert!(matches!(head("HTTP/1.1 200 OK\r\ncontent-le", false), Ok(None)));
-        assert!(head("HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n", false).is_err());
+        assert!(matches!(
+            head("HTTP/1.1 200 OK\r\ncontent-le", false),
+            Ok(None)
+        ));
+        assert!(
+            head(
+                "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+                false
+            )
+            .is_err()
+        );
         assert!(head("HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n", false).is_err());
         assert!(head("garbage\r\n\r\n", false).is_err());
     }
@@ -717,8 +737,12 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        parts.headers.append("x-multi", HeaderValue::from_static("1"));
-        parts.headers.append("x-multi", HeaderValue::from_static("2"));
+        parts
+            .headers
+            .append("x-multi", HeaderValue::from_static("1"));
+        parts
+            .headers
+            .append("x-multi", HeaderValue::from_static("2"));
         assert_eq!(
             std::str::from_utf8(&encode_head(&parts)).unwrap(),
             "POST /a/b?c=d HTTP/1.1\r\nhost: example\r\ncontent-length: 3\r\nx-multi: 1\r\nx-multi: 2\r\n\r\n"

@@ -20,9 +20,9 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::Inner;
-use crate::body::{Lease, LeanLease, RequestBody, RequestBodyError, ResponseBody};
-use crate::lean::{ExchangeError, LeanBody, LeanConn};
+use crate::body::{LeanLease, Lease, RequestBody, RequestBodyError, ResponseBody};
 use crate::error::Failure;
+use crate::lean::{ExchangeError, LeanBody, LeanConn};
 use crate::metrics::{InflightGuard, method_label};
 use crate::table::{FunctionEntry, Lookup, PathMode};
 use crate::upstream::{EndpointPool, Upstreams};
@@ -744,66 +744,66 @@ async fn attempt_hyper(
     deadline: Instant,
     upstream: &tracing::Span,
 ) -> Result<Attempt, Failure> {
-        let mut fresh_only = false;
-        Ok(loop {
-            let Some(mut req) = request.take() else {
-                // `request` is put back before every `continue`; this cannot happen.
-                return Err(Failure::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "request lost",
-                ));
-            };
-            let idle = if fresh_only {
-                None
-            } else {
-                pool.checkout().await
-            };
-            let (mut conn, reused) = match idle {
-                Some(conn) => (conn, true),
-                None => {
-                    // A connection opened in advance is treated like an idle one: if the
-                    // instance closed it meanwhile, a fresh one is tried.
-                    let opened = if fresh_only {
-                        None
-                    } else {
-                        endpoint.take_connection()
-                    };
-                    let reused = opened.is_some();
-                    match tokio::time::timeout_at(deadline, pool.connect(opened)).await {
-                        Ok(Ok(conn)) => (conn, reused),
-                        Ok(Err(error)) => {
-                            *request = Some(req);
-                            break Attempt::NotSent(error.to_string());
-                        }
-                        Err(_) => break Attempt::Timeout,
-                    }
-                }
-            };
-            if !req.headers().contains_key(HOST)
-                && let Ok(host) = HeaderValue::from_str(&endpoint.addr.authority())
-            {
-                req.headers_mut().insert(HOST, host);
-            }
-            kappa_telemetry::inject(upstream, req.headers_mut());
-            match tokio::time::timeout_at(deadline, conn.try_send_request(req)).await {
-                Ok(Ok(response)) => break Attempt::Response(response, conn),
-                Ok(Err(mut error)) => match error.take_message() {
-                    Some(req) => {
+    let mut fresh_only = false;
+    Ok(loop {
+        let Some(mut req) = request.take() else {
+            // `request` is put back before every `continue`; this cannot happen.
+            return Err(Failure::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "request lost",
+            ));
+        };
+        let idle = if fresh_only {
+            None
+        } else {
+            pool.checkout().await
+        };
+        let (mut conn, reused) = match idle {
+            Some(conn) => (conn, true),
+            None => {
+                // A connection opened in advance is treated like an idle one: if the
+                // instance closed it meanwhile, a fresh one is tried.
+                let opened = if fresh_only {
+                    None
+                } else {
+                    endpoint.take_connection()
+                };
+                let reused = opened.is_some();
+                match tokio::time::timeout_at(deadline, pool.connect(opened)).await {
+                    Ok(Ok(conn)) => (conn, reused),
+                    Ok(Err(error)) => {
                         *request = Some(req);
-                        if reused {
-                            // An idle connection that turned out closed: try a fresh one.
-                            fresh_only = true;
-                            continue;
-                        }
-                        break Attempt::NotSent(error.into_error().to_string());
+                        break Attempt::NotSent(error.to_string());
                     }
-                    None => break Attempt::Failed(error.into_error()),
-                },
-                // Dropping the exchange closes the connection; it is not reused.
-                Err(_) => break Attempt::Timeout,
+                    Err(_) => break Attempt::Timeout,
+                }
             }
-        })
+        };
+        if !req.headers().contains_key(HOST)
+            && let Ok(host) = HeaderValue::from_str(&endpoint.addr.authority())
+        {
+            req.headers_mut().insert(HOST, host);
+        }
+        kappa_telemetry::inject(upstream, req.headers_mut());
+        match tokio::time::timeout_at(deadline, conn.try_send_request(req)).await {
+            Ok(Ok(response)) => break Attempt::Response(response, conn),
+            Ok(Err(mut error)) => match error.take_message() {
+                Some(req) => {
+                    *request = Some(req);
+                    if reused {
+                        // An idle connection that turned out closed: try a fresh one.
+                        fresh_only = true;
+                        continue;
+                    }
+                    break Attempt::NotSent(error.into_error().to_string());
+                }
+                None => break Attempt::Failed(error.into_error()),
+            },
+            // Dropping the exchange closes the connection; it is not reused.
+            Err(_) => break Attempt::Timeout,
+        }
+    })
 }
 
 /// One attempt through the lean path on `endpoint`, as [`attempt_hyper`] does it.
@@ -934,7 +934,12 @@ async fn forward(
                 body,
                 len,
                 first,
-            } => attempt_lean(&pool, &endpoint, parts, body, *len, first, deadline, &upstream).await,
+            } => {
+                attempt_lean(
+                    &pool, &endpoint, parts, body, *len, first, deadline, &upstream,
+                )
+                .await
+            }
         };
         if !upstream.is_disabled() {
             match &attempt {
@@ -1151,11 +1156,7 @@ fn invalid_response(
 
 /// The answer when the connection failed before a response: why the instance ended, when its
 /// backend says so in time.
-async fn closed_exchange(
-    error: String,
-    permit: &Permit,
-    entry: &FunctionEntry,
-) -> Failure {
+async fn closed_exchange(error: String, permit: &Permit, entry: &FunctionEntry) -> Failure {
     let endpoint = permit.endpoint();
     tracing::debug!(function = %entry.id, instance = %endpoint.instance_id, %error, "exchange with instance failed");
     let message = match endpoint.wait_exit(EXIT_REPORT_WAIT).await {
