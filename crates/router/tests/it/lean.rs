@@ -19,11 +19,13 @@ use crate::support::*;
 /// write, and whether to close the connection after them.
 type Script = dyn Fn(&str, &[u8]) -> (Vec<u8>, bool) + Send + Sync;
 
+/// Every request a raw instance received: (head, body).
+type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// A raw instance: reads each request (head, then a `content-length` body) and answers it
 /// with what its script says.
 struct Raw {
-    /// Every request received: (head, body).
-    requests: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    requests: Received,
     connections: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
