@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use kappa_core::Permit;
 
+use crate::lean::{Finish, LeanBody, LeanConn};
 use crate::metrics::InflightGuard;
 use crate::upstream::EndpointPool;
 
@@ -134,6 +135,28 @@ impl Lease {
     }
 }
 
+/// [`Lease`] for a lean exchange (`crate::lean`): the connection is the body's own.
+pub(crate) struct LeanLease {
+    pub permit: Permit,
+    pub pool: Arc<EndpointPool>,
+    pub inflight: InflightGuard,
+}
+
+impl Finish for LeanLease {
+    fn finish(self: Box<Self>, conn: Option<LeanConn>) {
+        let LeanLease {
+            permit,
+            pool,
+            inflight,
+        } = *self;
+        if let Some(conn) = conn {
+            pool.put_lean(conn);
+        }
+        drop(permit);
+        drop(inflight);
+    }
+}
+
 /// The body of a response the router sends.
 pub(crate) struct ResponseBody {
     kind: Kind,
@@ -147,12 +170,20 @@ enum Kind {
         body: Incoming,
         lease: Option<Lease>,
     },
+    /// An instance's body read by the lean path, streamed.
+    Lean(LeanBody),
 }
 
 impl ResponseBody {
     pub fn full(bytes: Bytes) -> Self {
         Self {
             kind: Kind::Full(Some(bytes)),
+        }
+    }
+
+    pub fn lean(body: LeanBody) -> Self {
+        Self {
+            kind: Kind::Lean(body),
         }
     }
 
@@ -168,13 +199,16 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match &mut self.get_mut().kind {
+            Kind::Lean(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|polled| polled.map(|r| r.map_err(BoxError::from))),
             Kind::Full(bytes) => Poll::Ready(
                 bytes
                     .take()
@@ -196,7 +230,7 @@ impl Body for ResponseBody {
                     }
                     Some(Ok(_)) => {}
                 }
-                Poll::Ready(polled)
+                Poll::Ready(polled.map(|r| r.map_err(BoxError::from)))
             }
         }
     }
@@ -205,6 +239,7 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Full(bytes) => bytes.as_ref().is_none_or(Bytes::is_empty),
             Kind::Upstream { body, .. } => body.is_end_stream(),
+            Kind::Lean(body) => body.is_end_stream(),
         }
     }
 
@@ -212,6 +247,7 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Upstream { body, .. } => body.size_hint(),
+            Kind::Lean(body) => body.size_hint(),
         }
     }
 }

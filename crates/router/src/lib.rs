@@ -29,6 +29,7 @@ mod asyncinv;
 mod body;
 mod error;
 mod errorhead;
+mod lean;
 mod metrics;
 mod proxy;
 pub mod readiness;

@@ -13,17 +13,19 @@ use http::uri::PathAndQuery;
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
 };
+use http_body::Body as _;
 use hyper::body::Incoming;
 use kappa_core::{FunctionId, Permit, Provision, ProvisionError};
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::Inner;
-use crate::body::{Lease, RequestBody, RequestBodyError, ResponseBody};
+use crate::body::{LeanLease, Lease, RequestBody, RequestBodyError, ResponseBody};
 use crate::error::Failure;
+use crate::lean::{ExchangeError, LeanBody, LeanConn};
 use crate::metrics::{InflightGuard, method_label};
 use crate::table::{FunctionEntry, Lookup, PathMode};
-use crate::upstream::Upstreams;
+use crate::upstream::{EndpointPool, Upstreams};
 
 pub(crate) static INVOCATION_ID: HeaderName = HeaderName::from_static("x-kappa-invocation-id");
 static FUNCTION_NAME: HeaderName = HeaderName::from_static("x-kappa-function-name");
@@ -689,10 +691,178 @@ enum Attempt {
         Response<Incoming>,
         hyper::client::conn::http1::SendRequest<RequestBody>,
     ),
+    /// A response head read by the lean path, and its connection.
+    Lean(crate::lean::Head, LeanConn),
     /// Nothing was sent: the request can go to another endpoint.
     NotSent(String),
     Timeout,
     Failed(hyper::Error),
+    LeanFailed(ExchangeError),
+}
+
+/// The request on its way to an instance.
+enum Outgoing {
+    /// Through hyper's client; put back after an attempt that sent nothing.
+    Hyper(Option<Request<RequestBody>>),
+    /// Through the lean path: `len` bytes of body, `first` of them already taken from it.
+    Lean {
+        parts: Parts,
+        body: RequestBody,
+        len: u64,
+        first: Option<bytes::Bytes>,
+    },
+}
+
+/// The request body's length when the request can take the lean path: not an upgrade, no
+/// `Expect`, and a body that is empty or has a `Content-Length` of at most
+/// [`crate::lean::MAX_BODY`] that the body itself confirms.
+fn lean_length(parts: &Parts, body: &RequestBody, upgrade: bool) -> Option<u64> {
+    if upgrade || parts.headers.contains_key(http::header::EXPECT) {
+        return None;
+    }
+    let declared = match parts.headers.get(CONTENT_LENGTH) {
+        None => None,
+        Some(value) => Some(value.to_str().ok()?.trim().parse::<u64>().ok()?),
+    };
+    if body.is_end_stream() {
+        return match declared {
+            None | Some(0) => Some(0),
+            Some(_) => None,
+        };
+    }
+    let declared = declared?;
+    (declared <= crate::lean::MAX_BODY && body.size_hint().exact() == Some(declared))
+        .then_some(declared)
+}
+
+/// One attempt through hyper's client on `endpoint`: an idle connection (a fresh one when it
+/// turns out closed) or a new one, then the request.
+async fn attempt_hyper(
+    pool: &EndpointPool,
+    endpoint: &kappa_core::Endpoint,
+    request: &mut Option<Request<RequestBody>>,
+    deadline: Instant,
+    upstream: &tracing::Span,
+) -> Result<Attempt, Failure> {
+    let mut fresh_only = false;
+    Ok(loop {
+        let Some(mut req) = request.take() else {
+            // `request` is put back before every `continue`; this cannot happen.
+            return Err(Failure::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "request lost",
+            ));
+        };
+        let idle = if fresh_only {
+            None
+        } else {
+            pool.checkout().await
+        };
+        let (mut conn, reused) = match idle {
+            Some(conn) => (conn, true),
+            None => {
+                // A connection opened in advance is treated like an idle one: if the
+                // instance closed it meanwhile, a fresh one is tried.
+                let opened = if fresh_only {
+                    None
+                } else {
+                    endpoint.take_connection()
+                };
+                let reused = opened.is_some();
+                match tokio::time::timeout_at(deadline, pool.connect(opened)).await {
+                    Ok(Ok(conn)) => (conn, reused),
+                    Ok(Err(error)) => {
+                        *request = Some(req);
+                        break Attempt::NotSent(error.to_string());
+                    }
+                    Err(_) => break Attempt::Timeout,
+                }
+            }
+        };
+        if !req.headers().contains_key(HOST)
+            && let Ok(host) = HeaderValue::from_str(&endpoint.addr.authority())
+        {
+            req.headers_mut().insert(HOST, host);
+        }
+        kappa_telemetry::inject(upstream, req.headers_mut());
+        match tokio::time::timeout_at(deadline, conn.try_send_request(req)).await {
+            Ok(Ok(response)) => break Attempt::Response(response, conn),
+            Ok(Err(mut error)) => match error.take_message() {
+                Some(req) => {
+                    *request = Some(req);
+                    if reused {
+                        // An idle connection that turned out closed: try a fresh one.
+                        fresh_only = true;
+                        continue;
+                    }
+                    break Attempt::NotSent(error.into_error().to_string());
+                }
+                None => break Attempt::Failed(error.into_error()),
+            },
+            // Dropping the exchange closes the connection; it is not reused.
+            Err(_) => break Attempt::Timeout,
+        }
+    })
+}
+
+/// One attempt through the lean path on `endpoint`, as [`attempt_hyper`] does it.
+#[allow(clippy::too_many_arguments)]
+async fn attempt_lean(
+    pool: &EndpointPool,
+    endpoint: &kappa_core::Endpoint,
+    parts: &mut Parts,
+    body: &mut RequestBody,
+    len: u64,
+    first: &mut Option<bytes::Bytes>,
+    deadline: Instant,
+    upstream: &tracing::Span,
+) -> Attempt {
+    if !parts.headers.contains_key(HOST)
+        && let Ok(host) = HeaderValue::from_str(&endpoint.addr.authority())
+    {
+        parts.headers.insert(HOST, host);
+    }
+    kappa_telemetry::inject(upstream, &mut parts.headers);
+    let mut fresh_only = false;
+    loop {
+        let idle = if fresh_only {
+            None
+        } else {
+            pool.checkout_lean()
+        };
+        let (mut conn, reused) = match idle {
+            Some(conn) => (conn, true),
+            None => {
+                // A connection opened in advance is treated like an idle one.
+                let opened = if fresh_only {
+                    None
+                } else {
+                    endpoint.take_connection()
+                };
+                let reused = opened.is_some();
+                match tokio::time::timeout_at(deadline, pool.connect_lean(opened)).await {
+                    Ok(Ok(conn)) => (conn, reused),
+                    Ok(Err(error)) => return Attempt::NotSent(error.to_string()),
+                    Err(_) => return Attempt::Timeout,
+                }
+            }
+        };
+        match tokio::time::timeout_at(deadline, conn.exchange(parts, body, len, first)).await {
+            Ok(Ok(head)) => return Attempt::Lean(head, conn),
+            Ok(Err(ExchangeError::NotSent(error))) => {
+                if reused {
+                    // An idle connection that turned out closed: try a fresh one.
+                    fresh_only = true;
+                    continue;
+                }
+                return Attempt::NotSent(error.to_string());
+            }
+            Ok(Err(error)) => return Attempt::LeanFailed(error),
+            // Dropping the exchange closes the connection; it is not reused.
+            Err(_) => return Attempt::Timeout,
+        }
+    }
 }
 
 /// Admits the request and sends it to an instance; returns the instance's response head with a
@@ -723,7 +893,16 @@ async fn forward(
     }
     let mut parts = parts;
     parts.version = Version::HTTP_11;
-    let mut request = Some(Request::from_parts(parts, body));
+    // The common request takes the lean path (`crate::lean`), anything else hyper's client.
+    let mut outgoing = match lean_length(&parts, &body, upgrade.is_some()) {
+        Some(len) => Outgoing::Lean {
+            parts,
+            body,
+            len,
+            first: None,
+        },
+        None => Outgoing::Hyper(Some(Request::from_parts(parts, body))),
+    };
 
     let mut permit = admit(inner, entry).await?;
     // The function timeout runs from admission to the response head.
@@ -746,70 +925,29 @@ async fn forward(
         } else {
             tracing::Span::none()
         };
-        let mut fresh_only = false;
-        let attempt = loop {
-            let Some(mut req) = request.take() else {
-                // `request` is put back before every `continue`; this cannot happen.
-                return Err(Failure::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "request lost",
-                ));
-            };
-            let idle = if fresh_only {
-                None
-            } else {
-                pool.checkout().await
-            };
-            let (mut conn, reused) = match idle {
-                Some(conn) => (conn, true),
-                None => {
-                    // A connection opened in advance is treated like an idle one: if the
-                    // instance closed it meanwhile, a fresh one is tried.
-                    let opened = if fresh_only {
-                        None
-                    } else {
-                        endpoint.take_connection()
-                    };
-                    let reused = opened.is_some();
-                    match tokio::time::timeout_at(deadline, pool.connect(opened)).await {
-                        Ok(Ok(conn)) => (conn, reused),
-                        Ok(Err(error)) => {
-                            request = Some(req);
-                            break Attempt::NotSent(error.to_string());
-                        }
-                        Err(_) => break Attempt::Timeout,
-                    }
-                }
-            };
-            if !req.headers().contains_key(HOST)
-                && let Ok(host) = HeaderValue::from_str(&endpoint.addr.authority())
-            {
-                req.headers_mut().insert(HOST, host);
+        let attempt = match &mut outgoing {
+            Outgoing::Hyper(request) => {
+                attempt_hyper(&pool, &endpoint, request, deadline, &upstream).await?
             }
-            kappa_telemetry::inject(&upstream, req.headers_mut());
-            match tokio::time::timeout_at(deadline, conn.try_send_request(req)).await {
-                Ok(Ok(response)) => break Attempt::Response(response, conn),
-                Ok(Err(mut error)) => match error.take_message() {
-                    Some(req) => {
-                        request = Some(req);
-                        if reused {
-                            // An idle connection that turned out closed: try a fresh one.
-                            fresh_only = true;
-                            continue;
-                        }
-                        break Attempt::NotSent(error.into_error().to_string());
-                    }
-                    None => break Attempt::Failed(error.into_error()),
-                },
-                // Dropping the exchange closes the connection; it is not reused.
-                Err(_) => break Attempt::Timeout,
+            Outgoing::Lean {
+                parts,
+                body,
+                len,
+                first,
+            } => {
+                attempt_lean(
+                    &pool, &endpoint, parts, body, *len, first, deadline, &upstream,
+                )
+                .await
             }
         };
         if !upstream.is_disabled() {
             match &attempt {
                 Attempt::Response(response, _) => {
                     upstream.record("http.response.status_code", response.status().as_u16());
+                }
+                Attempt::Lean(head, _) => {
+                    upstream.record("http.response.status_code", head.status.as_u16());
                 }
                 _ => {
                     upstream.record("otel.status_code", "ERROR");
@@ -871,6 +1009,35 @@ async fn forward(
                     ResponseBody::upstream(body, lease),
                 ));
             }
+            Attempt::Lean(head, conn) => {
+                if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                    // Upgrade requests never take the lean path.
+                    return Err(Failure::new(
+                        StatusCode::BAD_GATEWAY,
+                        "instance_failed",
+                        format!(
+                            "instance {} of function {} switched protocols without an upgrade being asked for",
+                            endpoint.instance_id, entry.id
+                        ),
+                    ));
+                }
+                let lease = Box::new(LeanLease {
+                    permit,
+                    pool,
+                    inflight,
+                });
+                let body = LeanBody::new(conn, &head, lease);
+                let mut response = Response::new(ResponseBody::lean(body));
+                *response.status_mut() = head.status;
+                *response.headers_mut() = head.headers;
+                let headers = response.headers_mut();
+                strip_headers(headers, false);
+                headers.insert(INVOCATION_ID.clone(), invocation_id.clone());
+                return Ok(response);
+            }
+            Attempt::LeanFailed(error) => {
+                return Err(failed_lean(error, &permit, entry, limit).await);
+            }
             Attempt::NotSent(reason) => {
                 endpoint.mark_draining();
                 tracing::warn!(
@@ -931,29 +1098,66 @@ async fn failed_exchange(
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
     while let Some(e) = source {
         if let Some(body_error) = e.downcast_ref::<RequestBodyError>() {
-            return match body_error {
-                RequestBodyError::TooLarge { .. } => too_large(limit),
-                RequestBodyError::Client(_) => Failure::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    body_error.to_string(),
-                )
-                .close(),
-            };
+            return body_failure(body_error, limit);
         }
         source = e.source();
     }
-    let endpoint = permit.endpoint();
     if error.is_parse() || error.is_parse_status() {
-        return Failure::new(
-            StatusCode::BAD_GATEWAY,
-            "instance_failed",
-            format!(
-                "instance {} of function {} sent an invalid response: {error}",
-                endpoint.instance_id, entry.id
-            ),
-        );
+        return invalid_response(&error, permit, entry);
     }
+    closed_exchange(error.to_string(), permit, entry).await
+}
+
+/// [`failed_exchange`] for the lean path.
+async fn failed_lean(
+    error: ExchangeError,
+    permit: &Permit,
+    entry: &FunctionEntry,
+    limit: u64,
+) -> Failure {
+    match &error {
+        ExchangeError::Body(body_error) => body_failure(body_error, limit),
+        ExchangeError::Invalid(_) => invalid_response(&error, permit, entry),
+        ExchangeError::NotSent(_) | ExchangeError::Io(_) | ExchangeError::Closed => {
+            closed_exchange(error.to_string(), permit, entry).await
+        }
+    }
+}
+
+/// The answer when reading the client's body failed.
+fn body_failure(body_error: &RequestBodyError, limit: u64) -> Failure {
+    match body_error {
+        RequestBodyError::TooLarge { .. } => too_large(limit),
+        RequestBodyError::Client(_) => Failure::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            body_error.to_string(),
+        )
+        .close(),
+    }
+}
+
+/// The answer for a response that could not be parsed.
+fn invalid_response(
+    error: &dyn std::fmt::Display,
+    permit: &Permit,
+    entry: &FunctionEntry,
+) -> Failure {
+    let endpoint = permit.endpoint();
+    Failure::new(
+        StatusCode::BAD_GATEWAY,
+        "instance_failed",
+        format!(
+            "instance {} of function {} sent an invalid response: {error}",
+            endpoint.instance_id, entry.id
+        ),
+    )
+}
+
+/// The answer when the connection failed before a response: why the instance ended, when its
+/// backend says so in time.
+async fn closed_exchange(error: String, permit: &Permit, entry: &FunctionEntry) -> Failure {
+    let endpoint = permit.endpoint();
     tracing::debug!(function = %entry.id, instance = %endpoint.instance_id, %error, "exchange with instance failed");
     let message = match endpoint.wait_exit(EXIT_REPORT_WAIT).await {
         Some(exit) => format!(

@@ -15,6 +15,7 @@ use kappa_core::InstanceAddr;
 use tokio::time::Instant;
 
 use crate::body::RequestBody;
+use crate::lean::LeanConn;
 
 /// How long an idle connection is kept before the sweeper closes it.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -75,11 +76,18 @@ struct Idle {
     since: Instant,
 }
 
+struct LeanIdle {
+    conn: LeanConn,
+    since: Instant,
+}
+
 /// Idle connections to one instance.
 pub(crate) struct EndpointPool {
     pub addr: InstanceAddr,
     /// A plain mutex: held only to push or pop, never across an `.await`.
     idle: Mutex<Vec<Idle>>,
+    /// Idle connections of the lean path (`crate::lean`); the same bound applies to each list.
+    lean: Mutex<Vec<LeanIdle>>,
     max_idle: usize,
 }
 
@@ -99,6 +107,7 @@ impl EndpointPool {
         Self {
             addr,
             idle: Mutex::new(Vec::new()),
+            lean: Mutex::new(Vec::new()),
             max_idle,
         }
     }
@@ -110,18 +119,71 @@ impl EndpointPool {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn lock_lean(&self) -> std::sync::MutexGuard<'_, Vec<LeanIdle>> {
+        self.lean
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().len() + self.lock_lean().len()
     }
 
     fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.lock().is_empty() && self.lock_lean().is_empty()
     }
 
     fn expire(&self, now: Instant) {
         self.lock().retain(|idle| {
             !idle.conn.is_closed() && now.saturating_duration_since(idle.since) < IDLE_TIMEOUT
         });
+        self.lock_lean().retain_mut(|idle| {
+            now.saturating_duration_since(idle.since) < IDLE_TIMEOUT && idle.conn.is_usable()
+        });
+    }
+
+    /// Returns a lean connection after a complete exchange; dropped when the pool is full.
+    pub fn put_lean(&self, conn: LeanConn) {
+        let mut idle = self.lock_lean();
+        if idle.len() < self.max_idle {
+            idle.push(LeanIdle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// The most recently used idle lean connection the instance has not closed, if any.
+    pub fn checkout_lean(&self) -> Option<LeanConn> {
+        loop {
+            let mut conn = self.lock_lean().pop()?.conn;
+            if conn.is_usable() {
+                return Some(conn);
+            }
+        }
+    }
+
+    /// Opens a connection for the lean path (or uses `opened`, see [`EndpointPool::connect`]).
+    pub async fn connect_lean(
+        &self,
+        opened: Option<std::net::TcpStream>,
+    ) -> Result<LeanConn, ConnectError> {
+        Ok(LeanConn::new(self.open(opened).await?))
+    }
+
+    async fn open(
+        &self,
+        opened: Option<std::net::TcpStream>,
+    ) -> Result<tokio::net::TcpStream, ConnectError> {
+        Ok(match opened {
+            Some(stream) => tokio::net::TcpStream::from_std(stream)?,
+            None => tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                kappa_sandbox::connector::connect(&self.addr),
+            )
+            .await
+            .map_err(|_| ConnectError::Timeout)??,
+        })
     }
 
     /// Returns a connection after a complete exchange; dropped when closed or the pool is full.
@@ -164,15 +226,7 @@ impl EndpointPool {
         &self,
         opened: Option<std::net::TcpStream>,
     ) -> Result<SendRequest<RequestBody>, ConnectError> {
-        let stream = match opened {
-            Some(stream) => tokio::net::TcpStream::from_std(stream)?,
-            None => tokio::time::timeout(
-                CONNECT_TIMEOUT,
-                kappa_sandbox::connector::connect(&self.addr),
-            )
-            .await
-            .map_err(|_| ConnectError::Timeout)??,
-        };
+        let stream = self.open(opened).await?;
         let (sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
