@@ -52,9 +52,12 @@ install_helm() {
 }
 
 install_validator() {
-  if [ -x "$TOOLS/venv/bin/kubernetes-validate" ]; then
+  if "$TOOLS/venv/bin/kubernetes-validate" --version >/dev/null 2>&1; then
     return
   fi
+  # A venv that does not run (a checkout moved or copied elsewhere: its scripts name the old
+  # interpreter path) is made again.
+  rm -rf "$TOOLS/venv"
   echo "== installing kubernetes-validate from PyPI into $TOOLS/venv"
   python3 -m venv "$TOOLS/venv" || fail "python3 -m venv failed (install python3-venv)"
   "$TOOLS/venv/bin/pip" install --quiet kubernetes-validate ||
