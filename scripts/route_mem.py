@@ -25,25 +25,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
 
 
-def cpu_ticks(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
-
-
-def settle(pid, quiet_s=1.0, limit_s=120.0):
-    """Waits until the process used no CPU for `quiet_s` (at most `limit_s`); its RSS then."""
-    deadline = time.monotonic() + limit_s
-    last = cpu_ticks(pid)
-    while time.monotonic() < deadline:
-        time.sleep(quiet_s)
-        now = cpu_ticks(pid)
-        if now - last <= 1:
-            break
-        last = now
-    return bench.rss_kib(pid)
-
-
 def run_one(spec, n, heaptrack_dir=None):
     """`spec`: a binary's path, optionally followed by `+NAME=VALUE` environment settings for
     the platform's process (e.g. `+LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2`)."""
@@ -90,15 +71,15 @@ def run_one(spec, n, heaptrack_dir=None):
                                 functionref=dict(route["spec"]["functionref"], name=f"f{i}"))
             return body
 
-        rss0 = settle(pid)
+        rss0 = bench.settled_rss_kib(pid)
         for i in range(1, n):
             api.call("POST", "/v1/functions", dict(fn, metadata={"name": f"f{i}"}))
         rss1_now = bench.rss_kib(pid)
-        rss1 = settle(pid)
+        rss1 = bench.settled_rss_kib(pid)
         for i in range(1, n):
             api.call("POST", "/v1/httptriggers", route_body(i))
         rss2_now = bench.rss_kib(pid)
-        rss2 = settle(pid)
+        rss2 = bench.settled_rss_kib(pid)
         created = n - 1
         out = {
             "fn_now": (rss1_now - rss0) / created,

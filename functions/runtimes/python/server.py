@@ -2241,6 +2241,7 @@ def _rehearse():
             name = module.__name__
             fn = getattr(module, payload["functionName"].rpartition(".")[2])
             _analyze(fn)
+            # The success line's formatting, as the specialization logs it.
             "%s %r %s%s %.1f" % (path, payload["functionName"], "", "", (_perf() - t0) * 1000)
         except Exception:
             pass
