@@ -37,6 +37,9 @@ const MAX_RESPONSE_HEADERS: usize = 100;
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// How much is read from the instance at once.
 const READ_SIZE: usize = 16 * 1024;
+/// Heads and body pieces up to this size are copied out of the read buffer rather than split
+/// off it (see [`take`]).
+const COPY_MAX: usize = 4 * 1024;
 
 /// A keep-alive HTTP/1.1 connection to an instance, with what was read and not yet used.
 #[derive(Debug)]
@@ -251,6 +254,21 @@ enum Parsed {
     Informational,
 }
 
+/// The first `n` bytes of `buf`, removed from it. A small piece is copied, so the buffer keeps
+/// sole ownership of its allocation and the next read reuses it; split off, it would share the
+/// allocation with the piece until the piece is dropped, and the next read would allocate a
+/// new buffer of [`READ_SIZE`] for every response (a large allocation, which also makes the
+/// allocator consolidate its free lists). A large piece is split off without a copy.
+fn take(buf: &mut BytesMut, n: usize) -> Bytes {
+    if n <= COPY_MAX {
+        let piece = Bytes::copy_from_slice(&buf[..n]);
+        buf.advance(n);
+        piece
+    } else {
+        buf.split_to(n).freeze()
+    }
+}
+
 /// Parses a response head at the start of `buf`, removing it; `None` when incomplete.
 fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, ExchangeError> {
     let invalid = |e: &dyn std::fmt::Display| ExchangeError::Invalid(e.to_string());
@@ -283,7 +301,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, 
             header.value.len() as u32,
         );
     }
-    let head = buf.split_to(len).freeze();
+    let head = take(buf, len);
     let mut headers = HeaderMap::with_capacity(count);
     for &(name, name_len, value, value_len) in &spans[..count] {
         let name = HeaderName::from_bytes(&head[name as usize..(name + name_len) as usize])
@@ -448,7 +466,7 @@ impl LeanBody {
                         .buf
                         .len()
                         .min(usize::try_from(remaining).unwrap_or(usize::MAX));
-                    let data = conn.buf.split_to(n).freeze();
+                    let data = take(&mut conn.buf, n);
                     let left = remaining - n as u64;
                     self.framing = Framing::Length(left);
                     if left == 0 {
@@ -644,6 +662,29 @@ mod tests {
             Ok(Some(Parsed::Final(head))) => head,
             _ => panic!("no final head in {text:?}"),
         }
+    }
+
+    #[test]
+    fn a_small_response_leaves_the_read_buffer_reusable() {
+        let mut buf = BytesMut::with_capacity(READ_SIZE);
+        buf.extend_from_slice(
+            b"HTTP/1.1 200 OK\r\ncontent-type: a/b\r\ncontent-length: 5\r\n\r\nhello",
+        );
+        let start = buf.as_ptr();
+        let Ok(Some(Parsed::Final(h))) = parse_head(&mut buf, false) else {
+            panic!("no final head");
+        };
+        let body = take(&mut buf, 5);
+        assert_eq!(&body[..], b"hello");
+        assert_eq!(h.headers[http::header::CONTENT_TYPE], "a/b");
+        // With the head and the body still held, the next read goes into the same allocation.
+        assert!(buf.is_empty());
+        buf.reserve(READ_SIZE);
+        assert_eq!(buf.as_ptr(), start);
+        // A large piece is split off, not copied.
+        buf.extend_from_slice(&[b'x'; COPY_MAX + 1]);
+        let big = take(&mut buf, COPY_MAX + 1);
+        assert_eq!(big.as_ptr(), start);
     }
 
     #[test]

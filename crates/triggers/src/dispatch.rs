@@ -222,8 +222,12 @@ fn passes_on(name: &str) -> bool {
         ))
 }
 
-/// A header value made safe for any broker: one line, at most 1 KiB.
-fn one_line(text: &str) -> String {
+/// A header value made safe for any broker: one line, at most 1 KiB (borrowed when it already
+/// is, which is every value of an ordinary message).
+fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= 1024 && !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
     let mut s: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
@@ -236,7 +240,7 @@ fn one_line(text: &str) -> String {
         s.truncate(cut);
         s.push('…');
     }
-    s
+    std::borrow::Cow::Owned(s)
 }
 
 impl Dispatcher {
@@ -414,7 +418,7 @@ impl Dispatcher {
                         .cloned()
                         .collect();
                     headers.extend(self.kappa_headers(&message));
-                    headers.push(("X-Kappa-Error".into(), one_line(&reason)));
+                    headers.push(("X-Kappa-Error".into(), one_line(&reason).into_owned()));
                     headers.push(("X-Kappa-Attempts".into(), message.attempt.to_string()));
                     headers.push(("X-Kappa-Function".into(), t.function.to_string()));
                     if let Some(status) = status {
@@ -494,7 +498,6 @@ impl Dispatcher {
         };
         set("x-kappa-topic", &message.topic);
         set("x-kappa-trigger", &t.trigger);
-        set("x-kappa-delivery-attempt", &message.attempt.to_string());
         set("x-kappa-message-id", &message.id);
         // Fission's names, for functions written for Fission.
         set("x-fission-mqtrigger-topic", &message.topic);
@@ -504,6 +507,10 @@ impl Dispatcher {
         if let Some(topic) = &t.error_topic {
             set("x-fission-mqtrigger-errortopic", topic);
         }
+        headers.insert(
+            HeaderName::from_static("x-kappa-delivery-attempt"),
+            HeaderValue::from(message.attempt),
+        );
         if let Ok(v) = HeaderValue::from_str(&t.content_type) {
             headers.insert(CONTENT_TYPE, v);
         }

@@ -275,6 +275,9 @@ pub async fn responses(h: &dyn Harness) {
         assert_eq!(s.header("x-fission-mqtrigger-errortopic"), Some("failed"));
         assert_eq!(s.attempt(), 1);
         assert_eq!(s.header("content-type"), Some("application/json"));
+        // The body's length, which lets the router write the request on its lean path.
+        let length = s.body.len().to_string();
+        assert_eq!(s.header("content-length"), Some(length.as_str()));
         assert!(s.header("x-order").is_some(), "{:?}", s.headers);
     }
     stop.cancel();
