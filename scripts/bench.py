@@ -493,26 +493,34 @@ def proc_tree(root):
 
 
 def cpu_ns(pid):
-    """CPU time of every thread of `pid` so far (ns, from schedstat), 0 once it is gone."""
-    total = 0
+    """CPU time of process `pid` so far (ns; utime + stime from /proc/PID/stat, so threads that
+    ended count too), 0 once it is gone."""
     try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
-                total += int(f.read().split()[0])
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
-        pass
-    return total
+        return 0
+    return (int(fields[11]) + int(fields[12])) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
 def cpu_by_role(kappa_pid, broker_pid, bench_pid):
-    """CPU ns so far of the platform's process (router, triggers, executor), the function's
-    instances (its descendants: sandbox, runtime), the broker and this script."""
-    out = {"kappa": cpu_ns(kappa_pid), "instances": 0, "broker": cpu_ns(broker_pid),
-           "bench client": cpu_ns(bench_pid)}
+    """{pid: (role, CPU ns so far)} of the platform's process (router, triggers, executor), the
+    function's instances (its descendants: sandbox, runtime), the broker and this script."""
+    out = {kappa_pid: ("kappa", cpu_ns(kappa_pid)), broker_pid: ("broker", cpu_ns(broker_pid)),
+           bench_pid: ("bench client", cpu_ns(bench_pid))}
     for pid in proc_tree(kappa_pid):
         if pid != kappa_pid:
-            out["instances"] += cpu_ns(pid)
+            out[pid] = ("instances", cpu_ns(pid))
     return out
+
+
+def cpu_per_message(cpu0, cpu1, n):
+    """µs of CPU per message by role between two `cpu_by_role` readings, process by process (an
+    instance that started meanwhile counts from 0, one that ended is left out)."""
+    per = {"kappa": 0.0, "instances": 0.0, "broker": 0.0, "bench client": 0.0}
+    for pid, (role, ns) in cpu1.items():
+        per[role] += (ns - cpu0.get(pid, (role, 0))[1]) / n / 1000
+    return per
 
 
 def bench_mq(quick):
@@ -571,7 +579,7 @@ def bench_mq(quick):
                 sys.exit(f"{name}: only {len(times)} of {n} replies")
             results[("NATS JetStream", conc)] = n / (times[-1] - t0)
             cpu1 = cpu_by_role(kappa.proc.pid, nats.pid, os.getpid())
-            cpu[("NATS JetStream", conc)] = {k: (cpu1[k] - cpu0[k]) / n / 1000 for k in cpu0}
+            cpu[("NATS JetStream", conc)] = cpu_per_message(cpu0, cpu1, n)
 
             if not with_kafka:
                 continue
@@ -593,7 +601,7 @@ def bench_mq(quick):
                 time.sleep(0.005)
             results[("Kafka (tansu)", conc)] = n / (time.monotonic() - t0)
             cpu1 = cpu_by_role(kappa.proc.pid, kafka.pid, os.getpid())
-            cpu[("Kafka (tansu)", conc)] = {k: (cpu1[k] - cpu0[k]) / n / 1000 for k in cpu0}
+            cpu[("Kafka (tansu)", conc)] = cpu_per_message(cpu0, cpu1, n)
     finally:
         if kappa:
             kappa.stop()
@@ -609,7 +617,8 @@ def bench_mq(quick):
         print(f"{broker:<18}{conc:<16}{rate:>12,.0f}")
     print("(aims: JetStream >= 20,000 messages/s at maxConcurrency 64, >= 4,000 at 1)")
     print("CPU per message (us) while the messages ran: the platform's process (router, triggers,"
-          " executor), the function's instances, the broker, this script's client")
+          " executor), the function's instances, the broker, this script's client (utime + stime"
+          " in clock ticks: coarse for short runs; scripts/mq_ab.py measures 20,000 messages)")
     roles = ["kappa", "instances", "broker", "bench client"]
     print(f"{'broker':<18}{'maxConcurrency':<16}" + "".join(f"{r:>14}" for r in roles))
     for (broker, conc), by_role in cpu.items():
