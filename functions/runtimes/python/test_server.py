@@ -150,6 +150,40 @@ class TestLifecycle(RuntimeTestCase):
         r, body = rt.request("GET", "/healthz")
         self.assertEqual(r.status, 200)
 
+    def test_a_blocked_specialization_does_not_hold_up_other_connections(self):
+        # The specialization runs on the poller thread; one that blocks (here its import waits
+        # for a file) is handed over like a blocked function call, so health checks on other
+        # connections keep answering meanwhile, and the specialization still completes.
+        d = self.tmpdir()
+        started, gate = os.path.join(d, "started"), os.path.join(d, "gate")
+        path = self.write(d, "slow.py", """
+            import os, time
+            open(%r, "w").close()
+            while not os.path.exists(%r):
+                time.sleep(0.01)
+
+            def main():
+                return "slow but ready"
+        """ % (started, gate))
+        rt = self.start()
+        result = {}
+
+        def specialize():
+            result["spec"] = rt.specialize(path, "slow.main")
+
+        t = threading.Thread(target=specialize)
+        t.start()
+        self.addCleanup(lambda: open(gate, "w").close())
+        wait_for(lambda: os.path.exists(started))
+        r, _ = rt.request("GET", "/healthz")
+        self.assertEqual(r.status, 200)
+        self.assertNotIn("spec", result)  # still importing
+        open(gate, "w").close()
+        t.join(TIMEOUT)
+        self.assertEqual(result["spec"][0], 200, result["spec"])
+        r, body = rt.request("GET", "/")
+        self.assertEqual((r.status, body), (200, b"slow but ready"))
+
     def test_specialization_report_logged_after_the_answer(self):
         # The report line goes to stderr once the answer is sent, exactly once; a failed
         # specialization logs its error and no report.
