@@ -563,7 +563,13 @@ class TestRehearsal(RuntimeTestCase):
             import server
             before = set(sys.modules)
             meta = [f for f in sys.meta_path if f is not server._FlaskFinder]
+            # It runs a request's steps on its own function, and leaves no request bound.
+            prepared, real = [], server._prepare
+            server._prepare = lambda rv: (prepared.append(rv), real(rv))[1]
             server._rehearse()
+            server._prepare = real
+            assert prepared == ["ok"], prepared
+            assert server._cur.get() is None
             after = set(sys.modules)
             assert server._state is None
             assert [f for f in sys.meta_path if f is not server._FlaskFinder] == meta
