@@ -616,6 +616,34 @@ class TestRehearsal(RuntimeTestCase):
                     self.assertIn(code.encode(), answers[1])
 
 
+    def test_request_with_a_body_pipelined_behind_the_specialization(self):
+        # On the poller: the specialization's body and the request's body, read from one
+        # buffer, each reach their own handler whole.
+        rt = self.start()
+        spec = json.dumps({"filepath": os.path.join(EXAMPLES, "echo", "echo.py"),
+                           "functionName": "echo.main"}).encode()
+        payload = b"first request's body\r\n\r\nwith a blank line"
+        s = socket.create_connection(("127.0.0.1", rt.port), timeout=TIMEOUT)
+        self.addCleanup(s.close)
+        s.sendall(b"POST /v2/specialize HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                  % (len(spec), spec) +
+                  b"POST /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        answers = data.split(b"HTTP/1.1 ")[1:]
+        self.assertEqual(len(answers), 2, data)
+        self.assertTrue(answers[0].startswith(b"200 "), data)
+        self.assertTrue(answers[1].startswith(b"200 "), data)
+        echoed = json.loads(answers[1].split(b"\r\n\r\n", 1)[1])
+        self.assertEqual((echoed["method"], echoed["path"], echoed["body"]),
+                         ("POST", "/x", payload.decode()))
+
+
 class TestInvoke(RuntimeTestCase):
     def test_exception_is_500_with_traceback_and_logged(self):
         rt = self.specialized(os.path.join(TESTDATA, "exception.py"), "exception.main")
