@@ -436,6 +436,24 @@ impl ArchiveStore {
         result.map_err(|e| ArchiveError::Task(e.to_string()))?
     }
 
+    /// [`extracted`](Self::extracted)'s answer for a single file already placed and intact,
+    /// checked on the caller's thread: a handful of system calls on a directory of one file
+    /// and a two-line manifest, which cost less than a hand-off to a blocking thread and back
+    /// (or the start of one, when the blocking pool's threads have timed out). `None` for
+    /// everything else (a zip, not placed yet or under another name, an extraction or delete
+    /// in progress, an extraction that differs from its manifest): then `extracted` does the
+    /// whole work, with the same checks.
+    pub fn cached_file(&self, sha256: &str, filename: Option<&str>) -> Option<PathBuf> {
+        if check_digest(sha256).is_err() {
+            return None;
+        }
+        let filename = filename.unwrap_or(DEFAULT_FILENAME);
+        if check_filename(filename).is_err() || self.inner.locks.contains_key(sha256) {
+            return None;
+        }
+        self.inner.cached_file(sha256, filename)
+    }
+
     fn lock_for(&self, sha256: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.inner
             .locks
@@ -489,6 +507,33 @@ impl Inner {
             tracing::info!(sha256 = %sha256, "archive deleted");
         }
         Ok(existed)
+    }
+
+    /// See [`ArchiveStore::cached_file`].
+    fn cached_file(&self, sha256: &str, filename: &str) -> Option<PathBuf> {
+        /// A single file's manifest is a few short lines (its directory and the file, under
+        /// each name it was asked for): a longer one is left to the blocking path.
+        const MAX_MANIFEST: u64 = 4096;
+        let path = self.manifests.join(sha256);
+        let mut file = std::fs::File::open(&path).ok()?;
+        let mut recorded = String::new();
+        (&mut file)
+            .take(MAX_MANIFEST)
+            .read_to_string(&mut recorded)
+            .ok()?;
+        if recorded.len() as u64 >= MAX_MANIFEST {
+            return None;
+        }
+        if sniff_zip(&self.blobs.join(sha256)).ok()? {
+            return None;
+        }
+        let final_dir = self.extracted.join(sha256);
+        let target = final_dir.join(filename);
+        let meta = target.symlink_metadata().ok()?;
+        if !meta.is_file() || manifest(&final_dir).ok()? != recorded {
+            return None;
+        }
+        Some(target)
     }
 
     fn extract_blocking(

@@ -1295,11 +1295,21 @@ impl Inner {
         } else {
             tracing::Span::none()
         };
-        let extracted = self
+        // A single file placed by an earlier specialization is checked here; anything else
+        // (a first use, a zip) on a blocking thread.
+        let cached = self
             .archives
-            .extracted(&request.archive_sha256, request.filename.as_deref())
-            .await
-            .map_err(|e| BackendError::Code(format!("archive {}: {e}", request.archive_sha256)))?;
+            .cached_file(&request.archive_sha256, request.filename.as_deref());
+        let extracted = match cached {
+            Some(file) => Extracted::File(file),
+            None => self
+                .archives
+                .extracted(&request.archive_sha256, request.filename.as_deref())
+                .await
+                .map_err(|e| {
+                    BackendError::Code(format!("archive {}: {e}", request.archive_sha256))
+                })?,
+        };
         let userfunc = live.dir.join("userfunc");
         let placed = match extracted {
             // One file is a few system calls (a stat and a hard link): placed here, it saves a

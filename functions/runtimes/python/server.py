@@ -20,12 +20,12 @@ Design notes (this file is on the measured hot path: "healthy within 1.5x a bare
   `_json` directly, because `import json` pulls in `re` and costs milliseconds.
 - Idle keep-alive connections wait in one epoll; one poller thread reads the requests and runs
   sync handlers itself for the simple ones, and a watchdog hands the poller's role to a new
-  thread when a handler blocks (see "The poller" below). Unusual requests (chunked bodies,
-  bodies still arriving, WebSockets, specialization) move their connection to a thread of its
-  own, which parses HTTP/1.1 (keep-alive, pipelining, chunked bodies). A FIFO semaphore of
-  KAPPA_CONCURRENCY permits bounds the calls into the function, so /healthz keeps answering
-  while the function is busy. Async handlers run on one
-  shared event loop thread (module-level async clients stay bound to one loop).
+  thread when a handler blocks (see "The poller" below); the specialization runs there too.
+  Unusual requests (chunked bodies, bodies still arriving, WebSockets) move their connection to
+  a thread of its own, which parses HTTP/1.1 (keep-alive, pipelining, chunked bodies). A FIFO
+  semaphore of KAPPA_CONCURRENCY permits bounds the calls into the function, so /healthz keeps
+  answering while the function is busy. Async handlers run on one shared event loop thread
+  (module-level async clients stay bound to one loop).
 - A small response is written with one send (status line, headers and body together) and every
   accepted socket has TCP_NODELAY.
 """
@@ -2241,6 +2241,19 @@ def _rehearse():
             name = module.__name__
             fn = getattr(module, payload["functionName"].rpartition(".")[2])
             _analyze(fn)
+            # The first request's own steps on this function (the request object, the call,
+            # the response's head and bytes), called here rather than through
+            # _handle_function, which only calls a specialized runtime's function. In a
+            # forked instance their first run copied ~18 pages on the first request's path.
+            req = Request("GET", "/", "HTTP/1.1", [("Host", "kappa-rehearsal")], b"",
+                          ("127.0.0.1", 0), ("127.0.0.1", 0))
+            ctx = _bind(req)
+            try:
+                status, ct, uh, data, _stream = _prepare(fn())
+                hstr, _close_after = _render_headers(ct, uh)
+                _build(status, hstr, data, True, False, False)
+            finally:
+                _unbind(ctx)
             # The success line's formatting, as the specialization logs it.
             "%s %r %s%s %.1f" % (path, payload["functionName"], "", "", (_perf() - t0) * 1000)
         except Exception:
@@ -2748,9 +2761,9 @@ def _close(sock):
 # A thread per connection made every request a hand-over of the GIL between threads (each
 # woken by its socket, then waiting for the interpreter): with 16 connections busy, twice the
 # CPU per request of one. Instead, idle connections wait in one epoll, and one poller thread
-# reads the requests that arrive and runs the function for the simple ones itself (a complete
-# head and Content-Length body, not /v2/specialize, chunked or a WebSocket). Everything else
-# moves its connection to a thread of its own, for good (`_serve_conn`, as before).
+# reads the requests that arrive and runs the function (or the specialization) for the simple
+# ones itself (a complete head and Content-Length body, not chunked or a WebSocket). Everything
+# else moves its connection to a thread of its own, for good (`_serve_conn`, as before).
 #
 # A function that blocks (sleeps, waits for I/O, or for the KAPPA_CONCURRENCY semaphore) must
 # not hold up the other connections: a watchdog thread looks every _SPILL_AFTER seconds, and
@@ -2925,9 +2938,7 @@ def _poll_loop(token, local):
                     start = end + 4
                     stop = start + clen if clen > 0 else start
                     if chunked or len(buf) < stop or (_MAX_BODY and clen > _MAX_BODY) or (
-                            conn is not None and "upgrade" in conn) or (
-                            method == "POST" and target[:1] == "/" and (
-                                target == "/v2/specialize" or target == "/specialize")):
+                            conn is not None and "upgrade" in conn):
                         _spill(fd, local, buf)
                         break
                     body = buf[start:stop]
@@ -2944,8 +2955,17 @@ def _poll_loop(token, local):
                                 st[3] = False
                                 _park.release()
                         try:
-                            ka = _handle_function(sock, method, target, version, hdrs, body,
-                                                  c[1], ka, local)
+                            if method == "POST" and (target == "/v2/specialize" or
+                                                     target == "/specialize"):
+                                # Here rather than on a thread of its own: a new thread
+                                # (its start, its malloc arena, its turn on a core) cost more
+                                # than the specialization of a small function. A slow one is
+                                # handed over by the watchdog like a slow function call.
+                                _send_specialize(sock, body, target == "/specialize", ka,
+                                                 version == "HTTP/1.0")
+                            else:
+                                ka = _handle_function(sock, method, target, version, hdrs,
+                                                      body, c[1], ka, local)
                         except OSError:
                             ka = False
                         finally:

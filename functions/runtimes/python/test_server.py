@@ -150,6 +150,40 @@ class TestLifecycle(RuntimeTestCase):
         r, body = rt.request("GET", "/healthz")
         self.assertEqual(r.status, 200)
 
+    def test_a_blocked_specialization_does_not_hold_up_other_connections(self):
+        # The specialization runs on the poller thread; one that blocks (here its import waits
+        # for a file) is handed over like a blocked function call, so health checks on other
+        # connections keep answering meanwhile, and the specialization still completes.
+        d = self.tmpdir()
+        started, gate = os.path.join(d, "started"), os.path.join(d, "gate")
+        path = self.write(d, "slow.py", """
+            import os, time
+            open(%r, "w").close()
+            while not os.path.exists(%r):
+                time.sleep(0.01)
+
+            def main():
+                return "slow but ready"
+        """ % (started, gate))
+        rt = self.start()
+        result = {}
+
+        def specialize():
+            result["spec"] = rt.specialize(path, "slow.main")
+
+        t = threading.Thread(target=specialize)
+        t.start()
+        self.addCleanup(lambda: open(gate, "w").close())
+        wait_for(lambda: os.path.exists(started))
+        r, _ = rt.request("GET", "/healthz")
+        self.assertEqual(r.status, 200)
+        self.assertNotIn("spec", result)  # still importing
+        open(gate, "w").close()
+        t.join(TIMEOUT)
+        self.assertEqual(result["spec"][0], 200, result["spec"])
+        r, body = rt.request("GET", "/")
+        self.assertEqual((r.status, body), (200, b"slow but ready"))
+
     def test_specialization_report_logged_after_the_answer(self):
         # The report line goes to stderr once the answer is sent, exactly once; a failed
         # specialization logs its error and no report.
@@ -529,7 +563,13 @@ class TestRehearsal(RuntimeTestCase):
             import server
             before = set(sys.modules)
             meta = [f for f in sys.meta_path if f is not server._FlaskFinder]
+            # It runs a request's steps on its own function, and leaves no request bound.
+            prepared, real = [], server._prepare
+            server._prepare = lambda rv: (prepared.append(rv), real(rv))[1]
             server._rehearse()
+            server._prepare = real
+            assert prepared == ["ok"], prepared
+            assert server._cur.get() is None
             after = set(sys.modules)
             assert server._state is None
             assert [f for f in sys.meta_path if f is not server._FlaskFinder] == meta
@@ -574,6 +614,34 @@ class TestRehearsal(RuntimeTestCase):
                 else:
                     self.assertTrue(answers[1].startswith(b"500 "), data)
                     self.assertIn(code.encode(), answers[1])
+
+
+    def test_request_with_a_body_pipelined_behind_the_specialization(self):
+        # On the poller: the specialization's body and the request's body, read from one
+        # buffer, each reach their own handler whole.
+        rt = self.start()
+        spec = json.dumps({"filepath": os.path.join(EXAMPLES, "echo", "echo.py"),
+                           "functionName": "echo.main"}).encode()
+        payload = b"first request's body\r\n\r\nwith a blank line"
+        s = socket.create_connection(("127.0.0.1", rt.port), timeout=TIMEOUT)
+        self.addCleanup(s.close)
+        s.sendall(b"POST /v2/specialize HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                  % (len(spec), spec) +
+                  b"POST /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        answers = data.split(b"HTTP/1.1 ")[1:]
+        self.assertEqual(len(answers), 2, data)
+        self.assertTrue(answers[0].startswith(b"200 "), data)
+        self.assertTrue(answers[1].startswith(b"200 "), data)
+        echoed = json.loads(answers[1].split(b"\r\n\r\n", 1)[1])
+        self.assertEqual((echoed["method"], echoed["path"], echoed["body"]),
+                         ("POST", "/x", payload.decode()))
 
 
 class TestInvoke(RuntimeTestCase):

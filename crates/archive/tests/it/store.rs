@@ -252,6 +252,50 @@ async fn non_zip_becomes_a_single_executable_file() {
 }
 
 #[tokio::test]
+async fn a_placed_single_file_is_found_without_a_blocking_task() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 1 << 20);
+    let code = b"def main():\n    return 'hi'\n";
+    let info = store.put_bytes(code).await.unwrap();
+    let sha = &info.sha256;
+    // Not placed yet: left to `extracted`.
+    assert_eq!(store.cached_file(sha, Some("hello.py")), None);
+    let placed = store.extracted(sha, Some("hello.py")).await.unwrap();
+    assert_eq!(
+        store
+            .cached_file(sha, Some("hello.py"))
+            .map(Extracted::File),
+        Some(placed.clone())
+    );
+    // Another name, not placed yet; invalid names and digests.
+    assert_eq!(store.cached_file(sha, None), None);
+    store.extracted(sha, None).await.unwrap();
+    assert!(store.cached_file(sha, None).is_some());
+    assert!(store.cached_file(sha, Some("hello.py")).is_some());
+    assert_eq!(store.cached_file(sha, Some("../hello.py")), None);
+    assert_eq!(store.cached_file("abc", Some("hello.py")), None);
+
+    // A changed extraction is not reused; `extracted` makes it again, then it is found.
+    std::fs::write(placed.path(), b"def main():\n    return 'evil'\n").unwrap();
+    assert_eq!(store.cached_file(sha, Some("hello.py")), None);
+    let again = store.extracted(sha, Some("hello.py")).await.unwrap();
+    assert_eq!(std::fs::read(again.path()).unwrap(), code);
+    assert_eq!(
+        store
+            .cached_file(sha, Some("hello.py"))
+            .map(Extracted::File),
+        Some(again)
+    );
+
+    // A zip, even of one file, is a directory: never a cached file.
+    let zip = zip_of(&[Entry::File("main.py", code, 0o644)]);
+    let zinfo = store.put_bytes(&zip).await.unwrap();
+    store.extracted(&zinfo.sha256, None).await.unwrap();
+    assert_eq!(store.cached_file(&zinfo.sha256, None), None);
+    assert_eq!(store.cached_file(&zinfo.sha256, Some("main.py")), None);
+}
+
+#[tokio::test]
 async fn an_unsafe_zip_is_refused_when_stored() {
     let tmp = tempfile::tempdir().unwrap();
     let store = open(tmp.path(), 1 << 20);
