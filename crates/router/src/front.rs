@@ -45,6 +45,8 @@ const MAX_HEADERS: usize = proxy::MAX_HEADERS;
 const READ_SIZE: usize = 8 * 1024;
 /// How long a client may take to send a request head (hyper's setting, `crate::server`).
 pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How early the header read timer may be set before it is moved (see [`serve`]).
+const TIMER_SLACK: Duration = Duration::from_secs(1);
 
 /// How the lean path left a connection.
 pub(crate) enum Outcome {
@@ -193,6 +195,13 @@ pub(crate) async fn serve(
         count: 0,
     };
     let body_limit = inner.config.max_body_bytes;
+    // One shutdown wait and one timer for the connection's life, rather than one of each per
+    // request: the timer is moved only when its deadline is more than a second early, and
+    // when it fires early, moved to the true deadline (so a head still gets its full time).
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
+    let timer = tokio::time::sleep(HEADER_READ_TIMEOUT);
+    tokio::pin!(timer);
     loop {
         // A whole request head, within the header read timeout.
         let mut deadline = None;
@@ -206,16 +215,27 @@ pub(crate) async fn serve(
             }
             let deadline =
                 *deadline.get_or_insert_with(|| tokio::time::Instant::now() + HEADER_READ_TIMEOUT);
+            if deadline - timer.deadline() > TIMER_SLACK {
+                timer.as_mut().reset(deadline);
+            }
             buf.reserve(READ_SIZE);
             let read = tokio::select! {
                 biased;
-                read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)) => read,
+                read = stream.read_buf(&mut buf) => read,
+                () = timer.as_mut() => {
+                    if tokio::time::Instant::now() < deadline {
+                        timer.as_mut().reset(deadline);
+                        continue;
+                    }
+                    // hyper closes a connection whose head is late without an answer.
+                    return Outcome::Closed;
+                }
                 // Shutdown closes a connection between requests.
-                _ = shutdown.cancelled() => return Outcome::Closed,
+                () = cancelled.as_mut() => return Outcome::Closed,
             };
             match read {
-                Ok(Ok(n)) if n > 0 => {}
-                // Closed, failed or timed out: hyper closes such a connection without an answer.
+                Ok(n) if n > 0 => {}
+                // Closed or failed: hyper closes such a connection without an answer.
                 _ => return Outcome::Closed,
             }
         };
@@ -634,12 +654,13 @@ async fn respond(
 
 /// Writes all of `parts` (in one `writev` when the socket takes them).
 async fn write_all(stream: &mut TcpStream, parts: &mut [&[u8]]) -> io::Result<()> {
-    let mut slices: Vec<IoSlice<'_>> = parts
-        .iter()
-        .filter(|p| !p.is_empty())
-        .map(|p| IoSlice::new(p))
-        .collect();
-    let mut slices: &mut [IoSlice<'_>] = &mut slices;
+    let mut slices = [IoSlice::new(&[]); 4];
+    let mut count = 0;
+    for part in parts.iter().filter(|p| !p.is_empty()).take(4) {
+        slices[count] = IoSlice::new(part);
+        count += 1;
+    }
+    let mut slices: &mut [IoSlice<'_>] = &mut slices[..count];
     while !slices.is_empty() {
         let n = stream.write_vectored(slices).await?;
         if n == 0 {
