@@ -230,3 +230,55 @@ async fn lean_answers_carry_what_the_tests_of_hyper_answers_check() {
     assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
     assert!(answer.ends_with("\"invocationId\":\"<id>\"}}"), "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_mid_request_frees_its_slot() {
+    for lean in [true, false] {
+        let h = Harness::start_with(RouterConfig {
+            lean_server: lean,
+            ..RouterConfig::default()
+        })
+        .await;
+        h.provisioner.plan(
+            "busy",
+            Plan {
+                max_instances: 1,
+                capacity: 1,
+                error: None,
+            },
+        );
+        h.put_function("busy", 60).await;
+        h.put_trigger("t", "busy", |s| s.relativeurl = Some("/busy".into()))
+            .await;
+        let mut stream = tokio::net::TcpStream::connect(h.public).await.unwrap();
+        stream
+            .write_all(b"GET /busy HTTP/1.1\r\nhost: t\r\nx-test-gate: 1\r\n\r\n")
+            .await
+            .unwrap();
+        kappa_test_support::eventually_async(
+            Duration::from_secs(15),
+            "the request to hold the only slot",
+            || async {
+                h.provisioner
+                    .upstreams
+                    .lock()
+                    .unwrap()
+                    .first()
+                    .is_some_and(|u| u.gated.load(std::sync::atomic::Ordering::SeqCst) == 1)
+            },
+        )
+        .await;
+        drop(stream);
+        let endpoints = h
+            .index
+            .entry(&kappa_core::FunctionId::new("default", "busy"));
+        kappa_test_support::eventually_async(
+            Duration::from_secs(15),
+            "the slot to be given back",
+            || async { endpoints.in_flight() == 0 },
+        )
+        .await;
+        let (status, _, _) = h.get("/busy").await;
+        assert_eq!(status, http::StatusCode::OK, "lean: {lean}");
+    }
+}
