@@ -4,14 +4,15 @@
 //! A connection starts here. Each request head is parsed from the connection's buffer; a
 //! request this path takes (HTTP/1.1, not `CONNECT`, no `Transfer-Encoding`, `Upgrade`,
 //! `Expect` or asynchronous-invocation header, a body of at most one valid `Content-Length` no
-//! larger than [`crate::lean::MAX_BODY`] and the body limit, a head that parses into `http`
-//! types) is read whole, served by the same [`proxy::handle`] as hyper's requests (route,
-//! admit, headers, forward, errors, metrics, stats), and its answer written as hyper's server
-//! writes it ([`encode_head`]). The first request it does not take, a head it cannot parse,
-//! or one longer than [`MAX_HEAD`], hands the connection with every byte read so far
+//! larger than [`crate::lean::MAX_BODY`] and the body limit that has already arrived whole
+//! with its head, a head that parses into `http` types) is served by the same
+//! [`proxy::handle`] as hyper's requests (route, admit, headers, forward, errors, metrics,
+//! stats), and its answer written as hyper's server writes it ([`encode_head`]). The first
+//! request it does not take, a head it cannot parse, one longer than [`MAX_HEAD`] or one cut
+//! short by the client's end of stream hands the connection with every byte read so far
 //! ([`Rewind`]) to hyper's server for the rest of the connection (`crate::server`), which then
 //! answers exactly as before (its own 400/414/431 with their JSON bodies, `Expect`, upgrades,
-//! chunked bodies, HTTP/1.0).
+//! chunked or late bodies, HTTP/1.0).
 
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
@@ -235,17 +236,22 @@ pub(crate) async fn serve(
             };
             match read {
                 Ok(n) if n > 0 => {}
-                // Closed or failed: hyper closes such a connection without an answer.
+                // End of stream after part of a head: hyper decides what that gets.
+                Ok(_) if !buf.is_empty() => return Outcome::Handoff(stream, buf),
+                // Closed between requests, or failed: hyper closes such a connection without
+                // an answer.
                 _ => return Outcome::Closed,
             }
         };
-        // The body, whole (it is small).
+        // The body, whole, if it is already here (in the buffer or the socket's): a body
+        // still on its way is hyper's, which serves the request while it arrives (a router
+        // error at once, a function timeout if it stalls) exactly as before.
         let total = scanned.head_len + scanned.body_len;
         while buf.len() < total {
             buf.reserve(total - buf.len());
-            match stream.read_buf(&mut buf).await {
+            match stream.try_read_buf(&mut buf) {
                 Ok(n) if n > 0 => {}
-                _ => return Outcome::Closed,
+                _ => return Outcome::Handoff(stream, buf),
             }
         }
         let head = buf.split_to(scanned.head_len).freeze();

@@ -49,7 +49,7 @@ async fn router(lean: bool) -> (Harness, Raw) {
 }
 
 /// Writes each of `parts` on one connection (pausing between them so the router reads them
-/// separately), then reads until the router closes it.
+/// separately; an empty part ends the client's side), then reads until the router closes it.
 async fn converse(addr: std::net::SocketAddr, parts: &[&[u8]]) -> String {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     for (i, part) in parts.iter().enumerate() {
@@ -57,7 +57,12 @@ async fn converse(addr: std::net::SocketAddr, parts: &[&[u8]]) -> String {
             // Not a wait for anything: it only makes the parts arrive in separate reads.
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
-        stream.write_all(part).await.unwrap();
+        if part.is_empty() {
+            // The client's end of stream (it still reads).
+            stream.shutdown().await.unwrap();
+        } else {
+            stream.write_all(part).await.unwrap();
+        }
     }
     let mut answer = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
@@ -178,6 +183,37 @@ fn conversations() -> Vec<(&'static str, Vec<Vec<u8>>)> {
                     100 * 1024 * 1024
                 )
                 .into_bytes(),
+            ],
+        ),
+        (
+            "a body that arrives after its head",
+            vec![
+                b"POST /x/late HTTP/1.1\r\nhost: t\r\ncontent-length: 4\r\n\r\n".to_vec(),
+                b"late".to_vec(),
+                b"GET /x/next HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n".to_vec(),
+            ],
+        ),
+        (
+            "a router error for a request whose body has not arrived",
+            vec![
+                b"POST /nowhere HTTP/1.1\r\nhost: t\r\ncontent-length: 4\r\n\r\n".to_vec(),
+                Vec::new(),
+            ],
+        ),
+        (
+            "end of stream in the middle of a head",
+            vec![
+                b"GET /x/1 HTTP/1.1\r\nhost: t\r\n\r\n".to_vec(),
+                b"GET /x/2 HTTP/1.1\r\nho".to_vec(),
+                Vec::new(),
+            ],
+        ),
+        (
+            "end of stream in the middle of a body",
+            vec![
+                b"GET /x/1 HTTP/1.1\r\nhost: t\r\n\r\n".to_vec(),
+                b"POST /x/2 HTTP/1.1\r\nhost: t\r\ncontent-length: 4\r\n\r\nab".to_vec(),
+                Vec::new(),
             ],
         ),
         (
