@@ -19,6 +19,11 @@ fn script(head: &str, body: &[u8]) -> (Vec<u8>, bool) {
                 .to_vec(),
             false,
         ),
+        "/trailers" => (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n2\r\nhi\r\n0\r\nx-sum: 2\r\n\r\n"
+                .to_vec(),
+            false,
+        ),
         "/none" => (b"HTTP/1.1 204 No Content\r\nx-a: 1\r\n\r\n".to_vec(), false),
         "/dated" => (
             b"HTTP/1.1 200 OK\r\ndate: Thu, 01 Jan 1970 00:00:00 GMT\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok"
@@ -118,6 +123,7 @@ fn conversations() -> Vec<(&'static str, Vec<Vec<u8>>)> {
                 b"POST /x/b HTTP/1.1\r\nhost: t\r\ncontent-length: 5\r\ncontent-type: text/plain\r\n\r\nhello".to_vec(),
                 b"HEAD /x/c HTTP/1.1\r\nhost: t\r\n\r\n".to_vec(),
                 b"GET /x/chunked HTTP/1.1\r\nhost: t\r\n\r\n".to_vec(),
+                b"GET /x/trailers HTTP/1.1\r\nhost: t\r\nte: trailers\r\n\r\n".to_vec(),
                 b"GET /x/none HTTP/1.1\r\nhost: t\r\n\r\n".to_vec(),
                 b"GET /x/dated HTTP/1.1\r\nhost: t\r\n\r\n".to_vec(),
                 b"GET /x/eof HTTP/1.1\r\nhost: t\r\n\r\n".to_vec(),
