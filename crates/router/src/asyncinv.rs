@@ -14,7 +14,6 @@ use http::header::{CONTENT_TYPE, LOCATION};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt as _, Limited};
-use hyper::body::Incoming;
 use kappa_store::Precondition;
 use kappa_types::{ASYNC_BODY_LIMIT, INVOCATION_TYPE_HEADER, Invocation, InvocationSpec};
 
@@ -42,13 +41,17 @@ fn too_large() -> Failure {
 }
 
 /// Stores the request as an invocation and answers `202` with its id.
-pub(crate) async fn accept(
+pub(crate) async fn accept<B>(
     inner: &Inner,
     entry: &FunctionEntry,
     parts: Parts,
-    body: Incoming,
+    body: B,
     invocation_id: &HeaderValue,
-) -> Result<Response<ResponseBody>, Failure> {
+) -> Result<Response<ResponseBody>, Failure>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<crate::body::BoxError>,
+{
     if !entry.exists {
         return Err(Failure::new(
             StatusCode::NOT_FOUND,

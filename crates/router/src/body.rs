@@ -27,6 +27,8 @@ enum Source {
     Incoming(Incoming),
     /// A body handed to [`crate::Router::invoke`].
     Axum(axum::body::Body),
+    /// A body the public listener's lean path (`crate::front`) read whole with its head.
+    Read(Option<Bytes>),
 }
 
 /// A client's request body, forwarded to an instance as it arrives, with a size limit.
@@ -64,6 +66,15 @@ impl RequestBody {
             limit,
         }
     }
+
+    /// A body already read whole (`crate::front`).
+    pub fn read(bytes: Bytes, limit: u64) -> Self {
+        Self {
+            source: Source::Read(Some(bytes).filter(|b| !b.is_empty())),
+            remaining: limit,
+            limit,
+        }
+    }
 }
 
 impl Body for RequestBody {
@@ -80,6 +91,7 @@ impl Body for RequestBody {
                 .map(|r| r.map_err(|e| RequestBodyError::Client(Box::new(e)))),
             Source::Axum(body) => ready!(Pin::new(body).poll_frame(cx))
                 .map(|r| r.map_err(|e| RequestBodyError::Client(e.into_inner()))),
+            Source::Read(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
         };
         if let Some(Ok(frame)) = &polled
             && let Some(data) = frame.data_ref()
@@ -98,6 +110,7 @@ impl Body for RequestBody {
         match &self.source {
             Source::Incoming(body) => body.is_end_stream(),
             Source::Axum(body) => body.is_end_stream(),
+            Source::Read(bytes) => bytes.is_none(),
         }
     }
 
@@ -105,6 +118,9 @@ impl Body for RequestBody {
         match &self.source {
             Source::Incoming(body) => body.size_hint(),
             Source::Axum(body) => body.size_hint(),
+            Source::Read(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
         }
     }
 }

@@ -272,9 +272,16 @@ fn take(buf: &mut BytesMut, n: usize) -> Bytes {
 /// Parses a response head at the start of `buf`, removing it; `None` when incomplete.
 fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, ExchangeError> {
     let invalid = |e: &dyn std::fmt::Display| ExchangeError::Invalid(e.to_string());
-    let mut lines = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut response = httparse::Response::new(&mut lines);
-    let len = match response.parse(buf) {
+    // Uninitialized: httparse fills what it parses (initializing 100 entries costs more than
+    // parsing a typical head).
+    let mut lines =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut lines,
+    ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(error) => return Err(invalid(&error)),

@@ -29,6 +29,7 @@ mod asyncinv;
 mod body;
 mod error;
 mod errorhead;
+mod front;
 mod lean;
 mod metrics;
 mod proxy;
@@ -83,6 +84,10 @@ pub struct RouterConfig {
     /// docs/benchmarks.md) serves it on the caller's runtime. `kappa up`/`kappa server
     /// --router-threads` set it.
     pub threads: usize,
+    /// Serve the common public request on the lean server path (`src/front.rs`, design note
+    /// 014) rather than hyper's server; on by default. Off, every connection is hyper's (the
+    /// tests compare the two).
+    pub lean_server: bool,
 }
 
 /// The default of [`RouterConfig::shutdown_grace`].
@@ -101,6 +106,7 @@ impl Default for RouterConfig {
             upgrade_idle_timeout: Duration::from_secs(600),
             shutdown_grace: SHUTDOWN_GRACE,
             threads: 0,
+            lean_server: true,
         }
     }
 }

@@ -426,36 +426,42 @@ fn check_head(parts: &Parts) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Serves one request of the public listener.
+/// A public request's body: hyper's, or one the lean path (`crate::front`) read whole.
+pub(crate) enum ClientBody {
+    Hyper(Incoming),
+    Read(bytes::Bytes),
+}
+
+/// Serves one request of the public listener (`parts` as the client sent them).
 pub(crate) async fn handle(
     inner: Arc<Inner>,
     upstreams: &Upstreams,
     peer: HeaderValue,
-    request: Request<Incoming>,
+    mut parts: Parts,
+    body: ClientBody,
 ) -> Response<ResponseBody> {
     let start = Instant::now();
     let inflight = InflightGuard::new(&inner.metrics);
     let invocation_id = new_invocation_id();
     // Sampled before any span exists: an unsampled request builds none.
-    let traced = kappa_telemetry::sampled(request.headers());
+    let traced = kappa_telemetry::sampled(&parts.headers);
     let span = if traced {
         server_span(
             "request",
             "http",
             &invocation_id,
-            request.method(),
-            request.headers(),
+            &parts.method,
+            &parts.headers,
         )
     } else {
         tracing::debug_span!(
             "request",
             invocation_id = ?invocation_id,
-            method = %request.method(),
-            path = %request.uri().path(),
+            method = %parts.method,
+            path = %parts.uri.path(),
         )
     };
     async move {
-        let (mut parts, body) = request.into_parts();
         let method = method_label(&parts.method);
         let upgrade = crate::upgrade::requested(&parts.headers);
         let asynchronous = crate::asyncinv::requested(&parts.headers);
@@ -488,10 +494,24 @@ pub(crate) async fn handle(
                     full,
                     Some(&peer),
                 );
+                let limit = inner.config.max_body_bytes;
                 let forwarded = if asynchronous {
-                    crate::asyncinv::accept(&inner, &entry, parts, body, &invocation_id).await
+                    match body {
+                        ClientBody::Hyper(body) => {
+                            crate::asyncinv::accept(&inner, &entry, parts, body, &invocation_id)
+                                .await
+                        }
+                        ClientBody::Read(bytes) => {
+                            let body = http_body_util::Full::new(bytes);
+                            crate::asyncinv::accept(&inner, &entry, parts, body, &invocation_id)
+                                .await
+                        }
+                    }
                 } else {
-                    let body = RequestBody::incoming(body, inner.config.max_body_bytes);
+                    let body = match body {
+                        ClientBody::Hyper(body) => RequestBody::incoming(body, limit),
+                        ClientBody::Read(bytes) => RequestBody::read(bytes, limit),
+                    };
                     let forwarded = forward(
                         &inner,
                         upstreams,

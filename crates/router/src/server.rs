@@ -14,11 +14,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::error::RouterError;
 use crate::errorhead::{ConnState, ErrorHeadIo, Tracked};
+use crate::front::{self, Rewind};
+use crate::proxy::ClientBody;
 use crate::upstream::Upstreams;
 use crate::{Inner, Router, admin, proxy, watcher};
 
 /// How long a client may take to send a request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+const HEADER_READ_TIMEOUT: Duration = front::HEADER_READ_TIMEOUT;
 /// hyper's read buffer, which must hold a whole request head (431 or 414 from hyper past it);
 /// well above [`proxy::MAX_URI_BYTES`] plus [`proxy::MAX_HEADER_BYTES`].
 const HYPER_MAX_BUF_BYTES: usize = 256 * 1024;
@@ -174,6 +176,63 @@ fn http_builder() -> hyper::server::conn::http1::Builder {
     http
 }
 
+/// Serves a client connection with hyper's server until it ends (`read`: its bytes already
+/// read); on `shutdown`, gracefully, and closed when `force` is cancelled.
+#[allow(clippy::too_many_arguments)]
+async fn serve_hyper(
+    inner: Arc<Inner>,
+    pools: Arc<Upstreams>,
+    http: hyper::server::conn::http1::Builder,
+    stream: tokio::net::TcpStream,
+    read: bytes::Bytes,
+    peer_ip: HeaderValue,
+    peer: std::net::SocketAddr,
+    shutdown: CancellationToken,
+    force: CancellationToken,
+) {
+    // Tells the stream's wrapper when hyper may be writing its own error answer.
+    let state = Arc::new(ConnState::default());
+    let service = {
+        let state = Arc::clone(&state);
+        service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            let busy = state.start();
+            let inner = Arc::clone(&inner);
+            let pools = Arc::clone(&pools);
+            let state = Arc::clone(&state);
+            let peer_ip = peer_ip.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let response =
+                    proxy::handle(inner, &pools, peer_ip, parts, ClientBody::Hyper(body)).await;
+                if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    state.upgraded();
+                }
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, busy)))
+            }
+        })
+    };
+    let io = ErrorHeadIo::new(Rewind::new(stream, read), state);
+    // With upgrades: a `101` hands the connection to the splice (`crate::upgrade`).
+    let connection = http
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%error, %peer, "client connection ended with an error");
+            }
+            return;
+        }
+        _ = shutdown.cancelled() => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = force.cancelled() => {}
+    }
+}
+
 /// `threads` listeners on `public`'s address, `public` first, all with `SO_REUSEPORT` so the
 /// kernel spreads new connections over them. `public` was bound without it (so a busy address
 /// still fails to bind); setting it now lets the others join its group.
@@ -267,52 +326,33 @@ async fn accept_loop(
         }
         let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        // Tells the stream's wrapper when hyper may be writing its own error answer.
-        let state = Arc::new(ConnState::default());
-        let service = {
-            let inner = Arc::clone(&inner);
-            let pools = Arc::clone(&pools);
-            let state = Arc::clone(&state);
-            service_fn(move |request| {
-                let busy = state.start();
-                let inner = Arc::clone(&inner);
-                let pools = Arc::clone(&pools);
-                let state = Arc::clone(&state);
-                let peer_ip = peer_ip.clone();
-                async move {
-                    let response = proxy::handle(inner, &pools, peer_ip, request).await;
-                    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                        state.upgraded();
-                    }
-                    Ok::<_, Infallible>(response.map(|body| Tracked::new(body, busy)))
-                }
-            })
-        };
-        // With upgrades: a `101` hands the connection to the splice (`crate::upgrade`).
-        let connection = http
-            .serve_connection(TokioIo::new(ErrorHeadIo::new(stream, state)), service)
-            .with_upgrades();
+        let inner = Arc::clone(&inner);
+        let pools = Arc::clone(&pools);
         let shutdown = shutdown.clone();
         let force = force.clone();
+        let http = http.clone();
         // Tracked twice: by the router (the grace period) and by this loop.
         let token = connections.token();
         mine.spawn(async move {
             let _token = token;
-            tokio::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(error) = result {
-                        tracing::debug!(%error, %peer, "client connection ended with an error");
-                    }
-                    return;
+            // The lean path first (`crate::front`); hyper's server takes over the connection
+            // at the first request it does not take, with the bytes read so far.
+            let (stream, read) = if inner.config.lean_server {
+                let served = tokio::select! {
+                    outcome = front::serve(&inner, &pools, stream, &peer_ip, &shutdown) => outcome,
+                    _ = force.cancelled() => return,
+                };
+                match served {
+                    front::Outcome::Closed => return,
+                    front::Outcome::Handoff(stream, read) => (stream, read.freeze()),
                 }
-                _ = shutdown.cancelled() => {}
-            }
-            connection.as_mut().graceful_shutdown();
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                _ = force.cancelled() => {}
-            }
+            } else {
+                (stream, bytes::Bytes::new())
+            };
+            serve_hyper(
+                inner, pools, http, stream, read, peer_ip, peer, shutdown, force,
+            )
+            .await;
         });
     }
     drop(public);

@@ -17,16 +17,16 @@ use crate::support::*;
 
 /// What a scripted instance answers to one request (its head as text, its body): the bytes to
 /// write, and whether to close the connection after them.
-type Script = dyn Fn(&str, &[u8]) -> (Vec<u8>, bool) + Send + Sync;
+pub(crate) type Script = dyn Fn(&str, &[u8]) -> (Vec<u8>, bool) + Send + Sync;
 
 /// Every request a raw instance received: (head, body).
-type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+pub(crate) type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 
 /// A raw instance: reads each request (head, then a `content-length` body) and answers it
 /// with what its script says.
-struct Raw {
-    requests: Received,
-    connections: Arc<AtomicUsize>,
+pub(crate) struct Raw {
+    pub(crate) requests: Received,
+    pub(crate) connections: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -38,7 +38,7 @@ impl Drop for Raw {
 
 /// Starts a raw instance for function `name` (with a route at `/x` for it) and puts it in the
 /// endpoint index.
-async fn raw_function(h: &Harness, name: &str, script: Arc<Script>) -> Raw {
+pub(crate) async fn raw_function(h: &Harness, name: &str, script: Arc<Script>) -> Raw {
     h.put_function(name, 60).await;
     h.put_trigger("t", name, |s| {
         s.prefix = Some("/x".into());
@@ -108,12 +108,12 @@ async fn raw_function(h: &Harness, name: &str, script: Arc<Script>) -> Raw {
 }
 
 /// The request target of a head.
-fn target(head: &str) -> &str {
+pub(crate) fn target(head: &str) -> &str {
     head.split(' ').nth(1).unwrap()
 }
 
 /// `content-length` answer with `body`.
-fn answer(body: &str) -> Vec<u8> {
+pub(crate) fn answer(body: &str) -> Vec<u8> {
     format!(
         "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()

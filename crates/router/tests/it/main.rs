@@ -7,6 +7,7 @@ mod admin;
 mod admission;
 mod errorhead;
 mod failures;
+mod front;
 mod lean;
 mod readiness;
 mod remote;
