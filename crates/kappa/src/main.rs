@@ -16,6 +16,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use kappa_cli::{GlobalArgs, Verb};
 
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Kappa: serverless functions, Fission style.
 #[derive(Debug, Parser)]
 // `version` only on `kappa` itself (`kappa --version`, `-V`): propagated to the subcommands it
