@@ -683,66 +683,19 @@ mod date {
     use std::time::{SystemTime, UNIX_EPOCH};
 
     thread_local! {
-        static CACHED: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+        static CACHED: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
     }
 
     pub(super) fn extend(dst: &mut Vec<u8>) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = SystemTime::now();
+        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         CACHED.with(|cached| {
             let mut cached = cached.borrow_mut();
-            if cached.0 != now {
-                *cached = (now, format(now));
+            if cached.0 != secs {
+                *cached = (secs, httpdate::fmt_http_date(now));
             }
-            dst.extend_from_slice(&cached.1);
+            dst.extend_from_slice(cached.1.as_bytes());
         });
-    }
-
-    /// `secs` since the epoch as an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
-    pub(super) fn format(secs: u64) -> [u8; 29] {
-        const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
-        const MONTHS: [&[u8; 3]; 12] = [
-            b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
-            b"Dec",
-        ];
-        let days = secs / 86_400;
-        let rem = secs % 86_400;
-        let (hour, minute, second) = (rem / 3600, rem / 60 % 60, rem % 60);
-        // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-        let z = days + 719_468;
-        let era = z / 146_097;
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + u64::from(month <= 2);
-        let mut out = [0u8; 29];
-        let digit = |n: u64| b'0' + (n % 10) as u8;
-        out[..3].copy_from_slice(DAYS[(days % 7) as usize]);
-        out[3..5].copy_from_slice(b", ");
-        out[5] = digit(day / 10);
-        out[6] = digit(day);
-        out[7] = b' ';
-        out[8..11].copy_from_slice(MONTHS[(month - 1) as usize]);
-        out[11] = b' ';
-        out[12] = digit(year / 1000);
-        out[13] = digit(year / 100);
-        out[14] = digit(year / 10);
-        out[15] = digit(year);
-        out[16] = b' ';
-        out[17] = digit(hour / 10);
-        out[18] = digit(hour);
-        out[19] = b':';
-        out[20] = digit(minute / 10);
-        out[21] = digit(minute);
-        out[22] = b':';
-        out[23] = digit(second / 10);
-        out[24] = digit(second);
-        out[25..].copy_from_slice(b" GMT");
-        out
     }
 }
 
@@ -857,9 +810,10 @@ mod tests {
 
     #[test]
     fn dates_are_imf_fixdates() {
-        assert_eq!(&date::format(784_111_777), b"Sun, 06 Nov 1994 08:49:37 GMT");
-        assert_eq!(&date::format(0), b"Thu, 01 Jan 1970 00:00:00 GMT");
-        assert_eq!(&date::format(951_782_400), b"Tue, 29 Feb 2000 00:00:00 GMT");
+        let mut dst = Vec::new();
+        date::extend(&mut dst);
+        let text = std::str::from_utf8(&dst).expect("ASCII");
+        assert!(httpdate::parse_http_date(text).is_ok(), "{text}");
     }
 
     fn head(
