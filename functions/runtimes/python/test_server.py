@@ -594,17 +594,11 @@ class TestRehearsal(RuntimeTestCase):
                 rt = self.start()
                 body = json.dumps({"filepath": os.path.join(EXAMPLES, "hello", "hello.py"),
                                    "functionName": entry}).encode()
-                s = socket.create_connection(("127.0.0.1", rt.port), timeout=TIMEOUT)
-                self.addCleanup(s.close)
-                s.sendall(b"POST /v2/specialize HTTP/1.1\r\nHost: x\r\nContent-Length: %d"
-                          b"\r\n\r\n%s" % (len(body), body) +
-                          b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                data = b""
-                while True:
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
+                data = raw_exchange(
+                    rt.port,
+                    b"POST /v2/specialize HTTP/1.1\r\nHost: x\r\nContent-Length: %d"
+                    b"\r\n\r\n%s" % (len(body), body) +
+                    b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                 answers = data.split(b"HTTP/1.1 ")[1:]
                 self.assertEqual(len(answers), 2, data)
                 self.assertTrue(answers[0].startswith(b"%d " % first), data)
@@ -623,18 +617,12 @@ class TestRehearsal(RuntimeTestCase):
         spec = json.dumps({"filepath": os.path.join(EXAMPLES, "echo", "echo.py"),
                            "functionName": "echo.main"}).encode()
         payload = b"first request's body\r\n\r\nwith a blank line"
-        s = socket.create_connection(("127.0.0.1", rt.port), timeout=TIMEOUT)
-        self.addCleanup(s.close)
-        s.sendall(b"POST /v2/specialize HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
-                  % (len(spec), spec) +
-                  b"POST /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                  b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = raw_exchange(
+            rt.port,
+            b"POST /v2/specialize HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(spec), spec) +
+            b"POST /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))
         answers = data.split(b"HTTP/1.1 ")[1:]
         self.assertEqual(len(answers), 2, data)
         self.assertTrue(answers[0].startswith(b"200 "), data)

@@ -68,17 +68,7 @@ async fn a_full_queue_answers_429_and_queued_requests_are_served() {
         ..RouterConfig::default()
     })
     .await;
-    h.provisioner.plan(
-        "busy",
-        Plan {
-            max_instances: 1,
-            capacity: 1,
-            error: None,
-        },
-    );
-    h.put_function("busy", 60).await;
-    h.put_trigger("t", "busy", |s| s.relativeurl = Some("/busy".into()))
-        .await;
+    h.put_one_slot_function("busy", 60).await;
 
     let public = h.public;
     let holder = tokio::spawn(async move {
@@ -143,17 +133,7 @@ async fn a_full_queue_answers_429_and_queued_requests_are_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_wait_is_bounded_by_the_function_timeout() {
     let h = Harness::start().await;
-    h.provisioner.plan(
-        "busy",
-        Plan {
-            max_instances: 1,
-            capacity: 1,
-            error: None,
-        },
-    );
-    h.put_function("busy", 1).await;
-    h.put_trigger("t", "busy", |s| s.relativeurl = Some("/busy".into()))
-        .await;
+    h.put_one_slot_function("busy", 1).await;
     let public = h.public;
     // Its response head arrives at once, but its body (and so its slot) is held.
     let holder = tokio::spawn(async move {

@@ -281,17 +281,7 @@ async fn a_client_that_goes_away_mid_request_frees_its_slot() {
             ..RouterConfig::default()
         })
         .await;
-        h.provisioner.plan(
-            "busy",
-            Plan {
-                max_instances: 1,
-                capacity: 1,
-                error: None,
-            },
-        );
-        h.put_function("busy", 60).await;
-        h.put_trigger("t", "busy", |s| s.relativeurl = Some("/busy".into()))
-            .await;
+        h.put_one_slot_function("busy", 60).await;
         let mut stream = tokio::net::TcpStream::connect(h.public).await.unwrap();
         stream
             .write_all(b"GET /busy HTTP/1.1\r\nhost: t\r\nx-test-gate: 1\r\n\r\n")

@@ -438,6 +438,23 @@ impl Harness {
         self.wait_function(name).await;
     }
 
+    /// A function with one instance of capacity one, routed at `/{name}` by trigger `t`: for
+    /// tests that hold its only slot.
+    pub async fn put_one_slot_function(&self, name: &str, timeout_s: u64) {
+        self.provisioner.plan(
+            name,
+            Plan {
+                max_instances: 1,
+                capacity: 1,
+                error: None,
+            },
+        );
+        self.put_function(name, timeout_s).await;
+        let url = format!("/{name}");
+        self.put_trigger("t", name, move |s| s.relativeurl = Some(url))
+            .await;
+    }
+
     /// Creates or replaces a trigger to `function` and waits until the router has it.
     pub async fn put_trigger(
         &self,
