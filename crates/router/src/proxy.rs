@@ -208,6 +208,7 @@ pub(crate) struct Invocation {
     host: Option<HeaderValue>,
     /// How many names the request's map had when these headers were due: names added later
     /// (`Host` for an endpoint, `traceparent`) go after them, as inserting would have put them.
+    /// A name added later must not be one of [`INVOCATION_NAMES`] (none is).
     base: usize,
 }
 
