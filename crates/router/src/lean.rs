@@ -24,6 +24,7 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 
 use crate::body::{RequestBody, RequestBodyError};
+use crate::proxy::Invocation;
 
 /// The largest request body sent on the lean path: small enough that the instance's socket
 /// buffer takes it whole, so writing it before reading the answer cannot wait on an instance
@@ -40,6 +41,9 @@ const READ_SIZE: usize = 16 * 1024;
 /// Heads and body pieces up to this size are copied out of the read buffer rather than split
 /// off it (see [`take`]).
 const COPY_MAX: usize = 4 * 1024;
+/// Room reserved in a request head for the invocation headers (about 350 bytes with a long
+/// function name and URL; a longer head grows the buffer once).
+const INVOCATION_ROOM: usize = 512;
 
 /// A keep-alive HTTP/1.1 connection to an instance, with what was read and not yet used.
 #[derive(Debug)]
@@ -140,11 +144,12 @@ impl LeanConn {
     pub async fn exchange(
         &mut self,
         parts: &Parts,
+        invocation: &Invocation,
         body: &mut RequestBody,
         len: u64,
         first: &mut Option<Bytes>,
     ) -> Result<Head, ExchangeError> {
-        let head = encode_head(parts);
+        let head = encode_head(parts, invocation);
         // The body's first bytes go with the head when they are already there.
         if len > 0 && first.is_none() {
             match futures::FutureExt::now_or_never(body.frame()) {
@@ -221,8 +226,9 @@ impl LeanConn {
 }
 
 /// The request head as hyper's client writes it: request line, then each header as
-/// `name: value`, in the map's order.
-fn encode_head(parts: &Parts) -> Vec<u8> {
+/// `name: value`, in the map's order, with the invocation headers as setting them on the map
+/// would have placed them.
+fn encode_head(parts: &Parts, invocation: &Invocation) -> Vec<u8> {
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let method = parts.method.as_str();
     let size = method.len()
@@ -233,18 +239,14 @@ fn encode_head(parts: &Parts) -> Vec<u8> {
             .iter()
             .map(|(n, v)| n.as_str().len() + v.len() + 4)
             .sum::<usize>()
+        + INVOCATION_ROOM
         + 2;
     let mut head = Vec::with_capacity(size);
     head.extend_from_slice(method.as_bytes());
     head.push(b' ');
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
+    invocation.write_headers(&parts.headers, &mut head);
     head.extend_from_slice(b"\r\n");
     head
 }
@@ -791,9 +793,14 @@ mod tests {
         parts
             .headers
             .append("x-multi", HeaderValue::from_static("2"));
+        let invocation = crate::proxy::Invocation::example(&parts.headers);
         assert_eq!(
-            std::str::from_utf8(&encode_head(&parts)).unwrap(),
-            "POST /a/b?c=d HTTP/1.1\r\nhost: example\r\ncontent-length: 3\r\nx-multi: 1\r\nx-multi: 2\r\n\r\n"
+            std::str::from_utf8(&encode_head(&parts, &invocation)).unwrap(),
+            "POST /a/b?c=d HTTP/1.1\r\nhost: example\r\ncontent-length: 3\r\nx-multi: 1\r\nx-multi: 2\r\n\
+             x-kappa-function-name: fn\r\nx-kappa-function-namespace: ns\r\n\
+             x-fission-function-name: fn\r\nx-fission-function-namespace: ns\r\n\
+             x-kappa-invocation-id: abc\r\nx-fission-full-url: /a\r\nx-kappa-full-url: /a\r\n\
+             x-forwarded-for: 127.0.0.1\r\nx-forwarded-host: example\r\nx-forwarded-proto: http\r\n\r\n"
         );
     }
 }

@@ -176,44 +176,182 @@ fn strip_headers(headers: &mut HeaderMap, strip_kappa: bool) {
     }
 }
 
-/// Sets the headers every invocation carries.
-fn set_invocation_headers(
-    headers: &mut HeaderMap,
-    entry: &FunctionEntry,
-    invocation_id: &HeaderValue,
+/// The invocation headers in the order they are added to a request, after its own.
+static INVOCATION_NAMES: [&HeaderName; 10] = [
+    &FUNCTION_NAME,
+    &FUNCTION_NAMESPACE,
+    &FISSION_FUNCTION_NAME,
+    &FISSION_FUNCTION_NAMESPACE,
+    &INVOCATION_ID,
+    &FISSION_FULL_URL,
+    &FULL_URL,
+    &FORWARDED_FOR,
+    &FORWARDED_HOST,
+    &FORWARDED_PROTO,
+];
+/// [`INVOCATION_NAMES`]' index of `X-Forwarded-For`, whose value joins the client's.
+const FORWARDED_FOR_INDEX: usize = 7;
+const ALL_INVOCATION: u16 = (1 << INVOCATION_NAMES.len()) - 1;
+
+/// The headers every invocation carries (their one home): set on the request's map
+/// ([`Invocation::apply`], for hyper's client and asynchronous invocations) or written beside
+/// the map's lines by the lean client ([`Invocation::write_headers`], which saves ten map
+/// insertions per request). Both give the instance the same lines in the same order: a name
+/// the request already had keeps its place with the router's value (the first value of
+/// `X-Forwarded-For` joined with the peer), the others follow the request's own names.
+pub(crate) struct Invocation {
+    name: HeaderValue,
+    namespace: HeaderValue,
+    id: HeaderValue,
     full_url: HeaderValue,
-    peer: Option<&HeaderValue>,
-) {
-    // Room for the ten below at once, rather than growing (and rehashing) the client's small
-    // map two or three times on the way.
-    headers.reserve(10);
-    headers.insert(FUNCTION_NAME.clone(), entry.name_header.clone());
-    headers.insert(FUNCTION_NAMESPACE.clone(), entry.namespace_header.clone());
-    headers.insert(FISSION_FUNCTION_NAME.clone(), entry.name_header.clone());
-    headers.insert(
-        FISSION_FUNCTION_NAMESPACE.clone(),
-        entry.namespace_header.clone(),
-    );
-    headers.insert(INVOCATION_ID.clone(), invocation_id.clone());
-    headers.insert(FISSION_FULL_URL.clone(), full_url.clone());
-    headers.insert(FULL_URL.clone(), full_url);
-    if let Some(peer) = peer {
-        let value = match headers.get(&FORWARDED_FOR) {
-            Some(previous) => {
-                let mut joined = Vec::with_capacity(previous.len() + 2 + peer.len());
-                joined.extend_from_slice(previous.as_bytes());
-                joined.extend_from_slice(b", ");
-                joined.extend_from_slice(peer.as_bytes());
-                HeaderValue::from_bytes(&joined).unwrap_or_else(|_| peer.clone())
+    peer: Option<HeaderValue>,
+    host: Option<HeaderValue>,
+    /// How many names the request's map had when these headers were due: names added later
+    /// (`Host` for an endpoint, `traceparent`) go after them, as inserting would have put them.
+    /// A name added later must not be one of [`INVOCATION_NAMES`] (none is).
+    base: usize,
+}
+
+impl Invocation {
+    fn new(
+        headers: &HeaderMap,
+        entry: &FunctionEntry,
+        invocation_id: &HeaderValue,
+        full_url: HeaderValue,
+        peer: Option<&HeaderValue>,
+    ) -> Self {
+        Self {
+            name: entry.name_header.clone(),
+            namespace: entry.namespace_header.clone(),
+            id: invocation_id.clone(),
+            full_url,
+            peer: peer.cloned(),
+            host: headers.get(HOST).cloned(),
+            base: headers.keys_len(),
+        }
+    }
+
+    /// Fixed values, for the tests of what is written.
+    #[cfg(test)]
+    pub(crate) fn example(headers: &HeaderMap) -> Self {
+        Self {
+            name: HeaderValue::from_static("fn"),
+            namespace: HeaderValue::from_static("ns"),
+            id: HeaderValue::from_static("abc"),
+            full_url: HeaderValue::from_static("/a"),
+            peer: Some(HeaderValue::from_static("127.0.0.1")),
+            host: headers.get(HOST).cloned(),
+            base: headers.keys_len(),
+        }
+    }
+
+    /// The value of [`INVOCATION_NAMES`]`[i]`, if the request gets it; for `X-Forwarded-For`
+    /// the peer, which [`join_forwarded`] puts after a value the client sent.
+    fn value(&self, i: usize) -> Option<&HeaderValue> {
+        match i {
+            0 | 2 => Some(&self.name),
+            1 | 3 => Some(&self.namespace),
+            4 => Some(&self.id),
+            5 | 6 => Some(&self.full_url),
+            FORWARDED_FOR_INDEX => self.peer.as_ref(),
+            8 => self.host.as_ref(),
+            _ => {
+                static HTTP: HeaderValue = HeaderValue::from_static("http");
+                Some(&HTTP)
             }
-            None => peer.clone(),
-        };
-        headers.insert(FORWARDED_FOR.clone(), value);
+        }
     }
-    if let Some(host) = headers.get(HOST).cloned() {
-        headers.insert(FORWARDED_HOST.clone(), host);
+
+    /// Sets the headers on `headers` (the map the request was created from).
+    fn apply(self, headers: &mut HeaderMap) {
+        // Room for the ten at once, rather than growing (and rehashing) the client's small
+        // map two or three times on the way.
+        headers.reserve(INVOCATION_NAMES.len());
+        for (i, name) in INVOCATION_NAMES.iter().enumerate() {
+            let Some(value) = self.value(i) else { continue };
+            let previous = (i == FORWARDED_FOR_INDEX)
+                .then(|| headers.get(*name))
+                .flatten();
+            let value = match previous {
+                Some(previous) => {
+                    let mut joined = Vec::new();
+                    join_forwarded(&mut joined, previous, value);
+                    HeaderValue::from_bytes(&joined).unwrap_or_else(|_| value.clone())
+                }
+                _ => value.clone(),
+            };
+            headers.insert(*name, value);
+        }
     }
-    headers.insert(FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+
+    /// Writes `headers`' lines (`name: value\r\n`, in the map's order) with the invocation
+    /// headers, exactly as [`Invocation::apply`] followed by writing the map would.
+    pub(crate) fn write_headers(&self, headers: &HeaderMap, dst: &mut Vec<u8>) {
+        let mut written = 0u16;
+        // Names (map entries) begun; a name's values come one after another.
+        let mut index = 0;
+        let mut last: Option<&HeaderName> = None;
+        let mut replaced = false;
+        for (name, value) in headers {
+            if !last.is_some_and(|l| std::ptr::eq(l, name)) {
+                if index == self.base {
+                    self.write_missing(written, dst);
+                    written = ALL_INVOCATION;
+                }
+                index += 1;
+                last = Some(name);
+                replaced = false;
+                if index <= self.base
+                    && name.as_str().starts_with("x-")
+                    && let Some(i) = INVOCATION_NAMES.iter().position(|n| *n == name)
+                    && let Some(ours) = self.value(i)
+                {
+                    dst.extend_from_slice(name.as_str().as_bytes());
+                    dst.extend_from_slice(b": ");
+                    if i == FORWARDED_FOR_INDEX {
+                        join_forwarded(dst, value, ours);
+                    } else {
+                        dst.extend_from_slice(ours.as_bytes());
+                    }
+                    dst.extend_from_slice(b"\r\n");
+                    written |= 1 << i;
+                    replaced = true;
+                    continue;
+                }
+            } else if replaced {
+                // `insert` keeps one value.
+                continue;
+            }
+            header_line(dst, name, value);
+        }
+        if written != ALL_INVOCATION {
+            self.write_missing(written, dst);
+        }
+    }
+
+    fn write_missing(&self, written: u16, dst: &mut Vec<u8>) {
+        for (i, name) in INVOCATION_NAMES.iter().enumerate() {
+            if written & (1 << i) == 0
+                && let Some(value) = self.value(i)
+            {
+                header_line(dst, name, value);
+            }
+        }
+    }
+}
+
+fn header_line(dst: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    dst.extend_from_slice(name.as_str().as_bytes());
+    dst.extend_from_slice(b": ");
+    dst.extend_from_slice(value.as_bytes());
+    dst.extend_from_slice(b"\r\n");
+}
+
+/// `X-Forwarded-For`'s value when the client sent one: its value, then the peer.
+fn join_forwarded(dst: &mut Vec<u8>, previous: &HeaderValue, peer: &HeaderValue) {
+    dst.extend_from_slice(previous.as_bytes());
+    dst.extend_from_slice(b", ");
+    dst.extend_from_slice(peer.as_bytes());
 }
 
 fn hex_digit(c: u8) -> Option<u8> {
@@ -487,15 +625,11 @@ pub(crate) async fn handle(
                 if traced {
                     record_function(&entry, &parts.method, Some(&route));
                 }
-                set_invocation_headers(
-                    &mut parts.headers,
-                    &entry,
-                    &invocation_id,
-                    full,
-                    Some(&peer),
-                );
+                let invocation =
+                    Invocation::new(&parts.headers, &entry, &invocation_id, full, Some(&peer));
                 let limit = inner.config.max_body_bytes;
                 let forwarded = if asynchronous {
+                    invocation.apply(&mut parts.headers);
                     match body {
                         ClientBody::Hyper(body) => {
                             crate::asyncinv::accept(&inner, &entry, parts, body, &invocation_id)
@@ -517,6 +651,7 @@ pub(crate) async fn handle(
                         upstreams,
                         &entry,
                         parts,
+                        invocation,
                         body,
                         &invocation_id,
                         inflight,
@@ -615,13 +750,15 @@ pub(crate) async fn invoke(
                 strip_headers(&mut parts.headers, false);
                 let full = full_url(&parts.uri);
                 parts.uri = origin_form(&parts.uri);
-                set_invocation_headers(&mut parts.headers, &entry, &invocation_id, full, None);
+                let invocation =
+                    Invocation::new(&parts.headers, &entry, &invocation_id, full, None);
                 let body = RequestBody::axum(body, inner.config.max_body_bytes);
                 let response = match forward(
                     inner,
                     &inner.upstreams,
                     &entry,
                     parts,
+                    invocation,
                     body,
                     &invocation_id,
                     inflight,
@@ -721,12 +858,17 @@ enum Attempt {
 }
 
 /// The request on its way to an instance.
+// One per request, in `forward`'s future and never moved: boxing the larger variant would
+// cost the common request an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Outgoing {
     /// Through hyper's client; put back after an attempt that sent nothing.
     Hyper(Option<Request<RequestBody>>),
     /// Through the lean path: `len` bytes of body, `first` of them already taken from it.
     Lean {
         parts: Parts,
+        /// Written beside `parts`' headers ([`Invocation::write_headers`]).
+        invocation: Invocation,
         body: RequestBody,
         len: u64,
         first: Option<bytes::Bytes>,
@@ -832,6 +974,7 @@ async fn attempt_lean(
     pool: &EndpointPool,
     endpoint: &kappa_core::Endpoint,
     parts: &mut Parts,
+    invocation: &Invocation,
     body: &mut RequestBody,
     len: u64,
     first: &mut Option<bytes::Bytes>,
@@ -868,7 +1011,9 @@ async fn attempt_lean(
                 }
             }
         };
-        match tokio::time::timeout_at(deadline, conn.exchange(parts, body, len, first)).await {
+        match tokio::time::timeout_at(deadline, conn.exchange(parts, invocation, body, len, first))
+            .await
+        {
             Ok(Ok(head)) => return Attempt::Lean(head, conn),
             Ok(Err(ExchangeError::NotSent(error))) => {
                 if reused {
@@ -895,6 +1040,7 @@ async fn forward(
     upstreams: &Upstreams,
     entry: &Arc<FunctionEntry>,
     parts: Parts,
+    invocation: Invocation,
     body: RequestBody,
     invocation_id: &HeaderValue,
     inflight: InflightGuard,
@@ -917,11 +1063,15 @@ async fn forward(
     let mut outgoing = match lean_length(&parts, &body, upgrade.is_some()) {
         Some(len) => Outgoing::Lean {
             parts,
+            invocation,
             body,
             len,
             first: None,
         },
-        None => Outgoing::Hyper(Some(Request::from_parts(parts, body))),
+        None => {
+            invocation.apply(&mut parts.headers);
+            Outgoing::Hyper(Some(Request::from_parts(parts, body)))
+        }
     };
 
     let mut permit = admit(inner, entry).await?;
@@ -951,12 +1101,13 @@ async fn forward(
             }
             Outgoing::Lean {
                 parts,
+                invocation,
                 body,
                 len,
                 first,
             } => {
                 attempt_lean(
-                    &pool, &endpoint, parts, body, *len, first, deadline, &upstream,
+                    &pool, &endpoint, parts, invocation, body, *len, first, deadline, &upstream,
                 )
                 .await
             }
@@ -1368,6 +1519,103 @@ async fn wait_in_queue(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The invocation headers as the lean client writes them, and as the map gets them.
+    fn both_ways(
+        client: &[(&str, &str)],
+        peer: Option<&str>,
+        later: &[(&str, &str)],
+    ) -> (String, String) {
+        let mut headers = HeaderMap::new();
+        for (n, v) in client {
+            headers.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let entry = FunctionEntry::new(
+            FunctionId::new("ns", "fn"),
+            true,
+            1,
+            60,
+            120,
+            &kappa_core::EndpointIndex::new(),
+        );
+        let id = HeaderValue::from_static("abc");
+        let peer = peer.map(|p| HeaderValue::from_str(p).unwrap());
+        let full = HeaderValue::from_static("/a?b");
+        let invocation = Invocation::new(&headers, &entry, &id, full.clone(), peer.as_ref());
+        let mut map = headers.clone();
+        Invocation::new(&headers, &entry, &id, full, peer.as_ref()).apply(&mut map);
+        // Added after the invocation headers were due (an endpoint's `Host`, `traceparent`).
+        for (n, v) in later {
+            let name = HeaderName::from_bytes(n.as_bytes()).unwrap();
+            headers.insert(name.clone(), HeaderValue::from_str(v).unwrap());
+            map.insert(name, HeaderValue::from_str(v).unwrap());
+        }
+        let mut lean = Vec::new();
+        invocation.write_headers(&headers, &mut lean);
+        let mut mapped = Vec::new();
+        for (name, value) in &map {
+            header_line(&mut mapped, name, value);
+        }
+        (
+            String::from_utf8(lean).unwrap(),
+            String::from_utf8(mapped).unwrap(),
+        )
+    }
+
+    #[test]
+    fn invocation_headers_written_as_bytes_match_the_map() {
+        // The client's headers, the peer, headers added later.
+        type Case<'a> = (
+            &'a [(&'a str, &'a str)],
+            Option<&'a str>,
+            &'a [(&'a str, &'a str)],
+        );
+        let cases: &[Case<'_>] = &[
+            (&[("host", "a"), ("accept", "*/*")], Some("127.0.0.1"), &[]),
+            (&[], Some("127.0.0.1"), &[("host", "10.0.0.1:9")]),
+            (&[("accept", "*/*")], None, &[("traceparent", "00-1")]),
+            // A client's X-Forwarded-* keep their place; `For` is joined, extra values go.
+            (
+                &[
+                    ("x-forwarded-for", "1.1.1.1"),
+                    ("host", "h"),
+                    ("x-forwarded-for", "2.2.2.2"),
+                    ("x-forwarded-proto", "https"),
+                    ("x-forwarded-host", "spoof"),
+                    ("x-other", "1"),
+                ],
+                Some("127.0.0.1"),
+                &[("traceparent", "00-1")],
+            ),
+            // No peer (a direct invocation): the client's X-Forwarded-For stays as sent, and
+            // X-Kappa-* names a caller sent are replaced in place.
+            (
+                &[
+                    ("x-forwarded-for", "1.1.1.1"),
+                    ("x-kappa-function-name", "other"),
+                    ("x-kappa-topic", "t"),
+                    ("x-fission-full-url", "/x"),
+                    ("x-fission-full-url", "/y"),
+                ],
+                None,
+                &[],
+            ),
+        ];
+        for (client, peer, later) in cases {
+            let (lean, mapped) = both_ways(client, *peer, later);
+            assert_eq!(lean, mapped, "{client:?} {peer:?} {later:?}");
+        }
+        let (lean, _) = both_ways(&[("x-forwarded-for", "1.1.1.1")], Some("2.2.2.2"), &[]);
+        assert_eq!(lean.matches("x-forwarded-for").count(), 1, "{lean}");
+        assert!(
+            lean.starts_with("x-forwarded-for: 1.1.1.1, 2.2.2.2\r\n"),
+            "{lean}"
+        );
+        assert_eq!(lean.matches("x-kappa-invocation-id: abc\r\n").count(), 1);
+    }
 
     #[test]
     fn invocation_ids_are_128_bit_hex() {

@@ -223,6 +223,12 @@ fn conversations() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             ],
         ),
         (
+            "hop-by-hop, Connection-listed, spoofed and forwarded headers",
+            vec![
+                b"GET /x/h HTTP/1.1\r\nX-Forwarded-For: 10.0.0.1\r\nHost: t\r\nX-Kappa-Function-Name: spoof\r\nKeep-Alive: 5\r\nConnection: X-Drop, keep-alive, close\r\nX-Drop: 1\r\nX-Fission-Full-Url: /spoof\r\nX-Forwarded-Proto: https\r\nProxy-Authorization: a\r\nAccept: */*\r\nX-Forwarded-For: 10.0.0.2\r\n\r\n".to_vec(),
+            ],
+        ),
+        (
             "a client that closes after its request is still answered",
             vec![b"GET /x/last HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n".to_vec()],
         ),
@@ -252,6 +258,50 @@ async fn the_lean_path_answers_as_hyper_does() {
     let (from_lean, from_hyper) = (received(&lean_raw), received(&hyper_raw));
     assert!(from_lean.len() > 15, "{from_lean:?}");
     assert_eq!(from_lean, from_hyper);
+    // The headers the router rewrites: each invocation header once with the router's value,
+    // the client's X-Forwarded-For joined in its place, hop-by-hop and listed names gone.
+    let (head, _) = from_lean
+        .iter()
+        .find(|(head, _)| head.starts_with("GET /h "))
+        .unwrap_or_else(|| panic!("the rewritten request in {from_lean:?}"));
+    let lines: Vec<&str> = head.split("\r\n").collect();
+    assert_eq!(
+        lines[1..4],
+        [
+            "x-forwarded-for: 10.0.0.1, 127.0.0.1",
+            "host: t",
+            "x-forwarded-proto: http"
+        ],
+        "{head}"
+    );
+    for name in [
+        "x-kappa-function-name",
+        "x-kappa-function-namespace",
+        "x-fission-function-name",
+        "x-fission-function-namespace",
+        "x-kappa-invocation-id",
+        "x-kappa-full-url",
+        "x-fission-full-url",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+    ] {
+        let found: Vec<&&str> = lines
+            .iter()
+            .filter(|l| l.to_ascii_lowercase().starts_with(&format!("{name}:")))
+            .collect();
+        assert_eq!(found.len(), 1, "{name} in {head}");
+    }
+    assert!(head.contains("x-kappa-function-name: f\r\n"), "{head}");
+    assert!(head.contains("x-fission-full-url: /x/h\r\n"), "{head}");
+    for gone in ["keep-alive", "connection", "x-drop", "proxy-authorization"] {
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l.to_ascii_lowercase().starts_with(&format!("{gone}:"))),
+            "{gone} in {head}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
