@@ -2222,6 +2222,7 @@ def _rehearse():
     copy anyway, so a specialized instance does not grow. Never fails: the real
     specialization does the same steps and reports their errors. Does nothing once the
     runtime is specialized."""
+    global _state
     if _state is not None:
         return
     with _spec_lock:
@@ -2256,6 +2257,16 @@ def _rehearse():
                 _unbind(ctx)
             # The success line's formatting, as the specialization logs it.
             "%s %r %s%s %.1f" % (path, payload["functionName"], "", "", (_perf() - t0) * 1000)
+            # The specialization's writes to the runtime's own state, each with the value it
+            # has now (a generic runtime's): in a forked instance the pages they land on (the
+            # module's globals, the shim app's attributes, the note's slot) are copied here.
+            _state = _state
+            _shim_app.name = _shim_app.name
+            _shim_app.import_name = _shim_app.import_name
+            _spec_note[0] = _spec_note[0]
+            # And the note's way out, with nothing to write (_log: stderr's text layer).
+            sys.stderr.write("")
+            sys.stderr.flush()
         except Exception:
             pass
         finally:

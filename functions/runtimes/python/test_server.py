@@ -564,11 +564,15 @@ class TestRehearsal(RuntimeTestCase):
             before = set(sys.modules)
             meta = [f for f in sys.meta_path if f is not server._FlaskFinder]
             # It runs a request's steps on its own function, and leaves no request bound.
+            names = (server._shim_app.name, server._shim_app.import_name)
             prepared, real = [], server._prepare
             server._prepare = lambda rv: (prepared.append(rv), real(rv))[1]
             server._rehearse()
             server._prepare = real
             assert prepared == ["ok"], prepared
+            # It rewrites the state a specialization sets with the values it had: unchanged.
+            assert (server._shim_app.name, server._shim_app.import_name) == names, names
+            assert server._spec_note == [None], server._spec_note
             assert server._cur.get() is None
             after = set(sys.modules)
             assert server._state is None
