@@ -82,19 +82,8 @@ async fn a_full_queue_answers_429_and_queued_requests_are_served() {
         )
         .await
     });
-    eventually_async(
-        Duration::from_secs(15),
-        "the first request to hold the only slot",
-        || async {
-            h.provisioner
-                .upstreams
-                .lock()
-                .unwrap()
-                .first()
-                .is_some_and(|u| u.gated.load(Ordering::SeqCst) == 1)
-        },
-    )
-    .await;
+    h.wait_only_slot_held("the first request to hold the only slot")
+        .await;
     let queued = tokio::spawn(async move {
         send(
             public,
@@ -147,19 +136,8 @@ async fn a_queue_wait_is_bounded_by_the_function_timeout() {
         )
         .await
     });
-    eventually_async(
-        Duration::from_secs(15),
-        "the first request to hold the only slot",
-        || async {
-            h.provisioner
-                .upstreams
-                .lock()
-                .unwrap()
-                .first()
-                .is_some_and(|u| u.gated.load(Ordering::SeqCst) == 1)
-        },
-    )
-    .await;
+    h.wait_only_slot_held("the first request to hold the only slot")
+        .await;
     let (status, headers, body) = h.get("/busy").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(headers["retry-after"], "1");

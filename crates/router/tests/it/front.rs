@@ -337,19 +337,8 @@ async fn a_client_that_goes_away_mid_request_frees_its_slot() {
             .write_all(b"GET /busy HTTP/1.1\r\nhost: t\r\nx-test-gate: 1\r\n\r\n")
             .await
             .unwrap();
-        kappa_test_support::eventually_async(
-            Duration::from_secs(15),
-            "the request to hold the only slot",
-            || async {
-                h.provisioner
-                    .upstreams
-                    .lock()
-                    .unwrap()
-                    .first()
-                    .is_some_and(|u| u.gated.load(std::sync::atomic::Ordering::SeqCst) == 1)
-            },
-        )
-        .await;
+        h.wait_only_slot_held("the request to hold the only slot")
+            .await;
         drop(stream);
         let endpoints = h
             .index

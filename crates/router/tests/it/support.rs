@@ -455,6 +455,20 @@ impl Harness {
             .await;
     }
 
+    /// Waits until a request holds the only slot of a one-slot function (its upstream is
+    /// gated on it).
+    pub async fn wait_only_slot_held(&self, what: &str) {
+        eventually_async(Duration::from_secs(15), what, || async {
+            self.provisioner
+                .upstreams
+                .lock()
+                .unwrap()
+                .first()
+                .is_some_and(|u| u.gated.load(Ordering::SeqCst) == 1)
+        })
+        .await;
+    }
+
     /// Creates or replaces a trigger to `function` and waits until the router has it.
     pub async fn put_trigger(
         &self,
