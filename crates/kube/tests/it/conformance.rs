@@ -618,10 +618,12 @@ async fn kubernetes_lagging_watcher_gets_its_buffer_then_gone() {
         }
     }
     // What it got before the Gone is what was buffered on the way (the store's channel, the
-    // event in hand, the server's stream): less than what it missed.
+    // event in hand, the server's stream): less than what it missed. It may be nothing: on a
+    // loaded machine the server can drop the lagging watch before it wrote a single event
+    // (seen once in CI), and the re-watch from version 0 is then Gone at once.
     assert!(
-        (1..16).contains(&delivered),
-        "some events, then Gone: {delivered}"
+        delivered < 16,
+        "the buffered events, then Gone: {delivered}"
     );
     assert!(
         next(&mut live).await.is_none(),
