@@ -93,11 +93,16 @@ impl InstanceLog {
         if state.path == new_path {
             return;
         }
-        state.file = None;
         let old_path = std::mem::replace(&mut state.path, new_path.clone());
         let result = std::fs::create_dir_all(&dir)
             .and_then(|()| move_file(&rotated(&old_path), &rotated(&new_path)))
-            .and_then(|()| move_file(&old_path, &new_path));
+            .and_then(|_| move_file(&old_path, &new_path));
+        // A renamed file stays open: its descriptor follows it to the new name, so the next
+        // line (often the runtime's, racing the platform's own) needs no reopen. Otherwise the
+        // open file is the old one, now removed or left behind.
+        if !matches!(result, Ok(Moved::Renamed)) {
+            state.file = None;
+        }
         state.size = std::fs::metadata(&new_path).map(|m| m.len()).unwrap_or(0);
         if let Err(e) = result {
             warn_once(&mut state, &self.inner.id, &new_path, &e);
@@ -245,18 +250,28 @@ pub(crate) fn rotated(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// What [`move_file`] did.
+enum Moved {
+    /// There was nothing to move.
+    Missing,
+    /// `from` now has the name `to` (same file, so an open descriptor follows it).
+    Renamed,
+    /// `from` was appended to an existing `to` and removed.
+    Appended,
+}
+
 /// Moves `from` to `to`; if `to` exists, appends `from` to it instead. A missing `from` is fine.
-fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
+fn move_file(from: &Path, to: &Path) -> std::io::Result<Moved> {
     if !from.exists() {
-        return Ok(());
+        return Ok(Moved::Missing);
     }
     if !to.exists() {
-        return std::fs::rename(from, to);
+        return std::fs::rename(from, to).map(|()| Moved::Renamed);
     }
     let mut src = File::open(from)?;
     let mut dst = OpenOptions::new().append(true).open(to)?;
     std::io::copy(&mut src, &mut dst)?;
-    std::fs::remove_file(from)
+    std::fs::remove_file(from).map(|()| Moved::Appended)
 }
 
 /// Splits `s` into pieces of at most `max` bytes at character boundaries (one empty piece for

@@ -66,6 +66,40 @@ async fn pool_lines_follow_the_instance_to_its_function() {
 }
 
 #[tokio::test]
+async fn assignment_onto_an_existing_file_keeps_writing_to_the_function_s_file() {
+    // The instance's file at the function already exists (an earlier handle of the same
+    // instance was assigned there): assigning appends the pool file to it and removes the pool
+    // file, so the next line must go to the function's file, not to the removed pool file the
+    // writer had open.
+    let tmp = tempfile::tempdir().unwrap();
+    let logs = store(tmp.path());
+    let earlier = logs.instance("python", "py-1");
+    earlier.write(LogStream::Platform, "first at the function");
+    earlier.assign("default", "hello");
+    let inst = logs.instance("python", "py-1");
+    inst.write(LogStream::Stdout, "in the pool");
+    inst.assign("default", "hello");
+    assert_eq!(
+        files(&tmp.path().join("_pool/python")),
+        Vec::<String>::new()
+    );
+    inst.write(LogStream::Platform, "after the assignment");
+    assert_eq!(files(&tmp.path().join("default/hello")), ["py-1.log"]);
+    let lines = logs
+        .read("default", "hello", &ReadOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        messages(&lines),
+        [
+            "first at the function",
+            "in the pool",
+            "after the assignment"
+        ]
+    );
+}
+
+#[tokio::test]
 async fn instances_merge_in_write_order_and_filter() {
     let tmp = tempfile::tempdir().unwrap();
     let logs = store(tmp.path());
