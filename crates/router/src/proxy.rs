@@ -25,7 +25,7 @@ use crate::error::Failure;
 use crate::lean::{ExchangeError, LeanBody, LeanConn};
 use crate::metrics::{InflightGuard, method_label};
 use crate::table::{FunctionEntry, Lookup, PathMode};
-use crate::upstream::{EndpointPool, Upstreams};
+use crate::upstream::{ConnectError, EndpointPool, Upstreams};
 
 pub(crate) static INVOCATION_ID: HeaderName = HeaderName::from_static("x-kappa-invocation-id");
 static FUNCTION_NAME: HeaderName = HeaderName::from_static("x-kappa-function-name");
@@ -923,24 +923,15 @@ async fn attempt_hyper(
         };
         let (mut conn, reused) = match idle {
             Some(conn) => (conn, true),
-            None => {
-                // A connection opened in advance is treated like an idle one: if the
-                // instance closed it meanwhile, a fresh one is tried.
-                let opened = if fresh_only {
-                    None
-                } else {
-                    endpoint.take_connection()
-                };
-                let reused = opened.is_some();
-                match tokio::time::timeout_at(deadline, pool.connect(opened)).await {
-                    Ok(Ok(conn)) => (conn, reused),
-                    Ok(Err(error)) => {
+            None => match open(endpoint, fresh_only, deadline, |o| pool.connect(o)).await {
+                Ok(opened) => opened,
+                Err(attempt) => {
+                    if matches!(attempt, Attempt::NotSent(_)) {
                         *request = Some(req);
-                        break Attempt::NotSent(error.to_string());
                     }
-                    Err(_) => break Attempt::Timeout,
+                    break attempt;
                 }
-            }
+            },
         };
         if !req.headers().contains_key(HOST)
             && let Ok(host) = HeaderValue::from_str(&endpoint.addr.authority())
@@ -966,6 +957,32 @@ async fn attempt_hyper(
             Err(_) => break Attempt::Timeout,
         }
     })
+}
+
+/// A connection for an attempt that took no idle one, and whether it counts as reused: the
+/// connection the endpoint opened in advance is treated like an idle one (if the instance
+/// closed it meanwhile, the caller tries a fresh one), unless `fresh_only`; otherwise a new
+/// one. A failure is the attempt's outcome.
+async fn open<C, F>(
+    endpoint: &kappa_core::Endpoint,
+    fresh_only: bool,
+    deadline: Instant,
+    connect: impl FnOnce(Option<std::net::TcpStream>) -> F,
+) -> Result<(C, bool), Attempt>
+where
+    F: Future<Output = Result<C, ConnectError>>,
+{
+    let opened = if fresh_only {
+        None
+    } else {
+        endpoint.take_connection()
+    };
+    let reused = opened.is_some();
+    match tokio::time::timeout_at(deadline, connect(opened)).await {
+        Ok(Ok(conn)) => Ok((conn, reused)),
+        Ok(Err(error)) => Err(Attempt::NotSent(error.to_string())),
+        Err(_) => Err(Attempt::Timeout),
+    }
 }
 
 /// One attempt through the lean path on `endpoint`, as [`attempt_hyper`] does it.
@@ -996,20 +1013,10 @@ async fn attempt_lean(
         };
         let (mut conn, reused) = match idle {
             Some(conn) => (conn, true),
-            None => {
-                // A connection opened in advance is treated like an idle one.
-                let opened = if fresh_only {
-                    None
-                } else {
-                    endpoint.take_connection()
-                };
-                let reused = opened.is_some();
-                match tokio::time::timeout_at(deadline, pool.connect_lean(opened)).await {
-                    Ok(Ok(conn)) => (conn, reused),
-                    Ok(Err(error)) => return Attempt::NotSent(error.to_string()),
-                    Err(_) => return Attempt::Timeout,
-                }
-            }
+            None => match open(endpoint, fresh_only, deadline, |o| pool.connect_lean(o)).await {
+                Ok(opened) => opened,
+                Err(attempt) => return attempt,
+            },
         };
         match tokio::time::timeout_at(deadline, conn.exchange(parts, invocation, body, len, first))
             .await
